@@ -1,0 +1,1 @@
+//! nacre-io: objects on a target's local storage, moved with io_uring.

@@ -1,0 +1,7 @@
+//! nacre-transport moves messages and bulk bytes between processes: the versioned,
+//! checksummed wire format, TCP driven by io_uring, and RDMA (verbs, rdmacm, one-sided
+//! READ/WRITE) with automatic fallback to TCP, behind one interface.
+//!
+//! It knows nothing of layouts or storage. This crate is filled by the transport issue;
+//! for now it only states its job.
+#![forbid(unsafe_code)]
