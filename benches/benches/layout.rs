@@ -1,0 +1,2 @@
+//! Criterion benchmarks of layout mapping (written by the layout work).
+fn main() {}
