@@ -1,0 +1,179 @@
+//! The thin unsafe layer over io_uring: one ring, its registered file table and fixed-buffer
+//! table, typed builders for the opcodes the store uses, submission and a bounded wait.
+//! Everything that touches the kernel's view of memory is here, behind `unsafe fn`s whose
+//! contract is written on them.
+
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+use crate::error::{IoError, Operation};
+
+/// One io_uring instance with a sparse registered file table and a sparse fixed-buffer table.
+pub(crate) struct Ring {
+    ring: IoUring,
+}
+
+fn ring_err(op: Operation) -> impl FnOnce(std::io::Error) -> IoError {
+    move |source| IoError::Ring { op, source }
+}
+
+impl Ring {
+    /// A ring of `depth` submission entries (and twice as many completion entries), with
+    /// `files` registered file slots and `buffers` fixed-buffer slots, all empty.
+    pub(crate) fn new(depth: u32, files: u32, buffers: u32) -> Result<Ring, IoError> {
+        let ring = IoUring::builder()
+            .setup_cqsize(depth * 2)
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(depth)
+            .map_err(ring_err(Operation::Ring))?;
+        ring.submitter()
+            .register_files_sparse(files)
+            .map_err(ring_err(Operation::Ring))?;
+        ring.submitter()
+            .register_buffers_sparse(buffers)
+            .map_err(ring_err(Operation::Register))?;
+        Ok(Ring { ring })
+    }
+
+    /// Puts `fd` (or -1 to empty it) into registered file slot `slot`.
+    pub(crate) fn set_file(&self, slot: u32, fd: RawFd) -> Result<(), IoError> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd])
+            .map(drop)
+            .map_err(ring_err(Operation::Ring))
+    }
+
+    /// Registers `[ptr, ptr + len)` as fixed buffer `slot`.
+    ///
+    /// # Safety
+    /// The memory must stay valid (allocated, not unmapped) until the slot is replaced or the
+    /// ring is dropped.
+    pub(crate) unsafe fn set_buffer(
+        &self,
+        slot: u32,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), IoError> {
+        let iov = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
+        // SAFETY: the caller keeps the memory valid for as long as the slot holds it.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, &[iov], None)
+        }
+        .map(drop)
+        .map_err(ring_err(Operation::Register))
+    }
+
+    /// Queues an entry for the kernel; false when the submission queue is full.
+    ///
+    /// # Safety
+    /// Every buffer the entry names must stay valid, and not be read or written by anyone
+    /// else in a way the operation forbids, until its completion has been reaped.
+    pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        let mut sq = self.ring.submission();
+        // SAFETY: the caller upholds the buffer contract above.
+        unsafe { sq.push(entry) }.is_ok()
+    }
+
+    /// Hands queued entries to the kernel without waiting.
+    pub(crate) fn submit(&self) -> Result<(), IoError> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(ring_err(Operation::Ring)(e)),
+            }
+        }
+    }
+
+    /// Submits and waits until at least one completion is ready or `deadline` passes.
+    pub(crate) fn wait_one(&self, deadline: Instant) -> Result<(), IoError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ts = types::Timespec::new()
+            .sec(remaining.as_secs())
+            .nsec(remaining.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(ring_err(Operation::Ring)(e)),
+        }
+    }
+
+    /// Calls `f(user_data, result)` for every completion ready now.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, i32)) {
+        for cqe in self.ring.completion() {
+            f(cqe.user_data(), cqe.result());
+        }
+    }
+}
+
+/// Read into `buf` from registered file `slot`, through fixed buffer `buf_index` if given.
+pub(crate) fn read(
+    slot: u32,
+    buf: *mut u8,
+    len: u32,
+    offset: u64,
+    buf_index: Option<u16>,
+) -> squeue::Entry {
+    let fd = types::Fixed(slot);
+    match buf_index {
+        Some(index) => opcode::ReadFixed::new(fd, buf, len, index)
+            .offset(offset)
+            .build(),
+        None => opcode::Read::new(fd, buf, len).offset(offset).build(),
+    }
+}
+
+/// Write from `buf` to registered file `slot`, through fixed buffer `buf_index` if given.
+pub(crate) fn write(
+    slot: u32,
+    buf: *const u8,
+    len: u32,
+    offset: u64,
+    buf_index: Option<u16>,
+) -> squeue::Entry {
+    let fd = types::Fixed(slot);
+    match buf_index {
+        Some(index) => opcode::WriteFixed::new(fd, buf, len, index)
+            .offset(offset)
+            .build(),
+        None => opcode::Write::new(fd, buf, len).offset(offset).build(),
+    }
+}
+
+/// fdatasync of registered file `slot`.
+pub(crate) fn datasync(slot: u32) -> squeue::Entry {
+    opcode::Fsync::new(types::Fixed(slot))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+}
+
+/// ftruncate of registered file `slot`.
+pub(crate) fn truncate(slot: u32, size_bytes: u64) -> squeue::Entry {
+    opcode::Ftruncate::new(types::Fixed(slot), size_bytes).build()
+}
+
+/// Deallocates `[offset, offset + len)` of registered file `slot`, keeping its size.
+pub(crate) fn punch(slot: u32, offset: u64, len: u64) -> squeue::Entry {
+    opcode::Fallocate::new(types::Fixed(slot), len)
+        .offset(offset)
+        .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+        .build()
+}

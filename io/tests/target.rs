@@ -1,0 +1,136 @@
+//! Formatting and opening targets, and their metadata operations.
+
+mod common;
+
+use common::TempDir;
+use nacre_io::{IoError, STAMP_FILE, Target, limits::TARGET_FORMAT_VERSION};
+
+#[test]
+fn format_then_open_gives_the_same_stamp() {
+    let dir = TempDir::new("fmt");
+    let tdir = dir.path().join("t");
+    let stamp = Target::format(&tdir, 42).expect("format");
+    assert_eq!(stamp.target_id, 42);
+    assert_eq!(stamp.format_version, TARGET_FORMAT_VERSION);
+    let target = Target::open(&tdir).expect("open");
+    assert_eq!(*target.stamp(), stamp);
+    assert_eq!(target.stamp().uuid_string().len(), 36);
+    let other = dir.path().join("u");
+    let stamp2 = Target::format(&other, 42).expect("format");
+    assert_ne!(stamp.uuid, stamp2.uuid, "two formats get two uuids");
+}
+
+#[test]
+fn format_refuses_a_target_and_a_non_empty_directory() {
+    let dir = TempDir::new("refuse");
+    let tdir = dir.path().join("t");
+    Target::format(&tdir, 1).expect("format");
+    let err = Target::format(&tdir, 1).expect_err("second format");
+    assert!(matches!(err, IoError::FormatRefused { .. }), "{err}");
+    assert!(err.to_string().contains("already"), "{err}");
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).expect("mkdir");
+    std::fs::write(full.join("precious"), b"x").expect("write");
+    let err = Target::format(&full, 1).expect_err("non-empty");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert!(full.join("precious").exists());
+}
+
+#[test]
+fn open_refuses_what_is_not_a_target() {
+    let dir = TempDir::new("notarget");
+    let err = Target::open(dir.path()).expect_err("empty dir");
+    assert!(matches!(err, IoError::NotATarget { .. }), "{err}");
+    assert!(err.to_string().contains("no nacre-target stamp"), "{err}");
+    let err = Target::open(&dir.path().join("missing")).expect_err("missing dir");
+    assert!(matches!(err, IoError::NotATarget { .. }), "{err}");
+
+    let tdir = dir.path().join("t");
+    Target::format(&tdir, 3).expect("format");
+    let stamp_path = tdir.join(STAMP_FILE);
+    let good = std::fs::read(&stamp_path).expect("read stamp");
+
+    let mut corrupt = good.clone();
+    corrupt[20] ^= 0xff;
+    std::fs::write(&stamp_path, &corrupt).expect("write");
+    let err = Target::open(&tdir).expect_err("corrupt");
+    assert!(err.to_string().contains("checksum"), "{err}");
+
+    let mut magic = good.clone();
+    magic[0] = b'X';
+    std::fs::write(&stamp_path, &magic).expect("write");
+    let err = Target::open(&tdir).expect_err("bad magic");
+    assert!(err.to_string().contains("magic"), "{err}");
+
+    std::fs::write(&stamp_path, &good[..10]).expect("write");
+    let err = Target::open(&tdir).expect_err("short");
+    assert!(err.to_string().contains("10 bytes"), "{err}");
+
+    // A newer format version, with a checksum that is right for it.
+    let mut newer = good.clone();
+    newer[4..8].copy_from_slice(&(TARGET_FORMAT_VERSION + 1).to_le_bytes());
+    newer[40..44].copy_from_slice(&[0; 4]);
+    let crc = crc32c_of(&newer);
+    newer[40..44].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&stamp_path, &newer).expect("write");
+    let err = Target::open(&tdir).expect_err("newer");
+    assert!(
+        matches!(err, IoError::NewerFormat { found, supported, .. } if found == TARGET_FORMAT_VERSION + 1 && supported == TARGET_FORMAT_VERSION),
+        "{err}"
+    );
+    std::fs::write(&stamp_path, &good).expect("write");
+    Target::open(&tdir).expect("the good stamp opens again");
+}
+
+/// CRC32C (Castagnoli), bit by bit: an independent check of the stamp's checksum.
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn create_stat_list_remove_and_capacity() {
+    let dir = TempDir::new("meta");
+    let tdir = dir.path().join("t");
+    Target::format(&tdir, 5).expect("format");
+    let target = Target::open(&tdir).expect("open");
+    assert_eq!(target.list().expect("list"), Vec::<u64>::new());
+    for id in [3u64, 0x1_0000_0001, 1, u64::MAX] {
+        target.create(id).expect("create");
+    }
+    let err = target.create(1).expect_err("exists");
+    assert!(
+        matches!(err, IoError::ObjectExists { object_id: 1 }),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EEXIST);
+    assert_eq!(
+        target.list().expect("list"),
+        vec![1, 3, 0x1_0000_0001, u64::MAX]
+    );
+    let st = target.stat(3).expect("stat");
+    assert_eq!((st.size_bytes, st.allocated_bytes), (0, 0));
+    target.remove(3).expect("remove");
+    let err = target.stat(3).expect_err("stat removed");
+    assert!(
+        matches!(err, IoError::NoSuchObject { object_id: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("stat of object 0x3"), "{err}");
+    let err = target.remove(3).expect_err("remove twice");
+    assert_eq!(err.errno(), libc::ENOENT);
+    let cap = target.capacity().expect("capacity");
+    assert!(cap.total_bytes > 0);
+    assert!(cap.available_bytes <= cap.total_bytes);
+    assert!(cap.used_bytes <= cap.total_bytes);
+}
