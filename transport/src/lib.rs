@@ -2,6 +2,9 @@
 //! checksummed wire format, TCP driven by io_uring, and RDMA (verbs, rdmacm, one-sided
 //! READ/WRITE) with automatic fallback to TCP, behind one interface.
 //!
-//! It knows nothing of layouts or storage. This crate is filled by the transport issue;
-//! for now it only states its job.
-#![forbid(unsafe_code)]
+//! It knows nothing of layouts or storage.
+
+pub mod limits;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+pub mod wire;

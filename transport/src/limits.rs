@@ -1,0 +1,24 @@
+//! Every bound of the transport, in one place. Units are in the names.
+
+/// Magic number opening every message header ("NACR" little-endian).
+pub const WIRE_MAGIC: u32 = u32::from_le_bytes(*b"NACR");
+/// Version of the wire format this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+/// Size of a message header on the wire.
+pub const HEADER_BYTES: usize = 48;
+/// Largest body (the small, structured part of a message: extent lists and the like).
+pub const MAX_BODY_BYTES: u32 = 64 * 1024;
+/// Largest bulk payload of one message.
+pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Most extents one request may carry.
+pub const MAX_EXTENTS_PER_REQUEST: usize = 1024;
+/// Default number of connections a client opens to one peer.
+pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 4;
+/// Most connections a client opens to one peer.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// How long connecting to a peer may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long one request may wait for its response (or one send for the peer to take it).
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Socket buffer size asked for on bulk connections.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,1 @@
+//! RDMA: verbs and rdmacm through rdma-sys (being written).
