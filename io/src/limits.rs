@@ -4,6 +4,10 @@
 /// logical block size a target's device is expected to have (512 B or 4 KiB).
 pub const DIRECT_IO_ALIGN_BYTES: u64 = 4096;
 
+/// Size of a transparent huge page; buffers at least this large are aligned to it and
+/// asked to be backed by huge pages.
+pub const HUGE_PAGE_BYTES: u64 = 2 * 1024 * 1024;
+
 /// Largest single read or write. Callers split larger transfers (Lustre's default RPC is
 /// 4 MiB, so one op is one stripe-sized chunk).
 pub const MAX_IO_BYTES: u64 = 4 * 1024 * 1024;

@@ -84,7 +84,10 @@ impl Ring {
     }
 
     /// Hands queued entries to the kernel without waiting.
-    pub(crate) fn submit(&self) -> Result<(), IoError> {
+    pub(crate) fn submit(&mut self) -> Result<(), IoError> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),

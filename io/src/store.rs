@@ -4,7 +4,7 @@
 //! used evicted), a fixed-buffer table (its bounce buffers and the memory callers register),
 //! and the state of every operation it accepted. It is `Send` but not `Sync`: a server runs
 //! one store per core and gives each the objects it serves, so no lock sits on the data path.
-//! Two stores writing the same object at once are not coordinated (docs/decisions/0002).
+//! Two stores writing the same object at once are not coordinated (docs/decisions/0002-one-object-store-per-thread.md).
 //!
 //! Aligned operations (offset, length and memory address multiples of
 //! [`DIRECT_IO_ALIGN_BYTES`]) go straight between the caller's memory and the file with
@@ -43,6 +43,11 @@ pub struct StoreConfig {
     pub max_ops: u32,
     /// How many bounce buffers (each [`BOUNCE_BUFFER_BYTES`]) serve unaligned operations.
     pub bounce_buffers: u32,
+    /// Issue reads and writes from io_uring's worker threads (IOSQE_ASYNC) instead of inline
+    /// in the submitting thread. It spreads issuing over idle cores: worth it when the store's
+    /// thread is the only busy one (here: 4 KiB random reads at queue depth 32 gain about
+    /// 15%); not when every core runs its own store.
+    pub offload_issue: bool,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +57,7 @@ impl Default for StoreConfig {
             open_objects: DEFAULT_OPEN_OBJECTS,
             max_ops: DEFAULT_MAX_OPS,
             bounce_buffers: DEFAULT_BOUNCE_BUFFERS,
+            offload_issue: false,
         }
     }
 }
@@ -478,25 +484,39 @@ impl ObjectStore {
         timeout: Duration,
         out: &mut Vec<Completion>,
     ) -> Result<usize, IoError> {
+        self.wait_bounded(min_completions, usize::MAX, timeout, out)
+    }
+
+    /// [`ObjectStore::wait`], handing back at most `max_completions` (the rest stay ready for
+    /// the next call). A caller that refills each slot as soon as it completes (`max` of 1 or
+    /// a few) keeps the device's queue evenly full; refilling a whole queue depth at once
+    /// leaves it draining while the refill is issued (about 20% fewer 4 KiB IOPS here).
+    pub fn wait_bounded(
+        &mut self,
+        min_completions: usize,
+        max_completions: usize,
+        timeout: Duration,
+        out: &mut Vec<Completion>,
+    ) -> Result<usize, IoError> {
         let deadline = Instant::now() + timeout;
         let before = out.len();
-        let want = min_completions.min(self.outstanding());
+        let max_completions = max_completions.max(1);
+        let want = min_completions.min(self.outstanding()).min(max_completions);
         loop {
             self.pump()?;
-            self.ring.submit()?;
-            self.reap();
-            out.extend(self.ready.drain(..));
-            if out.len() - before >= want || self.outstanding() == 0 {
-                return Ok(out.len() - before);
+            if self.ready.len() < max_completions {
+                self.reap();
             }
-            if Instant::now() >= deadline {
-                return Ok(out.len() - before);
-            }
+            let take = self.ready.len().min(max_completions - (out.len() - before));
+            out.extend(self.ready.drain(..take));
+            let enough = out.len() - before >= want || self.outstanding() == 0;
             // Every queued op waits on something a started op holds, so with nothing in the
             // kernel there is nothing to wait for.
-            if self.sqes_in_kernel == 0 {
+            if enough || self.sqes_in_kernel == 0 || Instant::now() >= deadline {
+                self.ring.submit()?;
                 return Ok(out.len() - before);
             }
+            // One system call submits what pump queued and waits for a completion.
             self.ring.wait_one(deadline)?;
         }
     }
@@ -986,7 +1006,10 @@ impl ObjectStore {
     }
 
     fn push(&mut self, index: u32, entry: io_uring::squeue::Entry, sub: u64) {
-        let entry = entry.user_data(u64::from(index) | (sub << 32));
+        let mut entry = entry.user_data(u64::from(index) | (sub << 32));
+        if self.config.offload_issue && sub == SUB_MAIN {
+            entry = entry.flags(io_uring::squeue::Flags::ASYNC);
+        }
         // SAFETY: every buffer an entry names is either the store's own bounce buffer, held
         // by this op until it completes, or the caller's memory, which `submit`'s contract
         // keeps valid until the completion is reaped.

@@ -377,8 +377,9 @@ proptest! {
 
     /// Any batch of reads and writes, aligned or not, leaves the object as a model says.
     #[test]
-    fn batches_match_a_model(seed in any::<u64>(), rounds in 1usize..6) {
-        let (_dir, target, mut store) = store("prop", StoreConfig { queue_depth: 16, bounce_buffers: 2, ..StoreConfig::default() });
+    fn batches_match_a_model(seed in any::<u64>(), rounds in 1usize..6, offload_issue in any::<bool>()) {
+        let config = StoreConfig { queue_depth: 16, bounce_buffers: 2, offload_issue, ..StoreConfig::default() };
+        let (_dir, target, mut store) = store("prop", config);
         target.create(1).expect("create");
         let mut rng = Rng(seed | 1);
         let mut model: Vec<u8> = Vec::new();

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what Nacre's tests need when it is missing, then runs every check a landing needs:
+# cargo fmt --check, cargo clippy (warnings are errors), cargo test for the whole workspace,
+# and a short smoke run of the quickstart and its io benchmark (so the scripts cannot rot).
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --no-smoke skip the quickstart smoke run
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+cd "$NACRE_ROOT"
+
+smoke=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-smoke) smoke=0 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "test.sh: unknown argument $arg (see --help)" ;;
+    esac
+done
+
+command -v cargo >/dev/null || die "cargo is not on the PATH; install Rust (rustup) first"
+# cc for crates that build C, mount/umount for the ENOSPC test, fio and python3 for the
+# benchmark smoke run.
+need_packages cc:gcc mount:mount python3:python3 fio:fio
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+if [ $smoke = 1 ]; then
+    step "quickstart smoke run (small sizes)"
+    NACRE_QUICKSTART_SIZE=64M NACRE_QUICKSTART_SECONDS=1 scripts/quickstart.sh
+fi
+
+step "all checks passed"
