@@ -4,7 +4,15 @@
 //!
 //! It knows nothing of layouts or storage.
 
+pub mod conn;
+pub mod endpoint;
+pub mod error;
 pub mod limits;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+pub mod tcp;
 pub mod wire;
+
+pub use conn::{Bulk, ConnectOptions, Connection, Kind, Listener, Peer, Reply, Request, ServerConnection};
+pub use endpoint::{Endpoint, Scheme};
+pub use error::{TransportError, TransportOp};

@@ -1,0 +1,403 @@
+//! TCP: one stream per connection, messages framed by [`crate::wire`], bulk payloads sent
+//! from the caller's memory with vectored writes and received with vectored reads straight
+//! into the caller's destination buffers: no copy in user space on either side.
+//!
+//! Sockets are blocking with a per-call timeout (SO_RCVTIMEO/SO_SNDTIMEO): a wait ends when
+//! the peer makes no progress for that long. Any error mid-message leaves the stream at an
+//! unknown position, so the connection is marked broken and refuses further use
+//! (docs/decisions/0003-tcp-blocking-sockets.md says why blocking sockets).
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::error::{TransportError, TransportOp};
+use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
+use crate::wire::Header;
+
+/// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
+const SLICES_PER_CALL: usize = 64;
+/// Chunk used to discard the body and payload of a message that is skipped.
+const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
+
+/// One TCP connection carrying framed messages.
+#[derive(Debug)]
+pub struct TcpConnection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    broken: bool,
+}
+
+fn setsockopt_int(stream: &TcpStream, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: the descriptor is open (owned by `stream`) and the option value is a valid
+    // c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl TcpConnection {
+    /// Connects to `peer`, waiting at most `timeout`, with every later wait bounded by it too.
+    pub fn connect(peer: SocketAddr, timeout: Duration) -> Result<TcpConnection, TransportError> {
+        let stream = TcpStream::connect_timeout(&peer, timeout).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::TimedOut {
+                TransportError::TimedOut {
+                    op: TransportOp::Connect,
+                    peer,
+                    timeout_ms: timeout.as_millis() as u64,
+                }
+            } else {
+                TransportError::Io {
+                    op: TransportOp::Connect,
+                    peer,
+                    source,
+                }
+            }
+        })?;
+        TcpConnection::from_stream(stream, peer, timeout)
+    }
+
+    /// Wraps an accepted stream.
+    pub fn from_stream(
+        stream: TcpStream,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpConnection, TransportError> {
+        let io = |source| TransportError::Io {
+            op: TransportOp::Connect,
+            peer,
+            source,
+        };
+        stream.set_nodelay(true).map_err(io)?;
+        let buffer = SOCKET_BUFFER_BYTES as i32;
+        setsockopt_int(&stream, libc::SOL_SOCKET, libc::SO_SNDBUF, buffer).map_err(io)?;
+        setsockopt_int(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, buffer).map_err(io)?;
+        let mut conn = TcpConnection {
+            stream,
+            peer,
+            timeout,
+            broken: false,
+        };
+        conn.set_timeout(timeout)?;
+        Ok(conn)
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether an earlier error broke the connection.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sets how long any one send or receive may go without progress.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        let io = |source| TransportError::Io {
+            op: TransportOp::Connect,
+            peer: self.peer,
+            source,
+        };
+        self.stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        self.stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
+        self.broken = true;
+        match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                TransportError::TimedOut {
+                    op,
+                    peer: self.peer,
+                    timeout_ms: self.timeout.as_millis() as u64,
+                }
+            }
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerClosed {
+                op,
+                peer: self.peer,
+            },
+            _ => TransportError::Io {
+                op,
+                peer: self.peer,
+                source,
+            },
+        }
+    }
+
+    /// Sends a message: the header, its body, then the payload slices, whose lengths must
+    /// add up to the header's payload length.
+    pub fn send(
+        &mut self,
+        header: &Header,
+        body: &[u8],
+        payload: &[IoSlice<'_>],
+    ) -> Result<(), TransportError> {
+        self.check()?;
+        let payload_total: u64 = payload.iter().map(|s| s.len() as u64).sum();
+        assert_eq!(
+            payload_total, header.payload_len,
+            "payload slices disagree with the header"
+        );
+        assert_eq!(
+            body.len(),
+            header.body_len as usize,
+            "body disagrees with the header"
+        );
+        let head = header.encode();
+        // The first call carries the header, the body and the first payload slices together.
+        let mut slices: [IoSlice<'_>; SLICES_PER_CALL] = [IoSlice::new(&[]); SLICES_PER_CALL];
+        slices[0] = IoSlice::new(&head);
+        slices[1] = IoSlice::new(body);
+        let first = payload.len().min(SLICES_PER_CALL - 2);
+        slices[2..2 + first].copy_from_slice(&payload[..first]);
+        let result = write_all_vectored(&mut self.stream, &mut slices[..2 + first]);
+        if let Err(e) = result {
+            return Err(self.fail(TransportOp::Send, e));
+        }
+        for group in payload[first..].chunks(SLICES_PER_CALL) {
+            slices[..group.len()].copy_from_slice(group);
+            if let Err(e) = write_all_vectored(&mut self.stream, &mut slices[..group.len()]) {
+                return Err(self.fail(TransportOp::Send, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives a header and its body (into `body`, resized to the announced length, which
+    /// the header bounds by [`MAX_BODY_BYTES`]). `Ok(None)` when the peer closed the
+    /// connection cleanly between messages.
+    pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
+        self.check()?;
+        let mut head = [0u8; HEADER_BYTES];
+        let mut got = 0;
+        while got < HEADER_BYTES {
+            match self.stream.read(&mut head[got..]) {
+                Ok(0) if got == 0 => {
+                    self.broken = true;
+                    return Ok(None);
+                }
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Err(self.fail(TransportOp::Recv, e));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(TransportOp::Recv, e)),
+            }
+        }
+        let header = match Header::decode(&head) {
+            Ok(header) => header,
+            Err(source) => {
+                // An unknown opcode in an otherwise valid header is the caller's to answer;
+                // anything else means the stream cannot be trusted.
+                if !matches!(source, crate::wire::WireError::UnknownOpcode { .. }) {
+                    self.broken = true;
+                }
+                return Err(TransportError::Protocol {
+                    peer: self.peer,
+                    source,
+                });
+            }
+        };
+        debug_assert!(header.body_len <= MAX_BODY_BYTES);
+        body.clear();
+        body.resize(header.body_len as usize, 0);
+        if let Err(e) = self.stream.read_exact(body) {
+            return Err(self.fail(TransportOp::Recv, e));
+        }
+        if let Err(source) = header.check_body(body) {
+            self.broken = true;
+            return Err(TransportError::Protocol {
+                peer: self.peer,
+                source,
+            });
+        }
+        Ok(Some(header))
+    }
+
+    /// Receives `len` payload bytes straight into the first `len` bytes of `dests` (which
+    /// must hold at least that many; the last one used may be filled only in part).
+    pub fn recv_payload(
+        &mut self,
+        dests: &mut [IoSliceMut<'_>],
+        len: u64,
+    ) -> Result<(), TransportError> {
+        self.check()?;
+        let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
+        if room < len {
+            // Nothing was read: the caller may still discard the payload.
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a payload of {len} bytes does not fit destinations of {room} bytes"
+                ),
+            });
+        }
+        let mut left = len;
+        let mut full = 0;
+        while full < dests.len() && dests[full].len() as u64 <= left {
+            left -= dests[full].len() as u64;
+            full += 1;
+        }
+        let mut start = 0;
+        while start < full {
+            let end = (start + SLICES_PER_CALL).min(full);
+            if let Err(e) = read_exact_vectored(&mut self.stream, &mut dests[start..end]) {
+                return Err(self.fail(TransportOp::Recv, e));
+            }
+            start = end;
+        }
+        if left > 0 {
+            let last: &mut [u8] = &mut dests[full];
+            if let Err(e) = self.stream.read_exact(&mut last[..left as usize]) {
+                return Err(self.fail(TransportOp::Recv, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and drops `len` bytes (the body and payload of a message being skipped).
+    pub fn discard(&mut self, len: u64) -> Result<(), TransportError> {
+        self.check()?;
+        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
+            if let Err(e) = self.stream.read_exact(&mut scratch[..n]) {
+                return Err(self.fail(TransportOp::Recv, e));
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Closes both directions; the peer's next receive sees the end of the stream.
+    pub fn shutdown(&mut self) {
+        self.broken = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_vectored(
+    stream: &mut TcpStream,
+    mut dests: &mut [IoSliceMut<'_>],
+) -> std::io::Result<()> {
+    IoSliceMut::advance_slices(&mut dests, 0);
+    while !dests.is_empty() {
+        match stream.read_vectored(dests) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => IoSliceMut::advance_slices(&mut dests, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A TCP listening socket.
+#[derive(Debug)]
+pub struct TcpAcceptor {
+    listener: TcpListener,
+    local: SocketAddr,
+}
+
+impl TcpAcceptor {
+    /// Listens on `addr` (port 0 picks a free port; see [`TcpAcceptor::local_addr`]).
+    pub fn bind(addr: SocketAddr) -> Result<TcpAcceptor, TransportError> {
+        let io = |source| TransportError::Io {
+            op: TransportOp::Listen,
+            peer: addr,
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(io)?;
+        let local = listener.local_addr().map_err(io)?;
+        Ok(TcpAcceptor { listener, local })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits up to `timeout` for a connection; `Ok(None)` when none came.
+    pub fn accept(
+        &self,
+        timeout: Duration,
+        conn_timeout: Duration,
+    ) -> Result<Option<TcpConnection>, TransportError> {
+        let mut pfd = libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: pfd is a valid pollfd for an open descriptor, and the count is 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(TransportError::Io {
+                op: TransportOp::Listen,
+                peer: self.local,
+                source: e,
+            });
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let (stream, peer) = self
+            .listener
+            .accept()
+            .map_err(|source| TransportError::Io {
+                op: TransportOp::Listen,
+                peer: self.local,
+                source,
+            })?;
+        TcpConnection::from_stream(stream, peer, conn_timeout).map(Some)
+    }
+}
