@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Nacre's tests need when it is missing, then runs every check a landing needs:
 # cargo fmt --check, cargo clippy (warnings are errors), cargo test for the whole workspace,
-# and a short smoke run of the quickstart and its io benchmark (so the scripts cannot rot).
+# the RDMA tests on a real Soft-RoCE device (scripts/rdma-test.sh boots a small VM), and a
+# short smoke run of the quickstart and its io benchmark (so the scripts cannot rot).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-smoke skip the quickstart smoke run
@@ -33,6 +34,12 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "RDMA: the verbs transport's tests on a real Soft-RoCE device in a VM (scripts/rdma-test.sh)"
+scripts/rdma-test.sh
+
+step "cargo clippy -p nacre-transport --features rdma --all-targets -- -D warnings"
+cargo clippy -p nacre-transport --features rdma --all-targets --quiet -- -D warnings
 
 if [ $smoke = 1 ]; then
     step "quickstart smoke run (small sizes)"

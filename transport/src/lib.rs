@@ -13,6 +13,8 @@ pub mod rdma;
 pub mod tcp;
 pub mod wire;
 
-pub use conn::{Bulk, ConnectOptions, Connection, Kind, Listener, Peer, Reply, Request, ServerConnection};
+pub use conn::{
+    Bulk, ConnectOptions, Connection, Kind, Listener, Peer, Reply, Request, ServerConnection,
+};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};

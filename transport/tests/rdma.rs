@@ -1,0 +1,533 @@
+#![cfg(feature = "rdma")]
+//! RDMA transport against a real device. Needs NACRE_RDMA_ADDR (an address of an RDMA
+//! interface; scripts/rdma-test.sh runs these in a Soft-RoCE VM where it is set). Without
+//! it, or without a device, each test says `SKIPPED <name>: no RDMA device` and passes.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nacre_transport::rdma::{
+    MAX_MESSAGE_BYTES, MAX_RDMA_CHUNK_BYTES, RECV_QUEUE_DEPTH, RdmaConnection, RdmaDomain,
+    RdmaError, RdmaListener, RemoteBuf, can_reach, devices,
+};
+
+/// Connection set-up bound in tests (the VM is slow, not the code).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on one operation in tests.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Several MiB plus an odd tail, so chunking and the last partial chunk are both used.
+const BULK_BYTES: usize = 8 * 1024 * 1024 + 12_345;
+/// Large enough that a transfer is still running when the peer goes away.
+const DISCONNECT_BULK_BYTES: usize = 32 * 1024 * 1024;
+/// Transfers tried before the peer's disconnect must have been noticed.
+const MAX_TRANSFERS_AFTER_DROP: usize = 20;
+
+/// The address to test on, or `None` (after saying so) where no RDMA device exists.
+fn rdma_addr(test: &str, port: u16) -> Option<SocketAddr> {
+    let configured = std::env::var("NACRE_RDMA_ADDR")
+        .ok()
+        .and_then(|s| s.parse::<IpAddr>().ok());
+    let has_device = devices().map(|found| !found.is_empty()).unwrap_or(false);
+    match configured {
+        Some(ip) if has_device => Some(SocketAddr::new(ip, port)),
+        _ => {
+            // Straight to the process's stderr, past the test harness's output capture, so
+            // the skip shows in a plain `cargo test` run too.
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no RDMA device");
+            None
+        }
+    }
+}
+
+/// Starts a listener on `addr` in a thread that hands its first connection to `serve`;
+/// returns once the listener is bound.
+fn spawn_server<T, F>(addr: SocketAddr, serve: F) -> JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce(RdmaConnection) -> T + Send + 'static,
+{
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let listener = RdmaListener::bind(addr).expect("bind the listener");
+        bound_tx
+            .send(listener.local_addr())
+            .expect("the test waits for the bind");
+        let conn = listener.accept(SETUP_TIMEOUT).expect("accept a connection");
+        serve(conn)
+    });
+    let bound = bound_rx
+        .recv()
+        .expect("the listener thread binds (see its panic)");
+    assert_eq!(bound, addr, "listener bound where asked");
+    handle
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 13) as u8))
+        .collect()
+}
+
+fn assert_same(actual: &[u8], expected: &[u8], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    if let Some(at) = actual.iter().zip(expected).position(|(a, e)| a != e) {
+        panic!(
+            "{what}: first difference at byte {at}: {} != {}",
+            actual[at], expected[at]
+        );
+    }
+}
+
+#[test]
+fn rdma_devices_lists_an_active_port() {
+    if rdma_addr("rdma_devices_lists_an_active_port", 0).is_none() {
+        return;
+    }
+    let found = devices().expect("list devices");
+    eprintln!("devices: {found:?}");
+    if let Ok(name) = std::env::var("NACRE_RDMA_DEV") {
+        let device = found
+            .iter()
+            .find(|d| d.name == name)
+            .expect("NACRE_RDMA_DEV is listed");
+        assert!(
+            device.ports.iter().any(|p| p.active),
+            "{name} has an active port: {device:?}"
+        );
+    }
+}
+
+#[test]
+fn rdma_can_reach_the_rdma_address_only() {
+    let Some(addr) = rdma_addr("rdma_can_reach_the_rdma_address_only", 7470) else {
+        return;
+    };
+    assert!(
+        can_reach(addr, SETUP_TIMEOUT),
+        "{addr} is reachable through an RDMA device"
+    );
+    // TEST-NET-2: no interface has a route there, so no RDMA device reaches it.
+    let nowhere: SocketAddr = "198.51.100.7:7470".parse().expect("literal address");
+    assert!(
+        !can_reach(nowhere, Duration::from_secs(2)),
+        "{nowhere} is not reachable"
+    );
+}
+
+#[test]
+fn rdma_messages_both_ways() {
+    let Some(addr) = rdma_addr("rdma_messages_both_ways", 7471) else {
+        return;
+    };
+    // More round trips than receive slots, so reposting is exercised.
+    let rounds = RECV_QUEUE_DEPTH * 3;
+    let server = spawn_server(addr, move |mut conn| {
+        let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+        for round in 0..rounds {
+            let len = conn.recv(&mut buf, OP_TIMEOUT).expect("server recv");
+            assert_same(
+                &buf[..len],
+                &pattern(round * 997 % MAX_MESSAGE_BYTES, round as u8),
+                "request",
+            );
+            let reply = pattern(len / 2, round as u8 ^ 0x5a);
+            conn.send(&reply, OP_TIMEOUT).expect("server send");
+        }
+        let big = pattern(MAX_MESSAGE_BYTES, 7);
+        conn.send(&big, OP_TIMEOUT)
+            .expect("server send of a full message");
+        conn.send(&[], OP_TIMEOUT)
+            .expect("server send of an empty message");
+        let len = conn
+            .recv(&mut buf, OP_TIMEOUT)
+            .expect("server waits for the client's last word");
+        assert_eq!(&buf[..len], b"bye");
+    });
+    let mut conn = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect("connect");
+    assert_eq!(conn.peer_addr(), addr);
+    let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+    for round in 0..rounds {
+        let request = pattern(round * 997 % MAX_MESSAGE_BYTES, round as u8);
+        conn.send(&request, OP_TIMEOUT).expect("client send");
+        let len = conn.recv(&mut buf, OP_TIMEOUT).expect("client recv");
+        assert_same(
+            &buf[..len],
+            &pattern(request.len() / 2, round as u8 ^ 0x5a),
+            "reply",
+        );
+    }
+    // A full message does not fit a small buffer, and stays queued for a large one.
+    let mut small = [0u8; 16];
+    match conn.recv(&mut small, OP_TIMEOUT) {
+        Err(RdmaError::BufferTooSmall { len, .. }) => assert_eq!(len, MAX_MESSAGE_BYTES),
+        other => panic!("expected BufferTooSmall, got {other:?}"),
+    }
+    let len = conn
+        .recv(&mut buf, OP_TIMEOUT)
+        .expect("client recv of a full message");
+    assert_same(&buf[..len], &pattern(MAX_MESSAGE_BYTES, 7), "full message");
+    assert_eq!(
+        conn.recv(&mut buf, OP_TIMEOUT)
+            .expect("client recv of an empty message"),
+        0
+    );
+    let too_big = vec![0u8; MAX_MESSAGE_BYTES + 1];
+    assert!(matches!(
+        conn.send(&too_big, OP_TIMEOUT),
+        Err(RdmaError::MessageTooLarge { .. })
+    ));
+    // Nothing is coming: the wait ends at its bound, and the connection stays usable.
+    assert!(matches!(
+        conn.recv(&mut buf, Duration::from_millis(200)),
+        Err(RdmaError::Timeout { .. })
+    ));
+    conn.send(b"bye", OP_TIMEOUT)
+        .expect("client send after a receive timeout");
+    server.join().expect("server thread");
+}
+
+#[test]
+fn rdma_write_and_read_several_mib() {
+    let Some(addr) = rdma_addr("rdma_write_and_read_several_mib", 7472) else {
+        return;
+    };
+    let server = spawn_server(addr, |mut conn| {
+        let original = pattern(BULK_BYTES, 1);
+        let mut memory = original.clone();
+        let region = conn.register(&mut memory).expect("server register");
+        conn.send(&region.remote().to_le_bytes(), OP_TIMEOUT)
+            .expect("send the remote buffer");
+        let mut buf = [0u8; 64];
+        let len = conn
+            .recv(&mut buf, OP_TIMEOUT)
+            .expect("wait for the client's writes");
+        assert_eq!(&buf[..len], b"written");
+        // The client wrote its own pattern over all of it, then pattern 3 over one slice.
+        let mut expected = pattern(BULK_BYTES, 2);
+        let slice_at = MAX_RDMA_CHUNK_BYTES as usize - 100;
+        expected[slice_at..slice_at + 5000].copy_from_slice(&pattern(5000, 3));
+        assert_same(&region, &expected, "bytes the client wrote");
+        conn.send(b"verified", OP_TIMEOUT)
+            .expect("send the verdict");
+    });
+    let mut conn = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect("connect");
+    let mut buf = [0u8; RemoteBuf::ENCODED_BYTES];
+    let len = conn
+        .recv(&mut buf, OP_TIMEOUT)
+        .expect("receive the remote buffer");
+    assert_eq!(len, RemoteBuf::ENCODED_BYTES);
+    let remote = RemoteBuf::from_le_bytes(buf);
+    assert_eq!(remote.len as usize, BULK_BYTES);
+
+    let mut pulled = vec![0u8; BULK_BYTES];
+    let mut pulled_region = conn
+        .register(&mut pulled)
+        .expect("register the read target");
+    conn.read(&mut pulled_region, 0, remote, OP_TIMEOUT)
+        .expect("rdma read");
+    assert_same(
+        &pulled_region,
+        &pattern(BULK_BYTES, 1),
+        "bytes read from the server",
+    );
+
+    let mut outgoing = pattern(BULK_BYTES, 2);
+    outgoing.extend_from_slice(&pattern(5000, 3));
+    let outgoing_region = conn
+        .register(&mut outgoing)
+        .expect("register the write source");
+    conn.write(&outgoing_region, 0, remote, OP_TIMEOUT)
+        .expect("rdma write");
+    // A part of a region into a part of the peer's, across a chunk boundary.
+    let slice_at = MAX_RDMA_CHUNK_BYTES - 100;
+    let part = remote
+        .slice(slice_at, 5000)
+        .expect("slice inside the remote buffer");
+    conn.write(&outgoing_region, BULK_BYTES, part, OP_TIMEOUT)
+        .expect("rdma write of a slice");
+    // Past either end is refused before anything is posted.
+    assert!(matches!(
+        conn.write(&outgoing_region, BULK_BYTES + 1, part, OP_TIMEOUT),
+        Err(RdmaError::OutOfBounds { .. })
+    ));
+    assert!(remote.slice(remote.len - 10, 11).is_none());
+    conn.send(b"written", OP_TIMEOUT).expect("tell the server");
+    let mut verdict = [0u8; 64];
+    let len = conn
+        .recv(&mut verdict, OP_TIMEOUT)
+        .expect("receive the verdict");
+    assert_eq!(&verdict[..len], b"verified");
+    server.join().expect("server thread");
+}
+
+#[test]
+fn rdma_peer_disconnect_mid_transfer_fails_with_the_peer_named() {
+    let Some(addr) = rdma_addr(
+        "rdma_peer_disconnect_mid_transfer_fails_with_the_peer_named",
+        7473,
+    ) else {
+        return;
+    };
+    let server = spawn_server(addr, |mut conn| {
+        let mut memory = vec![0u8; DISCONNECT_BULK_BYTES];
+        let region = conn.register(&mut memory).expect("server register");
+        conn.send(&region.remote().to_le_bytes(), OP_TIMEOUT)
+            .expect("send the remote buffer");
+        let mut buf = [0u8; 16];
+        let len = conn
+            .recv(&mut buf, OP_TIMEOUT)
+            .expect("wait for the client to start");
+        assert_eq!(&buf[..len], b"go");
+        // Going away while the client's transfer runs: connection first, then region.
+        drop(conn);
+        drop(region);
+    });
+    let mut conn = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect("connect");
+    let mut buf = [0u8; RemoteBuf::ENCODED_BYTES];
+    conn.recv(&mut buf, OP_TIMEOUT)
+        .expect("receive the remote buffer");
+    let remote = RemoteBuf::from_le_bytes(buf);
+    let mut source = pattern(DISCONNECT_BULK_BYTES, 9);
+    let region = conn
+        .register(&mut source)
+        .expect("register the write source");
+    conn.send(b"go", OP_TIMEOUT).expect("send go");
+    let mut failure = None;
+    for _ in 0..MAX_TRANSFERS_AFTER_DROP {
+        if let Err(err) = conn.write(&region, 0, remote, OP_TIMEOUT) {
+            failure = Some(err);
+            break;
+        }
+    }
+    let failure = failure.expect("a write fails once the peer has gone");
+    eprintln!("transfer failed as expected: {failure}");
+    assert!(
+        matches!(
+            failure,
+            RdmaError::Disconnected { .. } | RdmaError::Completion { .. }
+        ),
+        "a disconnect, not a timeout: {failure:?}"
+    );
+    assert!(
+        failure.to_string().contains(&addr.to_string()),
+        "the error names the peer: {failure}"
+    );
+    // Later operations fail at once, naming the peer too.
+    let later = conn
+        .send(b"anyone?", OP_TIMEOUT)
+        .expect_err("send after the peer left");
+    eprintln!("later send failed as expected: {later}");
+    assert!(
+        later.to_string().contains(&addr.to_string()),
+        "the error names the peer: {later}"
+    );
+    let mut sink = [0u8; 16];
+    assert!(
+        conn.recv(&mut sink, OP_TIMEOUT).is_err(),
+        "recv after the peer left"
+    );
+    server.join().expect("server thread");
+}
+
+#[test]
+fn rdma_pending_recv_fails_when_the_peer_leaves() {
+    let Some(addr) = rdma_addr("rdma_pending_recv_fails_when_the_peer_leaves", 7474) else {
+        return;
+    };
+    let (peer_tx, peer_rx) = mpsc::channel();
+    let server = spawn_server(addr, move |mut conn| {
+        peer_tx
+            .send(conn.peer_addr())
+            .expect("the test waits for the peer address");
+        let mut buf = [0u8; 64];
+        // A message sent before the peer left is still delivered...
+        let len = conn.recv(&mut buf, OP_TIMEOUT).expect("the last message");
+        assert_eq!(&buf[..len], b"last words");
+        // ...and the wait after it ends with the disconnect, long before OP_TIMEOUT.
+        conn.recv(&mut buf, OP_TIMEOUT)
+            .expect_err("recv after the peer left")
+    });
+    let mut conn = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect("connect");
+    conn.send(b"last words", OP_TIMEOUT).expect("send");
+    let client_addr = peer_rx.recv().expect("the server reports its peer");
+    drop(conn);
+    let err = server.join().expect("server thread");
+    eprintln!("pending recv failed as expected: {err}");
+    assert!(
+        matches!(err, RdmaError::Disconnected { .. }),
+        "a disconnect: {err:?}"
+    );
+    assert!(
+        err.to_string().contains(&client_addr.to_string()),
+        "the error names the peer: {err}"
+    );
+}
+
+#[test]
+fn rdma_accept_and_connect_time_out() {
+    let Some(addr) = rdma_addr("rdma_accept_and_connect_time_out", 7475) else {
+        return;
+    };
+    let listener = RdmaListener::bind(addr).expect("bind");
+    let err = listener
+        .accept(Duration::from_millis(200))
+        .expect_err("nobody connects");
+    assert!(
+        matches!(err, RdmaError::Timeout { .. }),
+        "a timeout: {err:?}"
+    );
+    drop(listener);
+    // Nobody listens on this port: the peer's device rejects the request at once.
+    let err = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect_err("nobody listens");
+    eprintln!("connect without a listener failed as expected: {err}");
+    assert!(
+        err.to_string().contains(&addr.to_string()),
+        "the error names the peer: {err}"
+    );
+}
+
+#[test]
+fn rdma_domain_region_serves_several_connections() {
+    let Some(addr) = rdma_addr("rdma_domain_region_serves_several_connections", 7476) else {
+        return;
+    };
+    const REGION_BYTES: usize = 3 * 1024 * 1024 + 7;
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let domain = RdmaDomain::for_local(addr.ip()).expect("server domain");
+        let mut memory = pattern(REGION_BYTES, 4);
+        // Registered once, before any connection exists, and offered on each.
+        let region = domain
+            .register(&mut memory)
+            .expect("register in the domain");
+        let listener = RdmaListener::bind(addr).expect("bind");
+        bound_tx
+            .send(domain.device_name().to_string())
+            .expect("the test waits for the bind");
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let mut conn = listener
+                .accept_in(&domain, SETUP_TIMEOUT)
+                .expect("accept in the domain");
+            conn.send(&region.remote().to_le_bytes(), OP_TIMEOUT)
+                .expect("send the remote buffer");
+            conns.push(conn);
+        }
+        let mut buf = [0u8; 16];
+        for conn in &mut conns {
+            let len = conn
+                .recv(&mut buf, OP_TIMEOUT)
+                .expect("wait for the client");
+            assert_eq!(&buf[..len], b"done");
+        }
+    });
+    let server_device = bound_rx.recv().expect("the server binds (see its panic)");
+    let domain = RdmaDomain::for_peer(addr, SETUP_TIMEOUT).expect("client domain");
+    assert_eq!(
+        domain.device_name(),
+        server_device,
+        "one device reaches itself"
+    );
+    if let Ok(name) = std::env::var("NACRE_RDMA_DEV") {
+        assert_eq!(domain.device_name(), name);
+    }
+    let mut local = vec![0u8; 2 * REGION_BYTES];
+    let mut region = domain
+        .register(&mut local)
+        .expect("register in the client domain");
+    let mut conns: Vec<RdmaConnection> = (0..2)
+        .map(|_| {
+            RdmaConnection::connect_in(&domain, addr, SETUP_TIMEOUT).expect("connect in the domain")
+        })
+        .collect();
+    for (index, conn) in conns.iter_mut().enumerate() {
+        let mut buf = [0u8; RemoteBuf::ENCODED_BYTES];
+        conn.recv(&mut buf, OP_TIMEOUT)
+            .expect("receive the remote buffer");
+        let remote = RemoteBuf::from_le_bytes(buf);
+        conn.read(&mut region, index * REGION_BYTES, remote, OP_TIMEOUT)
+            .expect("rdma read through the domain");
+    }
+    assert_same(
+        &region[..REGION_BYTES],
+        &pattern(REGION_BYTES, 4),
+        "read over the first connection",
+    );
+    assert_same(
+        &region[REGION_BYTES..],
+        &pattern(REGION_BYTES, 4),
+        "read over the second connection",
+    );
+    for conn in &mut conns {
+        conn.send(b"done", OP_TIMEOUT).expect("tell the server");
+    }
+    server.join().expect("server thread");
+    // A region of the domain is refused by a connection with a protection domain of its own.
+    let other = SocketAddr::new(addr.ip(), addr.port() + 1);
+    let server = spawn_server(other, |mut conn| {
+        let mut buf = [0u8; 16];
+        let len = conn
+            .recv(&mut buf, OP_TIMEOUT)
+            .expect("wait for the client");
+        assert_eq!(&buf[..len], b"bye");
+    });
+    let mut own = RdmaConnection::connect(other, SETUP_TIMEOUT).expect("connect without a domain");
+    let somewhere = RemoteBuf {
+        addr: 4096,
+        rkey: 1,
+        len: 16,
+    };
+    let err = own
+        .read(&mut region, 0, somewhere, OP_TIMEOUT)
+        .expect_err("a region of another domain");
+    assert!(
+        matches!(err, RdmaError::ForeignRegion { .. }),
+        "refused before posting: {err:?}"
+    );
+    own.send(b"bye", OP_TIMEOUT)
+        .expect("the connection is still usable");
+    server.join().expect("server thread");
+}
+
+#[test]
+fn rdma_send_to_a_peer_that_does_not_receive_times_out() {
+    let Some(addr) = rdma_addr("rdma_send_to_a_peer_that_does_not_receive_times_out", 7478) else {
+        return;
+    };
+    let (finished_tx, finished_rx) = mpsc::channel::<()>();
+    let server = spawn_server(addr, move |conn| {
+        // Takes no message: its receive buffers fill up, then senders meet RNR retries.
+        let _ = finished_rx.recv();
+        drop(conn);
+    });
+    let mut conn = RdmaConnection::connect(addr, SETUP_TIMEOUT).expect("connect");
+    for _ in 0..RECV_QUEUE_DEPTH {
+        conn.send(b"queued", OP_TIMEOUT)
+            .expect("a send the peer's buffers take");
+    }
+    let err = conn
+        .send(b"one too many", Duration::from_millis(500))
+        .expect_err("no buffer left");
+    eprintln!("send failed as expected: {err}");
+    assert!(
+        matches!(err, RdmaError::Timeout { .. }),
+        "a timeout: {err:?}"
+    );
+    assert!(
+        err.to_string().contains(&addr.to_string()),
+        "the error names the peer: {err}"
+    );
+    // The request was flushed and the connection is given up, not left half-sent.
+    let later = conn
+        .send(b"again", OP_TIMEOUT)
+        .expect_err("the connection is broken");
+    assert!(
+        matches!(later, RdmaError::Broken { .. }),
+        "broken: {later:?}"
+    );
+    finished_tx.send(()).expect("the server waits");
+    server.join().expect("server thread");
+}
