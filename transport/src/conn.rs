@@ -6,6 +6,7 @@
 //! threads travel in parallel.
 
 use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,57 @@ impl Default for ConnectOptions {
 #[derive(Debug)]
 enum Link {
     Tcp(TcpConnection),
+    #[cfg(feature = "rdma")]
+    Rdma(Box<crate::rdma_link::RdmaLink>),
+}
+
+impl Link {
+    fn kind(&self) -> Kind {
+        match self {
+            Link::Tcp(_) => Kind::Tcp,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => Kind::Rdma,
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        match self {
+            Link::Tcp(t) => t.is_broken(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.is_broken(),
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        match self {
+            Link::Tcp(t) => t.peer(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.peer(),
+        }
+    }
+
+    /// The TCP connection, for the calls only TCP has (pipelining).
+    // Without the rdma feature the match has one arm; with it, two.
+    #[allow(clippy::infallible_destructuring_match)]
+    fn tcp_for_pipelining(&mut self) -> Result<&mut TcpConnection, TransportError> {
+        let t = match self {
+            Link::Tcp(t) => t,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => return Err(pipelining_is_tcp_only(r.peer())),
+        };
+        Ok(t)
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        match self {
+            Link::Tcp(t) => t.set_timeout(timeout),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => {
+                r.set_timeout(timeout);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A client's connection to a peer.
@@ -105,7 +157,7 @@ pub fn choose_kind(endpoint: &Endpoint) -> Result<(Kind, String), TransportError
 #[cfg(feature = "rdma")]
 fn rdma_reachability(endpoint: &Endpoint) -> Result<(), String> {
     let addr = endpoint.socket_addr().map_err(|e| e.to_string())?;
-    if crate::rdma::can_reach(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
+    if crate::rdma::can_reach(addr, Duration::from_millis(crate::rdma::REACH_TIMEOUT_MS)) {
         Ok(())
     } else {
         Err(format!("no RDMA device reaches {}", endpoint.host))
@@ -115,6 +167,15 @@ fn rdma_reachability(endpoint: &Endpoint) -> Result<(), String> {
 #[cfg(not(feature = "rdma"))]
 fn rdma_reachability(_endpoint: &Endpoint) -> Result<(), String> {
     Err("this build has no RDMA support (feature 'rdma')".into())
+}
+
+#[cfg(feature = "rdma")]
+fn pipelining_is_tcp_only(peer: SocketAddr) -> TransportError {
+    TransportError::Unexpected {
+        peer,
+        reason: "send_request/recv_reply (pipelining) are TCP-only for now; use call over RDMA"
+            .into(),
+    }
 }
 
 impl Connection {
@@ -131,12 +192,16 @@ impl Connection {
         let addr = endpoint.socket_addr()?;
         let link = match kind {
             Kind::Tcp => Link::Tcp(TcpConnection::connect(addr, options.connect_timeout)?),
+            #[cfg(feature = "rdma")]
             Kind::Rdma => {
-                return Err(TransportError::RdmaUnavailable {
-                    peer: endpoint.to_string(),
-                    reason: "the RDMA link is not wired into Connection yet".into(),
-                });
+                let conn = crate::rdma::RdmaConnection::connect(addr, options.connect_timeout)?;
+                Link::Rdma(Box::new(crate::rdma_link::RdmaLink::new(
+                    conn,
+                    options.request_timeout,
+                )))
             }
+            #[cfg(not(feature = "rdma"))]
+            Kind::Rdma => unreachable!("choose_kind never picks rdma without the feature"),
         };
         let mut conn = Connection {
             link,
@@ -149,9 +214,7 @@ impl Connection {
 
     /// The transport this connection uses.
     pub fn kind(&self) -> Kind {
-        match self.link {
-            Link::Tcp(_) => Kind::Tcp,
-        }
+        self.link.kind()
     }
 
     /// The endpoint it was made for.
@@ -161,65 +224,69 @@ impl Connection {
 
     /// Whether an earlier error broke it (a [`Peer`] drops broken connections).
     pub fn is_broken(&self) -> bool {
-        match &self.link {
-            Link::Tcp(t) => t.is_broken(),
-        }
+        self.link.is_broken()
     }
 
     /// Sets how long a send or receive may go without progress.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
-        match &mut self.link {
-            Link::Tcp(t) => t.set_timeout(timeout),
-        }
+        self.link.set_timeout(timeout)
     }
 
     /// Sends a request and returns its id; with [`Connection::recv_reply`] this lets a
     /// caller keep several requests in flight on one connection (replies come in order).
+    /// TCP only for now.
     pub fn send_request(
         &mut self,
         opcode: Opcode,
         body: &[u8],
         payload: &[IoSlice<'_>],
     ) -> Result<u64, TransportError> {
+        let t = self.link.tcp_for_pipelining()?;
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let payload_len = payload.iter().map(|s| s.len() as u64).sum();
         let header = Header::request(opcode, request_id, body, payload_len);
-        match &mut self.link {
-            Link::Tcp(t) => t.send(&header, body, payload)?,
-        }
+        t.send(&header, body, payload)?;
         Ok(request_id)
     }
 
     /// Receives the reply to `request_id`: its body into `body` and its payload into `dests`
-    /// (the payload may be shorter than the destinations; longer is an error).
+    /// (the payload may be shorter than the destinations; longer is an error). TCP only.
     pub fn recv_reply(
         &mut self,
         request_id: u64,
         body: &mut Vec<u8>,
         dests: &mut [IoSliceMut<'_>],
     ) -> Result<Reply, TransportError> {
-        let Link::Tcp(t) = &mut self.link;
+        let t = self.link.tcp_for_pipelining()?;
         let peer = t.peer();
-        let Some(header) = t.recv_header(body)? else {
-            return Err(TransportError::PeerClosed {
-                op: crate::error::TransportOp::Recv,
-                peer,
-            });
+        let header = match t.recv_header(body) {
+            Ok(Some(header)) => header,
+            Ok(None) => {
+                return Err(TransportError::PeerClosed {
+                    op: crate::error::TransportOp::Recv,
+                    peer,
+                });
+            }
+            Err(e) => {
+                // A reply is still owed on this stream: it cannot carry another call.
+                t.shutdown();
+                return Err(e);
+            }
         };
         if !header.is_response() || header.request_id != request_id {
             t.shutdown();
             return Err(TransportError::Unexpected {
                 peer,
                 reason: format!(
-                    "expected the reply to request {request_id}, got {} {} {}",
+                    "expected the reply to request {request_id}, got {} {} ({:?})",
                     if header.is_response() {
                         "a reply to"
                     } else {
                         "a request"
                     },
                     header.request_id,
-                    format_args!("({:?})", header.opcode)
+                    header.opcode
                 ),
             });
         }
@@ -250,48 +317,99 @@ impl Connection {
         bulk: Bulk<'_, '_>,
         reply_body: &mut Vec<u8>,
     ) -> Result<Reply, TransportError> {
-        match bulk {
-            Bulk::None => {
-                let id = self.send_request(opcode, body, &[])?;
-                self.recv_reply(id, reply_body, &mut [])
-            }
-            Bulk::Send(payload) => {
+        let (payload, dests): (&[IoSlice<'_>], &mut [IoSliceMut<'_>]) = match bulk {
+            Bulk::None => (&[], &mut []),
+            Bulk::Send(payload) => (payload, &mut []),
+            Bulk::Recv(dests) => (&[], dests),
+        };
+        match &mut self.link {
+            Link::Tcp(_) => {
                 let id = self.send_request(opcode, body, payload)?;
-                self.recv_reply(id, reply_body, &mut [])
-            }
-            Bulk::Recv(dests) => {
-                let id = self.send_request(opcode, body, &[])?;
                 self.recv_reply(id, reply_body, dests)
+            }
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => {
+                let request_id = self.next_request_id;
+                self.next_request_id += 1;
+                let header = Header::request(opcode, request_id, body, 0);
+                let (payload_len, status) = r.call(header, body, payload, reply_body, dests)?;
+                Ok(Reply {
+                    status,
+                    payload_len,
+                })
             }
         }
     }
 }
 
-/// A server's listening endpoint.
-#[derive(Debug)]
+/// How long each half of a listener that takes both TCP and RDMA clients waits in turn.
+const ACCEPT_SLICE_MS: u64 = 10;
+
+/// A server's listening endpoint: TCP, RDMA, or both on the same port (`auto`).
 pub struct Listener {
-    tcp: TcpAcceptor,
+    tcp: Option<TcpAcceptor>,
+    #[cfg(feature = "rdma")]
+    rdma: Option<crate::rdma::RdmaListener>,
     endpoint: Endpoint,
     request_timeout: Duration,
 }
 
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("endpoint", &self.endpoint)
+            .field("tcp", &self.tcp.is_some())
+            .field("rdma", &self.accepts_rdma())
+            .finish()
+    }
+}
+
 impl Listener {
-    /// Listens on `endpoint` (`tcp` or `auto`; port 0 picks a free port).
+    /// Listens on `endpoint` (port 0 picks a free port). `tcp` listens for TCP, `rdma` for
+    /// RDMA, and `auto` for TCP and, where an RDMA device has the address, RDMA on the same
+    /// port number.
     pub fn bind(endpoint: &Endpoint) -> Result<Listener, TransportError> {
+        let addr = endpoint.socket_addr()?;
+        let tcp = match endpoint.scheme {
+            Scheme::Rdma => None,
+            Scheme::Tcp | Scheme::Auto => Some(TcpAcceptor::bind(addr)?),
+        };
+        let port = tcp.as_ref().map_or(addr.port(), |t| t.local_addr().port());
+        #[cfg(feature = "rdma")]
+        let rdma = {
+            let at = SocketAddr::new(addr.ip(), port);
+            match endpoint.scheme {
+                Scheme::Tcp => None,
+                Scheme::Rdma => Some(crate::rdma::RdmaListener::bind(at)?),
+                Scheme::Auto => match crate::rdma::RdmaListener::bind(at) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        eprintln!("nacre-transport: {endpoint} listens on tcp only ({e})");
+                        None
+                    }
+                },
+            }
+        };
+        #[cfg(not(feature = "rdma"))]
         if endpoint.scheme == Scheme::Rdma {
             return Err(TransportError::RdmaUnavailable {
                 peer: endpoint.to_string(),
-                reason: "RDMA listening is not wired into Listener yet".into(),
+                reason: "this build has no RDMA support (feature 'rdma')".into(),
             });
         }
-        let tcp = TcpAcceptor::bind(endpoint.socket_addr()?)?;
-        let local = tcp.local_addr();
+        #[cfg(feature = "rdma")]
+        let port = rdma
+            .as_ref()
+            .filter(|_| tcp.is_none())
+            .map_or(port, |r| r.local_addr().port());
         Ok(Listener {
             tcp,
+            #[cfg(feature = "rdma")]
+            rdma,
             endpoint: Endpoint {
                 scheme: endpoint.scheme,
-                host: local.ip().to_string(),
-                port: local.port(),
+                host: addr.ip().to_string(),
+                port,
             },
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
         })
@@ -302,15 +420,52 @@ impl Listener {
         &self.endpoint
     }
 
+    /// Whether RDMA clients are accepted too.
+    pub fn accepts_rdma(&self) -> bool {
+        #[cfg(feature = "rdma")]
+        return self.rdma.is_some();
+        #[cfg(not(feature = "rdma"))]
+        false
+    }
+
     /// Waits up to `timeout` for a client; `Ok(None)` when none came.
     pub fn accept(&self, timeout: Duration) -> Result<Option<ServerConnection>, TransportError> {
-        Ok(self
-            .tcp
-            .accept(timeout, self.request_timeout)?
-            .map(|t| ServerConnection {
-                link: Link::Tcp(t),
-                pending_payload: 0,
-            }))
+        let deadline = Instant::now() + timeout;
+        let both = self.tcp.is_some() && self.accepts_rdma();
+        let slice = if both {
+            Duration::from_millis(ACCEPT_SLICE_MS)
+        } else {
+            timeout
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(tcp) = &self.tcp
+                && let Some(t) = tcp.accept(left.min(slice), self.request_timeout)?
+            {
+                return Ok(Some(ServerConnection {
+                    link: Link::Tcp(t),
+                    pending_payload: 0,
+                }));
+            }
+            #[cfg(feature = "rdma")]
+            if let Some(rdma) = &self.rdma {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rdma.accept(left.min(slice)) {
+                    Ok(conn) => {
+                        let link = crate::rdma_link::RdmaLink::new(conn, self.request_timeout);
+                        return Ok(Some(ServerConnection {
+                            link: Link::Rdma(Box::new(link)),
+                            pending_payload: 0,
+                        }));
+                    }
+                    Err(crate::rdma::RdmaError::Timeout { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -332,35 +487,68 @@ pub struct ServerConnection {
 /// What to do with a request whose opcode the server does not know.
 const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 
+fn unknown_opcode_reply(request_id: u64) -> Header {
+    Header {
+        opcode: Opcode::Error,
+        flags: crate::wire::FLAG_RESPONSE,
+        status: UNKNOWN_OPCODE_STATUS,
+        request_id,
+        body_len: 0,
+        body_crc32c: crc32c::crc32c(&[]),
+        payload_len: 0,
+    }
+}
+
 impl ServerConnection {
     /// The transport.
     pub fn kind(&self) -> Kind {
-        Kind::Tcp
+        self.link.kind()
     }
 
     /// The client's address.
-    pub fn peer(&self) -> std::net::SocketAddr {
-        let Link::Tcp(t) = &self.link;
-        t.peer()
+    pub fn peer(&self) -> SocketAddr {
+        self.link.peer()
     }
 
     /// Waits for the next request and its body. `Ok(None)` when the client closed the
-    /// connection. A request with an unknown opcode is answered here with an error reply
-    /// (EOPNOTSUPP) and skipped; a malformed message is an error and breaks the connection.
-    /// The previous request's payload, if the handler did not take it, is discarded first.
+    /// connection; [`TransportError::TimedOut`] when it sent nothing for the request timeout
+    /// (the connection stays usable). A request with an unknown opcode is answered here
+    /// with an error reply (EOPNOTSUPP) and skipped; a malformed message is an error and
+    /// breaks the connection. The previous request's payload, if the handler did not take
+    /// it, is discarded first.
     pub fn next_request(&mut self, body: &mut Vec<u8>) -> Result<Option<Request>, TransportError> {
-        let Link::Tcp(t) = &mut self.link;
-        if self.pending_payload > 0 {
-            t.discard(self.pending_payload)?;
-            self.pending_payload = 0;
-        }
+        let pending = std::mem::take(&mut self.pending_payload);
         loop {
-            match t.recv_header(body) {
+            let got = match &mut self.link {
+                Link::Tcp(t) => {
+                    if pending > 0 {
+                        t.discard(pending)?;
+                    }
+                    t.recv_header(body)
+                }
+                #[cfg(feature = "rdma")]
+                Link::Rdma(r) => match r.next_request(body) {
+                    Ok(Some(h)) => Ok(Some(h)),
+                    Ok(None) => Err(TransportError::TimedOut {
+                        op: crate::error::TransportOp::Recv,
+                        peer: r.peer(),
+                        timeout_ms: REQUEST_TIMEOUT_MS,
+                    }),
+                    Err(TransportError::PeerClosed { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            };
+            match got {
                 Ok(Some(header)) => {
                     if header.is_response() {
-                        t.shutdown();
+                        match &mut self.link {
+                            Link::Tcp(t) => t.shutdown(),
+                            // The RDMA link marks itself broken on an unexpected message.
+                            #[cfg(feature = "rdma")]
+                            Link::Rdma(_) => {}
+                        }
                         return Err(TransportError::Unexpected {
-                            peer: t.peer(),
+                            peer: self.link.peer(),
                             reason: format!(
                                 "a reply to request {} arrived where requests are expected",
                                 header.request_id
@@ -381,21 +569,18 @@ impl ServerConnection {
                         },
                     ..
                 }) => {
-                    t.discard(u64::from(body_len) + payload_len)?;
                     eprintln!(
                         "nacre-transport: {} sent unknown opcode {opcode}; answered EOPNOTSUPP",
-                        t.peer()
+                        self.link.peer()
                     );
-                    let reply = Header {
-                        opcode: Opcode::Error,
-                        flags: crate::wire::FLAG_RESPONSE,
-                        status: UNKNOWN_OPCODE_STATUS,
-                        request_id,
-                        body_len: 0,
-                        body_crc32c: crc32c::crc32c(&[]),
-                        payload_len: 0,
-                    };
-                    t.send(&reply, &[], &[])?;
+                    match &mut self.link {
+                        Link::Tcp(t) => {
+                            t.discard(u64::from(body_len) + payload_len)?;
+                            t.send(&unknown_opcode_reply(request_id), &[], &[])?;
+                        }
+                        #[cfg(feature = "rdma")]
+                        Link::Rdma(r) => r.reply_error(request_id, UNKNOWN_OPCODE_STATUS)?,
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -405,18 +590,21 @@ impl ServerConnection {
     /// Receives the current request's payload straight into `dests` (their lengths must add
     /// up to the payload length).
     pub fn recv_payload(&mut self, dests: &mut [IoSliceMut<'_>]) -> Result<(), TransportError> {
-        let Link::Tcp(t) = &mut self.link;
         let len = self.pending_payload;
         let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
         if room != len {
             return Err(TransportError::Unexpected {
-                peer: t.peer(),
+                peer: self.link.peer(),
                 reason: format!(
                     "the request's payload is {len} bytes; destinations of {room} bytes were given"
                 ),
             });
         }
-        t.recv_payload(dests, len)?;
+        match &mut self.link {
+            Link::Tcp(t) => t.recv_payload(dests, len)?,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.recv_payload(dests, len)?,
+        }
         self.pending_payload = 0;
         Ok(())
     }
@@ -429,14 +617,19 @@ impl ServerConnection {
         body: &[u8],
         payload: &[IoSlice<'_>],
     ) -> Result<(), TransportError> {
-        let Link::Tcp(t) = &mut self.link;
-        if self.pending_payload > 0 {
-            t.discard(self.pending_payload)?;
-            self.pending_payload = 0;
+        let pending = std::mem::take(&mut self.pending_payload);
+        match &mut self.link {
+            Link::Tcp(t) => {
+                if pending > 0 {
+                    t.discard(pending)?;
+                }
+                let payload_len = payload.iter().map(|s| s.len() as u64).sum();
+                let header = Header::response(&request.header, status, body, payload_len);
+                t.send(&header, body, payload)
+            }
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.reply(&request.header, status, body, payload),
         }
-        let payload_len = payload.iter().map(|s| s.len() as u64).sum();
-        let header = Header::response(&request.header, status, body, payload_len);
-        t.send(&header, body, payload)
     }
 }
 

@@ -10,6 +10,8 @@ pub mod error;
 pub mod limits;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+#[cfg(feature = "rdma")]
+mod rdma_link;
 pub mod tcp;
 pub mod wire;
 

@@ -22,3 +22,8 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Socket buffer size asked for on bulk connections.
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Most remote-memory descriptors (RDMA bulk) one message carries.
+pub const MAX_REMOTE_BUFS_PER_MESSAGE: usize = 64;
+/// Room after a message's body for its remote-memory descriptors: a u32 count and up to
+/// [`MAX_REMOTE_BUFS_PER_MESSAGE`] 16-byte descriptors.
+pub const REMOTE_BULK_DESCRIPTOR_BYTES: usize = 4 + 16 * MAX_REMOTE_BUFS_PER_MESSAGE;

@@ -209,6 +209,21 @@ impl TcpConnection {
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if got == 0
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    // Nothing of a message has arrived: the stream is still at a message
+                    // boundary, so the connection stays usable (an idle peer is no error).
+                    return Err(TransportError::TimedOut {
+                        op: TransportOp::Recv,
+                        peer: self.peer,
+                        timeout_ms: self.timeout.as_millis() as u64,
+                    });
+                }
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
         }

@@ -68,8 +68,13 @@ impl Opcode {
 
 /// Header flag: this message is a response.
 pub const FLAG_RESPONSE: u32 = 1;
+/// Header flag (RDMA): the payload does not follow the message. After the body come a u32
+/// count and that many 16-byte descriptors (addr u64, rkey u32, len u32) of the sender's
+/// registered memory: where a request's payload is (the server RDMA-READs it) or where a
+/// reply's payload must go (the server RDMA-WRITEs it before replying).
+pub const FLAG_REMOTE_BULK: u32 = 2;
 /// Every flag this version knows; others are refused.
-pub const KNOWN_FLAGS: u32 = FLAG_RESPONSE;
+pub const KNOWN_FLAGS: u32 = FLAG_RESPONSE | FLAG_REMOTE_BULK;
 
 /// The header as it lies on the wire (every field little-endian).
 #[repr(C)]

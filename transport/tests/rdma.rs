@@ -1,7 +1,7 @@
-#![cfg(feature = "rdma")]
 //! RDMA transport against a real device. Needs NACRE_RDMA_ADDR (an address of an RDMA
 //! interface; scripts/rdma-test.sh runs these in a Soft-RoCE VM where it is set). Without
 //! it, or without a device, each test says `SKIPPED <name>: no RDMA device` and passes.
+#![cfg(feature = "rdma")]
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -530,4 +530,184 @@ fn rdma_send_to_a_peer_that_does_not_receive_times_out() {
     );
     finished_tx.send(()).expect("the server waits");
     server.join().expect("server thread");
+}
+
+/// Serves one connection of the unified interface: Write answers the payload's CRC32C,
+/// Read answers `len` pattern bytes (len in the body), Ping answers nothing.
+fn serve_calls(mut conn: nacre_transport::ServerConnection) {
+    use nacre_transport::wire::Opcode;
+    use std::io::{IoSlice, IoSliceMut};
+    let mut body = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        let req = match conn.next_request(&mut body) {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("server stops: {e}");
+                return;
+            }
+        };
+        buf.resize(req.header.payload_len as usize, 0);
+        if let Err(e) = conn.recv_payload(&mut [IoSliceMut::new(&mut buf)]) {
+            eprintln!("server stops: {e}");
+            return;
+        }
+        let sent = match req.header.opcode {
+            Opcode::Write => conn.reply(&req, 0, &crc32c_of(&buf).to_le_bytes(), &[]),
+            Opcode::Read => {
+                let len = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
+                let out = pattern(len, 9);
+                conn.reply(&req, 0, &[], &[IoSlice::new(&out)])
+            }
+            _ => conn.reply(&req, 0, &[], &[]),
+        };
+        if let Err(e) = sent {
+            eprintln!("server stops: {e}");
+            return;
+        }
+    }
+}
+
+/// CRC32C, bit by bit, so the test does not share the code it checks.
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn rdma_auto_endpoint_picks_rdma_and_carries_calls_both_ways() {
+    use nacre_transport::wire::Opcode;
+    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Kind, Listener};
+    use std::io::{IoSlice, IoSliceMut};
+    let Some(addr) = rdma_addr(
+        "rdma_auto_endpoint_picks_rdma_and_carries_calls_both_ways",
+        7480,
+    ) else {
+        return;
+    };
+    let endpoint = Endpoint::parse(&format!("auto://{addr}")).expect("endpoint");
+    let listener = Listener::bind(&endpoint).expect("bind tcp and rdma");
+    assert!(
+        listener.accepts_rdma(),
+        "an auto listener on an RDMA address takes RDMA clients"
+    );
+    let server = thread::spawn(move || {
+        let conn = listener
+            .accept(SETUP_TIMEOUT)
+            .expect("accept")
+            .expect("a client came");
+        assert_eq!(conn.kind(), Kind::Rdma);
+        serve_calls(conn);
+    });
+    let options = ConnectOptions {
+        connect_timeout: SETUP_TIMEOUT,
+        request_timeout: OP_TIMEOUT,
+    };
+    let mut conn = Connection::connect(&endpoint, options).expect("connect");
+    assert_eq!(
+        conn.kind(),
+        Kind::Rdma,
+        "auto picks rdma where a device reaches the peer"
+    );
+
+    // Out: several slices, several MiB; the server pulls them with RDMA READ.
+    let chunks: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| pattern(1_000_000 + usize::from(i) * 777, i))
+        .collect();
+    let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let all: Vec<u8> = chunks.concat();
+    let mut reply_body = Vec::new();
+    let reply = conn
+        .call(Opcode::Write, &[], Bulk::Send(&slices), &mut reply_body)
+        .expect("write call");
+    assert_eq!(reply.status, 0);
+    assert_eq!(
+        reply_body,
+        crc32c_of(&all).to_le_bytes(),
+        "the server pulled other bytes"
+    );
+
+    // In: the server pushes with RDMA WRITE into a scatter list, the last part partly used.
+    let len = 3 * 1024 * 1024 + 99;
+    let (mut a, mut b) = (vec![0u8; 2 << 20], vec![0xEEu8; 2 << 20]);
+    let mut dests = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+    let reply = conn
+        .call(
+            Opcode::Read,
+            &(len as u64).to_le_bytes(),
+            Bulk::Recv(&mut dests),
+            &mut reply_body,
+        )
+        .expect("read call");
+    assert_eq!(reply.payload_len, len as u64);
+    let mut got = a.clone();
+    got.extend_from_slice(&b[..len - a.len()]);
+    assert_same(&got, &pattern(len, 9), "payload pushed by RDMA WRITE");
+    assert!(
+        b[len - a.len()..].iter().all(|&v| v == 0xEE),
+        "bytes past the payload were written"
+    );
+
+    // No bulk at all.
+    let reply = conn
+        .call(Opcode::Ping, b"hello", Bulk::None, &mut reply_body)
+        .expect("ping");
+    assert_eq!(reply.payload_len, 0);
+    drop(conn);
+    server.join().expect("server thread");
+}
+
+#[test]
+fn rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes() {
+    use nacre_transport::wire::Opcode;
+    use nacre_transport::{
+        Bulk, ConnectOptions, Connection, Endpoint, Kind, Listener, TransportError,
+    };
+    let Some(addr) = rdma_addr(
+        "rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes",
+        7481,
+    ) else {
+        return;
+    };
+    let endpoint = Endpoint::parse(&format!("rdma://{addr}")).expect("endpoint");
+    let listener = Listener::bind(&endpoint).expect("bind rdma");
+    let server = thread::spawn(move || {
+        let mut conn = listener
+            .accept(SETUP_TIMEOUT)
+            .expect("accept")
+            .expect("a client came");
+        let mut body = Vec::new();
+        // Take one request, then leave without answering.
+        let _ = conn.next_request(&mut body);
+    });
+    let options = ConnectOptions {
+        connect_timeout: SETUP_TIMEOUT,
+        request_timeout: OP_TIMEOUT,
+    };
+    let mut conn = Connection::connect(&endpoint, options).expect("connect");
+    assert_eq!(conn.kind(), Kind::Rdma);
+    let err = conn
+        .call(Opcode::Ping, &[], Bulk::None, &mut Vec::new())
+        .expect_err("the server left");
+    server.join().expect("server thread");
+    assert!(err.to_string().contains(&addr.ip().to_string()), "{err}");
+    assert!(
+        matches!(
+            err,
+            TransportError::PeerClosed { .. } | TransportError::Rdma(_)
+        ),
+        "{err}"
+    );
+    eprintln!("call failed as expected: {err}");
 }

@@ -16,9 +16,10 @@ use super::sys::{
     std_to_sockaddr,
 };
 use super::{
-    CM_EVENTS_PER_POLL, COMPLETIONS_PER_POLL, CQ_DEPTH, DRAIN_TIMEOUT_MS, LISTEN_BACKLOG,
-    MAX_MESSAGE_BYTES, MAX_RDMA_CHUNK_BYTES, MAX_RDMA_READS_IN_FLIGHT, MAX_REGION_BYTES,
-    RECV_QUEUE_DEPTH, RNR_RETRY_COUNT, SEND_QUEUE_DEPTH, TRANSPORT_RETRY_COUNT,
+    ACCEPT_HANDSHAKE_TIMEOUT_MS, CM_EVENTS_PER_POLL, COMPLETIONS_PER_POLL, CQ_DEPTH,
+    DRAIN_TIMEOUT_MS, LISTEN_BACKLOG, MAX_MESSAGE_BYTES, MAX_RDMA_CHUNK_BYTES,
+    MAX_RDMA_READS_IN_FLIGHT, MAX_REGION_BYTES, RECV_QUEUE_DEPTH, RNR_RETRY_COUNT,
+    SEND_QUEUE_DEPTH, TRANSPORT_RETRY_COUNT,
 };
 
 /// Marks the work-request id of a receive; the low bits are the receive slot.
@@ -353,7 +354,12 @@ impl RdmaListener {
                 responder: event.initiator_depth,
                 initiator: event.responder_resources,
             };
-            return accept_request(id, peer, wanted, domain, deadline, timeout);
+            // `timeout` bounds the wait for a client; once one has asked, the handshake
+            // has its own bound, so a short poll of the listener never drops a client
+            // half-accepted.
+            let handshake = Duration::from_millis(ACCEPT_HANDSHAKE_TIMEOUT_MS);
+            let handshake_deadline = Instant::now() + handshake;
+            return accept_request(id, peer, wanted, domain, handshake_deadline, handshake);
         }
     }
 }

@@ -92,8 +92,11 @@ pub use connection::{MemoryRegion, RdmaConnection, RdmaDomain, RdmaListener, Rem
 pub use device::{DeviceInfo, PortInfo, can_reach, devices};
 pub use error::{Op, RdmaError};
 
-/// Largest message [`RdmaConnection::send`] carries (and the size of each receive buffer).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message [`RdmaConnection::send`] carries (and the size of each receive buffer):
+/// a wire header, the largest body, and the descriptors of remote bulk memory.
+pub const MAX_MESSAGE_BYTES: usize = crate::limits::HEADER_BYTES
+    + crate::limits::MAX_BODY_BYTES as usize
+    + crate::limits::REMOTE_BULK_DESCRIPTOR_BYTES;
 /// Receive buffers pre-posted on each connection: the messages a peer may have in
 /// flight before the receiver takes them (more wait in the sender's RNR retries).
 pub const RECV_QUEUE_DEPTH: usize = 16;
@@ -117,6 +120,8 @@ pub const RNR_RETRY_COUNT: u8 = 7;
 pub const LISTEN_BACKLOG: i32 = 64;
 /// How long to wait for flushed work requests after a failure before giving up on them.
 pub const DRAIN_TIMEOUT_MS: u64 = 2_000;
+/// How long an accepted connect request may take to become established.
+pub const ACCEPT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// A sensible bound for [`can_reach`] when choosing a transport.
 pub const REACH_TIMEOUT_MS: u64 = 1_000;
 /// Completions taken from the CQ per poll.

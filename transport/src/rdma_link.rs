@@ -1,0 +1,502 @@
+//! RDMA under the one connection interface (feature `rdma`).
+//!
+//! A request or reply is one SEND: the wire header, the body and, with
+//! [`FLAG_REMOTE_BULK`], a u32 count and the descriptors of the sender's registered bulk
+//! memory. A request's payload is pulled by the server with RDMA READ; a reply's payload is
+//! pushed by the server with RDMA WRITE into the memory the request described, before the
+//! reply message is sent, so the client sees the bytes when it sees the reply.
+//!
+//! Bulk memory is, for now, a staging buffer per connection registered for the call, so each
+//! side copies once between the caller's memory and the staging buffer; the zero-copy path
+//! (callers' memory registered once with an [`crate::rdma::RdmaDomain`]) arrives with the
+//! engine's memory pool (docs/decisions/0004-rdma-behind-the-connection-interface.md).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::TransportError;
+use crate::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_REMOTE_BUFS_PER_MESSAGE};
+use crate::rdma::{MAX_MESSAGE_BYTES, RdmaConnection, RdmaError, RemoteBuf};
+use crate::wire::{FLAG_REMOTE_BULK, Header, WireError};
+
+/// One RDMA connection with its message scratch and bulk staging buffers.
+pub(crate) struct RdmaLink {
+    conn: RdmaConnection,
+    peer: SocketAddr,
+    timeout: Duration,
+    message: Vec<u8>,
+    staging: Vec<u8>,
+    /// Server side: the current request's remote descriptors.
+    remote: Vec<RemoteBuf>,
+    broken: bool,
+}
+
+impl std::fmt::Debug for RdmaLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaLink")
+            .field("peer", &self.peer)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// A decoded message: its header, where its body lies in the message, its descriptors.
+struct Decoded {
+    header: Header,
+    body_end: usize,
+}
+
+impl RdmaLink {
+    pub(crate) fn new(conn: RdmaConnection, timeout: Duration) -> RdmaLink {
+        let peer = conn.peer_addr();
+        RdmaLink {
+            conn,
+            peer,
+            timeout,
+            message: Vec::with_capacity(MAX_MESSAGE_BYTES),
+            staging: Vec::new(),
+            remote: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
+            broken: false,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        Ok(())
+    }
+
+    /// Marks the link broken unless the error leaves it usable (a receive that timed out).
+    fn fail(&mut self, e: RdmaError) -> TransportError {
+        if !matches!(e, RdmaError::Timeout { .. }) {
+            self.broken = true;
+        }
+        match e {
+            RdmaError::Timeout { op, .. } => TransportError::TimedOut {
+                op: transport_op(op),
+                peer: self.peer,
+                timeout_ms: self.timeout.as_millis() as u64,
+            },
+            RdmaError::Disconnected { op, .. } => TransportError::PeerClosed {
+                op: transport_op(op),
+                peer: self.peer,
+            },
+            other => TransportError::Rdma(other),
+        }
+    }
+
+    fn protocol(&mut self, source: WireError) -> TransportError {
+        self.broken = true;
+        TransportError::Protocol {
+            peer: self.peer,
+            source,
+        }
+    }
+
+    /// Sends header, body and descriptors as one message.
+    fn send_message(
+        &mut self,
+        mut header: Header,
+        body: &[u8],
+        remote: &[RemoteBuf],
+    ) -> Result<(), TransportError> {
+        assert!(
+            remote.len() <= MAX_REMOTE_BUFS_PER_MESSAGE,
+            "{} descriptors",
+            remote.len()
+        );
+        if !remote.is_empty() {
+            header.flags |= FLAG_REMOTE_BULK;
+        }
+        self.message.clear();
+        self.message.extend_from_slice(&header.encode());
+        self.message.extend_from_slice(body);
+        if !remote.is_empty() {
+            self.message
+                .extend_from_slice(&(remote.len() as u32).to_le_bytes());
+            for r in remote {
+                self.message.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+        let message = std::mem::take(&mut self.message);
+        let sent = self.conn.send(&message, self.timeout);
+        self.message = message;
+        sent.map_err(|e| self.fail(e))
+    }
+
+    /// Receives one message and checks it; fills `self.remote` with its descriptors.
+    /// `Ok(None)` when the receive timed out with nothing arriving.
+    fn recv_message(&mut self) -> Result<Option<Decoded>, TransportError> {
+        self.message.resize(MAX_MESSAGE_BYTES, 0);
+        let mut message = std::mem::take(&mut self.message);
+        let got = self.conn.recv(&mut message, self.timeout);
+        self.message = message;
+        let n = match got {
+            Ok(n) => n,
+            Err(RdmaError::Timeout { .. }) => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        self.message.truncate(n);
+        let header = match Header::decode(&self.message) {
+            Ok(h) => h,
+            Err(e @ WireError::UnknownOpcode { .. }) => {
+                return Err(TransportError::Protocol {
+                    peer: self.peer,
+                    source: e,
+                });
+            }
+            Err(e) => return Err(self.protocol(e)),
+        };
+        let body_end = HEADER_BYTES + header.body_len as usize;
+        if self.message.len() < body_end {
+            return Err(self.protocol(WireError::Truncated {
+                what: "body",
+                needed: header.body_len as usize,
+                got: self.message.len() - HEADER_BYTES,
+            }));
+        }
+        if let Err(e) = header.check_body(&self.message[HEADER_BYTES..body_end]) {
+            return Err(self.protocol(e));
+        }
+        self.remote.clear();
+        let rest = &self.message[body_end..];
+        if header.flags & FLAG_REMOTE_BULK != 0 {
+            let count = rest
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .unwrap_or(usize::MAX);
+            let descriptors = rest.len().saturating_sub(4);
+            if count == 0
+                || count > MAX_REMOTE_BUFS_PER_MESSAGE
+                || descriptors != count * RemoteBuf::ENCODED_BYTES
+            {
+                return Err(self.protocol(WireError::Truncated {
+                    what: "remote bulk descriptors",
+                    needed: count.saturating_mul(RemoteBuf::ENCODED_BYTES),
+                    got: descriptors,
+                }));
+            }
+            for chunk in rest[4..].chunks_exact(RemoteBuf::ENCODED_BYTES) {
+                let mut b = [0u8; RemoteBuf::ENCODED_BYTES];
+                b.copy_from_slice(chunk);
+                self.remote.push(RemoteBuf::from_le_bytes(b));
+            }
+        } else if !rest.is_empty() {
+            return Err(self.protocol(WireError::Truncated {
+                what: "message end",
+                needed: 0,
+                got: rest.len(),
+            }));
+        }
+        Ok(Some(Decoded { header, body_end }))
+    }
+
+    fn grow_staging(&mut self, len: u64) -> Result<(), TransportError> {
+        if len > MAX_PAYLOAD_BYTES {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a payload of {len} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}"
+                ),
+            });
+        }
+        if (self.staging.len() as u64) < len {
+            self.staging.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+
+    /// A client's whole call: request (with its payload, staged), then reply (its payload
+    /// unstaged into `dests`).
+    pub(crate) fn call(
+        &mut self,
+        request: Header,
+        body: &[u8],
+        payload: &[IoSlice<'_>],
+        reply_body: &mut Vec<u8>,
+        dests: &mut [IoSliceMut<'_>],
+    ) -> Result<(u64, i32), TransportError> {
+        self.check()?;
+        let out_len: u64 = payload.iter().map(|s| s.len() as u64).sum();
+        let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
+        if out_len > 0 && room > 0 {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: "a call carries bulk one way only".into(),
+            });
+        }
+        let bulk_len = out_len.max(room);
+        self.grow_staging(bulk_len)?;
+        let mut staging = std::mem::take(&mut self.staging);
+        let result = self.call_staged(
+            request,
+            body,
+            payload,
+            out_len,
+            room,
+            &mut staging,
+            reply_body,
+        );
+        self.staging = staging;
+        let (payload_len, status) = result?;
+        // Unstage the reply's payload into the caller's buffers.
+        let mut at = 0usize;
+        for d in dests.iter_mut() {
+            if at as u64 >= payload_len {
+                break;
+            }
+            let n = d.len().min(payload_len as usize - at);
+            d[..n].copy_from_slice(&self.staging[at..at + n]);
+            at += n;
+        }
+        Ok((payload_len, status))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_staged(
+        &mut self,
+        mut request: Header,
+        body: &[u8],
+        payload: &[IoSlice<'_>],
+        out_len: u64,
+        room: u64,
+        staging: &mut [u8],
+        reply_body: &mut Vec<u8>,
+    ) -> Result<(u64, i32), TransportError> {
+        let bulk_len = out_len.max(room) as usize;
+        let mut at = 0;
+        for s in payload {
+            staging[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        // The region lives until the reply is in: the server reads or writes it until then.
+        let region = if bulk_len > 0 {
+            Some(
+                self.conn
+                    .register(&mut staging[..bulk_len])
+                    .map_err(|e| self.fail(e))?,
+            )
+        } else {
+            None
+        };
+        let remote: Vec<RemoteBuf> = region.iter().map(|r| r.remote()).collect();
+        request.payload_len = out_len;
+        let request_id = request.request_id;
+        self.send_message(request, body, &remote)?;
+        let Some(decoded) = self.recv_message()? else {
+            // The reply is still owed: this connection cannot carry another call.
+            self.broken = true;
+            return Err(TransportError::TimedOut {
+                op: crate::error::TransportOp::Recv,
+                peer: self.peer,
+                timeout_ms: self.timeout.as_millis() as u64,
+            });
+        };
+        drop(region);
+        let h = decoded.header;
+        if !h.is_response() || h.request_id != request_id || h.payload_len > room {
+            self.broken = true;
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "expected the reply to request {request_id} with at most {room} payload bytes, got {} for request {} with {}",
+                    if h.is_response() {
+                        "a reply"
+                    } else {
+                        "a request"
+                    },
+                    h.request_id,
+                    h.payload_len
+                ),
+            });
+        }
+        reply_body.clear();
+        reply_body.extend_from_slice(&self.message[HEADER_BYTES..decoded.body_end]);
+        Ok((h.payload_len, h.status))
+    }
+
+    /// Server: the next request, its body copied to `body`. `Ok(None)` on a receive timeout.
+    pub(crate) fn next_request(
+        &mut self,
+        body: &mut Vec<u8>,
+    ) -> Result<Option<Header>, TransportError> {
+        self.check()?;
+        let Some(decoded) = self.recv_message()? else {
+            return Ok(None);
+        };
+        let h = decoded.header;
+        if h.is_response() {
+            self.broken = true;
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a reply to request {} arrived where requests are expected",
+                    h.request_id
+                ),
+            });
+        }
+        let described: u64 = self.remote.iter().map(|r| u64::from(r.len)).sum();
+        if h.payload_len > 0 && described != h.payload_len {
+            return Err(self.protocol(WireError::PayloadMismatch {
+                payload_len: h.payload_len,
+                extents_total: described,
+            }));
+        }
+        body.clear();
+        body.extend_from_slice(&self.message[HEADER_BYTES..decoded.body_end]);
+        Ok(Some(h))
+    }
+
+    /// Server: pulls the current request's payload (RDMA READ) and copies it into `dests`.
+    pub(crate) fn recv_payload(
+        &mut self,
+        dests: &mut [IoSliceMut<'_>],
+        len: u64,
+    ) -> Result<(), TransportError> {
+        self.check()?;
+        if len == 0 {
+            // A request without payload may still carry descriptors: room for the reply.
+            return Ok(());
+        }
+        self.grow_staging(len)?;
+        let mut staging = std::mem::take(&mut self.staging);
+        let remote = std::mem::take(&mut self.remote);
+        let pulled = self.pull(&mut staging[..len as usize], &remote);
+        self.remote = remote;
+        self.staging = staging;
+        pulled?;
+        let mut at = 0usize;
+        for d in dests.iter_mut() {
+            let n = d.len();
+            d.copy_from_slice(&self.staging[at..at + n]);
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn pull(&mut self, staging: &mut [u8], remote: &[RemoteBuf]) -> Result<(), TransportError> {
+        let mut region = self.conn.register(staging).map_err(|e| self.fail(e))?;
+        let mut at = 0usize;
+        for r in remote {
+            self.conn
+                .read(&mut region, at, *r, self.timeout)
+                .map_err(|e| self.fail(e))?;
+            at += r.len as usize;
+        }
+        Ok(())
+    }
+
+    /// Server: pushes `payload` into the memory the request described (RDMA WRITE), then
+    /// sends the reply message.
+    pub(crate) fn reply(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: &[u8],
+        payload: &[IoSlice<'_>],
+    ) -> Result<(), TransportError> {
+        self.check()?;
+        let len: u64 = payload.iter().map(|s| s.len() as u64).sum();
+        if len > 0 {
+            let room: u64 = if request.payload_len == 0 {
+                self.remote.iter().map(|r| u64::from(r.len)).sum()
+            } else {
+                0
+            };
+            if len > room {
+                return Err(TransportError::Unexpected {
+                    peer: self.peer,
+                    reason: format!(
+                        "a reply payload of {len} bytes exceeds the {room} bytes the request gave for it"
+                    ),
+                });
+            }
+            self.grow_staging(len)?;
+            let mut staging = std::mem::take(&mut self.staging);
+            let remote = std::mem::take(&mut self.remote);
+            let pushed = self.push(&mut staging[..len as usize], payload, &remote);
+            self.remote = remote;
+            self.staging = staging;
+            pushed?;
+        }
+        let header = Header::response(request, status, body, len);
+        self.send_message(header, body, &[])
+    }
+
+    fn push(
+        &mut self,
+        staging: &mut [u8],
+        payload: &[IoSlice<'_>],
+        remote: &[RemoteBuf],
+    ) -> Result<(), TransportError> {
+        let mut at = 0;
+        for s in payload {
+            staging[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        let region = self.conn.register(staging).map_err(|e| self.fail(e))?;
+        let mut done = 0u64;
+        let total = staging_len(&region);
+        for r in remote {
+            if done >= total {
+                break;
+            }
+            let n = (total - done).min(u64::from(r.len)) as u32;
+            let Some(dest) = r.slice(0, n) else {
+                unreachable!("n <= r.len");
+            };
+            self.conn
+                .write(&region, done as usize, dest, self.timeout)
+                .map_err(|e| self.fail(e))?;
+            done += u64::from(n);
+        }
+        Ok(())
+    }
+
+    /// Server: answers a request whose opcode it does not know.
+    pub(crate) fn reply_error(
+        &mut self,
+        request_id: u64,
+        status: i32,
+    ) -> Result<(), TransportError> {
+        let header = Header {
+            opcode: crate::wire::Opcode::Error,
+            flags: crate::wire::FLAG_RESPONSE,
+            status,
+            request_id,
+            body_len: 0,
+            body_crc32c: crc32c::crc32c(&[]),
+            payload_len: 0,
+        };
+        self.send_message(header, &[], &[])
+    }
+}
+
+fn transport_op(op: crate::rdma::Op) -> crate::error::TransportOp {
+    use crate::error::TransportOp;
+    use crate::rdma::Op;
+    match op {
+        Op::Recv | Op::Read => TransportOp::Recv,
+        Op::Send | Op::Write | Op::Register => TransportOp::Send,
+        Op::Bind | Op::Accept => TransportOp::Listen,
+        Op::Devices | Op::Resolve | Op::Connect => TransportOp::Connect,
+    }
+}
+
+fn staging_len(region: &crate::rdma::MemoryRegion<'_>) -> u64 {
+    region.len() as u64
+}
