@@ -42,6 +42,13 @@ test_bin=$(grep '"reason":"compiler-artifact"' "$build_log" | grep '/transport/t
 [ -n "$test_bin" ] && [ -x "$test_bin" ] || die "cannot find the built RDMA test binary in cargo's output"
 echo "   test binary: $test_bin"
 
+# The VM sees this machine's root read-only but has its own /tmp, so a checkout under /tmp
+# (as CI's may be) is out of its sight: run a copy staged under the cache directory.
+stage="${XDG_CACHE_HOME:-$HOME/.cache}/nacre/rdma-test"
+mkdir -p "$stage"
+cp "$test_bin" "$stage/rdma-tests"
+test_bin="$stage/rdma-tests"
+
 echo "== running them in the Soft-RoCE VM (scripts/rdma-vm/run.sh, timeout ${timeout_s}s)"
 vm_log=$(mktemp)
 trap 'rm -f "$build_log" "$vm_log"' EXIT
