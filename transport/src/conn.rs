@@ -116,6 +116,14 @@ impl Link {
         Ok(t)
     }
 
+    fn enable_send_zc(&mut self) -> Result<(), TransportError> {
+        match self {
+            Link::Tcp(t) => t.enable_send_zc(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => Ok(()),
+        }
+    }
+
     fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
         match self {
             Link::Tcp(t) => t.set_timeout(timeout),
@@ -230,6 +238,11 @@ impl Connection {
     /// Sets how long a send or receive may go without progress.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
         self.link.set_timeout(timeout)
+    }
+
+    /// Sends large payloads with SEND_ZC (TCP; RDMA sends are zero-copy by nature).
+    pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
+        self.link.enable_send_zc()
     }
 
     /// Sends a request and returns its id; with [`Connection::recv_reply`] this lets a
@@ -508,6 +521,11 @@ impl ServerConnection {
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.link.peer()
+    }
+
+    /// Sends large reply payloads with SEND_ZC (TCP; see [`Connection::enable_send_zc`]).
+    pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
+        self.link.enable_send_zc()
     }
 
     /// Waits for the next request and its body. `Ok(None)` when the client closed the

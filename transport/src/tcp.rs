@@ -20,6 +20,11 @@ use crate::wire::Header;
 const SLICES_PER_CALL: usize = 64;
 /// Chunk used to discard the body and payload of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
+/// With SEND_ZC enabled, messages of at least this many payload bytes go out zero-copy;
+/// smaller ones cost more in notifications than the copy they save.
+pub const SEND_ZC_MIN_PAYLOAD_BYTES: u64 = 64 * 1024;
+/// Submission entries of a connection's SEND_ZC ring (one send and its notification).
+const SEND_ZC_RING_ENTRIES: u32 = 4;
 
 /// One TCP connection carrying framed messages.
 #[derive(Debug)]
@@ -28,6 +33,102 @@ pub struct TcpConnection {
     peer: SocketAddr,
     timeout: Duration,
     broken: bool,
+    zc: Option<ZeroCopySender>,
+}
+
+/// Sends through io_uring's SENDMSG_ZC: the kernel sends from the caller's pages and posts
+/// a notification when it no longer needs them.
+struct ZeroCopySender {
+    ring: io_uring::IoUring,
+}
+
+impl std::fmt::Debug for ZeroCopySender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZeroCopySender")
+    }
+}
+
+impl ZeroCopySender {
+    /// Sends all of `slices` on `fd`; returns once every byte went out and the kernel has
+    /// released the pages (so the caller may reuse them). Each wait is bounded by `timeout`.
+    fn send_all(
+        &mut self,
+        fd: i32,
+        mut slices: &mut [IoSlice<'_>],
+        timeout: Duration,
+    ) -> std::io::Result<()> {
+        while !slices.is_empty() {
+            let mut msg: libc::msghdr = {
+                // SAFETY: msghdr is plain data for which all-zero is a valid (empty) value.
+                unsafe { std::mem::zeroed() }
+            };
+            // IoSlice is guaranteed ABI-compatible with iovec on Unix.
+            msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = slices.len();
+            let entry = io_uring::opcode::SendMsgZc::new(io_uring::types::Fd(fd), &msg)
+                .build()
+                .user_data(1);
+            // SAFETY: `msg` and the slices it names stay alive and unmodified until both the
+            // send's completion and its notification have been reaped below (or the socket
+            // is shut down, which releases the pages, before this function returns).
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| std::io::Error::other("SEND_ZC ring is full"))?;
+            let (sent, mut notified_pending) = self.wait_send(timeout)?;
+            while notified_pending {
+                notified_pending = self.wait_notification(timeout)?;
+            }
+            let sent = sent?;
+            if sent == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, sent);
+        }
+        Ok(())
+    }
+
+    fn next_cqe(&mut self, timeout: Duration) -> std::io::Result<(i32, u32)> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(cqe) = self.ring.completion().next() {
+                return Ok((cqe.result(), cqe.flags()));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            let ts = io_uring::types::Timespec::new()
+                .sec(left.as_secs())
+                .nsec(left.subsec_nanos());
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The send's result (bytes or error) and whether a notification is still to come.
+    fn wait_send(&mut self, timeout: Duration) -> std::io::Result<(std::io::Result<usize>, bool)> {
+        let (res, flags) = self.next_cqe(timeout)?;
+        let more = io_uring::cqueue::more(flags);
+        let sent = if res < 0 {
+            Err(std::io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as usize)
+        };
+        Ok((sent, more))
+    }
+
+    /// Waits for the notification; true if the next CQE is still to be a notification.
+    fn wait_notification(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        let (_, flags) = self.next_cqe(timeout)?;
+        Ok(!io_uring::cqueue::notif(flags))
+    }
 }
 
 fn setsockopt_int(stream: &TcpStream, level: i32, name: i32, value: i32) -> std::io::Result<()> {
@@ -90,9 +191,27 @@ impl TcpConnection {
             peer,
             timeout,
             broken: false,
+            zc: None,
         };
         conn.set_timeout(timeout)?;
         Ok(conn)
+    }
+
+    /// Sends payloads of at least [`SEND_ZC_MIN_PAYLOAD_BYTES`] with SEND_ZC from now on.
+    /// Whether it pays depends on the path: on loopback the kernel copies anyway
+    /// (docs/BENCHMARKS.md has the measurement), on a real NIC it saves the send copy.
+    pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
+        if self.zc.is_none() {
+            let ring = io_uring::IoUring::new(SEND_ZC_RING_ENTRIES).map_err(|source| {
+                TransportError::Io {
+                    op: TransportOp::Send,
+                    peer: self.peer,
+                    source,
+                }
+            })?;
+            self.zc = Some(ZeroCopySender { ring });
+        }
+        Ok(())
     }
 
     /// The peer's address.
@@ -177,6 +296,19 @@ impl TcpConnection {
         slices[1] = IoSlice::new(body);
         let first = payload.len().min(SLICES_PER_CALL - 2);
         slices[2..2 + first].copy_from_slice(&payload[..first]);
+        if header.payload_len >= SEND_ZC_MIN_PAYLOAD_BYTES && payload.len() <= SLICES_PER_CALL - 2 {
+            let fd = self.stream.as_raw_fd();
+            let timeout = self.timeout;
+            if let Some(zc) = self.zc.as_mut() {
+                let sent = zc.send_all(fd, &mut slices[..2 + first], timeout);
+                if let Err(e) = sent {
+                    // Shutting the socket down makes the kernel drop the pages it holds.
+                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    return Err(self.fail(TransportOp::Send, e));
+                }
+                return Ok(());
+            }
+        }
         let result = write_all_vectored(&mut self.stream, &mut slices[..2 + first]);
         if let Err(e) = result {
             return Err(self.fail(TransportOp::Send, e));

@@ -22,6 +22,8 @@ enum Behaviour {
     /// Ping echoes its payload; Write answers the payload's CRC32C in the body; Read answers
     /// `len` pattern bytes where the body holds `len` as u64.
     Normal,
+    /// As Normal, with replies sent by SEND_ZC.
+    NormalZc,
     /// Reads the request header, then drops the connection.
     DieAfterHeader,
     /// Reads the request and never answers (until the client goes away).
@@ -78,6 +80,9 @@ fn pattern(i: usize) -> u8 {
 }
 
 fn serve(mut conn: ServerConnection, behaviour: Behaviour) {
+    if matches!(behaviour, Behaviour::NormalZc) && conn.enable_send_zc().is_err() {
+        return;
+    }
     let mut body = Vec::new();
     let mut buf = Vec::new();
     loop {
@@ -91,7 +96,7 @@ fn serve(mut conn: ServerConnection, behaviour: Behaviour) {
                 let _ = conn.next_request(&mut body);
                 return;
             }
-            Behaviour::Normal => {}
+            Behaviour::Normal | Behaviour::NormalZc => {}
         }
         buf.resize(req.header.payload_len as usize, 0);
         if conn.recv_payload(&mut [IoSliceMut::new(&mut buf)]).is_err() {
@@ -377,4 +382,37 @@ fn a_closed_port_is_a_clear_connect_error() {
         "{err}"
     );
     assert_eq!(err.errno(), libc::ECONNREFUSED);
+}
+
+#[test]
+fn send_zc_moves_the_same_bytes_both_ways() {
+    let server = TestServer::start(Behaviour::NormalZc);
+    let mut conn = Connection::connect(&server.endpoint, options(30_000)).expect("connect");
+    conn.enable_send_zc().expect("send_zc");
+    let chunks: Vec<Vec<u8>> = (0..20)
+        .map(|i| (0..(i * 999 + 200_000)).map(|j| (i ^ j) as u8).collect())
+        .collect();
+    let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let all: Vec<u8> = chunks.concat();
+    let mut reply_body = Vec::new();
+    for _ in 0..3 {
+        conn.call(Opcode::Write, &[], Bulk::Send(&slices), &mut reply_body)
+            .expect("write");
+        assert_eq!(reply_body, crc32c::crc32c(&all).to_le_bytes());
+    }
+    let len = 3 << 20;
+    let mut back = vec![0u8; len];
+    let reply = conn
+        .call(
+            Opcode::Read,
+            &(len as u64).to_le_bytes(),
+            Bulk::Recv(&mut [IoSliceMut::new(&mut back)]),
+            &mut reply_body,
+        )
+        .expect("read");
+    assert_eq!(reply.payload_len, len as u64);
+    assert!(
+        back.iter().enumerate().all(|(i, &v)| v == pattern(i)),
+        "payload sent by SEND_ZC differs"
+    );
 }

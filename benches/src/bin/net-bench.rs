@@ -2,8 +2,8 @@
 //! iperf3 and with a plain blocking-socket ping-pong.
 //!
 //! ```text
-//! net-bench server   --listen ENDPOINT [--seconds S]
-//! net-bench bulk     --connect ENDPOINT [--size BYTES] [--conns N] [--window W] [--seconds S]
+//! net-bench server   --listen ENDPOINT [--seconds S] [--zc]
+//! net-bench bulk     --connect ENDPOINT [--size BYTES] [--conns N] [--window W] [--seconds S] [--zc]
 //! net-bench pingpong --connect ENDPOINT [--size BYTES] [--seconds S]
 //! net-bench plain-server --listen HOST:PORT [--size BYTES] [--seconds S]
 //! net-bench plain-pingpong --connect HOST:PORT [--size BYTES] [--seconds S]
@@ -34,6 +34,7 @@ struct Args {
     conns: usize,
     window: usize,
     seconds: f64,
+    send_zc: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -57,11 +58,13 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         conns: 1,
         window: 4,
         seconds: 5.0,
+        send_zc: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--listen" | "--connect" => args.endpoint = value()?,
+            "--zc" => args.send_zc = true,
             "--size" => args.size_bytes = parse_size(&value()?)?,
             "--conns" => args.conns = value()?.parse().map_err(|_| "--conns takes a number")?,
             "--window" => args.window = value()?.parse().map_err(|_| "--window takes a number")?,
@@ -97,7 +100,10 @@ fn endpoint(text: &str) -> Result<Endpoint, String> {
 }
 
 /// Serves Write (payload received into a reused buffer, empty reply) and Ping (payload echoed).
-fn serve_connection(mut conn: ServerConnection) {
+fn serve_connection(mut conn: ServerConnection, send_zc: bool) {
+    if send_zc && conn.enable_send_zc().is_err() {
+        return;
+    }
     let mut body = Vec::new();
     let mut buf = vec![0u8; MAX_SIZE_BYTES as usize];
     while let Ok(Some(req)) = conn.next_request(&mut body) {
@@ -127,7 +133,8 @@ fn server(args: &Args) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     while Instant::now() < deadline {
         if let Some(conn) = listener.accept(ACCEPT_POLL).map_err(|e| e.to_string())? {
-            std::thread::spawn(move || serve_connection(conn));
+            let send_zc = args.send_zc;
+            std::thread::spawn(move || serve_connection(conn, send_zc));
         }
     }
     Ok(())
