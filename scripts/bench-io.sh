@@ -93,20 +93,7 @@ echo "$table"
 
 if [ $record = 1 ]; then
     machine="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(df -T "$dir" | awk 'NR==2{print $2" on "$1}'), fio $(fio --version | sed 's/fio-//')"
-    python3 - "$NACRE_ROOT/docs/BENCHMARKS.md" "$machine" "$(date -u +%Y-%m-%d)" "$table" <<'PY'
-import sys, re
-path, machine, date, table = sys.argv[1:5]
-begin, end = "<!-- bench-io:begin -->", "<!-- bench-io:end -->"
-section = f"{begin}\nMeasured {date} by `scripts/bench-io.sh --record` on: {machine}.\n\n{table}\n{end}"
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n\n"
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: section, text, flags=re.S)
-else:
-    text += "\n## io: the object store against fio\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+    python3 "$NACRE_ROOT/scripts/lib/record_section.py" "$NACRE_ROOT/docs/BENCHMARKS.md" bench-io \
+        "io: the object store against fio" "scripts/bench-io.sh" "$machine" "$(date -u +%Y-%m-%d)" "$table"
     echo "bench-io: recorded in docs/BENCHMARKS.md" >&2
 fi

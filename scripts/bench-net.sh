@@ -118,17 +118,7 @@ echo "$table"
 
 if [ $record = 1 ]; then
     machine="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(iperf3 --version | head -1 | cut -d' ' -f1-2)"
-    python3 - "$NACRE_ROOT/docs/BENCHMARKS.md" "$machine" "$(date -u +%Y-%m-%d)" "$table" <<'PY'
-import sys, re
-path, machine, date, table = sys.argv[1:5]
-begin, end = "<!-- bench-net:begin -->", "<!-- bench-net:end -->"
-section = f"{begin}\nMeasured {date} by `scripts/bench-net.sh --record` on: {machine}.\n\n{table}\n{end}"
-text = open(path).read()
-if begin in text:
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: section, text, flags=re.S)
-else:
-    text += "\n## net: the TCP transport against iperf3 and plain sockets\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+    python3 "$NACRE_ROOT/scripts/lib/record_section.py" "$NACRE_ROOT/docs/BENCHMARKS.md" bench-net \
+        "net: the TCP transport against iperf3 and plain sockets" "scripts/bench-net.sh" "$machine" "$(date -u +%Y-%m-%d)" "$table"
     echo "bench-net: recorded in docs/BENCHMARKS.md" >&2
 fi

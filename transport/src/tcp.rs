@@ -33,7 +33,7 @@ pub struct TcpConnection {
     peer: SocketAddr,
     timeout: Duration,
     broken: bool,
-    zc: Option<ZeroCopySender>,
+    zc: Option<Box<ZeroCopySender>>,
 }
 
 /// Sends through io_uring's SENDMSG_ZC: the kernel sends from the caller's pages and posts
@@ -209,7 +209,7 @@ impl TcpConnection {
                     source,
                 }
             })?;
-            self.zc = Some(ZeroCopySender { ring });
+            self.zc = Some(Box::new(ZeroCopySender { ring }));
         }
         Ok(())
     }

@@ -170,28 +170,9 @@ impl RdmaDomain {
     /// The domain of the device that owns the local address `local` (for a server, the
     /// address its listener binds to).
     pub fn for_local(local: IpAddr) -> Result<Self, RdmaError> {
-        let op = Op::Bind;
         let addr = SocketAddr::new(local, 0);
-        let call_err = |(call, errno): (&'static str, i32)| RdmaError::Call {
-            op,
-            peer: addr,
-            call,
-            errno,
-        };
-        let channel = Arc::new(EventChannel::new().map_err(call_err)?);
-        let id = CmId::new(channel).map_err(call_err)?;
-        let mut storage = std_to_sockaddr(addr);
-        // SAFETY: live id; `storage` holds a valid sockaddr for the call's duration.
-        let rc = unsafe {
-            ffi::rdma_bind_addr(
-                id.as_ptr(),
-                (&mut storage as *mut libc::sockaddr_storage).cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(call_err(("rdma_bind_addr", last_errno())));
-        }
-        RdmaDomain::on(Arc::new(id), op, addr)
+        let id = bound_id(addr)?;
+        RdmaDomain::on(Arc::new(id), Op::Bind, addr)
     }
 
     fn on(id: Arc<CmId>, op: Op, peer: SocketAddr) -> Result<Self, RdmaError> {
@@ -254,6 +235,30 @@ fn register_on<'buf>(
     Ok(MemoryRegion { mr, memory: buffer })
 }
 
+/// A new rdmacm id on its own event channel, bound to `addr`.
+fn bound_id(addr: SocketAddr) -> Result<CmId, RdmaError> {
+    let call_err = |(call, errno): (&'static str, i32)| RdmaError::Call {
+        op: Op::Bind,
+        peer: addr,
+        call,
+        errno,
+    };
+    let channel = Arc::new(EventChannel::new().map_err(call_err)?);
+    let id = CmId::new(channel).map_err(call_err)?;
+    let mut storage = std_to_sockaddr(addr);
+    // SAFETY: live id; `storage` holds a valid sockaddr for the call's duration.
+    let rc = unsafe {
+        ffi::rdma_bind_addr(
+            id.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(call_err(("rdma_bind_addr", last_errno())));
+    }
+    Ok(id)
+}
+
 /// Accepts RDMA connections on a local address.
 pub struct RdmaListener {
     id: CmId,
@@ -265,29 +270,16 @@ impl RdmaListener {
     /// unspecified address) and listens. Port 0 picks a free port; see
     /// [`RdmaListener::local_addr`].
     pub fn bind(addr: SocketAddr) -> Result<Self, RdmaError> {
-        let call_err = |(call, errno): (&'static str, i32)| RdmaError::Call {
-            op: Op::Bind,
-            peer: addr,
-            call,
-            errno,
-        };
-        let channel = Arc::new(EventChannel::new().map_err(call_err)?);
-        let id = CmId::new(channel).map_err(call_err)?;
-        let mut storage = std_to_sockaddr(addr);
-        // SAFETY: live id; `storage` holds a valid sockaddr for the call's duration.
-        let rc = unsafe {
-            ffi::rdma_bind_addr(
-                id.as_ptr(),
-                (&mut storage as *mut libc::sockaddr_storage).cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(call_err(("rdma_bind_addr", last_errno())));
-        }
+        let id = bound_id(addr)?;
         // SAFETY: live, bound id.
         let rc = unsafe { ffi::rdma_listen(id.as_ptr(), LISTEN_BACKLOG) };
         if rc != 0 {
-            return Err(call_err(("rdma_listen", last_errno())));
+            return Err(RdmaError::Call {
+                op: Op::Bind,
+                peer: addr,
+                call: "rdma_listen",
+                errno: last_errno(),
+            });
         }
         let local = id.local_addr().unwrap_or(addr);
         Ok(RdmaListener { id, local })
