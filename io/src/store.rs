@@ -484,31 +484,13 @@ impl ObjectStore {
         timeout: Duration,
         out: &mut Vec<Completion>,
     ) -> Result<usize, IoError> {
-        self.wait_bounded(min_completions, usize::MAX, timeout, out)
-    }
-
-    /// [`ObjectStore::wait`], handing back at most `max_completions` (the rest stay ready for
-    /// the next call). A caller that refills each slot as soon as it completes (`max` of 1 or
-    /// a few) keeps the device's queue evenly full; refilling a whole queue depth at once
-    /// leaves it draining while the refill is issued (about 20% fewer 4 KiB IOPS here).
-    pub fn wait_bounded(
-        &mut self,
-        min_completions: usize,
-        max_completions: usize,
-        timeout: Duration,
-        out: &mut Vec<Completion>,
-    ) -> Result<usize, IoError> {
         let deadline = Instant::now() + timeout;
         let before = out.len();
-        let max_completions = max_completions.max(1);
-        let want = min_completions.min(self.outstanding()).min(max_completions);
+        let want = min_completions.min(self.outstanding());
         loop {
             self.pump()?;
-            if self.ready.len() < max_completions {
-                self.reap();
-            }
-            let take = self.ready.len().min(max_completions - (out.len() - before));
-            out.extend(self.ready.drain(..take));
+            self.reap();
+            out.extend(self.ready.drain(..));
             let enough = out.len() - before >= want || self.outstanding() == 0;
             // Every queued op waits on something a started op holds, so with nothing in the
             // kernel there is nothing to wait for.
