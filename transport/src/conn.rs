@@ -116,6 +116,29 @@ impl Link {
         Ok(t)
     }
 
+    /// # Safety
+    /// See [`Connection::register_memory`].
+    unsafe fn register_memory(&mut self, ptr: *mut u8, len: usize) -> Result<(), TransportError> {
+        match self {
+            // TCP moves bytes with the kernel's copy; there is nothing to register.
+            Link::Tcp(_) => {
+                let _ = (ptr, len);
+                Ok(())
+            }
+            #[cfg(feature = "rdma")]
+            // SAFETY: the caller upholds register_memory's contract.
+            Link::Rdma(r) => unsafe { r.register_memory(ptr, len) },
+        }
+    }
+
+    fn staged_bytes(&self) -> u64 {
+        match self {
+            Link::Tcp(_) => 0,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.staged_bytes(),
+        }
+    }
+
     fn enable_send_zc(&mut self) -> Result<(), TransportError> {
         match self {
             Link::Tcp(t) => t.enable_send_zc(),
@@ -243,6 +266,28 @@ impl Connection {
     /// Sends large payloads with SEND_ZC (TCP; RDMA sends are zero-copy by nature).
     pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
         self.link.enable_send_zc()
+    }
+
+    /// Registers `[ptr, ptr + len)` for bulk transfers: over RDMA, a call whose payload or
+    /// destinations lie in registered memory moves its bytes straight from or into it (the
+    /// peer's READ or WRITE), with no staging copy. Over TCP nothing needs registering.
+    ///
+    /// # Safety
+    /// The memory must stay allocated until the connection is dropped. While a call that
+    /// names it is in progress the peer may read or write it.
+    pub unsafe fn register_memory(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        // SAFETY: the caller upholds the contract above.
+        unsafe { self.link.register_memory(ptr, len) }
+    }
+
+    /// Bytes this connection copied through its staging buffer (RDMA bulk in unregistered
+    /// memory); 0 over TCP, and 0 when every bulk transfer used registered memory.
+    pub fn staged_bytes(&self) -> u64 {
+        self.link.staged_bytes()
     }
 
     /// Sends a request and returns its id; with [`Connection::recv_reply`] this lets a
@@ -526,6 +571,27 @@ impl ServerConnection {
     /// Sends large reply payloads with SEND_ZC (TCP; see [`Connection::enable_send_zc`]).
     pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
         self.link.enable_send_zc()
+    }
+
+    /// Registers `[ptr, ptr + len)` for bulk transfers: over RDMA, a request payload received into, or
+    /// a reply payload sent from, registered memory moves with one RDMA READ or WRITE, with no staging copy. Over TCP nothing needs registering.
+    ///
+    /// # Safety
+    /// The memory must stay allocated until the connection is dropped. While a call that
+    /// names it is in progress the peer may read or write it.
+    pub unsafe fn register_memory(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        // SAFETY: the caller upholds the contract above.
+        unsafe { self.link.register_memory(ptr, len) }
+    }
+
+    /// Bytes this connection copied through its staging buffer (RDMA bulk in unregistered
+    /// memory); 0 over TCP, and 0 when every bulk transfer used registered memory.
+    pub fn staged_bytes(&self) -> u64 {
+        self.link.staged_bytes()
     }
 
     /// Waits for the next request and its body. `Ok(None)` when the client closed the

@@ -6,10 +6,10 @@
 //! pushed by the server with RDMA WRITE into the memory the request described, before the
 //! reply message is sent, so the client sees the bytes when it sees the reply.
 //!
-//! Bulk memory is, for now, a staging buffer per connection registered for the call, so each
-//! side copies once between the caller's memory and the staging buffer; the zero-copy path
-//! (callers' memory registered once with an [`crate::rdma::RdmaDomain`]) arrives with the
-//! engine's memory pool (docs/decisions/0004-rdma-behind-the-connection-interface.md).
+//! Bulk in memory registered with the connection (`register_memory`) moves with no copy:
+//! the descriptors name that memory and the server reads or writes it directly. Bulk in
+//! other memory goes through a staging buffer registered for the call, one copy per side,
+//! counted in `staged_bytes` (docs/decisions/0004-rdma-behind-the-connection-interface.md).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::error::TransportError;
 use crate::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_REMOTE_BUFS_PER_MESSAGE};
-use crate::rdma::{MAX_MESSAGE_BYTES, RdmaConnection, RdmaError, RemoteBuf};
+use crate::rdma::{MAX_MESSAGE_BYTES, MemoryRegion, RdmaConnection, RdmaError, RemoteBuf};
 use crate::wire::{FLAG_REMOTE_BULK, Header, WireError};
 
 /// One RDMA connection with its message scratch and bulk staging buffers.
@@ -29,8 +29,15 @@ pub(crate) struct RdmaLink {
     staging: Vec<u8>,
     /// Server side: the current request's remote descriptors.
     remote: Vec<RemoteBuf>,
+    /// Memory the caller registered: bulk in it moves without staging.
+    regions: Vec<MemoryRegion<'static>>,
+    /// Bytes copied through `staging` so far (zero when every call used registered memory).
+    staged_bytes: u64,
     broken: bool,
 }
+
+/// A piece of registered local memory: region index, offset in it, length.
+type LocalPiece = (usize, usize, usize);
 
 impl std::fmt::Debug for RdmaLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,8 +64,99 @@ impl RdmaLink {
             message: Vec::with_capacity(MAX_MESSAGE_BYTES),
             staging: Vec::new(),
             remote: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
+            regions: Vec::new(),
+            staged_bytes: 0,
             broken: false,
         }
+    }
+
+    /// Registers caller memory for bulk without staging.
+    ///
+    /// # Safety
+    /// As [`RdmaConnection::register_raw`]: valid until the link is dropped.
+    pub(crate) unsafe fn register_memory(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        // SAFETY: the caller upholds register_raw's contract for the link's life, and the
+        // link drops its regions before it is gone.
+        let region = unsafe { self.conn.register_raw(ptr, len) }.map_err(TransportError::Rdma)?;
+        self.regions.push(region);
+        Ok(())
+    }
+
+    pub(crate) fn staged_bytes(&self) -> u64 {
+        self.staged_bytes
+    }
+
+    /// The registered pieces covering `slices` in order, if every slice lies in one
+    /// registered region (and there are few enough to describe in one message).
+    fn registered_pieces(
+        &self,
+        slices: impl Iterator<Item = (usize, usize)>,
+    ) -> Option<Vec<LocalPiece>> {
+        let mut pieces = Vec::new();
+        for (addr, len) in slices {
+            if len == 0 {
+                continue;
+            }
+            let index = self.regions.iter().position(|r| r.contains(addr, len))?;
+            let start = self.regions[index].remote().addr as usize;
+            pieces.push((index, addr - start, len));
+            if pieces.len() > MAX_REMOTE_BUFS_PER_MESSAGE {
+                return None;
+            }
+        }
+        Some(pieces)
+    }
+
+    fn describe(&self, pieces: &[LocalPiece]) -> Vec<RemoteBuf> {
+        pieces
+            .iter()
+            .filter_map(|&(index, offset, len)| {
+                self.regions[index]
+                    .remote()
+                    .slice(offset as u32, len as u32)
+            })
+            .collect()
+    }
+
+    /// Moves bytes between local registered pieces and the peer's descriptors, both walked
+    /// in order: RDMA READ into the pieces (`pull`) or RDMA WRITE from them.
+    fn transfer(
+        &mut self,
+        pieces: &[LocalPiece],
+        remote: &[RemoteBuf],
+        pull: bool,
+    ) -> Result<(), TransportError> {
+        let (mut li, mut loff, mut ri, mut roff) = (0usize, 0usize, 0usize, 0u32);
+        while li < pieces.len() && ri < remote.len() {
+            let (index, base, len) = pieces[li];
+            let r = remote[ri];
+            let n = (len - loff).min((r.len - roff) as usize);
+            let Some(dest) = r.slice(roff, n as u32) else {
+                unreachable!("n fits the remote descriptor");
+            };
+            let region = &mut self.regions[index];
+            let done = if pull {
+                self.conn.read(region, base + loff, dest, self.timeout)
+            } else {
+                self.conn.write(region, base + loff, dest, self.timeout)
+            };
+            if let Err(e) = done {
+                return Err(self.fail(e));
+            }
+            loff += n;
+            roff += n as u32;
+            if loff == len {
+                (li, loff) = (li + 1, 0);
+            }
+            if roff == r.len {
+                (ri, roff) = (ri + 1, 0);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {
@@ -239,6 +337,20 @@ impl RdmaLink {
                 reason: "a call carries bulk one way only".into(),
             });
         }
+        if out_len > 0
+            && let Some(pieces) =
+                self.registered_pieces(payload.iter().map(|s| (s.as_ptr() as usize, s.len())))
+        {
+            let remote = self.describe(&pieces);
+            return self.call_described(request, body, out_len, 0, &remote, reply_body);
+        }
+        if room > 0
+            && let Some(pieces) =
+                self.registered_pieces(dests.iter().map(|d| (d.as_ptr() as usize, d.len())))
+        {
+            let remote = self.describe(&pieces);
+            return self.call_described(request, body, 0, room, &remote, reply_body);
+        }
         let bulk_len = out_len.max(room);
         self.grow_staging(bulk_len)?;
         let mut staging = std::mem::take(&mut self.staging);
@@ -253,6 +365,7 @@ impl RdmaLink {
         );
         self.staging = staging;
         let (payload_len, status) = result?;
+        self.staged_bytes += out_len + payload_len;
         // Unstage the reply's payload into the caller's buffers.
         let mut at = 0usize;
         for d in dests.iter_mut() {
@@ -269,7 +382,7 @@ impl RdmaLink {
     #[allow(clippy::too_many_arguments)]
     fn call_staged(
         &mut self,
-        mut request: Header,
+        request: Header,
         body: &[u8],
         payload: &[IoSlice<'_>],
         out_len: u64,
@@ -294,9 +407,25 @@ impl RdmaLink {
             None
         };
         let remote: Vec<RemoteBuf> = region.iter().map(|r| r.remote()).collect();
+        let result = self.call_described(request, body, out_len, room, &remote, reply_body);
+        drop(region);
+        result
+    }
+
+    /// Sends the request with descriptors of memory the peer may use until the reply
+    /// arrives, and takes the reply.
+    fn call_described(
+        &mut self,
+        mut request: Header,
+        body: &[u8],
+        out_len: u64,
+        room: u64,
+        remote: &[RemoteBuf],
+        reply_body: &mut Vec<u8>,
+    ) -> Result<(u64, i32), TransportError> {
         request.payload_len = out_len;
         let request_id = request.request_id;
-        self.send_message(request, body, &remote)?;
+        self.send_message(request, body, remote)?;
         let Some(decoded) = self.recv_message()? else {
             // The reply is still owed: this connection cannot carry another call.
             self.broken = true;
@@ -306,7 +435,6 @@ impl RdmaLink {
                 timeout_ms: self.timeout.as_millis() as u64,
             });
         };
-        drop(region);
         let h = decoded.header;
         if !h.is_response() || h.request_id != request_id || h.payload_len > room {
             self.broken = true;
@@ -372,6 +500,15 @@ impl RdmaLink {
             // A request without payload may still carry descriptors: room for the reply.
             return Ok(());
         }
+        if let Some(pieces) =
+            self.registered_pieces(dests.iter().map(|d| (d.as_ptr() as usize, d.len())))
+        {
+            let remote = std::mem::take(&mut self.remote);
+            let pulled = self.transfer(&pieces, &remote, true);
+            self.remote = remote;
+            return pulled;
+        }
+        self.staged_bytes += len;
         self.grow_staging(len)?;
         let mut staging = std::mem::take(&mut self.staging);
         let remote = std::mem::take(&mut self.remote);
@@ -425,12 +562,21 @@ impl RdmaLink {
                     ),
                 });
             }
-            self.grow_staging(len)?;
-            let mut staging = std::mem::take(&mut self.staging);
             let remote = std::mem::take(&mut self.remote);
-            let pushed = self.push(&mut staging[..len as usize], payload, &remote);
+            let pieces =
+                self.registered_pieces(payload.iter().map(|s| (s.as_ptr() as usize, s.len())));
+            let pushed = match pieces {
+                Some(pieces) => self.transfer(&pieces, &remote, false),
+                None => {
+                    self.staged_bytes += len;
+                    self.grow_staging(len)?;
+                    let mut staging = std::mem::take(&mut self.staging);
+                    let pushed = self.push(&mut staging[..len as usize], payload, &remote);
+                    self.staging = staging;
+                    pushed
+                }
+            };
             self.remote = remote;
-            self.staging = staging;
             pushed?;
         }
         let header = Header::response(request, status, body, len);

@@ -711,3 +711,103 @@ fn rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes() {
     );
     eprintln!("call failed as expected: {err}");
 }
+
+#[test]
+fn rdma_registered_memory_moves_bulk_with_no_staging_copy() {
+    use nacre_transport::wire::Opcode;
+    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Listener};
+    use std::io::{IoSlice, IoSliceMut};
+    let Some(addr) = rdma_addr(
+        "rdma_registered_memory_moves_bulk_with_no_staging_copy",
+        7482,
+    ) else {
+        return;
+    };
+    const LEN: usize = 6 * 1024 * 1024 + 4321;
+    let endpoint = Endpoint::parse(&format!("rdma://{addr}")).expect("endpoint");
+    let listener = Listener::bind(&endpoint).expect("bind rdma");
+    let server = thread::spawn(move || -> u64 {
+        // Declared before the connection, so the connection (and its registrations) go first.
+        let mut inbound = vec![0u8; LEN];
+        let mut outbound = pattern(LEN, 5);
+        let mut conn = listener
+            .accept(SETUP_TIMEOUT)
+            .expect("accept")
+            .expect("a client came");
+        // SAFETY: both buffers outlive `conn`, which is dropped first (declared later).
+        unsafe {
+            conn.register_memory(inbound.as_mut_ptr(), inbound.len())
+                .expect("register in");
+            conn.register_memory(outbound.as_mut_ptr(), outbound.len())
+                .expect("register out");
+        }
+        let mut body = Vec::new();
+        while let Ok(Some(req)) = conn.next_request(&mut body) {
+            let len = req.header.payload_len as usize;
+            conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
+                .expect("pull");
+            let sent = match req.header.opcode {
+                Opcode::Write => {
+                    conn.reply(&req, 0, &crc32c_of(&inbound[..len]).to_le_bytes(), &[])
+                }
+                _ => conn.reply(&req, 0, &[], &[IoSlice::new(&outbound)]),
+            };
+            sent.expect("reply");
+        }
+        conn.staged_bytes()
+    });
+    let mut out = pattern(LEN, 3);
+    let mut back = vec![0u8; LEN];
+    let options = ConnectOptions {
+        connect_timeout: SETUP_TIMEOUT,
+        request_timeout: OP_TIMEOUT,
+    };
+    let mut conn = Connection::connect(&endpoint, options).expect("connect");
+    // SAFETY: `out` and `back` outlive `conn`, which is dropped below before they are.
+    unsafe {
+        conn.register_memory(out.as_mut_ptr(), out.len())
+            .expect("register out");
+        conn.register_memory(back.as_mut_ptr(), back.len())
+            .expect("register back");
+    }
+    let mut reply_body = Vec::new();
+    // Two slices of the registered buffer: two descriptors for the server to walk.
+    let (first, second) = out.split_at(LEN / 3);
+    conn.call(
+        Opcode::Write,
+        &[],
+        Bulk::Send(&[IoSlice::new(first), IoSlice::new(second)]),
+        &mut reply_body,
+    )
+    .expect("write call");
+    assert_eq!(
+        reply_body,
+        crc32c_of(&pattern(LEN, 3)).to_le_bytes(),
+        "the server pulled other bytes"
+    );
+    let reply = conn
+        .call(
+            Opcode::Read,
+            &[],
+            Bulk::Recv(&mut [IoSliceMut::new(&mut back)]),
+            &mut reply_body,
+        )
+        .expect("read call");
+    assert_eq!(reply.payload_len, LEN as u64);
+    assert_eq!(
+        conn.staged_bytes(),
+        0,
+        "the client copied through its staging buffer"
+    );
+    drop(conn);
+    assert_same(
+        &back,
+        &pattern(LEN, 5),
+        "payload written by RDMA into registered memory",
+    );
+    let server_staged = server.join().expect("server thread");
+    assert_eq!(
+        server_staged, 0,
+        "the server copied through its staging buffer"
+    );
+}

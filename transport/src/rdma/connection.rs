@@ -87,37 +87,58 @@ impl RemoteBuf {
 /// it can outlive neither. Dropping it deregisters the memory; after that the device does
 /// not touch it. Reads and writes go through `Deref`/`DerefMut`.
 pub struct MemoryRegion<'buf> {
-    // Declared first: deregistered before the borrow of `memory` ends.
+    // Declared first: deregistered before the borrow of the memory ends.
     mr: Mr,
-    memory: &'buf mut [u8],
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    /// The region stands for a mutable borrow of the memory for `'buf`.
+    borrow: std::marker::PhantomData<&'buf mut [u8]>,
 }
+
+// SAFETY: a MemoryRegion is, to Rust, a `&'buf mut [u8]` plus a registration handle; both
+// may move between threads and be shared read-only, as `&mut [u8]` may.
+unsafe impl Send for MemoryRegion<'_> {}
+// SAFETY: as above; shared access only hands out `&[u8]`.
+unsafe impl Sync for MemoryRegion<'_> {}
 
 impl MemoryRegion<'_> {
     /// What the peer needs to WRITE into or READ from the whole region.
     pub fn remote(&self) -> RemoteBuf {
         RemoteBuf {
-            addr: self.memory.as_ptr() as u64,
+            addr: self.ptr.as_ptr() as u64,
             rkey: self.mr.rkey(),
             // Registration refuses buffers over MAX_REGION_BYTES, which fits a u32.
-            len: u32::try_from(self.memory.len()).unwrap_or(u32::MAX),
+            len: u32::try_from(self.len).unwrap_or(u32::MAX),
         }
     }
 
     fn addr(&self, offset_bytes: usize) -> u64 {
-        self.memory.as_ptr() as u64 + offset_bytes as u64
+        self.ptr.as_ptr() as u64 + offset_bytes as u64
+    }
+
+    /// Whether `[addr, addr + len)` lies inside the region.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        let start = self.ptr.as_ptr() as usize;
+        addr >= start
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= start + self.len)
     }
 }
 
 impl Deref for MemoryRegion<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.memory
+        // SAFETY: ptr and len come from the buffer the region borrows (or, for
+        // `register_raw`, memory its caller keeps valid and unaliased while it lives).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl DerefMut for MemoryRegion<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.memory
+        // SAFETY: as for Deref, and `&mut self` makes this the only access through it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -232,7 +253,12 @@ fn register_on<'buf>(
             errno,
         },
     )?;
-    Ok(MemoryRegion { mr, memory: buffer })
+    Ok(MemoryRegion {
+        mr,
+        ptr: std::ptr::NonNull::from(&mut *buffer).cast(),
+        len: buffer.len(),
+        borrow: std::marker::PhantomData,
+    })
 }
 
 /// A new rdmacm id on its own event channel, bound to `addr`.
@@ -503,6 +529,34 @@ impl RdmaConnection {
     /// Registers `buffer` with this connection's protection domain for local use and
     /// remote read and write by the peer.
     pub fn register<'buf>(&self, buffer: &'buf mut [u8]) -> Result<MemoryRegion<'buf>, RdmaError> {
+        register_on(&self.pd, self.peer, buffer)
+    }
+
+    /// Registers memory that the caller manages itself (a memory pool, or an application's
+    /// buffers handed to the transport once), for calls that move bulk straight from or
+    /// into it.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` must be valid, writable memory that stays allocated until the
+    /// returned region is dropped. The peer may read or write it through RDMA meanwhile,
+    /// and the region's `Deref` must not be used while other references to it exist.
+    pub unsafe fn register_raw(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<MemoryRegion<'static>, RdmaError> {
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+            return Err(RdmaError::Call {
+                op: Op::Register,
+                peer: self.peer,
+                call: "register_raw",
+                errno: libc::EINVAL,
+            });
+        };
+        // SAFETY: the caller keeps the memory valid and unaliased for the region's life,
+        // which is what the `'static` borrow stands for.
+        let buffer: &'static mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
         register_on(&self.pd, self.peer, buffer)
     }
 
