@@ -2,7 +2,11 @@
 //! `TargetServer` that serves objects from NVMe, and the `MetaServer` that keeps the
 //! namespace and layouts. It is where layout, io and transport meet.
 //!
-//! This crate is filled by the engine issue; for now it re-exports the leaf crates.
+//! Built so far: [`mem`], the memory pool. The servers and the client come with the rest
+//! of the engine issue; the leaf crates are re-exported meanwhile.
+
+pub mod limits;
+pub mod mem;
 
 pub use nacre_io as io;
 pub use nacre_layout as layout;
