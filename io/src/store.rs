@@ -216,6 +216,10 @@ const SUB_MAIN: u64 = 0;
 const SUB_HEAD: u64 = 1;
 const SUB_TAIL: u64 = 2;
 
+/// Largest end offset of an operation: file offsets are signed 64-bit, and an unaligned
+/// edge may round up by less than a bounce buffer.
+const MAX_END_BYTES: u64 = i64::MAX as u64 - BOUNCE_BUFFER_BYTES;
+
 fn align_down(x: u64) -> u64 {
     x - x % ALIGN
 }
@@ -809,22 +813,7 @@ impl ObjectStore {
                 return Ok(Start::WaitLock((object_id, start, end)));
             }
         }
-        let needs_bounce = match op {
-            Op::Read {
-                offset_bytes,
-                buf,
-                len,
-                ..
-            } => !is_aligned(offset_bytes, buf as usize, len),
-            Op::Write {
-                offset_bytes,
-                buf,
-                len,
-                ..
-            } => !is_aligned(offset_bytes, buf as usize, len),
-            _ => false,
-        };
-        let bounce = if needs_bounce {
+        let bounce = if needs_bounce(&op) {
             match self.free_bounce.pop() {
                 Some(b) => Some(b),
                 None => return Ok(Start::WaitResources),
@@ -1297,16 +1286,32 @@ fn is_aligned(offset_bytes: u64, addr: usize, len: usize) -> bool {
         && (len as u64).is_multiple_of(ALIGN)
 }
 
-fn is_unaligned_write(op: &Op) -> bool {
+/// The object offset, memory address and length of a read or write.
+fn memory(op: &Op) -> Option<(u64, usize, usize)> {
     match *op {
+        Op::Read {
+            offset_bytes,
+            buf,
+            len,
+            ..
+        } => Some((offset_bytes, buf as usize, len)),
         Op::Write {
             offset_bytes,
             buf,
             len,
             ..
-        } => !is_aligned(offset_bytes, buf as usize, len),
-        _ => false,
+        } => Some((offset_bytes, buf as usize, len)),
+        _ => None,
     }
+}
+
+/// Whether a read or write must go through a bounce buffer.
+fn needs_bounce(op: &Op) -> bool {
+    memory(op).is_some_and(|(offset_bytes, addr, len)| !is_aligned(offset_bytes, addr, len))
+}
+
+fn is_unaligned_write(op: &Op) -> bool {
+    matches!(op, Op::Write { .. }) && needs_bounce(op)
 }
 
 /// The block range an op must hold alone, if any.
@@ -1341,32 +1346,16 @@ fn validate_op(op: &Op) -> Result<(), IoError> {
             allowed,
         })
     };
-    let max_offset = i64::MAX as u64 - BOUNCE_BUFFER_BYTES;
+    if let Some((offset_bytes, addr, len)) = memory(op) {
+        if addr == 0 {
+            return invalid("buf", 0, "a non-null pointer");
+        }
+        return check_range(offset_bytes, len as u64, operation);
+    }
     match *op {
-        Op::Read {
-            offset_bytes,
-            buf,
-            len,
-            ..
-        } => {
-            if buf.is_null() {
-                return invalid("buf", 0, "a non-null pointer");
-            }
-            check_range(offset_bytes, len as u64, operation)?;
-        }
-        Op::Write {
-            offset_bytes,
-            buf,
-            len,
-            ..
-        } => {
-            if buf.is_null() {
-                return invalid("buf", 0, "a non-null pointer");
-            }
-            check_range(offset_bytes, len as u64, operation)?;
-        }
+        Op::Read { .. } | Op::Write { .. } => unreachable!("memory() covers reads and writes"),
         Op::Truncate { size_bytes, .. } => {
-            if size_bytes > max_offset {
+            if size_bytes > MAX_END_BYTES {
                 return invalid(
                     "size_bytes",
                     size_bytes,
@@ -1382,7 +1371,7 @@ fn validate_op(op: &Op) -> Result<(), IoError> {
             }
             if offset_bytes
                 .checked_add(len)
-                .is_none_or(|end| end > max_offset)
+                .is_none_or(|end| end > MAX_END_BYTES)
             {
                 return invalid("offset_bytes", offset_bytes, "offset + len within 2^63 - 1");
             }
@@ -1401,10 +1390,9 @@ fn check_range(offset_bytes: u64, len: u64, op: Operation) -> Result<(), IoError
             allowed: "1 to MAX_IO_BYTES (4 MiB)",
         });
     }
-    let max_offset = i64::MAX as u64 - BOUNCE_BUFFER_BYTES;
     if offset_bytes
         .checked_add(len)
-        .is_none_or(|end| end > max_offset)
+        .is_none_or(|end| end > MAX_END_BYTES)
     {
         return Err(IoError::InvalidArgument {
             op,

@@ -545,18 +545,6 @@ pub struct ServerConnection {
 /// What to do with a request whose opcode the server does not know.
 const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 
-fn unknown_opcode_reply(request_id: u64) -> Header {
-    Header {
-        opcode: Opcode::Error,
-        flags: crate::wire::FLAG_RESPONSE,
-        status: UNKNOWN_OPCODE_STATUS,
-        request_id,
-        body_len: 0,
-        body_crc32c: crc32c::crc32c(&[]),
-        payload_len: 0,
-    }
-}
-
 impl ServerConnection {
     /// The transport.
     pub fn kind(&self) -> Kind {
@@ -660,7 +648,11 @@ impl ServerConnection {
                     match &mut self.link {
                         Link::Tcp(t) => {
                             t.discard(u64::from(body_len) + payload_len)?;
-                            t.send(&unknown_opcode_reply(request_id), &[], &[])?;
+                            t.send(
+                                &Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS),
+                                &[],
+                                &[],
+                            )?;
                         }
                         #[cfg(feature = "rdma")]
                         Link::Rdma(r) => r.reply_error(request_id, UNKNOWN_OPCODE_STATUS)?,

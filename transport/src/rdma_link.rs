@@ -25,7 +25,14 @@ pub(crate) struct RdmaLink {
     conn: RdmaConnection,
     peer: SocketAddr,
     timeout: Duration,
-    message: Vec<u8>,
+    /// The message being sent (capacity [`MAX_MESSAGE_BYTES`], refilled per message).
+    send_buf: Vec<u8>,
+    /// Receive buffer, [`MAX_MESSAGE_BYTES`] long for the link's life; `recv_len` is used.
+    recv_buf: Box<[u8]>,
+    recv_len: usize,
+    /// Scratch for the registered pieces and descriptors of one call.
+    pieces: Vec<LocalPiece>,
+    descs: Vec<RemoteBuf>,
     staging: Vec<u8>,
     /// Server side: the current request's remote descriptors.
     remote: Vec<RemoteBuf>,
@@ -61,7 +68,11 @@ impl RdmaLink {
             conn,
             peer,
             timeout,
-            message: Vec::with_capacity(MAX_MESSAGE_BYTES),
+            send_buf: Vec::with_capacity(MAX_MESSAGE_BYTES),
+            recv_buf: vec![0u8; MAX_MESSAGE_BYTES].into_boxed_slice(),
+            recv_len: 0,
+            pieces: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
+            descs: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
             staging: Vec::new(),
             remote: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
             regions: Vec::new(),
@@ -90,36 +101,84 @@ impl RdmaLink {
         self.staged_bytes
     }
 
-    /// The registered pieces covering `slices` in order, if every slice lies in one
-    /// registered region (and there are few enough to describe in one message).
+    /// Fills `pieces` with the registered pieces covering `slices` in order; false (and
+    /// `pieces` meaningless) unless every slice lies in one registered region and there
+    /// are few enough to describe in one message.
     fn registered_pieces(
         &self,
         slices: impl Iterator<Item = (usize, usize)>,
-    ) -> Option<Vec<LocalPiece>> {
-        let mut pieces = Vec::new();
+        pieces: &mut Vec<LocalPiece>,
+    ) -> bool {
+        pieces.clear();
         for (addr, len) in slices {
             if len == 0 {
                 continue;
             }
-            let index = self.regions.iter().position(|r| r.contains(addr, len))?;
+            let Some(index) = self.regions.iter().position(|r| r.contains(addr, len)) else {
+                return false;
+            };
+            if pieces.len() == MAX_REMOTE_BUFS_PER_MESSAGE {
+                return false;
+            }
             let start = self.regions[index].remote().addr as usize;
             pieces.push((index, addr - start, len));
-            if pieces.len() > MAX_REMOTE_BUFS_PER_MESSAGE {
-                return None;
-            }
         }
-        Some(pieces)
+        true
     }
 
-    fn describe(&self, pieces: &[LocalPiece]) -> Vec<RemoteBuf> {
-        pieces
-            .iter()
-            .filter_map(|&(index, offset, len)| {
-                self.regions[index]
-                    .remote()
-                    .slice(offset as u32, len as u32)
-            })
-            .collect()
+    /// Fills `descs` with the peer's view of `pieces`.
+    fn describe(&self, pieces: &[LocalPiece], descs: &mut Vec<RemoteBuf>) {
+        descs.clear();
+        descs.extend(pieces.iter().filter_map(|&(index, offset, len)| {
+            self.regions[index]
+                .remote()
+                .slice(offset as u32, len as u32)
+        }));
+    }
+
+    /// A call whose bulk lies in registered memory: its descriptors go to the peer, no
+    /// byte is staged. `None` when some of the bulk is not registered.
+    fn call_registered(
+        &mut self,
+        request: Header,
+        body: &[u8],
+        bulk: impl Iterator<Item = (usize, usize)>,
+        out_len: u64,
+        room: u64,
+        reply_body: &mut Vec<u8>,
+    ) -> Option<Result<(u64, i32), TransportError>> {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let mut descs = std::mem::take(&mut self.descs);
+        let result = if self.registered_pieces(bulk, &mut pieces) {
+            self.describe(&pieces, &mut descs);
+            Some(self.call_described(request, body, out_len, room, &descs, reply_body))
+        } else {
+            None
+        };
+        self.pieces = pieces;
+        self.descs = descs;
+        result
+    }
+
+    /// Moves the current request's bulk straight between registered `slices` and the
+    /// peer's descriptors (READ into them when `pull`, WRITE from them otherwise). `None`
+    /// when some slice is not in registered memory.
+    fn transfer_registered(
+        &mut self,
+        slices: impl Iterator<Item = (usize, usize)>,
+        pull: bool,
+    ) -> Option<Result<(), TransportError>> {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let result = if self.registered_pieces(slices, &mut pieces) {
+            let remote = std::mem::take(&mut self.remote);
+            let moved = self.transfer(&pieces, &remote, pull);
+            self.remote = remote;
+            Some(moved)
+        } else {
+            None
+        };
+        self.pieces = pieces;
+        result
     }
 
     /// Moves bytes between local registered pieces and the peer's descriptors, both walked
@@ -220,36 +279,32 @@ impl RdmaLink {
         if !remote.is_empty() {
             header.flags |= FLAG_REMOTE_BULK;
         }
-        self.message.clear();
-        self.message.extend_from_slice(&header.encode());
-        self.message.extend_from_slice(body);
+        self.send_buf.clear();
+        self.send_buf.extend_from_slice(&header.encode());
+        self.send_buf.extend_from_slice(body);
         if !remote.is_empty() {
-            self.message
+            self.send_buf
                 .extend_from_slice(&(remote.len() as u32).to_le_bytes());
             for r in remote {
-                self.message.extend_from_slice(&r.to_le_bytes());
+                self.send_buf.extend_from_slice(&r.to_le_bytes());
             }
         }
-        let message = std::mem::take(&mut self.message);
-        let sent = self.conn.send(&message, self.timeout);
-        self.message = message;
+        let sent = self.conn.send(&self.send_buf, self.timeout);
         sent.map_err(|e| self.fail(e))
     }
 
     /// Receives one message and checks it; fills `self.remote` with its descriptors.
     /// `Ok(None)` when the receive timed out with nothing arriving.
     fn recv_message(&mut self) -> Result<Option<Decoded>, TransportError> {
-        self.message.resize(MAX_MESSAGE_BYTES, 0);
-        let mut message = std::mem::take(&mut self.message);
-        let got = self.conn.recv(&mut message, self.timeout);
-        self.message = message;
+        let got = self.conn.recv(&mut self.recv_buf, self.timeout);
         let n = match got {
             Ok(n) => n,
             Err(RdmaError::Timeout { .. }) => return Ok(None),
             Err(e) => return Err(self.fail(e)),
         };
-        self.message.truncate(n);
-        let header = match Header::decode(&self.message) {
+        self.recv_len = n;
+        let message = &self.recv_buf[..n];
+        let header = match Header::decode(message) {
             Ok(h) => h,
             Err(e @ WireError::UnknownOpcode { .. }) => {
                 return Err(TransportError::Protocol {
@@ -260,18 +315,18 @@ impl RdmaLink {
             Err(e) => return Err(self.protocol(e)),
         };
         let body_end = HEADER_BYTES + header.body_len as usize;
-        if self.message.len() < body_end {
+        if n < body_end {
             return Err(self.protocol(WireError::Truncated {
                 what: "body",
                 needed: header.body_len as usize,
-                got: self.message.len() - HEADER_BYTES,
+                got: n - HEADER_BYTES,
             }));
         }
-        if let Err(e) = header.check_body(&self.message[HEADER_BYTES..body_end]) {
+        if let Err(e) = header.check_body(&message[HEADER_BYTES..body_end]) {
             return Err(self.protocol(e));
         }
         self.remote.clear();
-        let rest = &self.message[body_end..];
+        let rest = &self.recv_buf[body_end..n];
         if header.flags & FLAG_REMOTE_BULK != 0 {
             let count = rest
                 .get(..4)
@@ -338,18 +393,28 @@ impl RdmaLink {
             });
         }
         if out_len > 0
-            && let Some(pieces) =
-                self.registered_pieces(payload.iter().map(|s| (s.as_ptr() as usize, s.len())))
+            && let Some(done) = self.call_registered(
+                request,
+                body,
+                payload.iter().map(|s| (s.as_ptr() as usize, s.len())),
+                out_len,
+                0,
+                reply_body,
+            )
         {
-            let remote = self.describe(&pieces);
-            return self.call_described(request, body, out_len, 0, &remote, reply_body);
+            return done;
         }
         if room > 0
-            && let Some(pieces) =
-                self.registered_pieces(dests.iter().map(|d| (d.as_ptr() as usize, d.len())))
+            && let Some(done) = self.call_registered(
+                request,
+                body,
+                dests.iter().map(|d| (d.as_ptr() as usize, d.len())),
+                0,
+                room,
+                reply_body,
+            )
         {
-            let remote = self.describe(&pieces);
-            return self.call_described(request, body, 0, room, &remote, reply_body);
+            return done;
         }
         let bulk_len = out_len.max(room);
         self.grow_staging(bulk_len)?;
@@ -406,8 +471,11 @@ impl RdmaLink {
         } else {
             None
         };
-        let remote: Vec<RemoteBuf> = region.iter().map(|r| r.remote()).collect();
-        let result = self.call_described(request, body, out_len, room, &remote, reply_body);
+        let remote: &[RemoteBuf] = match &region {
+            Some(r) => &[r.remote()],
+            None => &[],
+        };
+        let result = self.call_described(request, body, out_len, room, remote, reply_body);
         drop(region);
         result
     }
@@ -453,7 +521,7 @@ impl RdmaLink {
             });
         }
         reply_body.clear();
-        reply_body.extend_from_slice(&self.message[HEADER_BYTES..decoded.body_end]);
+        reply_body.extend_from_slice(&self.recv_buf[HEADER_BYTES..decoded.body_end]);
         Ok((h.payload_len, h.status))
     }
 
@@ -485,7 +553,7 @@ impl RdmaLink {
             }));
         }
         body.clear();
-        body.extend_from_slice(&self.message[HEADER_BYTES..decoded.body_end]);
+        body.extend_from_slice(&self.recv_buf[HEADER_BYTES..decoded.body_end]);
         Ok(Some(h))
     }
 
@@ -500,12 +568,9 @@ impl RdmaLink {
             // A request without payload may still carry descriptors: room for the reply.
             return Ok(());
         }
-        if let Some(pieces) =
-            self.registered_pieces(dests.iter().map(|d| (d.as_ptr() as usize, d.len())))
+        if let Some(pulled) =
+            self.transfer_registered(dests.iter().map(|d| (d.as_ptr() as usize, d.len())), true)
         {
-            let remote = std::mem::take(&mut self.remote);
-            let pulled = self.transfer(&pieces, &remote, true);
-            self.remote = remote;
             return pulled;
         }
         self.staged_bytes += len;
@@ -562,22 +627,23 @@ impl RdmaLink {
                     ),
                 });
             }
-            let remote = std::mem::take(&mut self.remote);
-            let pieces =
-                self.registered_pieces(payload.iter().map(|s| (s.as_ptr() as usize, s.len())));
-            let pushed = match pieces {
-                Some(pieces) => self.transfer(&pieces, &remote, false),
+            let registered = self.transfer_registered(
+                payload.iter().map(|s| (s.as_ptr() as usize, s.len())),
+                false,
+            );
+            match registered {
+                Some(pushed) => pushed?,
                 None => {
                     self.staged_bytes += len;
                     self.grow_staging(len)?;
                     let mut staging = std::mem::take(&mut self.staging);
+                    let remote = std::mem::take(&mut self.remote);
                     let pushed = self.push(&mut staging[..len as usize], payload, &remote);
+                    self.remote = remote;
                     self.staging = staging;
-                    pushed
+                    pushed?;
                 }
-            };
-            self.remote = remote;
-            pushed?;
+            }
         }
         let header = Header::response(request, status, body, len);
         self.send_message(header, body, &[])
@@ -596,7 +662,7 @@ impl RdmaLink {
         }
         let region = self.conn.register(staging).map_err(|e| self.fail(e))?;
         let mut done = 0u64;
-        let total = staging_len(&region);
+        let total = region.len() as u64;
         for r in remote {
             if done >= total {
                 break;
@@ -619,16 +685,7 @@ impl RdmaLink {
         request_id: u64,
         status: i32,
     ) -> Result<(), TransportError> {
-        let header = Header {
-            opcode: crate::wire::Opcode::Error,
-            flags: crate::wire::FLAG_RESPONSE,
-            status,
-            request_id,
-            body_len: 0,
-            body_crc32c: crc32c::crc32c(&[]),
-            payload_len: 0,
-        };
-        self.send_message(header, &[], &[])
+        self.send_message(Header::error_reply(request_id, status), &[], &[])
     }
 }
 
@@ -641,8 +698,4 @@ fn transport_op(op: crate::rdma::Op) -> crate::error::TransportOp {
         Op::Bind | Op::Accept => TransportOp::Listen,
         Op::Devices | Op::Resolve | Op::Connect => TransportOp::Connect,
     }
-}
-
-fn staging_len(region: &crate::rdma::MemoryRegion<'_>) -> u64 {
-    region.len() as u64
 }

@@ -141,6 +141,20 @@ impl Header {
         }
     }
 
+    /// An [`Opcode::Error`] reply with `status` to a request the receiver could not take
+    /// (one whose opcode it does not know, say), with no body and no payload.
+    pub fn error_reply(request_id: u64, status: i32) -> Header {
+        Header {
+            opcode: Opcode::Error,
+            flags: FLAG_RESPONSE,
+            status,
+            request_id,
+            body_len: 0,
+            body_crc32c: crc32c::crc32c(&[]),
+            payload_len: 0,
+        }
+    }
+
     /// Whether this is a response.
     pub fn is_response(&self) -> bool {
         self.flags & FLAG_RESPONSE != 0

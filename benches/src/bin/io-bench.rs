@@ -11,6 +11,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use nacre_benches::parse_size;
 use nacre_io::{AlignedBuf, Completion, ObjectStore, Op, StoreConfig, Target};
 
 /// The object the benchmark uses.
@@ -35,20 +36,6 @@ struct Args {
     queue_depth: u32,
     seconds: f64,
     offload_issue: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, mult) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("'{s}' is not a size (a number with an optional K, M or G)"))
 }
 
 fn parse_args() -> Result<Args, String> {

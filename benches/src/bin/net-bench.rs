@@ -16,6 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use nacre_benches::parse_size;
 use nacre_transport::wire::Opcode;
 use nacre_transport::{ConnectOptions, Connection, Endpoint, Listener, ServerConnection};
 
@@ -37,20 +38,6 @@ struct Args {
     send_zc: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, mult) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0 && n <= MAX_SIZE_BYTES)
-        .ok_or_else(|| format!("'{s}' is not a size from 1 byte to 16M"))
-}
-
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         endpoint: String::new(),
@@ -65,7 +52,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         match flag.as_str() {
             "--listen" | "--connect" => args.endpoint = value()?,
             "--zc" => args.send_zc = true,
-            "--size" => args.size_bytes = parse_size(&value()?)?,
+            "--size" => {
+                args.size_bytes = parse_size(&value()?)?;
+                if args.size_bytes == 0 || args.size_bytes > MAX_SIZE_BYTES {
+                    return Err(format!("--size {}: allowed 1 byte to 16M", args.size_bytes));
+                }
+            }
             "--conns" => args.conns = value()?.parse().map_err(|_| "--conns takes a number")?,
             "--window" => args.window = value()?.parse().map_err(|_| "--window takes a number")?,
             "--seconds" => {
