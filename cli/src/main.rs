@@ -1,13 +1,514 @@
-//! The `nacre` command. Its subcommands (serve, bench, setstripe/getstripe, df, stats)
-//! arrive with the engine issue; until then it says so and exits with an error.
+//! The `nacre` command: run the services, manage the namespace and layouts, see the targets'
+//! use, and measure the data path.
+//!
+//! Exit status: 0 on success, 1 when the operation failed (the message says what and
+//! where), 2 on a usage error.
 #![forbid(unsafe_code)]
 
+mod bench;
+mod serve;
+mod stripe;
+
+use std::io::Write;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use nacre::meta::types::FileType;
+use nacre::{Client, Error};
+
+/// The metadata service the client commands use when --meta is not given.
+const DEFAULT_META: &str = "127.0.0.1:7400";
+/// The environment variable that names the metadata service.
+const META_ENV: &str = "NACRE_META";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nacre",
+    version,
+    about = "Nacre: a striped parallel file system data path"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the metadata service is, for client commands.
+#[derive(clap::Args, Debug, Clone)]
+struct MetaArg {
+    /// The metadata service (host:port or tcp://, rdma://, auto://host:port).
+    #[arg(long, env = META_ENV, default_value = DEFAULT_META)]
+    meta: String,
+}
+
+impl MetaArg {
+    fn connect(&self) -> Result<Client, Error> {
+        Client::connect(&self.meta)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the metadata service (--meta DIR) or targets (--target DIR ... --meta ADDR).
+    Serve(serve::ServeArgs),
+    /// Format a directory as a target.
+    Mkfs(serve::MkfsArgs),
+    /// List a directory.
+    Ls {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Long listing: type, mode, owner, group, size.
+        #[arg(short = 'l')]
+        long: bool,
+        /// The directory.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show a path's attributes and size.
+    Stat {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The path.
+        path: String,
+    },
+    /// Make a directory.
+    Mkdir {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Permission bits, in octal.
+        #[arg(short = 'm', long, default_value = "755", value_parser = parse_mode)]
+        mode: u32,
+        /// Make missing parents too, and accept an existing directory.
+        #[arg(short = 'p')]
+        parents: bool,
+        /// The directory.
+        path: String,
+    },
+    /// Remove a file, or an empty directory with -d.
+    Rm {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Remove an empty directory.
+        #[arg(short = 'd')]
+        dir: bool,
+        /// The path.
+        path: String,
+    },
+    /// Rename a file or directory.
+    Mv {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Change permission bits.
+    Chmod {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Permission bits, in octal.
+        #[arg(value_parser = parse_mode)]
+        mode: u32,
+        /// The path.
+        path: String,
+    },
+    /// Change owner and group (UID, UID:GID or :GID).
+    Chown {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// UID, UID:GID or :GID (numbers).
+        owner: String,
+        /// The path.
+        path: String,
+    },
+    /// Copy a local file into Nacre.
+    Put {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The local file.
+        local: std::path::PathBuf,
+        /// The Nacre path.
+        path: String,
+    },
+    /// Copy a Nacre file to a local file ("-" for standard output).
+    Get {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The Nacre path.
+        path: String,
+        /// The local file.
+        local: String,
+    },
+    /// Set the layout of a new file or a directory's default, as `lfs setstripe`.
+    #[command(
+        after_help = "Composite layouts: repeat -E END (a size or -1 for EOF) before each \
+component's options, e.g. setstripe -E 4M -c 1 -E -1 -c -1 /file"
+    )]
+    Setstripe(stripe::SetstripeArgs),
+    /// Show a file's layout or a directory's default, as `lfs getstripe`.
+    Getstripe {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The path.
+        path: String,
+    },
+    /// Show each target's size and use, as `lfs df`.
+    Df {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Sizes in powers of 1024 with units.
+        #[arg(short = 'H', long)]
+        human: bool,
+    },
+    /// Write then read back a striped file with verification, and print throughput.
+    Bench(bench::BenchArgs),
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("'{text}' is not an octal mode (0 to 7777)"))
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "nacre {}: the command's subcommands are not built yet; see README.md",
-        env!("CARGO_PKG_VERSION")
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nacre: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A command's failure: an engine error or a message of the command's own.
+#[derive(Debug)]
+enum Failure {
+    Engine(Error),
+    Message(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Engine(e) => write!(f, "{e}"),
+            Failure::Message(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Engine(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Failure::Message(m)
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Mkfs(args) => serve::mkfs(args),
+        Command::Ls { meta, long, path } => ls(&meta.connect()?, &path, long),
+        Command::Stat { meta, path } => stat(&meta.connect()?, &path),
+        Command::Mkdir {
+            meta,
+            mode,
+            parents,
+            path,
+        } => mkdir(&meta.connect()?, &path, mode, parents),
+        Command::Rm { meta, dir, path } => {
+            let client = meta.connect()?;
+            if dir {
+                client.rmdir(&path)?;
+            } else {
+                client.unlink(&path)?;
+            }
+            Ok(())
+        }
+        Command::Mv { meta, from, to } => Ok(meta.connect()?.rename(&from, &to)?),
+        Command::Chmod { meta, mode, path } => Ok(meta.connect()?.chmod(&path, mode)?),
+        Command::Chown { meta, owner, path } => {
+            let (uid, gid) = parse_owner(&owner)?;
+            Ok(meta.connect()?.chown(&path, uid, gid)?)
+        }
+        Command::Put { meta, local, path } => put(&meta.connect()?, &local, &path),
+        Command::Get { meta, path, local } => get(&meta.connect()?, &path, &local),
+        Command::Setstripe(args) => stripe::setstripe(args),
+        Command::Getstripe { meta, path } => stripe::getstripe(&meta.connect()?, &path),
+        Command::Df { meta, human } => df(&meta.connect()?, human),
+        Command::Bench(args) => bench::bench(args),
+    }
+}
+
+fn parse_owner(text: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    let bad = || format!("'{text}' is not UID, UID:GID or :GID (numbers)");
+    let (u, g) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let uid = if u.is_empty() {
+        None
+    } else {
+        Some(u.parse().map_err(|_| bad())?)
+    };
+    let gid = match g {
+        Some(g) if !g.is_empty() => Some(g.parse().map_err(|_| bad())?),
+        _ => None,
+    };
+    if uid.is_none() && gid.is_none() {
+        return Err(bad());
+    }
+    Ok((uid, gid))
+}
+
+fn type_char(t: FileType) -> char {
+    match t {
+        FileType::Dir => 'd',
+        FileType::File => '-',
+    }
+}
+
+fn mode_string(t: FileType, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(type_char(t));
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    for e in client.readdir(path)? {
+        if long {
+            let full = format!("{}/{}", path.trim_end_matches('/'), e.name);
+            let st = client.stat(&full)?;
+            let _ = writeln!(
+                out,
+                "{} {:>5} {:>5} {:>14} {}",
+                mode_string(st.attr.file_type, st.attr.mode),
+                st.attr.uid,
+                st.attr.gid,
+                st.size_bytes,
+                e.name
+            );
+        } else {
+            let _ = writeln!(out, "{}", e.name);
+        }
+    }
+    Ok(())
+}
+
+fn stat(client: &Client, path: &str) -> Result<(), Failure> {
+    let st = client.stat(path)?;
+    let a = &st.attr;
+    println!("  File: {path}");
+    println!(
+        "  Size: {:<14} Type: {}",
+        st.size_bytes,
+        if a.is_dir() {
+            "directory"
+        } else {
+            "regular file"
+        }
     );
-    ExitCode::from(2)
+    println!("Inode: {:<14} Links: {}", a.ino, a.nlink);
+    println!(
+        "Access: ({:04o}/{})  Uid: {:>5}  Gid: {:>5}",
+        a.mode & 0o7777,
+        mode_string(a.file_type, a.mode),
+        a.uid,
+        a.gid
+    );
+    println!("Modify: {} ns since the epoch", a.mtime_ns);
+    println!("Change: {} ns since the epoch", a.ctime_ns);
+    Ok(())
+}
+
+fn mkdir(client: &Client, path: &str, mode: u32, parents: bool) -> Result<(), Failure> {
+    if !parents {
+        client.mkdir(path, mode)?;
+        return Ok(());
+    }
+    let mut at = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at.push('/');
+        at.push_str(part);
+        match client.mkdir(&at, mode) {
+            Ok(_) => {}
+            Err(e) if e.errno() == libc_eexist() => {
+                if !client.stat(&at)?.attr.is_dir() {
+                    return Err(format!("{at} exists and is not a directory").into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// EEXIST, without a libc dependency for one constant.
+fn libc_eexist() -> i32 {
+    std::io::Error::from(std::io::ErrorKind::AlreadyExists)
+        .raw_os_error()
+        .unwrap_or(17)
+}
+
+/// Bytes moved per call by put and get.
+const COPY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+fn put(client: &Client, local: &std::path::Path, path: &str) -> Result<(), Failure> {
+    let mut input =
+        std::fs::File::open(local).map_err(|e| format!("cannot open {}: {e}", local.display()))?;
+    let file = client.create(path, nacre::client::DEFAULT_FILE_MODE, None)?;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut input, &mut buf)
+            .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+        if n == 0 {
+            break;
+        }
+        file.write_at(&buf[..n], offset)?;
+        offset += n as u64;
+    }
+    file.sync()?;
+    Ok(())
+}
+
+fn read_full(input: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn get(client: &Client, path: &str, local: &str) -> Result<(), Failure> {
+    let file = client.open(path, &nacre::OpenOptions::new().read(true))?;
+    let mut out: Box<dyn Write> = if local == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(local).map_err(|e| format!("cannot create {local}: {e}"))?)
+    };
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("cannot write {local}: {e}"))?;
+        offset += n as u64;
+    }
+    out.flush()
+        .map_err(|e| format!("cannot write {local}: {e}"))?;
+    Ok(())
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Message(e.to_string())
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn df(client: &Client, human_sizes: bool) -> Result<(), Failure> {
+    let usage = client.df()?;
+    let size = |b: u64| {
+        if human_sizes {
+            human(b)
+        } else {
+            (b / 1024).to_string()
+        }
+    };
+    println!(
+        "{:<40} {:>14} {:>14} {:>14} {:>5} Mounted on",
+        "UUID",
+        if human_sizes { "bytes" } else { "1K-blocks" },
+        "Used",
+        "Available",
+        "Use%",
+    );
+    let (mut total, mut used, mut avail) = (0u64, 0u64, 0u64);
+    for u in &usage {
+        let name = format!("nacre-{}_UUID", &u.uuid[..u.uuid.len().min(8)]);
+        match &u.live {
+            Some(live) => {
+                total += live.capacity_bytes;
+                used += live.used_bytes;
+                avail += live.available_bytes;
+                let pct = if live.capacity_bytes == 0 {
+                    0
+                } else {
+                    (live.used_bytes * 100).div_ceil(live.capacity_bytes)
+                };
+                println!(
+                    "{:<40} {:>14} {:>14} {:>14} {:>4}% nacre[OST:{}] {}",
+                    name,
+                    size(live.capacity_bytes),
+                    size(live.used_bytes),
+                    size(live.available_bytes),
+                    pct,
+                    u.target_id,
+                    u.endpoint
+                );
+            }
+            None => println!(
+                "{:<40} {:>14} {:>14} {:>14} {:>5} nacre[OST:{}] {} (not answering: {})",
+                name,
+                "-",
+                "-",
+                "-",
+                "-",
+                u.target_id,
+                u.endpoint,
+                u.error.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    let pct = if total == 0 {
+        0
+    } else {
+        (used * 100).div_ceil(total)
+    };
+    println!();
+    println!(
+        "{:<40} {:>14} {:>14} {:>14} {:>4}% nacre",
+        "filesystem_summary:",
+        size(total),
+        size(used),
+        size(avail),
+        pct
+    );
+    Ok(())
 }

@@ -1,12 +1,23 @@
-//! `nacre` is the engine users link: the pinned memory pool, the striped `Client`, the
-//! `TargetServer` that serves objects from NVMe, and the `MetaServer` that keeps the
-//! namespace and layouts. It is where layout, io and transport meet.
-//!
-//! Built so far: [`mem`], the memory pool. The servers and the client come with the rest
-//! of the engine issue; the leaf crates are re-exported meanwhile.
+//! nacre: the engine users link. It puts the layout, io and transport crates together into
+//! a parallel file system data path: the memory pool, the target server, the metadata
+//! service and the striped client.
 
+pub mod client;
+pub mod codec;
+pub mod error;
 pub mod limits;
 pub mod mem;
+pub mod meta;
+pub mod queue;
+mod server;
+pub mod target_server;
+pub mod units;
+
+pub use client::{Client, ClientOptions, File, OpenOptions, Stat};
+pub use error::Error;
+pub use meta::server::MetaServer;
+pub use queue::{Completion, Queue, QueueOp};
+pub use target_server::{TargetConfig, TargetServer};
 
 pub use nacre_io as io;
 pub use nacre_layout as layout;

@@ -10,3 +10,31 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_POOL_BYTES: usize = 64 * 1024 * 1024 * 1024;
 /// Largest registered region io_uring accepts; a slab is registered in pieces of this size.
 pub const MAX_REGISTRATION_BYTES: usize = 1 << 30;
+
+/// How long an acceptor waits for a client before it looks at the stop flag again.
+pub const ACCEPT_POLL_MS: u64 = 100;
+/// How long an idle connection or worker waits before it looks at the stop flag again.
+pub const IDLE_POLL_MS: u64 = 200;
+/// Largest piece of a request one storage operation moves (the io crate's bound).
+pub const MAX_IO_PIECE_BYTES: usize = nacre_io::limits::MAX_IO_BYTES as usize;
+/// How long a connection thread waits for the workers to finish a request's pieces.
+pub const WORKER_REPLY_TIMEOUT_MS: u64 = 60_000;
+/// How long a worker with operations in flight waits for a completion before it looks for
+/// new jobs.
+pub const WORKER_WAIT_US: u64 = 200;
+/// Objects a worker remembers as existing before it forgets them all and asks again.
+pub const MAX_KNOWN_OBJECTS: usize = 1 << 20;
+/// How long the metadata service tries to reach a target to remove an unlinked file's
+/// objects.
+pub const OBJECT_REMOVE_TIMEOUT_MS: u64 = 5_000;
+/// How often a target reports its free space to the metadata service.
+pub const HEARTBEAT_MS: u64 = 5_000;
+/// How long a target keeps trying to register with the metadata service at start.
+pub const REGISTER_TIMEOUT_MS: u64 = 30_000;
+/// Progress threads an asynchronous queue runs by default.
+pub const DEFAULT_PROGRESS_THREADS: usize = 8;
+/// Deepest asynchronous queue.
+pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// The length an extent carries in requests about whole objects (sync, stat, truncate,
+/// remove), where the length means nothing but the wire allows no empty extent.
+pub const OBJECT_ONLY_LEN: u64 = 1;

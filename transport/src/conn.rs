@@ -561,6 +561,13 @@ impl ServerConnection {
         self.link.enable_send_zc()
     }
 
+    /// Sets how long a receive or send may go without progress (the request timeout by
+    /// default). A server may shorten it while it waits for the next request, to notice a
+    /// stop, and restore it for the request's payload and reply.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        self.link.set_timeout(timeout)
+    }
+
     /// Registers `[ptr, ptr + len)` for bulk transfers: over RDMA, a request payload received into, or
     /// a reply payload sent from, registered memory moves with one RDMA READ or WRITE, with no staging copy. Over TCP nothing needs registering.
     ///
@@ -769,6 +776,25 @@ impl Peer {
         result
     }
 
+    /// Lends a connection of the pool (as [`Peer::with_connection`] does) until the
+    /// returned guard is dropped; a caller may hold connections to several peers at once.
+    pub fn checkout(&self) -> Result<PooledConnection<'_>, TransportError> {
+        Ok(PooledConnection {
+            peer: self,
+            conn: Some(self.take()?),
+        })
+    }
+
+    /// Closes every idle connection (after one was found dead: the peer may have restarted,
+    /// and the others are likely dead too).
+    pub fn close_idle(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let closed = state.idle.len();
+        state.idle.clear();
+        state.open -= closed;
+        self.returned.notify_all();
+    }
+
     fn take(&self) -> Result<Connection, TransportError> {
         let deadline = Instant::now() + self.options.request_timeout;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -811,5 +837,35 @@ impl Peer {
             state.idle.push(conn);
         }
         self.returned.notify_one();
+    }
+}
+
+/// A connection lent by a [`Peer`]; it goes back to the pool when dropped (a broken one is
+/// closed instead).
+#[derive(Debug)]
+pub struct PooledConnection<'a> {
+    peer: &'a Peer,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for PooledConnection<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Some until drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for PooledConnection<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.peer.give_back(conn);
+        }
     }
 }

@@ -16,7 +16,8 @@ pub mod tcp;
 pub mod wire;
 
 pub use conn::{
-    Bulk, ConnectOptions, Connection, Kind, Listener, Peer, Reply, Request, ServerConnection,
+    Bulk, ConnectOptions, Connection, Kind, Listener, Peer, PooledConnection, Reply, Request,
+    ServerConnection,
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};

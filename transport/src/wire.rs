@@ -43,6 +43,10 @@ pub enum Opcode {
     Create = 8,
     /// Remove objects.
     Remove = 9,
+    /// Size and free space of a target.
+    Statfs = 10,
+    /// A metadata request; the body names the operation (the transport does not look inside).
+    Meta = 16,
     /// A reply to a request the receiver could not take (its status says why).
     Error = 15,
 }
@@ -60,6 +64,8 @@ impl Opcode {
             7 => Opcode::Stat,
             8 => Opcode::Create,
             9 => Opcode::Remove,
+            10 => Opcode::Statfs,
+            16 => Opcode::Meta,
             15 => Opcode::Error,
             _ => return None,
         })
@@ -483,6 +489,8 @@ mod tests {
             Opcode::Stat,
             Opcode::Create,
             Opcode::Remove,
+            Opcode::Statfs,
+            Opcode::Meta,
             Opcode::Error,
         ])
     }

@@ -1,0 +1,154 @@
+//! `nacre serve` and `nacre mkfs`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nacre::io::Target;
+use nacre::{MetaServer, TargetConfig, TargetServer};
+
+use crate::Failure;
+
+/// How often `serve` looks whether it was asked to stop.
+const STOP_POLL_MS: u64 = 100;
+/// The port the metadata service listens on by default.
+const DEFAULT_META_LISTEN: &str = "auto://0.0.0.0:7400";
+/// Where targets listen by default (each target takes the next port).
+const DEFAULT_TARGET_LISTEN: &str = "auto://0.0.0.0:7401";
+
+/// `nacre serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Serve these target directories (formatted with `nacre mkfs`), one listener each.
+    #[arg(long = "target", value_name = "DIR")]
+    targets: Vec<PathBuf>,
+    /// With --target: the metadata service to register with (host:port or a URI).
+    /// Without: serve the metadata service, keeping its database in this directory.
+    #[arg(long, value_name = "ADDR|DIR")]
+    meta: String,
+    /// Where to listen (tcp://, rdma:// or auto://host:port). Targets take consecutive
+    /// ports from this one (port 0: any free port each).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The address targets register, when clients must reach them by another name than
+    /// the listening one (e.g. listening on 0.0.0.0). Consecutive ports as for --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Pools the targets belong to.
+    #[arg(long = "pool", value_name = "NAME")]
+    pools: Vec<String>,
+    /// Worker threads per target (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Registered memory per target, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pool_mib: usize,
+}
+
+/// `nacre mkfs`.
+#[derive(clap::Args, Debug)]
+pub struct MkfsArgs {
+    /// The target's index (its id in layouts and `nacre df`).
+    #[arg(long)]
+    index: u32,
+    /// The directory to format (created if missing; must be empty of a target).
+    dir: PathBuf,
+}
+
+pub fn mkfs(args: MkfsArgs) -> Result<(), Failure> {
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    let stamp = Target::format(&args.dir, args.index).map_err(nacre::Error::from)?;
+    println!(
+        "formatted {} as target {} (uuid {})",
+        args.dir.display(),
+        stamp.target_id,
+        stamp.uuid_string()
+    );
+    Ok(())
+}
+
+/// Sets the flag on SIGINT and SIGTERM.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    Ok(flag)
+}
+
+fn with_port(uri: &str, i: usize) -> Result<String, Failure> {
+    let endpoint = nacre::transport::Endpoint::parse(uri).map_err(nacre::Error::from)?;
+    let port = if endpoint.port == 0 {
+        0
+    } else {
+        u16::try_from(usize::from(endpoint.port) + i)
+            .map_err(|_| format!("{uri}: no port left for target {i}"))?
+    };
+    Ok(nacre::transport::Endpoint { port, ..endpoint }.to_string())
+}
+
+pub fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let stop = stop_on_signals()?;
+    if args.targets.is_empty() {
+        let dir = PathBuf::from(&args.meta);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let listen = args.listen.as_deref().unwrap_or(DEFAULT_META_LISTEN);
+        let server = MetaServer::start(&dir.join("meta.redb"), listen)?;
+        println!(
+            "nacre meta: serving {} at {}",
+            dir.display(),
+            server.endpoint()
+        );
+        wait_for(&stop);
+        server.stop();
+        println!("nacre meta: stopped");
+        return Ok(());
+    }
+    let listen = args.listen.as_deref().unwrap_or(DEFAULT_TARGET_LISTEN);
+    let mut servers = Vec::new();
+    for (i, dir) in args.targets.iter().enumerate() {
+        let config = TargetConfig {
+            listen: with_port(listen, i)?,
+            workers: args.workers,
+            pool: nacre::mem::PoolConfig {
+                chunk_bytes: 1024 * 1024,
+                chunks: args.pool_mib.max(1),
+                huge_pages: true,
+                lock: true,
+            },
+            meta: Some(args.meta.clone()),
+            pools: args.pools.clone(),
+            advertise: args
+                .advertise
+                .as_deref()
+                .map(|a| with_port(a, i))
+                .transpose()?,
+            ..TargetConfig::default()
+        };
+        let server = TargetServer::start(dir, &config)?;
+        println!(
+            "nacre target {}: serving {} at {}",
+            server.target_id(),
+            dir.display(),
+            server.endpoint()
+        );
+        servers.push(server);
+    }
+    wait_for(&stop);
+    for s in servers {
+        let id = s.target_id();
+        s.stop();
+        println!("nacre target {id}: stopped");
+    }
+    Ok(())
+}
+
+fn wait_for(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(STOP_POLL_MS));
+    }
+}

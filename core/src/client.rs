@@ -1,0 +1,1138 @@
+//! The striped client: the namespace through the metadata service, and file bytes straight
+//! between the caller's memory and the targets.
+//!
+//! A read or write of a range is split by the file's layout into object extents; the
+//! extents of each target go in one request (several when they exceed a message's limits),
+//! and the requests to every target are all sent before any reply is awaited, so the
+//! targets work in parallel. Over TCP a read's reply payload lands straight in the caller's
+//! buffer and a write's payload leaves straight from it.
+//!
+//! The size of a file is not kept by the metadata service: it is derived from the sizes of
+//! its objects through the layout (Lustre's glimpse), so writers on several clients agree.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use nacre_layout::{Layout, ObjectExtent, ObjectSize};
+use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUEST_TIMEOUT_MS};
+use nacre_transport::wire::{Extent, Opcode, encode_extents};
+use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, TransportError};
+
+use crate::codec::Reader;
+use crate::error::Error;
+use crate::limits::OBJECT_ONLY_LEN;
+use crate::meta::link::MetaLink;
+use crate::meta::proto::MetaRequest;
+use crate::meta::types::{
+    Access, Attr, Cred, DirEntry, LayoutSpec, MAX_READDIR_ENTRIES, TargetInfo,
+};
+
+/// How a client connects and who it acts as.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The identity permission checks use (by default the process's uid, gid and groups).
+    pub cred: Cred,
+    /// Connections kept to each target (requests from several threads travel in parallel).
+    pub connections_per_target: usize,
+    /// How long connecting, and each request, may take.
+    pub timeout: Duration,
+    /// Threads an asynchronous [`Queue`] runs operations on.
+    pub progress_threads: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            cred: current_cred(),
+            connections_per_target: nacre_transport::limits::DEFAULT_CONNECTIONS_PER_PEER,
+            timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            progress_threads: crate::limits::DEFAULT_PROGRESS_THREADS,
+        }
+    }
+}
+
+/// The calling process's identity.
+pub fn current_cred() -> Cred {
+    // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut groups = vec![0 as libc::gid_t; crate::meta::types::MAX_GROUPS];
+    // SAFETY: the buffer holds `groups.len()` gids, the size passed.
+    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    Cred { uid, gid, groups }
+}
+
+/// A file's attributes with the size its objects imply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    /// What the metadata service keeps.
+    pub attr: Attr,
+    /// Bytes: for a file, derived from its objects; 0 for a directory.
+    pub size_bytes: u64,
+}
+
+/// A target's use as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveUsage {
+    /// Size of the file system under the target.
+    pub capacity_bytes: u64,
+    /// Bytes free for the target.
+    pub available_bytes: u64,
+    /// Bytes used.
+    pub used_bytes: u64,
+}
+
+/// One line of `nacre df`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUsage {
+    /// The target.
+    pub target_id: u32,
+    /// Its uuid.
+    pub uuid: String,
+    /// Where it is served.
+    pub endpoint: String,
+    /// Its pools.
+    pub pools: Vec<String>,
+    /// Its use, if it answered.
+    pub live: Option<LiveUsage>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// How to open a file, as `open(2)`'s flags say it.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    exclusive: bool,
+    truncate: bool,
+    mode: Option<u32>,
+    layout: Option<LayoutSpec>,
+}
+
+/// Permission bits of a file created without a mode.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+impl OpenOptions {
+    /// Nothing asked yet.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// From `open(2)` flags (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC) and mode.
+    pub fn from_flags(flags: i32, mode: u32) -> Result<OpenOptions, Error> {
+        let known = libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
+        if flags & !known & !(libc::O_CLOEXEC | libc::O_DIRECT | libc::O_LARGEFILE) != 0 {
+            return Err(Error::Invalid {
+                field: "flags",
+                value: format!("{flags:#o}"),
+                allowed: "O_RDONLY, O_WRONLY or O_RDWR with O_CREAT, O_EXCL, O_TRUNC".into(),
+            });
+        }
+        let (read, write) = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => (true, false),
+            libc::O_WRONLY => (false, true),
+            libc::O_RDWR => (true, true),
+            other => {
+                return Err(Error::Invalid {
+                    field: "flags",
+                    value: format!("access mode {other}"),
+                    allowed: "O_RDONLY, O_WRONLY or O_RDWR".into(),
+                });
+            }
+        };
+        Ok(OpenOptions {
+            read,
+            write,
+            create: flags & libc::O_CREAT != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            mode: Some(mode),
+            layout: None,
+        })
+    }
+
+    /// Open for reading.
+    pub fn read(mut self, on: bool) -> Self {
+        self.read = on;
+        self
+    }
+    /// Open for writing.
+    pub fn write(mut self, on: bool) -> Self {
+        self.write = on;
+        self
+    }
+    /// Create the file if it does not exist.
+    pub fn create(mut self, on: bool) -> Self {
+        self.create = on;
+        self
+    }
+    /// With create: fail if it exists.
+    pub fn exclusive(mut self, on: bool) -> Self {
+        self.exclusive = on;
+        self
+    }
+    /// Cut the file to 0 bytes (needs write).
+    pub fn truncate(mut self, on: bool) -> Self {
+        self.truncate = on;
+        self
+    }
+    /// Permission bits of a created file.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+    /// Layout of a created file (else its directory's default).
+    pub fn layout(mut self, layout: LayoutSpec) -> Self {
+        self.layout = Some(layout);
+        self
+    }
+
+    fn access(&self) -> Result<Access, Error> {
+        match (self.read, self.write) {
+            (true, false) => Ok(Access::Read),
+            (false, true) => Ok(Access::Write),
+            (true, true) => Ok(Access::ReadWrite),
+            (false, false) => Err(Error::Invalid {
+                field: "access",
+                value: "neither read nor write".into(),
+                allowed: "read, write or both".into(),
+            }),
+        }
+    }
+}
+
+/// A connection to a Nacre file system. Cheap to clone; every clone shares connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: MetaLink,
+    options: ClientOptions,
+    targets: RwLock<HashMap<u32, Arc<TargetLink>>>,
+}
+
+#[derive(Debug)]
+struct TargetLink {
+    target_id: u32,
+    peer: Peer,
+}
+
+impl TargetLink {
+    fn fail(&self, source: TransportError) -> Error {
+        Error::Target {
+            target_id: self.target_id,
+            endpoint: self.peer.endpoint().to_string(),
+            source,
+        }
+    }
+
+    fn reply_error(&self, op: &'static str, status: i32, body: &[u8]) -> Error {
+        let message = String::from_utf8_lossy(body).into_owned();
+        Error::TargetReply {
+            target_id: self.target_id,
+            endpoint: self.peer.endpoint().to_string(),
+            op,
+            errno: status,
+            message: if message.is_empty() {
+                crate::error::errno_text(status)
+            } else {
+                message
+            },
+        }
+    }
+}
+
+/// An open file. Cheap to clone; clones share the handle, and every method may be called
+/// from several threads at once.
+#[derive(Debug, Clone)]
+pub struct File {
+    inner: Arc<FileInner>,
+}
+
+#[derive(Debug)]
+struct FileInner {
+    client: Client,
+    path: String,
+    attr: Attr,
+    layout: Layout,
+    access: Access,
+}
+
+/// A part of the caller's memory: one request's share of a read or write.
+#[derive(Clone, Copy)]
+struct Segment {
+    ptr: *mut u8,
+    len: usize,
+}
+
+/// One request to one target: its extents (in request order) and where each extent's bytes
+/// are in the caller's memory.
+struct Batch {
+    target_id: u32,
+    extents: Vec<Extent>,
+    /// Per extent: pieces of the caller's memory, in order.
+    memory: Vec<Vec<Segment>>,
+    bytes: u64,
+}
+
+impl Client {
+    /// Connects to the metadata service at `meta` (`tcp://`, `rdma://` or `auto://host:port`,
+    /// or `host:port`, meaning `auto://`) as the calling process.
+    pub fn connect(meta: &str) -> Result<Client, Error> {
+        Client::connect_with(meta, ClientOptions::default())
+    }
+
+    /// [`Client::connect`] with options.
+    pub fn connect_with(meta: &str, options: ClientOptions) -> Result<Client, Error> {
+        let endpoint = if meta.contains("://") {
+            meta.to_string()
+        } else {
+            format!("auto://{meta}")
+        };
+        let link_options = ConnectOptions {
+            connect_timeout: options.timeout,
+            request_timeout: options.timeout,
+        };
+        let meta = MetaLink::new(&endpoint, link_options, options.connections_per_target)?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                meta,
+                options,
+                targets: RwLock::new(HashMap::new()),
+            }),
+        };
+        // Reach the service now, so a wrong address is an error here and not at first use.
+        client.refresh_targets()?;
+        Ok(client)
+    }
+
+    /// The identity this client acts as.
+    pub fn cred(&self) -> &Cred {
+        &self.inner.options.cred
+    }
+
+    fn meta(&self, request: &MetaRequest) -> Result<Vec<u8>, Error> {
+        self.inner.meta.call(&self.inner.options.cred, request)
+    }
+
+    fn meta_attr(&self, request: &MetaRequest) -> Result<Attr, Error> {
+        self.inner
+            .meta
+            .call_decode(&self.inner.options.cred, request, Attr::decode)
+    }
+
+    /// Every registered target, in id order.
+    pub fn targets(&self) -> Result<Vec<TargetInfo>, Error> {
+        self.inner
+            .meta
+            .call_decode(&self.inner.options.cred, &MetaRequest::Targets, |r| {
+                let n = r.count("targets", u32::MAX as usize, 1)?;
+                (0..n).map(|_| TargetInfo::decode(r)).collect()
+            })
+    }
+
+    fn refresh_targets(&self) -> Result<(), Error> {
+        let targets = self.targets()?;
+        let options = ConnectOptions {
+            connect_timeout: self.inner.options.timeout,
+            request_timeout: self.inner.options.timeout,
+        };
+        let mut map = self
+            .inner
+            .targets
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for t in targets {
+            let current = map.get(&t.target_id);
+            if current.is_some_and(|c| c.peer.endpoint().to_string() == t.endpoint) {
+                continue;
+            }
+            let endpoint = Endpoint::parse(&t.endpoint)?;
+            let peer = Peer::new(endpoint, options, self.inner.options.connections_per_target)?;
+            map.insert(
+                t.target_id,
+                Arc::new(TargetLink {
+                    target_id: t.target_id,
+                    peer,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    fn target(&self, target_id: u32) -> Result<Arc<TargetLink>, Error> {
+        let known = |c: &Client| {
+            c.inner
+                .targets
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&target_id)
+                .cloned()
+        };
+        if let Some(t) = known(self) {
+            return Ok(t);
+        }
+        self.refresh_targets()?;
+        known(self).ok_or_else(|| Error::Invalid {
+            field: "target_id",
+            value: target_id.to_string(),
+            allowed: "a target registered with the metadata service".into(),
+        })
+    }
+
+    /// Makes a directory.
+    pub fn mkdir(&self, path: &str, mode: u32) -> Result<Attr, Error> {
+        self.meta_attr(&MetaRequest::Mkdir {
+            path: path.into(),
+            mode,
+        })
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &str) -> Result<(), Error> {
+        self.meta(&MetaRequest::Rmdir { path: path.into() })
+            .map(drop)
+    }
+
+    /// Removes a file (and its objects).
+    pub fn unlink(&self, path: &str) -> Result<(), Error> {
+        self.meta(&MetaRequest::Unlink { path: path.into() })
+            .map(drop)
+    }
+
+    /// Renames `from` to `to`, replacing a file at `to`.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        self.meta(&MetaRequest::Rename {
+            from: from.into(),
+            to: to.into(),
+        })
+        .map(drop)
+    }
+
+    /// Changes permission bits.
+    pub fn chmod(&self, path: &str, mode: u32) -> Result<(), Error> {
+        self.meta(&MetaRequest::Chmod {
+            path: path.into(),
+            mode,
+        })
+        .map(drop)
+    }
+
+    /// Changes owner and/or group.
+    pub fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {
+        self.meta(&MetaRequest::Chown {
+            path: path.into(),
+            uid,
+            gid,
+        })
+        .map(drop)
+    }
+
+    /// Attributes and size of a path.
+    pub fn stat(&self, path: &str) -> Result<Stat, Error> {
+        let attr = self.meta_attr(&MetaRequest::Lookup { path: path.into() })?;
+        let size_bytes = match &attr.layout {
+            Some(layout) if !attr.is_dir() => self.glimpse(attr.ino, layout)?,
+            _ => 0,
+        };
+        Ok(Stat { attr, size_bytes })
+    }
+
+    /// Every entry of a directory, in name order.
+    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        let mut all = Vec::new();
+        loop {
+            let request = MetaRequest::Readdir {
+                path: path.into(),
+                after: all.last().map(|e: &DirEntry| e.name.clone()),
+                max: MAX_READDIR_ENTRIES as u32,
+            };
+            let page: Vec<DirEntry> =
+                self.inner
+                    .meta
+                    .call_decode(&self.inner.options.cred, &request, |r| {
+                        let n = r.count("entries", MAX_READDIR_ENTRIES, 1)?;
+                        (0..n).map(|_| DirEntry::decode(r)).collect()
+                    })?;
+            let full = page.len() == MAX_READDIR_ENTRIES;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Sets (or with `None` clears) a directory's default layout, which files created in it
+    /// and directories made in it inherit.
+    pub fn set_default_layout(&self, dir: &str, spec: Option<LayoutSpec>) -> Result<(), Error> {
+        self.meta(&MetaRequest::SetDefaultLayout {
+            path: dir.into(),
+            spec,
+        })
+        .map(drop)
+    }
+
+    /// What `lfs setstripe` does: on a directory, sets its default layout; on a path that
+    /// does not exist, creates an empty file with the layout.
+    pub fn setstripe(&self, path: &str, spec: LayoutSpec, mode: u32) -> Result<Attr, Error> {
+        match self.meta_attr(&MetaRequest::Lookup { path: path.into() }) {
+            Ok(attr) if attr.is_dir() => {
+                self.set_default_layout(path, Some(spec))?;
+                self.meta_attr(&MetaRequest::Lookup { path: path.into() })
+            }
+            Ok(_) => Err(Error::Meta {
+                op: "setstripe",
+                path: path.into(),
+                errno: libc::EEXIST,
+                message: format!(
+                    "{path}: the file exists; a file's layout is set when it is created"
+                ),
+            }),
+            Err(e) if e.errno() == libc::ENOENT => {
+                self.meta_attr(&MetaRequest::SetLayoutOnNewFile {
+                    path: path.into(),
+                    spec,
+                    mode,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates (or truncates) a file for reading and writing, as `creat(2)` does but
+    /// readable too.
+    pub fn create(&self, path: &str, mode: u32, layout: Option<LayoutSpec>) -> Result<File, Error> {
+        let mut options = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode);
+        options.layout = layout;
+        self.open(path, &options)
+    }
+
+    /// Opens a file.
+    pub fn open(&self, path: &str, options: &OpenOptions) -> Result<File, Error> {
+        let access = options.access()?;
+        if options.truncate && access == Access::Read {
+            return Err(Error::Invalid {
+                field: "flags",
+                value: "O_TRUNC with O_RDONLY".into(),
+                allowed: "O_TRUNC with O_WRONLY or O_RDWR".into(),
+            });
+        }
+        let (attr, created) = if options.create {
+            let request = MetaRequest::Create {
+                path: path.into(),
+                mode: options.mode.unwrap_or(DEFAULT_FILE_MODE),
+                exclusive: options.exclusive,
+                layout: options.layout.clone(),
+            };
+            let (attr, created) =
+                self.inner
+                    .meta
+                    .call_decode(&self.inner.options.cred, &request, |r| {
+                        let attr = Attr::decode(r)?;
+                        Ok((attr, r.u8("created")? == 1))
+                    })?;
+            if !created && access != Access::Write {
+                // An existing file: check the access asked for.
+                let attr = self.meta_attr(&MetaRequest::Open {
+                    path: path.into(),
+                    access,
+                })?;
+                (attr, false)
+            } else {
+                (attr, created)
+            }
+        } else {
+            let attr = self.meta_attr(&MetaRequest::Open {
+                path: path.into(),
+                access,
+            })?;
+            (attr, false)
+        };
+        let Some(layout) = attr.layout.clone() else {
+            return Err(Error::Meta {
+                op: "open",
+                path: path.into(),
+                errno: libc::EISDIR,
+                message: format!("{path} is a directory"),
+            });
+        };
+        let file = File {
+            inner: Arc::new(FileInner {
+                client: self.clone(),
+                path: path.into(),
+                attr,
+                layout,
+                access,
+            }),
+        };
+        if options.truncate && !created {
+            file.truncate(0)?;
+        }
+        Ok(file)
+    }
+
+    /// The size of file `ino` its objects imply: every object's size, asked of every target
+    /// at once.
+    fn glimpse(&self, ino: u64, layout: &Layout) -> Result<u64, Error> {
+        let mut per_target: BTreeMap<u32, Vec<(u16, u32, u64)>> = BTreeMap::new();
+        for (c, component) in layout.components().iter().enumerate() {
+            for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
+                let object_id = nacre_layout::object_id(ino, c as u16, s as u32)?;
+                per_target
+                    .entry(target_id)
+                    .or_default()
+                    .push((c as u16, s as u32, object_id));
+            }
+        }
+        let requests: Vec<(u32, Vec<Extent>)> = per_target
+            .iter()
+            .map(|(&t, objects)| {
+                let extents = objects
+                    .iter()
+                    .map(|&(_, _, object_id)| Extent {
+                        object_id,
+                        offset_bytes: 0,
+                        len: OBJECT_ONLY_LEN,
+                    })
+                    .collect();
+                (t, extents)
+            })
+            .collect();
+        let replies = self.plain_requests(Opcode::Stat, "stat", &requests)?;
+        let mut sizes = Vec::new();
+        for ((_, objects), body) in per_target.iter().zip(replies) {
+            for (i, &(component, stripe, _)) in objects.iter().enumerate() {
+                let size_bytes = u64_at(&body, i).unwrap_or(0);
+                sizes.push(ObjectSize {
+                    component,
+                    stripe,
+                    size_bytes,
+                });
+            }
+        }
+        Ok(layout.file_size(&sizes)?)
+    }
+
+    /// Sends a request without payload to each target at once and returns each reply body.
+    fn plain_requests(
+        &self,
+        opcode: Opcode,
+        op: &'static str,
+        requests: &[(u32, Vec<Extent>)],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let batches: Vec<Batch> = requests
+            .iter()
+            .flat_map(|(t, extents)| {
+                extents
+                    .chunks(MAX_EXTENTS_PER_REQUEST)
+                    .map(|chunk| Batch {
+                        target_id: *t,
+                        extents: chunk.to_vec(),
+                        memory: Vec::new(),
+                        bytes: 0,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let bodies = self.run_batches(opcode, op, &batches)?;
+        // Put the bodies of one target's batches back together.
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(requests.len());
+        let mut at = 0;
+        for (_, extents) in requests {
+            let mut body = Vec::new();
+            for _ in 0..extents.len().div_ceil(MAX_EXTENTS_PER_REQUEST).max(1) {
+                if let Some(b) = bodies.get(at) {
+                    body.extend_from_slice(b);
+                }
+                at += 1;
+            }
+            out.push(body);
+        }
+        Ok(out)
+    }
+
+    /// Runs every batch: sends all requests first (pipelined over TCP), then takes the
+    /// replies. Returns each batch's reply body; the first failure is the error, after every
+    /// reply still owed has been taken (so no connection goes back to its pool mid-reply).
+    /// A batch that failed on a connection taken from the pool is retried once on a new
+    /// connection (the target may have restarted since it was opened).
+    fn run_batches(
+        &self,
+        opcode: Opcode,
+        op: &'static str,
+        batches: &[Batch],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        match self.run_batches_once(opcode, op, batches) {
+            Err(Error::Target {
+                target_id, source, ..
+            }) if is_stale_connection(&source) => {
+                if let Ok(t) = self.target(target_id) {
+                    t.peer.close_idle();
+                }
+                self.run_batches_once(opcode, op, batches)
+            }
+            other => other,
+        }
+    }
+
+    fn run_batches_once(
+        &self,
+        opcode: Opcode,
+        op: &'static str,
+        batches: &[Batch],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let mut links = Vec::with_capacity(batches.len());
+        for b in batches {
+            links.push(self.target(b.target_id)?);
+        }
+        // One connection per target, reused for all of its batches.
+        let mut conns: BTreeMap<u32, nacre_transport::PooledConnection<'_>> = BTreeMap::new();
+        let mut first_error: Option<Error> = None;
+        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); batches.len()];
+        let mut pending: Vec<(usize, u64)> = Vec::new();
+        let mut body = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            let link = &links[i];
+            let conn = match conns.entry(b.target_id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => match link.peer.checkout() {
+                    Ok(c) => v.insert(c),
+                    Err(e) => {
+                        first_error.get_or_insert(link.fail(e));
+                        continue;
+                    }
+                },
+            };
+            if conn.is_broken() {
+                continue;
+            }
+            body.clear();
+            encode_extents(&b.extents, &mut body);
+            let send_slices: Vec<IoSlice<'_>> = if opcode == Opcode::Write {
+                b.memory
+                    .iter()
+                    .flatten()
+                    // SAFETY: the caller's memory, valid for reads for the call (see File).
+                    .map(|s| IoSlice::new(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if conn.kind() == Kind::Tcp {
+                match conn.send_request(opcode, &body, &send_slices) {
+                    Ok(id) => pending.push((i, id)),
+                    Err(e) => {
+                        first_error.get_or_insert(link.fail(e));
+                    }
+                }
+            } else {
+                // RDMA carries one call at a time per connection for now.
+                let mut dests = recv_slices(b, opcode);
+                let bulk = if opcode == Opcode::Write {
+                    Bulk::Send(&send_slices)
+                } else if opcode == Opcode::Read {
+                    Bulk::Recv(&mut dests)
+                } else {
+                    Bulk::None
+                };
+                match conn.call(opcode, &body, bulk, &mut bodies[i]) {
+                    Ok(r) if r.status == 0 => {}
+                    Ok(r) => {
+                        first_error.get_or_insert(link.reply_error(op, r.status, &bodies[i]));
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(link.fail(e));
+                    }
+                }
+            }
+        }
+        for (i, id) in pending {
+            let b = &batches[i];
+            let link = &links[i];
+            let Some(conn) = conns.get_mut(&b.target_id) else {
+                continue;
+            };
+            let mut dests = recv_slices(b, opcode);
+            match conn.recv_reply(id, &mut bodies[i], &mut dests) {
+                Ok(r) if r.status == 0 => {}
+                Ok(r) => {
+                    first_error.get_or_insert(link.reply_error(op, r.status, &bodies[i]));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(link.fail(e));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(bodies),
+        }
+    }
+
+    /// Reads or writes `[offset, offset + len)` of a file between its objects and `memory`
+    /// (the caller's buffers in order). Returns, for a read, whether every extent was whole.
+    fn transfer(
+        &self,
+        file: &FileInner,
+        opcode: Opcode,
+        offset: u64,
+        memory: &[Segment],
+    ) -> Result<bool, Error> {
+        let len: u64 = memory.iter().map(|s| s.len as u64).sum();
+        let extents: Vec<ObjectExtent> = file.layout.extents(file.attr.ino, offset, len)?.collect();
+        let batches = make_batches(&extents, memory);
+        let op = if opcode == Opcode::Read {
+            "read"
+        } else {
+            "write"
+        };
+        let bodies = self.run_batches(opcode, op, &batches)?;
+        if opcode != Opcode::Read {
+            return Ok(true);
+        }
+        let whole = batches.iter().zip(&bodies).all(|(b, body)| {
+            b.extents
+                .iter()
+                .enumerate()
+                .all(|(i, e)| u64_at(body, i) == Some(e.len))
+        });
+        Ok(whole)
+    }
+
+    /// Each registered target's size and use, asked of the target itself.
+    pub fn df(&self) -> Result<Vec<TargetUsage>, Error> {
+        let targets = self.targets()?;
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let asked = self.target(t.target_id).and_then(|link| {
+                let mut body = Vec::new();
+                let reply = link
+                    .peer
+                    .with_connection(|c| c.call(Opcode::Statfs, &[], Bulk::None, &mut body))
+                    .map_err(|e| link.fail(e))?;
+                if reply.status != 0 {
+                    return Err(link.reply_error("statfs", reply.status, &body));
+                }
+                let mut r = Reader::new(&body, "statfs reply");
+                let decoded = (|| {
+                    let _id = r.u32("target_id")?;
+                    let _uuid = r.str("uuid", crate::meta::types::MAX_TARGET_UUID_BYTES)?;
+                    Ok(LiveUsage {
+                        capacity_bytes: r.u64("capacity_bytes")?,
+                        available_bytes: r.u64("available_bytes")?,
+                        used_bytes: r.u64("used_bytes")?,
+                    })
+                })();
+                decoded.map_err(|source| Error::Codec {
+                    from: format!("target {}", t.target_id),
+                    source,
+                })
+            });
+            let (live, error) = match asked {
+                Ok(l) => (Some(l), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            out.push(TargetUsage {
+                target_id: t.target_id,
+                uuid: t.uuid,
+                endpoint: t.endpoint,
+                pools: t.pools,
+                live,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens an asynchronous queue of up to `depth` operations in flight.
+    pub fn queue(&self, depth: usize) -> Result<crate::queue::Queue, Error> {
+        crate::queue::Queue::new(depth, self.inner.options.progress_threads)
+    }
+}
+
+fn is_stale_connection(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::PeerClosed { .. } | TransportError::Io { .. }
+    )
+}
+
+fn u64_at(body: &[u8], i: usize) -> Option<u64> {
+    let bytes = body.get(i * 8..i * 8 + 8)?;
+    let mut r = Reader::new(bytes, "reply");
+    r.u64("value").ok()
+}
+
+fn recv_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSliceMut<'a>> {
+    if opcode != Opcode::Read {
+        return Vec::new();
+    }
+    b.memory
+        .iter()
+        .flatten()
+        // SAFETY: the caller's memory, valid for writes for the call and not touched by
+        // anyone else meanwhile (see File::read_at); the extents' pieces do not overlap.
+        .map(|s| IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) }))
+        .collect()
+}
+
+/// Groups extents by target into requests within the message limits, and finds each
+/// extent's bytes in the caller's memory.
+fn make_batches(extents: &[ObjectExtent], memory: &[Segment]) -> Vec<Batch> {
+    // Start of each segment in the logical buffer.
+    let mut starts = Vec::with_capacity(memory.len());
+    let mut at = 0u64;
+    for s in memory {
+        starts.push(at);
+        at += s.len as u64;
+    }
+    let pieces_of = |buf_offset: u64, len: u64| -> Vec<Segment> {
+        let mut out = Vec::new();
+        let mut i = starts
+            .partition_point(|&s| s <= buf_offset)
+            .saturating_sub(1);
+        let (mut off, mut left) = (buf_offset, len);
+        while left > 0 && i < memory.len() {
+            let seg = memory[i];
+            let within = (off - starts[i]) as usize;
+            let n = ((seg.len - within) as u64).min(left) as usize;
+            if n > 0 {
+                out.push(Segment {
+                    // SAFETY: within + n <= seg.len: inside the caller's segment.
+                    ptr: unsafe { seg.ptr.add(within) },
+                    len: n,
+                });
+            }
+            off += n as u64;
+            left -= n as u64;
+            i += 1;
+        }
+        out
+    };
+    let mut per_target: BTreeMap<u32, Vec<Batch>> = BTreeMap::new();
+    for e in extents {
+        let list = per_target.entry(e.target_id).or_default();
+        let fits = list.last().is_some_and(|b| {
+            b.extents.len() < MAX_EXTENTS_PER_REQUEST && b.bytes + e.len <= MAX_PAYLOAD_BYTES
+        });
+        if !fits {
+            list.push(Batch {
+                target_id: e.target_id,
+                extents: Vec::new(),
+                memory: Vec::new(),
+                bytes: 0,
+            });
+        }
+        if let Some(b) = list.last_mut() {
+            b.extents.push(Extent {
+                object_id: e.object_id,
+                offset_bytes: e.object_offset,
+                len: e.len,
+            });
+            b.memory.push(pieces_of(e.buf_offset, e.len));
+            b.bytes += e.len;
+        }
+    }
+    per_target.into_values().flatten().collect()
+}
+
+impl File {
+    /// The path it was opened by.
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The attributes it was opened with.
+    pub fn attr(&self) -> &Attr {
+        &self.inner.attr
+    }
+
+    /// Its layout.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    fn check(&self, want_write: bool) -> Result<(), Error> {
+        let ok = match self.inner.access {
+            Access::Read => !want_write,
+            Access::Write => want_write,
+            Access::ReadWrite => true,
+        };
+        if !ok {
+            return Err(Error::BadHandle {
+                what: self.inner.path.clone(),
+                reason: if want_write {
+                    "not open for writing"
+                } else {
+                    "not open for reading"
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file. Holes
+    /// read as zeros.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
+        let seg = [Segment {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }];
+        // The segment is `buf`, borrowed mutably for the call.
+        self.read_segments(&seg, offset).map(|n| n as usize)
+    }
+
+    /// Reads into several buffers in order, as `preadv(2)`.
+    pub fn readv_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<usize, Error> {
+        let segs: Vec<Segment> = bufs
+            .iter_mut()
+            .map(|b| Segment {
+                ptr: b.as_mut_ptr(),
+                len: b.len(),
+            })
+            .collect();
+        self.read_segments(&segs, offset).map(|n| n as usize)
+    }
+
+    fn read_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
+        self.check(false)?;
+        let len: u64 = segs.iter().map(|s| s.len as u64).sum();
+        if len == 0 {
+            return Ok(0);
+        }
+        let client = &self.inner.client;
+        if client.transfer(&self.inner, Opcode::Read, offset, segs)? {
+            return Ok(len);
+        }
+        // Some extent ended early: the file ends inside the range, or the range has holes
+        // past some object's end. The file's size says which.
+        let size = self.size()?;
+        Ok(size.saturating_sub(offset).min(len))
+    }
+
+    /// Writes all of `buf` at `offset`; returns its length.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize, Error> {
+        let seg = [Segment {
+            ptr: buf.as_ptr().cast_mut(),
+            len: buf.len(),
+        }];
+        // Only read through: a write's payload is sent from the segment.
+        self.write_segments(&seg, offset).map(|n| n as usize)
+    }
+
+    /// Writes several buffers in order, as `pwritev(2)`.
+    pub fn writev_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<usize, Error> {
+        let segs: Vec<Segment> = bufs
+            .iter()
+            .map(|b| Segment {
+                ptr: b.as_ptr().cast_mut(),
+                len: b.len(),
+            })
+            .collect();
+        self.write_segments(&segs, offset).map(|n| n as usize)
+    }
+
+    fn write_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
+        self.check(true)?;
+        let len: u64 = segs.iter().map(|s| s.len as u64).sum();
+        if len == 0 {
+            return Ok(0);
+        }
+        self.inner
+            .client
+            .transfer(&self.inner, Opcode::Write, offset, segs)?;
+        Ok(len)
+    }
+
+    fn objects_per_target(&self, offset_of: impl Fn(u16, u32) -> u64) -> Vec<(u32, Vec<Extent>)> {
+        let mut per_target: BTreeMap<u32, Vec<Extent>> = BTreeMap::new();
+        for (c, component) in self.inner.layout.components().iter().enumerate() {
+            for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
+                if let Ok(object_id) =
+                    nacre_layout::object_id(self.inner.attr.ino, c as u16, s as u32)
+                {
+                    per_target.entry(target_id).or_default().push(Extent {
+                        object_id,
+                        offset_bytes: offset_of(c as u16, s as u32),
+                        len: OBJECT_ONLY_LEN,
+                    });
+                }
+            }
+        }
+        per_target.into_iter().collect()
+    }
+
+    /// Makes every byte written to the file durable on its targets.
+    pub fn sync(&self) -> Result<(), Error> {
+        let requests = self.objects_per_target(|_, _| 0);
+        self.inner
+            .client
+            .plain_requests(Opcode::Sync, "sync", &requests)
+            .map(drop)
+    }
+
+    /// The file's size, from its objects.
+    pub fn size(&self) -> Result<u64, Error> {
+        self.inner
+            .client
+            .glimpse(self.inner.attr.ino, &self.inner.layout)
+    }
+
+    /// Attributes and size.
+    pub fn stat(&self) -> Result<Stat, Error> {
+        Ok(Stat {
+            attr: self.inner.attr.clone(),
+            size_bytes: self.size()?,
+        })
+    }
+
+    /// Sets the file's size: cuts it, or extends it with a hole.
+    pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
+        self.check(true)?;
+        let layout = &self.inner.layout;
+        let requests = self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes));
+        self.inner
+            .client
+            .plain_requests(Opcode::Truncate, "truncate", &requests)
+            .map(drop)
+    }
+
+    /// Closes the handle (dropping the last clone does the same; nothing is buffered).
+    pub fn close(self) {}
+}
+
+/// The size object (`component`, `stripe`) has in a file of `file_size` bytes.
+pub fn object_size_for(layout: &Layout, component: u16, stripe: u32, file_size: u64) -> u64 {
+    let Some(c) = layout.component(component) else {
+        return 0;
+    };
+    if file_size <= c.start_bytes {
+        return 0;
+    }
+    let within = file_size.min(c.end_bytes) - c.start_bytes;
+    let stripe_size = c.stripe.stripe_size_bytes();
+    let row = stripe_size * u64::from(c.stripe.stripe_count());
+    let full_rows = within / row;
+    let rest = within % row;
+    let in_last = rest
+        .saturating_sub(u64::from(stripe) * stripe_size)
+        .min(stripe_size);
+    full_rows * stripe_size + in_last
+}
+
+// SAFETY: a Segment is a pointer into memory the caller lends for one call on its own thread;
+// it never outlives the call.
+unsafe impl Send for Segment {}

@@ -1,0 +1,9 @@
+//! The metadata service: the namespace (directories, files, their attributes and layouts) in
+//! an embedded ACID store, the registry of targets and pools, and the server that answers
+//! clients over the transport.
+
+pub mod link;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod types;

@@ -1,0 +1,380 @@
+//! The metadata protocol: what a client (or a target registering itself) asks the metadata
+//! service, in the body of an [`Opcode::Meta`](nacre_transport::wire::Opcode::Meta) message.
+//!
+//! A request body is the operation's code, the caller's [`Cred`], then the operation's
+//! fields. A successful reply's body is the result ([`MetaRequest`] says which); a failed
+//! one has the errno as its status and a message naming what was wrong as its body.
+
+use crate::codec::{CodecError, Reader, Writer};
+use crate::meta::types::{Access, Cred, LayoutSpec, MAX_PATH_BYTES, TargetInfo};
+
+/// One metadata operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaRequest {
+    /// The attributes of a path.
+    Lookup {
+        /// The path.
+        path: String,
+    },
+    /// Make a directory.
+    Mkdir {
+        /// The path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Create (or, unless exclusive, open) a file.
+    Create {
+        /// The path.
+        path: String,
+        /// Permission bits of a new file.
+        mode: u32,
+        /// Fail if it exists (O_EXCL).
+        exclusive: bool,
+        /// Its layout; the directory's default when absent.
+        layout: Option<LayoutSpec>,
+    },
+    /// Open an existing file or directory.
+    Open {
+        /// The path.
+        path: String,
+        /// What access is asked for.
+        access: Access,
+    },
+    /// Entries of a directory, in name order after `after`.
+    Readdir {
+        /// The directory.
+        path: String,
+        /// The last name of the previous page.
+        after: Option<String>,
+        /// At most this many (up to [`MAX_READDIR_ENTRIES`]).
+        max: u32,
+    },
+    /// Remove a file (the service removes its objects).
+    Unlink {
+        /// The path.
+        path: String,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// The path.
+        path: String,
+    },
+    /// Rename.
+    Rename {
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Set (or clear) a directory's default layout.
+    SetDefaultLayout {
+        /// The directory.
+        path: String,
+        /// The new default.
+        spec: Option<LayoutSpec>,
+    },
+    /// Create an empty file with a layout (`setstripe` on a new path).
+    SetLayoutOnNewFile {
+        /// The path.
+        path: String,
+        /// The layout.
+        spec: LayoutSpec,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Change permission bits.
+    Chmod {
+        /// The path.
+        path: String,
+        /// The new bits.
+        mode: u32,
+    },
+    /// Change owner and/or group.
+    Chown {
+        /// The path.
+        path: String,
+        /// New owner.
+        uid: Option<u32>,
+        /// New group.
+        gid: Option<u32>,
+    },
+    /// A target announces itself.
+    RegisterTarget {
+        /// Who it is, where, and how full.
+        info: TargetInfo,
+    },
+    /// A target reports its usage.
+    Usage {
+        /// The target.
+        target_id: u32,
+        /// Its size.
+        capacity_bytes: u64,
+        /// Its free bytes.
+        free_bytes: u64,
+    },
+    /// Every registered target.
+    Targets,
+    /// Counts of files and directories.
+    Statfs,
+}
+
+const RECORD: &str = "metadata request";
+
+fn put_opt_u32(w: &mut Writer<'_>, v: Option<u32>) {
+    match v {
+        Some(v) => w.u8(1).u32(v),
+        None => w.u8(0),
+    };
+}
+
+fn get_flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, CodecError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(r.bad_value(field, u64::from(v), "0 or 1")),
+    }
+}
+
+fn get_opt_u32(r: &mut Reader<'_>, field: &'static str) -> Result<Option<u32>, CodecError> {
+    Ok(if get_flag(r, field)? {
+        Some(r.u32(field)?)
+    } else {
+        None
+    })
+}
+
+fn get_path(r: &mut Reader<'_>, field: &'static str) -> Result<String, CodecError> {
+    Ok(r.str(field, MAX_PATH_BYTES)?.to_string())
+}
+
+fn get_opt_spec(r: &mut Reader<'_>) -> Result<Option<LayoutSpec>, CodecError> {
+    Ok(if get_flag(r, "has_layout")? {
+        Some(LayoutSpec::decode(r)?)
+    } else {
+        None
+    })
+}
+
+fn put_opt_spec(w: &mut Vec<u8>, spec: Option<&LayoutSpec>) {
+    match spec {
+        Some(s) => {
+            w.push(1);
+            s.encode(w);
+        }
+        None => w.push(0),
+    }
+}
+
+impl MetaRequest {
+    /// The operation's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaRequest::Lookup { .. } => "stat",
+            MetaRequest::Mkdir { .. } => "mkdir",
+            MetaRequest::Create { .. } => "create",
+            MetaRequest::Open { .. } => "open",
+            MetaRequest::Readdir { .. } => "readdir",
+            MetaRequest::Unlink { .. } => "unlink",
+            MetaRequest::Rmdir { .. } => "rmdir",
+            MetaRequest::Rename { .. } => "rename",
+            MetaRequest::SetDefaultLayout { .. } => "setstripe",
+            MetaRequest::SetLayoutOnNewFile { .. } => "setstripe",
+            MetaRequest::Chmod { .. } => "chmod",
+            MetaRequest::Chown { .. } => "chown",
+            MetaRequest::RegisterTarget { .. } => "register target",
+            MetaRequest::Usage { .. } => "report usage",
+            MetaRequest::Targets => "list targets",
+            MetaRequest::Statfs => "statfs",
+        }
+    }
+
+    /// The path it is about ("" when none).
+    pub fn path(&self) -> &str {
+        match self {
+            MetaRequest::Lookup { path }
+            | MetaRequest::Mkdir { path, .. }
+            | MetaRequest::Create { path, .. }
+            | MetaRequest::Open { path, .. }
+            | MetaRequest::Readdir { path, .. }
+            | MetaRequest::Unlink { path }
+            | MetaRequest::Rmdir { path }
+            | MetaRequest::SetDefaultLayout { path, .. }
+            | MetaRequest::SetLayoutOnNewFile { path, .. }
+            | MetaRequest::Chmod { path, .. }
+            | MetaRequest::Chown { path, .. } => path,
+            MetaRequest::Rename { from, .. } => from,
+            MetaRequest::RegisterTarget { .. }
+            | MetaRequest::Usage { .. }
+            | MetaRequest::Targets
+            | MetaRequest::Statfs => "",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            MetaRequest::Lookup { .. } => 1,
+            MetaRequest::Mkdir { .. } => 2,
+            MetaRequest::Create { .. } => 3,
+            MetaRequest::Open { .. } => 4,
+            MetaRequest::Readdir { .. } => 5,
+            MetaRequest::Unlink { .. } => 6,
+            MetaRequest::Rmdir { .. } => 7,
+            MetaRequest::Rename { .. } => 8,
+            MetaRequest::SetDefaultLayout { .. } => 9,
+            MetaRequest::SetLayoutOnNewFile { .. } => 10,
+            MetaRequest::Chmod { .. } => 11,
+            MetaRequest::Chown { .. } => 12,
+            MetaRequest::RegisterTarget { .. } => 13,
+            MetaRequest::Usage { .. } => 14,
+            MetaRequest::Targets => 15,
+            MetaRequest::Statfs => 16,
+        }
+    }
+
+    /// Appends the request, made by `cred`, to `out`.
+    pub fn encode(&self, cred: &Cred, out: &mut Vec<u8>) {
+        out.push(self.code());
+        cred.encode(out);
+        match self {
+            MetaRequest::Lookup { path }
+            | MetaRequest::Unlink { path }
+            | MetaRequest::Rmdir { path } => {
+                Writer::new(out).str(path);
+            }
+            MetaRequest::Mkdir { path, mode } | MetaRequest::Chmod { path, mode } => {
+                Writer::new(out).str(path).u32(*mode);
+            }
+            MetaRequest::Create {
+                path,
+                mode,
+                exclusive,
+                layout,
+            } => {
+                Writer::new(out)
+                    .str(path)
+                    .u32(*mode)
+                    .u8(u8::from(*exclusive));
+                put_opt_spec(out, layout.as_ref());
+            }
+            MetaRequest::Open { path, access } => {
+                Writer::new(out).str(path).u8(access.to_u8());
+            }
+            MetaRequest::Readdir { path, after, max } => {
+                let mut w = Writer::new(out);
+                w.str(path);
+                match after {
+                    Some(a) => w.u8(1).str(a),
+                    None => w.u8(0),
+                };
+                w.u32(*max);
+            }
+            MetaRequest::Rename { from, to } => {
+                Writer::new(out).str(from).str(to);
+            }
+            MetaRequest::SetDefaultLayout { path, spec } => {
+                Writer::new(out).str(path);
+                put_opt_spec(out, spec.as_ref());
+            }
+            MetaRequest::SetLayoutOnNewFile { path, spec, mode } => {
+                Writer::new(out).str(path).u32(*mode);
+                spec.encode(out);
+            }
+            MetaRequest::Chown { path, uid, gid } => {
+                let mut w = Writer::new(out);
+                w.str(path);
+                put_opt_u32(&mut w, *uid);
+                put_opt_u32(&mut w, *gid);
+            }
+            MetaRequest::RegisterTarget { info } => info.encode(out),
+            MetaRequest::Usage {
+                target_id,
+                capacity_bytes,
+                free_bytes,
+            } => {
+                Writer::new(out)
+                    .u32(*target_id)
+                    .u64(*capacity_bytes)
+                    .u64(*free_bytes);
+            }
+            MetaRequest::Targets | MetaRequest::Statfs => {}
+        }
+    }
+
+    /// Takes a request and its caller's credentials from a message body.
+    pub fn decode(body: &[u8]) -> Result<(Cred, MetaRequest), CodecError> {
+        let mut r = Reader::new(body, RECORD);
+        let code = r.u8("operation")?;
+        let cred = Cred::decode(&mut r)?;
+        let request = match code {
+            1 => MetaRequest::Lookup {
+                path: get_path(&mut r, "path")?,
+            },
+            2 => MetaRequest::Mkdir {
+                path: get_path(&mut r, "path")?,
+                mode: r.u32("mode")?,
+            },
+            3 => MetaRequest::Create {
+                path: get_path(&mut r, "path")?,
+                mode: r.u32("mode")?,
+                exclusive: get_flag(&mut r, "exclusive")?,
+                layout: get_opt_spec(&mut r)?,
+            },
+            4 => {
+                let path = get_path(&mut r, "path")?;
+                let access = Access::decode(&mut r)?;
+                MetaRequest::Open { path, access }
+            }
+            5 => MetaRequest::Readdir {
+                path: get_path(&mut r, "path")?,
+                after: if get_flag(&mut r, "has_after")? {
+                    Some(get_path(&mut r, "after")?)
+                } else {
+                    None
+                },
+                max: r.u32("max")?,
+            },
+            6 => MetaRequest::Unlink {
+                path: get_path(&mut r, "path")?,
+            },
+            7 => MetaRequest::Rmdir {
+                path: get_path(&mut r, "path")?,
+            },
+            8 => MetaRequest::Rename {
+                from: get_path(&mut r, "from")?,
+                to: get_path(&mut r, "to")?,
+            },
+            9 => MetaRequest::SetDefaultLayout {
+                path: get_path(&mut r, "path")?,
+                spec: get_opt_spec(&mut r)?,
+            },
+            10 => MetaRequest::SetLayoutOnNewFile {
+                path: get_path(&mut r, "path")?,
+                mode: r.u32("mode")?,
+                spec: LayoutSpec::decode(&mut r)?,
+            },
+            11 => MetaRequest::Chmod {
+                path: get_path(&mut r, "path")?,
+                mode: r.u32("mode")?,
+            },
+            12 => MetaRequest::Chown {
+                path: get_path(&mut r, "path")?,
+                uid: get_opt_u32(&mut r, "uid")?,
+                gid: get_opt_u32(&mut r, "gid")?,
+            },
+            13 => MetaRequest::RegisterTarget {
+                info: TargetInfo::decode(&mut r)?,
+            },
+            14 => MetaRequest::Usage {
+                target_id: r.u32("target_id")?,
+                capacity_bytes: r.u64("capacity_bytes")?,
+                free_bytes: r.u64("free_bytes")?,
+            },
+            15 => MetaRequest::Targets,
+            16 => MetaRequest::Statfs,
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 16")),
+        };
+        r.finish()?;
+        Ok((cred, request))
+    }
+}

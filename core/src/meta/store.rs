@@ -1,0 +1,1330 @@
+//! The namespace and the target registry, kept in one redb database file.
+//!
+//! [`MetaStore`] owns the directories, files and their attributes and layouts, the inode
+//! counter, and the registered targets. Every mutation is one redb write transaction,
+//! committed with [`Durability::Immediate`] before the call returns: a process killed right
+//! after a call returns has lost nothing. Reads run in read transactions, concurrently with
+//! each other and with the one writer. Permissions are checked as a Linux kernel checks
+//! them for the caller's [`Cred`]. It never touches the network or a target.
+//!
+//! Tables (every value is a [`crate::codec`] record):
+//! - `inodes`: ino (`u64`) → [`Attr`];
+//! - `dirents`: parent ino (8 bytes big-endian) followed by the entry's name → the entry's
+//!   ino and type; big-endian keeps each directory's entries together, in name order;
+//! - `targets`: target id (`u32`) → [`TargetInfo`] as last registered;
+//! - `super`: `"super"` → the format version, the next inode number and the file and
+//!   directory counts.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nacre_layout::{Layout, LayoutError};
+use redb::{
+    CommitError, Database, DatabaseError, Durability, ReadableDatabase, ReadableTable,
+    SetDurabilityError, StorageError, Table, TableDefinition, TableError, TransactionError,
+};
+
+use crate::codec::{CodecError, Reader, Writer};
+use crate::meta::types::{
+    Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
+    MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
+    MAX_TARGET_UUID_BYTES, MODE_PERMISSION_BITS, MODE_SETGID, MODE_SETUID, MODE_STICKY, MetaError,
+    ROOT_INO, StatFs, TargetInfo, check_name, excerpt,
+};
+
+const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+const DIRENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dirents");
+const TARGETS: TableDefinition<u32, &[u8]> = TableDefinition::new("targets");
+const SUPER: TableDefinition<&str, &[u8]> = TableDefinition::new("super");
+const SUPER_KEY: &str = "super";
+
+/// The version of the tables' layout and records this build writes and reads.
+const FORMAT_VERSION: u32 = 1;
+
+/// Permission bits asked of a class (owner, group, other).
+const MAY_READ: u32 = 4;
+const MAY_WRITE: u32 = 2;
+const MAY_EXEC: u32 = 1;
+
+/// Free space within this share of the freest target counts as balanced: the first target
+/// of a new file then goes round-robin rather than to the freest.
+const BALANCED_FREE_SPREAD_PERCENT: u64 = 10;
+
+// The counter's values are inode numbers; the root takes the first.
+const FIRST_FREE_INO: u64 = ROOT_INO + 1;
+
+impl From<DatabaseError> for MetaError {
+    fn from(error: DatabaseError) -> Self {
+        store_error("open database", error)
+    }
+}
+
+impl From<TransactionError> for MetaError {
+    fn from(error: TransactionError) -> Self {
+        store_error("begin transaction", error)
+    }
+}
+
+impl From<TableError> for MetaError {
+    fn from(error: TableError) -> Self {
+        store_error("open table", error)
+    }
+}
+
+impl From<StorageError> for MetaError {
+    fn from(error: StorageError) -> Self {
+        store_error("read or write", error)
+    }
+}
+
+impl From<CommitError> for MetaError {
+    fn from(error: CommitError) -> Self {
+        store_error("commit", error)
+    }
+}
+
+impl From<SetDurabilityError> for MetaError {
+    fn from(error: SetDurabilityError) -> Self {
+        store_error("set durability", error)
+    }
+}
+
+fn store_error(op: &'static str, error: impl std::fmt::Display) -> MetaError {
+    MetaError::Store {
+        op,
+        reason: error.to_string(),
+    }
+}
+
+fn now_ns() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
+}
+
+/// The counters kept in the `super` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Superblock {
+    next_ino: u64,
+    files: u64,
+    dirs: u64,
+}
+
+impl Superblock {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        Writer::new(&mut out)
+            .u32(FORMAT_VERSION)
+            .u64(self.next_ino)
+            .u64(self.files)
+            .u64(self.dirs);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Superblock, CodecError> {
+        let mut reader = Reader::new(bytes, "Superblock");
+        let version = reader.u32("format_version")?;
+        if version != FORMAT_VERSION {
+            return Err(reader.bad_value("format_version", u64::from(version), "1"));
+        }
+        let next_ino = reader.u64("next_ino")?;
+        let files = reader.u64("files")?;
+        let dirs = reader.u64("dirs")?;
+        reader.finish()?;
+        Ok(Superblock {
+            next_ino,
+            files,
+            dirs,
+        })
+    }
+}
+
+/// What a directory entry records of its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    ino: u64,
+    file_type: FileType,
+}
+
+impl Link {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        Writer::new(&mut out)
+            .u64(self.ino)
+            .u8(self.file_type.to_u8());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Link, CodecError> {
+        let mut reader = Reader::new(bytes, "Link");
+        let ino = reader.u64("ino")?;
+        let file_type = FileType::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(Link { ino, file_type })
+    }
+}
+
+fn dirent_key(parent_ino: u64, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + name.len());
+    key.extend_from_slice(&parent_ino.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// An absolute path split into its names: repeated slashes collapse, `.` and `..` are
+/// refused, every name is checked.
+#[derive(Debug)]
+struct NsPath<'a> {
+    names: Vec<&'a str>,
+}
+
+impl<'a> NsPath<'a> {
+    fn parse(field: &'static str, path: &'a str) -> Result<NsPath<'a>, MetaError> {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(MetaError::NameTooLong {
+                what: "path",
+                len_bytes: path.len(),
+                max_bytes: MAX_PATH_BYTES,
+                excerpt: excerpt(path),
+            });
+        }
+        if !path.starts_with('/') {
+            return Err(MetaError::Invalid {
+                field,
+                value: format!("{:?}", excerpt(path)),
+                allowed: "an absolute path (starting with '/')".to_owned(),
+            });
+        }
+        // At most MAX_PATH_BYTES / 2 names.
+        let names: Vec<&str> = path.split('/').filter(|name| !name.is_empty()).collect();
+        for name in &names {
+            if *name == "." || *name == ".." {
+                return Err(MetaError::Invalid {
+                    field,
+                    value: format!("{:?}", excerpt(path)),
+                    allowed: "a path without \".\" or \"..\" components".to_owned(),
+                });
+            }
+            check_name(name)?;
+        }
+        Ok(NsPath { names })
+    }
+
+    /// The path of the first `depth` names.
+    fn prefix(&self, depth: usize) -> String {
+        if depth == 0 {
+            return "/".to_owned();
+        }
+        let mut out = String::new();
+        for name in &self.names[..depth] {
+            out.push('/');
+            out.push_str(name);
+        }
+        out
+    }
+
+    fn full(&self) -> String {
+        self.prefix(self.names.len())
+    }
+
+    fn parent(&self) -> String {
+        self.prefix(self.names.len().saturating_sub(1))
+    }
+
+    fn last(&self) -> &'a str {
+        self.names.last().copied().unwrap_or("")
+    }
+
+    fn is_root(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Whether `cred` has the `want` bits (of [`MAY_READ`], [`MAY_WRITE`], [`MAY_EXEC`]) on
+/// `attr`, as Linux's `generic_permission` decides without ACLs: root passes read and write
+/// always and search on directories; otherwise the owner class, else the group class, else
+/// the other class decides alone.
+fn permits(cred: &Cred, attr: &Attr, want: u32) -> bool {
+    if cred.is_root() {
+        return want & MAY_EXEC == 0 || attr.is_dir() || attr.mode & 0o111 != 0;
+    }
+    let class_bits = if cred.uid == attr.uid {
+        attr.mode >> 6
+    } else if cred.in_group(attr.gid) {
+        attr.mode >> 3
+    } else {
+        attr.mode
+    } & 0o7;
+    class_bits & want == want
+}
+
+fn require(
+    cred: &Cred,
+    attr: &Attr,
+    want: u32,
+    need: &'static str,
+    path: impl FnOnce() -> String,
+) -> Result<(), MetaError> {
+    if permits(cred, attr, want) {
+        Ok(())
+    } else {
+        Err(MetaError::Access { path: path(), need })
+    }
+}
+
+/// The sticky bit of `parent`: only the owner of `victim`, the owner of `parent`, or root
+/// may remove or rename `victim`.
+fn require_sticky(cred: &Cred, parent: &Attr, victim: &Attr, path: &str) -> Result<(), MetaError> {
+    if parent.mode & MODE_STICKY == 0
+        || cred.is_root()
+        || cred.uid == victim.uid
+        || cred.uid == parent.uid
+    {
+        return Ok(());
+    }
+    Err(MetaError::Perm {
+        path: path.to_owned(),
+        reason: "the directory is sticky: only the owner of the entry or of the directory, \
+                 or root, may remove or rename it"
+            .to_owned(),
+    })
+}
+
+fn require_owner(cred: &Cred, attr: &Attr, path: &str, what: &str) -> Result<(), MetaError> {
+    if cred.is_root() || cred.uid == attr.uid {
+        return Ok(());
+    }
+    Err(MetaError::Perm {
+        path: path.to_owned(),
+        reason: format!("only the owner (uid {}) or root may {what}", attr.uid),
+    })
+}
+
+fn corrupt(what: String) -> MetaError {
+    MetaError::Store {
+        op: "read",
+        reason: what,
+    }
+}
+
+/// The namespace tables of one transaction, read-only or writable.
+struct Ns<I, D> {
+    inodes: I,
+    dirents: D,
+}
+
+type WriteNs<'t> = Ns<Table<'t, u64, &'static [u8]>, Table<'t, &'static [u8], &'static [u8]>>;
+
+impl<I, D> Ns<I, D>
+where
+    I: ReadableTable<u64, &'static [u8]>,
+    D: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    fn attr(&self, ino: u64) -> Result<Attr, MetaError> {
+        let guard = self
+            .inodes
+            .get(ino)?
+            .ok_or_else(|| corrupt(format!("inode {ino} is named by a directory but missing")))?;
+        Ok(Attr::from_bytes(guard.value())?)
+    }
+
+    fn child(&self, parent_ino: u64, name: &str) -> Result<Option<Link>, MetaError> {
+        let key = dirent_key(parent_ino, name);
+        match self.dirents.get(key.as_slice())? {
+            Some(guard) => Ok(Some(Link::decode(guard.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The inode at the first `depth` names of `path`, searching every directory walked.
+    fn walk(&self, cred: &Cred, path: &NsPath<'_>, depth: usize) -> Result<Attr, MetaError> {
+        let mut current = self.attr(ROOT_INO)?;
+        for (index, name) in path.names[..depth].iter().enumerate() {
+            if !current.is_dir() {
+                return Err(MetaError::NotDir {
+                    path: path.prefix(index),
+                });
+            }
+            require(cred, &current, MAY_EXEC, "search", || path.prefix(index))?;
+            let link = self
+                .child(current.ino, name)?
+                .ok_or_else(|| MetaError::NotFound {
+                    path: path.prefix(index + 1),
+                })?;
+            current = self.attr(link.ino)?;
+        }
+        Ok(current)
+    }
+
+    /// The parent directory of a non-root `path` (searched) and the entry, if it exists.
+    fn lookup_parent(
+        &self,
+        cred: &Cred,
+        path: &NsPath<'_>,
+    ) -> Result<(Attr, Option<Attr>), MetaError> {
+        assert!(!path.is_root(), "the root has no parent");
+        let depth = path.names.len() - 1;
+        let parent = self.walk(cred, path, depth)?;
+        if !parent.is_dir() {
+            return Err(MetaError::NotDir {
+                path: path.prefix(depth),
+            });
+        }
+        require(cred, &parent, MAY_EXEC, "search", || path.prefix(depth))?;
+        let entry = match self.child(parent.ino, path.last())? {
+            Some(link) => Some(self.attr(link.ino)?),
+            None => None,
+        };
+        Ok((parent, entry))
+    }
+
+    fn lookup(&self, cred: &Cred, path: &NsPath<'_>) -> Result<Attr, MetaError> {
+        if path.is_root() {
+            return self.attr(ROOT_INO);
+        }
+        let (_, entry) = self.lookup_parent(cred, path)?;
+        entry.ok_or_else(|| MetaError::NotFound { path: path.full() })
+    }
+
+    fn list(
+        &self,
+        dir_ino: u64,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<DirEntry>, MetaError> {
+        let first = match after {
+            Some(name) => Bound::Excluded(dirent_key(dir_ino, name)),
+            None => Bound::Included(dirent_key(dir_ino, "")),
+        };
+        let end = Bound::Excluded(dirent_key(dir_ino + 1, ""));
+        let range = (
+            first.as_ref().map(Vec::as_slice),
+            end.as_ref().map(Vec::as_slice),
+        );
+        let mut entries = Vec::with_capacity(max.min(MAX_READDIR_ENTRIES));
+        for item in self.dirents.range::<&[u8]>(range)?.take(max) {
+            let (key, value) = item?;
+            let name = std::str::from_utf8(&key.value()[8..])
+                .map_err(|_| corrupt(format!("directory {dir_ino} has a name not UTF-8")))?;
+            let link = Link::decode(value.value())?;
+            entries.push(DirEntry {
+                name: name.to_owned(),
+                ino: link.ino,
+                file_type: link.file_type,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn has_entries(&self, dir_ino: u64) -> Result<bool, MetaError> {
+        Ok(!self.list(dir_ino, None, 1)?.is_empty())
+    }
+}
+
+impl WriteNs<'_> {
+    fn put_attr(&mut self, attr: &Attr) -> Result<(), MetaError> {
+        assert!((1..=MAX_INO).contains(&attr.ino));
+        self.inodes.insert(attr.ino, attr.to_bytes().as_slice())?;
+        Ok(())
+    }
+
+    fn remove_attr(&mut self, ino: u64) -> Result<(), MetaError> {
+        let removed = self.inodes.remove(ino)?.is_some();
+        assert!(removed, "inode {ino} was read in this transaction");
+        Ok(())
+    }
+
+    fn link(&mut self, parent_ino: u64, name: &str, attr: &Attr) -> Result<(), MetaError> {
+        let link = Link {
+            ino: attr.ino,
+            file_type: attr.file_type,
+        };
+        let key = dirent_key(parent_ino, name);
+        let replaced = self
+            .dirents
+            .insert(key.as_slice(), link.encode().as_slice())?
+            .is_some();
+        assert!(!replaced, "callers unlink a name before linking it again");
+        Ok(())
+    }
+
+    fn unlink(&mut self, parent_ino: u64, name: &str) -> Result<(), MetaError> {
+        let key = dirent_key(parent_ino, name);
+        let removed = self.dirents.remove(key.as_slice())?.is_some();
+        assert!(removed, "the entry was read in this transaction");
+        Ok(())
+    }
+
+    /// Reads, changes and writes back one inode: two changes to one directory in one
+    /// transaction (a rename within it) see each other.
+    fn update(&mut self, ino: u64, change: impl FnOnce(&mut Attr)) -> Result<Attr, MetaError> {
+        let mut attr = self.attr(ino)?;
+        change(&mut attr);
+        self.put_attr(&attr)?;
+        Ok(attr)
+    }
+
+    /// Marks a directory's entries changed.
+    fn touch_dir(&mut self, ino: u64, now: i64, nlink_change: i32) -> Result<Attr, MetaError> {
+        self.update(ino, |dir| {
+            assert!(dir.is_dir());
+            dir.mtime_ns = now;
+            dir.ctime_ns = now;
+            dir.nlink = dir.nlink.saturating_add_signed(nlink_change);
+            assert!(dir.nlink >= 2, "a directory has at least . and its name");
+        })
+    }
+}
+
+/// One write transaction's tables and counters.
+struct Tx<'t> {
+    ns: WriteNs<'t>,
+    counters: Superblock,
+}
+
+impl Tx<'_> {
+    fn alloc_ino(&mut self) -> Result<u64, MetaError> {
+        let ino = self.counters.next_ino;
+        if ino > MAX_INO {
+            return Err(MetaError::NoInodes { max: MAX_INO });
+        }
+        self.counters.next_ino = ino + 1;
+        Ok(ino)
+    }
+}
+
+/// How [`MetaStore::create`] treats a path that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfExists {
+    /// Return it (after a write permission check), as `open(O_CREAT)` does.
+    Open,
+    /// Refuse it, as `open(O_CREAT | O_EXCL)` does.
+    Refuse,
+    /// Refuse it, saying whether it is a directory, as `lfs setstripe` does.
+    Setstripe,
+}
+
+/// The metadata store: a namespace and a target registry in one redb file. `Send + Sync`:
+/// share it between threads behind an `Arc`.
+pub struct MetaStore {
+    db: Database,
+    /// The registered targets, with the usage they last reported (kept in memory only).
+    targets: Mutex<BTreeMap<u32, TargetInfo>>,
+    /// Serialises registrations so that the cache follows the commits in order. Taken
+    /// before a write transaction; `targets` is taken after one, never the reverse.
+    register_lock: Mutex<()>,
+    /// Spreads the first target of new files when targets are balanced.
+    round_robin: AtomicU64,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore")
+            .field("targets", &self.lock_targets().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay consistent across a panic: each change is one assignment.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MetaStore {
+    /// Opens the database at `path`, creating it (with the root directory: ino 1, mode 0755,
+    /// owned by root) if the file does not exist or is empty.
+    pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
+        let db = Database::create(path)?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut inodes = txn.open_table(INODES)?;
+            txn.open_table(DIRENTS)?;
+            txn.open_table(TARGETS)?;
+            let mut sup = txn.open_table(SUPER)?;
+            let existing = sup.get(SUPER_KEY)?.map(|guard| guard.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    Superblock::decode(&bytes)?;
+                }
+                None => {
+                    let now = now_ns();
+                    let root = Attr {
+                        ino: ROOT_INO,
+                        file_type: FileType::Dir,
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                        nlink: 2,
+                        atime_ns: now,
+                        mtime_ns: now,
+                        ctime_ns: now,
+                        layout: None,
+                        default_layout: None,
+                    };
+                    inodes.insert(ROOT_INO, root.to_bytes().as_slice())?;
+                    let counters = Superblock {
+                        next_ino: FIRST_FREE_INO,
+                        files: 0,
+                        dirs: 1,
+                    };
+                    sup.insert(SUPER_KEY, counters.encode().as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+
+        let mut targets = BTreeMap::new();
+        {
+            let read = db.begin_read()?;
+            let table = read.open_table(TARGETS)?;
+            for item in table.range::<u32>(..)? {
+                let (_, value) = item?;
+                let info = TargetInfo::from_bytes(value.value())?;
+                targets.insert(info.target_id, info);
+            }
+        }
+        Ok(MetaStore {
+            db,
+            targets: Mutex::new(targets),
+            register_lock: Mutex::new(()),
+            round_robin: AtomicU64::new(0),
+        })
+    }
+
+    fn lock_targets(&self) -> MutexGuard<'_, BTreeMap<u32, TargetInfo>> {
+        lock(&self.targets)
+    }
+
+    /// Runs `op` in one read transaction.
+    fn read<T>(
+        &self,
+        op: impl FnOnce(
+            &Ns<
+                redb::ReadOnlyTable<u64, &'static [u8]>,
+                redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+            >,
+        ) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let txn = self.db.begin_read()?;
+        let ns = Ns {
+            inodes: txn.open_table(INODES)?,
+            dirents: txn.open_table(DIRENTS)?,
+        };
+        op(&ns)
+    }
+
+    /// Runs `op` in one write transaction, committed durably if `op` succeeds and aborted
+    /// (nothing changed) if it fails.
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&mut Tx<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let outcome = {
+            let mut sup = txn.open_table(SUPER)?;
+            let counters = {
+                let guard = sup
+                    .get(SUPER_KEY)?
+                    .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
+                Superblock::decode(guard.value())?
+            };
+            let mut tx = Tx {
+                ns: Ns {
+                    inodes: txn.open_table(INODES)?,
+                    dirents: txn.open_table(DIRENTS)?,
+                },
+                counters,
+            };
+            let outcome = op(&mut tx);
+            if outcome.is_ok() && tx.counters != counters {
+                assert!(
+                    tx.counters.next_ino >= counters.next_ino,
+                    "inode numbers never go back"
+                );
+                sup.insert(SUPER_KEY, tx.counters.encode().as_slice())?;
+            }
+            outcome
+        };
+        match outcome {
+            Ok(value) => {
+                txn.commit()?;
+                Ok(value)
+            }
+            Err(error) => {
+                txn.abort()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The attributes at `path` (also what `stat` answers).
+    pub fn lookup(&self, cred: &Cred, path: &str) -> Result<Attr, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        self.read(|ns| ns.lookup(cred, &path))
+    }
+
+    /// Makes a directory. `mode` is masked with 0o7777 (the client applied its umask). It
+    /// inherits its parent's default layout; its group is the parent's if the parent is
+    /// setgid (and it is then setgid too, as on Linux), else the caller's.
+    pub fn mkdir(&self, cred: &Cred, path: &str, mode: u32) -> Result<Attr, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Err(MetaError::Exists { path: path.full() });
+        }
+        self.write(|tx| {
+            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
+            if entry.is_some() {
+                return Err(MetaError::Exists { path: path.full() });
+            }
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+                path.parent()
+            })?;
+            let now = now_ns();
+            let parent_setgid = parent.mode & MODE_SETGID != 0;
+            let dir = Attr {
+                ino: tx.alloc_ino()?,
+                file_type: FileType::Dir,
+                mode: (mode & MODE_PERMISSION_BITS) | if parent_setgid { MODE_SETGID } else { 0 },
+                uid: cred.uid,
+                gid: if parent_setgid { parent.gid } else { cred.gid },
+                nlink: 2,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                layout: None,
+                default_layout: parent.default_layout.clone(),
+            };
+            tx.ns.put_attr(&dir)?;
+            tx.ns.link(parent.ino, path.last(), &dir)?;
+            tx.ns.touch_dir(parent.ino, now, 1)?;
+            tx.counters.dirs += 1;
+            Ok(dir)
+        })
+    }
+
+    /// Creates a file, or returns the one there (`created` false).
+    ///
+    /// If the path exists: `exclusive` → [`MetaError::Exists`]; a directory →
+    /// [`MetaError::IsDir`]; else it is returned if the caller may write it. A new file gets
+    /// `layout`, else its parent's default layout, else the root's, else the filesystem's
+    /// ([`LayoutSpec::filesystem_default`]), resolved against the registered targets.
+    pub fn create(
+        &self,
+        cred: &Cred,
+        path: &str,
+        mode: u32,
+        exclusive: bool,
+        layout: Option<&LayoutSpec>,
+    ) -> Result<(Attr, bool), MetaError> {
+        let if_exists = if exclusive {
+            IfExists::Refuse
+        } else {
+            IfExists::Open
+        };
+        self.create_file(cred, path, mode, if_exists, layout)
+    }
+
+    /// What `lfs setstripe` does on a path that does not exist: creates an empty file with
+    /// `layout`. A file there already → [`MetaError::Exists`] (a file cannot be restriped);
+    /// a directory → [`MetaError::IsDir`] (use [`MetaStore::set_default_layout`]).
+    pub fn set_layout_on_new_file(
+        &self,
+        cred: &Cred,
+        path: &str,
+        layout: &LayoutSpec,
+        mode: u32,
+    ) -> Result<Attr, MetaError> {
+        self.create_file(cred, path, mode, IfExists::Setstripe, Some(layout))
+            .map(|(attr, _)| attr)
+    }
+
+    fn create_file(
+        &self,
+        cred: &Cred,
+        path: &str,
+        mode: u32,
+        if_exists: IfExists,
+        layout: Option<&LayoutSpec>,
+    ) -> Result<(Attr, bool), MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Err(match if_exists {
+                IfExists::Refuse => MetaError::Exists { path: path.full() },
+                IfExists::Open | IfExists::Setstripe => MetaError::IsDir { path: path.full() },
+            });
+        }
+        self.write(|tx| {
+            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
+            if let Some(existing) = entry {
+                match (if_exists, existing.is_dir()) {
+                    (IfExists::Refuse, _) | (IfExists::Setstripe, false) => {
+                        return Err(MetaError::Exists { path: path.full() });
+                    }
+                    (IfExists::Open | IfExists::Setstripe, true) => {
+                        return Err(MetaError::IsDir { path: path.full() });
+                    }
+                    (IfExists::Open, false) => {}
+                }
+                require(cred, &existing, MAY_WRITE, "write", || path.full())?;
+                return Ok((existing, false));
+            }
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+                path.parent()
+            })?;
+            let spec = match (layout, &parent.default_layout) {
+                (Some(spec), _) => spec.clone(),
+                (None, Some(spec)) => spec.clone(),
+                (None, None) => tx
+                    .ns
+                    .attr(ROOT_INO)?
+                    .default_layout
+                    .unwrap_or_else(LayoutSpec::filesystem_default),
+            };
+            let resolved = self.resolve_layout(&path.full(), &spec)?;
+            let now = now_ns();
+            let parent_setgid = parent.mode & MODE_SETGID != 0;
+            let file = Attr {
+                ino: tx.alloc_ino()?,
+                file_type: FileType::File,
+                mode: mode & MODE_PERMISSION_BITS,
+                uid: cred.uid,
+                gid: if parent_setgid { parent.gid } else { cred.gid },
+                nlink: 1,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                layout: Some(resolved),
+                default_layout: None,
+            };
+            tx.ns.put_attr(&file)?;
+            tx.ns.link(parent.ino, path.last(), &file)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
+            tx.counters.files += 1;
+            Ok((file, true))
+        })
+    }
+
+    /// Resolves a layout request against the registered targets: for each component, the
+    /// targets of its pool (all when it has none) in id order, the first target picked by
+    /// [`pick_first_target`] when the request leaves it open.
+    fn resolve_layout(&self, path: &str, spec: &LayoutSpec) -> Result<Layout, MetaError> {
+        let layout_error = |source: LayoutError| MetaError::Layout {
+            path: path.to_owned(),
+            source,
+        };
+        spec.check().map_err(layout_error)?;
+        let turn = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let targets = self.lock_targets();
+        let mut stripes = Vec::with_capacity(spec.components.len());
+        for component in &spec.components {
+            let pool = component.stripe.pool.as_deref();
+            let pool_targets: Vec<&TargetInfo> = targets
+                .values()
+                .filter(|info| pool.is_none_or(|pool| info.pools.iter().any(|p| p == pool)))
+                .collect();
+            let first_target_pick =
+                pick_first_target(&pool_targets, turn).ok_or_else(|| MetaError::NoTargets {
+                    pool: pool.map(str::to_owned),
+                })?;
+            let target_ids: Vec<u32> = pool_targets.iter().map(|info| info.target_id).collect();
+            stripes.push(
+                component
+                    .stripe
+                    .resolve(&target_ids, first_target_pick)
+                    .map_err(layout_error)?,
+            );
+        }
+        spec.build(stripes).map_err(layout_error)
+    }
+
+    /// Checks that `cred` may open `path` for `access` and returns its attributes (named
+    /// `open_file` because [`MetaStore::open`] opens the store). A directory opened for
+    /// writing → [`MetaError::IsDir`]. Opens do not change the access time.
+    pub fn open_file(&self, cred: &Cred, path: &str, access: Access) -> Result<Attr, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        self.read(|ns| {
+            let attr = ns.lookup(cred, &path)?;
+            let (want, need) = match access {
+                Access::Read => (MAY_READ, "read"),
+                Access::Write => (MAY_WRITE, "write"),
+                Access::ReadWrite => (MAY_READ | MAY_WRITE, "read and write"),
+            };
+            if attr.is_dir() && want & MAY_WRITE != 0 {
+                return Err(MetaError::IsDir { path: path.full() });
+            }
+            require(cred, &attr, want, need, || path.full())?;
+            Ok(attr)
+        })
+    }
+
+    /// The entries of the directory at `path` in name order, starting after the name
+    /// `after`, at most `max` of them (and at most [`MAX_READDIR_ENTRIES`]; 0 gives none).
+    pub fn readdir(
+        &self,
+        cred: &Cred,
+        path: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<DirEntry>, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if let Some(name) = after
+            && name.len() > MAX_NAME_BYTES
+        {
+            return Err(MetaError::NameTooLong {
+                what: "name",
+                len_bytes: name.len(),
+                max_bytes: MAX_NAME_BYTES,
+                excerpt: excerpt(name),
+            });
+        }
+        self.read(|ns| {
+            let dir = ns.lookup(cred, &path)?;
+            if !dir.is_dir() {
+                return Err(MetaError::NotDir { path: path.full() });
+            }
+            require(cred, &dir, MAY_READ, "read", || path.full())?;
+            ns.list(dir.ino, after, max.min(MAX_READDIR_ENTRIES))
+        })
+    }
+
+    /// Removes a file and returns its attributes, so that the caller removes its objects.
+    pub fn unlink(&self, cred: &Cred, path: &str) -> Result<Attr, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Err(MetaError::IsDir { path: path.full() });
+        }
+        self.write(|tx| {
+            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
+            let victim = entry.ok_or_else(|| MetaError::NotFound { path: path.full() })?;
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+                path.parent()
+            })?;
+            require_sticky(cred, &parent, &victim, &path.full())?;
+            if victim.is_dir() {
+                return Err(MetaError::IsDir { path: path.full() });
+            }
+            tx.ns.unlink(parent.ino, path.last())?;
+            tx.ns.remove_attr(victim.ino)?;
+            tx.ns.touch_dir(parent.ino, now_ns(), 0)?;
+            tx.counters.files -= 1;
+            Ok(victim)
+        })
+    }
+
+    /// Removes an empty directory. The root cannot be removed ([`MetaError::Perm`], where
+    /// Linux says `EBUSY`).
+    pub fn rmdir(&self, cred: &Cred, path: &str) -> Result<(), MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Err(MetaError::Perm {
+                path: path.full(),
+                reason: "the root directory cannot be removed".to_owned(),
+            });
+        }
+        self.write(|tx| {
+            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
+            let victim = entry.ok_or_else(|| MetaError::NotFound { path: path.full() })?;
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+                path.parent()
+            })?;
+            require_sticky(cred, &parent, &victim, &path.full())?;
+            if !victim.is_dir() {
+                return Err(MetaError::NotDir { path: path.full() });
+            }
+            if tx.ns.has_entries(victim.ino)? {
+                return Err(MetaError::NotEmpty { path: path.full() });
+            }
+            tx.ns.unlink(parent.ino, path.last())?;
+            tx.ns.remove_attr(victim.ino)?;
+            tx.ns.touch_dir(parent.ino, now_ns(), -1)?;
+            tx.counters.dirs -= 1;
+            Ok(())
+        })
+    }
+
+    /// POSIX rename. An existing file at `to` is replaced and returned (so that the caller
+    /// removes its objects); a directory may replace an empty directory (`None` is
+    /// returned then). File over directory → [`MetaError::IsDir`]; directory over file →
+    /// [`MetaError::NotDir`]; over a non-empty directory → [`MetaError::NotEmpty`]; a
+    /// directory into its own subtree → [`MetaError::Invalid`]; onto itself → nothing
+    /// happens. The root cannot be renamed or replaced ([`MetaError::Perm`]).
+    pub fn rename(&self, cred: &Cred, from: &str, to: &str) -> Result<Option<Attr>, MetaError> {
+        let from = NsPath::parse("from", from)?;
+        let to = NsPath::parse("to", to)?;
+        if from.is_root() || to.is_root() {
+            return Err(MetaError::Perm {
+                path: "/".to_owned(),
+                reason: "the root directory cannot be renamed or replaced".to_owned(),
+            });
+        }
+        let from_full = from.full();
+        let to_full = to.full();
+        self.write(|tx| {
+            let (from_parent, from_entry) = tx.ns.lookup_parent(cred, &from)?;
+            let moved = from_entry.ok_or_else(|| MetaError::NotFound {
+                path: from_full.clone(),
+            })?;
+            let (to_parent, victim) = tx.ns.lookup_parent(cred, &to)?;
+            if from_full == to_full {
+                return Ok(None);
+            }
+            if moved.is_dir() && to_full.starts_with(&format!("{from_full}/")) {
+                return Err(MetaError::Invalid {
+                    field: "to",
+                    value: to_full.clone(),
+                    allowed: format!("a path outside the directory being moved ({from_full})"),
+                });
+            }
+            if victim.is_some() && from_full.starts_with(&format!("{to_full}/")) {
+                return Err(MetaError::NotEmpty {
+                    path: to_full.clone(),
+                });
+            }
+            require(cred, &from_parent, MAY_WRITE | MAY_EXEC, "write", || {
+                from.parent()
+            })?;
+            require_sticky(cred, &from_parent, &moved, &from_full)?;
+            require(cred, &to_parent, MAY_WRITE | MAY_EXEC, "write", || {
+                to.parent()
+            })?;
+            if let Some(victim) = &victim {
+                require_sticky(cred, &to_parent, victim, &to_full)?;
+                match (moved.is_dir(), victim.is_dir()) {
+                    (true, false) => {
+                        return Err(MetaError::NotDir {
+                            path: to_full.clone(),
+                        });
+                    }
+                    (false, true) => {
+                        return Err(MetaError::IsDir {
+                            path: to_full.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            // A directory changing parent gets a new "..": Linux asks write on it.
+            if moved.is_dir() && from_parent.ino != to_parent.ino {
+                require(cred, &moved, MAY_WRITE, "write", || from_full.clone())?;
+            }
+            if let Some(victim) = &victim
+                && victim.is_dir()
+                && tx.ns.has_entries(victim.ino)?
+            {
+                return Err(MetaError::NotEmpty {
+                    path: to_full.clone(),
+                });
+            }
+
+            let now = now_ns();
+            tx.ns.unlink(from_parent.ino, from.last())?;
+            if let Some(victim) = &victim {
+                tx.ns.unlink(to_parent.ino, to.last())?;
+                tx.ns.remove_attr(victim.ino)?;
+                if victim.is_dir() {
+                    tx.counters.dirs -= 1;
+                } else {
+                    tx.counters.files -= 1;
+                }
+            }
+            tx.ns.link(to_parent.ino, to.last(), &moved)?;
+            tx.ns.update(moved.ino, |attr| attr.ctime_ns = now)?;
+            let moved_dirs = i32::from(moved.is_dir());
+            let replaced_dirs = i32::from(victim.as_ref().is_some_and(Attr::is_dir));
+            tx.ns.touch_dir(from_parent.ino, now, -moved_dirs)?;
+            tx.ns
+                .touch_dir(to_parent.ino, now, moved_dirs - replaced_dirs)?;
+            Ok(victim.filter(|victim| !victim.is_dir()))
+        })
+    }
+
+    /// Sets (or with `None` clears) the default layout of the directory at `path`, which
+    /// new files and subdirectories inherit. Owner or root only. The request's shape is
+    /// checked; a pool or a stripe index no target has yet is accepted.
+    pub fn set_default_layout(
+        &self,
+        cred: &Cred,
+        path: &str,
+        layout: Option<LayoutSpec>,
+    ) -> Result<(), MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if let Some(spec) = &layout {
+            spec.check().map_err(|source| MetaError::Layout {
+                path: path.full(),
+                source,
+            })?;
+        }
+        self.write(|tx| {
+            let dir = tx.ns.lookup(cred, &path)?;
+            if !dir.is_dir() {
+                return Err(MetaError::NotDir { path: path.full() });
+            }
+            require_owner(cred, &dir, &path.full(), "set the default layout")?;
+            let now = now_ns();
+            tx.ns.update(dir.ino, |dir| {
+                dir.default_layout = layout;
+                dir.ctime_ns = now;
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Changes the permission bits (`mode & 0o7777`). Owner or root only; as on Linux, a
+    /// caller other than root outside the file's group loses the setgid bit.
+    pub fn chmod(&self, cred: &Cred, path: &str, mode: u32) -> Result<(), MetaError> {
+        let path = NsPath::parse("path", path)?;
+        self.write(|tx| {
+            let attr = tx.ns.lookup(cred, &path)?;
+            require_owner(cred, &attr, &path.full(), "change the mode")?;
+            let mut mode = mode & MODE_PERMISSION_BITS;
+            if !cred.is_root() && !cred.in_group(attr.gid) {
+                mode &= !MODE_SETGID;
+            }
+            let now = now_ns();
+            tx.ns.update(attr.ino, |attr| {
+                attr.mode = mode;
+                attr.ctime_ns = now;
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Changes the owner and/or the group. Root may change both; the owner may change the
+    /// group to one of its own groups; anything else → [`MetaError::Perm`]. As on Linux, a
+    /// file whose owner or group changes loses setuid (and setgid when group-executable).
+    pub fn chown(
+        &self,
+        cred: &Cred,
+        path: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), MetaError> {
+        let path = NsPath::parse("path", path)?;
+        self.write(|tx| {
+            let attr = tx.ns.lookup(cred, &path)?;
+            let changes_uid = uid.is_some_and(|uid| uid != attr.uid);
+            let changes_gid = gid.is_some_and(|gid| gid != attr.gid);
+            if !cred.is_root() {
+                if changes_uid {
+                    return Err(MetaError::Perm {
+                        path: path.full(),
+                        reason: "only root may change the owner".to_owned(),
+                    });
+                }
+                if uid.is_some() || gid.is_some() {
+                    require_owner(cred, &attr, &path.full(), "change the group")?;
+                }
+                if let Some(gid) = gid
+                    && changes_gid
+                    && !cred.in_group(gid)
+                {
+                    return Err(MetaError::Perm {
+                        path: path.full(),
+                        reason: format!(
+                            "the owner may change the group only to one of its own groups, \
+                             not to {gid}"
+                        ),
+                    });
+                }
+            }
+            let now = now_ns();
+            tx.ns.update(attr.ino, |attr| {
+                if let Some(uid) = uid {
+                    attr.uid = uid;
+                }
+                if let Some(gid) = gid {
+                    attr.gid = gid;
+                }
+                if !attr.is_dir() && (uid.is_some() || gid.is_some()) {
+                    attr.mode &= !MODE_SETUID;
+                    if attr.mode & 0o010 != 0 {
+                        attr.mode &= !MODE_SETGID;
+                    }
+                }
+                attr.ctime_ns = now;
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Registers a target, or updates its endpoint, pools and usage when the same id comes
+    /// back with the same uuid (a restart). The same id with another uuid (another disk
+    /// claiming it) → [`MetaError::TargetConflict`]. Persisted before returning.
+    pub fn register_target(&self, info: TargetInfo) -> Result<(), MetaError> {
+        check_target(&info)?;
+        let _serialised = lock(&self.register_lock);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let outcome = {
+            let mut table = txn.open_table(TARGETS)?;
+            let existing = match table.get(info.target_id)? {
+                Some(guard) => Some(TargetInfo::from_bytes(guard.value())?),
+                None => None,
+            };
+            match existing {
+                Some(existing) if existing.uuid != info.uuid => Err(MetaError::TargetConflict {
+                    target_id: info.target_id,
+                    reason: format!(
+                        "registered with uuid {:?}, claimed now by uuid {:?}",
+                        existing.uuid, info.uuid
+                    ),
+                }),
+                _ => {
+                    table.insert(info.target_id, info.to_bytes().as_slice())?;
+                    Ok(())
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                txn.commit()?;
+                self.lock_targets().insert(info.target_id, info);
+                Ok(())
+            }
+            Err(error) => {
+                txn.abort()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Records a target's latest usage, in memory only: the registration record keeps the
+    /// usage given at registration, and a restart of this store starts from it.
+    pub fn update_usage(
+        &self,
+        target_id: u32,
+        capacity_bytes: u64,
+        free_bytes: u64,
+    ) -> Result<(), MetaError> {
+        check_usage(capacity_bytes, free_bytes)?;
+        let mut targets = self.lock_targets();
+        let info = targets
+            .get_mut(&target_id)
+            .ok_or_else(|| MetaError::Invalid {
+                field: "target_id",
+                value: target_id.to_string(),
+                allowed: "a registered target id".to_owned(),
+            })?;
+        info.capacity_bytes = capacity_bytes;
+        info.free_bytes = free_bytes;
+        Ok(())
+    }
+
+    /// The registered targets in id order, with their latest usage.
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        self.lock_targets().values().cloned().collect()
+    }
+
+    /// Inode counts and the targets' summed usage, for `df`.
+    pub fn statfs(&self) -> Result<StatFs, MetaError> {
+        let counters = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(SUPER)?;
+            let guard = table
+                .get(SUPER_KEY)?
+                .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
+            Superblock::decode(guard.value())?
+        };
+        let (capacity_bytes, free_bytes) =
+            self.lock_targets()
+                .values()
+                .fold((0u64, 0u64), |(capacity, free), info| {
+                    (
+                        capacity.saturating_add(info.capacity_bytes),
+                        free.saturating_add(info.free_bytes),
+                    )
+                });
+        Ok(StatFs {
+            files: counters.files,
+            dirs: counters.dirs,
+            free_inodes: (MAX_INO + 1).saturating_sub(counters.next_ino),
+            capacity_bytes,
+            free_bytes,
+        })
+    }
+}
+
+fn check_usage(capacity_bytes: u64, free_bytes: u64) -> Result<(), MetaError> {
+    if free_bytes > capacity_bytes {
+        return Err(MetaError::Invalid {
+            field: "free_bytes",
+            value: free_bytes.to_string(),
+            allowed: format!("at most capacity_bytes ({capacity_bytes})"),
+        });
+    }
+    Ok(())
+}
+
+fn check_target(info: &TargetInfo) -> Result<(), MetaError> {
+    let invalid = |field: &'static str, value: &str, allowed: String| MetaError::Invalid {
+        field,
+        value: format!("{:?}", excerpt(value)),
+        allowed,
+    };
+    if info.uuid.is_empty() || info.uuid.len() > MAX_TARGET_UUID_BYTES {
+        return Err(invalid(
+            "uuid",
+            &info.uuid,
+            format!("1 to {MAX_TARGET_UUID_BYTES} bytes"),
+        ));
+    }
+    if info.endpoint.is_empty() || info.endpoint.len() > MAX_ENDPOINT_BYTES {
+        return Err(invalid(
+            "endpoint",
+            &info.endpoint,
+            format!("1 to {MAX_ENDPOINT_BYTES} bytes"),
+        ));
+    }
+    if info.pools.len() > MAX_POOLS_PER_TARGET {
+        return Err(MetaError::Invalid {
+            field: "pools",
+            value: format!("{} pools", info.pools.len()),
+            allowed: format!("at most {MAX_POOLS_PER_TARGET}"),
+        });
+    }
+    for (index, pool) in info.pools.iter().enumerate() {
+        nacre_layout::PoolName::new(pool).map_err(|_| {
+            invalid(
+                "pools",
+                pool,
+                "1 to 15 characters of [A-Za-z0-9_.-]".to_owned(),
+            )
+        })?;
+        if info.pools[..index].contains(pool) {
+            return Err(invalid("pools", pool, "each pool once".to_owned()));
+        }
+    }
+    check_usage(info.capacity_bytes, info.free_bytes)
+}
+
+/// The first target of a new component among `pool_targets` (in id order): the freest,
+/// unless every target's free space is within [`BALANCED_FREE_SPREAD_PERCENT`] of the
+/// freest's, in which case the `turn`-th in round-robin so that successive files spread.
+/// `None` for an empty pool.
+fn pick_first_target(pool_targets: &[&TargetInfo], turn: u64) -> Option<u32> {
+    let most_free = pool_targets.iter().map(|info| info.free_bytes).max()?;
+    let least_free = pool_targets.iter().map(|info| info.free_bytes).min()?;
+    let balanced = (most_free - least_free) as u128 * 100
+        <= most_free as u128 * u128::from(BALANCED_FREE_SPREAD_PERCENT);
+    if balanced {
+        let position = (turn % pool_targets.len() as u64) as usize;
+        return Some(pool_targets[position].target_id);
+    }
+    pool_targets
+        .iter()
+        .find(|info| info.free_bytes == most_free)
+        .map(|info| info.target_id)
+}
+
+// The server shares one store between its threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<MetaStore>();
+};

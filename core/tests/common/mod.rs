@@ -1,0 +1,113 @@
+//! A cluster in one process for the engine's tests: a metadata service and targets on
+//! temporary directories, over loopback TCP. Everything is stopped and removed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nacre::io::Target;
+use nacre::mem::PoolConfig;
+use nacre::{Client, ClientOptions, MetaServer, TargetConfig, TargetServer};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("nacre-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Cluster {
+    pub targets: Vec<Option<TargetServer>>,
+    pub meta: Option<MetaServer>,
+    pub meta_addr: String,
+    pub dir: TempDir,
+}
+
+pub fn target_config(meta: &str) -> TargetConfig {
+    TargetConfig {
+        listen: "tcp://127.0.0.1:0".into(),
+        workers: 2,
+        pool: PoolConfig {
+            chunk_bytes: 1 << 20,
+            chunks: 16,
+            huge_pages: false,
+            lock: false,
+        },
+        meta: Some(meta.into()),
+        ..TargetConfig::default()
+    }
+}
+
+impl Cluster {
+    /// A metadata service and `n` targets.
+    pub fn start(tag: &str, n: u32) -> Cluster {
+        let dir = TempDir::new(tag);
+        let meta = MetaServer::start(&dir.0.join("meta.redb"), "tcp://127.0.0.1:0").unwrap();
+        let meta_addr = meta.endpoint().to_string();
+        let mut cluster = Cluster {
+            targets: Vec::new(),
+            meta: Some(meta),
+            meta_addr,
+            dir,
+        };
+        for i in 0..n {
+            let tdir = cluster.target_dir(i);
+            std::fs::create_dir_all(&tdir).unwrap();
+            Target::format(&tdir, i).unwrap();
+            let t = TargetServer::start(&tdir, &target_config(&cluster.meta_addr)).unwrap();
+            cluster.targets.push(Some(t));
+        }
+        cluster
+    }
+
+    pub fn target_dir(&self, i: u32) -> PathBuf {
+        self.dir.0.join(format!("target{i}"))
+    }
+
+    pub fn meta_db(&self) -> PathBuf {
+        self.dir.0.join("meta.redb")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.meta_addr).unwrap()
+    }
+
+    pub fn client_with(&self, options: ClientOptions) -> Client {
+        Client::connect_with(&self.meta_addr, options).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in self.targets.drain(..).flatten() {
+            t.stop();
+        }
+        if let Some(m) = self.meta.take() {
+            m.stop();
+        }
+    }
+}
+
+/// The pattern byte of file offset `at` under `seed`.
+pub fn pattern(seed: u64, at: u64) -> u8 {
+    let x = (at ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 | 1
+}
+
+pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern(seed, offset + i)).collect()
+}

@@ -1,0 +1,344 @@
+//! The engine end to end in one process: a metadata service, targets and clients over
+//! loopback TCP, with real io_uring on real files.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, fill, pattern};
+use nacre::layout::StripeSpec;
+use nacre::meta::types::{ComponentSpec, Cred, LayoutSpec};
+use nacre::{ClientOptions, OpenOptions, QueueOp};
+
+fn stripes(count: i32, size: u64) -> LayoutSpec {
+    LayoutSpec::plain(StripeSpec {
+        stripe_count: count,
+        stripe_size_bytes: size,
+        ..StripeSpec::default()
+    })
+}
+
+#[test]
+fn striped_write_then_read_back_over_every_target() {
+    let cluster = Cluster::start("e2e", 4);
+    let client = cluster.client();
+    let file = client
+        .create("/data", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    assert_eq!(file.layout().components()[0].stripe.stripe_count(), 4);
+    // Unaligned offset and length, many stripe rows.
+    let offset = 12_345;
+    let data = fill(1, offset, 3 * 1024 * 1024 + 777);
+    assert_eq!(file.write_at(&data, offset).unwrap(), data.len());
+    file.sync().unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, offset).unwrap(), data.len());
+    assert!(back == data, "read back differs");
+    // The bytes before the first write are a hole.
+    let mut head = vec![0xffu8; offset as usize];
+    assert_eq!(file.read_at(&mut head, 0).unwrap(), head.len());
+    assert!(head.iter().all(|&b| b == 0));
+    let st = client.stat("/data").unwrap();
+    assert_eq!(st.size_bytes, offset + data.len() as u64);
+    // Each target holds one object of the file.
+    for i in 0..4 {
+        let objects = nacre::io::Target::open(&cluster.target_dir(i))
+            .unwrap()
+            .list()
+            .unwrap();
+        assert_eq!(objects.len(), 1, "target {i}");
+    }
+}
+
+#[test]
+fn holes_and_reads_past_the_end() {
+    let cluster = Cluster::start("holes", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/h", 0o644, Some(stripes(2, 1 << 20)))
+        .unwrap();
+    // Only the second stripe unit of the second row is written: stripe 0's object is empty.
+    let at = 3 << 20;
+    let data = fill(2, at, 1000);
+    file.write_at(&data, at).unwrap();
+    assert_eq!(file.size().unwrap(), at + 1000);
+    let mut buf = vec![0xaau8; (4 << 20) + 5000];
+    let n = file.read_at(&mut buf, 0).unwrap();
+    assert_eq!(n as u64, at + 1000, "the read stops at the end of the file");
+    assert!(
+        buf[..at as usize].iter().all(|&b| b == 0),
+        "holes read as zeros"
+    );
+    assert!(buf[at as usize..n] == data[..]);
+    assert_eq!(file.read_at(&mut buf, at + 1000).unwrap(), 0, "at EOF");
+    assert_eq!(
+        file.read_at(&mut buf, at + 10_000_000).unwrap(),
+        0,
+        "past EOF"
+    );
+    // Truncate down and up.
+    file.truncate(at + 10).unwrap();
+    assert_eq!(file.size().unwrap(), at + 10);
+    file.truncate(8 << 20).unwrap();
+    assert_eq!(file.size().unwrap(), 8 << 20);
+    let mut tail = vec![0xffu8; 100];
+    assert_eq!(file.read_at(&mut tail, at).unwrap(), 100);
+    assert!(tail[..10] == data[..10] && tail[10..].iter().all(|&b| b == 0));
+    // Opening with O_TRUNC empties it.
+    let again = client
+        .open("/h", &OpenOptions::new().write(true).truncate(true))
+        .unwrap();
+    assert_eq!(again.size().unwrap(), 0);
+}
+
+#[test]
+fn composite_layout_end_to_end() {
+    let cluster = Cluster::start("pfl", 4);
+    let client = cluster.client();
+    let spec = LayoutSpec {
+        components: vec![
+            ComponentSpec {
+                start_bytes: 0,
+                end_bytes: 1 << 20,
+                stripe: StripeSpec {
+                    stripe_count: 1,
+                    ..StripeSpec::default()
+                },
+            },
+            ComponentSpec {
+                start_bytes: 1 << 20,
+                end_bytes: u64::MAX,
+                stripe: StripeSpec {
+                    stripe_count: -1,
+                    stripe_size_bytes: 64 * 1024,
+                    ..StripeSpec::default()
+                },
+            },
+        ],
+    };
+    let file = client.create("/pfl", 0o644, Some(spec)).unwrap();
+    assert_eq!(file.layout().components().len(), 2);
+    let data = fill(3, 0, 5 << 20);
+    file.write_at(&data, 0).unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data);
+    assert_eq!(client.stat("/pfl").unwrap().size_bytes, 5 << 20);
+    let text = file.layout().to_string();
+    assert!(text.contains("lcm_entry_count:   2"), "{text}");
+}
+
+#[test]
+fn eight_threads_write_strided_regions_of_one_file() {
+    let cluster = Cluster::start("strided", 4);
+    let client = cluster.client();
+    let file = client
+        .create("/shared", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    const THREADS: u64 = 8;
+    const BLOCK: u64 = 47_008; // IOR-hard's transfer size: never aligned
+    const ROUNDS: u64 = 12;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let file = file.clone();
+            s.spawn(move || {
+                for r in 0..ROUNDS {
+                    let at = (r * THREADS + t) * BLOCK;
+                    file.write_at(&fill(4, at, BLOCK as usize), at).unwrap();
+                }
+            });
+        }
+    });
+    let total = THREADS * ROUNDS * BLOCK;
+    assert_eq!(file.size().unwrap(), total);
+    let mut back = vec![0u8; total as usize];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), total as usize);
+    for (i, &b) in back.iter().enumerate() {
+        assert_eq!(b, pattern(4, i as u64), "byte {i}");
+    }
+}
+
+#[test]
+fn namespace_round_trips() {
+    let cluster = Cluster::start("ns", 2);
+    let client = cluster.client();
+    client.mkdir("/d", 0o755).unwrap();
+    client.mkdir("/d/sub", 0o755).unwrap();
+    for name in ["b", "a", "c"] {
+        client
+            .create(&format!("/d/{name}"), 0o644, None)
+            .unwrap()
+            .write_at(b"hello", 0)
+            .unwrap();
+    }
+    let names: Vec<String> = client
+        .readdir("/d")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "sub"]);
+    client.rename("/d/a", "/d/sub/z").unwrap();
+    assert_eq!(client.stat("/d/sub/z").unwrap().size_bytes, 5);
+    assert_eq!(client.stat("/d/a").unwrap_err().errno(), libc::ENOENT);
+    // Unlink removes the objects from the targets.
+    let count_objects = || -> usize {
+        (0..2)
+            .map(|i| {
+                nacre::io::Target::open(&cluster.target_dir(i))
+                    .unwrap()
+                    .list()
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    let before = count_objects();
+    client.unlink("/d/b").unwrap();
+    assert_eq!(count_objects(), before - 1);
+    assert_eq!(client.rmdir("/d").unwrap_err().errno(), libc::ENOTEMPTY);
+
+    // setstripe on a directory: new files inherit; getstripe shows it.
+    client.setstripe("/d", stripes(2, 2 << 20), 0o644).unwrap();
+    let f = client.create("/d/inherits", 0o644, None).unwrap();
+    assert_eq!(f.layout().components()[0].stripe.stripe_count(), 2);
+    assert_eq!(
+        f.layout().components()[0].stripe.stripe_size_bytes(),
+        2 << 20
+    );
+    let st = client.stat("/d").unwrap();
+    assert_eq!(
+        st.attr.default_layout.unwrap().components[0]
+            .stripe
+            .stripe_count,
+        2
+    );
+    // setstripe on a new path creates it; on an existing file it is refused.
+    client
+        .setstripe("/new", stripes(1, 1 << 20), 0o644)
+        .unwrap();
+    assert_eq!(client.stat("/new").unwrap().size_bytes, 0);
+    assert_eq!(
+        client
+            .setstripe("/new", stripes(1, 1 << 20), 0o644)
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+}
+
+#[test]
+fn permissions_are_checked_for_other_users() {
+    let cluster = Cluster::start("perm", 1);
+    let root = cluster.client();
+    root.mkdir("/private", 0o700).unwrap();
+    root.create("/private/f", 0o600, None).unwrap();
+    root.create("/readonly", 0o644, None).unwrap();
+    let user = cluster.client_with(ClientOptions {
+        cred: Cred {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        },
+        ..ClientOptions::default()
+    });
+    let denied = |e: nacre::Error| {
+        assert_eq!(e.errno(), libc::EACCES, "{e}");
+        assert!(!e.to_string().is_empty());
+    };
+    denied(user.stat("/private/f").unwrap_err());
+    denied(user.create("/private/g", 0o644, None).unwrap_err());
+    denied(
+        user.open("/readonly", &OpenOptions::new().write(true))
+            .unwrap_err(),
+    );
+    assert!(
+        user.open("/readonly", &OpenOptions::new().read(true))
+            .is_ok()
+    );
+    assert_eq!(
+        user.chmod("/readonly", 0o777).unwrap_err().errno(),
+        libc::EPERM
+    );
+    root.chown("/readonly", Some(1000), None).unwrap();
+    user.chmod("/readonly", 0o666).unwrap();
+    assert!(
+        user.open("/readonly", &OpenOptions::new().write(true))
+            .is_ok()
+    );
+}
+
+#[test]
+fn asynchronous_queue_of_depth_64() {
+    let cluster = Cluster::start("queue", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/q", 0o644, Some(stripes(2, 64 * 1024)))
+        .unwrap();
+    const OPS: u64 = 256;
+    const LEN: usize = 8192;
+    let data: Vec<Vec<u8>> = (0..OPS).map(|i| fill(5, i * LEN as u64, LEN)).collect();
+    let queue = client.queue(64).unwrap();
+    let mut next = 0u64;
+    let mut done = 0u64;
+    while done < OPS {
+        while next < OPS {
+            let op = QueueOp::Write {
+                file: file.clone(),
+                buf: data[next as usize].as_ptr(),
+                len: LEN,
+                offset: next * LEN as u64,
+            };
+            // SAFETY: `data` outlives the queue's completions (all are waited for below).
+            match unsafe { queue.submit(op, next) } {
+                Ok(()) => next += 1,
+                Err(e) => {
+                    assert_eq!(e.errno(), libc::EAGAIN);
+                    break;
+                }
+            }
+        }
+        for c in queue.wait(1, Duration::from_secs(30)) {
+            assert_eq!(c.result.unwrap(), LEN as u64, "tag {}", c.tag);
+            done += 1;
+        }
+    }
+    assert_eq!(queue.in_flight(), 0);
+    let mut back = vec![0u8; OPS as usize * LEN];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
+    assert!(back == data.concat());
+    assert!(queue.poll().is_empty());
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let cluster = Cluster::start("bad", 2);
+    let client = cluster.client();
+    let bad = client
+        .create("/x", 0o644, Some(stripes(1, 1000)))
+        .unwrap_err();
+    assert_eq!(bad.errno(), libc::EINVAL);
+    assert!(bad.to_string().contains("stripe_size"), "{bad}");
+    let too_many = client
+        .create("/y", 0o644, Some(stripes(3, 1 << 20)))
+        .unwrap_err();
+    assert_eq!(too_many.errno(), libc::EINVAL, "{too_many}");
+    let missing = client.stat("/no/such").unwrap_err();
+    assert_eq!(missing.errno(), libc::ENOENT);
+    assert!(missing.to_string().contains("/no"), "{missing}");
+    let missing = client
+        .open("/nope", &OpenOptions::new().read(true))
+        .unwrap_err();
+    assert_eq!(missing.errno(), libc::ENOENT);
+    // A metadata service that does not answer.
+    let nobody = nacre::Client::connect_with(
+        "tcp://127.0.0.1:1",
+        ClientOptions {
+            timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(nobody.to_string().contains("127.0.0.1:1"), "{nobody}");
+}
