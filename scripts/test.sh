@@ -20,8 +20,8 @@ for arg in "$@"; do
 done
 
 command -v cargo >/dev/null || die "cargo is not on the PATH; install Rust (rustup) first"
-# cc for crates that build C, mount/umount for the ENOSPC test, fio and python3 for the
-# benchmark smoke run.
+# cc for crates that build C, mount/umount for the ENOSPC test, fio for the io benchmark
+# script, python3 for the scripts' helpers.
 need_packages cc:gcc mount:mount python3:python3 fio:fio
 
 step() { printf '\n== %s\n' "$*"; }
@@ -35,15 +35,18 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
-step "RDMA: the verbs transport's tests on a real Soft-RoCE device in a VM (scripts/rdma-test.sh)"
+step "RDMA: the transport's and the engine's tests on a real Soft-RoCE device in a VM (scripts/rdma-test.sh)"
 scripts/rdma-test.sh
 
-step "cargo clippy -p nacre-transport --features rdma --all-targets -- -D warnings"
-cargo clippy -p nacre-transport --features rdma --all-targets --quiet -- -D warnings
+step "cargo clippy -p nacre-transport -p nacre --features rdma --all-targets -- -D warnings"
+cargo clippy -p nacre-transport -p nacre --features nacre-transport/rdma,nacre/rdma --all-targets \
+    --quiet -- -D warnings
 
 if [ $smoke = 1 ]; then
     step "quickstart smoke run (small sizes)"
-    NACRE_QUICKSTART_SIZE=64M NACRE_QUICKSTART_SECONDS=1 scripts/quickstart.sh
+    NACRE_QUICKSTART_SIZE=256M scripts/quickstart.sh
+    step "io benchmark smoke run (small sizes)"
+    scripts/bench-io.sh --size 64M --reps 1 --seconds 1
 fi
 
 step "all checks passed"

@@ -812,6 +812,13 @@ impl Client {
         Ok(whole)
     }
 
+    /// The transport this client's connections to a target use (connecting if needed).
+    pub fn target_transport(&self, target_id: u32) -> Result<Kind, Error> {
+        let link = self.target(target_id)?;
+        let conn = link.peer.checkout().map_err(|e| link.fail(e))?;
+        Ok(conn.kind())
+    }
+
     /// Each registered target's size and use, asked of the target itself.
     pub fn df(&self) -> Result<Vec<TargetUsage>, Error> {
         let targets = self.targets()?;

@@ -119,6 +119,8 @@ ip link set nacre0 up
 ip link set nacre1 up
 rdma link add $RXE_DEV type rxe netdev nacre0 || echo "rdma-vm: could not create $RXE_DEV"
 export NACRE_RDMA_ADDR=$RXE_ADDR NACRE_RDMA_DEV=$RXE_DEV
+# Loads more of the guest kernel's modules (e.g. brd and ext4 for a scratch file system).
+export NACRE_VM_MODPROBE="modprobe -d $cache/root -S $kver"
 # A working directory under /tmp is not visible in here (the guest's /tmp is its own).
 cd $(printf '%q' "$PWD") 2>/dev/null || cd /
 bash -c "\$(cat /tmp/job/command)" >/tmp/job/output 2>&1

@@ -37,9 +37,9 @@ pub struct Cluster {
     pub dir: TempDir,
 }
 
-pub fn target_config(meta: &str) -> TargetConfig {
+pub fn target_config(meta: &str, listen: &str) -> TargetConfig {
     TargetConfig {
-        listen: "tcp://127.0.0.1:0".into(),
+        listen: listen.into(),
         workers: 2,
         pool: PoolConfig {
             chunk_bytes: 1 << 20,
@@ -53,10 +53,15 @@ pub fn target_config(meta: &str) -> TargetConfig {
 }
 
 impl Cluster {
-    /// A metadata service and `n` targets.
+    /// A metadata service and `n` targets over loopback TCP.
     pub fn start(tag: &str, n: u32) -> Cluster {
+        Cluster::start_at(tag, n, "tcp://127.0.0.1:0")
+    }
+
+    /// A metadata service and `n` targets, each listening on `listen` (port 0).
+    pub fn start_at(tag: &str, n: u32, listen: &str) -> Cluster {
         let dir = TempDir::new(tag);
-        let meta = MetaServer::start(&dir.0.join("meta.redb"), "tcp://127.0.0.1:0").unwrap();
+        let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
         let meta_addr = meta.endpoint().to_string();
         let mut cluster = Cluster {
             targets: Vec::new(),
@@ -68,7 +73,8 @@ impl Cluster {
             let tdir = cluster.target_dir(i);
             std::fs::create_dir_all(&tdir).unwrap();
             Target::format(&tdir, i).unwrap();
-            let t = TargetServer::start(&tdir, &target_config(&cluster.meta_addr)).unwrap();
+            let config = target_config(&cluster.meta_addr, listen);
+            let t = TargetServer::start(&tdir, &config).unwrap();
             cluster.targets.push(Some(t));
         }
         cluster
