@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
         *) die "bench-engine.sh: unknown argument $1 (see --help)" ;;
     esac
 done
-need_packages fio:fio iperf3:iperf3 python3:python3
+need_packages fio:fio iperf3:iperf3 python3:python3 ss:iproute2
 cargo build --release --quiet -p nacre-cli --manifest-path "$NACRE_ROOT/Cargo.toml"
 
 cluster_start 4 tcp
@@ -44,11 +44,17 @@ iperf_run() { # -> prints MB/s
     local port; port=$(free_port)
     timeout $((seconds + 30)) iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
     local spid=$! waited=0
-    until iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P 4 -J >"$CLUSTER_DIR/iperf.json" 2>/dev/null; do
-        waited=$((waited + 1)); [ $waited -lt 50 ] || die "iperf3 server did not start"; sleep 0.1
+    until ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; do
+        waited=$((waited + 1)); [ $waited -lt 100 ] || die "iperf3 server did not start"; sleep 0.1
     done
+    iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P 4 -J >"$CLUSTER_DIR/iperf.json" 2>&1 || true
     wait "$spid" 2>/dev/null || true
-    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/8e6)' "$CLUSTER_DIR/iperf.json"
+    python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+if j.get("error"):
+    sys.exit("iperf3: " + j["error"])
+print(j["end"]["sum_received"]["bits_per_second"] / 8e6)' "$CLUSTER_DIR/iperf.json"
 }
 
 rand_ops=$((seconds * 20000))
