@@ -88,6 +88,16 @@ impl Link {
         }
     }
 
+    /// Whether an idle connection can carry a call: not broken, and (TCP) not closed by the
+    /// peer while it sat in a pool.
+    fn idle_is_usable(&self) -> bool {
+        match self {
+            Link::Tcp(t) => t.idle_is_open(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => !r.is_broken(),
+        }
+    }
+
     fn is_broken(&self) -> bool {
         match self {
             Link::Tcp(t) => t.is_broken(),
@@ -799,8 +809,12 @@ impl Peer {
         let deadline = Instant::now() + self.options.request_timeout;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(conn) = state.idle.pop() {
-                return Ok(conn);
+            while let Some(conn) = state.idle.pop() {
+                if conn.link.idle_is_usable() {
+                    return Ok(conn);
+                }
+                // The peer closed it while idle (it restarted, say): drop it, try the next.
+                state.open -= 1;
             }
             if state.open < self.max_connections {
                 state.open += 1;

@@ -224,6 +224,25 @@ impl TcpConnection {
         self.broken
     }
 
+    /// Whether an idle connection is still open: nothing may be waiting on it between
+    /// calls, so a readable socket means the peer closed it (or broke the protocol).
+    pub fn idle_is_open(&self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own; MSG_PEEK | MSG_DONTWAIT neither consumes nor blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+
     /// Sets how long any one send or receive may go without progress.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
         let timeout = timeout.max(Duration::from_millis(1));

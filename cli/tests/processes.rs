@@ -1,0 +1,767 @@
+//! The file system as separate processes: the metadata service and the targets each run as
+//! `nacre serve`, clients are `nacre` commands, this test process, or copies of it. Covers
+//! what only real processes show: the command line end to end, several client processes
+//! writing one file, servers killed with SIGKILL and restarted, and hostile input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Cluster, Process, fill, nacre, pattern, text};
+use nacre::layout::StripeSpec;
+use nacre::meta::link::{MetaLink, link_options};
+use nacre::meta::proto::MetaRequest;
+use nacre::meta::types::{Cred, LayoutSpec, TargetInfo};
+use nacre::{Client, ClientOptions, OpenOptions};
+
+/// What fault tests give a client for connecting and for each request.
+const FAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Beyond this a call that should have failed by its timeout counts as hung (a hang
+/// detector, far above any timeout in play, not a measure of speed).
+const HANG_DEADLINE: Duration = Duration::from_secs(120);
+
+fn stripes(count: i32, size_bytes: u64) -> LayoutSpec {
+    LayoutSpec::plain(StripeSpec {
+        stripe_count: count,
+        stripe_size_bytes: size_bytes,
+        ..StripeSpec::default()
+    })
+}
+
+/// One stripe, on target `target_id`.
+fn on_target(target_id: u32) -> LayoutSpec {
+    LayoutSpec::plain(StripeSpec {
+        stripe_count: 1,
+        stripe_index: i64::from(target_id),
+        ..StripeSpec::default()
+    })
+}
+
+fn options_with_timeout(timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        timeout,
+        ..ClientOptions::default()
+    }
+}
+
+/// Writes `bytes` to a new local file `name` in the cluster's directory; returns its path.
+fn local_file(cluster: &Cluster, name: &str, bytes: &[u8]) -> String {
+    let path = cluster.dir().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `nacre get PATH -`: the file's bytes.
+fn get_bytes(cluster: &Cluster, path: &str) -> Vec<u8> {
+    let out = cluster.nacre(&["get", path, "-"]);
+    assert!(out.status.success(), "get {path}: {}", text(&out.stderr));
+    out.stdout
+}
+
+/// The target ids `getstripe` lists under each `obdidx`, in order.
+fn obdidx(getstripe: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut in_list = false;
+    for line in getstripe.lines() {
+        let word = line.trim();
+        if word == "obdidx" {
+            in_list = true;
+        } else if let (true, Ok(id)) = (in_list, word.parse::<u32>()) {
+            ids.push(id);
+        } else {
+            in_list = false;
+        }
+    }
+    ids
+}
+
+/// Waits for the first byte or the end of `stream`: true when the peer closed it.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(HANG_DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+#[test]
+fn cli_namespace_round_trips() {
+    let cluster = Cluster::start("cli-ns", 2);
+    cluster.ok(&["mkdir", "-p", "/a/b/c"]);
+    // -p again accepts what exists.
+    cluster.ok(&["mkdir", "-p", "/a/b/c"]);
+    assert!(cluster.fails(&["mkdir", "/a/b"]).contains("/a/b"));
+
+    let bytes = fill(1, 0, 300_000);
+    let local = local_file(&cluster, "f.local", &bytes);
+    cluster.ok(&["put", &local, "/a/b/f"]);
+    let back = cluster.dir().join("f.back");
+    cluster.ok(&["get", "/a/b/f", back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&back).unwrap() == bytes,
+        "get to a file differs"
+    );
+    assert!(
+        get_bytes(&cluster, "/a/b/f") == bytes,
+        "get to stdout differs"
+    );
+
+    assert_eq!(cluster.ok(&["ls", "/a/b"]), "c\nf\n");
+    let long = cluster.ok(&["ls", "-l", "/a/b"]);
+    let lines: Vec<Vec<&str>> = long
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{long}");
+    assert_eq!(lines[0][0], "drwxr-xr-x", "{long}");
+    assert_eq!(lines[0][4], "c", "{long}");
+    assert_eq!(lines[1], ["-rw-r--r--", "0", "0", "300000", "f"], "{long}");
+
+    let stat = cluster.ok(&["stat", "/a/b/f"]);
+    assert!(stat.contains("File: /a/b/f"), "{stat}");
+    assert!(stat.contains("Size: 300000 "), "{stat}");
+    assert!(stat.contains("regular file"), "{stat}");
+    let stat = cluster.ok(&["stat", "/a/b/c"]);
+    assert!(stat.contains("directory"), "{stat}");
+
+    cluster.ok(&["chmod", "600", "/a/b/f"]);
+    cluster.ok(&["chown", "12:34", "/a/b/f"]);
+    let long = cluster.ok(&["ls", "-l", "/a/b"]);
+    assert!(
+        long.contains("-rw-------    12    34         300000 f"),
+        "{long}"
+    );
+
+    cluster.ok(&["mv", "/a/b/f", "/a/moved"]);
+    assert_eq!(cluster.ok(&["ls", "/a/b"]), "c\n");
+    assert_eq!(cluster.ok(&["ls", "/a"]), "b\nmoved\n");
+    assert!(
+        get_bytes(&cluster, "/a/moved") == bytes,
+        "renamed file differs"
+    );
+    assert!(cluster.fails(&["stat", "/a/b/f"]).contains("/a/b/f"));
+
+    cluster.ok(&["rm", "/a/moved"]);
+    assert!(cluster.fails(&["stat", "/a/moved"]).contains("/a/moved"));
+    // A directory needs -d, and must be empty.
+    assert!(cluster.fails(&["rm", "/a/b/c"]).contains("/a/b/c"));
+    assert!(cluster.fails(&["rm", "-d", "/a/b"]).contains("/a/b"));
+    cluster.ok(&["rm", "-d", "/a/b/c"]);
+    cluster.ok(&["rm", "-d", "/a/b"]);
+    assert_eq!(cluster.ok(&["ls", "/a"]), "");
+}
+
+#[test]
+fn cli_layouts_set_shown_inherited_and_kept() {
+    let cluster = Cluster::start("cli-layout", 3);
+    let small = fill(2, 0, 700_000);
+    let small_local = local_file(&cluster, "small", &small);
+
+    // A plain layout on a new file.
+    cluster.ok(&["setstripe", "-c", "2", "-S", "128K", "/s"]);
+    let shown = cluster.ok(&["getstripe", "/s"]);
+    assert!(shown.starts_with("/s\n"), "{shown}");
+    assert!(shown.contains("lmm_stripe_count:  2\n"), "{shown}");
+    assert!(shown.contains("lmm_stripe_size:   131072\n"), "{shown}");
+    assert!(shown.contains("lmm_pattern:       raid0\n"), "{shown}");
+    let targets = obdidx(&shown);
+    assert_eq!(targets.len(), 2, "{shown}");
+    assert_ne!(targets[0], targets[1], "{shown}");
+    // A file's layout is set once: setstripe on it again is refused...
+    assert!(
+        cluster
+            .fails(&["setstripe", "-c", "1", "/s"])
+            .contains("exists")
+    );
+    // ...and put on it truncates and rewrites it with its layout kept.
+    cluster.ok(&["put", &small_local, "/s"]);
+    assert_eq!(cluster.ok(&["getstripe", "/s"]), shown);
+    assert!(get_bytes(&cluster, "/s") == small);
+    let shorter = fill(3, 0, 5_000);
+    cluster.ok(&["put", &local_file(&cluster, "shorter", &shorter), "/s"]);
+    assert!(get_bytes(&cluster, "/s") == shorter, "put did not truncate");
+
+    // A directory's default, inherited by a file put in it.
+    cluster.ok(&["mkdir", "/d"]);
+    cluster.ok(&["setstripe", "-c", "3", "-S", "64K", "/d"]);
+    let shown = cluster.ok(&["getstripe", "/d"]);
+    assert!(
+        shown.contains("stripe_count:  3 stripe_size:   65536"),
+        "{shown}"
+    );
+    cluster.ok(&["put", &small_local, "/d/inherits"]);
+    let shown = cluster.ok(&["getstripe", "/d/inherits"]);
+    assert!(shown.contains("lmm_stripe_count:  3\n"), "{shown}");
+    assert!(shown.contains("lmm_stripe_size:   65536\n"), "{shown}");
+    assert!(get_bytes(&cluster, "/d/inherits") == small);
+
+    // Every target.
+    cluster.ok(&["setstripe", "-c", "-1", "-S", "64K", "/wide"]);
+    let shown = cluster.ok(&["getstripe", "/wide"]);
+    assert!(shown.contains("lmm_stripe_count:  3\n"), "{shown}");
+    let mut targets = obdidx(&shown);
+    targets.sort_unstable();
+    assert_eq!(targets, [0, 1, 2], "{shown}");
+    cluster.ok(&["put", &small_local, "/wide"]);
+    assert!(get_bytes(&cluster, "/wide") == small);
+
+    // A composite layout: one stripe for the first MiB, then every target.
+    cluster.ok(&[
+        "setstripe",
+        "-E",
+        "1M",
+        "-c",
+        "1",
+        "-E",
+        "-1",
+        "-c",
+        "-1",
+        "/pfl",
+    ]);
+    let three_mib = fill(4, 0, 3 << 20);
+    cluster.ok(&["put", &local_file(&cluster, "3m", &three_mib), "/pfl"]);
+    let shown = cluster.ok(&["getstripe", "/pfl"]);
+    assert!(shown.contains("lcm_entry_count:   2\n"), "{shown}");
+    assert!(shown.contains("lcme_extent.e_end:   1048576\n"), "{shown}");
+    assert!(shown.contains("lcme_extent.e_end:   EOF\n"), "{shown}");
+    assert!(shown.contains("lmm_stripe_count:  1\n"), "{shown}");
+    assert!(shown.contains("lmm_stripe_count:  3\n"), "{shown}");
+    assert_eq!(obdidx(&shown).len(), 4, "{shown}");
+    assert!(
+        get_bytes(&cluster, "/pfl") == three_mib,
+        "composite file differs"
+    );
+    let long = cluster.ok(&["ls", "-l", "/"]);
+    assert!(
+        long.lines()
+            .any(|l| l.ends_with(" 3145728 pfl") && l.starts_with('-')),
+        "{long}"
+    );
+}
+
+#[test]
+fn cli_df_lists_every_target_with_its_index() {
+    let cluster = Cluster::start("cli-df", 3);
+    let shown = cluster.ok(&["df"]);
+    for i in 0..3 {
+        let tag = format!("nacre[OST:{i}] {}", cluster.target_endpoint(i));
+        let line = shown
+            .lines()
+            .find(|l| l.ends_with(&tag))
+            .unwrap_or_else(|| panic!("no line for target {i}:\n{shown}"));
+        assert!(line.starts_with("nacre-"), "{line}");
+        assert!(!line.contains("not answering"), "{line}");
+    }
+    assert!(shown.contains("filesystem_summary:"), "{shown}");
+    let human = cluster.ok(&["df", "-H"]);
+    assert_eq!(human.matches("nacre[OST:").count(), 3, "{human}");
+}
+
+/// The environment variables that make this test binary a writer of the shared file.
+const WRITER_META_ENV: &str = "NACRE_CLI_TEST_WRITER_META";
+const WRITER_RANK_ENV: &str = "NACRE_CLI_TEST_WRITER_RANK";
+/// Words a writer prints, found anywhere in its lines (the test harness prints too).
+const WRITER_READY: &str = "nacre-writer-ready";
+const WRITER_DONE: &str = "nacre-writer-done";
+const WRITERS: u64 = 4;
+/// IOR-hard's transfer size: never aligned to a stripe.
+const BLOCK_BYTES: u64 = 47_008;
+const SHARED_BLOCKS: u64 = 48;
+const SHARED_SEED: u64 = 5;
+const SHARED_PATH: &str = "/shared";
+
+/// A writer: opens the shared file, says it is ready, waits for "go" on its standard
+/// input, writes every block `k` with `k % WRITERS == rank`, syncs and says so.
+fn shared_file_writer(meta: &str, rank: u64) {
+    let client = Client::connect(meta).unwrap();
+    let file = client
+        .open(SHARED_PATH, &OpenOptions::new().write(true))
+        .unwrap();
+    println!("{WRITER_READY} {rank}");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    assert_eq!(go.trim(), "go", "writer {rank}");
+    let mut blocks = 0;
+    for block in (rank..SHARED_BLOCKS).step_by(WRITERS as usize) {
+        let at = block * BLOCK_BYTES;
+        let bytes = fill(SHARED_SEED, at, BLOCK_BYTES as usize);
+        assert_eq!(file.write_at(&bytes, at).unwrap(), bytes.len());
+        blocks += 1;
+    }
+    file.sync().unwrap();
+    println!("{WRITER_DONE} {rank} {blocks}");
+}
+
+#[test]
+fn four_processes_write_one_shared_file() {
+    if let (Ok(meta), Ok(rank)) = (
+        std::env::var(WRITER_META_ENV),
+        std::env::var(WRITER_RANK_ENV),
+    ) {
+        shared_file_writer(&meta, rank.parse().unwrap());
+        return;
+    }
+    let cluster = Cluster::start("shared", 4);
+    let client = cluster.client();
+    let file = client
+        .create(SHARED_PATH, 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    assert_eq!(file.layout().components()[0].stripe.stripe_count(), 4);
+    let exe = std::env::current_exe().unwrap();
+    let mut writers: Vec<Process> = (0..WRITERS)
+        .map(|rank| {
+            let mut command = Command::new(&exe);
+            command
+                .args([
+                    "four_processes_write_one_shared_file",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(WRITER_META_ENV, &cluster.meta_addr)
+                .env(WRITER_RANK_ENV, rank.to_string());
+            Process::start(&format!("writer {rank}"), command, None)
+        })
+        .collect();
+    // Every writer has the file open before any writes.
+    for w in &writers {
+        w.wait_for_line(WRITER_READY, common::START_TIMEOUT);
+    }
+    for w in &mut writers {
+        w.send_line("go");
+    }
+    for (rank, w) in writers.iter_mut().enumerate() {
+        let done = w.wait_for_line(WRITER_DONE, HANG_DEADLINE);
+        assert!(
+            done.ends_with(&format!(" {rank} {}", SHARED_BLOCKS / WRITERS)),
+            "{done}"
+        );
+        let status = w.wait_exit(HANG_DEADLINE);
+        assert!(status.success(), "writer {rank}: {status}");
+    }
+    let total = SHARED_BLOCKS * BLOCK_BYTES;
+    assert_eq!(file.size().unwrap(), total);
+    let mut back = vec![0u8; total as usize];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
+    for (at, &b) in back.iter().enumerate() {
+        assert_eq!(b, pattern(SHARED_SEED, at as u64), "byte {at}");
+    }
+    // The same bytes through another process.
+    assert!(get_bytes(&cluster, SHARED_PATH) == back);
+}
+
+#[test]
+fn killed_target_fails_writes_by_name_and_recovers_after_restart() {
+    const SYNCED_BYTES: usize = 2 << 20;
+    const CHUNK_BYTES: usize = 256 * 1024;
+    /// The writer cycles over this many chunks after the synced bytes.
+    const CHUNK_SLOTS: u64 = 16;
+    /// It stops by itself after this many writes, should no error come.
+    const MAX_WRITES: u64 = 1_000_000;
+    let mut cluster = Cluster::start("kill-target", 2);
+    let client = cluster.client_with(options_with_timeout(FAULT_CLIENT_TIMEOUT));
+    let file = client
+        .create("/victim", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    let synced = fill(6, 0, SYNCED_BYTES);
+    file.write_at(&synced, 0).unwrap();
+    file.sync().unwrap();
+
+    let (first_write_tx, first_write) = mpsc::channel();
+    let (outcome_tx, outcome) = mpsc::channel();
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            let chunk = fill(7, 0, CHUNK_BYTES);
+            for i in 0..MAX_WRITES {
+                let at = SYNCED_BYTES as u64 + (i % CHUNK_SLOTS) * CHUNK_BYTES as u64;
+                if let Err(e) = file.write_at(&chunk, at) {
+                    let _ = outcome_tx.send(Some(e));
+                    return;
+                }
+                if i == 0 {
+                    let _ = first_write_tx.send(());
+                }
+            }
+            let _ = outcome_tx.send(None);
+        })
+    };
+    first_write
+        .recv_timeout(HANG_DEADLINE)
+        .expect("the writer wrote once");
+    cluster.kill_target(1);
+    let error = outcome
+        .recv_timeout(HANG_DEADLINE)
+        .expect("the write to a killed target hung")
+        .expect("writes went on after the target was killed");
+    writer.join().unwrap();
+    let message = error.to_string();
+    let endpoint = cluster.target_endpoint(1);
+    let address = endpoint.trim_start_matches("tcp://");
+    assert!(
+        message.contains("target 1") || message.contains(address),
+        "the error does not name the target: {message}"
+    );
+
+    cluster.restart_target(1);
+    // The same client finds its way back to the restarted target.
+    let mut back = vec![0u8; SYNCED_BYTES];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), SYNCED_BYTES);
+    assert!(back == synced, "synced bytes lost (same client)");
+    let after = fill(8, 0, CHUNK_BYTES);
+    file.write_at(&after, 0).unwrap();
+    file.sync().unwrap();
+    let mut head = vec![0u8; CHUNK_BYTES];
+    file.read_at(&mut head, 0).unwrap();
+    assert!(head == after, "a write after the restart differs");
+    // And a new client sees the same.
+    let fresh = cluster.client();
+    let file = fresh
+        .open("/victim", &OpenOptions::new().read(true))
+        .unwrap();
+    let mut back = vec![0u8; SYNCED_BYTES];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), SYNCED_BYTES);
+    assert!(
+        back[..CHUNK_BYTES] == after[..],
+        "new client: rewritten head"
+    );
+    assert!(
+        back[CHUNK_BYTES..] == synced[CHUNK_BYTES..],
+        "new client: synced bytes lost"
+    );
+    let df = cluster.ok(&["df"]);
+    assert!(!df.contains("not answering"), "{df}");
+}
+
+#[test]
+fn killed_metadata_service_keeps_acknowledged_namespace_changes() {
+    let mut cluster = Cluster::start("kill-meta", 2);
+    let f_bytes = fill(9, 0, 200_000);
+    let f_local = local_file(&cluster, "f", &f_bytes);
+    let g_bytes = fill(10, 0, 90_000);
+    let g_local = local_file(&cluster, "g", &g_bytes);
+    cluster.ok(&["mkdir", "-p", "/keep/sub"]);
+    cluster.ok(&["setstripe", "-c", "2", "-S", "64K", "/keep/sub"]);
+    cluster.ok(&["put", &f_local, "/keep/f"]);
+    cluster.ok(&["put", &g_local, "/keep/g"]);
+    cluster.ok(&["mv", "/keep/g", "/keep/sub/h"]);
+    cluster.ok(&["put", &g_local, "/keep/sub/striped"]);
+    cluster.ok(&["put", &g_local, "/gone"]);
+    cluster.ok(&["rm", "/gone"]);
+    cluster.ok(&["mkdir", "/emptied"]);
+    cluster.ok(&["rm", "-d", "/emptied"]);
+    cluster.ok(&["chmod", "700", "/keep/f"]);
+
+    cluster.kill_meta();
+    cluster.restart_meta();
+
+    assert_eq!(cluster.ok(&["ls", "/"]), "keep\n");
+    assert_eq!(cluster.ok(&["ls", "/keep"]), "f\nsub\n");
+    assert_eq!(cluster.ok(&["ls", "/keep/sub"]), "h\nstriped\n");
+    cluster.fails(&["stat", "/gone"]);
+    cluster.fails(&["stat", "/emptied"]);
+    cluster.fails(&["stat", "/keep/g"]);
+    assert!(get_bytes(&cluster, "/keep/f") == f_bytes);
+    assert!(get_bytes(&cluster, "/keep/sub/h") == g_bytes);
+    let long = cluster.ok(&["ls", "-l", "/keep"]);
+    assert!(long.contains("-rwx------"), "{long}");
+    // A rename keeps the layout the file was created with; a file made in the directory
+    // has the directory's default.
+    let shown = cluster.ok(&["getstripe", "/keep/sub/h"]);
+    assert!(shown.contains("lmm_stripe_count:  1\n"), "{shown}");
+    let shown = cluster.ok(&["getstripe", "/keep/sub/striped"]);
+    assert!(shown.contains("lmm_stripe_count:  2\n"), "{shown}");
+    assert!(get_bytes(&cluster, "/keep/sub/striped") == g_bytes);
+    let shown = cluster.ok(&["getstripe", "/keep/sub"]);
+    assert!(shown.contains("stripe_count:  2 "), "{shown}");
+
+    // New changes are taken, and the targets are still known.
+    cluster.ok(&["mkdir", "/after"]);
+    cluster.ok(&["put", &f_local, "/after/f"]);
+    assert!(get_bytes(&cluster, "/after/f") == f_bytes);
+    let df = cluster.ok(&["df"]);
+    assert_eq!(df.matches("nacre[OST:").count(), 2, "{df}");
+    let fresh = cluster.client();
+    assert_eq!(fresh.stat("/after/f").unwrap().size_bytes, 200_000);
+}
+
+#[test]
+fn a_client_connected_before_the_metadata_service_restarts_works_again() {
+    let mut cluster = Cluster::start("meta-reconnect", 1);
+    let old = cluster.client();
+    old.mkdir("/before", 0o755).unwrap();
+    let file = old.create("/before/f", 0o644, None).unwrap();
+    file.write_at(b"kept", 0).unwrap();
+
+    cluster.kill_meta();
+    cluster.restart_meta();
+
+    // Its pooled connection to the old service is dead; the next call must not fail.
+    assert_eq!(old.stat("/before/f").unwrap().size_bytes, 4);
+    old.mkdir("/before/by-old", 0o755).unwrap();
+    assert_eq!(cluster.ok(&["ls", "/before"]), "by-old\nf\n");
+    // Its open file is unaffected (the data path goes to the targets).
+    let mut back = [0u8; 4];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), 4);
+    assert_eq!(&back, b"kept");
+}
+
+#[test]
+fn unknown_paths_and_invalid_layouts_fail_with_clear_messages() {
+    let cluster = Cluster::start("bad-input", 2);
+    for args in [
+        &["stat", "/no/such"][..],
+        &["ls", "/no/such"],
+        &["getstripe", "/no/such"],
+        &["get", "/no/such", "-"],
+        &["rm", "/no/such"],
+        &["rm", "-d", "/no/such"],
+        &["mv", "/no/such", "/elsewhere"],
+        &["chmod", "644", "/no/such"],
+        &["mkdir", "/no/such"],
+    ] {
+        let stderr = cluster.fails(args);
+        assert!(stderr.contains("/no/such"), "{args:?}: {stderr}");
+    }
+    let missing_local = cluster.dir().join("not-here");
+    let stderr = cluster.fails(&["put", missing_local.to_str().unwrap(), "/f"]);
+    assert!(stderr.contains("not-here"), "{stderr}");
+
+    let stderr = cluster.fails(&["setstripe", "-S", "1000", "/x"]);
+    assert!(stderr.contains("stripe_size"), "{stderr}");
+    let stderr = cluster.fails(&["setstripe", "-c", "3", "/y"]);
+    assert!(
+        stderr.contains("stripe_count 3") && stderr.contains("/y"),
+        "{stderr}"
+    );
+    let stderr = cluster.fails(&["setstripe", "--bogus", "/z"]);
+    assert!(stderr.contains("--bogus"), "{stderr}");
+    // Nothing was created by the refused requests.
+    assert_eq!(cluster.ok(&["ls", "/"]), "");
+    // A bad mode is a usage error.
+    let out = cluster.nacre(&["mkdir", "-m", "999", "/m"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A metadata service that is not there: named.
+    let gone = format!("tcp://127.0.0.1:{}", common::free_port());
+    let out = nacre(&["ls", "--meta", &gone, "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(gone.trim_start_matches("tcp://")),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn another_user_is_denied_a_private_directory() {
+    let cluster = Cluster::start("perm", 1);
+    let root = cluster.client_with(ClientOptions {
+        cred: Cred::root(),
+        ..ClientOptions::default()
+    });
+    root.mkdir("/private", 0o700).unwrap();
+    root.create("/private/f", 0o644, None)
+        .unwrap()
+        .write_at(b"secret", 0)
+        .unwrap();
+    let user = cluster.client_with(ClientOptions {
+        cred: Cred {
+            uid: 4242,
+            gid: 4242,
+            groups: Vec::new(),
+        },
+        ..ClientOptions::default()
+    });
+    let denied = |what: &str, e: nacre::Error| {
+        assert_eq!(e.errno(), libc::EACCES, "{what}: {e}");
+        assert!(e.to_string().contains("/private"), "{what}: {e}");
+    };
+    denied("stat", user.stat("/private/f").unwrap_err());
+    denied("readdir", user.readdir("/private").unwrap_err());
+    denied(
+        "create",
+        user.create("/private/g", 0o644, None).unwrap_err(),
+    );
+    denied(
+        "open",
+        user.open("/private/f", &OpenOptions::new().read(true))
+            .unwrap_err(),
+    );
+    // Elsewhere the user may work.
+    assert!(user.readdir("/").is_ok());
+}
+
+/// Registers a target that is not there: `endpoint` answers no requests.
+fn register_fake_target(cluster: &Cluster, target_id: u32, endpoint: &str) {
+    let link = MetaLink::new(&cluster.meta_addr, link_options(FAULT_CLIENT_TIMEOUT), 1).unwrap();
+    let info = TargetInfo {
+        target_id,
+        uuid: format!("fake-target-{target_id}"),
+        endpoint: endpoint.to_string(),
+        pools: Vec::new(),
+        // No free space: a layout left to the service starts on a real target.
+        capacity_bytes: 0,
+        free_bytes: 0,
+    };
+    link.call(&Cred::root(), &MetaRequest::RegisterTarget { info })
+        .unwrap();
+}
+
+#[test]
+fn a_target_that_does_not_answer_fails_by_name_and_others_keep_working() {
+    const CLOSED_TARGET: u32 = 9;
+    const SILENT_TARGET: u32 = 10;
+    let cluster = Cluster::start("no-answer", 2);
+    let closed = format!("tcp://127.0.0.1:{}", common::free_port());
+    register_fake_target(&cluster, CLOSED_TARGET, &closed);
+    // Connections to this one are accepted by the kernel, and nothing ever answers.
+    let silent_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("tcp://{}", silent_listener.local_addr().unwrap());
+    // df still lists every target, and says which does not answer.
+    let df = cluster.ok(&["df"]);
+    let line = df
+        .lines()
+        .find(|l| l.contains(&format!("nacre[OST:{CLOSED_TARGET}]")))
+        .unwrap_or_else(|| panic!("{df}"));
+    assert!(line.contains("not answering"), "{line}");
+    register_fake_target(&cluster, SILENT_TARGET, &silent);
+
+    let client = cluster.client_with(options_with_timeout(FAULT_CLIENT_TIMEOUT));
+    let bytes = fill(11, 0, 100_000);
+    for (target_id, endpoint) in [(CLOSED_TARGET, &closed), (SILENT_TARGET, &silent)] {
+        let path = format!("/on-{target_id}");
+        let file = client
+            .create(&path, 0o644, Some(on_target(target_id)))
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let (file, bytes) = (file.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(file.write_at(&bytes, 0));
+            })
+        };
+        let error = rx
+            .recv_timeout(HANG_DEADLINE)
+            .expect("a write to a target that does not answer hung")
+            .expect_err("a write to a target that does not answer succeeded");
+        writer.join().unwrap();
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("target {target_id}"))
+                && message.contains(endpoint.trim_start_matches("tcp://")),
+            "{message}"
+        );
+    }
+    // Files on the real targets, placed by hand or by the service, still work.
+    for (path, layout) in [
+        ("/on-0", Some(on_target(0))),
+        ("/on-1", Some(on_target(1))),
+        ("/placed", None),
+    ] {
+        let file = client.create(path, 0o644, layout).unwrap();
+        file.write_at(&bytes, 0).unwrap();
+        file.sync().unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        assert_eq!(file.read_at(&mut back, 0).unwrap(), bytes.len());
+        assert!(back == bytes, "{path}");
+        assert!(
+            get_bytes(&cluster, path) == bytes,
+            "{path} from another process"
+        );
+    }
+    drop(silent_listener);
+}
+
+#[test]
+fn garbage_bytes_close_their_connection_and_servers_keep_serving() {
+    /// 64 bytes that are no message: the second kind starts like a header.
+    fn garbage(looks_like_a_header: bool) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+        if looks_like_a_header {
+            bytes[..4].copy_from_slice(b"NACR");
+            bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+        }
+        bytes
+    }
+    let cluster = Cluster::start("garbage", 1);
+    let client = cluster.client();
+    let file = client.create("/f", 0o644, None).unwrap();
+    let bytes = fill(12, 0, 300_000);
+    file.write_at(&bytes, 0).unwrap();
+
+    let meta_port = cluster.meta_addr.trim_start_matches("tcp://").to_string();
+    let target_port = cluster
+        .target_endpoint(0)
+        .trim_start_matches("tcp://")
+        .to_string();
+    for address in [&meta_port, &target_port] {
+        for looks_like_a_header in [false, true] {
+            let mut stream = TcpStream::connect(address.as_str()).unwrap();
+            stream.write_all(&garbage(looks_like_a_header)).unwrap();
+            assert!(
+                closed_by_peer(&mut stream),
+                "{address} kept a connection that sent garbage (header-like: \
+                 {looks_like_a_header})"
+            );
+            // Clients, old and new, are still served.
+            let mut back = vec![0u8; bytes.len()];
+            assert_eq!(file.read_at(&mut back, 0).unwrap(), bytes.len());
+            assert!(back == bytes);
+            assert_eq!(client.stat("/f").unwrap().size_bytes, bytes.len() as u64);
+            assert!(get_bytes(&cluster, "/f") == bytes);
+        }
+    }
+    cluster.ok(&["mkdir", "/still-serving"]);
+}
+
+#[test]
+fn help_for_every_subcommand_and_usage_errors() {
+    const SUBCOMMANDS: [&str; 15] = [
+        "serve",
+        "mkfs",
+        "ls",
+        "stat",
+        "mkdir",
+        "rm",
+        "mv",
+        "chmod",
+        "chown",
+        "put",
+        "get",
+        "setstripe",
+        "getstripe",
+        "df",
+        "bench",
+    ];
+    let out = nacre(&["--help"]);
+    assert!(out.status.success());
+    let top = text(&out.stdout);
+    for sub in SUBCOMMANDS {
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} missing from --help:\n{top}"
+        );
+        for args in [&[sub, "--help"][..], &["help", sub]] {
+            let out = nacre(args);
+            assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+            let help = text(&out.stdout);
+            assert!(help.contains(&format!("Usage: nacre {sub}")), "{help}");
+        }
+    }
+    for args in [&["frobnicate"][..], &[], &["ls", "--bogus"], &["mkfs"]] {
+        let out = nacre(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("Usage"), "{args:?}");
+    }
+    assert!(text(&nacre(&["frobnicate"]).stderr).contains("frobnicate"));
+}
