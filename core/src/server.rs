@@ -11,6 +11,26 @@ use nacre_transport::{Listener, Request, ServerConnection, TransportError};
 use crate::error::Error;
 use crate::limits::{ACCEPT_POLL_MS, IDLE_POLL_MS};
 
+/// A server's threads and the flag that stops them; dropping it stops and joins them.
+pub(crate) struct Threads {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    /// Sets the stop flag and waits for every thread.
+    pub(crate) fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        join_all(std::mem::take(&mut self.handles));
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// Joins every thread, ignoring panics (a panicked thread has already said why).
 pub(crate) fn join_all(threads: Vec<JoinHandle<()>>) {
     for t in threads {

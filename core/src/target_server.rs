@@ -17,7 +17,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_io::AlignedBuf;
@@ -35,7 +34,7 @@ use crate::mem::{MemPool, PoolBuf, PoolConfig};
 use crate::meta::link::{MetaLink, link_options};
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{Cred, TargetInfo};
-use crate::server::{accept_loop, join_all, request_loop, spawn};
+use crate::server::{Threads, accept_loop, join_all, request_loop, spawn};
 
 /// How a target server is set up.
 #[derive(Debug, Clone)]
@@ -80,8 +79,7 @@ pub struct TargetServer {
     endpoint: Endpoint,
     target_id: u32,
     target: Target,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Threads,
 }
 
 impl std::fmt::Debug for TargetServer {
@@ -213,8 +211,10 @@ impl TargetServer {
             endpoint,
             target_id,
             target,
-            stop,
-            threads,
+            threads: Threads {
+                stop,
+                handles: threads,
+            },
         })
     }
 
@@ -235,24 +235,13 @@ impl TargetServer {
 
     /// A flag that stops the server when set (for signal handlers and tests).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
+        Arc::clone(&self.threads.stop)
     }
 
     /// Stops accepting, lets every connection finish its current request, and waits for
     /// the threads (each notices the stop within [`IDLE_POLL_MS`]).
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        join_all(std::mem::take(&mut self.threads));
-    }
-}
-
-impl Drop for TargetServer {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.threads.shutdown();
     }
 }
 

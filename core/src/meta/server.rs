@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
@@ -19,13 +18,12 @@ use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::store::MetaStore;
 use crate::meta::types::{Attr, MAX_READDIR_ENTRIES, MetaError};
-use crate::server::{accept_loop, join_all, request_loop, spawn};
+use crate::server::{Threads, accept_loop, request_loop, spawn};
 
 /// A running metadata server; stops when dropped.
 pub struct MetaServer {
     endpoint: Endpoint,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Threads,
 }
 
 impl std::fmt::Debug for MetaServer {
@@ -62,8 +60,10 @@ impl MetaServer {
         })?;
         Ok(MetaServer {
             endpoint,
-            stop,
-            threads: vec![thread],
+            threads: Threads {
+                stop,
+                handles: vec![thread],
+            },
         })
     }
 
@@ -74,23 +74,12 @@ impl MetaServer {
 
     /// A flag that stops the server when set.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
+        Arc::clone(&self.threads.stop)
     }
 
     /// Stops and waits for every thread.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        join_all(std::mem::take(&mut self.threads));
-    }
-}
-
-impl Drop for MetaServer {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.threads.shutdown();
     }
 }
 
