@@ -587,30 +587,8 @@ impl Client {
     /// The size of file `ino` its objects imply: every object's size, asked of every target
     /// at once.
     fn glimpse(&self, ino: u64, layout: &Layout) -> Result<u64, Error> {
-        let mut per_target: BTreeMap<u32, Vec<(u16, u32, u64)>> = BTreeMap::new();
-        for (c, component) in layout.components().iter().enumerate() {
-            for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
-                let object_id = nacre_layout::object_id(ino, c as u16, s as u32)?;
-                per_target
-                    .entry(target_id)
-                    .or_default()
-                    .push((c as u16, s as u32, object_id));
-            }
-        }
-        let requests: Vec<(u32, Vec<Extent>)> = per_target
-            .iter()
-            .map(|(&t, objects)| {
-                let extents = objects
-                    .iter()
-                    .map(|&(_, _, object_id)| Extent {
-                        object_id,
-                        offset_bytes: 0,
-                        len: OBJECT_ONLY_LEN,
-                    })
-                    .collect();
-                (t, extents)
-            })
-            .collect();
+        let per_target = objects_by_target(ino, layout)?;
+        let requests = whole_object_requests(&per_target, |_, _| 0);
         let replies = self.plain_requests(Opcode::Stat, "stat", &requests)?;
         let mut sizes = Vec::new();
         for ((_, objects), body) in per_target.iter().zip(replies) {
@@ -667,28 +645,8 @@ impl Client {
     /// Runs every batch: sends all requests first (pipelined over TCP), then takes the
     /// replies. Returns each batch's reply body; the first failure is the error, after every
     /// reply still owed has been taken (so no connection goes back to its pool mid-reply).
-    /// A batch that failed on a connection taken from the pool is retried once on a new
-    /// connection (the target may have restarted since it was opened).
+    /// (A pool hands out no idle connection its peer closed: see `Peer::checkout`.)
     fn run_batches(
-        &self,
-        opcode: Opcode,
-        op: &'static str,
-        batches: &[Batch],
-    ) -> Result<Vec<Vec<u8>>, Error> {
-        match self.run_batches_once(opcode, op, batches) {
-            Err(Error::Target {
-                target_id, source, ..
-            }) if is_stale_connection(&source) => {
-                if let Ok(t) = self.target(target_id) {
-                    t.peer.close_idle();
-                }
-                self.run_batches_once(opcode, op, batches)
-            }
-            other => other,
-        }
-    }
-
-    fn run_batches_once(
         &self,
         opcode: Opcode,
         op: &'static str,
@@ -868,13 +826,6 @@ impl Client {
     pub fn queue(&self, depth: usize) -> Result<crate::queue::Queue, Error> {
         crate::queue::Queue::new(depth, self.inner.options.progress_threads)
     }
-}
-
-fn is_stale_connection(e: &TransportError) -> bool {
-    matches!(
-        e,
-        TransportError::PeerClosed { .. } | TransportError::Io { .. }
-    )
 }
 
 fn u64_at(body: &[u8], i: usize) -> Option<u64> {
@@ -1064,27 +1015,17 @@ impl File {
         Ok(len)
     }
 
-    fn objects_per_target(&self, offset_of: impl Fn(u16, u32) -> u64) -> Vec<(u32, Vec<Extent>)> {
-        let mut per_target: BTreeMap<u32, Vec<Extent>> = BTreeMap::new();
-        for (c, component) in self.inner.layout.components().iter().enumerate() {
-            for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
-                if let Ok(object_id) =
-                    nacre_layout::object_id(self.inner.attr.ino, c as u16, s as u32)
-                {
-                    per_target.entry(target_id).or_default().push(Extent {
-                        object_id,
-                        offset_bytes: offset_of(c as u16, s as u32),
-                        len: OBJECT_ONLY_LEN,
-                    });
-                }
-            }
-        }
-        per_target.into_iter().collect()
+    fn objects_per_target(
+        &self,
+        offset_of: impl Fn(u16, u32) -> u64,
+    ) -> Result<Vec<(u32, Vec<Extent>)>, Error> {
+        let per_target = objects_by_target(self.inner.attr.ino, &self.inner.layout)?;
+        Ok(whole_object_requests(&per_target, offset_of))
     }
 
     /// Makes every byte written to the file durable on its targets.
     pub fn sync(&self) -> Result<(), Error> {
-        let requests = self.objects_per_target(|_, _| 0);
+        let requests = self.objects_per_target(|_, _| 0)?;
         self.inner
             .client
             .plain_requests(Opcode::Sync, "sync", &requests)
@@ -1110,7 +1051,7 @@ impl File {
     pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
         self.check(true)?;
         let layout = &self.inner.layout;
-        let requests = self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes));
+        let requests = self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes))?;
         self.inner
             .client
             .plain_requests(Opcode::Truncate, "truncate", &requests)
@@ -1119,6 +1060,47 @@ impl File {
 
     /// Closes the handle (dropping the last clone does the same; nothing is buffered).
     pub fn close(self) {}
+}
+
+/// The objects of a file on each target: (component, stripe, object id), by target id.
+pub(crate) type ObjectsByTarget = BTreeMap<u32, Vec<(u16, u32, u64)>>;
+
+/// Every object of file `ino`, grouped by target in target order: what sync, stat,
+/// truncate and remove ask of each target.
+pub(crate) fn objects_by_target(ino: u64, layout: &Layout) -> Result<ObjectsByTarget, Error> {
+    let mut per_target = ObjectsByTarget::new();
+    for (c, component) in layout.components().iter().enumerate() {
+        for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
+            let object_id = nacre_layout::object_id(ino, c as u16, s as u32)?;
+            per_target
+                .entry(target_id)
+                .or_default()
+                .push((c as u16, s as u32, object_id));
+        }
+    }
+    Ok(per_target)
+}
+
+/// Requests about whole objects: per target, one extent per object, at the offset
+/// `offset_of(component, stripe)` gives (a truncate's new size; 0 otherwise).
+pub(crate) fn whole_object_requests(
+    per_target: &ObjectsByTarget,
+    offset_of: impl Fn(u16, u32) -> u64,
+) -> Vec<(u32, Vec<Extent>)> {
+    per_target
+        .iter()
+        .map(|(&t, objects)| {
+            let extents = objects
+                .iter()
+                .map(|&(c, s, object_id)| Extent {
+                    object_id,
+                    offset_bytes: offset_of(c, s),
+                    len: OBJECT_ONLY_LEN,
+                })
+                .collect();
+            (t, extents)
+        })
+        .collect()
 }
 
 /// The size object (`component`, `stripe`) has in a file of `file_size` bytes.

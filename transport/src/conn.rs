@@ -788,21 +788,12 @@ impl Peer {
 
     /// Lends a connection of the pool (as [`Peer::with_connection`] does) until the
     /// returned guard is dropped; a caller may hold connections to several peers at once.
+    /// An idle connection the peer closed meanwhile (it restarted, say) is dropped, not lent.
     pub fn checkout(&self) -> Result<PooledConnection<'_>, TransportError> {
         Ok(PooledConnection {
             peer: self,
             conn: Some(self.take()?),
         })
-    }
-
-    /// Closes every idle connection (after one was found dead: the peer may have restarted,
-    /// and the others are likely dead too).
-    pub fn close_idle(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let closed = state.idle.len();
-        state.idle.clear();
-        state.open -= closed;
-        self.returned.notify_all();
     }
 
     fn take(&self) -> Result<Connection, TransportError> {

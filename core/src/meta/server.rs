@@ -2,18 +2,18 @@
 //! connection (the store allows concurrent readers and serializes writers), and removes the
 //! objects of unlinked files from their targets.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use nacre_transport::wire::{Extent, Opcode, encode_extents};
+use nacre_transport::wire::{Opcode, encode_extents};
 use nacre_transport::{Bulk, Connection, Endpoint, Listener, Request, ServerConnection};
 
+use crate::client::{objects_by_target, whole_object_requests};
 use crate::codec::Writer;
 use crate::error::Error;
-use crate::limits::{OBJECT_ONLY_LEN, OBJECT_REMOVE_TIMEOUT_MS};
+use crate::limits::OBJECT_REMOVE_TIMEOUT_MS;
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::store::MetaStore;
@@ -106,11 +106,12 @@ fn answer(
     let mut out = Vec::new();
     match execute(store, &cred, &op, &mut out) {
         Ok(removed) => {
-            conn.reply(request, 0, &out, &[])?;
+            // Before the reply, so that a file unlinked is gone from its targets too when
+            // the caller hears so (and a test can count its objects without a race).
             if let Some(attr) = removed {
                 remove_objects(store, &attr);
             }
-            Ok(())
+            conn.reply(request, 0, &out, &[])
         }
         Err(e) => conn.reply(request, e.errno(), e.to_string().as_bytes(), &[]),
     }
@@ -183,21 +184,12 @@ fn remove_objects(store: &MetaStore, attr: &Attr) {
     let Some(layout) = &attr.layout else {
         return;
     };
-    let mut per_target: BTreeMap<u32, Vec<Extent>> = BTreeMap::new();
-    for (c, component) in layout.components().iter().enumerate() {
-        for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
-            if let Ok(object_id) = nacre_layout::object_id(attr.ino, c as u16, s as u32) {
-                per_target.entry(target_id).or_default().push(Extent {
-                    object_id,
-                    offset_bytes: 0,
-                    len: OBJECT_ONLY_LEN,
-                });
-            }
-        }
-    }
+    let Ok(per_target) = objects_by_target(attr.ino, layout) else {
+        return;
+    };
     let targets = store.targets();
     let options = link_options(Duration::from_millis(OBJECT_REMOVE_TIMEOUT_MS));
-    for (target_id, extents) in per_target {
+    for (target_id, extents) in whole_object_requests(&per_target, |_, _| 0) {
         let Some(info) = targets.iter().find(|t| t.target_id == target_id) else {
             continue;
         };
