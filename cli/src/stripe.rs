@@ -118,7 +118,7 @@ pub fn getstripe(client: &Client, path: &str) -> Result<(), Failure> {
     println!("{path}");
     match (&st.attr.layout, &st.attr.default_layout) {
         (Some(layout), _) => print!("{layout}"),
-        (None, Some(spec)) => print!("{}", describe_spec(spec)),
+        (None, Some(spec)) => print!("{spec}"),
         (None, None) => println!(
             "stripe_count:  1 stripe_size:   1048576 stripe_index:  -1 (filesystem default)"
         ),
@@ -127,40 +127,6 @@ pub fn getstripe(client: &Client, path: &str) -> Result<(), Failure> {
 }
 
 /// A directory default, in `lfs getstripe -d`'s words.
-fn describe_spec(spec: &LayoutSpec) -> String {
-    let mut out = String::new();
-    for c in &spec.components {
-        if spec.components.len() > 1 {
-            let end = if c.end_bytes == EOF_OFFSET_BYTES {
-                "EOF".to_string()
-            } else {
-                c.end_bytes.to_string()
-            };
-            out.push_str(&format!(
-                "  lcme_extent.e_start: {}  lcme_extent.e_end: {end}\n  ",
-                c.start_bytes
-            ));
-        }
-        let s = &c.stripe;
-        out.push_str(&format!(
-            "stripe_count:  {} stripe_size:   {} pattern:       {} stripe_offset: {}",
-            s.stripe_count,
-            s.stripe_size_bytes,
-            if s.overstriping {
-                "raid0,overstriped"
-            } else {
-                "raid0"
-            },
-            s.stripe_index
-        ));
-        if let Some(p) = &s.pool {
-            out.push_str(&format!(" pool:          {p}"));
-        }
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nacre_layout::{Layout, ObjectExtent, ObjectSize};
@@ -23,7 +24,7 @@ use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, TransportError
 
 use crate::codec::Reader;
 use crate::error::Error;
-use crate::limits::OBJECT_ONLY_LEN;
+use crate::limits::{MAX_REGISTER_BYTES, MAX_REGISTRATIONS, OBJECT_ONLY_LEN};
 use crate::meta::link::MetaLink;
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{
@@ -217,6 +218,10 @@ struct Inner {
     meta: MetaLink,
     options: ClientOptions,
     targets: RwLock<HashMap<u32, Arc<TargetLink>>>,
+    /// Caller memory registered for bulk: id, address, length. Every target's pool of
+    /// connections carries each of them (see [`Client::register_memory`]).
+    registrations: Mutex<Vec<(u64, usize, usize)>>,
+    next_registration_id: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -307,6 +312,8 @@ impl Client {
                 meta,
                 options,
                 targets: RwLock::new(HashMap::new()),
+                registrations: Mutex::new(Vec::new()),
+                next_registration_id: AtomicU64::new(1),
             }),
         };
         // Reach the service now, so a wrong address is an error here and not at first use.
@@ -345,6 +352,8 @@ impl Client {
             connect_timeout: self.inner.options.timeout,
             request_timeout: self.inner.options.timeout,
         };
+        // Lock order, everywhere: registrations, then targets.
+        let registrations = self.registrations();
         let mut map = self
             .inner
             .targets
@@ -357,6 +366,17 @@ impl Client {
             }
             let endpoint = Endpoint::parse(&t.endpoint)?;
             let peer = Peer::new(endpoint, options, self.inner.options.connections_per_target)?;
+            for &(id, addr, len) in registrations.iter() {
+                // SAFETY: the registration's owner keeps the memory valid until it is
+                // unregistered, which unregisters it from this peer too: the peer is in the
+                // map before the registrations lock is released.
+                if let Err(e) = unsafe { peer.register_memory(id, addr as *mut u8, len) } {
+                    eprintln!(
+                        "nacre: target {}: memory stays unregistered: {e}",
+                        t.target_id
+                    );
+                }
+            }
             map.insert(
                 t.target_id,
                 Arc::new(TargetLink {
@@ -386,6 +406,108 @@ impl Client {
             value: target_id.to_string(),
             allowed: "a target registered with the metadata service".into(),
         })
+    }
+
+    fn registrations(&self) -> std::sync::MutexGuard<'_, Vec<(u64, usize, usize)>> {
+        self.inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `[ptr, ptr + len)` for zero-copy bulk with every target, now and as new
+    /// ones appear, and returns the registration's id. Over RDMA, reads into and writes
+    /// from registered memory move with no copy (the target's RDMA WRITE and READ reach it
+    /// directly); other memory is staged through a buffer of the connection. Over TCP,
+    /// bulk already moves straight between the socket and the caller's memory, so there is
+    /// nothing to do and registering costs nothing.
+    ///
+    /// # Safety
+    /// The memory must stay allocated until [`Client::unregister_memory`] with the returned
+    /// id has returned, or the client (every clone of it) is dropped.
+    pub unsafe fn register_memory(&self, ptr: *mut u8, len: usize) -> Result<u64, Error> {
+        if ptr.is_null() {
+            return Err(Error::Invalid {
+                field: "memory",
+                value: "NULL".into(),
+                allowed: "a pointer to the caller's memory".into(),
+            });
+        }
+        if len == 0 || len > MAX_REGISTER_BYTES {
+            return Err(Error::Invalid {
+                field: "length",
+                value: len.to_string(),
+                allowed: format!("1 to {MAX_REGISTER_BYTES} bytes"),
+            });
+        }
+        let mut registrations = self.registrations();
+        if registrations.len() >= MAX_REGISTRATIONS {
+            return Err(Error::Invalid {
+                field: "registrations",
+                value: registrations.len().to_string(),
+                allowed: format!("at most {MAX_REGISTRATIONS} at once; unregister some first"),
+            });
+        }
+        let id = self
+            .inner
+            .next_registration_id
+            .fetch_add(1, Ordering::Relaxed);
+        let targets: Vec<Arc<TargetLink>> = self
+            .inner
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for (i, t) in targets.iter().enumerate() {
+            // SAFETY: the caller keeps the memory valid until it unregisters the id, which
+            // unregisters it from every peer.
+            if let Err(e) = unsafe { t.peer.register_memory(id, ptr, len) } {
+                for done in &targets[..i] {
+                    done.peer.unregister_memory(id);
+                }
+                return Err(t.fail(e));
+            }
+        }
+        registrations.push((id, ptr as usize, len));
+        Ok(id)
+    }
+
+    /// Drops registration `id` (from [`Client::register_memory`]); once this returns the
+    /// memory may be freed. An unknown id is an error.
+    pub fn unregister_memory(&self, id: u64) -> Result<(), Error> {
+        let mut registrations = self.registrations();
+        let Some(at) = registrations.iter().position(|r| r.0 == id) else {
+            return Err(Error::Invalid {
+                field: "registration",
+                value: id.to_string(),
+                allowed: "an id register_memory returned and not yet unregistered".into(),
+            });
+        };
+        registrations.remove(at);
+        for t in self
+            .inner
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            t.peer.unregister_memory(id);
+        }
+        Ok(())
+    }
+
+    /// Bytes of bulk this client's idle connections copied through staging buffers (RDMA
+    /// bulk outside registered memory; always 0 over TCP).
+    pub fn staged_bytes(&self) -> u64 {
+        self.inner
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|t| t.peer.staged_bytes())
+            .sum()
     }
 
     /// Makes a directory.

@@ -38,3 +38,8 @@ pub const MAX_QUEUE_DEPTH: usize = 4096;
 /// The length an extent carries in requests about whole objects (sync, stat, truncate,
 /// remove), where the length means nothing but the wire allows no empty extent.
 pub const OBJECT_ONLY_LEN: u64 = 1;
+/// Largest piece of caller memory one registration covers (what one RDMA memory region
+/// may span).
+pub const MAX_REGISTER_BYTES: usize = 1 << 31;
+/// Most registrations of caller memory a client keeps at once.
+pub const MAX_REGISTRATIONS: usize = 1024;

@@ -141,6 +141,16 @@ impl Link {
         }
     }
 
+    fn unregister_memory(&mut self, ptr: *mut u8, len: usize) {
+        match self {
+            Link::Tcp(_) => {
+                let _ = (ptr, len);
+            }
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => r.unregister_memory(ptr, len),
+        }
+    }
+
     fn staged_bytes(&self) -> u64 {
         match self {
             Link::Tcp(_) => 0,
@@ -175,6 +185,16 @@ pub struct Connection {
     link: Link,
     endpoint: Endpoint,
     next_request_id: u64,
+    /// The [`Peer`] registrations this connection carries (see [`Peer::register_memory`]).
+    registrations: Vec<Registration>,
+}
+
+/// Caller memory registered with a [`Peer`], under the caller's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Registration {
+    id: u64,
+    addr: usize,
+    len: usize,
 }
 
 /// Decides which transport reaches `endpoint`, and says why.
@@ -248,6 +268,7 @@ impl Connection {
             link,
             endpoint: endpoint.clone(),
             next_request_id: 1,
+            registrations: Vec::new(),
         };
         conn.set_timeout(options.request_timeout)?;
         Ok(conn)
@@ -740,6 +761,45 @@ pub struct Peer {
 struct PoolState {
     idle: Vec<Connection>,
     open: usize,
+    /// Caller memory every connection should carry registered.
+    registrations: Vec<Registration>,
+    /// Bytes staged by connections already closed.
+    closed_staged_bytes: u64,
+}
+
+impl Connection {
+    /// Brings this connection's registrations in line with the pool's: drops those the
+    /// caller unregistered, registers those it lacks. A registration that fails is left
+    /// out (its bulk is staged, which is slower but moves the same bytes) and retried the
+    /// next time the connection is lent; the first failure is returned.
+    fn sync_registrations(&mut self, wanted: &[Registration]) -> Result<(), TransportError> {
+        let mut held = std::mem::take(&mut self.registrations);
+        held.retain(|r| {
+            let keep = wanted.contains(r);
+            if !keep {
+                self.link.unregister_memory(r.addr as *mut u8, r.len);
+            }
+            keep
+        });
+        let mut first_error = None;
+        for r in wanted {
+            if held.contains(r) {
+                continue;
+            }
+            // SAFETY: `Peer::register_memory`'s caller keeps the memory valid until it
+            // unregisters it, and unregistering drops it from every connection that is not
+            // lent; a lent one is brought in line when it comes back, before it is lent
+            // again, and by that contract carries no call naming the memory meanwhile.
+            match unsafe { self.link.register_memory(r.addr as *mut u8, r.len) } {
+                Ok(()) => held.push(*r),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.registrations = held;
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 impl Peer {
@@ -764,6 +824,8 @@ impl Peer {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
+                registrations: Vec::new(),
+                closed_staged_bytes: 0,
             }),
             returned: Condvar::new(),
         })
@@ -786,6 +848,63 @@ impl Peer {
         result
     }
 
+    /// Registers `[ptr, ptr + len)` under the caller's `id` with every connection of the
+    /// pool, now and as they are made: over RDMA, bulk in it then moves with no staging copy
+    /// (see [`Connection::register_memory`]); over TCP there is nothing to do. Registering
+    /// an id again replaces its memory.
+    ///
+    /// # Safety
+    /// The memory must stay allocated until [`Peer::unregister_memory`] with the same id
+    /// has returned (or the peer is dropped), and no call may name it after that.
+    pub unsafe fn register_memory(
+        &self,
+        id: u64,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.registrations.retain(|r| r.id != id);
+        state.registrations.push(Registration {
+            id,
+            addr: ptr as usize,
+            len,
+        });
+        let wanted = state.registrations.clone();
+        let mut result = Ok(());
+        for conn in &mut state.idle {
+            if let Err(e) = conn.sync_registrations(&wanted) {
+                result = Err(e);
+            }
+        }
+        if result.is_err() {
+            state.registrations.retain(|r| r.id != id);
+            let wanted = state.registrations.clone();
+            for conn in &mut state.idle {
+                let _ = conn.sync_registrations(&wanted);
+            }
+        }
+        result
+    }
+
+    /// Drops registration `id` from every connection not lent out now (lent ones drop it
+    /// when they come back). Nothing when there is no such id.
+    pub fn unregister_memory(&self, id: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.registrations.retain(|r| r.id != id);
+        let wanted = state.registrations.clone();
+        for conn in &mut state.idle {
+            // Dropping registrations cannot fail; only adding can.
+            let _ = conn.sync_registrations(&wanted);
+        }
+    }
+
+    /// Bytes the pool's connections copied through staging buffers (RDMA bulk outside
+    /// registered memory), counting closed connections and idle ones (not those lent now).
+    pub fn staged_bytes(&self) -> u64 {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.closed_staged_bytes + state.idle.iter().map(|c| c.staged_bytes()).sum::<u64>()
+    }
+
     /// Lends a connection of the pool (as [`Peer::with_connection`] does) until the
     /// returned guard is dropped; a caller may hold connections to several peers at once.
     /// An idle connection the peer closed meanwhile (it restarted, say) is dropped, not lent.
@@ -806,17 +925,26 @@ impl Peer {
                 }
                 // The peer closed it while idle (it restarted, say): drop it, try the next.
                 state.open -= 1;
+                state.closed_staged_bytes += conn.staged_bytes();
             }
             if state.open < self.max_connections {
                 state.open += 1;
+                let wanted = state.registrations.clone();
                 drop(state);
                 let made = Connection::connect(&self.endpoint, self.options);
-                if made.is_err() {
-                    let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.open -= 1;
-                    self.returned.notify_one();
+                match made {
+                    Ok(mut conn) => {
+                        // A registration that fails only means staging; it is retried.
+                        let _ = conn.sync_registrations(&wanted);
+                        return Ok(conn);
+                    }
+                    Err(e) => {
+                        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.open -= 1;
+                        self.returned.notify_one();
+                        return Err(e);
+                    }
                 }
-                return made;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -834,11 +962,15 @@ impl Peer {
         }
     }
 
-    fn give_back(&self, conn: Connection) {
+    fn give_back(&self, mut conn: Connection) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if conn.is_broken() {
             state.open -= 1;
+            state.closed_staged_bytes += conn.staged_bytes();
         } else {
+            let wanted = state.registrations.clone();
+            // A registration that fails only means staging; it is retried at the next lend.
+            let _ = conn.sync_registrations(&wanted);
             state.idle.push(conn);
         }
         self.returned.notify_one();

@@ -97,6 +97,15 @@ impl RdmaLink {
         Ok(())
     }
 
+    /// Drops the registration of `[ptr, ptr + len)` made by
+    /// [`RdmaLink::register_memory`] (deregistering it from the device); nothing when there
+    /// is none.
+    pub(crate) fn unregister_memory(&mut self, ptr: *mut u8, len: usize) {
+        let start = ptr as u64;
+        self.regions
+            .retain(|r| !(r.remote().addr == start && r.remote().len as usize == len));
+    }
+
     pub(crate) fn staged_bytes(&self) -> u64 {
         self.staged_bytes
     }

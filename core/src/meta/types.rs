@@ -429,6 +429,43 @@ pub struct LayoutSpec {
     pub components: Vec<ComponentSpec>,
 }
 
+/// The text `getstripe` prints for a layout request (a directory's default), one line per
+/// component in Lustre's shape; -1 stands for "every target" and "the service picks".
+impl std::fmt::Display for LayoutSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in &self.components {
+            if self.components.len() > 1 {
+                write!(
+                    f,
+                    "  lcme_extent.e_start: {}  lcme_extent.e_end: ",
+                    c.start_bytes
+                )?;
+                if c.end_bytes == EOF_OFFSET_BYTES {
+                    write!(f, "EOF\n  ")?;
+                } else {
+                    write!(f, "{}\n  ", c.end_bytes)?;
+                }
+            }
+            let s = &c.stripe;
+            let pattern = if s.overstriping {
+                "raid0,overstriped"
+            } else {
+                "raid0"
+            };
+            write!(
+                f,
+                "stripe_count:  {} stripe_size:   {} pattern:       {pattern} stripe_offset: {}",
+                s.stripe_count, s.stripe_size_bytes, s.stripe_index
+            )?;
+            if let Some(p) = &s.pool {
+                write!(f, " pool:          {p}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
 impl LayoutSpec {
     /// A plain layout request: one striping over the whole file.
     pub fn plain(stripe: StripeSpec) -> LayoutSpec {
@@ -438,6 +475,28 @@ impl LayoutSpec {
                 end_bytes: EOF_OFFSET_BYTES,
                 stripe,
             }],
+        }
+    }
+
+    /// The request a resolved layout answers: each component's striping with its real
+    /// stripe count and its first target as the stripe index.
+    pub fn from_layout(layout: &Layout) -> LayoutSpec {
+        LayoutSpec {
+            components: layout
+                .components()
+                .iter()
+                .map(|c| ComponentSpec {
+                    start_bytes: c.start_bytes,
+                    end_bytes: c.end_bytes,
+                    stripe: StripeSpec {
+                        stripe_size_bytes: c.stripe.stripe_size_bytes(),
+                        stripe_count: c.stripe.stripe_count() as i32,
+                        stripe_index: i64::from(c.stripe.first_target_id()),
+                        pool: c.stripe.pool().map(|p| p.as_str().to_string()),
+                        overstriping: c.stripe.overstriping(),
+                    },
+                })
+                .collect(),
         }
     }
 
