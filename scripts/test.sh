@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Nacre's tests need when it is missing, then runs every check a landing needs:
 # cargo fmt --check, cargo clippy (warnings are errors), cargo test for the whole workspace,
+# the C ABI's tests (C programs under valgrind, the MPI example under mpirun; c-test.sh),
 # the RDMA tests on a real Soft-RoCE device (scripts/rdma-test.sh boots a small VM), and a
 # short smoke run of the quickstart and its io benchmark (so the scripts cannot rot).
 #
@@ -34,6 +35,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "C ABI: C tests under valgrind, the C and MPI examples (scripts/c-test.sh)"
+scripts/c-test.sh
 
 step "RDMA: the transport's and the engine's tests on a real Soft-RoCE device in a VM (scripts/rdma-test.sh)"
 scripts/rdma-test.sh

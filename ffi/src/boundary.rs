@@ -1,0 +1,204 @@
+//! The boundary between C and Rust: checking arguments, catching panics, turning errors
+//! into negative errno values, and each thread's last error message.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use crate::limits::{MAX_ERRNO_TEXT, NACRE_IO_MAX, NACRE_PATH_MAX};
+
+/// Why a call failed: the errno value (positive) and the message.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) errno: i32,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// An argument outside what it allows.
+    pub(crate) fn invalid(what: &str, allowed: &str) -> Failure {
+        Failure {
+            errno: libc::EINVAL,
+            message: format!("{what}: allowed {allowed}"),
+        }
+    }
+
+    /// A handle that is NULL, closed, freed or not of the kind the call takes.
+    pub(crate) fn bad_handle(kind: &str) -> Failure {
+        Failure {
+            errno: libc::EBADF,
+            message: format!("not an open {kind} handle (NULL, closed, or another kind)"),
+        }
+    }
+}
+
+impl From<engine::Error> for Failure {
+    fn from(e: engine::Error) -> Failure {
+        Failure {
+            errno: e.errno(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<engine::layout::LayoutError> for Failure {
+    fn from(e: engine::layout::LayoutError) -> Failure {
+        Failure::from(engine::Error::from(e))
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: String) {
+    // A message with a NUL in it is cut there rather than lost.
+    let mut bytes = message.into_bytes();
+    if let Some(nul) = bytes.iter().position(|&b| b == 0) {
+        bytes.truncate(nul);
+    }
+    let text = CString::new(bytes).unwrap_or_default();
+    LAST_ERROR.with(|last| *last.borrow_mut() = text);
+}
+
+/// Runs the body of `extern "C"` function `name`: its result, or the negative errno of its
+/// failure (with this thread's last error set), or `-EIO` if it panicked.
+pub(crate) fn run(name: &str, body: impl FnOnce() -> Result<i64, Failure>) -> i64 {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(f)) => {
+            set_last_error(format!("{name}: {}", f.message));
+            -i64::from(f.errno)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            set_last_error(format!("{name}: internal error (a panic, caught): {what}"));
+            -i64::from(libc::EIO)
+        }
+    }
+}
+
+/// [`run`] for the functions that return an `int`: their success values are small.
+pub(crate) fn run_int(name: &str, body: impl FnOnce() -> Result<i64, Failure>) -> c_int {
+    let n = run(name, body);
+    c_int::try_from(n).unwrap_or(if n < 0 { -libc::EIO } else { c_int::MAX })
+}
+
+/// Records a failure seen outside a call's own result (a failed completion), so that
+/// `nacre_last_error` explains it.
+pub(crate) fn note_failure(name: &str, message: &str) {
+    set_last_error(format!("{name}: {message}"));
+}
+
+/// A C string argument of at most `max` bytes, as UTF-8. It is read no further than
+/// `max + 1` bytes, so a string with no NUL is an error, not an overrun.
+///
+/// # Safety
+/// `text` is NULL or points to at least `max + 1` readable bytes or to a NUL-terminated
+/// string.
+pub(crate) unsafe fn str_arg<'a>(
+    text: *const c_char,
+    what: &str,
+    max: usize,
+) -> Result<&'a str, Failure> {
+    if text.is_null() {
+        return Err(Failure::invalid(what, "a string, not NULL"));
+    }
+    // SAFETY: the caller's contract: readable up to the NUL or `max + 1` bytes.
+    let len = unsafe { libc::strnlen(text, max + 1) };
+    if len > max {
+        return Err(Failure {
+            errno: libc::ENAMETOOLONG,
+            message: format!("{what}: longer than {max} bytes"),
+        });
+    }
+    // SAFETY: `len` bytes then a NUL are readable, as strnlen just found.
+    let c = unsafe { CStr::from_ptr(text) };
+    c.to_str().map_err(|_| Failure::invalid(what, "UTF-8 text"))
+}
+
+/// A path argument (see [`str_arg`]).
+///
+/// # Safety
+/// As [`str_arg`].
+pub(crate) unsafe fn path_arg<'a>(path: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    // SAFETY: the caller's contract is str_arg's.
+    unsafe { str_arg(path, what, NACRE_PATH_MAX) }
+}
+
+/// Checks a buffer argument: not NULL, 1 to [`NACRE_IO_MAX`] bytes.
+pub(crate) fn check_buffer(ptr: *const u8, len: usize, what: &str) -> Result<(), Failure> {
+    if ptr.is_null() {
+        return Err(Failure::invalid(what, "a buffer, not NULL"));
+    }
+    if len == 0 || len as u64 > NACRE_IO_MAX {
+        return Err(Failure::invalid(
+            &format!("{what} length {len}"),
+            &format!("1 to {NACRE_IO_MAX} bytes"),
+        ));
+    }
+    if (ptr as usize).checked_add(len).is_none() {
+        return Err(Failure::invalid(
+            &format!("{what} length {len}"),
+            "a range inside the address space",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an out-pointer argument.
+pub(crate) fn check_out<T>(out: *mut T, what: &str) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(Failure::invalid(what, "a pointer to fill, not NULL"));
+    }
+    Ok(())
+}
+
+fn errno_texts() -> &'static [CString] {
+    static TEXTS: OnceLock<Vec<CString>> = OnceLock::new();
+    TEXTS.get_or_init(|| {
+        (0..=MAX_ERRNO_TEXT)
+            .map(|e| {
+                let text = if e == 0 {
+                    "Success".to_string()
+                } else {
+                    engine::error::errno_text(e as i32)
+                };
+                CString::new(text).unwrap_or_default()
+            })
+            .collect()
+    })
+}
+
+/// The text of an errno value, negative as the calls return it or positive ("No such file
+/// or directory" for `-ENOENT`). The string is static: never free it.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_strerror(err: c_int) -> *const c_char {
+    const UNKNOWN: &CStr = c"Unknown error";
+    let text = catch_unwind(|| {
+        let e = err.unsigned_abs() as usize;
+        errno_texts().get(e).map(|t| t.as_ptr())
+    });
+    match text {
+        Ok(Some(ptr)) => ptr,
+        _ => UNKNOWN.as_ptr(),
+    }
+}
+
+/// This thread's message about its last failed call (naming the call and what was wrong),
+/// or "" if none failed yet. The string belongs to the library and stays valid until this
+/// thread's next failing call; copy it to keep it.
+///
+/// Thread safety: each thread has its own message.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_last_error() -> *const c_char {
+    const NONE: &CStr = c"";
+    catch_unwind(|| LAST_ERROR.with(|last| last.borrow().as_ptr())).unwrap_or(NONE.as_ptr())
+}

@@ -1,0 +1,277 @@
+//! The asynchronous queue, in the style of liburing and 3FS's USRBIO but simpler: prepare
+//! reads, writes and syncs with a tag, submit them, then wait for or poll completions.
+
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use engine::{Completion, Queue, QueueOp};
+
+use crate::boundary::{Failure, check_buffer, note_failure, run_int};
+use crate::client::nacre_client;
+use crate::file::nacre_file;
+use crate::handle::{self, Object};
+use crate::limits::NACRE_WAIT_MAX_MS;
+
+/// A queue of asynchronous operations (opaque).
+pub struct nacre_queue {
+    _opaque: [u8; 0],
+}
+
+/// The end of a queued operation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nacre_completion {
+    /// The tag the operation was prepared with.
+    pub tag: u64,
+    /// Bytes read or written (0 for a sync), or a negative errno.
+    pub result: i64,
+}
+
+/// What a `nacre_queue` handle holds.
+pub(crate) struct QueueState {
+    queue: Queue,
+    side: Mutex<Side>,
+}
+
+/// Operations prepared and not yet submitted, and completions taken from the engine's queue
+/// and not yet handed to C.
+struct Side {
+    prepared: Vec<(QueueOp, u64)>,
+    ready: VecDeque<Completion>,
+}
+
+impl QueueState {
+    fn side(&self) -> MutexGuard<'_, Side> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Operations that hold a slot: prepared, submitted, or completed and not yet returned.
+    fn used(&self, side: &Side) -> usize {
+        side.prepared.len() + side.ready.len() + self.queue.in_flight()
+    }
+
+    fn prepare(&self, op: QueueOp, tag: u64) -> Result<i64, Failure> {
+        let mut side = self.side();
+        if self.used(&side) >= self.queue.depth() {
+            return Err(Failure::from(engine::Error::QueueFull {
+                depth: self.queue.depth(),
+            }));
+        }
+        side.prepared.push((op, tag));
+        Ok(0)
+    }
+}
+
+/// Stores in `*out` a queue of `depth` (1 to 4096) operations for files of `client`. Returns
+/// 0, or `-EINVAL`.
+///
+/// Thread safety: safe from any thread. A queue may be used by several threads at once:
+/// each prepared operation is submitted by whichever thread calls `nacre_queue_submit`
+/// next, and each completion is returned to exactly one waiting thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_queue_create(
+    client: *mut nacre_client,
+    depth: u32,
+    out: *mut *mut nacre_queue,
+) -> c_int {
+    run_int("nacre_queue_create", || {
+        crate::boundary::check_out(out, "out")?;
+        let c = handle::client(client)?;
+        let queue = c.queue(depth as usize)?;
+        let state = Arc::new(QueueState {
+            queue,
+            side: Mutex::new(Side {
+                prepared: Vec::new(),
+                ready: VecDeque::new(),
+            }),
+        });
+        // SAFETY: not NULL; by the header's contract it points to a handle.
+        unsafe { *out = handle::insert(Object::Queue(state)) };
+        Ok(0)
+    })
+}
+
+/// Frees a queue. It first waits for every submitted operation to finish (their
+/// completions are dropped); prepared operations not yet submitted are discarded. Returns
+/// 0, or `-EBADF`.
+///
+/// Thread safety: safe from any thread; other threads' later calls on it get `-EBADF`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_queue_destroy(queue: *mut nacre_queue) -> c_int {
+    run_int("nacre_queue_destroy", || {
+        // Dropping the last reference to the engine's queue waits for what is in flight.
+        handle::remove(queue, "queue", |o| matches!(o, Object::Queue(_))).map(|_| 0)
+    })
+}
+
+/// Prepares a read of `len` bytes at `offset` of `file` into `buf`, completing with the
+/// bytes read (short only at the end of the file). `buf` must stay valid, and untouched,
+/// until the completion is returned. Returns 0, `-EAGAIN` when `depth` operations are
+/// prepared, in flight or completed but not yet returned, or `-EINVAL`/`-EBADF`.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_prep_read(
+    queue: *mut nacre_queue,
+    file: *mut nacre_file,
+    buf: *mut c_void,
+    len: usize,
+    offset: u64,
+    tag: u64,
+) -> c_int {
+    run_int("nacre_prep_read", || {
+        let q = handle::queue(queue)?;
+        let file = handle::file(file)?;
+        check_buffer(buf.cast(), len, "buf")?;
+        let op = QueueOp::Read {
+            file,
+            buf: buf.cast(),
+            len,
+            offset,
+        };
+        q.prepare(op, tag)
+    })
+}
+
+/// Prepares a write of `len` bytes from `buf` at `offset` of `file`, completing with `len`.
+/// `buf` must stay valid until the completion is returned. Returns as `nacre_prep_read`.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_prep_write(
+    queue: *mut nacre_queue,
+    file: *mut nacre_file,
+    buf: *const c_void,
+    len: usize,
+    offset: u64,
+    tag: u64,
+) -> c_int {
+    run_int("nacre_prep_write", || {
+        let q = handle::queue(queue)?;
+        let file = handle::file(file)?;
+        check_buffer(buf.cast(), len, "buf")?;
+        let op = QueueOp::Write {
+            file,
+            buf: buf.cast(),
+            len,
+            offset,
+        };
+        q.prepare(op, tag)
+    })
+}
+
+/// Prepares an fsync of `file`, completing with 0. It runs alongside the other operations:
+/// to make earlier writes durable, submit it after their completions.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_prep_fsync(
+    queue: *mut nacre_queue,
+    file: *mut nacre_file,
+    tag: u64,
+) -> c_int {
+    run_int("nacre_prep_fsync", || {
+        let q = handle::queue(queue)?;
+        let file = handle::file(file)?;
+        q.prepare(QueueOp::Sync { file }, tag)
+    })
+}
+
+/// Starts every prepared operation; returns how many it started, or a negative errno.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
+    run_int("nacre_queue_submit", || {
+        let q = handle::queue(queue)?;
+        let prepared = std::mem::take(&mut q.side().prepared);
+        let mut started = 0;
+        let mut left = prepared.into_iter();
+        for (op, tag) in left.by_ref() {
+            // SAFETY: the memory each operation names was lent by the caller until its
+            // completion is returned (nacre_prep_read's and nacre_prep_write's contract),
+            // and the queue returns completions only through nacre_queue_wait.
+            if let Err(e) = unsafe { q.queue.submit(op, tag) } {
+                // Put back what did not start, so that nothing is silently lost.
+                q.side().prepared.extend(left);
+                return Err(e.into());
+            }
+            started += 1;
+        }
+        Ok(started)
+    })
+}
+
+/// Waits until at least `min` completions are ready (fewer if fewer operations are
+/// submitted) or `timeout_ms` (0 to one hour) passes, then copies up to `max` of them to
+/// `out` and returns how many it copied, or a negative errno. A completion's `result` is
+/// the operation's bytes or its negative errno; the message of a failed one is this
+/// thread's `nacre_last_error`. Completions beyond `max` stay for the next call.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_queue_wait(
+    queue: *mut nacre_queue,
+    out: *mut nacre_completion,
+    max: u32,
+    min: u32,
+    timeout_ms: c_int,
+) -> c_int {
+    run_int("nacre_queue_wait", || {
+        let q = handle::queue(queue)?;
+        if out.is_null() || max == 0 {
+            return Err(Failure::invalid(
+                "out and max",
+                "an array of at least 1 nacre_completion",
+            ));
+        }
+        if min > max {
+            return Err(Failure::invalid(
+                &format!("min {min}"),
+                &format!("at most max ({max})"),
+            ));
+        }
+        if !(0..=NACRE_WAIT_MAX_MS).contains(&timeout_ms) {
+            return Err(Failure::invalid(
+                &format!("timeout_ms {timeout_ms}"),
+                &format!("0 to {NACRE_WAIT_MAX_MS}"),
+            ));
+        }
+        let need = (min as usize).saturating_sub(q.side().ready.len());
+        // Wait without holding the side lock, so other threads may prepare meanwhile.
+        let done = if need > 0 {
+            q.queue.wait(need, Duration::from_millis(timeout_ms as u64))
+        } else {
+            q.queue.poll()
+        };
+        let mut side = q.side();
+        side.ready.extend(done);
+        let n = side.ready.len().min(max as usize);
+        for (i, c) in side.ready.drain(..n).enumerate() {
+            let result = match &c.result {
+                Ok(bytes) => *bytes as i64,
+                Err(e) => {
+                    note_failure("nacre_queue_wait: a queued operation", &e.to_string());
+                    -i64::from(e.errno())
+                }
+            };
+            // SAFETY: not NULL; by the header's contract `max` > i completions.
+            unsafe { *out.add(i) = nacre_completion { tag: c.tag, result } };
+        }
+        Ok(n as i64)
+    })
+}
+
+/// Copies up to `max` ready completions to `out` without waiting; returns how many.
+///
+/// Thread safety: see `nacre_queue_create`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_queue_poll(
+    queue: *mut nacre_queue,
+    out: *mut nacre_completion,
+    max: u32,
+) -> c_int {
+    nacre_queue_wait(queue, out, max, 0, 0)
+}
