@@ -3,9 +3,11 @@
 //!
 //! A read or write of a range is split by the file's layout into object extents; the
 //! extents of each target go in one request (several when they exceed a message's limits),
-//! and the requests to every target are all sent before any reply is awaited, so the
-//! targets work in parallel. Over TCP a read's reply payload lands straight in the caller's
-//! buffer and a write's payload leaves straight from it.
+//! and the requests to every target are all sent before any reply is awaited (over RDMA,
+//! where a connection carries one call at a time, each target's calls run on a thread of
+//! their own), so the targets work in parallel. Over TCP a read's reply payload lands
+//! straight in the caller's buffer and a write's payload leaves straight from it; over RDMA
+//! so does bulk in memory registered with [`Client::register_memory`].
 //!
 //! The size of a file is not kept by the metadata service: it is derived from the sizes of
 //! its objects through the layout (Lustre's glimpse), so writers on several clients agree.
@@ -783,6 +785,7 @@ impl Client {
         let mut first_error: Option<Error> = None;
         let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); batches.len()];
         let mut pending: Vec<(usize, u64)> = Vec::new();
+        let mut rdma_calls: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         let mut body = Vec::new();
         for (i, b) in batches.iter().enumerate() {
             let link = &links[i];
@@ -799,19 +802,10 @@ impl Client {
             if conn.is_broken() {
                 continue;
             }
-            body.clear();
-            encode_extents(&b.extents, &mut body);
-            let send_slices: Vec<IoSlice<'_>> = if opcode == Opcode::Write {
-                b.memory
-                    .iter()
-                    .flatten()
-                    // SAFETY: the caller's memory, valid for reads for the call (see File).
-                    .map(|s| IoSlice::new(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }))
-                    .collect()
-            } else {
-                Vec::new()
-            };
             if conn.kind() == Kind::Tcp {
+                body.clear();
+                encode_extents(&b.extents, &mut body);
+                let send_slices = send_slices(b, opcode);
                 match conn.send_request(opcode, &body, &send_slices) {
                     Ok(id) => pending.push((i, id)),
                     Err(e) => {
@@ -819,23 +813,17 @@ impl Client {
                     }
                 }
             } else {
-                // RDMA carries one call at a time per connection for now.
-                let mut dests = recv_slices(b, opcode);
-                let bulk = if opcode == Opcode::Write {
-                    Bulk::Send(&send_slices)
-                } else if opcode == Opcode::Read {
-                    Bulk::Recv(&mut dests)
-                } else {
-                    Bulk::None
-                };
-                match conn.call(opcode, &body, bulk, &mut bodies[i]) {
-                    Ok(r) if r.status == 0 => {}
-                    Ok(r) => {
-                        first_error.get_or_insert(link.reply_error(op, r.status, &bodies[i]));
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(link.fail(e));
-                    }
+                // RDMA carries one call at a time per connection: each target's calls run
+                // in turn, and the targets at once (below).
+                rdma_calls.entry(b.target_id).or_default().push(i);
+            }
+        }
+        let rdma_results = run_rdma_calls(opcode, op, batches, &links, &mut conns, &rdma_calls);
+        for (i, result) in rdma_results {
+            match result {
+                Ok(reply_body) => bodies[i] = reply_body,
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
             }
         }
@@ -954,6 +942,90 @@ fn u64_at(body: &[u8], i: usize) -> Option<u64> {
     let bytes = body.get(i * 8..i * 8 + 8)?;
     let mut r = Reader::new(bytes, "reply");
     r.u64("value").ok()
+}
+
+/// The calls of `calls` (batch indexes per target) over RDMA connections: each target's in
+/// turn on its connection, the targets at once (a scoped thread per target when there are
+/// several). Returns each batch's reply body or error.
+fn run_rdma_calls(
+    opcode: Opcode,
+    op: &'static str,
+    batches: &[Batch],
+    links: &[Arc<TargetLink>],
+    conns: &mut BTreeMap<u32, nacre_transport::PooledConnection<'_>>,
+    calls: &BTreeMap<u32, Vec<usize>>,
+) -> Vec<(usize, Result<Vec<u8>, Error>)> {
+    let one_target = |conn: &mut nacre_transport::Connection, indexes: &[usize]| {
+        let mut out = Vec::with_capacity(indexes.len());
+        let mut body = Vec::new();
+        for &i in indexes {
+            let b = &batches[i];
+            let link = &links[i];
+            body.clear();
+            encode_extents(&b.extents, &mut body);
+            let send_slices = send_slices(b, opcode);
+            let mut dests = recv_slices(b, opcode);
+            let bulk = match opcode {
+                Opcode::Write => Bulk::Send(&send_slices),
+                Opcode::Read => Bulk::Recv(&mut dests),
+                _ => Bulk::None,
+            };
+            let mut reply_body = Vec::new();
+            let result = match conn.call(opcode, &body, bulk, &mut reply_body) {
+                Ok(r) if r.status == 0 => Ok(reply_body),
+                Ok(r) => Err(link.reply_error(op, r.status, &reply_body)),
+                Err(e) => Err(link.fail(e)),
+            };
+            let failed = result.is_err();
+            out.push((i, result));
+            if failed {
+                // The connection may be broken; the target's later batches are not tried.
+                break;
+            }
+        }
+        out
+    };
+    let mut work: Vec<(&mut nacre_transport::Connection, &[usize])> = conns
+        .iter_mut()
+        .filter_map(|(t, conn)| calls.get(t).map(|i| (&mut **conn, i.as_slice())))
+        .collect();
+    if work.len() <= 1 {
+        return work
+            .pop()
+            .map(|(conn, indexes)| one_target(conn, indexes))
+            .unwrap_or_default();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|(conn, indexes)| (indexes, scope.spawn(move || one_target(conn, indexes))))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(indexes, h)| {
+                h.join().unwrap_or_else(|_| {
+                    // A panic in a call: fail its target's batches rather than lose them.
+                    let failed = Error::Server {
+                        what: "client".into(),
+                        reason: "an RDMA call panicked".into(),
+                    };
+                    vec![(indexes[0], Err(failed))]
+                })
+            })
+            .collect()
+    })
+}
+
+fn send_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSlice<'a>> {
+    if opcode != Opcode::Write {
+        return Vec::new();
+    }
+    b.memory
+        .iter()
+        .flatten()
+        // SAFETY: the caller's memory, valid for reads for the call (see File::write_at).
+        .map(|s| IoSlice::new(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }))
+        .collect()
 }
 
 fn recv_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSliceMut<'a>> {
@@ -1244,6 +1316,10 @@ pub fn object_size_for(layout: &Layout, component: u16, stripe: u32, file_size: 
     full_rows * stripe_size + in_last
 }
 
-// SAFETY: a Segment is a pointer into memory the caller lends for one call on its own thread;
-// it never outlives the call.
+// SAFETY: a Segment is a pointer into memory the caller lends for one call; it never
+// outlives the call. Within a call, each batch's segments are used by one thread only (the
+// calling thread, or over RDMA the thread of the batch's target), and segments of
+// different batches never overlap.
 unsafe impl Send for Segment {}
+// SAFETY: as for Send: shared references to a batch reach its memory from one thread only.
+unsafe impl Sync for Segment {}
