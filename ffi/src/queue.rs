@@ -186,16 +186,19 @@ pub extern "C" fn nacre_prep_fsync(
 pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
     run_int("nacre_queue_submit", || {
         let q = handle::queue(queue)?;
-        let prepared = std::mem::take(&mut q.side().prepared);
+        // The side lock is held throughout (submitting only hands operations to the
+        // progress threads), so no prepare slips in while operations move from prepared to
+        // in flight and the depth is never exceeded.
+        let mut side = q.side();
         let mut started = 0;
-        let mut left = prepared.into_iter();
+        let mut left = std::mem::take(&mut side.prepared).into_iter();
         for (op, tag) in left.by_ref() {
             // SAFETY: the memory each operation names was lent by the caller until its
             // completion is returned (nacre_prep_read's and nacre_prep_write's contract),
             // and the queue returns completions only through nacre_queue_wait.
             if let Err(e) = unsafe { q.queue.submit(op, tag) } {
-                // Put back what did not start, so that nothing is silently lost.
-                q.side().prepared.extend(left);
+                // Only if the progress threads stopped: keep what did not start.
+                side.prepared.extend(left);
                 return Err(e.into());
             }
             started += 1;
