@@ -44,6 +44,10 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Threads an asynchronous [`Queue`] runs operations on.
     pub progress_threads: usize,
+    /// Permission bits cleared from the mode of every file and directory this client
+    /// creates, as the kernel applies a process's umask (by default the process's umask
+    /// when the options are made).
+    pub umask: u32,
 }
 
 impl Default for ClientOptions {
@@ -53,8 +57,23 @@ impl Default for ClientOptions {
             connections_per_target: nacre_transport::limits::DEFAULT_CONNECTIONS_PER_PEER,
             timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             progress_threads: crate::limits::DEFAULT_PROGRESS_THREADS,
+            umask: current_umask(),
         }
     }
+}
+
+/// The process's umask, read from /proc/self/status (reading it with umask(2) would change
+/// it for a moment under other threads); the common 022 when it cannot be read.
+pub fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(DEFAULT_UMASK)
 }
 
 /// The calling process's identity.
@@ -119,6 +138,8 @@ pub struct OpenOptions {
 
 /// Permission bits of a file created without a mode.
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
+/// The umask when the process's cannot be read.
+pub const DEFAULT_UMASK: u32 = 0o022;
 
 impl OpenOptions {
     /// Nothing asked yet.
@@ -323,6 +344,12 @@ impl Client {
         Ok(client)
     }
 
+    /// `mode` without the bits of the client's umask (which never clears setuid, setgid or
+    /// sticky: it holds permission bits only).
+    fn masked(&self, mode: u32) -> u32 {
+        mode & !(self.inner.options.umask & 0o777)
+    }
+
     /// The identity this client acts as.
     pub fn cred(&self) -> &Cred {
         &self.inner.options.cred
@@ -512,11 +539,11 @@ impl Client {
             .sum()
     }
 
-    /// Makes a directory.
+    /// Makes a directory with permission bits `mode` less the client's umask.
     pub fn mkdir(&self, path: &str, mode: u32) -> Result<Attr, Error> {
         self.meta_attr(&MetaRequest::Mkdir {
             path: path.into(),
-            mode,
+            mode: self.masked(mode),
         })
     }
 
@@ -624,7 +651,7 @@ impl Client {
                 self.meta_attr(&MetaRequest::SetLayoutOnNewFile {
                     path: path.into(),
                     spec,
-                    mode,
+                    mode: self.masked(mode),
                 })
             }
             Err(e) => Err(e),
@@ -644,7 +671,7 @@ impl Client {
         self.open(path, &options)
     }
 
-    /// Opens a file.
+    /// Opens a file; one it creates gets the options' mode less the client's umask.
     pub fn open(&self, path: &str, options: &OpenOptions) -> Result<File, Error> {
         let access = options.access()?;
         if options.truncate && access == Access::Read {
@@ -657,7 +684,7 @@ impl Client {
         let (attr, created) = if options.create {
             let request = MetaRequest::Create {
                 path: path.into(),
-                mode: options.mode.unwrap_or(DEFAULT_FILE_MODE),
+                mode: self.masked(options.mode.unwrap_or(DEFAULT_FILE_MODE)),
                 exclusive: options.exclusive,
                 layout: options.layout.clone(),
             };

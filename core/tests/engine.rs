@@ -379,3 +379,20 @@ fn registered_memory_carries_bulk_and_is_checked() {
     let empty = unsafe { client.register_memory(out.as_mut_ptr(), 0) }.unwrap_err();
     assert!(empty.to_string().contains("length 0"), "{empty}");
 }
+
+#[test]
+fn the_umask_clears_permission_bits_of_what_a_client_creates() {
+    let cluster = Cluster::start("umask", 1);
+    let options = nacre::ClientOptions {
+        umask: 0o077,
+        ..nacre::ClientOptions::default()
+    };
+    let client = cluster.client_with(options);
+    client.mkdir("/private", 0o777).unwrap();
+    assert_eq!(client.stat("/private").unwrap().attr.mode & 0o7777, 0o700);
+    client.create("/private/f", 0o666, None).unwrap();
+    assert_eq!(client.stat("/private/f").unwrap().attr.mode & 0o7777, 0o600);
+    // chmod sets what it is asked, as chmod(2) does.
+    client.chmod("/private/f", 0o644).unwrap();
+    assert_eq!(client.stat("/private/f").unwrap().attr.mode & 0o7777, 0o644);
+}

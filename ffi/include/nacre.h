@@ -167,11 +167,13 @@ int nacre_connect_ex(const char *address, const nacre_options *options, nacre_cl
 // threads finish normally, later ones get `-EBADF`.
 int nacre_disconnect(nacre_client *client);
 
-// Makes directory `path` with permission bits `mode`. Returns 0, or `-EEXIST`, `-ENOENT`
+// Makes directory `path` with permission bits `mode` less the process's umask. Returns 0, or `-EEXIST`, `-ENOENT`
 // (no parent), `-EACCES`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_mkdir(nacre_client *client, const char *path, uint32_t mode);
+int nacre_mkdir(nacre_client *client,
+                const char *path,
+                uint32_t mode);
 
 // Removes the empty directory `path`. Returns 0, or `-ENOTEMPTY`, `-ENOENT`, ...
 //
@@ -233,9 +235,10 @@ int nacre_mem_unregister(nacre_mem *mem);
 
 // Opens `path` with `open(2)` flags (`O_RDONLY`, `O_WRONLY` or `O_RDWR`, with `O_CREAT`,
 // `O_EXCL`, `O_TRUNC`; `O_CLOEXEC`, `O_DIRECT` and `O_LARGEFILE` are accepted and mean
-// nothing here). A file it creates gets permission bits `mode` and `layout` (NULL: its
-// directory's default, else the file system's). Stores the file in `*out`. Returns 0, or
-// `-ENOENT`, `-EEXIST`, `-EACCES`, `-EISDIR`, `-EINVAL` (unknown flags, invalid layout), ...
+// nothing here). A file it creates gets permission bits `mode` less the process's umask,
+// and `layout` (NULL: its directory's default, else the file system's). Stores the file
+// in `*out`. Returns 0, or `-ENOENT`, `-EEXIST`, `-EACCES`, `-EISDIR`, `-EINVAL` (unknown
+// flags, invalid layout), ...
 //
 // Thread safety: safe from any thread; the file may then be used by every thread at once.
 int nacre_open(nacre_client *client,

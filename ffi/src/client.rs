@@ -170,7 +170,7 @@ fn with_path(
     })
 }
 
-/// Makes directory `path` with permission bits `mode`. Returns 0, or `-EEXIST`, `-ENOENT`
+/// Makes directory `path` with permission bits `mode` less the process's umask. Returns 0, or `-EEXIST`, `-ENOENT`
 /// (no parent), `-EACCES`, ...
 ///
 /// Thread safety: safe from any thread.

@@ -19,9 +19,10 @@ pub struct nacre_file {
 
 /// Opens `path` with `open(2)` flags (`O_RDONLY`, `O_WRONLY` or `O_RDWR`, with `O_CREAT`,
 /// `O_EXCL`, `O_TRUNC`; `O_CLOEXEC`, `O_DIRECT` and `O_LARGEFILE` are accepted and mean
-/// nothing here). A file it creates gets permission bits `mode` and `layout` (NULL: its
-/// directory's default, else the file system's). Stores the file in `*out`. Returns 0, or
-/// `-ENOENT`, `-EEXIST`, `-EACCES`, `-EISDIR`, `-EINVAL` (unknown flags, invalid layout), ...
+/// nothing here). A file it creates gets permission bits `mode` less the process's umask,
+/// and `layout` (NULL: its directory's default, else the file system's). Stores the file
+/// in `*out`. Returns 0, or `-ENOENT`, `-EEXIST`, `-EACCES`, `-EISDIR`, `-EINVAL` (unknown
+/// flags, invalid layout), ...
 ///
 /// Thread safety: safe from any thread; the file may then be used by every thread at once.
 #[unsafe(no_mangle)]
