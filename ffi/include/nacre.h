@@ -191,6 +191,19 @@ int nacre_unlink(nacre_client *client, const char *path);
 // Thread safety: safe from any thread.
 int nacre_rename(nacre_client *client, const char *from, const char *to);
 
+// Sets the permission bits (with setuid, setgid and sticky) of `path` to `mode`, as
+// `chmod(2)` (the umask does not apply). Only the owner, or root, may. Returns 0 or a
+// negative errno.
+//
+// Thread safety: safe from any thread.
+int nacre_chmod(nacre_client *client, const char *path, uint32_t mode);
+
+// Changes the owner and group of `path`, as `chown(2)`: `uid` or `gid` `(uint32_t)-1`
+// leaves that one as it is. Returns 0, or `-EPERM`, ...
+//
+// Thread safety: safe from any thread.
+int nacre_chown(nacre_client *client, const char *path, uint32_t uid, uint32_t gid);
+
 // Fills `*out` with the attributes of `path` (a file's size from its objects). Returns 0
 // or a negative errno.
 //

@@ -216,6 +216,33 @@ pub extern "C" fn nacre_rename(
     })
 }
 
+/// Sets the permission bits (with setuid, setgid and sticky) of `path` to `mode`, as
+/// `chmod(2)` (the umask does not apply). Only the owner, or root, may. Returns 0 or a
+/// negative errno.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_chmod(client: *mut nacre_client, path: *const c_char, mode: u32) -> c_int {
+    with_path("nacre_chmod", client, path, |c, p| c.chmod(p, mode))
+}
+
+/// Changes the owner and group of `path`, as `chown(2)`: `uid` or `gid` `(uint32_t)-1`
+/// leaves that one as it is. Returns 0, or `-EPERM`, ...
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_chown(
+    client: *mut nacre_client,
+    path: *const c_char,
+    uid: u32,
+    gid: u32,
+) -> c_int {
+    let keep = |id: u32| (id != u32::MAX).then_some(id);
+    with_path("nacre_chown", client, path, |c, p| {
+        c.chown(p, keep(uid), keep(gid))
+    })
+}
+
 /// Fills a `nacre_stat` from the engine's attributes.
 pub(crate) fn fill_stat(stat: &Stat, out: *mut nacre_attr) {
     let a = &stat.attr;

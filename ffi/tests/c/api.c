@@ -97,6 +97,14 @@ static void namespace(nacre_client *client)
     OK(nacre_stat(client, "/capi/b", &attr));
     CHECK(S_ISREG(attr.mode) && (attr.mode & 0777) == 0640 && attr.nlink == 1);
     FAILS(nacre_rename(client, "/capi/b", NULL), EINVAL);
+    OK(nacre_chmod(client, "/capi/b", 0604));
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK((attr.mode & 07777) == 0604);
+    FAILS(nacre_chmod(client, "/capi/missing", 0604), ENOENT);
+    uint32_t uid = attr.uid;
+    OK(nacre_chown(client, "/capi/b", UINT32_MAX, 4242));
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK(attr.uid == uid && attr.gid == 4242);
 
     nacre_dir *dir;
     nacre_dirent entry;
