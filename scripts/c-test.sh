@@ -4,7 +4,9 @@
 # are errors), starts a local cluster, and runs
 #   - ffi/tests/c/api.c and queue.c under valgrind (an invalid access or a leak fails),
 #   - examples/c/striped.c, linked against libnacre.so and against libnacre.a,
-#   - examples/mpi/strided.c under mpirun -np 4 (OpenMPI).
+#   - examples/mpi/strided.c under mpirun -np 4 (OpenMPI),
+#   - benches/mpi/nacre-ior.c (nacre bench's MPI mode) under mpirun -np 4, with files
+#     written by MPI ranks verified by `nacre bench` threads and the other way round.
 # Installs gcc, valgrind, pkg-config and OpenMPI from Debian when they are missing.
 #
 #   scripts/c-test.sh [--targets N]   (default 2)
@@ -17,7 +19,7 @@ targets=2
 while [ $# -gt 0 ]; do
     case "$1" in
         --targets) [ $# -ge 2 ] || die "c-test.sh: --targets needs a number"; targets=$2; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "c-test.sh: unknown argument $1 (see --help)" ;;
     esac
 done
@@ -50,6 +52,8 @@ if ldd "$work/striped-static" | grep -q libnacre; then
 fi
 mpicc $cflags examples/mpi/strided.c -o "$work/strided" $(pkg-config --cflags --libs nacre) \
     -Wl,-rpath,"$libdir"
+mpicc $cflags benches/mpi/nacre-ior.c -o "$work/nacre-ior" $(pkg-config --cflags --libs nacre) \
+    -Wl,-rpath,"$libdir"
 
 echo "== starting a metadata service and $targets targets"
 cluster_start "$targets" tcp
@@ -77,5 +81,20 @@ echo "== examples/mpi/strided.c under mpirun -np 4"
 OMPI_MCA_btl=self,vader OMPI_MCA_rmaps_base_oversubscribe=1 \
     timeout 600 mpirun -np 4 --oversubscribe --allow-run-as-root \
     "$work/strided" "$address" $((4 << 20)) 4 $((1 << 20))
+
+# nacre bench's MPI mode (benches/mpi/nacre-ior.c): ranks as tasks, and files written by
+# one driver verified byte for byte by the other.
+mpi4() {
+    OMPI_MCA_btl=self,vader timeout 600 mpirun -np 4 --oversubscribe --allow-run-as-root "$@"
+}
+echo "== benches/mpi/nacre-ior.c: nacre bench under mpirun -np 4, through the C ABI"
+mpi4 "$work/nacre-ior" --meta "$NACRE_META" -t 1m -b 4m -s 2 -C -e -i 2 --queue-depth 4
+mpi4 "$work/nacre-ior" --meta "$NACRE_META" --preset ior-hard -s 16 --json |
+    python3 -c 'import json, sys; r = json.loads(sys.stdin.read().splitlines()[-1]); assert r["driver"] == "mpi" and r["read_mib_s"] > 0, r'
+echo "== MPI ranks write, threads read back (and the other way round), -F -z, every byte checked"
+mpi4 "$work/nacre-ior" --meta "$NACRE_META" -F -z -t 64k -b 1m -s 2 -w -k -o /cross-mpi
+"$NACRE_BIN" bench --meta "$NACRE_META" -N 4 -F -z -t 64k -b 1m -s 2 -r -C -o /cross-mpi >/dev/null
+"$NACRE_BIN" bench --meta "$NACRE_META" -N 4 -t 47008 -b 47008 -s 8 -w -k -o /cross-threads >/dev/null
+mpi4 "$work/nacre-ior" --meta "$NACRE_META" -t 47008 -b 47008 -s 8 -r -C -o /cross-threads >/dev/null
 
 echo "== the C ABI: every check passed"
