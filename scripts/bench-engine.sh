@@ -12,6 +12,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 . "$NACRE_ROOT/scripts/lib/cluster.sh"
+. "$NACRE_ROOT/scripts/lib/baseline.sh"
 
 size=2G reps=3 seconds=5 record=0
 while [ $# -gt 0 ]; do
@@ -40,22 +41,6 @@ fio_run() { # rw bs -> prints "MBps iops"
         python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; k="write" if j["write"]["io_bytes"] else "read"; print(j[k]["bw_bytes"]/1e6, j[k]["iops"])'
 }
 
-iperf_run() { # -> prints MB/s
-    local port; port=$(free_port)
-    timeout $((seconds + 30)) iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
-    local spid=$! waited=0
-    until ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; do
-        waited=$((waited + 1)); [ $waited -lt 100 ] || die "iperf3 server did not start"; sleep 0.1
-    done
-    iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P 4 -J >"$CLUSTER_DIR/iperf.json" 2>&1 || true
-    wait "$spid" 2>/dev/null || true
-    python3 -c '
-import json, sys
-j = json.load(open(sys.argv[1]))
-if j.get("error"):
-    sys.exit("iperf3: " + j["error"])
-print(j["end"]["sum_received"]["bits_per_second"] / 8e6)' "$CLUSTER_DIR/iperf.json"
-}
 
 rand_ops=$((seconds * 20000))
 nacre_run() { # -> prints "write_MBps read_MBps rand_iops"
@@ -76,7 +61,7 @@ for ((r = 1; r <= reps; r++)); do
     echo "nacre $(nacre_run)" >>"$results"
     echo "fio-read $(fio_run read 1M)" >>"$results"
     echo "fio-rand $(fio_run randread 4k)" >>"$results"
-    echo "iperf $(iperf_run)" >>"$results"
+    echo "iperf $(iperf3_loopback "$seconds" "$CLUSTER_DIR/iperf.json" MB)" >>"$results"
     rm -f "$fio_file"
     echo "  round $r of $reps done" >&2
 done

@@ -21,6 +21,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 . "$NACRE_ROOT/scripts/lib/cluster.sh"
+. "$NACRE_ROOT/scripts/lib/baseline.sh"
 
 size=1G small_ops=16384 reps=5 seconds=3 tasks=4 qd=8 target_counts="1 2 4" record=0
 while [ $# -gt 0 ]; do
@@ -81,22 +82,6 @@ k = "write" if j["write"]["io_bytes"] else "read"
 print(j[k]["bw_bytes"] / 2**20, j[k]["iops"])'
 }
 
-iperf_run() { # -> prints MiB/s
-    local port; port=$(free_port)
-    timeout $((seconds + 30)) iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
-    local spid=$! waited=0
-    until ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; do
-        waited=$((waited + 1)); [ $waited -lt 100 ] || die "iperf3 server did not start"; sleep 0.1
-    done
-    iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P 4 -J >"$work/iperf.json" 2>&1 || true
-    wait "$spid" 2>/dev/null || true
-    python3 -c '
-import json, sys
-j = json.load(open(sys.argv[1]))
-if j.get("error"):
-    sys.exit("iperf3: " + j["error"])
-print(j["end"]["sum_received"]["bits_per_second"] / 8 / 2**20)' "$work/iperf.json"
-}
 
 nacre_run() { # targets transfer order -> prints "write_MiB/s write_IOPS read_MiB/s read_IOPS"
     local t=$1 xfer=$2 order=$3 block args=()
@@ -127,7 +112,7 @@ for ((r = 1; r <= reps; r++)); do
             echo "nacre$t $name read $rb $ri" >>"$results"
         done
     done
-    v=$(iperf_run); echo "iperf - - $v 0" >>"$results"
+    v=$(iperf3_loopback "$seconds" "$work/iperf.json" MiB); echo "iperf - - $v 0" >>"$results"
     rm -f "$fio_file"
     echo "  round $r of $reps done" >&2
 done

@@ -121,17 +121,38 @@ pub extern "C" fn nacre_prep_read(
     offset: u64,
     tag: u64,
 ) -> c_int {
-    run_int("nacre_prep_read", || {
-        let q = handle::queue(queue)?;
-        let file = handle::file(file)?;
-        check_buffer(buf.cast(), len, "buf")?;
-        let op = QueueOp::Read {
+    prep_transfer(
+        "nacre_prep_read",
+        queue,
+        file,
+        buf.cast(),
+        len,
+        tag,
+        |file, buf| QueueOp::Read {
             file,
-            buf: buf.cast(),
+            buf,
             len,
             offset,
-        };
-        q.prepare(op, tag)
+        },
+    )
+}
+
+/// Checks a prepared read's or write's arguments and stages the operation `make` builds
+/// from the file and the buffer.
+fn prep_transfer(
+    name: &str,
+    queue: *mut nacre_queue,
+    file: *mut nacre_file,
+    buf: *mut u8,
+    len: usize,
+    tag: u64,
+    make: impl FnOnce(engine::File, *mut u8) -> QueueOp,
+) -> c_int {
+    run_int(name, || {
+        let q = handle::queue(queue)?;
+        let file = handle::file(file)?;
+        check_buffer(buf, len, "buf")?;
+        q.prepare(make(file, buf), tag)
     })
 }
 
@@ -148,18 +169,21 @@ pub extern "C" fn nacre_prep_write(
     offset: u64,
     tag: u64,
 ) -> c_int {
-    run_int("nacre_prep_write", || {
-        let q = handle::queue(queue)?;
-        let file = handle::file(file)?;
-        check_buffer(buf.cast(), len, "buf")?;
-        let op = QueueOp::Write {
+    // A write only reads through the pointer.
+    prep_transfer(
+        "nacre_prep_write",
+        queue,
+        file,
+        buf.cast_mut().cast(),
+        len,
+        tag,
+        |file, buf| QueueOp::Write {
             file,
-            buf: buf.cast(),
+            buf,
             len,
             offset,
-        };
-        q.prepare(op, tag)
-    })
+        },
+    )
 }
 
 /// Prepares an fsync of `file`, completing with 0. It runs alongside the other operations:
