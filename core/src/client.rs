@@ -400,7 +400,7 @@ impl Client {
                 // unregistered, which unregisters it from this peer too: the peer is in the
                 // map before the registrations lock is released.
                 if let Err(e) = unsafe { peer.register_memory(id, addr as *mut u8, len) } {
-                    eprintln!(
+                    nacre_transport::log_line!(
                         "nacre: target {}: memory stays unregistered: {e}",
                         t.target_id
                     );

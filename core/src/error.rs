@@ -9,6 +9,9 @@ use crate::codec::CodecError;
 use crate::mem::MemError;
 use crate::meta::types::MetaError;
 
+/// The largest errno value (Linux's MAX_ERRNO); errors are 1 to this.
+pub const MAX_ERRNO: i32 = 4095;
+
 /// Anything the engine's calls can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -114,8 +117,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// The errno value of the error (positive), as the C ABI returns it negated.
+    /// The errno value of the error (positive), as the C ABI returns it negated. A value a
+    /// peer sent that is no errno (0, negative, above [`MAX_ERRNO`]) is EIO, so that no
+    /// reply can turn a failure into a success.
     pub fn errno(&self) -> i32 {
+        let errno = self.raw_errno();
+        if (1..=MAX_ERRNO).contains(&errno) {
+            errno
+        } else {
+            libc::EIO
+        }
+    }
+
+    fn raw_errno(&self) -> i32 {
         match self {
             Error::Target { source, .. } | Error::MetaUnreachable { source, .. } => source.errno(),
             Error::TargetReply { errno, .. } | Error::Meta { errno, .. } => *errno,
@@ -140,4 +154,24 @@ pub fn errno_text(errno: i32) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_that_is_no_errno_is_eio() {
+        let reply = |errno| Error::TargetReply {
+            target_id: 0,
+            endpoint: "tcp://127.0.0.1:1".into(),
+            op: "read",
+            errno,
+            message: String::new(),
+        };
+        assert_eq!(reply(libc::ENOENT).errno(), libc::ENOENT);
+        for hostile in [0, -5, i32::MIN, MAX_ERRNO + 1, i32::MAX] {
+            assert_eq!(reply(hostile).errno(), libc::EIO, "status {hostile}");
+        }
+    }
 }

@@ -184,6 +184,53 @@ impl Queue {
     pub fn poll(&self) -> Vec<Completion> {
         self.wait(0, Duration::ZERO)
     }
+
+    /// Waits as [`Queue::wait`] does but takes nothing: returns how many completions are
+    /// ready, for a caller that takes them with [`Queue::poll`] under a lock of its own.
+    pub fn wait_ready(&self, min: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if done.len() >= min.min(self.in_flight()) {
+                return done.len();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return done.len();
+            }
+            done = self
+                .shared
+                .ready
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until no submitted operation is still running (each is bounded by the
+    /// client's request timeout) or `timeout` passes; true when none is. Completions stay
+    /// ready to be taken.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            // Under the lock, in_flight less the ready ones is what still runs: takers
+            // lower in_flight while they hold it.
+            if self.in_flight() <= done.len() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self
+                .shared
+                .ready
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Drop for Queue {
@@ -204,32 +251,45 @@ fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64)>>, shared: &Shared) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let result = match op {
-            QueueOp::Read {
-                file,
-                buf,
-                len,
-                offset,
-            } => {
-                // SAFETY: the submitter lends `buf` for `len` bytes, untouched by others,
-                // until this completion is returned (Queue::submit's contract).
-                let slice = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-                file.read_at(slice, offset).map(|n| n as u64)
-            }
-            QueueOp::Write {
-                file,
-                buf,
-                len,
-                offset,
-            } => {
-                // SAFETY: as for reads, shared.
-                let slice = unsafe { std::slice::from_raw_parts(buf, len) };
-                file.write_at(slice, offset).map(|n| n as u64)
-            }
-            QueueOp::Sync { file } => file.sync().map(|()| 0),
-        };
+        // A panic in an operation becomes its failure: its completion must still come, or
+        // its caller would wait for it (and for the memory it lent) forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(op)))
+            .unwrap_or_else(|_| {
+                Err(Error::Server {
+                    what: "queue".into(),
+                    reason: "the operation panicked".into(),
+                })
+            });
         let mut done = shared.done.lock().unwrap_or_else(|p| p.into_inner());
         done.push_back(Completion { tag, result });
         shared.ready.notify_all();
+    }
+}
+
+/// Runs one operation with the blocking calls.
+fn run(op: QueueOp) -> Result<u64, Error> {
+    match op {
+        QueueOp::Read {
+            file,
+            buf,
+            len,
+            offset,
+        } => {
+            // SAFETY: the submitter lends `buf` for `len` bytes, untouched by others,
+            // until this completion is returned (Queue::submit's contract).
+            let slice = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+            file.read_at(slice, offset).map(|n| n as u64)
+        }
+        QueueOp::Write {
+            file,
+            buf,
+            len,
+            offset,
+        } => {
+            // SAFETY: as for reads, shared.
+            let slice = unsafe { std::slice::from_raw_parts(buf, len) };
+            file.write_at(slice, offset).map(|n| n as u64)
+        }
+        QueueOp::Sync { file } => file.sync().map(|()| 0),
     }
 }

@@ -68,11 +68,11 @@ pub(crate) fn accept_loop(
                 let serve = serve.clone();
                 match spawn(format!("{name}-conn"), move || serve(conn)) {
                     Ok(t) => connections.push(t),
-                    Err(e) => eprintln!("{name}: {e}"),
+                    Err(e) => nacre_transport::log_line!("{name}: {e}"),
                 }
             }
             Ok(None) => {}
-            Err(e) => eprintln!("{name}: accept: {e}"),
+            Err(e) => nacre_transport::log_line!("{name}: accept: {e}"),
         }
     }
     join_all(connections);
@@ -99,7 +99,7 @@ pub(crate) fn request_loop(
             Ok(None) => return,
             Err(TransportError::TimedOut { .. }) => continue,
             Err(e) => {
-                eprintln!("{name}: {e}; connection closed");
+                nacre_transport::log_line!("{name}: {e}; connection closed");
                 return;
             }
         };
@@ -107,7 +107,7 @@ pub(crate) fn request_loop(
             return;
         }
         if let Err(e) = handle(conn, &request, &body) {
-            eprintln!("{name}: {e}; connection closed");
+            nacre_transport::log_line!("{name}: {e}; connection closed");
             return;
         }
     }

@@ -283,7 +283,7 @@ fn heartbeat(link: &MetaLink, target: &Target, stop: &AtomicBool) {
             free_bytes: cap.available_bytes,
         };
         if let Err(e) = link.call(&Cred::root(), &request) {
-            eprintln!("nacre target {}: usage report: {e}", target.target_id());
+            nacre_transport::log_line!("nacre target {}: usage report: {e}", target.target_id());
         }
     }
 }
@@ -302,7 +302,7 @@ fn serve_connection(mut conn: ServerConnection, shared: Arc<Shared>) {
         // SAFETY: `shared` holds the pool, so the slab stays mapped until `shared` is
         // dropped, which happens after `conn` (explicit drops at the end of this function).
         if let Err(e) = unsafe { conn.register_memory(ptr, len) } {
-            eprintln!(
+            nacre_transport::log_line!(
                 "nacre target {}: {}: cannot register the pool ({e}); payloads will be staged",
                 shared.target_id,
                 conn.peer()
@@ -743,7 +743,10 @@ fn worker(
             w.accept(job);
         }
         if let Err(e) = w.step() {
-            eprintln!("nacre target {}: worker stopped: {e}", w.target.target_id());
+            nacre_transport::log_line!(
+                "nacre target {}: worker stopped: {e}",
+                w.target.target_id()
+            );
             break;
         }
     }

@@ -78,7 +78,7 @@ typedef struct nacre_mem nacre_mem;
 typedef struct nacre_queue nacre_queue;
 
 // Options for `nacre_connect_ex`; a field left 0 takes its default.
-typedef struct {
+typedef struct nacre_options {
   // How long connecting, and each request, may take (default 30000 ms).
   uint32_t timeout_ms;
   // Connections kept to each target, so that several threads' requests travel in
@@ -86,10 +86,12 @@ typedef struct {
   uint32_t connections_per_target;
   // Threads an asynchronous queue runs its operations on (default 8).
   uint32_t progress_threads;
+  // Room for options of later versions: must be zero.
+  uint32_t reserved[5];
 } nacre_options;
 
 // A path's attributes and size, as `nacre_stat` and `nacre_fstat` fill them.
-typedef struct {
+typedef struct nacre_attr {
   // Inode number.
   uint64_t ino;
   // Bytes: for a file, what its objects imply (Lustre's glimpse); 0 for a directory.
@@ -111,7 +113,7 @@ typedef struct {
 } nacre_attr;
 
 // One directory entry, as `nacre_readdir` fills it.
-typedef struct {
+typedef struct nacre_dirent {
   // Inode number.
   uint64_t ino;
   // `NACRE_DT_REG` or `NACRE_DT_DIR`.
@@ -121,7 +123,7 @@ typedef struct {
 } nacre_dirent;
 
 // The end of a queued operation.
-typedef struct {
+typedef struct nacre_completion {
   // The tag the operation was prepared with.
   uint64_t tag;
   // Bytes read or written (0 for a sync), or a negative errno.
@@ -139,8 +141,10 @@ extern "C" {
 const char *nacre_strerror(int err);
 
 // This thread's message about its last failed call (naming the call and what was wrong),
-// or "" if none failed yet. The string belongs to the library and stays valid until this
-// thread's next failing call; copy it to keep it.
+// or "" if none failed yet; `nacre_queue_wait` also sets it for a failed completion it
+// returns. The string belongs to the library: the pointer stays valid for the thread's
+// life, and the text changes at the thread's next failure (copy it to keep it). Messages
+// are cut to 1023 bytes.
 //
 // Thread safety: each thread has its own message.
 const char *nacre_last_error(void);
@@ -152,12 +156,14 @@ const char *nacre_last_error(void);
 // `-ETIMEDOUT` when nothing answers within the timeout, `-EINVAL` for a malformed address).
 //
 // Thread safety: safe from any thread; the client may then be used by every thread at once.
-int nacre_connect(const char *address, nacre_client **out);
+int nacre_connect(const char *address, struct nacre_client **out);
 
 // `nacre_connect` with options (`options` may be NULL: every default).
 //
 // Thread safety: as `nacre_connect`.
-int nacre_connect_ex(const char *address, const nacre_options *options, nacre_client **out);
+int nacre_connect_ex(const char *address,
+                     const struct nacre_options *options,
+                     struct nacre_client **out);
 
 // Closes the client handle. Files, queues, listings and registrations opened through it
 // stay usable until they are closed themselves (they share its connections). Returns 0,
@@ -165,69 +171,69 @@ int nacre_connect_ex(const char *address, const nacre_options *options, nacre_cl
 //
 // Thread safety: safe from any thread; calls already running on the handle in other
 // threads finish normally, later ones get `-EBADF`.
-int nacre_disconnect(nacre_client *client);
+int nacre_disconnect(struct nacre_client *client);
 
 // Makes directory `path` with permission bits `mode` less the process's umask. Returns 0, or `-EEXIST`, `-ENOENT`
 // (no parent), `-EACCES`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_mkdir(nacre_client *client,
+int nacre_mkdir(struct nacre_client *client,
                 const char *path,
                 uint32_t mode);
 
 // Removes the empty directory `path`. Returns 0, or `-ENOTEMPTY`, `-ENOENT`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_rmdir(nacre_client *client, const char *path);
+int nacre_rmdir(struct nacre_client *client, const char *path);
 
 // Removes the file `path` and its objects. Handles still open on it keep working on the
 // objects that remain. Returns 0, or `-ENOENT`, `-EISDIR`, `-EACCES`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_unlink(nacre_client *client, const char *path);
+int nacre_unlink(struct nacre_client *client, const char *path);
 
 // Renames `from` to `to`, replacing a file at `to`. Returns 0 or a negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_rename(nacre_client *client, const char *from, const char *to);
+int nacre_rename(struct nacre_client *client, const char *from, const char *to);
 
 // Sets the permission bits (with setuid, setgid and sticky) of `path` to `mode`, as
 // `chmod(2)` (the umask does not apply). Only the owner, or root, may. Returns 0 or a
 // negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_chmod(nacre_client *client, const char *path, uint32_t mode);
+int nacre_chmod(struct nacre_client *client, const char *path, uint32_t mode);
 
 // Changes the owner and group of `path`, as `chown(2)`: `uid` or `gid` `(uint32_t)-1`
 // leaves that one as it is. Returns 0, or `-EPERM`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_chown(nacre_client *client, const char *path, uint32_t uid, uint32_t gid);
+int nacre_chown(struct nacre_client *client, const char *path, uint32_t uid, uint32_t gid);
 
 // Fills `*out` with the attributes of `path` (a file's size from its objects). Returns 0
 // or a negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_stat(nacre_client *client, const char *path, nacre_attr *out);
+int nacre_stat(struct nacre_client *client, const char *path, struct nacre_attr *out);
 
 // Lists directory `path` (every entry at the time of the call, in name order) and stores
 // the listing in `*out`, to be read with `nacre_readdir` and freed with `nacre_closedir`.
 // Returns 0, or `-ENOTDIR`, `-ENOENT`, ...
 //
 // Thread safety: safe from any thread.
-int nacre_opendir(nacre_client *client, const char *path, nacre_dir **out);
+int nacre_opendir(struct nacre_client *client, const char *path, struct nacre_dir **out);
 
 // Fills `*entry` with the listing's next entry: returns 1 when it did, 0 at the end, or a
 // negative errno.
 //
 // Thread safety: safe from any thread; threads reading one listing at once each get
 // different entries.
-int nacre_readdir(nacre_dir *dir, nacre_dirent *entry);
+int nacre_readdir(struct nacre_dir *dir, struct nacre_dirent *entry);
 
 // Frees a listing. Returns 0, or `-EBADF`.
 //
 // Thread safety: safe from any thread; other threads' later calls on it get `-EBADF`.
-int nacre_closedir(nacre_dir *dir);
+int nacre_closedir(struct nacre_dir *dir);
 
 // Registers `[buf, buf + len)` for zero-copy transfers with every target of the client
 // and stores the registration in `*out`. Over RDMA, reads into and writes from registered
@@ -238,13 +244,13 @@ int nacre_closedir(nacre_dir *dir);
 // zero or over 2 GiB), or the error of a target that refused it.
 //
 // Thread safety: safe from any thread, also while other threads move bytes.
-int nacre_mem_register(nacre_client *client, void *buf, size_t len, nacre_mem **out);
+int nacre_mem_register(struct nacre_client *client, void *buf, size_t len, struct nacre_mem **out);
 
 // Drops a registration; once this returns, the memory may be freed. Returns 0, or
 // `-EBADF`.
 //
 // Thread safety: safe from any thread, but no call naming the memory may be in progress.
-int nacre_mem_unregister(nacre_mem *mem);
+int nacre_mem_unregister(struct nacre_mem *mem);
 
 // Opens `path` with `open(2)` flags (`O_RDONLY`, `O_WRONLY` or `O_RDWR`, with `O_CREAT`,
 // `O_EXCL`, `O_TRUNC`; `O_CLOEXEC`, `O_DIRECT` and `O_LARGEFILE` are accepted and mean
@@ -254,21 +260,21 @@ int nacre_mem_unregister(nacre_mem *mem);
 // flags, invalid layout), ...
 //
 // Thread safety: safe from any thread; the file may then be used by every thread at once.
-int nacre_open(nacre_client *client,
+int nacre_open(struct nacre_client *client,
                const char *path,
                int flags,
                uint32_t mode,
-               nacre_layout *layout,
-               nacre_file **out);
+               const struct nacre_layout *layout,
+               struct nacre_file **out);
 
 // `nacre_open(client, path, O_RDWR | O_CREAT | O_TRUNC, mode, layout, out)`.
 //
 // Thread safety: as `nacre_open`.
-int nacre_create(nacre_client *client,
+int nacre_create(struct nacre_client *client,
                  const char *path,
                  uint32_t mode,
-                 nacre_layout *layout,
-                 nacre_file **out);
+                 const struct nacre_layout *layout,
+                 struct nacre_file **out);
 
 // Closes a file. Nothing is buffered, so nothing is lost; call `nacre_fsync` first for
 // durability. Returns 0, or `-EBADF`.
@@ -276,14 +282,14 @@ int nacre_create(nacre_client *client,
 // Thread safety: safe from any thread; calls already running on the handle finish
 // normally (an asynchronous operation keeps the file until it completes), later ones get
 // `-EBADF`.
-int nacre_close(nacre_file *file);
+int nacre_close(struct nacre_file *file);
 
 // Reads up to `len` bytes at `offset` into `buf`; returns the bytes read (fewer only at the
 // end of the file, 0 past it), or a negative errno. Holes read as zeros. `len` must be
-// 1 to `NACRE_IO_MAX`.
+// 1 to `NACRE_IO_MAX`, and no one else may touch `buf` during the call.
 //
 // Thread safety: safe from any thread, any number at once on one file.
-int64_t nacre_pread(nacre_file *file, void *buf, size_t len, uint64_t offset);
+int64_t nacre_pread(struct nacre_file *file, void *buf, size_t len, uint64_t offset);
 
 // Writes `len` bytes from `buf` at `offset`; returns `len`, or a negative errno (a target
 // that cannot be reached names itself in `nacre_last_error`). `len` must be 1 to
@@ -291,129 +297,140 @@ int64_t nacre_pread(nacre_file *file, void *buf, size_t len, uint64_t offset);
 //
 // Thread safety: safe from any thread, any number at once on one file (writes to
 // overlapping ranges at once leave either's bytes, as with pwrite).
-int64_t nacre_pwrite(nacre_file *file, const void *buf, size_t len, uint64_t offset);
+int64_t nacre_pwrite(struct nacre_file *file, const void *buf, size_t len, uint64_t offset);
 
 // `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read.
-// `iovcnt` must be 1 to `NACRE_IOV_MAX` and the total 1 to `NACRE_IO_MAX` bytes.
+// `iovcnt` must be 1 to `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the
+// buffers must not overlap.
 //
 // Thread safety: as `nacre_pread`.
-int64_t nacre_preadv(nacre_file *file, const struct iovec *iov, int iovcnt, uint64_t offset);
+int64_t nacre_preadv(struct nacre_file *file, const struct iovec *iov, int iovcnt, uint64_t offset);
 
 // `nacre_pwrite` from `iovcnt` buffers in order, as `pwritev(2)`; returns the bytes
 // written.
 //
 // Thread safety: as `nacre_pwrite`.
-int64_t nacre_pwritev(nacre_file *file, const struct iovec *iov, int iovcnt, uint64_t offset);
+int64_t nacre_pwritev(struct nacre_file *file,
+                      const struct iovec *iov,
+                      int iovcnt,
+                      uint64_t offset);
 
 // Makes every byte written to the file (by anyone) durable on its targets. Returns 0 or a
 // negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_fsync(nacre_file *file);
+int nacre_fsync(struct nacre_file *file);
 
 // Sets the file's size: cuts it, or extends it with a hole (needs write access). Returns
 // 0 or a negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_ftruncate(nacre_file *file, uint64_t size);
+int nacre_ftruncate(struct nacre_file *file, uint64_t size);
 
 // Fills `*out` with the open file's attributes and its current size.
 //
 // Thread safety: safe from any thread.
-int nacre_fstat(nacre_file *file, nacre_attr *out);
+int nacre_fstat(struct nacre_file *file, struct nacre_attr *out);
 
 // Stores in `*out` a new layout with one component over the whole file and Lustre's
 // defaults: 1 MiB stripes, 1 stripe, first target picked by the metadata service, no pool.
 //
 // Thread safety: safe from any thread. A layout handle may be used by several threads at
 // once; each call sees the layout before or after another's change, never halfway.
-int nacre_layout_new(nacre_layout **out);
+int nacre_layout_new(struct nacre_layout **out);
 
 // Frees a layout. Returns 0, or `-EBADF`.
 //
 // Thread safety: safe from any thread; other threads' later calls on it get `-EBADF`.
-int nacre_layout_free(nacre_layout *layout);
+int nacre_layout_free(struct nacre_layout *layout);
 
 // Sets the current component's stripe size: a non-zero multiple of 64 KiB, at most 4 GiB.
 // Returns 0, or `-EINVAL` naming what is allowed.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_size_set(nacre_layout *layout, uint64_t bytes);
+int nacre_layout_stripe_size_set(struct nacre_layout *layout, uint64_t bytes);
 
 // Stores the current component's stripe size in `*bytes`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_size_get(nacre_layout *layout, uint64_t *bytes);
+int nacre_layout_stripe_size_get(const struct nacre_layout *layout, uint64_t *bytes);
 
 // Sets the current component's stripe count: 1 to 2000, or `NACRE_STRIPE_COUNT_ALL` (-1)
 // for every target of the pool. Returns 0, or `-EINVAL`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_count_set(nacre_layout *layout, int64_t count);
+int nacre_layout_stripe_count_set(struct nacre_layout *layout, int64_t count);
 
 // Stores the current component's stripe count in `*count` (-1: every target; a layout
 // from `nacre_getstripe` of a file has the real count).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_count_get(nacre_layout *layout, int64_t *count);
+int nacre_layout_stripe_count_get(const struct nacre_layout *layout, int64_t *count);
 
 // Sets the target of the current component's first stripe, or `NACRE_STRIPE_INDEX_ANY`
 // (-1) to let the metadata service pick (it balances free space). Returns 0, or `-EINVAL`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_index_set(nacre_layout *layout, int64_t index);
+int nacre_layout_stripe_index_set(struct nacre_layout *layout, int64_t index);
 
 // Stores the current component's first target in `*index` (-1: picked at creation).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_stripe_index_get(nacre_layout *layout, int64_t *index);
+int nacre_layout_stripe_index_get(const struct nacre_layout *layout, int64_t *index);
 
 // Sets the pool the current component's targets come from (1 to 15 characters of
-// `[A-Za-z0-9_.-]`), or clears it with NULL. Returns 0, or `-EINVAL`.
+// `[A-Za-z0-9_.-]`), or clears it with NULL. Returns 0, `-ENAMETOOLONG` for a longer name,
+// or `-EINVAL`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_pool_set(nacre_layout *layout, const char *pool);
+int nacre_layout_pool_set(struct nacre_layout *layout, const char *pool);
 
 // Copies the current component's pool name, NUL-terminated, into `buf` of `len` bytes
 // and returns its length (0 and "" when there is no pool), or `-ERANGE` when `len` is too
 // small for it.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_pool_get(nacre_layout *layout, char *buf, size_t len);
+int nacre_layout_pool_get(const struct nacre_layout *layout, char *buf, size_t len);
 
 // Lets several stripes of the current component land on one target (1) or not (0).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_overstriping_set(nacre_layout *layout, int on);
+int nacre_layout_overstriping_set(struct nacre_layout *layout, int on);
+
+// Stores 1 in `*on` when several stripes of the current component may land on one target,
+// else 0.
+//
+// Thread safety: see `nacre_layout_new`.
+int nacre_layout_overstriping_get(const struct nacre_layout *layout, int *on);
 
 // Sets the current component's extent `[start, end)` in bytes of the file; `end` is
 // `NACRE_EXTENT_EOF` for the last component. Boundaries must be multiples of 64 KiB, and
 // the components must tile the file from 0 to EOF when the layout is used (checked then).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_comp_extent_set(nacre_layout *layout, uint64_t start, uint64_t end);
+int nacre_layout_comp_extent_set(struct nacre_layout *layout, uint64_t start, uint64_t end);
 
 // Stores the current component's extent in `*start` and `*end`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_comp_extent_get(nacre_layout *layout, uint64_t *start, uint64_t *end);
+int nacre_layout_comp_extent_get(const struct nacre_layout *layout, uint64_t *start, uint64_t *end);
 
 // Appends a component after the last one, from the last one's end to EOF, with Lustre's
 // default striping, and makes it current (set the last component's end first). Returns
 // 0, or `-EINVAL` (the last component reaches EOF, or 64 components already).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_comp_add(nacre_layout *layout);
+int nacre_layout_comp_add(struct nacre_layout *layout);
 
 // Returns the number of components.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_comp_count(nacre_layout *layout);
+int nacre_layout_comp_count(const struct nacre_layout *layout);
 
 // Makes component `index` (0 to count - 1) current. Returns 0, or `-EINVAL`.
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_comp_use(nacre_layout *layout, uint32_t index);
+int nacre_layout_comp_use(struct nacre_layout *layout, uint32_t index);
 
 // Stores in `*target_id` the target of stripe `stripe` of the current component, for a
 // layout from `nacre_getstripe` or `nacre_file_layout` (as `llapi_layout_ost_index_get`).
@@ -421,26 +438,28 @@ int nacre_layout_comp_use(nacre_layout *layout, uint32_t index);
 // resolved on targets (one being built, or a directory's default).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_target_get(nacre_layout *layout, uint32_t stripe, uint32_t *target_id);
+int nacre_layout_target_get(const struct nacre_layout *layout,
+                            uint32_t stripe,
+                            uint32_t *target_id);
 
 // Writes the layout as `nacre getstripe` prints it (Lustre's `lfs getstripe` shape) into
 // `buf` of `len` bytes, NUL-terminated and cut to fit, and returns the text's full length
 // as `snprintf` does (`buf` may be NULL when `len` is 0, to learn the length).
 //
 // Thread safety: see `nacre_layout_new`.
-int nacre_layout_to_string(nacre_layout *layout, char *buf, size_t len);
+int nacre_layout_to_string(const struct nacre_layout *layout, char *buf, size_t len);
 
 // Stores in `*out` the layout of `path`: a file's resolved layout (with its targets), or a
 // directory's default. Returns 0, or `-ENODATA` for a directory without a default, or
 // another negative errno.
 //
 // Thread safety: safe from any thread.
-int nacre_getstripe(nacre_client *client, const char *path, nacre_layout **out);
+int nacre_getstripe(struct nacre_client *client, const char *path, struct nacre_layout **out);
 
 // Stores in `*out` the resolved layout of an open file.
 //
 // Thread safety: safe from any thread.
-int nacre_file_layout(nacre_file *file, nacre_layout **out);
+int nacre_file_layout(struct nacre_file *file, struct nacre_layout **out);
 
 // What `lfs setstripe` does: on a directory, sets the default layout its new files and
 // subdirectories inherit; on a path that does not exist, creates an empty file with the
@@ -448,7 +467,10 @@ int nacre_file_layout(nacre_file *file, nacre_layout **out);
 // layout is set when it is created), `-EINVAL` for an invalid layout, ...
 //
 // Thread safety: safe from any thread.
-int nacre_setstripe(nacre_client *client, const char *path, nacre_layout *layout, uint32_t mode);
+int nacre_setstripe(struct nacre_client *client,
+                    const char *path,
+                    const struct nacre_layout *layout,
+                    uint32_t mode);
 
 // Stores in `*out` a queue of `depth` (1 to 4096) operations for files of `client`. Returns
 // 0, or `-EINVAL`.
@@ -456,23 +478,25 @@ int nacre_setstripe(nacre_client *client, const char *path, nacre_layout *layout
 // Thread safety: safe from any thread. A queue may be used by several threads at once:
 // each prepared operation is submitted by whichever thread calls `nacre_queue_submit`
 // next, and each completion is returned to exactly one waiting thread.
-int nacre_queue_create(nacre_client *client, uint32_t depth, nacre_queue **out);
+int nacre_queue_create(struct nacre_client *client, uint32_t depth, struct nacre_queue **out);
 
 // Frees a queue. It first waits for every submitted operation to finish (their
-// completions are dropped); prepared operations not yet submitted are discarded. Returns
-// 0, or `-EBADF`.
+// completions are dropped), also when other threads are inside calls on the queue (those
+// calls then start nothing more), so every buffer the queue was lent may be freed when it
+// returns; prepared operations not yet submitted are discarded. Returns 0, or `-EBADF`.
 //
 // Thread safety: safe from any thread; other threads' later calls on it get `-EBADF`.
-int nacre_queue_destroy(nacre_queue *queue);
+int nacre_queue_destroy(struct nacre_queue *queue);
 
 // Prepares a read of `len` bytes at `offset` of `file` into `buf`, completing with the
-// bytes read (short only at the end of the file). `buf` must stay valid, and untouched,
-// until the completion is returned. Returns 0, `-EAGAIN` when `depth` operations are
+// bytes read (short only at the end of the file). `buf` must stay valid, and be touched by
+// no one else (no other queued read of the same bytes either), until the completion is
+// returned. Returns 0, `-EAGAIN` when `depth` operations are
 // prepared, in flight or completed but not yet returned, or `-EINVAL`/`-EBADF`.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_prep_read(nacre_queue *queue,
-                    nacre_file *file,
+int nacre_prep_read(struct nacre_queue *queue,
+                    struct nacre_file *file,
                     void *buf,
                     size_t len,
                     uint64_t offset,
@@ -482,8 +506,8 @@ int nacre_prep_read(nacre_queue *queue,
 // `buf` must stay valid until the completion is returned. Returns as `nacre_prep_read`.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_prep_write(nacre_queue *queue,
-                     nacre_file *file,
+int nacre_prep_write(struct nacre_queue *queue,
+                     struct nacre_file *file,
                      const void *buf,
                      size_t len,
                      uint64_t offset,
@@ -493,22 +517,28 @@ int nacre_prep_write(nacre_queue *queue,
 // to make earlier writes durable, submit it after their completions.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_prep_fsync(nacre_queue *queue, nacre_file *file, uint64_t tag);
+int nacre_prep_fsync(struct nacre_queue *queue, struct nacre_file *file, uint64_t tag);
 
 // Starts every prepared operation; returns how many it started, or a negative errno.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_queue_submit(nacre_queue *queue);
+int nacre_queue_submit(struct nacre_queue *queue);
 
 // Waits until at least `min` completions are ready (fewer if fewer operations are
 // submitted) or `timeout_ms` (0 to one hour) passes, then copies up to `max` of them to
 // `out` and returns how many it copied, or a negative errno. A completion's `result` is
 // the operation's bytes or its negative errno; the message of a failed one is this
-// thread's `nacre_last_error`. Completions beyond `max` stay for the next call.
+// thread's `nacre_last_error` (naming its tag). Completions beyond `max` stay for the next
+// call.
+//
+// Several threads may wait on one queue: each completion goes to exactly one of them, but
+// a thread already blocked here does not see completions another waiter set aside; it
+// returns at the next completion or its timeout. One waiting thread per queue is the
+// simple, fast use.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_queue_wait(nacre_queue *queue,
-                     nacre_completion *out,
+int nacre_queue_wait(struct nacre_queue *queue,
+                     struct nacre_completion *out,
                      uint32_t max,
                      uint32_t min,
                      int timeout_ms);
@@ -516,7 +546,7 @@ int nacre_queue_wait(nacre_queue *queue,
 // Copies up to `max` ready completions to `out` without waiting; returns how many.
 //
 // Thread safety: see `nacre_queue_create`.
-int nacre_queue_poll(nacre_queue *queue, nacre_completion *out, uint32_t max);
+int nacre_queue_poll(struct nacre_queue *queue, struct nacre_completion *out, uint32_t max);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use crate::limits::{MAX_ERRNO_TEXT, NACRE_IO_MAX, NACRE_PATH_MAX};
+use crate::limits::{LAST_ERROR_BYTES, MAX_ERRNO_TEXT, NACRE_IO_MAX, NACRE_PATH_MAX};
 
 /// Why a call failed: the errno value (positive) and the message.
 #[derive(Debug)]
@@ -49,17 +49,27 @@ impl From<engine::layout::LayoutError> for Failure {
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// This thread's last error message, NUL-terminated, in place for the thread's life: the
+    /// pointer `nacre_last_error` returns never dangles, whatever the caller does next.
+    static LAST_ERROR: RefCell<[u8; LAST_ERROR_BYTES]> = const { RefCell::new([0; LAST_ERROR_BYTES]) };
 }
 
 fn set_last_error(message: String) {
-    // A message with a NUL in it is cut there rather than lost.
-    let mut bytes = message.into_bytes();
-    if let Some(nul) = bytes.iter().position(|&b| b == 0) {
-        bytes.truncate(nul);
-    }
-    let text = CString::new(bytes).unwrap_or_default();
-    LAST_ERROR.with(|last| *last.borrow_mut() = text);
+    // `try_with`: a call made while the thread's locals are being torn down (from a pthread
+    // key destructor, say) keeps no message rather than aborting the process.
+    let _ = LAST_ERROR.try_with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return;
+        };
+        // Cut at the first NUL, and to fit with its own NUL, at a character boundary.
+        let text = message.split('\0').next().unwrap_or_default();
+        let mut len = text.len().min(LAST_ERROR_BYTES - 1);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        last[..len].copy_from_slice(&text.as_bytes()[..len]);
+        last[len] = 0;
+    });
 }
 
 /// Runs the body of `extern "C"` function `name`: its result, or the negative errno of its
@@ -193,12 +203,22 @@ pub extern "C" fn nacre_strerror(err: c_int) -> *const c_char {
 }
 
 /// This thread's message about its last failed call (naming the call and what was wrong),
-/// or "" if none failed yet. The string belongs to the library and stays valid until this
-/// thread's next failing call; copy it to keep it.
+/// or "" if none failed yet; `nacre_queue_wait` also sets it for a failed completion it
+/// returns. The string belongs to the library: the pointer stays valid for the thread's
+/// life, and the text changes at the thread's next failure (copy it to keep it). Messages
+/// are cut to 1023 bytes.
 ///
 /// Thread safety: each thread has its own message.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_last_error() -> *const c_char {
     const NONE: &CStr = c"";
-    catch_unwind(|| LAST_ERROR.with(|last| last.borrow().as_ptr())).unwrap_or(NONE.as_ptr())
+    let ptr = catch_unwind(|| {
+        LAST_ERROR
+            .try_with(|last| last.as_ptr().cast::<c_char>())
+            .ok()
+    });
+    match ptr {
+        Ok(Some(p)) => p,
+        _ => NONE.as_ptr(),
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use engine::meta::types::{DirEntry, FileType};
 use engine::{Client, ClientOptions, Stat};
 
-use crate::boundary::{Failure, check_out, path_arg, run_int, str_arg};
+use crate::boundary::{Failure, check_buffer, check_out, path_arg, run_int, str_arg};
 use crate::handle::{self, Object};
 use crate::limits::{NACRE_DT_DIR, NACRE_DT_REG, NACRE_NAME_BUF, NACRE_PATH_MAX};
 
@@ -37,6 +37,8 @@ pub struct nacre_options {
     pub connections_per_target: u32,
     /// Threads an asynchronous queue runs its operations on (default 8).
     pub progress_threads: u32,
+    /// Room for options of later versions: must be zero.
+    pub reserved: [u32; 5],
 }
 
 /// A path's attributes and size, as `nacre_stat` and `nacre_fstat` fill them.
@@ -91,8 +93,14 @@ fn ok(_: impl Sized) -> Result<i64, Failure> {
     Ok(0)
 }
 
-fn connect(address: *const c_char, options: ClientOptions, out: *mut *mut nacre_client) -> c_int {
-    run_int("nacre_connect", || {
+fn connect(
+    name: &str,
+    address: *const c_char,
+    options: Result<ClientOptions, Failure>,
+    out: *mut *mut nacre_client,
+) -> c_int {
+    run_int(name, || {
+        let options = options?;
         check_out(out, "out")?;
         // SAFETY: the header's contract: a NUL-terminated string.
         let address = unsafe { str_arg(address, "address", NACRE_PATH_MAX) }?;
@@ -112,7 +120,7 @@ fn connect(address: *const c_char, options: ClientOptions, out: *mut *mut nacre_
 /// Thread safety: safe from any thread; the client may then be used by every thread at once.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_connect(address: *const c_char, out: *mut *mut nacre_client) -> c_int {
-    connect(address, ClientOptions::default(), out)
+    connect("nacre_connect", address, Ok(ClientOptions::default()), out)
 }
 
 /// `nacre_connect` with options (`options` may be NULL: every default).
@@ -124,21 +132,34 @@ pub extern "C" fn nacre_connect_ex(
     options: *const nacre_options,
     out: *mut *mut nacre_client,
 ) -> c_int {
-    let mut chosen = ClientOptions::default();
-    if !options.is_null() {
+    let chosen = if options.is_null() {
+        Ok(ClientOptions::default())
+    } else {
         // SAFETY: not NULL, and by the header's contract a nacre_options the caller owns.
-        let o = unsafe { *options };
-        if o.timeout_ms != 0 {
-            chosen.timeout = Duration::from_millis(u64::from(o.timeout_ms));
-        }
-        if o.connections_per_target != 0 {
-            chosen.connections_per_target = o.connections_per_target as usize;
-        }
-        if o.progress_threads != 0 {
-            chosen.progress_threads = o.progress_threads as usize;
-        }
+        client_options(unsafe { &*options })
+    };
+    connect("nacre_connect_ex", address, chosen, out)
+}
+
+/// The engine's options from C's (0: the default).
+fn client_options(o: &nacre_options) -> Result<ClientOptions, Failure> {
+    if o.reserved.iter().any(|&r| r != 0) {
+        return Err(Failure::invalid(
+            "nacre_options.reserved",
+            "zeros (set the struct to {0} before filling it)",
+        ));
     }
-    connect(address, chosen, out)
+    let mut chosen = ClientOptions::default();
+    if o.timeout_ms != 0 {
+        chosen.timeout = Duration::from_millis(u64::from(o.timeout_ms));
+    }
+    if o.connections_per_target != 0 {
+        chosen.connections_per_target = o.connections_per_target as usize;
+    }
+    if o.progress_threads != 0 {
+        chosen.progress_threads = o.progress_threads as usize;
+    }
+    Ok(chosen)
 }
 
 /// Closes the client handle. Files, queues, listings and registrations opened through it
@@ -381,8 +402,9 @@ pub extern "C" fn nacre_mem_register(
     run_int("nacre_mem_register", || {
         check_out(out, "out")?;
         let c = handle::client(client)?;
+        check_buffer(buf.cast(), len, "buf")?;
         // SAFETY: the header's contract: the memory stays allocated until it is
-        // unregistered; the engine checks NULL and the length.
+        // unregistered; the engine checks the length against what one registration spans.
         let id = unsafe { c.register_memory(buf.cast(), len) }?;
         let state = Arc::new(MemState { client: c, id });
         // SAFETY: `out` is not NULL and, by the header's contract, points to a handle.

@@ -31,10 +31,23 @@ pub extern "C" fn nacre_open(
     path: *const c_char,
     flags: c_int,
     mode: u32,
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     out: *mut *mut nacre_file,
 ) -> c_int {
-    run_int("nacre_open", || {
+    open_as("nacre_open", client, path, flags, mode, layout, out)
+}
+
+/// `nacre_open`, its errors named after the C call `name`.
+fn open_as(
+    name: &str,
+    client: *mut nacre_client,
+    path: *const c_char,
+    flags: c_int,
+    mode: u32,
+    layout: *const nacre_layout,
+    out: *mut *mut nacre_file,
+) -> c_int {
+    run_int(name, || {
         check_out(out, "out")?;
         let c = handle::client(client)?;
         // SAFETY: the header's contract: a NUL-terminated path.
@@ -58,10 +71,11 @@ pub extern "C" fn nacre_create(
     client: *mut nacre_client,
     path: *const c_char,
     mode: u32,
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     out: *mut *mut nacre_file,
 ) -> c_int {
-    nacre_open(
+    open_as(
+        "nacre_create",
         client,
         path,
         libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
@@ -86,7 +100,7 @@ pub extern "C" fn nacre_close(file: *mut nacre_file) -> c_int {
 
 /// Reads up to `len` bytes at `offset` into `buf`; returns the bytes read (fewer only at the
 /// end of the file, 0 past it), or a negative errno. Holes read as zeros. `len` must be
-/// 1 to `NACRE_IO_MAX`.
+/// 1 to `NACRE_IO_MAX`, and no one else may touch `buf` during the call.
 ///
 /// Thread safety: safe from any thread, any number at once on one file.
 #[unsafe(no_mangle)]
@@ -162,7 +176,8 @@ unsafe fn iovecs<'a>(iov: *const libc::iovec, count: c_int) -> Result<&'a [libc:
 }
 
 /// `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read.
-/// `iovcnt` must be 1 to `NACRE_IOV_MAX` and the total 1 to `NACRE_IO_MAX` bytes.
+/// `iovcnt` must be 1 to `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the
+/// buffers must not overlap.
 ///
 /// Thread safety: as `nacre_pread`.
 #[unsafe(no_mangle)]

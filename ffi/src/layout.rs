@@ -130,7 +130,7 @@ pub extern "C" fn nacre_layout_stripe_size_set(layout: *mut nacre_layout, bytes:
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_stripe_size_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     bytes: *mut u64,
 ) -> c_int {
     with_layout("nacre_layout_stripe_size_get", layout, |b| {
@@ -160,7 +160,7 @@ pub extern "C" fn nacre_layout_stripe_count_set(layout: *mut nacre_layout, count
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_stripe_count_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     count: *mut i64,
 ) -> c_int {
     with_layout("nacre_layout_stripe_count_get", layout, |b| {
@@ -187,7 +187,7 @@ pub extern "C" fn nacre_layout_stripe_index_set(layout: *mut nacre_layout, index
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_stripe_index_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     index: *mut i64,
 ) -> c_int {
     with_layout("nacre_layout_stripe_index_get", layout, |b| {
@@ -199,7 +199,8 @@ pub extern "C" fn nacre_layout_stripe_index_get(
 }
 
 /// Sets the pool the current component's targets come from (1 to 15 characters of
-/// `[A-Za-z0-9_.-]`), or clears it with NULL. Returns 0, or `-EINVAL`.
+/// `[A-Za-z0-9_.-]`), or clears it with NULL. Returns 0, `-ENAMETOOLONG` for a longer name,
+/// or `-EINVAL`.
 ///
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
@@ -222,7 +223,7 @@ pub extern "C" fn nacre_layout_pool_set(layout: *mut nacre_layout, pool: *const 
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_pool_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     buf: *mut c_char,
     len: usize,
 ) -> c_int {
@@ -248,6 +249,23 @@ pub extern "C" fn nacre_layout_pool_get(
 pub extern "C" fn nacre_layout_overstriping_set(layout: *mut nacre_layout, on: c_int) -> c_int {
     with_layout("nacre_layout_overstriping_set", layout, |b| {
         b.set_stripe(|s| s.overstriping = on != 0)
+    })
+}
+
+/// Stores 1 in `*on` when several stripes of the current component may land on one target,
+/// else 0.
+///
+/// Thread safety: see `nacre_layout_new`.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_layout_overstriping_get(
+    layout: *const nacre_layout,
+    on: *mut c_int,
+) -> c_int {
+    with_layout("nacre_layout_overstriping_get", layout, |b| {
+        check_out(on, "on")?;
+        // SAFETY: not NULL; by the header's contract an int the caller owns.
+        unsafe { *on = c_int::from(b.stripe().overstriping) };
+        Ok(0)
     })
 }
 
@@ -283,7 +301,7 @@ pub extern "C" fn nacre_layout_comp_extent_set(
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_comp_extent_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     start: *mut u64,
     end: *mut u64,
 ) -> c_int {
@@ -336,7 +354,7 @@ pub extern "C" fn nacre_layout_comp_add(layout: *mut nacre_layout) -> c_int {
 ///
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
-pub extern "C" fn nacre_layout_comp_count(layout: *mut nacre_layout) -> c_int {
+pub extern "C" fn nacre_layout_comp_count(layout: *const nacre_layout) -> c_int {
     with_layout("nacre_layout_comp_count", layout, |b| {
         Ok(b.spec.components.len() as i64)
     })
@@ -368,7 +386,7 @@ pub extern "C" fn nacre_layout_comp_use(layout: *mut nacre_layout, index: u32) -
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_target_get(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     stripe: u32,
     target_id: *mut u32,
 ) -> c_int {
@@ -404,7 +422,7 @@ pub extern "C" fn nacre_layout_target_get(
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_layout_to_string(
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     buf: *mut c_char,
     len: usize,
 ) -> c_int {
@@ -496,7 +514,7 @@ pub extern "C" fn nacre_file_layout(file: *mut nacre_file, out: *mut *mut nacre_
 pub extern "C" fn nacre_setstripe(
     client: *mut nacre_client,
     path: *const c_char,
-    layout: *mut nacre_layout,
+    layout: *const nacre_layout,
     mode: u32,
 ) -> c_int {
     run_int("nacre_setstripe", || {

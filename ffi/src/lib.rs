@@ -20,6 +20,11 @@
 // dereference says why it is sound under it.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+// Handles are numbers above every user-space address (see limits::FIRST_HANDLE), which
+// needs 64-bit pointers.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("libnacre's handles need a 64-bit target");
+
 mod boundary;
 mod client;
 mod file;

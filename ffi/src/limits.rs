@@ -30,6 +30,8 @@ pub const NACRE_DT_DIR: u32 = 4;
 /// First handle number; handles count up from it and are never reused, and it lies above
 /// every user-space address, so no pointer is ever mistaken for a handle.
 pub(crate) const FIRST_HANDLE: u64 = 0x6e61_6300_0000_0001;
+/// Bytes of a thread's last error message, its NUL included.
+pub(crate) const LAST_ERROR_BYTES: usize = 1024;
 /// Errno values `nacre_strerror` has a text for (0 to this).
 pub(crate) const MAX_ERRNO_TEXT: usize = 200;
 

@@ -40,6 +40,8 @@ pub(crate) struct QueueState {
 struct Side {
     prepared: Vec<(QueueOp, u64)>,
     ready: VecDeque<Completion>,
+    /// Set by `nacre_queue_destroy`: calls that still hold the queue start nothing more.
+    closed: bool,
 }
 
 impl QueueState {
@@ -54,6 +56,9 @@ impl QueueState {
 
     fn prepare(&self, op: QueueOp, tag: u64) -> Result<i64, Failure> {
         let mut side = self.side();
+        if side.closed {
+            return Err(Failure::bad_handle("queue"));
+        }
         if self.used(&side) >= self.queue.depth() {
             return Err(Failure::from(engine::Error::QueueFull {
                 depth: self.queue.depth(),
@@ -85,6 +90,7 @@ pub extern "C" fn nacre_queue_create(
             side: Mutex::new(Side {
                 prepared: Vec::new(),
                 ready: VecDeque::new(),
+                closed: false,
             }),
         });
         // SAFETY: not NULL; by the header's contract it points to a handle.
@@ -94,21 +100,39 @@ pub extern "C" fn nacre_queue_create(
 }
 
 /// Frees a queue. It first waits for every submitted operation to finish (their
-/// completions are dropped); prepared operations not yet submitted are discarded. Returns
-/// 0, or `-EBADF`.
+/// completions are dropped), also when other threads are inside calls on the queue (those
+/// calls then start nothing more), so every buffer the queue was lent may be freed when it
+/// returns; prepared operations not yet submitted are discarded. Returns 0, or `-EBADF`.
 ///
 /// Thread safety: safe from any thread; other threads' later calls on it get `-EBADF`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_queue_destroy(queue: *mut nacre_queue) -> c_int {
     run_int("nacre_queue_destroy", || {
-        // Dropping the last reference to the engine's queue waits for what is in flight.
-        handle::remove(queue, "queue", |o| matches!(o, Object::Queue(_))).map(|_| 0)
+        let Object::Queue(q) = handle::remove(queue, "queue", |o| matches!(o, Object::Queue(_)))?
+        else {
+            return Err(Failure::bad_handle("queue"));
+        };
+        {
+            let mut side = q.side();
+            side.closed = true;
+            side.prepared.clear();
+        }
+        // Other threads' calls may still hold the queue, so dropping this reference need
+        // not be the last: wait here until nothing submitted still runs. Each operation
+        // ends within the client's request timeout, so every round of this wait is bounded
+        // and the loop ends.
+        while !q
+            .queue
+            .wait_idle(Duration::from_millis(NACRE_WAIT_MAX_MS as u64))
+        {}
+        Ok(0)
     })
 }
 
 /// Prepares a read of `len` bytes at `offset` of `file` into `buf`, completing with the
-/// bytes read (short only at the end of the file). `buf` must stay valid, and untouched,
-/// until the completion is returned. Returns 0, `-EAGAIN` when `depth` operations are
+/// bytes read (short only at the end of the file). `buf` must stay valid, and be touched by
+/// no one else (no other queued read of the same bytes either), until the completion is
+/// returned. Returns 0, `-EAGAIN` when `depth` operations are
 /// prepared, in flight or completed but not yet returned, or `-EINVAL`/`-EBADF`.
 ///
 /// Thread safety: see `nacre_queue_create`.
@@ -214,6 +238,9 @@ pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
         // progress threads), so no prepare slips in while operations move from prepared to
         // in flight and the depth is never exceeded.
         let mut side = q.side();
+        if side.closed {
+            return Err(Failure::bad_handle("queue"));
+        }
         let mut started = 0;
         let mut left = std::mem::take(&mut side.prepared).into_iter();
         for (op, tag) in left.by_ref() {
@@ -235,7 +262,13 @@ pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
 /// submitted) or `timeout_ms` (0 to one hour) passes, then copies up to `max` of them to
 /// `out` and returns how many it copied, or a negative errno. A completion's `result` is
 /// the operation's bytes or its negative errno; the message of a failed one is this
-/// thread's `nacre_last_error`. Completions beyond `max` stay for the next call.
+/// thread's `nacre_last_error` (naming its tag). Completions beyond `max` stay for the next
+/// call.
+///
+/// Several threads may wait on one queue: each completion goes to exactly one of them, but
+/// a thread already blocked here does not see completions another waiter set aside; it
+/// returns at the next completion or its timeout. One waiting thread per queue is the
+/// simple, fast use.
 ///
 /// Thread safety: see `nacre_queue_create`.
 #[unsafe(no_mangle)]
@@ -267,20 +300,25 @@ pub extern "C" fn nacre_queue_wait(
             ));
         }
         let need = (min as usize).saturating_sub(q.side().ready.len());
-        // Wait without holding the side lock, so other threads may prepare meanwhile.
-        let done = if need > 0 {
-            q.queue.wait(need, Duration::from_millis(timeout_ms as u64))
-        } else {
-            q.queue.poll()
-        };
+        if need > 0 {
+            // Wait without the side lock, so other threads may prepare meanwhile, and
+            // without taking anything, so the depth stays counted.
+            q.queue
+                .wait_ready(need, Duration::from_millis(timeout_ms as u64));
+        }
         let mut side = q.side();
+        // Taken under the side lock: a completion is always in the engine or in `ready`.
+        let done = q.queue.poll();
         side.ready.extend(done);
         let n = side.ready.len().min(max as usize);
         for (i, c) in side.ready.drain(..n).enumerate() {
             let result = match &c.result {
                 Ok(bytes) => *bytes as i64,
                 Err(e) => {
-                    note_failure("nacre_queue_wait: a queued operation", &e.to_string());
+                    note_failure(
+                        &format!("nacre_queue_wait: the operation tagged {}", c.tag),
+                        &e.to_string(),
+                    );
                     -i64::from(e.errno())
                 }
             };

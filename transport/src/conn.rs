@@ -248,7 +248,7 @@ impl Connection {
     ) -> Result<Connection, TransportError> {
         let (kind, why) = choose_kind(endpoint)?;
         if endpoint.scheme == Scheme::Auto {
-            eprintln!("nacre-transport: {endpoint} uses {kind} ({why})");
+            crate::log_line!("nacre-transport: {endpoint} uses {kind} ({why})");
         }
         let addr = endpoint.socket_addr()?;
         let link = match kind {
@@ -473,7 +473,7 @@ impl Listener {
                 Scheme::Auto => match crate::rdma::RdmaListener::bind(at) {
                     Ok(l) => Some(l),
                     Err(e) => {
-                        eprintln!("nacre-transport: {endpoint} listens on tcp only ({e})");
+                        crate::log_line!("nacre-transport: {endpoint} listens on tcp only ({e})");
                         None
                     }
                 },
@@ -679,7 +679,7 @@ impl ServerConnection {
                         },
                     ..
                 }) => {
-                    eprintln!(
+                    crate::log_line!(
                         "nacre-transport: {} sent unknown opcode {opcode}; answered EOPNOTSUPP",
                         self.link.peer()
                     );
@@ -929,13 +929,15 @@ impl Peer {
             }
             if state.open < self.max_connections {
                 state.open += 1;
-                let wanted = state.registrations.clone();
                 drop(state);
                 let made = Connection::connect(&self.endpoint, self.options);
                 match made {
                     Ok(mut conn) => {
-                        // A registration that fails only means staging; it is retried.
-                        let _ = conn.sync_registrations(&wanted);
+                        // The registrations as they are now, after the connect (one may have
+                        // been dropped meanwhile). A registration that fails only means
+                        // staging; it is retried at the next lend.
+                        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = conn.sync_registrations(&state.registrations);
                         return Ok(conn);
                     }
                     Err(e) => {

@@ -4,6 +4,16 @@
 //!
 //! It knows nothing of layouts or storage.
 
+/// Writes one line on stderr and ignores a failure to: a closed stderr (EPIPE) must not stop
+/// the data path, where `eprintln!` would panic.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod conn;
 pub mod endpoint;
 pub mod error;

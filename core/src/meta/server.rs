@@ -213,7 +213,7 @@ fn remove_objects(store: &MetaStore, attr: &Attr) {
                 Ok(())
             });
         if let Err(e) = removed {
-            eprintln!(
+            nacre_transport::log_line!(
                 "nacre meta: objects of inode {} on target {target_id} left as orphans: {e}",
                 attr.ino
             );

@@ -29,6 +29,41 @@ static void errors_and_strings(void)
     CHECK(strstr(nacre_strerror(ENOENT), "No such file") != NULL);
     CHECK(strcmp(nacre_strerror(INT_MIN), "Unknown error") == 0);
     CHECK(nacre_last_error() != NULL);
+
+    /* The message's storage is the thread's for its life: the pointer stays valid. */
+    FAILS(nacre_close(NULL), EBADF);
+    const char *first = nacre_last_error();
+    CHECK(strstr(first, "nacre_close") != NULL);
+    FAILS(nacre_closedir(NULL), EBADF);
+    CHECK(nacre_last_error() == first && strstr(first, "nacre_closedir") != NULL);
+}
+
+static pthread_key_t key;
+
+/* A failing call from a pthread key destructor, when the thread's own state is being torn
+ * down: it must return an error, not abort the process. */
+static void destructor(void *value)
+{
+    int *rc = value;
+    *rc = nacre_close(NULL);
+    (void)nacre_last_error();
+}
+
+static void *thread_with_key(void *rc)
+{
+    pthread_setspecific(key, rc);
+    return NULL;
+}
+
+static void calls_during_thread_teardown(void)
+{
+    int rc = 0;
+    pthread_t t;
+    CHECK(pthread_key_create(&key, destructor) == 0);
+    CHECK(pthread_create(&t, NULL, thread_with_key, &rc) == 0);
+    pthread_join(t, NULL);
+    CHECK(rc == -EBADF);
+    pthread_key_delete(key);
 }
 
 static void connecting(nacre_client **client)
@@ -38,6 +73,9 @@ static void connecting(nacre_client **client)
     FAILS(nacre_connect(meta, NULL), EINVAL);
     FAILS(nacre_connect("bogus://127.0.0.1:1", &c), EINVAL);
     CHECK(strstr(nacre_last_error(), "nacre_connect") != NULL);
+    nacre_options reserved = {.reserved = {1}};
+    FAILS(nacre_connect_ex(meta, &reserved, &c), EINVAL);
+    CHECK(strstr(nacre_last_error(), "nacre_connect_ex") != NULL);
     nacre_options quick = {.timeout_ms = 2000};
     int rc = nacre_connect_ex("tcp://127.0.0.1:1", &quick, &c);
     CHECK(rc == -ECONNREFUSED || rc == -ETIMEDOUT);
@@ -171,8 +209,13 @@ static void layouts(nacre_client *client)
     FAILS(nacre_layout_pool_get(l, text, 4), ERANGE);
     OK(nacre_layout_pool_set(l, NULL));
     CHECK(nacre_layout_pool_get(l, text, sizeof text) == 0);
+    int on = 0;
     OK(nacre_layout_overstriping_set(l, 1));
+    OK(nacre_layout_overstriping_get(l, &on));
+    CHECK(on == 1);
     OK(nacre_layout_overstriping_set(l, 0));
+    OK(nacre_layout_overstriping_get(l, &on));
+    CHECK(on == 0);
     FAILS(nacre_layout_target_get(l, 0, (uint32_t *)&u), ENODATA);
 
     /* A composite layout: [0, 4 MiB) on one stripe, the rest over every target */
@@ -332,6 +375,7 @@ static void registered_memory(nacre_client *client)
     FAILS(nacre_mem_register(client, NULL, len, &mem), EINVAL);
     FAILS(nacre_mem_register(client, buf, 0, &mem), EINVAL);
     FAILS(nacre_mem_register(client, buf, len, NULL), EINVAL);
+    FAILS(nacre_mem_register(client, (void *)(uintptr_t)-16, len, &mem), EINVAL); /* wraps */
     OK(nacre_mem_register(client, buf, len, &mem));
 
     nacre_file *f;
@@ -409,6 +453,7 @@ int main(int argc, char **argv)
     meta = argv[1];
     nacre_client *client = NULL;
     errors_and_strings();
+    calls_during_thread_teardown();
     connecting(&client);
     if (!client)
         return 1;

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -36,6 +37,42 @@ static void collect(nacre_queue *q, unsigned n, int64_t expect, unsigned char *s
         }
         got += (unsigned)k;
     }
+}
+
+struct waiter {
+    nacre_queue *queue;
+    int got;
+};
+
+/* Waits on the queue from another thread, so that the queue is in use while it is destroyed. */
+static void *wait_on(void *arg)
+{
+    struct waiter *w = arg;
+    nacre_completion done[DEPTH];
+    w->got = nacre_queue_wait(w->queue, done, DEPTH, 1, WAIT_MS);
+    return NULL;
+}
+
+/* Destroying a queue another thread is waiting on still waits for every submitted read: when
+ * destroy returns, every byte has landed and the buffer may be freed. */
+static void destroy_while_another_thread_waits(nacre_client *client, nacre_file *f, const unsigned char *expect)
+{
+    const unsigned reads = 8;
+    nacre_queue *q;
+    OK(nacre_queue_create(client, reads, &q));
+    unsigned char *in = calloc(reads, CHUNK * 8);
+    for (unsigned i = 0; i < reads; i++)
+        OK(nacre_prep_read(q, f, in + (size_t)i * CHUNK * 8, CHUNK * 8, (uint64_t)i * CHUNK * 8, i));
+    struct waiter w = {.queue = q};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, wait_on, &w) == 0);
+    CHECK(nacre_queue_submit(q) == (int)reads);
+    OK(nacre_queue_destroy(q));
+    CHECK(memcmp(in, expect, (size_t)reads * CHUNK * 8) == 0);
+    free(in);
+    pthread_join(t, NULL);
+    CHECK(w.got >= 0 || w.got == -EBADF);
+    FAILS(nacre_prep_read(q, f, NULL, 1, 0, 0), EBADF);
 }
 
 int main(int argc, char **argv)
@@ -133,6 +170,8 @@ int main(int argc, char **argv)
     FAILS(nacre_prep_fsync(NULL, f, 0), EBADF);
     FAILS(nacre_queue_submit(NULL), EBADF);
     FAILS(nacre_queue_poll((nacre_queue *)f, done, 4), EBADF);
+
+    destroy_while_another_thread_waits(client, f, out);
 
     /* destroyed with operations in flight: it waits for them, so the buffers may go after */
     for (unsigned i = 0; i < DEPTH / 2; i++)
