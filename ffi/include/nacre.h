@@ -456,6 +456,13 @@ int nacre_layout_to_string(const struct nacre_layout *layout, char *buf, size_t 
 // Thread safety: safe from any thread.
 int nacre_getstripe(struct nacre_client *client, const char *path, struct nacre_layout **out);
 
+// Removes the default layout of directory `path` (as `lfs setstripe -d`): files created in
+// it then take the root directory's default, as in Lustre, or the file system's (1 MiB
+// stripes, 1 stripe). Returns 0, or `-ENOTDIR`, `-ENOENT`, `-EPERM` (not the owner), ...
+//
+// Thread safety: safe from any thread.
+int nacre_setstripe_delete(struct nacre_client *client, const char *path);
+
 // Stores in `*out` the resolved layout of an open file.
 //
 // Thread safety: safe from any thread.

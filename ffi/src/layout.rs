@@ -489,6 +489,22 @@ pub extern "C" fn nacre_getstripe(
     })
 }
 
+/// Removes the default layout of directory `path` (as `lfs setstripe -d`): files created in
+/// it then take the root directory's default, as in Lustre, or the file system's (1 MiB
+/// stripes, 1 stripe). Returns 0, or `-ENOTDIR`, `-ENOENT`, `-EPERM` (not the owner), ...
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_setstripe_delete(client: *mut nacre_client, path: *const c_char) -> c_int {
+    run_int("nacre_setstripe_delete", || {
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: a NUL-terminated path.
+        let path = unsafe { path_arg(path, "path") }?;
+        c.set_default_layout(path, None)?;
+        Ok(0)
+    })
+}
+
 /// Stores in `*out` the resolved layout of an open file.
 ///
 /// Thread safety: safe from any thread.

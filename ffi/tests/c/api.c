@@ -464,6 +464,18 @@ int main(int argc, char **argv)
     registered_memory(client);
     threads_share_a_file(client);
 
+    /* setstripe -d: the directory's files take the file system's default again */
+    nacre_layout *none;
+    OK(nacre_setstripe_delete(client, "/capi/composite"));
+    FAILS(nacre_getstripe(client, "/capi/composite", &none), ENODATA);
+    FAILS(nacre_setstripe_delete(client, "/capi/preset"), ENOTDIR);
+    nacre_file *plain;
+    OK(nacre_create(client, "/capi/composite/plain", 0644, NULL, &plain));
+    OK(nacre_file_layout(plain, &none));
+    CHECK(nacre_layout_comp_count(none) == 1);
+    OK(nacre_layout_free(none));
+    OK(nacre_close(plain));
+    OK(nacre_unlink(client, "/capi/composite/plain"));
     OK(nacre_unlink(client, "/capi/composite/f"));
     OK(nacre_rmdir(client, "/capi/composite"));
     OK(nacre_unlink(client, "/capi/preset"));
