@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -157,16 +157,25 @@ impl Queue {
     /// Waits until at least `min` completions are ready (fewer if fewer are in flight) or
     /// `timeout` passes, and returns every ready completion.
     pub fn wait(&self, min: usize, timeout: Duration) -> Vec<Completion> {
+        let mut done = self.wait_until(timeout, |done| done.len() >= min.min(self.in_flight()));
+        let out: Vec<Completion> = done.drain(..).collect();
+        self.shared.in_flight.fetch_sub(out.len(), Ordering::SeqCst);
+        out
+    }
+
+    /// Takes the completions lock and waits, up to `timeout`, until `enough` holds of the
+    /// ready completions (checked under the lock at each wake-up).
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        enough: impl Fn(&VecDeque<Completion>) -> bool,
+    ) -> MutexGuard<'_, VecDeque<Completion>> {
         let deadline = Instant::now() + timeout;
         let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let want = min.min(self.in_flight());
-            if done.len() >= want {
-                break;
-            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            if enough(&done) || left.is_zero() {
+                return done;
             }
             done = self
                 .shared
@@ -175,9 +184,6 @@ impl Queue {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let out: Vec<Completion> = done.drain(..).collect();
-        self.shared.in_flight.fetch_sub(out.len(), Ordering::SeqCst);
-        out
     }
 
     /// Returns the completions ready now, without waiting.
@@ -188,48 +194,18 @@ impl Queue {
     /// Waits as [`Queue::wait`] does but takes nothing: returns how many completions are
     /// ready, for a caller that takes them with [`Queue::poll`] under a lock of its own.
     pub fn wait_ready(&self, min: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if done.len() >= min.min(self.in_flight()) {
-                return done.len();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return done.len();
-            }
-            done = self
-                .shared
-                .ready
-                .wait_timeout(done, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_until(timeout, |done| done.len() >= min.min(self.in_flight()))
+            .len()
     }
 
     /// Waits until no submitted operation is still running (each is bounded by the
     /// client's request timeout) or `timeout` passes; true when none is. Completions stay
     /// ready to be taken.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            // Under the lock, in_flight less the ready ones is what still runs: takers
-            // lower in_flight while they hold it.
-            if self.in_flight() <= done.len() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            done = self
-                .shared
-                .ready
-                .wait_timeout(done, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        // Under the lock, in_flight less the ready ones is what still runs: takers lower
+        // in_flight while they hold it.
+        let idle = |done: &VecDeque<Completion>| self.in_flight() <= done.len();
+        idle(&self.wait_until(timeout, idle))
     }
 }
 
