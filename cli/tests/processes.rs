@@ -765,3 +765,39 @@ fn help_for_every_subcommand_and_usage_errors() {
     }
     assert!(text(&nacre(&["frobnicate"]).stderr).contains("frobnicate"));
 }
+
+/// The objects of file `ino` on target `i` of the cluster, read from its directory.
+fn objects_of(cluster: &Cluster, i: u32, ino: u64) -> usize {
+    nacre::io::Target::open(&cluster.target_dir(i))
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|&object_id| nacre::layout::object_id_parts(object_id).0 == ino)
+        .count()
+}
+
+#[test]
+fn objects_left_on_a_target_down_at_unlink_are_removed_when_it_returns() {
+    let mut cluster = Cluster::start("orphans", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/doomed", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    file.write_at(&fill(3, 0, 1 << 20), 0).unwrap();
+    file.sync().unwrap();
+    let ino = file.attr().ino;
+    assert!(objects_of(&cluster, 0, ino) > 0 && objects_of(&cluster, 1, ino) > 0);
+
+    cluster.kill_target(1);
+    // The namespace change does not wait for the target: the unlink succeeds, the reachable
+    // target loses the file's objects before the reply, the other keeps them logged.
+    client.unlink("/doomed").unwrap();
+    assert_eq!(objects_of(&cluster, 0, ino), 0);
+    assert!(objects_of(&cluster, 1, ino) > 0);
+
+    // The target registers as it starts; the service removes the logged objects before it
+    // answers, so they are gone when the target says it is serving.
+    cluster.restart_target(1);
+    assert_eq!(objects_of(&cluster, 1, ino), 0, "orphans left on target 1");
+}

@@ -181,6 +181,14 @@ impl TargetServer {
             stop: Arc::clone(&stop),
         });
         let accept_stop = Arc::clone(&stop);
+        // Serving before registering: the metadata service may call in while it answers the
+        // registration (to remove objects of files removed while this target was down).
+        threads.push(spawn(format!("nacre-t{target_id}"), move || {
+            let name = format!("nacre-t{target_id}");
+            accept_loop(listener, accept_stop, name, move |conn| {
+                serve_connection(conn, Arc::clone(&shared))
+            })
+        })?);
         if let Some(meta) = &config.meta {
             let info = TargetInfo {
                 target_id,
@@ -201,12 +209,6 @@ impl TargetServer {
                 heartbeat(&link, &target, &stop)
             })?);
         }
-        threads.push(spawn(format!("nacre-t{target_id}"), move || {
-            let name = format!("nacre-t{target_id}");
-            accept_loop(listener, accept_stop, name, move |conn| {
-                serve_connection(conn, Arc::clone(&shared))
-            })
-        })?);
         Ok(TargetServer {
             endpoint,
             target_id,

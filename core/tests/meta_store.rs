@@ -1388,3 +1388,59 @@ fn every_record_survives_hostile_bytes() {
     assert!(Access::decode(&mut reader).is_err());
     assert_eq!(Access::ReadWrite.to_u8(), 3);
 }
+
+#[test]
+fn removed_files_log_their_objects_until_the_targets_confirm() {
+    let dir = TempDir::new("removals");
+    let store = open(&dir);
+    with_targets(&store, 3);
+    let spec = LayoutSpec::plain(stripes(-1, -1));
+    let a = store
+        .create(&root(), "/a", 0o644, false, Some(&spec))
+        .unwrap()
+        .0;
+    let b = store
+        .create(&root(), "/b", 0o644, false, Some(&spec))
+        .unwrap()
+        .0;
+    let object_of = |attr: &Attr, target_id: u32| {
+        let stripe = target_ids(attr)[0]
+            .iter()
+            .position(|&t| t == target_id)
+            .unwrap();
+        nacre::layout::object_id(attr.ino, 0, stripe as u32).unwrap()
+    };
+    for t in 0..3 {
+        assert!(store.pending_removals(t, 100).unwrap().is_empty());
+    }
+
+    // unlink logs every object of the file, per target, in the same transaction
+    store.unlink(&root(), "/a").unwrap();
+    for t in 0..3 {
+        assert_eq!(
+            store.pending_removals(t, 100).unwrap(),
+            vec![object_of(&a, t)]
+        );
+    }
+    // a rename over a file logs the replaced file's objects
+    store
+        .create(&root(), "/c", 0o644, false, Some(&spec))
+        .unwrap();
+    store.rename(&root(), "/c", "/b").unwrap();
+    let mut on_1 = vec![object_of(&a, 1), object_of(&b, 1)];
+    on_1.sort_unstable();
+    assert_eq!(store.pending_removals(1, 100).unwrap(), on_1);
+    assert_eq!(
+        store.pending_removals(1, 1).unwrap().len(),
+        1,
+        "max is kept"
+    );
+
+    // confirmed removals are forgotten, durably; others stay across a reopen
+    store.removals_done(1, &on_1).unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert!(store.pending_removals(1, 100).unwrap().is_empty());
+    assert_eq!(store.pending_removals(0, 100).unwrap().len(), 2);
+    assert_eq!(store.pending_removals(2, 100).unwrap().len(), 2);
+}

@@ -1,19 +1,25 @@
 //! The metadata server: answers [`MetaRequest`]s from a [`MetaStore`], one thread per
 //! connection (the store allows concurrent readers and serializes writers), and removes the
 //! objects of unlinked files from their targets.
+//!
+//! Removal is logged: the transaction that removes a file also logs its objects (per
+//! target), and an object leaves the log only once its target confirmed it gone. The server
+//! works the log for a target after removing a file with objects there, and whenever that
+//! target registers (it restarted) or reports its usage (every few seconds), so objects on a
+//! target that was down at unlink are removed when it is back.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use nacre_transport::wire::{Opcode, encode_extents};
+use nacre_transport::limits::MAX_EXTENTS_PER_REQUEST;
+use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, Connection, Endpoint, Listener, Request, ServerConnection};
 
-use crate::client::{objects_by_target, whole_object_requests};
 use crate::codec::Writer;
 use crate::error::Error;
-use crate::limits::OBJECT_REMOVE_TIMEOUT_MS;
+use crate::limits::{OBJECT_ONLY_LEN, OBJECT_REMOVE_TIMEOUT_MS};
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::store::MetaStore;
@@ -105,11 +111,12 @@ fn answer(
     };
     let mut out = Vec::new();
     match execute(store, &cred, &op, &mut out) {
-        Ok(removed) => {
-            // Before the reply, so that a file unlinked is gone from its targets too when
-            // the caller hears so (and a test can count its objects without a race).
-            if let Some(attr) = removed {
-                remove_objects(store, &attr);
+        Ok(targets) => {
+            // Before the reply, so that a file unlinked is gone from its (reachable) targets
+            // too when the caller hears so, and a target that registers finds its old
+            // objects gone when it starts serving (tests count objects without a race).
+            for target_id in targets {
+                remove_logged(store, target_id);
             }
             conn.reply(request, 0, &out, &[])
         }
@@ -117,13 +124,30 @@ fn answer(
     }
 }
 
-/// Runs one request; returns the attributes of a file whose objects are to be removed.
+/// The targets of a removed file's objects, whose removal log is to be worked.
+fn targets_of(removed: Option<Attr>) -> Vec<u32> {
+    let mut targets: Vec<u32> = removed
+        .and_then(|attr| attr.layout)
+        .map(|layout| {
+            layout
+                .components()
+                .iter()
+                .flat_map(|c| c.stripe.target_ids().to_vec())
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort_unstable();
+    targets.dedup();
+    targets
+}
+
+/// Runs one request; returns the targets whose removal log is to be worked before replying.
 fn execute(
     store: &MetaStore,
     cred: &crate::meta::types::Cred,
     op: &MetaRequest,
     out: &mut Vec<u8>,
-) -> Result<Option<Attr>, MetaError> {
+) -> Result<Vec<u32>, MetaError> {
     match op {
         MetaRequest::Lookup { path } => store.lookup(cred, path)?.encode(out),
         MetaRequest::Mkdir { path, mode } => store.mkdir(cred, path, *mode)?.encode(out),
@@ -146,9 +170,9 @@ fn execute(
                 e.encode(out);
             }
         }
-        MetaRequest::Unlink { path } => return Ok(Some(store.unlink(cred, path)?)),
+        MetaRequest::Unlink { path } => return Ok(targets_of(Some(store.unlink(cred, path)?))),
         MetaRequest::Rmdir { path } => store.rmdir(cred, path)?,
-        MetaRequest::Rename { from, to } => return store.rename(cred, from, to),
+        MetaRequest::Rename { from, to } => return Ok(targets_of(store.rename(cred, from, to)?)),
         MetaRequest::SetDefaultLayout { path, spec } => {
             store.set_default_layout(cred, path, spec.clone())?
         }
@@ -157,12 +181,18 @@ fn execute(
             .encode(out),
         MetaRequest::Chmod { path, mode } => store.chmod(cred, path, *mode)?,
         MetaRequest::Chown { path, uid, gid } => store.chown(cred, path, *uid, *gid)?,
-        MetaRequest::RegisterTarget { info } => store.register_target(info.clone())?,
+        MetaRequest::RegisterTarget { info } => {
+            store.register_target(info.clone())?;
+            return Ok(vec![info.target_id]);
+        }
         MetaRequest::Usage {
             target_id,
             capacity_bytes,
             free_bytes,
-        } => store.update_usage(*target_id, *capacity_bytes, *free_bytes)?,
+        } => {
+            store.update_usage(*target_id, *capacity_bytes, *free_bytes)?;
+            return Ok(vec![*target_id]);
+        }
         MetaRequest::Targets => {
             let targets = store.targets();
             Writer::new(out).u32(targets.len() as u32);
@@ -175,48 +205,78 @@ fn execute(
             Writer::new(out).u64(st.files).u64(st.dirs);
         }
     }
-    Ok(None)
+    Ok(Vec::new())
 }
 
-/// Removes an unlinked file's objects from their targets. The namespace change is already
-/// durable; a target that cannot be reached keeps its objects as orphans (logged).
-fn remove_objects(store: &MetaStore, attr: &Attr) {
-    let Some(layout) = &attr.layout else {
+/// Works target `target_id`'s removal log: asks the target to remove the logged objects, in
+/// requests of at most [`MAX_EXTENTS_PER_REQUEST`], and forgets those it confirmed. A target
+/// that cannot be reached keeps its log for the next time (logged on stderr).
+fn remove_logged(store: &MetaStore, target_id: u32) {
+    let Some(info) = store
+        .targets()
+        .into_iter()
+        .find(|t| t.target_id == target_id)
+    else {
         return;
     };
-    let Ok(per_target) = objects_by_target(attr.ino, layout) else {
-        return;
-    };
-    let targets = store.targets();
     let options = link_options(Duration::from_millis(OBJECT_REMOVE_TIMEOUT_MS));
-    for (target_id, extents) in whole_object_requests(&per_target, |_, _| 0) {
-        let Some(info) = targets.iter().find(|t| t.target_id == target_id) else {
-            continue;
+    let mut conn: Option<Connection> = None;
+    loop {
+        let object_ids = match store.pending_removals(target_id, MAX_EXTENTS_PER_REQUEST) {
+            Ok(ids) if ids.is_empty() => return,
+            Ok(ids) => ids,
+            Err(e) => {
+                nacre_transport::log_line!("nacre meta: removal log of target {target_id}: {e}");
+                return;
+            }
         };
-        let removed = Endpoint::parse(&info.endpoint)
-            .map_err(Error::from)
-            .and_then(|e| Connection::connect(&e, options).map_err(Error::from))
-            .and_then(|mut conn| {
-                let mut body = Vec::new();
-                encode_extents(&extents, &mut body);
-                let mut reply = Vec::new();
-                let r = conn.call(Opcode::Remove, &body, Bulk::None, &mut reply)?;
-                if r.status != 0 {
-                    return Err(Error::TargetReply {
-                        target_id,
-                        endpoint: info.endpoint.clone(),
-                        op: "remove",
-                        errno: r.status,
-                        message: String::from_utf8_lossy(&reply).into_owned(),
-                    });
+        let extents: Vec<Extent> = object_ids
+            .iter()
+            .map(|&object_id| Extent {
+                object_id,
+                offset_bytes: 0,
+                len: OBJECT_ONLY_LEN,
+            })
+            .collect();
+        let removed = match conn.take() {
+            Some(c) => Ok(c),
+            None => Endpoint::parse(&info.endpoint)
+                .map_err(Error::from)
+                .and_then(|e| Connection::connect(&e, options).map_err(Error::from)),
+        }
+        .and_then(|mut c| {
+            let mut body = Vec::new();
+            encode_extents(&extents, &mut body);
+            let mut reply = Vec::new();
+            let r = c.call(Opcode::Remove, &body, Bulk::None, &mut reply)?;
+            if r.status != 0 {
+                return Err(Error::TargetReply {
+                    target_id,
+                    endpoint: info.endpoint.clone(),
+                    op: "remove",
+                    errno: r.status,
+                    message: String::from_utf8_lossy(&reply).into_owned(),
+                });
+            }
+            Ok(c)
+        });
+        match removed {
+            Ok(c) => {
+                if let Err(e) = store.removals_done(target_id, &object_ids) {
+                    nacre_transport::log_line!(
+                        "nacre meta: removal log of target {target_id}: {e}"
+                    );
+                    return;
                 }
-                Ok(())
-            });
-        if let Err(e) = removed {
-            nacre_transport::log_line!(
-                "nacre meta: objects of inode {} on target {target_id} left as orphans: {e}",
-                attr.ino
-            );
+                conn = Some(c);
+            }
+            Err(e) => {
+                nacre_transport::log_line!(
+                    "nacre meta: {} objects on target {target_id} stay logged for removal: {e}",
+                    object_ids.len()
+                );
+                return;
+            }
         }
     }
 }

@@ -40,6 +40,11 @@ const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dirents");
 const TARGETS: TableDefinition<u32, &[u8]> = TableDefinition::new("targets");
 const SUPER: TableDefinition<&str, &[u8]> = TableDefinition::new("super");
+/// Objects of removed files still to be removed from their targets: key target id
+/// (big-endian) then object id (big-endian), so one target's are one range; no value.
+const REMOVALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("removals");
+/// Bytes of a [`REMOVALS`] key.
+const REMOVAL_KEY_BYTES: usize = 12;
 const SUPER_KEY: &str = "super";
 
 /// The version of the tables' layout and records this build writes and reads.
@@ -485,9 +490,35 @@ impl WriteNs<'_> {
 struct Tx<'t> {
     ns: WriteNs<'t>,
     counters: Superblock,
+    removals: Table<'t, &'static [u8], &'static [u8]>,
+}
+
+fn removal_key(target_id: u32, object_id: u64) -> [u8; REMOVAL_KEY_BYTES] {
+    let mut key = [0u8; REMOVAL_KEY_BYTES];
+    key[..4].copy_from_slice(&target_id.to_be_bytes());
+    key[4..].copy_from_slice(&object_id.to_be_bytes());
+    key
 }
 
 impl Tx<'_> {
+    /// Logs the objects of removed file `victim` for removal from their targets, in the
+    /// transaction that removes the file: a crash or an unreachable target cannot leave
+    /// them behind unlogged.
+    fn log_removal(&mut self, victim: &Attr) -> Result<(), MetaError> {
+        let Some(layout) = &victim.layout else {
+            return Ok(());
+        };
+        for (c, component) in layout.components().iter().enumerate() {
+            for (stripe, &target_id) in component.stripe.target_ids().iter().enumerate() {
+                let object_id = nacre_layout::object_id(victim.ino, c as u16, stripe as u32)
+                    .map_err(|e| corrupt(format!("inode {}: {e}", victim.ino)))?;
+                self.removals
+                    .insert(removal_key(target_id, object_id).as_slice(), [].as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
     fn alloc_ino(&mut self) -> Result<u64, MetaError> {
         let ino = self.counters.next_ino;
         if ino > MAX_INO {
@@ -641,6 +672,7 @@ impl MetaStore {
                     dirents: txn.open_table(DIRENTS)?,
                 },
                 counters,
+                removals: txn.open_table(REMOVALS)?,
             };
             let outcome = op(&mut tx);
             if outcome.is_ok() && tx.counters != counters {
@@ -914,6 +946,7 @@ impl MetaStore {
             tx.ns.remove_attr(victim.ino)?;
             tx.ns.touch_dir(parent.ino, now_ns(), 0)?;
             tx.counters.files -= 1;
+            tx.log_removal(&victim)?;
             Ok(victim)
         })
     }
@@ -1032,6 +1065,7 @@ impl MetaStore {
                     tx.counters.dirs -= 1;
                 } else {
                     tx.counters.files -= 1;
+                    tx.log_removal(victim)?;
                 }
             }
             tx.ns.link(to_parent.ino, to.last(), &moved)?;
@@ -1214,6 +1248,46 @@ impl MetaStore {
             })?;
         info.capacity_bytes = capacity_bytes;
         info.free_bytes = free_bytes;
+        Ok(())
+    }
+
+    /// Up to `max` objects on target `target_id` whose files were removed and that are not
+    /// yet known to be gone from it, in id order.
+    pub fn pending_removals(&self, target_id: u32, max: usize) -> Result<Vec<u64>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(REMOVALS) {
+            Ok(t) => t,
+            // A store no file was ever removed from has no log yet.
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let start = removal_key(target_id, 0);
+        let end = removal_key(target_id, u64::MAX);
+        let mut out = Vec::new();
+        for entry in table.range(start.as_slice()..=end.as_slice())?.take(max) {
+            let (key, _) = entry?;
+            let key = key.value();
+            let object_id = key
+                .get(4..REMOVAL_KEY_BYTES)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(format!("a removal key of {} bytes", key.len())))?;
+            out.push(object_id);
+        }
+        Ok(out)
+    }
+
+    /// Forgets objects of target `target_id` that are gone from it (durably).
+    pub fn removals_done(&self, target_id: u32, object_ids: &[u64]) -> Result<(), MetaError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(REMOVALS)?;
+            for &object_id in object_ids {
+                table.remove(removal_key(target_id, object_id).as_slice())?;
+            }
+        }
+        txn.commit()?;
         Ok(())
     }
 
