@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, fill, pattern};
+use common::{Cluster, fill, pattern, registered_round_trip};
 use nacre::layout::StripeSpec;
 use nacre::meta::types::{ComponentSpec, Cred, LayoutSpec};
 use nacre::{ClientOptions, OpenOptions, QueueOp};
@@ -347,36 +347,19 @@ fn bad_input_gets_clear_errors() {
 fn registered_memory_carries_bulk_and_is_checked() {
     let cluster = Cluster::start("registered", 2);
     let client = cluster.client();
-    let file = client
-        .create("/registered", 0o644, Some(stripes(-1, 1 << 20)))
-        .unwrap();
-    let mut out = fill(4, 0, 3 * 1024 * 1024 + 17);
-    let mut back = vec![0u8; out.len()];
-    // SAFETY (test): both vectors outlive their registrations, dropped below first.
-    let (w, r) = unsafe {
-        (
-            client.register_memory(out.as_mut_ptr(), out.len()).unwrap(),
-            client
-                .register_memory(back.as_mut_ptr(), back.len())
-                .unwrap(),
-        )
-    };
+    let (w, r) = registered_round_trip(&client, "/registered", 4, 3 * 1024 * 1024 + 17);
     assert_ne!(w, r);
-    file.write_at(&out, 0).unwrap();
-    assert_eq!(file.read_at(&mut back, 0).unwrap(), out.len());
-    assert!(back == out, "bytes through registered memory differ");
     // TCP moves bulk straight between the socket and the caller's memory.
     assert_eq!(client.staged_bytes(), 0);
-    client.unregister_memory(w).unwrap();
-    client.unregister_memory(r).unwrap();
     let again = client.unregister_memory(r).unwrap_err();
     assert_eq!(again.errno(), libc::EINVAL, "{again}");
 
     // SAFETY (test): refused before anything is registered.
     let null = unsafe { client.register_memory(std::ptr::null_mut(), 10) }.unwrap_err();
     assert!(null.to_string().contains("memory"), "{null}");
+    let mut buf = vec![0u8; 10];
     // SAFETY (test): refused before anything is registered.
-    let empty = unsafe { client.register_memory(out.as_mut_ptr(), 0) }.unwrap_err();
+    let empty = unsafe { client.register_memory(buf.as_mut_ptr(), 0) }.unwrap_err();
     assert!(empty.to_string().contains("length 0"), "{empty}");
 }
 

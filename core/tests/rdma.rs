@@ -9,7 +9,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{Cluster, fill};
+use common::{Cluster, fill, registered_round_trip};
 use nacre::layout::StripeSpec;
 use nacre::meta::types::LayoutSpec;
 use nacre::transport::Kind;
@@ -63,36 +63,13 @@ fn striped_round_trip(scheme: &str, test: &str) {
     assert!(staged > 0, "bulk in unregistered memory is staged");
 
     // Registered memory moves with no staging copy: the targets' RDMA READ and WRITE reach
-    // it directly. (1 MiB stripes: few enough pieces per request to describe in one message.)
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 1 << 20,
-        ..StripeSpec::default()
-    });
-    let file = client
-        .create("/rdma-registered", 0o644, Some(spec))
-        .unwrap();
-    let mut out = fill(10, 0, 5 * 1024 * 1024);
-    let mut back = vec![0u8; out.len()];
-    // SAFETY (test): both vectors outlive their registrations, dropped below first.
-    let (w, r) = unsafe {
-        (
-            client.register_memory(out.as_mut_ptr(), out.len()).unwrap(),
-            client
-                .register_memory(back.as_mut_ptr(), back.len())
-                .unwrap(),
-        )
-    };
-    file.write_at(&out, 0).unwrap();
-    assert_eq!(file.read_at(&mut back, 0).unwrap(), out.len());
-    assert!(back == out, "registered read back over {scheme} differs");
+    // it directly.
+    registered_round_trip(&client, "/rdma-registered", 10, 5 * 1024 * 1024);
     assert_eq!(
         client.staged_bytes(),
         staged,
         "registered bulk went through a staging buffer"
     );
-    client.unregister_memory(w).unwrap();
-    client.unregister_memory(r).unwrap();
 }
 
 #[test]

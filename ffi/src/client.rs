@@ -89,10 +89,6 @@ pub(crate) struct MemState {
     id: u64,
 }
 
-fn ok(_: impl Sized) -> Result<i64, Failure> {
-    Ok(0)
-}
-
 fn connect(
     name: &str,
     address: *const c_char,
@@ -171,7 +167,7 @@ fn client_options(o: &nacre_options) -> Result<ClientOptions, Failure> {
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_disconnect(client: *mut nacre_client) -> c_int {
     run_int("nacre_disconnect", || {
-        handle::remove(client, "client", |o| matches!(o, Object::Client(_))).and_then(ok)
+        handle::remove(client, "client", |o| matches!(o, Object::Client(_))).map(|_| 0)
     })
 }
 
@@ -379,7 +375,7 @@ pub extern "C" fn nacre_readdir(dir: *mut nacre_dir, entry: *mut nacre_dirent) -
 #[unsafe(no_mangle)]
 pub extern "C" fn nacre_closedir(dir: *mut nacre_dir) -> c_int {
     run_int("nacre_closedir", || {
-        handle::remove(dir, "directory listing", |o| matches!(o, Object::Dir(_))).and_then(ok)
+        handle::remove(dir, "directory listing", |o| matches!(o, Object::Dir(_))).map(|_| 0)
     })
 }
 

@@ -767,12 +767,30 @@ struct PoolState {
     closed_staged_bytes: u64,
 }
 
+impl PoolState {
+    /// Brings every idle connection's registrations in line with the pool's; the first
+    /// failure to register is returned.
+    fn sync_idle(&mut self) -> Result<(), TransportError> {
+        let mut result = Ok(());
+        for conn in &mut self.idle {
+            if let Err(e) = conn.sync_registrations(&self.registrations) {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+}
+
 impl Connection {
     /// Brings this connection's registrations in line with the pool's: drops those the
     /// caller unregistered, registers those it lacks. A registration that fails is left
     /// out (its bulk is staged, which is slower but moves the same bytes) and retried the
     /// next time the connection is lent; the first failure is returned.
     fn sync_registrations(&mut self, wanted: &[Registration]) -> Result<(), TransportError> {
+        if self.registrations == wanted {
+            // Every lend and give-back asks; almost always nothing changed.
+            return Ok(());
+        }
         let mut held = std::mem::take(&mut self.registrations);
         held.retain(|r| {
             let keep = wanted.contains(r);
@@ -869,19 +887,11 @@ impl Peer {
             addr: ptr as usize,
             len,
         });
-        let wanted = state.registrations.clone();
-        let mut result = Ok(());
-        for conn in &mut state.idle {
-            if let Err(e) = conn.sync_registrations(&wanted) {
-                result = Err(e);
-            }
-        }
+        let result = state.sync_idle();
         if result.is_err() {
             state.registrations.retain(|r| r.id != id);
-            let wanted = state.registrations.clone();
-            for conn in &mut state.idle {
-                let _ = conn.sync_registrations(&wanted);
-            }
+            // Dropping registrations cannot fail; only adding can.
+            let _ = state.sync_idle();
         }
         result
     }
@@ -891,11 +901,8 @@ impl Peer {
     pub fn unregister_memory(&self, id: u64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.registrations.retain(|r| r.id != id);
-        let wanted = state.registrations.clone();
-        for conn in &mut state.idle {
-            // Dropping registrations cannot fail; only adding can.
-            let _ = conn.sync_registrations(&wanted);
-        }
+        // Dropping registrations cannot fail; only adding can.
+        let _ = state.sync_idle();
     }
 
     /// Bytes the pool's connections copied through staging buffers (RDMA bulk outside
@@ -970,9 +977,8 @@ impl Peer {
             state.open -= 1;
             state.closed_staged_bytes += conn.staged_bytes();
         } else {
-            let wanted = state.registrations.clone();
             // A registration that fails only means staging; it is retried at the next lend.
-            let _ = conn.sync_registrations(&wanted);
+            let _ = conn.sync_registrations(&state.registrations);
             state.idle.push(conn);
         }
         self.returned.notify_one();

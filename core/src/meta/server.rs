@@ -17,6 +17,7 @@ use nacre_transport::limits::MAX_EXTENTS_PER_REQUEST;
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, Connection, Endpoint, Listener, Request, ServerConnection};
 
+use crate::client::objects_by_target;
 use crate::codec::Writer;
 use crate::error::Error;
 use crate::limits::{OBJECT_ONLY_LEN, OBJECT_REMOVE_TIMEOUT_MS};
@@ -126,19 +127,10 @@ fn answer(
 
 /// The targets of a removed file's objects, whose removal log is to be worked.
 fn targets_of(removed: Option<Attr>) -> Vec<u32> {
-    let mut targets: Vec<u32> = removed
-        .and_then(|attr| attr.layout)
-        .map(|layout| {
-            layout
-                .components()
-                .iter()
-                .flat_map(|c| c.stripe.target_ids().to_vec())
-                .collect()
-        })
-        .unwrap_or_default();
-    targets.sort_unstable();
-    targets.dedup();
-    targets
+    removed
+        .and_then(|attr| objects_by_target(attr.ino, attr.layout.as_ref()?).ok())
+        .map(|per_target| per_target.into_keys().collect())
+        .unwrap_or_default()
 }
 
 /// Runs one request; returns the targets whose removal log is to be worked before replying.
@@ -212,16 +204,10 @@ fn execute(
 /// requests of at most [`MAX_EXTENTS_PER_REQUEST`], and forgets those it confirmed. A target
 /// that cannot be reached keeps its log for the next time (logged on stderr).
 fn remove_logged(store: &MetaStore, target_id: u32) {
-    let Some(info) = store
-        .targets()
-        .into_iter()
-        .find(|t| t.target_id == target_id)
-    else {
-        return;
-    };
     let options = link_options(Duration::from_millis(OBJECT_REMOVE_TIMEOUT_MS));
     let mut conn: Option<Connection> = None;
     loop {
+        // Most calls (every heartbeat) find the log empty and stop here.
         let object_ids = match store.pending_removals(target_id, MAX_EXTENTS_PER_REQUEST) {
             Ok(ids) if ids.is_empty() => return,
             Ok(ids) => ids,
@@ -229,6 +215,13 @@ fn remove_logged(store: &MetaStore, target_id: u32) {
                 nacre_transport::log_line!("nacre meta: removal log of target {target_id}: {e}");
                 return;
             }
+        };
+        let Some(info) = store
+            .targets()
+            .into_iter()
+            .find(|t| t.target_id == target_id)
+        else {
+            return;
         };
         let extents: Vec<Extent> = object_ids
             .iter()

@@ -62,40 +62,26 @@ const BALANCED_FREE_SPREAD_PERCENT: u64 = 10;
 // The counter's values are inode numbers; the root takes the first.
 const FIRST_FREE_INO: u64 = ROOT_INO + 1;
 
-impl From<DatabaseError> for MetaError {
-    fn from(error: DatabaseError) -> Self {
-        store_error("open database", error)
-    }
+/// `From` each redb error for [`MetaError::Store`], naming what the store was doing.
+macro_rules! store_errors {
+    ($($error:ty => $op:literal),* $(,)?) => {
+        $(
+            impl From<$error> for MetaError {
+                fn from(error: $error) -> Self {
+                    store_error($op, error)
+                }
+            }
+        )*
+    };
 }
 
-impl From<TransactionError> for MetaError {
-    fn from(error: TransactionError) -> Self {
-        store_error("begin transaction", error)
-    }
-}
-
-impl From<TableError> for MetaError {
-    fn from(error: TableError) -> Self {
-        store_error("open table", error)
-    }
-}
-
-impl From<StorageError> for MetaError {
-    fn from(error: StorageError) -> Self {
-        store_error("read or write", error)
-    }
-}
-
-impl From<CommitError> for MetaError {
-    fn from(error: CommitError) -> Self {
-        store_error("commit", error)
-    }
-}
-
-impl From<SetDurabilityError> for MetaError {
-    fn from(error: SetDurabilityError) -> Self {
-        store_error("set durability", error)
-    }
+store_errors! {
+    DatabaseError => "open database",
+    TransactionError => "begin transaction",
+    TableError => "open table",
+    StorageError => "read or write",
+    CommitError => "commit",
+    SetDurabilityError => "set durability",
 }
 
 fn store_error(op: &'static str, error: impl std::fmt::Display) -> MetaError {
@@ -508,10 +494,10 @@ impl Tx<'_> {
         let Some(layout) = &victim.layout else {
             return Ok(());
         };
-        for (c, component) in layout.components().iter().enumerate() {
-            for (stripe, &target_id) in component.stripe.target_ids().iter().enumerate() {
-                let object_id = nacre_layout::object_id(victim.ino, c as u16, stripe as u32)
-                    .map_err(|e| corrupt(format!("inode {}: {e}", victim.ino)))?;
+        let per_target = crate::client::objects_by_target(victim.ino, layout)
+            .map_err(|e| corrupt(format!("inode {}: {e}", victim.ino)))?;
+        for (target_id, objects) in per_target {
+            for (_, _, object_id) in objects {
                 self.removals
                     .insert(removal_key(target_id, object_id).as_slice(), [].as_slice())?;
             }
