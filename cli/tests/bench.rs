@@ -362,6 +362,29 @@ fn shared_file_reordered_random_repeated_and_ior_hard() {
 }
 
 #[test]
+fn ior_easy_is_large_transfers_into_a_file_per_task() {
+    let cluster = Cluster::start("bench-easy", TARGETS);
+    // IO500's ior-easy shape, with a smaller block than the preset's.
+    let (_, json) = bench_json(
+        &cluster,
+        &["-o", "/easy", "--preset", "ior-easy", "-N", "2", "-b", "4m"],
+    );
+    for (key, value) in [
+        ("params.transfer_bytes", "2097152"),
+        ("params.block_bytes", "4194304"),
+        ("params.file_per_process", "true"),
+        ("params.reorder_tasks", "true"),
+        ("params.fsync", "true"),
+    ] {
+        assert_eq!(json.get(key).map(String::as_str), Some(value), "{key}");
+    }
+    assert_eq!(
+        results(&json)[1],
+        ("read".to_string(), 0, 2 * 4 * 1024 * 1024, 4)
+    );
+}
+
+#[test]
 fn file_per_process_kept_files_and_a_corrupted_byte() {
     let cluster = Cluster::start("bench-fpp", TARGETS);
     let (report, json) = bench_json(
