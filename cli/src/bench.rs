@@ -53,8 +53,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use nacre::layout::{LayoutError, StripeSpec};
 use nacre::meta::types::LayoutSpec;
+use nacre::transport::limits::{DEFAULT_CONNECTIONS_PER_PEER, MAX_CONNECTIONS_PER_PEER};
 use nacre::units::parse_size;
-use nacre::{Client, File, OpenOptions};
+use nacre::{Client, ClientOptions, File, OpenOptions};
 
 use crate::{Failure, MetaArg};
 use latency::Latencies;
@@ -282,7 +283,15 @@ fn command_line() -> String {
 pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let plan = args.plan().unwrap_or_else(|e| usage_exit(&e));
     let spec = layout_spec(&plan).unwrap_or_else(|e| usage_exit(&e));
-    let client = args.meta.connect()?;
+    // One connection per transfer in flight (up to the transport's bound), so that the
+    // transfers of every thread travel at once instead of queueing for a few connections.
+    let in_flight = (plan.tasks as usize) * (plan.queue_depth as usize);
+    let options = ClientOptions {
+        connections_per_target: in_flight
+            .clamp(DEFAULT_CONNECTIONS_PER_PEER, MAX_CONNECTIONS_PER_PEER),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&args.meta.meta, options)?;
     let command = command_line();
     print!("{}", report::header(&plan, &args.meta.meta, &command));
     print!("{}", report::results_heading());

@@ -52,21 +52,22 @@ pub(crate) fn spawn(
         })
 }
 
-/// Accepts clients until `stop` is set, serving each on its own thread with `serve`; then
-/// waits for those threads.
-pub(crate) fn accept_loop(
+/// Accepts clients until `stop` is set, handing each to `route`, which takes it over
+/// (`None`) or gives back the work of a thread to serve it on (`Some`); then waits for
+/// those threads.
+pub(crate) fn accept_loop<F: FnOnce() + Send + 'static>(
     listener: Listener,
     stop: Arc<AtomicBool>,
     name: String,
-    serve: impl Fn(ServerConnection) + Send + Sync + Clone + 'static,
+    mut route: impl FnMut(ServerConnection) -> Option<F>,
 ) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         connections.retain(|t| !t.is_finished());
         match listener.accept(Duration::from_millis(ACCEPT_POLL_MS)) {
             Ok(Some(conn)) => {
-                let serve = serve.clone();
-                match spawn(format!("{name}-conn"), move || serve(conn)) {
+                let Some(serve) = route(conn) else { continue };
+                match spawn(format!("{name}-conn"), serve) {
                     Ok(t) => connections.push(t),
                     Err(e) => nacre_transport::log_line!("{name}: {e}"),
                 }

@@ -23,10 +23,12 @@ impl Ring {
     /// A ring of `depth` submission entries (and twice as many completion entries), with
     /// `files` registered file slots and `buffers` fixed-buffer slots, all empty.
     pub(crate) fn new(depth: u32, files: u32, buffers: u32) -> Result<Ring, IoError> {
+        // No COOP_TASKRUN: with it, a completion waits for the thread's next system call
+        // to be posted, so a thread asleep in epoll_wait on the ring's eventfd would not
+        // be woken (see `register_eventfd`).
         let ring = IoUring::builder()
             .setup_cqsize(depth * 2)
             .setup_single_issuer()
-            .setup_coop_taskrun()
             .build(depth)
             .map_err(ring_err(Operation::Ring))?;
         ring.submitter()
@@ -36,6 +38,14 @@ impl Ring {
             .register_buffers_sparse(buffers)
             .map_err(ring_err(Operation::Register))?;
         Ok(Ring { ring })
+    }
+
+    /// Has the kernel signal eventfd `fd` whenever it posts a completion.
+    pub(crate) fn register_eventfd(&self, fd: RawFd) -> Result<(), IoError> {
+        self.ring
+            .submitter()
+            .register_eventfd(fd)
+            .map_err(ring_err(Operation::Ring))
     }
 
     /// Puts `fd` (or -1 to empty it) into registered file slot `slot`.

@@ -437,6 +437,14 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Has the kernel signal eventfd `fd` whenever a completion of this store's ring is
+    /// posted, so that an event loop can sleep in epoll (or poll) on sockets and storage at
+    /// once, then collect completions with [`ObjectStore::poll`]. The eventfd must stay
+    /// open while the store lives.
+    pub fn register_eventfd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
+        self.ring.register_eventfd(fd)
+    }
+
     /// Accepts an operation; its [`Completion`] carries `tag`. Argument errors are returned
     /// here; errors of the operation itself arrive in its completion.
     ///

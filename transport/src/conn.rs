@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::limits::{CONNECT_TIMEOUT_MS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT_MS};
+use crate::stream::StreamConn;
 use crate::tcp::{TcpAcceptor, TcpConnection};
 use crate::wire::{Header, Opcode, WireError};
 
@@ -618,6 +619,34 @@ impl ServerConnection {
     /// memory); 0 over TCP, and 0 when every bulk transfer used registered memory.
     pub fn staged_bytes(&self) -> u64 {
         self.link.staged_bytes()
+    }
+
+    /// A TCP connection, fresh from [`Listener::accept`], as a nonblocking [`StreamConn`] for
+    /// an event loop that drives many connections from one thread; any other connection
+    /// (RDMA, or one a request was already read from) comes back unchanged.
+    pub fn into_stream(self) -> Result<StreamConn, ServerConnection> {
+        if self.pending_payload != 0 {
+            return Err(self);
+        }
+        let nonblocking = match &self.link {
+            Link::Tcp(t) => t
+                .set_nonblocking()
+                .inspect_err(|e| crate::log_line!("nacre-transport: {}: {e}", t.peer()))
+                .is_ok(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => false,
+        };
+        if !nonblocking {
+            return Err(self);
+        }
+        match self.link {
+            Link::Tcp(t) => {
+                let (stream, peer) = t.into_parts();
+                Ok(StreamConn::from_nonblocking(stream, peer))
+            }
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => unreachable!("a TCP link, matched above"),
+        }
     }
 
     /// Waits for the next request and its body. `Ok(None)` when the client closed the

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod rdma;
 #[cfg(feature = "rdma")]
 mod rdma_link;
+pub mod stream;
 pub mod tcp;
 pub mod wire;
 
@@ -31,3 +32,4 @@ pub use conn::{
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
+pub use stream::{Incoming, Progress, StreamConn};

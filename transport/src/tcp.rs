@@ -469,6 +469,23 @@ impl TcpConnection {
         self.broken = true;
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+
+    /// Makes the socket nonblocking (before [`TcpConnection::into_parts`]).
+    pub fn set_nonblocking(&self) -> Result<(), TransportError> {
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|source| TransportError::Io {
+                op: TransportOp::Connect,
+                peer: self.peer,
+                source,
+            })
+    }
+
+    /// The stream and the peer's address, for a caller that drives the socket itself (an
+    /// event loop, through [`crate::stream::StreamConn`]).
+    pub fn into_parts(self) -> (TcpStream, SocketAddr) {
+        (self.stream, self.peer)
+    }
 }
 
 fn write_all_vectored(

@@ -55,13 +55,12 @@ impl MetaServer {
                 Arc::clone(&accept_stop),
                 "nacre-meta".into(),
                 move |mut conn: ServerConnection| {
-                    let store = Arc::clone(&store);
-                    request_loop(
-                        &mut conn,
-                        &accept_stop,
-                        "nacre meta",
-                        |conn, request, body| answer(&store, conn, request, body),
-                    );
+                    let (store, stop) = (Arc::clone(&store), Arc::clone(&accept_stop));
+                    Some(move || {
+                        request_loop(&mut conn, &stop, "nacre meta", |conn, request, body| {
+                            answer(&store, conn, request, body)
+                        });
+                    })
                 },
             )
         })?;

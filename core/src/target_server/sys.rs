@@ -1,0 +1,138 @@
+//! The two kernel objects a worker's event loop waits on: an epoll set (its connections, its
+//! wake-up, its ring's completions) and eventfds (a wake-up other threads ring, and the one
+//! io_uring signals when a completion is posted).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::error::Error;
+
+fn sys_error(what: &str, source: std::io::Error) -> Error {
+    Error::Server {
+        what: "target worker".into(),
+        reason: format!("{what}: {source}"),
+    }
+}
+
+/// An eventfd: a counter other threads add to, and a descriptor that is readable while the
+/// counter is not zero.
+#[derive(Debug)]
+pub(super) struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// A nonblocking eventfd at zero.
+    pub(super) fn new() -> Result<EventFd, Error> {
+        // SAFETY: eventfd takes no pointers; a negative return is an error, else a new
+        // descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(sys_error("eventfd", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The descriptor.
+    pub(super) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable (wakes a thread waiting on it).
+    pub(super) fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a local u64, as eventfd expects. It can only fail when
+        // the counter would overflow, which needs 2^64 - 2 unread wake-ups: the reader is
+        // awake then anyway.
+        let _ = unsafe { libc::write(self.raw(), (&raw const one).cast(), 8) };
+    }
+
+    /// Sets the counter back to zero.
+    pub(super) fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a local u64; EAGAIN (already zero) is fine.
+        let _ = unsafe { libc::read(self.raw(), (&raw mut count).cast(), 8) };
+    }
+}
+
+/// An epoll set whose entries carry a 64-bit token.
+#[derive(Debug)]
+pub(super) struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+/// Most readiness events one wait returns.
+const EVENTS_PER_WAIT: usize = 256;
+
+impl Epoll {
+    pub(super) fn new() -> Result<Epoll, Error> {
+        // SAFETY: no pointers; a negative return is an error, else a descriptor we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(sys_error("epoll_create1", std::io::Error::last_os_error()));
+        }
+        Ok(Epoll {
+            // SAFETY: `fd` is a fresh descriptor nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
+        })
+    }
+
+    /// Watches `fd` for reading and writing, edge-triggered, or for reading only.
+    pub(super) fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
+        let mut flags = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+        if writes_too {
+            flags |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: flags as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        let rc =
+            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd` (closing it does too, once no other descriptor refers to it).
+    pub(super) fn remove(&self, fd: RawFd) {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; an fd not in the set is an error we ignore.
+        let _ =
+            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    }
+
+    /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token.
+    pub(super) fn wait(&mut self, timeout: Duration, mut f: impl FnMut(u64)) -> Result<(), Error> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: the buffer holds `EVENTS_PER_WAIT` events and outlives the call.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                EVENTS_PER_WAIT as i32,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // A signal, or io_uring's task work, interrupted the wait: nothing is lost, the
+            // caller's loop looks at everything again.
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(sys_error("epoll_wait", e));
+        }
+        for e in &self.events[..n as usize] {
+            f(e.u64);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,529 @@
+//! Nonblocking framed TCP for event loops: one thread drives many connections (with epoll),
+//! and each [`StreamConn`] is a small state machine that reads a request's header, body and
+//! payload, and writes a reply, as far as the socket allows at the moment, then carries on
+//! where it stopped at the next readiness event (decision 0008).
+//!
+//! The framing and the checks are those of the blocking [`crate::tcp`] connection: every
+//! header and body is checked before it is believed, a request's payload lands straight in
+//! the caller's destination memory and a reply's payload leaves straight from the caller's
+//! memory, with no copy in user space.
+//!
+//! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only after the socket
+//! said it would block, so an edge-triggered event loop that calls on until it sees
+//! `Pending` never misses an event.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use crate::error::{TransportError, TransportOp};
+use crate::limits::HEADER_BYTES;
+use crate::wire::{Header, WireError};
+
+/// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
+const SLICES_PER_CALL: usize = 64;
+/// Chunk used to drop the rest of a message that is skipped.
+const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
+/// The status of the error reply to a request whose opcode the server does not know.
+const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
+
+/// What reading a connection gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// No whole request yet: the socket has nothing more to read now.
+    Pending,
+    /// A request's header and body arrived ([`StreamConn::body`]). Its payload, if it has
+    /// one, comes next ([`StreamConn::recv_payload`]); no further request is read until the
+    /// reply to this one has started ([`StreamConn::start_reply`]).
+    Request(Header),
+    /// The peer closed the connection between messages.
+    Closed,
+}
+
+/// Whether a payload or a reply is all through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Not yet: the socket would block; carry on at the next readiness event.
+    Pending,
+    /// All of it.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    /// Between messages (`got == 0`) or partway through a header.
+    Header { got: usize },
+    /// Partway through a body.
+    Body { header: Header, got: usize },
+    /// A request is the caller's: its payload, if any, is taken with `recv_payload`.
+    Request { header: Header, payload_got: u64 },
+    /// Dropping the rest of a message: the payload of a request answered without taking
+    /// it, or the body and payload of a request with an unknown opcode.
+    Discard { left: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Output {
+    /// The reply's header and body.
+    head: Vec<u8>,
+    /// Bytes of the reply (head, then payload) written so far.
+    sent: u64,
+    payload_len: u64,
+    /// A reply is being written.
+    active: bool,
+    /// The reply is the transport's own (an unknown opcode's), with no payload.
+    own: bool,
+}
+
+/// The server's side of one nonblocking TCP connection.
+#[derive(Debug)]
+pub struct StreamConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    input: Input,
+    head: [u8; HEADER_BYTES],
+    body: Vec<u8>,
+    output: Output,
+    broken: bool,
+    last_progress: Instant,
+}
+
+impl StreamConn {
+    /// Takes over a connected stream (made nonblocking here).
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Result<StreamConn, TransportError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| TransportError::Io {
+                op: TransportOp::Connect,
+                peer,
+                source,
+            })?;
+        Ok(StreamConn::from_nonblocking(stream, peer))
+    }
+
+    /// Wraps a stream already made nonblocking.
+    pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr) -> StreamConn {
+        StreamConn {
+            stream,
+            peer,
+            input: Input::Header { got: 0 },
+            head: [0; HEADER_BYTES],
+            body: Vec::new(),
+            output: Output::default(),
+            broken: false,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// The descriptor to watch for readiness.
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The body of the current request.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// When bytes last moved either way.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// Whether the connection is partway through a message the peer sends or it writes (a
+    /// request's header, body or payload, or a reply): a peer that stops there for long is
+    /// stuck or gone. Between messages, and while the caller serves a request whose payload
+    /// is in, it is not.
+    pub fn mid_message(&self) -> bool {
+        self.output.active
+            || match self.input {
+                Input::Header { got } => got > 0,
+                Input::Body { .. } | Input::Discard { .. } => true,
+                Input::Request {
+                    header,
+                    payload_got,
+                } => payload_got < header.payload_len,
+            }
+    }
+
+    /// Whether a reply is being written.
+    pub fn replying(&self) -> bool {
+        self.output.active && !self.output.own
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
+        self.broken = true;
+        match source.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerClosed {
+                op,
+                peer: self.peer,
+            },
+            _ => TransportError::Io {
+                op,
+                peer: self.peer,
+                source,
+            },
+        }
+    }
+
+    fn protocol(&mut self, source: WireError) -> TransportError {
+        self.broken = true;
+        TransportError::Protocol {
+            peer: self.peer,
+            source,
+        }
+    }
+
+    /// One read into `buf`: `Ok(None)` when the socket would block, `Ok(Some(0))` at the
+    /// end of the stream.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.last_progress = Instant::now();
+                    }
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(self.fail(TransportOp::Recv, e)),
+            }
+        }
+    }
+
+    fn eof(&mut self) -> TransportError {
+        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        self.fail(TransportOp::Recv, e)
+    }
+
+    /// Reads on until a whole request is in, the socket would block, or the peer closed.
+    /// A request with an unknown opcode is answered here (EOPNOTSUPP) and skipped, as the
+    /// blocking connection does; a malformed message is an error and breaks the connection.
+    pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
+        self.check()?;
+        loop {
+            if self.output.active {
+                if !self.output.own {
+                    return Err(TransportError::Unexpected {
+                        peer: self.peer,
+                        reason: "a request was read before the reply to the last one was sent"
+                            .into(),
+                    });
+                }
+                if self.flush(&[])? == Progress::Pending {
+                    return Ok(Incoming::Pending);
+                }
+            }
+            match self.input {
+                Input::Request { .. } => {
+                    return Err(TransportError::Unexpected {
+                        peer: self.peer,
+                        reason: "a request was read before the last one was answered".into(),
+                    });
+                }
+                Input::Discard { left } => {
+                    let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
+                    let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
+                    match self.read_some(&mut scratch[..n])? {
+                        None => return Ok(Incoming::Pending),
+                        Some(0) => return Err(self.eof()),
+                        Some(got) => {
+                            let left = left - got as u64;
+                            self.input = if left == 0 {
+                                Input::Header { got: 0 }
+                            } else {
+                                Input::Discard { left }
+                            };
+                        }
+                    }
+                }
+                Input::Header { got } => {
+                    let mut head = self.head;
+                    let read = self.read_some(&mut head[got..]);
+                    self.head = head;
+                    match read? {
+                        None => return Ok(Incoming::Pending),
+                        Some(0) if got == 0 => {
+                            self.broken = true;
+                            return Ok(Incoming::Closed);
+                        }
+                        Some(0) => return Err(self.eof()),
+                        Some(n) if got + n < HEADER_BYTES => {
+                            self.input = Input::Header { got: got + n };
+                        }
+                        Some(_) => {
+                            if let Some(incoming) = self.header_arrived()? {
+                                return Ok(incoming);
+                            }
+                        }
+                    }
+                }
+                Input::Body { header, got } => {
+                    let mut body = std::mem::take(&mut self.body);
+                    let read = self.read_some(&mut body[got..]);
+                    self.body = body;
+                    match read? {
+                        None => return Ok(Incoming::Pending),
+                        Some(0) => return Err(self.eof()),
+                        Some(n) if got + n < self.body.len() => {
+                            self.input = Input::Body {
+                                header,
+                                got: got + n,
+                            };
+                        }
+                        Some(_) => return self.body_arrived(header),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole header is in: checks it and moves on to its body. `Some` when the request
+    /// is complete already (no body).
+    fn header_arrived(&mut self) -> Result<Option<Incoming>, TransportError> {
+        let header = match Header::decode(&self.head) {
+            Ok(h) => h,
+            Err(WireError::UnknownOpcode {
+                opcode,
+                request_id,
+                body_len,
+                payload_len,
+            }) => {
+                crate::log_line!(
+                    "nacre-transport: {} sent unknown opcode {opcode}; answered EOPNOTSUPP",
+                    self.peer
+                );
+                let left = u64::from(body_len) + payload_len;
+                self.input = if left == 0 {
+                    Input::Header { got: 0 }
+                } else {
+                    Input::Discard { left }
+                };
+                let mut head = std::mem::take(&mut self.output.head);
+                head.clear();
+                head.extend_from_slice(
+                    &Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode(),
+                );
+                self.output = Output {
+                    head,
+                    sent: 0,
+                    payload_len: 0,
+                    active: true,
+                    own: true,
+                };
+                return Ok(None);
+            }
+            Err(e) => return Err(self.protocol(e)),
+        };
+        if header.is_response() {
+            self.broken = true;
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a reply to request {} arrived where requests are expected",
+                    header.request_id
+                ),
+            });
+        }
+        self.body.clear();
+        self.body.resize(header.body_len as usize, 0);
+        if header.body_len == 0 {
+            return self.body_arrived(header).map(Some);
+        }
+        self.input = Input::Body { header, got: 0 };
+        Ok(None)
+    }
+
+    fn body_arrived(&mut self, header: Header) -> Result<Incoming, TransportError> {
+        if let Err(e) = header.check_body(&self.body) {
+            return Err(self.protocol(e));
+        }
+        self.input = Input::Request {
+            header,
+            payload_got: 0,
+        };
+        Ok(Incoming::Request(header))
+    }
+
+    /// Receives the current request's payload straight into `dests`, whose lengths must add
+    /// up to the payload's length. Call it again with the same destinations after
+    /// [`Progress::Pending`]: it carries on where it stopped.
+    pub fn recv_payload(
+        &mut self,
+        dests: &mut [IoSliceMut<'_>],
+    ) -> Result<Progress, TransportError> {
+        self.check()?;
+        let Input::Request {
+            header,
+            payload_got,
+        } = self.input
+        else {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: "no request's payload is being received".into(),
+            });
+        };
+        let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
+        if room != header.payload_len {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "the request's payload is {} bytes; destinations of {room} bytes were given",
+                    header.payload_len
+                ),
+            });
+        }
+        let mut got = payload_got;
+        let mut dests = dests;
+        IoSliceMut::advance_slices(&mut dests, got as usize);
+        while got < header.payload_len {
+            let n = dests.len().min(SLICES_PER_CALL);
+            match self.stream.read_vectored(&mut dests[..n]) {
+                Ok(0) => return Err(self.eof()),
+                Ok(n) => {
+                    self.last_progress = Instant::now();
+                    got += n as u64;
+                    self.input = Input::Request {
+                        header,
+                        payload_got: got,
+                    };
+                    IoSliceMut::advance_slices(&mut dests, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Progress::Pending);
+                }
+                Err(e) => return Err(self.fail(TransportOp::Recv, e)),
+            }
+        }
+        Ok(Progress::Done)
+    }
+
+    /// Starts the reply to the current request: a status, a body and the length of the
+    /// payload [`StreamConn::flush`] then sends from the caller's memory. A payload of the
+    /// request not taken is dropped before the next request is read.
+    pub fn start_reply(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: &[u8],
+        payload_len: u64,
+    ) -> Result<(), TransportError> {
+        self.check()?;
+        if self.output.active {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: "a reply was started while another was being sent".into(),
+            });
+        }
+        let header = Header::response(request, status, body, payload_len);
+        // The last reply's buffer is reused: no allocation per reply.
+        let mut head = std::mem::take(&mut self.output.head);
+        head.clear();
+        head.extend_from_slice(&header.encode());
+        head.extend_from_slice(body);
+        self.input = match self.input {
+            Input::Request {
+                header,
+                payload_got,
+            } if payload_got < header.payload_len => Input::Discard {
+                left: header.payload_len - payload_got,
+            },
+            Input::Request { .. } => Input::Header { got: 0 },
+            other => other,
+        };
+        self.output = Output {
+            head,
+            sent: 0,
+            payload_len,
+            active: true,
+            own: false,
+        };
+        Ok(())
+    }
+
+    /// Writes on the reply: its header and body, then `payload` (the slices whose lengths
+    /// add up to the payload length given to [`StreamConn::start_reply`], the same at every
+    /// call). [`Progress::Done`] once every byte is written.
+    pub fn flush(&mut self, payload: &[IoSlice<'_>]) -> Result<Progress, TransportError> {
+        self.check()?;
+        if !self.output.active {
+            return Ok(Progress::Done);
+        }
+        let given: u64 = payload.iter().map(|s| s.len() as u64).sum();
+        if given != self.output.payload_len {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "the reply's payload is {} bytes; slices of {given} bytes were given",
+                    self.output.payload_len
+                ),
+            });
+        }
+        let head_len = self.output.head.len() as u64;
+        let total = head_len + self.output.payload_len;
+        while self.output.sent < total {
+            let mut slices: [IoSlice<'_>; SLICES_PER_CALL] = [IoSlice::new(&[]); SLICES_PER_CALL];
+            let mut used = 0;
+            let sent = self.output.sent;
+            if sent < head_len {
+                slices[0] = IoSlice::new(&self.output.head[sent as usize..]);
+                used = 1;
+            }
+            let mut skip = sent.saturating_sub(head_len);
+            for s in payload {
+                if used == SLICES_PER_CALL {
+                    break;
+                }
+                if skip >= s.len() as u64 {
+                    skip -= s.len() as u64;
+                    continue;
+                }
+                slices[used] = IoSlice::new(&s[skip as usize..]);
+                skip = 0;
+                used += 1;
+            }
+            match self.stream.write_vectored(&slices[..used]) {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(self.fail(TransportOp::Send, e));
+                }
+                Ok(n) => {
+                    self.last_progress = Instant::now();
+                    self.output.sent += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Progress::Pending);
+                }
+                Err(e) => return Err(self.fail(TransportOp::Send, e)),
+            }
+        }
+        self.output.active = false;
+        self.output.own = false;
+        Ok(Progress::Done)
+    }
+
+    /// Closes both directions; the peer's next receive sees the end of the stream.
+    pub fn shutdown(&mut self) {
+        self.broken = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
