@@ -379,3 +379,77 @@ fn the_umask_clears_permission_bits_of_what_a_client_creates() {
     client.chmod("/private/f", 0o644).unwrap();
     assert_eq!(client.stat("/private/f").unwrap().attr.mode & 0o7777, 0o644);
 }
+
+/// The descriptors of this process open on files under `dir`: (all, deleted ones).
+fn open_files_under(dir: &std::path::Path) -> (usize, usize) {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let (mut all, mut deleted) = (0, 0);
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        // A descriptor may close between the listing and the readlink.
+        let Ok(target) = std::fs::read_link(entry.unwrap().path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with(dir.to_str().unwrap()) {
+            all += 1;
+            deleted += usize::from(target.ends_with(" (deleted)"));
+        }
+    }
+    (all, deleted)
+}
+
+/// Reads run on the worker that received them, so several stores open one object: once a
+/// file is unlinked, none of them may keep its object open (the space would stay used).
+#[test]
+fn unlinked_files_are_not_held_open_by_any_worker() {
+    const FILES: usize = 16;
+    let cluster = Cluster::start("forget", 1);
+    let one_connection = || ClientOptions {
+        connections_per_target: 1,
+        ..ClientOptions::default()
+    };
+    // Two clients, so two connections, which the target hands to its two workers in turn.
+    let writer = cluster.client_with(one_connection());
+    let reader = cluster.client_with(one_connection());
+    for i in 0..FILES {
+        let file = writer
+            .create(&format!("/f{i}"), 0o644, Some(stripes(1, 1 << 20)))
+            .unwrap();
+        file.write_at(&fill(i as u64, 0, 64 * 1024), 0).unwrap();
+    }
+    for client in [&writer, &reader] {
+        for i in 0..FILES {
+            let file = client
+                .open(&format!("/f{i}"), &OpenOptions::new().read(true))
+                .unwrap();
+            let mut back = vec![0u8; 64 * 1024];
+            assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
+            assert!(back == fill(i as u64, 0, back.len()), "file {i}");
+        }
+    }
+    let dir = cluster.target_dir(0);
+    let (open, _) = open_files_under(&dir);
+    assert!(
+        open > FILES,
+        "both workers' stores hold objects open ({open} descriptors for {FILES} objects)"
+    );
+    for i in 0..FILES {
+        writer.unlink(&format!("/f{i}")).unwrap();
+    }
+    // The other worker closes its files when it takes the owner's message; give it a
+    // bounded time to, then look.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut deleted = open_files_under(&dir).1;
+    while deleted > 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+        deleted = open_files_under(&dir).1;
+    }
+    assert_eq!(deleted, 0, "descriptors still open on unlinked objects");
+    assert!(
+        nacre::io::Target::open(&dir)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+}
