@@ -629,6 +629,7 @@ impl ServerConnection {
             return Err(self);
         }
         let nonblocking = match &self.link {
+            Link::Tcp(t) if t.has_buffered() => false,
             Link::Tcp(t) => t
                 .set_nonblocking()
                 .inspect_err(|e| crate::log_line!("nacre-transport: {}: {e}", t.peer()))
@@ -790,6 +791,8 @@ pub struct Peer {
 struct PoolState {
     idle: Vec<Connection>,
     open: usize,
+    /// Callers waiting for a connection to come back (only then is there anyone to wake).
+    waiting: usize,
     /// Caller memory every connection should carry registered.
     registrations: Vec<Registration>,
     /// Bytes staged by connections already closed.
@@ -871,6 +874,7 @@ impl Peer {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
+                waiting: 0,
                 registrations: Vec::new(),
                 closed_staged_bytes: 0,
             }),
@@ -979,7 +983,7 @@ impl Peer {
                     Err(e) => {
                         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                         state.open -= 1;
-                        self.returned.notify_one();
+                        self.wake_one(&state);
                         return Err(e);
                     }
                 }
@@ -992,11 +996,21 @@ impl Peer {
                     timeout_ms: self.options.request_timeout.as_millis() as u64,
                 });
             }
+            state.waiting += 1;
             state = self
                 .returned
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            state.waiting -= 1;
+        }
+    }
+
+    /// Wakes one caller waiting for a connection, if any (std's condition variable makes a
+    /// system call for every notification, waiter or not).
+    fn wake_one(&self, state: &PoolState) {
+        if state.waiting > 0 {
+            self.returned.notify_one();
         }
     }
 
@@ -1010,7 +1024,7 @@ impl Peer {
             let _ = conn.sync_registrations(&state.registrations);
             state.idle.push(conn);
         }
-        self.returned.notify_one();
+        self.wake_one(&state);
     }
 }
 

@@ -8,9 +8,19 @@
 //! the caller's destination memory and a reply's payload leaves straight from the caller's
 //! memory, with no copy in user space.
 //!
-//! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only after the socket
-//! said it would block, so an edge-triggered event loop that calls on until it sees
-//! `Pending` never misses an event.
+//! System calls are what a small request costs, so the input side saves them two ways:
+//! - a header is read with whatever follows it, up to [`INPUT_BUFFER_BYTES`], in one call:
+//!   a small request's body (and a small write's payload) comes with its header. Bytes read
+//!   past the header are taken from that buffer first (the only copy, of at most a few KiB);
+//!   everything else lands straight in its destination;
+//! - a read that comes back short means the socket is empty, so the next read waits for
+//!   the event loop to say the socket is readable again ([`StreamConn::readable`]) instead
+//!   of asking the kernel only to hear "would block".
+//!
+//! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only once the socket is
+//! known to be empty (it said it would block, or a read came back short), so an
+//! edge-triggered event loop that calls [`StreamConn::readable`] on each readiness event and
+//! then calls on until it sees `Pending` never misses one.
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,6 +33,8 @@ use crate::wire::{Header, WireError};
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
 const SLICES_PER_CALL: usize = 64;
+/// Most bytes one read of a header takes (the header and what follows it).
+pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
 /// Chunk used to drop the rest of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
 /// The status of the error reply to a request whose opcode the server does not know.
@@ -52,8 +64,8 @@ pub enum Progress {
 
 #[derive(Debug, Clone, Copy)]
 enum Input {
-    /// Between messages (`got == 0`) or partway through a header.
-    Header { got: usize },
+    /// Between messages, or partway through a header (its first bytes in the buffer).
+    Header,
     /// Partway through a body.
     Body { header: Header, got: usize },
     /// A request is the caller's: its payload, if any, is taken with `recv_payload`.
@@ -82,7 +94,12 @@ pub struct StreamConn {
     stream: TcpStream,
     peer: SocketAddr,
     input: Input,
-    head: [u8; HEADER_BYTES],
+    /// Bytes read and not yet taken: `buffer[buffer_at..buffer_end]`.
+    buffer: Box<[u8]>,
+    buffer_at: usize,
+    buffer_end: usize,
+    /// The socket was empty at the last read; only a readiness event can change that.
+    drained: bool,
     body: Vec<u8>,
     output: Output,
     broken: bool,
@@ -107,8 +124,11 @@ impl StreamConn {
         StreamConn {
             stream,
             peer,
-            input: Input::Header { got: 0 },
-            head: [0; HEADER_BYTES],
+            input: Input::Header,
+            buffer: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
+            buffer_at: 0,
+            buffer_end: 0,
+            drained: false,
             body: Vec::new(),
             output: Output::default(),
             broken: false,
@@ -143,7 +163,7 @@ impl StreamConn {
     pub fn mid_message(&self) -> bool {
         self.output.active
             || match self.input {
-                Input::Header { got } => got > 0,
+                Input::Header => self.buffer_end > self.buffer_at,
                 Input::Body { .. } | Input::Discard { .. } => true,
                 Input::Request {
                     header,
@@ -190,22 +210,66 @@ impl StreamConn {
         }
     }
 
-    /// One read into `buf`: `Ok(None)` when the socket would block, `Ok(Some(0))` at the
-    /// end of the stream.
+    /// The event loop saw the socket become readable: the next read asks the kernel again.
+    pub fn readable(&mut self) {
+        self.drained = false;
+    }
+
+    /// Bytes in the buffer not yet taken.
+    fn buffered(&self) -> usize {
+        self.buffer_end - self.buffer_at
+    }
+
+    /// Moves up to `out.len()` buffered bytes into `out`; how many.
+    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.buffered());
+        out[..n].copy_from_slice(&self.buffer[self.buffer_at..self.buffer_at + n]);
+        self.buffer_at += n;
+        n
+    }
+
+    /// One read into `buf`, unless the socket is known to be empty: `Ok(None)` when it is
+    /// (or would block), `Ok(Some(0))` at the end of the stream. A short read marks the
+    /// socket empty.
     fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
+        if self.drained {
+            return Ok(None);
+        }
         loop {
             match self.stream.read(buf) {
                 Ok(n) => {
                     if n > 0 {
                         self.last_progress = Instant::now();
                     }
+                    if n < buf.len() {
+                        self.drained = true;
+                    }
                     return Ok(Some(n));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(None);
+                }
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
         }
+    }
+
+    /// Reads into the buffer after what it holds (moving that to the front first).
+    fn fill_buffer(&mut self) -> Result<Option<usize>, TransportError> {
+        if self.buffer_at > 0 {
+            self.buffer.copy_within(self.buffer_at..self.buffer_end, 0);
+            self.buffer_end -= self.buffer_at;
+            self.buffer_at = 0;
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let read = self.read_some(&mut buffer[self.buffer_end..]);
+        self.buffer = buffer;
+        if let Ok(Some(n)) = read {
+            self.buffer_end += n;
+        }
+        read
     }
 
     fn eof(&mut self) -> TransportError {
@@ -239,50 +303,59 @@ impl StreamConn {
                     });
                 }
                 Input::Discard { left } => {
-                    let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
-                    let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
-                    match self.read_some(&mut scratch[..n])? {
-                        None => return Ok(Incoming::Pending),
-                        Some(0) => return Err(self.eof()),
-                        Some(got) => {
-                            let left = left - got as u64;
-                            self.input = if left == 0 {
-                                Input::Header { got: 0 }
-                            } else {
-                                Input::Discard { left }
-                            };
+                    let skipped = (self.buffered() as u64).min(left);
+                    self.buffer_at += skipped as usize;
+                    let mut left = left - skipped;
+                    if left > 0 {
+                        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
+                        let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
+                        match self.read_some(&mut scratch[..n])? {
+                            None => return Ok(Incoming::Pending),
+                            Some(0) => return Err(self.eof()),
+                            Some(got) => left -= got as u64,
                         }
                     }
+                    self.input = if left == 0 {
+                        Input::Header
+                    } else {
+                        Input::Discard { left }
+                    };
                 }
-                Input::Header { got } => {
-                    let mut head = self.head;
-                    let read = self.read_some(&mut head[got..]);
-                    self.head = head;
-                    match read? {
+                Input::Header => {
+                    if self.buffered() >= HEADER_BYTES {
+                        if let Some(incoming) = self.header_arrived()? {
+                            return Ok(incoming);
+                        }
+                        continue;
+                    }
+                    match self.fill_buffer()? {
                         None => return Ok(Incoming::Pending),
-                        Some(0) if got == 0 => {
+                        Some(0) if self.buffered() == 0 => {
                             self.broken = true;
                             return Ok(Incoming::Closed);
                         }
                         Some(0) => return Err(self.eof()),
-                        Some(n) if got + n < HEADER_BYTES => {
-                            self.input = Input::Header { got: got + n };
-                        }
-                        Some(_) => {
-                            if let Some(incoming) = self.header_arrived()? {
-                                return Ok(incoming);
-                            }
-                        }
+                        Some(_) => {}
                     }
                 }
-                Input::Body { header, got } => {
+                Input::Body { header, mut got } => {
                     let mut body = std::mem::take(&mut self.body);
-                    let read = self.read_some(&mut body[got..]);
+                    got += self.take_buffered(&mut body[got..]);
+                    let read = if got < body.len() {
+                        self.read_some(&mut body[got..])
+                    } else {
+                        Ok(Some(0))
+                    };
+                    let want = body.len() - got;
                     self.body = body;
                     match read? {
-                        None => return Ok(Incoming::Pending),
+                        _ if want == 0 => return self.body_arrived(header),
+                        None => {
+                            self.input = Input::Body { header, got };
+                            return Ok(Incoming::Pending);
+                        }
                         Some(0) => return Err(self.eof()),
-                        Some(n) if got + n < self.body.len() => {
+                        Some(n) if n < want => {
                             self.input = Input::Body {
                                 header,
                                 got: got + n,
@@ -298,7 +371,9 @@ impl StreamConn {
     /// A whole header is in: checks it and moves on to its body. `Some` when the request
     /// is complete already (no body).
     fn header_arrived(&mut self) -> Result<Option<Incoming>, TransportError> {
-        let header = match Header::decode(&self.head) {
+        let at = self.buffer_at;
+        self.buffer_at += HEADER_BYTES;
+        let header = match Header::decode(&self.buffer[at..at + HEADER_BYTES]) {
             Ok(h) => h,
             Err(WireError::UnknownOpcode {
                 opcode,
@@ -312,7 +387,7 @@ impl StreamConn {
                 );
                 let left = u64::from(body_len) + payload_len;
                 self.input = if left == 0 {
-                    Input::Header { got: 0 }
+                    Input::Header
                 } else {
                     Input::Discard { left }
                 };
@@ -393,12 +468,27 @@ impl StreamConn {
         let mut got = payload_got;
         let mut dests = dests;
         IoSliceMut::advance_slices(&mut dests, got as usize);
+        // What came in with the header first.
+        while got < header.payload_len && self.buffered() > 0 {
+            let n = self.take_buffered(&mut dests[0]);
+            got += n as u64;
+            IoSliceMut::advance_slices(&mut dests, n);
+        }
+        self.input = Input::Request {
+            header,
+            payload_got: got,
+        };
         while got < header.payload_len {
+            if self.drained {
+                return Ok(Progress::Pending);
+            }
             let n = dests.len().min(SLICES_PER_CALL);
+            let asked: usize = dests[..n].iter().map(|d| d.len()).sum();
             match self.stream.read_vectored(&mut dests[..n]) {
                 Ok(0) => return Err(self.eof()),
                 Ok(n) => {
                     self.last_progress = Instant::now();
+                    self.drained = n < asked;
                     got += n as u64;
                     self.input = Input::Request {
                         header,
@@ -408,6 +498,7 @@ impl StreamConn {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.drained = true;
                     return Ok(Progress::Pending);
                 }
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
@@ -446,7 +537,7 @@ impl StreamConn {
             } if payload_got < header.payload_len => Input::Discard {
                 left: header.payload_len - payload_got,
             },
-            Input::Request { .. } => Input::Header { got: 0 },
+            Input::Request { .. } => Input::Header,
             other => other,
         };
         self.output = Output {

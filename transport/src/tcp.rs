@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::error::{TransportError, TransportOp};
 use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
+use crate::stream::INPUT_BUFFER_BYTES;
 use crate::wire::Header;
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
@@ -34,6 +35,12 @@ pub struct TcpConnection {
     timeout: Duration,
     broken: bool,
     zc: Option<Box<ZeroCopySender>>,
+    /// Bytes read with a header and not yet taken: `buffer[buffer_at..buffer_end]` (a
+    /// header is read with whatever follows it, so a small reply's body and payload come in
+    /// the same system call; see [`crate::stream::INPUT_BUFFER_BYTES`]).
+    buffer: Box<[u8]>,
+    buffer_at: usize,
+    buffer_end: usize,
 }
 
 /// Sends through io_uring's SENDMSG_ZC: the kernel sends from the caller's pages and posts
@@ -192,6 +199,9 @@ impl TcpConnection {
             timeout,
             broken: false,
             zc: None,
+            buffer: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
+            buffer_at: 0,
+            buffer_end: 0,
         };
         conn.set_timeout(timeout)?;
         Ok(conn)
@@ -227,7 +237,7 @@ impl TcpConnection {
     /// Whether an idle connection is still open: nothing may be waiting on it between
     /// calls, so a readable socket means the peer closed it (or broke the protocol).
     pub fn idle_is_open(&self) -> bool {
-        if self.broken {
+        if self.broken || self.buffer_end > self.buffer_at {
             return false;
         }
         let mut byte = 0u8;
@@ -346,10 +356,14 @@ impl TcpConnection {
     /// connection cleanly between messages.
     pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
         self.check()?;
-        let mut head = [0u8; HEADER_BYTES];
-        let mut got = 0;
-        while got < HEADER_BYTES {
-            match self.stream.read(&mut head[got..]) {
+        if self.buffer_at > 0 {
+            self.buffer.copy_within(self.buffer_at..self.buffer_end, 0);
+            self.buffer_end -= self.buffer_at;
+            self.buffer_at = 0;
+        }
+        while self.buffer_end < HEADER_BYTES {
+            let got = self.buffer_end;
+            match self.stream.read(&mut self.buffer[got..]) {
                 Ok(0) if got == 0 => {
                     self.broken = true;
                     return Ok(None);
@@ -358,7 +372,7 @@ impl TcpConnection {
                     let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     return Err(self.fail(TransportOp::Recv, e));
                 }
-                Ok(n) => got += n,
+                Ok(n) => self.buffer_end += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
                     if got == 0
@@ -378,6 +392,9 @@ impl TcpConnection {
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
         }
+        let mut head = [0u8; HEADER_BYTES];
+        head.copy_from_slice(&self.buffer[..HEADER_BYTES]);
+        self.buffer_at = HEADER_BYTES;
         let header = match Header::decode(&head) {
             Ok(header) => header,
             Err(source) => {
@@ -395,7 +412,8 @@ impl TcpConnection {
         debug_assert!(header.body_len <= MAX_BODY_BYTES);
         body.clear();
         body.resize(header.body_len as usize, 0);
-        if let Err(e) = self.stream.read_exact(body) {
+        let got = self.take_buffered(body);
+        if let Err(e) = self.stream.read_exact(&mut body[got..]) {
             return Err(self.fail(TransportOp::Recv, e));
         }
         if let Err(source) = header.check_body(body) {
@@ -426,7 +444,15 @@ impl TcpConnection {
                 ),
             });
         }
+        // What came in with the header first.
         let mut left = len;
+        let mut dests = dests;
+        while left > 0 && !dests.is_empty() && self.buffer_end > self.buffer_at {
+            let room = (dests[0].len() as u64).min(left) as usize;
+            let n = self.take_buffered(&mut dests[0][..room]);
+            left -= n as u64;
+            IoSliceMut::advance_slices(&mut dests, n);
+        }
         let mut full = 0;
         while full < dests.len() && dests[full].len() as u64 <= left {
             left -= dests[full].len() as u64;
@@ -452,8 +478,10 @@ impl TcpConnection {
     /// Reads and drops `len` bytes (the body and payload of a message being skipped).
     pub fn discard(&mut self, len: u64) -> Result<(), TransportError> {
         self.check()?;
+        let skipped = ((self.buffer_end - self.buffer_at) as u64).min(len);
+        self.buffer_at += skipped as usize;
         let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
-        let mut left = len;
+        let mut left = len - skipped;
         while left > 0 {
             let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
             if let Err(e) = self.stream.read_exact(&mut scratch[..n]) {
@@ -470,6 +498,14 @@ impl TcpConnection {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    /// Moves up to `out.len()` bytes read earlier into `out`; how many.
+    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.buffer_end - self.buffer_at);
+        out[..n].copy_from_slice(&self.buffer[self.buffer_at..self.buffer_at + n]);
+        self.buffer_at += n;
+        n
+    }
+
     /// Makes the socket nonblocking (before [`TcpConnection::into_parts`]).
     pub fn set_nonblocking(&self) -> Result<(), TransportError> {
         self.stream
@@ -479,6 +515,11 @@ impl TcpConnection {
                 peer: self.peer,
                 source,
             })
+    }
+
+    /// Whether bytes of a message have been read and not yet taken.
+    pub fn has_buffered(&self) -> bool {
+        self.buffer_end > self.buffer_at
     }
 
     /// The stream and the peer's address, for a caller that drives the socket itself (an

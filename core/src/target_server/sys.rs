@@ -109,8 +109,13 @@ impl Epoll {
             unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
     }
 
-    /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token.
-    pub(super) fn wait(&mut self, timeout: Duration, mut f: impl FnMut(u64)) -> Result<(), Error> {
+    /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token and
+    /// whether it may be read from (readable, hung up or in error).
+    pub(super) fn wait(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(u64, bool),
+    ) -> Result<(), Error> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: the buffer holds `EVENTS_PER_WAIT` events and outlives the call.
         let n = unsafe {
@@ -131,7 +136,9 @@ impl Epoll {
             return Err(sys_error("epoll_wait", e));
         }
         for e in &self.events[..n as usize] {
-            f(e.u64);
+            let read_side =
+                (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+            f(e.u64, e.events & read_side != 0);
         }
         Ok(())
     }

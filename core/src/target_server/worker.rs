@@ -183,7 +183,8 @@ pub(super) struct Worker {
     open_conns: usize,
     /// Results for this worker's requests, to apply outside of whatever produced them.
     delivered: VecDeque<(u64, usize, Vec<PieceResult>)>,
-    ready_tokens: Vec<u64>,
+    /// Tokens epoll found ready, and whether each may be read.
+    ready_tokens: Vec<(u64, bool)>,
     last_sweep: Instant,
 }
 
@@ -318,19 +319,25 @@ impl Worker {
             }
         }
         let mut tokens = std::mem::take(&mut self.ready_tokens);
-        let waited = self.epoll.wait(timeout, |t| tokens.push(t));
+        let waited = self
+            .epoll
+            .wait(timeout, |t, readable| tokens.push((t, readable)));
         self.inboxes[self.index]
             .asleep
             .store(false, Ordering::SeqCst);
         waited?;
-        for &token in &tokens {
+        for &(token, readable) in &tokens {
             match token {
                 WAKE_TOKEN => self.inboxes[self.index].wake.clear(),
                 RING_TOKEN => self.ring_event.clear(),
                 t => {
-                    if let Some(slot) = self.slot_of(t) {
-                        self.drive(slot);
+                    let Some(slot) = self.slot_of(t) else {
+                        continue;
+                    };
+                    if readable && let Some(conn) = self.slots[slot].conn.as_mut() {
+                        conn.stream.readable();
                     }
+                    self.drive(slot);
                 }
             }
         }
