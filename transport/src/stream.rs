@@ -43,7 +43,10 @@ const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 /// What reading a connection gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
-    /// No whole request yet: the socket has nothing more to read now.
+    /// No whole request yet: the socket has nothing more to read now. Reading resumes
+    /// once [`StreamConn::readable`] says a readiness event came (or, when the
+    /// transport's own error reply was waiting for room, once the socket is writable and
+    /// this is called again).
     Pending,
     /// A request's header and body arrived ([`StreamConn::body`]). Its payload, if it has
     /// one, comes next ([`StreamConn::recv_payload`]); no further request is read until the
@@ -56,7 +59,8 @@ pub enum Incoming {
 /// Whether a payload or a reply is all through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// Not yet: the socket would block; carry on at the next readiness event.
+    /// Not yet: the socket is empty (or full, for a reply); carry on after the next
+    /// readiness event.
     Pending,
     /// All of it.
     Done,
@@ -466,7 +470,10 @@ impl StreamConn {
             });
         }
         let mut got = payload_got;
-        let mut dests = dests;
+        // The caller's slices stay as they were given (the next call passes them again);
+        // these views over the same memory are what advances.
+        let mut views: Vec<IoSliceMut<'_>> = dests.iter_mut().map(|d| IoSliceMut::new(d)).collect();
+        let mut dests = &mut views[..];
         IoSliceMut::advance_slices(&mut dests, got as usize);
         // What came in with the header first.
         while got < header.payload_len && self.buffered() > 0 {
@@ -522,6 +529,12 @@ impl StreamConn {
             return Err(TransportError::Unexpected {
                 peer: self.peer,
                 reason: "a reply was started while another was being sent".into(),
+            });
+        }
+        if !matches!(self.input, Input::Request { .. }) {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: "a reply was started with no request to answer".into(),
             });
         }
         let header = Header::response(request, status, body, payload_len);
