@@ -453,3 +453,59 @@ fn unlinked_files_are_not_held_open_by_any_worker() {
             .is_empty()
     );
 }
+
+/// Requests a client library would not send still get answers, and the connection stays
+/// usable: a payload on a request that takes none is dropped, a read larger than one
+/// request may carry is refused.
+#[test]
+fn a_target_answers_odd_requests_and_keeps_the_connection() {
+    use nacre::transport::wire::{Extent, Opcode, encode_extents};
+    use nacre::transport::{Bulk, ConnectOptions, Connection};
+    use std::io::IoSlice;
+
+    let cluster = Cluster::start("odd", 1);
+    let endpoint = cluster.targets[0].as_ref().unwrap().endpoint().clone();
+    let mut conn = Connection::connect(&endpoint, ConnectOptions::default()).unwrap();
+    let mut reply = Vec::new();
+    let mut body = Vec::new();
+
+    // Stat of an object that does not exist, with a payload it has no use for.
+    let one = Extent {
+        object_id: 77,
+        offset_bytes: 0,
+        len: 1,
+    };
+    encode_extents(&[one], &mut body);
+    let junk = vec![0x5au8; 10_000];
+    let r = conn
+        .call(
+            Opcode::Stat,
+            &body,
+            Bulk::Send(&[IoSlice::new(&junk)]),
+            &mut reply,
+        )
+        .unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(reply, 0u64.to_le_bytes(), "a missing object's size is 0");
+
+    // A read of more than 64 MiB in one request.
+    let big = Extent {
+        object_id: 77,
+        offset_bytes: 0,
+        len: (64 << 20) + 4096,
+    };
+    body.clear();
+    encode_extents(&[big], &mut body);
+    let r = conn
+        .call(Opcode::Read, &body, Bulk::None, &mut reply)
+        .unwrap();
+    assert_eq!(r.status, libc::EINVAL);
+    let message = String::from_utf8_lossy(&reply).into_owned();
+    assert!(message.contains("at most"), "{message}");
+
+    // The same connection still serves.
+    let r = conn
+        .call(Opcode::Ping, &[], Bulk::None, &mut reply)
+        .unwrap();
+    assert_eq!(r.status, 0);
+}

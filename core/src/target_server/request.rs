@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use nacre_io::{AlignedBuf, IoError, Target};
+use nacre_transport::limits::MAX_PAYLOAD_BYTES;
 use nacre_transport::wire::{Extent, Header, Opcode, decode_extents};
 
 use crate::codec::Writer;
@@ -218,6 +219,15 @@ fn transfer(ctx: &Context, header: &Header, body: &[u8]) -> Result<Prepared, Fai
             message: format!(
                 "write extents add up to {total} bytes; the payload is {}",
                 header.payload_len
+            ),
+        });
+    }
+    if total > MAX_PAYLOAD_BYTES {
+        return Err(Failure {
+            errno: libc::EINVAL,
+            message: format!(
+                "a {} of {total} bytes; at most {MAX_PAYLOAD_BYTES} go in one request",
+                if write { "write" } else { "read" }
             ),
         });
     }

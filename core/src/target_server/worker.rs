@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nacre_io::{Completion, IoError, ObjectStore, Op, StoreConfig};
 use nacre_transport::limits::REQUEST_TIMEOUT_MS;
-use nacre_transport::wire::Header;
+use nacre_transport::wire::{Header, Opcode};
 use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 
 use super::request::{
@@ -36,6 +36,11 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const RING_TOKEN: u64 = u64::MAX - 1;
 /// Bits of a store tag that hold the piece index.
 const PIECE_BITS: u32 = 24;
+/// Bits of a request's results token that hold its connection slot; the bits above hold
+/// the request's sequence number, so that late results of a request given up on can never
+/// complete a later request on the same connection.
+const SLOT_BITS: u32 = 24;
+const _: () = assert!(MAX_CONNECTIONS_PER_WORKER < 1 << SLOT_BITS);
 
 /// The worker that owns an object: the one that runs every piece but reads.
 pub(super) fn owner(object_id: u64, workers: usize) -> usize {
@@ -49,7 +54,8 @@ pub(super) enum Msg {
     Connection(StreamConn),
     /// Pieces of objects this worker owns.
     Job(Job),
-    /// The results of a job this worker sent out, for the request `token` names.
+    /// The results of a job this worker sent out, for the request `token` names (its
+    /// sequence number and connection slot).
     Results {
         token: u64,
         from: usize,
@@ -132,6 +138,9 @@ struct Serving {
     jobs_left: usize,
     /// Set when a share could not be sent.
     failure: Option<Failure>,
+    /// Names this request in its results (see [`SLOT_BITS`]).
+    token: u64,
+    /// When its pieces went out.
     started: Instant,
 }
 
@@ -183,6 +192,8 @@ pub(super) struct Worker {
     open_conns: usize,
     /// Results for this worker's requests, to apply outside of whatever produced them.
     delivered: VecDeque<(u64, usize, Vec<PieceResult>)>,
+    /// The sequence number of the last request this worker started.
+    requests: u64,
     /// Tokens epoll found ready, and whether each may be read.
     ready_tokens: Vec<(u64, bool)>,
     last_sweep: Instant,
@@ -255,6 +266,7 @@ impl Worker {
             free_slots: Vec::new(),
             open_conns: 0,
             delivered: VecDeque::new(),
+            requests: 0,
             ready_tokens: Vec::new(),
             last_sweep: Instant::now(),
         })
@@ -268,21 +280,15 @@ impl Worker {
                 self.handle(msg);
                 busy = true;
             }
-            match self.step() {
-                Ok(moved) => busy |= moved,
-                Err(e) => {
-                    nacre_transport::log_line!(
-                        "nacre target {}: worker {} stopped: {e}",
-                        self.ctx.target_id,
-                        self.index
-                    );
-                    break;
-                }
-            }
-            busy |= self.deliver();
+            // Files of removed objects close before queued reads could open them again.
             if !self.forget.is_empty() {
                 self.forget_objects();
             }
+            match self.step() {
+                Ok(moved) => busy |= moved,
+                Err(e) => return self.fail(&e.into()),
+            }
+            busy |= self.deliver();
             if self.last_sweep.elapsed() >= idle {
                 self.sweep();
             }
@@ -294,12 +300,31 @@ impl Worker {
             }
             let timeout = if busy { Duration::ZERO } else { idle };
             if let Err(e) = self.sleep(timeout) {
-                nacre_transport::log_line!(
-                    "nacre target {}: worker {} stopped: {e}",
-                    self.ctx.target_id,
-                    self.index
-                );
-                break;
+                return self.fail(&e);
+            }
+        }
+    }
+
+    /// The worker's ring or epoll failed: the target cannot go on without it, so the whole
+    /// server stops. Every request this worker serves is given up (its memory leaked, since
+    /// pieces on other workers may still use it) and counted out, so that the other workers
+    /// can finish and stop.
+    fn fail(&mut self, e: &Error) {
+        nacre_transport::log_line!(
+            "nacre target {}: worker {} failed ({e}); the target server stops",
+            self.ctx.target_id,
+            self.index
+        );
+        self.ctx.stop.store(true, Ordering::SeqCst);
+        for slot in &mut self.slots {
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if let State::Serving(mut serving) = std::mem::replace(&mut conn.state, State::Idle) {
+                if let Some(s) = serving.prepared.staging.take() {
+                    s.abandon();
+                }
+                self.ctx.leave();
             }
         }
     }
@@ -492,9 +517,12 @@ impl Worker {
                     per_worker: Vec::new(),
                     jobs_left: 0,
                     failure: None,
+                    token: 0,
                     started: Instant::now(),
                 });
-                if header.payload_len > 0 {
+                // Only a write's payload is taken; any other request's is dropped with
+                // its reply.
+                if header.opcode == Opcode::Write && header.payload_len > 0 {
                     conn.state = State::Payload(serving);
                 } else {
                     self.start(slot, serving);
@@ -535,7 +563,10 @@ impl Worker {
             let failure = self.ctx.stopping();
             return self.reply_failure(slot, &serving.header, &failure);
         }
-        let token = self.token(slot);
+        self.requests += 1;
+        let token = (self.requests << SLOT_BITS) | slot as u64;
+        serving.token = token;
+        serving.started = Instant::now();
         let workers = self.inboxes.len();
         let mut per_worker = vec![Vec::new(); workers];
         for (i, p) in serving.prepared.pieces.iter().enumerate() {
@@ -585,16 +616,19 @@ impl Worker {
         let mut any = false;
         while let Some((token, from, results)) = self.delivered.pop_front() {
             any = true;
-            let Some(slot) = self.slot_of(token) else {
-                continue; // The connection timed out and was dropped: nothing to do.
-            };
+            let slot = (token & ((1 << SLOT_BITS) - 1)) as usize;
+            // Results of a request given up on (timed out, its connection gone) find no
+            // request with their token: nothing to do.
             let Some(Conn {
                 state: State::Serving(serving),
                 ..
-            }) = self.slots[slot].conn.as_mut()
+            }) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut())
             else {
                 continue;
             };
+            if serving.token != token {
+                continue;
+            }
             if let Some(indexes) = serving.per_worker.get(from) {
                 for (&i, r) in indexes.iter().zip(results) {
                     serving.results[i] = Some(r);
@@ -625,7 +659,8 @@ impl Worker {
             serving.failure = Some(self.ctx.stopping());
         }
         if let Some(f) = &serving.failure {
-            return self.reply_failure(slot, &serving.header, f);
+            self.reply_failure(slot, &serving.header, f);
+            return self.drive(slot);
         }
         let answer = request::finish(&serving.prepared, &results);
         let staging = if answer.payload_len > 0 {
