@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::limits::{CONNECT_TIMEOUT_MS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT_MS};
-use crate::stream::StreamConn;
+use crate::stream::{StreamConn, UNKNOWN_OPCODE_STATUS};
 use crate::tcp::{TcpAcceptor, TcpConnection};
 use crate::wire::{Header, Opcode, WireError};
 
@@ -573,9 +573,6 @@ pub struct ServerConnection {
     /// Payload bytes of the current request not yet received.
     pending_payload: u64,
 }
-
-/// What to do with a request whose opcode the server does not know.
-const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 
 impl ServerConnection {
     /// The transport.

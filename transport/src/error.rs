@@ -105,6 +105,19 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// A failed socket call of `op` on the connection to `peer`: the peer going away
+    /// (end of stream, reset, broken pipe) is [`TransportError::PeerClosed`]; anything
+    /// else is [`TransportError::Io`].
+    pub(crate) fn from_socket(op: TransportOp, peer: SocketAddr, source: std::io::Error) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerClosed { op, peer },
+            _ => TransportError::Io { op, peer, source },
+        }
+    }
+
     /// The errno value that best describes the error, for the C ABI and replies.
     pub fn errno(&self) -> i32 {
         match self {

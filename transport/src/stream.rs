@@ -38,7 +38,7 @@ pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
 /// Chunk used to drop the rest of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
 /// The status of the error reply to a request whose opcode the server does not know.
-const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
+pub(crate) const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 
 /// What reading a connection gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,20 +190,7 @@ impl StreamConn {
 
     fn fail(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
         self.broken = true;
-        match source.kind() {
-            std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerClosed {
-                op,
-                peer: self.peer,
-            },
-            _ => TransportError::Io {
-                op,
-                peer: self.peer,
-                source,
-            },
-        }
+        TransportError::from_socket(op, self.peer, source)
     }
 
     fn protocol(&mut self, source: WireError) -> TransportError {

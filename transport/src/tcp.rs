@@ -284,18 +284,7 @@ impl TcpConnection {
                     timeout_ms: self.timeout.as_millis() as u64,
                 }
             }
-            std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerClosed {
-                op,
-                peer: self.peer,
-            },
-            _ => TransportError::Io {
-                op,
-                peer: self.peer,
-                source,
-            },
+            _ => TransportError::from_socket(op, self.peer, source),
         }
     }
 
