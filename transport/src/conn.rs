@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::limits::{CONNECT_TIMEOUT_MS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT_MS};
-use crate::stream::{StreamConn, UNKNOWN_OPCODE_STATUS};
+use crate::stream::{StreamConn, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
 use crate::tcp::{TcpAcceptor, TcpConnection};
 use crate::wire::{Header, Opcode, WireError};
 
@@ -706,10 +706,7 @@ impl ServerConnection {
                         },
                     ..
                 }) => {
-                    crate::log_line!(
-                        "nacre-transport: {} sent unknown opcode {opcode}; answered EOPNOTSUPP",
-                        self.link.peer()
-                    );
+                    log_unknown_opcode(self.link.peer(), opcode);
                     match &mut self.link {
                         Link::Tcp(t) => {
                             t.discard(u64::from(body_len) + payload_len)?;

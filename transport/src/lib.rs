@@ -14,6 +14,7 @@ macro_rules! log_line {
     }};
 }
 
+pub mod buffer;
 pub mod conn;
 pub mod endpoint;
 pub mod error;

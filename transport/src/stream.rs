@@ -9,8 +9,9 @@
 //! memory, with no copy in user space.
 //!
 //! System calls are what a small request costs, so the input side saves them two ways:
-//! - a header is read with whatever follows it, up to [`INPUT_BUFFER_BYTES`], in one call:
-//!   a small request's body (and a small write's payload) comes with its header. Bytes read
+//! - a header is read with whatever follows it, up to [`crate::buffer::INPUT_BUFFER_BYTES`], in one call:
+//!   a small request's body (and a small write's payload) comes with its header
+//!   ([`crate::buffer`]). Bytes read
 //!   past the header are taken from that buffer first (the only copy, of at most a few KiB);
 //!   everything else lands straight in its destination;
 //! - a read that comes back short means the socket is empty, so the next read waits for
@@ -27,18 +28,22 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
+use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
 use crate::limits::HEADER_BYTES;
 use crate::wire::{Header, WireError};
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
 const SLICES_PER_CALL: usize = 64;
-/// Most bytes one read of a header takes (the header and what follows it).
-pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
 /// Chunk used to drop the rest of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
 /// The status of the error reply to a request whose opcode the server does not know.
 pub(crate) const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
+
+/// Says that `peer` sent a request with an opcode this side does not know.
+pub(crate) fn log_unknown_opcode(peer: SocketAddr, opcode: u16) {
+    crate::log_line!("nacre-transport: {peer} sent unknown opcode {opcode}; answered EOPNOTSUPP");
+}
 
 /// What reading a connection gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +103,8 @@ pub struct StreamConn {
     stream: TcpStream,
     peer: SocketAddr,
     input: Input,
-    /// Bytes read and not yet taken: `buffer[buffer_at..buffer_end]`.
-    buffer: Box<[u8]>,
-    buffer_at: usize,
-    buffer_end: usize,
+    /// Bytes read with a header and not yet taken.
+    buffer: InputBuffer,
     /// The socket was empty at the last read; only a readiness event can change that.
     drained: bool,
     body: Vec<u8>,
@@ -129,9 +132,7 @@ impl StreamConn {
             stream,
             peer,
             input: Input::Header,
-            buffer: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
-            buffer_at: 0,
-            buffer_end: 0,
+            buffer: InputBuffer::new(),
             drained: false,
             body: Vec::new(),
             output: Output::default(),
@@ -167,7 +168,7 @@ impl StreamConn {
     pub fn mid_message(&self) -> bool {
         self.output.active
             || match self.input {
-                Input::Header => self.buffer_end > self.buffer_at,
+                Input::Header => self.buffer.len() > 0,
                 Input::Body { .. } | Input::Discard { .. } => true,
                 Input::Request {
                     header,
@@ -206,61 +207,30 @@ impl StreamConn {
         self.drained = false;
     }
 
-    /// Bytes in the buffer not yet taken.
-    fn buffered(&self) -> usize {
-        self.buffer_end - self.buffer_at
-    }
-
-    /// Moves up to `out.len()` buffered bytes into `out`; how many.
-    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.buffered());
-        out[..n].copy_from_slice(&self.buffer[self.buffer_at..self.buffer_at + n]);
-        self.buffer_at += n;
-        n
-    }
-
     /// One read into `buf`, unless the socket is known to be empty: `Ok(None)` when it is
     /// (or would block), `Ok(Some(0))` at the end of the stream. A short read marks the
     /// socket empty.
     fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
-        if self.drained {
-            return Ok(None);
-        }
-        loop {
-            match self.stream.read(buf) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.last_progress = Instant::now();
-                    }
-                    if n < buf.len() {
-                        self.drained = true;
-                    }
-                    return Ok(Some(n));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.drained = true;
-                    return Ok(None);
-                }
-                Err(e) => return Err(self.fail(TransportOp::Recv, e)),
-            }
-        }
+        let got = read_nonblocking(
+            &mut self.stream,
+            &mut self.drained,
+            &mut self.last_progress,
+            buf,
+        );
+        got.map_err(|e| self.fail(TransportOp::Recv, e))
     }
 
-    /// Reads into the buffer after what it holds (moving that to the front first).
+    /// Reads into the input buffer, after what it holds.
     fn fill_buffer(&mut self) -> Result<Option<usize>, TransportError> {
-        if self.buffer_at > 0 {
-            self.buffer.copy_within(self.buffer_at..self.buffer_end, 0);
-            self.buffer_end -= self.buffer_at;
-            self.buffer_at = 0;
-        }
-        let mut buffer = std::mem::take(&mut self.buffer);
-        let read = self.read_some(&mut buffer[self.buffer_end..]);
-        self.buffer = buffer;
-        if let Ok(Some(n)) = read {
-            self.buffer_end += n;
-        }
-        read
+        let StreamConn {
+            stream,
+            buffer,
+            drained,
+            last_progress,
+            ..
+        } = self;
+        let got = buffer.fill(|room| read_nonblocking(stream, drained, last_progress, room));
+        got.map_err(|e| self.fail(TransportOp::Recv, e))
     }
 
     fn eof(&mut self) -> TransportError {
@@ -294,9 +264,7 @@ impl StreamConn {
                     });
                 }
                 Input::Discard { left } => {
-                    let skipped = (self.buffered() as u64).min(left);
-                    self.buffer_at += skipped as usize;
-                    let mut left = left - skipped;
+                    let mut left = left - self.buffer.skip(left);
                     if left > 0 {
                         let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
                         let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
@@ -313,15 +281,15 @@ impl StreamConn {
                     };
                 }
                 Input::Header => {
-                    if self.buffered() >= HEADER_BYTES {
-                        if let Some(incoming) = self.header_arrived()? {
+                    if let Some(head) = self.buffer.take_header() {
+                        if let Some(incoming) = self.header_arrived(&head)? {
                             return Ok(incoming);
                         }
                         continue;
                     }
                     match self.fill_buffer()? {
                         None => return Ok(Incoming::Pending),
-                        Some(0) if self.buffered() == 0 => {
+                        Some(0) if self.buffer.len() == 0 => {
                             self.broken = true;
                             return Ok(Incoming::Closed);
                         }
@@ -331,7 +299,7 @@ impl StreamConn {
                 }
                 Input::Body { header, mut got } => {
                     let mut body = std::mem::take(&mut self.body);
-                    got += self.take_buffered(&mut body[got..]);
+                    got += self.buffer.take(&mut body[got..]);
                     let read = if got < body.len() {
                         self.read_some(&mut body[got..])
                     } else {
@@ -361,10 +329,11 @@ impl StreamConn {
 
     /// A whole header is in: checks it and moves on to its body. `Some` when the request
     /// is complete already (no body).
-    fn header_arrived(&mut self) -> Result<Option<Incoming>, TransportError> {
-        let at = self.buffer_at;
-        self.buffer_at += HEADER_BYTES;
-        let header = match Header::decode(&self.buffer[at..at + HEADER_BYTES]) {
+    fn header_arrived(
+        &mut self,
+        head: &[u8; HEADER_BYTES],
+    ) -> Result<Option<Incoming>, TransportError> {
+        let header = match Header::decode(head) {
             Ok(h) => h,
             Err(WireError::UnknownOpcode {
                 opcode,
@@ -372,10 +341,7 @@ impl StreamConn {
                 body_len,
                 payload_len,
             }) => {
-                crate::log_line!(
-                    "nacre-transport: {} sent unknown opcode {opcode}; answered EOPNOTSUPP",
-                    self.peer
-                );
+                log_unknown_opcode(self.peer, opcode);
                 let left = u64::from(body_len) + payload_len;
                 self.input = if left == 0 {
                     Input::Header
@@ -456,47 +422,39 @@ impl StreamConn {
                 ),
             });
         }
+        // The caller's slices stay as given (the next call passes them again): each round
+        // reads into views of them past what arrived, built on the stack.
         let mut got = payload_got;
-        // The caller's slices stay as they were given (the next call passes them again);
-        // these views over the same memory are what advances.
-        let mut views: Vec<IoSliceMut<'_>> = dests.iter_mut().map(|d| IoSliceMut::new(d)).collect();
-        let mut dests = &mut views[..];
-        IoSliceMut::advance_slices(&mut dests, got as usize);
-        // What came in with the header first.
-        while got < header.payload_len && self.buffered() > 0 {
-            let n = self.take_buffered(&mut dests[0]);
-            got += n as u64;
-            IoSliceMut::advance_slices(&mut dests, n);
-        }
-        self.input = Input::Request {
-            header,
-            payload_got: got,
-        };
         while got < header.payload_len {
-            if self.drained {
-                return Ok(Progress::Pending);
+            let mut views: [IoSliceMut<'_>; SLICES_PER_CALL] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            let (used, asked) = views_past(dests, got, &mut views);
+            // What came in with the header first.
+            if self.buffer.len() > 0 {
+                got += self.buffer.take(&mut views[0]) as u64;
+                continue;
             }
-            let n = dests.len().min(SLICES_PER_CALL);
-            let asked: usize = dests[..n].iter().map(|d| d.len()).sum();
-            match self.stream.read_vectored(&mut dests[..n]) {
+            if self.drained {
+                break;
+            }
+            match self.stream.read_vectored(&mut views[..used]) {
                 Ok(0) => return Err(self.eof()),
                 Ok(n) => {
                     self.last_progress = Instant::now();
                     self.drained = n < asked;
                     got += n as u64;
-                    self.input = Input::Request {
-                        header,
-                        payload_got: got,
-                    };
-                    IoSliceMut::advance_slices(&mut dests, n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.drained = true;
-                    return Ok(Progress::Pending);
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.drained = true,
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
+        }
+        self.input = Input::Request {
+            header,
+            payload_got: got,
+        };
+        if got < header.payload_len {
+            return Ok(Progress::Pending);
         }
         Ok(Progress::Done)
     }
@@ -617,4 +575,61 @@ impl StreamConn {
         self.broken = true;
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// One read from a nonblocking socket into `buf`, unless `drained` says it is empty:
+/// `Ok(None)` then (or when it would block), `Ok(Some(0))` at the end of the stream. A short
+/// read or "would block" sets `drained`; bytes read move `last_progress` on.
+fn read_nonblocking(
+    stream: &mut TcpStream,
+    drained: &mut bool,
+    last_progress: &mut Instant,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    if *drained {
+        return Ok(None);
+    }
+    loop {
+        match stream.read(buf) {
+            Ok(n) => {
+                if n > 0 {
+                    *last_progress = Instant::now();
+                }
+                *drained = n < buf.len();
+                return Ok(Some(n));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                *drained = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Views of `dests` past their first `skip` bytes, as many as fit in `out`: how many, and
+/// how many bytes they span.
+fn views_past<'a>(
+    dests: &'a mut [IoSliceMut<'_>],
+    mut skip: u64,
+    out: &mut [IoSliceMut<'a>; SLICES_PER_CALL],
+) -> (usize, usize) {
+    let (mut used, mut bytes) = (0, 0);
+    for d in dests.iter_mut() {
+        if used == SLICES_PER_CALL {
+            break;
+        }
+        let len = d.len() as u64;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let part: &'a mut [u8] = &mut d[skip as usize..];
+        skip = 0;
+        bytes += part.len();
+        out[used] = IoSliceMut::new(part);
+        used += 1;
+    }
+    (used, bytes)
 }

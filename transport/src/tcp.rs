@@ -12,9 +12,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
-use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
-use crate::stream::INPUT_BUFFER_BYTES;
+use crate::limits::{MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
 use crate::wire::Header;
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
@@ -35,12 +35,9 @@ pub struct TcpConnection {
     timeout: Duration,
     broken: bool,
     zc: Option<Box<ZeroCopySender>>,
-    /// Bytes read with a header and not yet taken: `buffer[buffer_at..buffer_end]` (a
-    /// header is read with whatever follows it, so a small reply's body and payload come in
-    /// the same system call; see [`crate::stream::INPUT_BUFFER_BYTES`]).
-    buffer: Box<[u8]>,
-    buffer_at: usize,
-    buffer_end: usize,
+    /// Bytes read with a header and not yet taken (a header is read with whatever follows
+    /// it, so a small reply's body and payload come in the same system call).
+    buffer: InputBuffer,
 }
 
 /// Sends through io_uring's SENDMSG_ZC: the kernel sends from the caller's pages and posts
@@ -199,9 +196,7 @@ impl TcpConnection {
             timeout,
             broken: false,
             zc: None,
-            buffer: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
-            buffer_at: 0,
-            buffer_end: 0,
+            buffer: InputBuffer::new(),
         };
         conn.set_timeout(timeout)?;
         Ok(conn)
@@ -237,7 +232,7 @@ impl TcpConnection {
     /// Whether an idle connection is still open: nothing may be waiting on it between
     /// calls, so a readable socket means the peer closed it (or broke the protocol).
     pub fn idle_is_open(&self) -> bool {
-        if self.broken || self.buffer_end > self.buffer_at {
+        if self.broken || self.has_buffered() {
             return false;
         }
         let mut byte = 0u8;
@@ -345,26 +340,25 @@ impl TcpConnection {
     /// connection cleanly between messages.
     pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
         self.check()?;
-        if self.buffer_at > 0 {
-            self.buffer.copy_within(self.buffer_at..self.buffer_end, 0);
-            self.buffer_end -= self.buffer_at;
-            self.buffer_at = 0;
-        }
-        while self.buffer_end < HEADER_BYTES {
-            let got = self.buffer_end;
-            match self.stream.read(&mut self.buffer[got..]) {
-                Ok(0) if got == 0 => {
+        let head = loop {
+            if let Some(head) = self.buffer.take_header() {
+                break head;
+            }
+            let at_boundary = self.buffer.len() == 0;
+            let stream = &mut self.stream;
+            match self.buffer.fill(|room| stream.read(room).map(Some)) {
+                Ok(Some(0)) if at_boundary => {
                     self.broken = true;
                     return Ok(None);
                 }
-                Ok(0) => {
+                Ok(Some(0)) => {
                     let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     return Err(self.fail(TransportOp::Recv, e));
                 }
-                Ok(n) => self.buffer_end += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
-                    if got == 0
+                    if at_boundary
                         && matches!(
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -380,10 +374,7 @@ impl TcpConnection {
                 }
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
-        }
-        let mut head = [0u8; HEADER_BYTES];
-        head.copy_from_slice(&self.buffer[..HEADER_BYTES]);
-        self.buffer_at = HEADER_BYTES;
+        };
         let header = match Header::decode(&head) {
             Ok(header) => header,
             Err(source) => {
@@ -401,7 +392,7 @@ impl TcpConnection {
         debug_assert!(header.body_len <= MAX_BODY_BYTES);
         body.clear();
         body.resize(header.body_len as usize, 0);
-        let got = self.take_buffered(body);
+        let got = self.buffer.take(body);
         if let Err(e) = self.stream.read_exact(&mut body[got..]) {
             return Err(self.fail(TransportOp::Recv, e));
         }
@@ -436,9 +427,9 @@ impl TcpConnection {
         // What came in with the header first.
         let mut left = len;
         let mut dests = dests;
-        while left > 0 && !dests.is_empty() && self.buffer_end > self.buffer_at {
+        while left > 0 && !dests.is_empty() && self.buffer.len() > 0 {
             let room = (dests[0].len() as u64).min(left) as usize;
-            let n = self.take_buffered(&mut dests[0][..room]);
+            let n = self.buffer.take(&mut dests[0][..room]);
             left -= n as u64;
             IoSliceMut::advance_slices(&mut dests, n);
         }
@@ -467,8 +458,7 @@ impl TcpConnection {
     /// Reads and drops `len` bytes (the body and payload of a message being skipped).
     pub fn discard(&mut self, len: u64) -> Result<(), TransportError> {
         self.check()?;
-        let skipped = ((self.buffer_end - self.buffer_at) as u64).min(len);
-        self.buffer_at += skipped as usize;
+        let skipped = self.buffer.skip(len);
         let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
         let mut left = len - skipped;
         while left > 0 {
@@ -487,14 +477,6 @@ impl TcpConnection {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Moves up to `out.len()` bytes read earlier into `out`; how many.
-    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.buffer_end - self.buffer_at);
-        out[..n].copy_from_slice(&self.buffer[self.buffer_at..self.buffer_at + n]);
-        self.buffer_at += n;
-        n
-    }
-
     /// Makes the socket nonblocking (before [`TcpConnection::into_parts`]).
     pub fn set_nonblocking(&self) -> Result<(), TransportError> {
         self.stream
@@ -508,7 +490,7 @@ impl TcpConnection {
 
     /// Whether bytes of a message have been read and not yet taken.
     pub fn has_buffered(&self) -> bool {
-        self.buffer_end > self.buffer_at
+        self.buffer.len() > 0
     }
 
     /// The stream and the peer's address, for a caller that drives the socket itself (an

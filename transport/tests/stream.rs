@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nacre_transport::buffer::INPUT_BUFFER_BYTES;
 use nacre_transport::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES};
-use nacre_transport::stream::INPUT_BUFFER_BYTES;
 use nacre_transport::wire::{Extent, Header, Opcode, WireError, decode_extents, encode_extents};
 use nacre_transport::{
     Bulk, ConnectOptions, Connection, Endpoint, Incoming, Kind, Listener, Progress, StreamConn,

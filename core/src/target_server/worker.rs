@@ -121,6 +121,15 @@ impl Inbox {
     }
 }
 
+/// Gives a request's pieces up and counts it out: its memory is leaked, not freed, because
+/// pieces still out may yet use it.
+fn give_up(ctx: &Context, mut serving: Box<Serving>) {
+    if let Some(s) = serving.prepared.staging.take() {
+        s.abandon();
+    }
+    ctx.leave();
+}
+
 /// A job being run.
 struct RunningJob {
     job: Job,
@@ -155,11 +164,12 @@ enum State {
     Replying(Option<Staging>),
 }
 
+/// A connection. One whose request's pieces are out is never closed (it is not driven
+/// until they are back, and `sweep` gives their memory up first), so their memory is never
+/// freed under them.
 struct Conn {
     stream: StreamConn,
     state: State,
-    /// Closed while its pieces were out: freed when they are back.
-    dead: bool,
 }
 
 struct Slot {
@@ -188,8 +198,8 @@ pub(super) struct Worker {
     // Network.
     epoll: Epoll,
     slots: Vec<Slot>,
+    /// Slots with no connection (every other slot has one).
     free_slots: Vec<usize>,
-    open_conns: usize,
     /// Results for this worker's requests, to apply outside of whatever produced them.
     delivered: VecDeque<(u64, usize, Vec<PieceResult>)>,
     /// The sequence number of the last request this worker started.
@@ -264,7 +274,6 @@ impl Worker {
             epoll,
             slots: Vec::new(),
             free_slots: Vec::new(),
-            open_conns: 0,
             delivered: VecDeque::new(),
             requests: 0,
             ready_tokens: Vec::new(),
@@ -320,11 +329,8 @@ impl Worker {
             let Some(conn) = slot.conn.as_mut() else {
                 continue;
             };
-            if let State::Serving(mut serving) = std::mem::replace(&mut conn.state, State::Idle) {
-                if let Some(s) = serving.prepared.staging.take() {
-                    s.abandon();
-                }
-                self.ctx.leave();
+            if let State::Serving(serving) = std::mem::replace(&mut conn.state, State::Idle) {
+                give_up(&self.ctx, serving);
             }
         }
     }
@@ -391,13 +397,17 @@ impl Worker {
     /// flight anywhere (another worker's may still need this one's store), no connection.
     fn finished(&self) -> bool {
         self.ctx.in_flight.load(Ordering::SeqCst) == 0
-            && self.open_conns == 0
+            && self.open_conns() == 0
             && self.queue.is_empty()
             && self.store.outstanding() == 0
             && self.running.iter().all(Option::is_none)
     }
 
     // ---- connections ----
+
+    fn open_conns(&self) -> usize {
+        self.slots.len() - self.free_slots.len()
+    }
 
     fn token(&self, slot: usize) -> u64 {
         (u64::from(self.slots[slot].generation) << 32) | slot as u64
@@ -410,7 +420,7 @@ impl Worker {
     }
 
     fn adopt(&mut self, stream: StreamConn) {
-        if self.open_conns >= MAX_CONNECTIONS_PER_WORKER || self.ctx.stop.load(Ordering::SeqCst) {
+        if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER || self.ctx.stop.load(Ordering::SeqCst) {
             nacre_transport::log_line!(
                 "nacre target {}: {} refused: worker {} serves {MAX_CONNECTIONS_PER_WORKER} connections",
                 self.ctx.target_id,
@@ -439,9 +449,7 @@ impl Worker {
         self.slots[slot].conn = Some(Conn {
             stream,
             state: State::Idle,
-            dead: false,
         });
-        self.open_conns += 1;
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
     }
@@ -451,13 +459,9 @@ impl Worker {
     fn drive(&mut self, slot: usize) {
         loop {
             let stopping = self.ctx.stop.load(Ordering::SeqCst);
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+            let Some(Conn { stream, state }) = self.slots[slot].conn.as_mut() else {
                 return;
             };
-            if conn.dead {
-                return;
-            }
-            let Conn { stream, state, .. } = conn;
             match state {
                 State::Replying(staging) => {
                     let mut slices: Vec<IoSlice<'_>> = Vec::new();
@@ -545,9 +549,8 @@ impl Worker {
             return;
         };
         let payload_len = payload.as_ref().map_or(0, |s| s.len() as u64);
-        let staging = payload;
         match conn.stream.start_reply(header, status, body, payload_len) {
-            Ok(()) => conn.state = State::Replying(staging),
+            Ok(()) => conn.state = State::Replying(payload),
             Err(e) => self.close(slot, Some(e)),
         }
     }
@@ -651,9 +654,6 @@ impl Worker {
             return;
         };
         self.ctx.leave();
-        if conn.dead {
-            return self.free(slot);
-        }
         let results: Vec<PieceResult> = serving.results.drain(..).flatten().collect();
         if serving.failure.is_none() && results.len() != serving.prepared.pieces.len() {
             serving.failure = Some(self.ctx.stopping());
@@ -672,10 +672,10 @@ impl Worker {
         self.drive(slot);
     }
 
-    /// Closes a connection (saying why, when it failed). One whose pieces are out stays
-    /// until they are back, so their memory is not freed under them.
+    /// Closes a connection (saying why, when it failed) and frees its slot; its epoll
+    /// token goes stale with the slot's generation.
     fn close(&mut self, slot: usize, why: Option<TransportError>) {
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots[slot].conn.take() else {
             return;
         };
         if let Some(e) = why {
@@ -685,22 +685,9 @@ impl Worker {
             );
         }
         self.epoll.remove(conn.stream.fd());
-        if matches!(conn.state, State::Serving(_)) {
-            conn.dead = true;
-            conn.stream.shutdown();
-            return;
-        }
-        self.free(slot);
-    }
-
-    fn free(&mut self, slot: usize) {
-        if let Some(conn) = self.slots[slot].conn.take() {
-            self.epoll.remove(conn.stream.fd());
-            self.open_conns -= 1;
-            let s = &mut self.slots[slot];
-            s.generation = s.generation.wrapping_add(1);
-            self.free_slots.push(slot);
-        }
+        let s = &mut self.slots[slot];
+        s.generation = s.generation.wrapping_add(1);
+        self.free_slots.push(slot);
     }
 
     /// Closes connections stuck mid-message past the request timeout, and gives up on
@@ -718,19 +705,12 @@ impl Worker {
                 if now.duration_since(serving.started) < storage {
                     continue;
                 }
-                let State::Serving(mut serving) = std::mem::replace(&mut conn.state, State::Idle)
+                let State::Serving(serving) = std::mem::replace(&mut conn.state, State::Idle)
                 else {
                     unreachable!("matched above")
                 };
-                // Pieces still out may yet use the memory: leak it rather than free it.
-                if let Some(s) = serving.prepared.staging.take() {
-                    s.abandon();
-                }
-                self.ctx.leave();
-                if conn.dead {
-                    self.free(slot);
-                    continue;
-                }
+                let header = serving.header;
+                give_up(&self.ctx, serving);
                 let failure = Failure {
                     errno: libc::ETIMEDOUT,
                     message: format!(
@@ -738,7 +718,7 @@ impl Worker {
                         self.ctx.target_id
                     ),
                 };
-                self.reply_failure(slot, &serving.header, &failure);
+                self.reply_failure(slot, &header, &failure);
                 self.drive(slot);
             } else if conn.stream.mid_message()
                 && now.duration_since(conn.stream.last_progress()) >= stalled

@@ -1,0 +1,77 @@
+//! The input buffer both TCP connection kinds read a header into, with whatever follows it,
+//! so that a small message (header, body and payload) arrives in one system call. Bytes
+//! past the header are taken from here first; everything else a message carries is read
+//! straight into its destination.
+
+use crate::limits::HEADER_BYTES;
+
+/// Most bytes one read of a header takes (the header and what follows it).
+pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
+
+const _: () = assert!(INPUT_BUFFER_BYTES >= HEADER_BYTES);
+
+/// Bytes read and not yet taken: `bytes[at..end]`.
+#[derive(Debug)]
+pub(crate) struct InputBuffer {
+    bytes: Box<[u8]>,
+    at: usize,
+    end: usize,
+}
+
+impl InputBuffer {
+    pub(crate) fn new() -> InputBuffer {
+        InputBuffer {
+            bytes: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
+            at: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes read and not yet taken.
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.at
+    }
+
+    /// Moves up to `out.len()` bytes into `out`; how many.
+    pub(crate) fn take(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len());
+        out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        n
+    }
+
+    /// Drops up to `len` bytes; how many.
+    pub(crate) fn skip(&mut self, len: u64) -> u64 {
+        let n = (self.len() as u64).min(len);
+        self.at += n as usize;
+        n
+    }
+
+    /// Takes a header's bytes, if a whole one is in.
+    pub(crate) fn take_header(&mut self) -> Option<[u8; HEADER_BYTES]> {
+        let mut head = [0u8; HEADER_BYTES];
+        if self.len() < HEADER_BYTES {
+            return None;
+        }
+        self.take(&mut head);
+        Some(head)
+    }
+
+    /// Reads once with `read` into the room after the bytes held (moved to the front
+    /// first), and keeps what it got. `read`'s answer is returned as it is.
+    pub(crate) fn fill<E>(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Result<Option<usize>, E>,
+    ) -> Result<Option<usize>, E> {
+        if self.at > 0 {
+            self.bytes.copy_within(self.at..self.end, 0);
+            self.end -= self.at;
+            self.at = 0;
+        }
+        let got = read(&mut self.bytes[self.end..])?;
+        if let Some(n) = got {
+            self.end += n;
+        }
+        Ok(got)
+    }
+}
