@@ -31,9 +31,9 @@
 //!
 //! # For an MPI driver (C, through the C ABI)
 //!
-//! Tasks here are threads; with `--queue-depth` above 1 each task runs that many threads,
-//! one per transfer in flight (the way `nacre::Queue`'s progress threads run operations;
-//! the queue itself needs `unsafe`, which this crate forbids). An MPI driver reproduces a
+//! Tasks here are threads; with `--queue-depth` above 1 each task keeps that many transfers
+//! in flight through a [`nacre::Queue`] of its own, with buffers the queue holds until each
+//! transfer completes (`submit_read`/`submit_write`). An MPI driver reproduces a
 //! run by following [`plan`] (which task moves which bytes, in which order, and which file
 //! it opens), [`pattern`] (the bytes, and their check), [`latency`] (the histogram) and
 //! [`report`] (the reduction of per-task times, and the text and JSON it prints, with
@@ -46,6 +46,7 @@ mod plan;
 mod progress;
 mod report;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -83,6 +84,9 @@ const HARD_SEGMENTS: u64 = 2048;
 const ENOENT: i32 = 2;
 /// Longest a task waits for the start of its phase (all tasks are started by then).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a task waits for one of its queued transfers to complete (each is bounded by
+/// the client's request timeout, well under this).
+const QUEUE_WAIT: Duration = Duration::from_secs(120);
 
 /// The IO500 shapes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,8 +287,9 @@ fn command_line() -> String {
 pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let plan = args.plan().unwrap_or_else(|e| usage_exit(&e));
     let spec = layout_spec(&plan).unwrap_or_else(|e| usage_exit(&e));
-    // One connection per transfer in flight (up to the transport's bound), so that the
-    // transfers of every thread travel at once instead of queueing for a few connections.
+    // Room in the pool for one connection per transfer in flight (up to the transport's
+    // bound; made only when used): tasks with a queue depth of 1 make blocking calls through
+    // it, and so do the queues' progress threads for targets reached over RDMA.
     let in_flight = (plan.tasks as usize) * (plan.queue_depth as usize);
     let options = ClientOptions {
         connections_per_target: in_flight
@@ -584,32 +589,11 @@ impl Phase<'_> {
             ),
         };
         let io_start = shared.now();
-        let lanes: Vec<Result<LaneRecord, TaskError>> = std::thread::scope(|s| {
-            let work = &work;
-            let mut handles = Vec::new();
-            let mut outcomes = Vec::new();
-            for lane in 1..plan.queue_depth {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("bench-task-{task}-{lane}"))
-                    .spawn_scoped(s, move || self.lane(shared, work));
-                match spawned {
-                    Ok(handle) => handles.push(handle),
-                    Err(e) => {
-                        outcomes.push(Err(fail(format!(
-                            "task {task}: cannot start transfer thread {lane}: {e}"
-                        ))));
-                        break;
-                    }
-                }
-            }
-            outcomes.push(self.lane(shared, work));
-            for handle in handles {
-                outcomes.push(handle.join().unwrap_or_else(|_| {
-                    Err(fail(format!("task {task}: a transfer thread panicked")))
-                }));
-            }
-            outcomes
-        });
+        let lanes: Vec<Result<LaneRecord, TaskError>> = if plan.queue_depth > 1 {
+            vec![self.queued(shared, &work, plan.queue_depth as usize)]
+        } else {
+            vec![self.lane(shared, &work)]
+        };
         let io_end = shared.now();
         let mut record = TaskRecord::default();
         let mut stopped = false;
@@ -663,15 +647,7 @@ impl Phase<'_> {
             if k >= work.count {
                 return Ok(record);
             }
-            let offset = match self.access {
-                Access::Write | Access::Read => {
-                    self.plan.offset(work.pretend_rank, work.order.get(k))
-                }
-                Access::Rand4k => {
-                    let blocks = self.plan.file_bytes() / RAND4K_BYTES;
-                    (pattern::splitmix64(work.rand_seed ^ k) % blocks) * RAND4K_BYTES
-                }
-            };
+            let offset = self.offset_of(work, k);
             if self.access == Access::Write {
                 pattern::fill(&mut buf, offset, work.seed);
                 let started = Instant::now();
@@ -689,25 +665,134 @@ impl Phase<'_> {
                     ))
                 })?;
                 record.latencies.record(started.elapsed());
-                if n as u64 != len {
-                    return Err(fail(format!(
-                        "task {task}: short read at offset {offset} of {path}: {n} of {len} bytes"
-                    )));
-                }
-                pattern::verify(&buf, offset, work.seed).map_err(|m| {
-                    let writer = self
-                        .plan
-                        .writer_of(self.plan.file_index(work.pretend_rank), m.offset);
-                    fail(format!(
-                        "task {task}: verification failed: {path} at offset {} holds {:#04x}, \
-                         expected {:#04x} (written by task {writer})",
-                        m.offset, m.found, m.expected
-                    ))
-                })?;
+                self.check_read(work, &buf, n as u64, offset)
+                    .map_err(fail)?;
             }
             record.bytes += len;
             record.ops += 1;
             shared.done.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Where transfer `k` of a task goes.
+    fn offset_of(&self, work: &TaskWork<'_>, k: u64) -> u64 {
+        match self.access {
+            Access::Write | Access::Read => self.plan.offset(work.pretend_rank, work.order.get(k)),
+            Access::Rand4k => {
+                let blocks = self.plan.file_bytes() / RAND4K_BYTES;
+                (pattern::splitmix64(work.rand_seed ^ k) % blocks) * RAND4K_BYTES
+            }
+        }
+    }
+
+    /// Checks a read of `n` bytes at `offset` into `buf`: whole, and every byte what its
+    /// writer wrote.
+    fn check_read(
+        &self,
+        work: &TaskWork<'_>,
+        buf: &[u8],
+        n: u64,
+        offset: u64,
+    ) -> Result<(), String> {
+        let (task, path, len) = (work.task, work.path, buf.len());
+        if n != len as u64 {
+            return Err(format!(
+                "task {task}: short read at offset {offset} of {path}: {n} of {len} bytes"
+            ));
+        }
+        pattern::verify(buf, offset, work.seed).map_err(|m| {
+            let writer = self
+                .plan
+                .writer_of(self.plan.file_index(work.pretend_rank), m.offset);
+            format!(
+                "task {task}: verification failed: {path} at offset {} holds {:#04x}, \
+                 expected {:#04x} (written by task {writer})",
+                m.offset, m.found, m.expected
+            )
+        })
+    }
+
+    /// A task's transfers through one [`nacre::Queue`] of `depth`: this thread keeps
+    /// `depth` of them in flight, each with a buffer of its own that the queue holds until
+    /// the transfer completes.
+    fn queued(
+        &self,
+        shared: &Shared,
+        work: &TaskWork<'_>,
+        depth: usize,
+    ) -> Result<LaneRecord, TaskError> {
+        let fail = |message: String| {
+            shared.failed.store(true, Ordering::SeqCst);
+            TaskError::Failed(message)
+        };
+        let (task, path) = (work.task, work.path);
+        let len = self.transfer_len();
+        let queue = self
+            .client
+            .queue(depth)
+            .map_err(|e| fail(format!("task {task}: cannot open a queue of {depth}: {e}")))?;
+        let mut free: Vec<Vec<u8>> = (0..depth).map(|_| vec![0u8; len as usize]).collect();
+        // By tag (the transfer's index): where it went and when it started.
+        let mut started: HashMap<u64, (u64, Instant)> = HashMap::with_capacity(depth);
+        let mut record = LaneRecord::default();
+        let mut next = 0u64;
+        let write = self.access == Access::Write;
+        while next < work.count || !started.is_empty() {
+            if shared.failed.load(Ordering::Relaxed) {
+                // Dropping the queue waits for what is in flight.
+                return Err(TaskError::Stopped);
+            }
+            while next < work.count {
+                let Some(mut buf) = free.pop() else {
+                    break;
+                };
+                let offset = self.offset_of(work, next);
+                let submitted = if write {
+                    pattern::fill(&mut buf, offset, work.seed);
+                    queue.submit_write(work.file, buf, offset, next)
+                } else {
+                    queue.submit_read(work.file, buf, offset, next)
+                };
+                submitted.map_err(|r| {
+                    fail(format!(
+                        "task {task}: cannot queue a transfer of {path}: {}",
+                        r.error
+                    ))
+                })?;
+                started.insert(next, (offset, Instant::now()));
+                next += 1;
+            }
+            let done = queue.wait(1, QUEUE_WAIT);
+            if done.is_empty() {
+                return Err(fail(format!(
+                    "task {task}: no transfer of {path} completed within {} s",
+                    QUEUE_WAIT.as_secs()
+                )));
+            }
+            for c in done {
+                let Some((offset, at)) = started.remove(&c.tag) else {
+                    return Err(fail(format!(
+                        "task {task}: a completion with unknown tag {}",
+                        c.tag
+                    )));
+                };
+                record.latencies.record(at.elapsed());
+                let what = if write { "write" } else { "read" };
+                let n = c.result.map_err(|e| {
+                    fail(format!(
+                        "task {task}: {what} of {len} bytes at offset {offset} of {path} failed: {e}"
+                    ))
+                })?;
+                let buf = c.buffer.unwrap_or_else(|| vec![0u8; len as usize]);
+                if !write {
+                    self.check_read(work, &buf, n, offset).map_err(fail)?;
+                }
+                free.push(buf);
+                record.bytes += len;
+                record.ops += 1;
+                shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(record)
     }
 }

@@ -42,7 +42,8 @@ pub struct ClientOptions {
     pub connections_per_target: usize,
     /// How long connecting, and each request, may take.
     pub timeout: Duration,
-    /// Threads an asynchronous [`Queue`] runs operations on.
+    /// Threads an asynchronous [`Queue`] runs syncs, and transfers over RDMA, on (its
+    /// TCP transfers need none).
     pub progress_threads: usize,
     /// Permission bits cleared from the mode of every file and directory this client
     /// creates, as the kernel applies a process's umask (by default the process's umask
@@ -247,14 +248,16 @@ struct Inner {
     next_registration_id: AtomicU64,
 }
 
+/// A registered target and the pool of connections to it.
 #[derive(Debug)]
-struct TargetLink {
+pub(crate) struct TargetLink {
     target_id: u32,
-    peer: Peer,
+    pub(crate) peer: Peer,
 }
 
 impl TargetLink {
-    fn fail(&self, source: TransportError) -> Error {
+    /// A transport failure on the way to this target, as the caller sees it.
+    pub(crate) fn fail(&self, source: TransportError) -> Error {
         Error::Target {
             target_id: self.target_id,
             endpoint: self.peer.endpoint().to_string(),
@@ -262,7 +265,8 @@ impl TargetLink {
         }
     }
 
-    fn reply_error(&self, op: &'static str, status: i32, body: &[u8]) -> Error {
+    /// The target's error reply to `op`, as the caller sees it.
+    pub(crate) fn reply_error(&self, op: &'static str, status: i32, body: &[u8]) -> Error {
         let message = String::from_utf8_lossy(body).into_owned();
         Error::TargetReply {
             target_id: self.target_id,
@@ -299,6 +303,24 @@ struct FileInner {
 struct Segment {
     ptr: *mut u8,
     len: usize,
+}
+
+/// One request of a read or write planned for the asynchronous queue: the target, the
+/// encoded extents, each extent's length, and the caller's memory the bytes move through,
+/// in order.
+pub(crate) struct Planned {
+    pub(crate) link: Arc<TargetLink>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) extent_lens: Vec<u64>,
+    pub(crate) memory: Vec<nacre_transport::Span>,
+}
+
+/// Whether a read reply's body says every extent came back whole.
+pub(crate) fn extents_whole(extent_lens: &[u64], body: &[u8]) -> bool {
+    extent_lens
+        .iter()
+        .enumerate()
+        .all(|(i, &len)| u64_at(body, i) == Some(len))
 }
 
 /// One request to one target: its extents (in request order) and where each extent's bytes
@@ -899,10 +921,8 @@ impl Client {
             return Ok(true);
         }
         let whole = batches.iter().zip(&bodies).all(|(b, body)| {
-            b.extents
-                .iter()
-                .enumerate()
-                .all(|(i, e)| u64_at(body, i) == Some(e.len))
+            let lens: Vec<u64> = b.extents.iter().map(|e| e.len).collect();
+            extents_whole(&lens, body)
         });
         Ok(whole)
     }
@@ -1196,10 +1216,58 @@ impl File {
         if client.transfer(&self.inner, Opcode::Read, offset, segs)? {
             return Ok(len);
         }
-        // Some extent ended early: the file ends inside the range, or the range has holes
-        // past some object's end. The file's size says which.
+        self.short_read(offset, len)
+    }
+
+    /// What a read of `len` bytes at `offset` gave when some extent came back short: the
+    /// file ends inside the range, or the range has holes past some object's end. The
+    /// file's size says which.
+    pub(crate) fn short_read(&self, offset: u64, len: u64) -> Result<u64, Error> {
         let size = self.size()?;
         Ok(size.saturating_sub(offset).min(len))
+    }
+
+    /// How long each request of this file's client may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.client.inner.options.timeout
+    }
+
+    /// Plans a read (into) or write (from) `len` bytes of the caller's memory at `ptr`, at
+    /// `offset` of the file: one request per target batch, as the blocking calls send them.
+    pub(crate) fn plan(
+        &self,
+        write: bool,
+        offset: u64,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<Vec<Planned>, Error> {
+        self.check(write)?;
+        let inner = &self.inner;
+        let extents: Vec<ObjectExtent> = inner
+            .layout
+            .extents(inner.attr.ino, offset, len as u64)?
+            .collect();
+        let batches = make_batches(&extents, &[Segment { ptr, len }]);
+        let mut planned = Vec::with_capacity(batches.len());
+        for b in batches {
+            let mut body = Vec::new();
+            encode_extents(&b.extents, &mut body);
+            planned.push(Planned {
+                link: inner.client.target(b.target_id)?,
+                body,
+                extent_lens: b.extents.iter().map(|e| e.len).collect(),
+                memory: b
+                    .memory
+                    .iter()
+                    .flatten()
+                    .map(|s| nacre_transport::Span {
+                        ptr: s.ptr,
+                        len: s.len,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(planned)
     }
 
     /// Writes all of `buf` at `offset`; returns its length.

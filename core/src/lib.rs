@@ -10,13 +10,14 @@ pub mod mem;
 pub mod meta;
 pub mod queue;
 mod server;
+mod sys;
 pub mod target_server;
 pub mod units;
 
 pub use client::{Client, ClientOptions, File, OpenOptions, Stat};
 pub use error::Error;
 pub use meta::server::MetaServer;
-pub use queue::{Completion, Queue, QueueOp};
+pub use queue::{Completion, Queue, QueueOp, Refused};
 pub use target_server::{TargetConfig, TargetServer};
 
 pub use nacre_io as io;

@@ -35,6 +35,9 @@ pub const REGISTER_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_PROGRESS_THREADS: usize = 8;
 /// Deepest asynchronous queue.
 pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// Most connections an asynchronous queue opens to one target (each carries one request at
+/// a time while fewer are open; past that, requests queue on the least busy one).
+pub const MAX_QUEUE_CONNECTIONS_PER_TARGET: usize = 64;
 /// The length an extent carries in requests about whole objects (sync, stat, truncate,
 /// remove), where the length means nothing but the wire allows no empty extent.
 pub const OBJECT_ONLY_LEN: u64 = 1;

@@ -1,18 +1,29 @@
 //! The asynchronous API: submit reads, writes and syncs with a tag, then wait for or poll
-//! their completions. Operations run on the queue's progress threads, each a blocking call
-//! of the same client code the blocking API uses, so any number up to the queue's depth
-//! are in flight at once.
+//! their completions (decision 0009).
+//!
+//! Reads and writes over TCP run on the queue's own nonblocking connections, with no thread
+//! per operation: `submit` splits an operation by the file's layout and sends every
+//! target's request at once (requests queued together leave in one system call), and the
+//! threads inside `wait`, `poll` or `wait_idle` read the replies as epoll reports them,
+//! each reply's payload straight into the caller's buffer. Operations make progress while
+//! some thread is inside one of those calls (or `submit`). Syncs, and reads and writes of
+//! files on targets reached over RDMA, run on progress threads as blocking calls of the
+//! client (started when first needed).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::File;
+use nacre_transport::wire::Opcode;
+use nacre_transport::{Finished, PipeConn, Progress, TransportError, TransportOp};
+
+use crate::client::{File, Planned, TargetLink, extents_whole};
 use crate::error::Error;
-use crate::limits::{IDLE_POLL_MS, MAX_QUEUE_DEPTH};
+use crate::limits::{IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH};
 use crate::server::{join_all, spawn};
+use crate::sys::{Epoll, EventFd};
 
 /// An operation for a [`Queue`].
 #[derive(Debug)]
@@ -57,20 +68,113 @@ pub struct Completion {
     pub tag: u64,
     /// Bytes moved, or the error.
     pub result: Result<u64, Error>,
+    /// The buffer of a [`Queue::submit_read`] or [`Queue::submit_write`], given back.
+    pub buffer: Option<Vec<u8>>,
+    /// The address of that buffer while the queue holds it (0: none).
+    lent: usize,
+}
+
+/// An owned-buffer submission the queue refused: why, and the buffer back.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why (a full queue is [`Error::QueueFull`]).
+    pub error: Error,
+    /// The buffer that was offered.
+    pub buffer: Vec<u8>,
+}
+
+impl Completion {
+    fn new(tag: u64, result: Result<u64, Error>, lent: usize) -> Completion {
+        Completion {
+            tag,
+            result,
+            buffer: None,
+            lent,
+        }
+    }
+}
+
+/// The epoll token of the wake-up eventfd (connections' tokens are generation and slot).
+const WAKE_TOKEN: u64 = u64::MAX;
+/// Bits of a request's token that name its batch within the operation.
+const BATCH_BITS: u32 = 20;
+/// Most readiness events one waiter takes per wait.
+const EVENTS_PER_WAIT: usize = 64;
+
+/// One of the queue's connections.
+struct Slot {
+    conn: PipeConn,
+    /// Its target's key in `State::targets`.
+    target: usize,
+    generation: u32,
+}
+
+/// The queue's connections to one target.
+struct Target {
+    /// Held so that its address, the target's key, stays this target's.
+    _link: Arc<TargetLink>,
+    slots: Vec<usize>,
+    /// How long a request to it may go without progress (its client's timeout).
+    timeout: Duration,
+    /// The target is reached over RDMA: its operations go to the progress threads.
+    rdma: bool,
+}
+
+/// A read or write in flight on the queue's connections.
+struct Op {
+    tag: u64,
+    file: File,
+    write: bool,
+    offset: u64,
+    len: u64,
+    /// Requests not yet answered.
+    left: usize,
+    /// Some extent of a read came back short.
+    short: bool,
+    error: Option<Error>,
+    batches: Vec<(Arc<TargetLink>, Vec<u64>)>,
+    /// The held buffer it moves through (0: the caller's memory).
+    lent: usize,
+}
+
+/// Everything behind the queue's lock.
+struct State {
+    done: VecDeque<Completion>,
+    targets: HashMap<usize, Target>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    next_generation: u32,
+    ops: HashMap<u64, Op>,
+    next_op: u64,
+    /// Buffers the queue holds for operations in flight, by address.
+    lent: HashMap<usize, Vec<u8>>,
+    /// Replies read and not yet accounted.
+    finished: Vec<Finished>,
+    /// A completion was added since waiters were last woken.
+    completed: bool,
+    fallback: Option<Fallback>,
+}
+
+/// The progress threads, for what the queue's connections do not carry.
+struct Fallback {
+    tx: mpsc::Sender<(QueueOp, u64, usize)>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 struct Shared {
-    done: Mutex<VecDeque<Completion>>,
-    ready: Condvar,
+    state: Mutex<State>,
+    epoll: Epoll,
+    wake: EventFd,
+    /// Threads asleep in `epoll_wait` (changed under the state lock when going to sleep).
+    sleepers: AtomicUsize,
     in_flight: AtomicUsize,
 }
 
 /// A queue of asynchronous operations; dropping it waits for those in flight.
 pub struct Queue {
     shared: Arc<Shared>,
-    tx: Option<mpsc::Sender<(QueueOp, u64)>>,
-    threads: Vec<JoinHandle<()>>,
     depth: usize,
+    progress_threads: usize,
 }
 
 impl std::fmt::Debug for Queue {
@@ -82,9 +186,25 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes a thread asleep in `epoll_wait` if completions came and anyone sleeps. Called
+    /// under the state lock, so a waiter that checked the completions and went to sleep
+    /// (counted under the lock) is seen.
+    fn wake_sleepers(&self, st: &mut State) {
+        if st.completed && self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.wake.ring();
+        }
+        st.completed = false;
+    }
+}
+
 impl Queue {
-    /// A queue of `depth` (1 to [`MAX_QUEUE_DEPTH`]) operations run by up to `threads`
-    /// progress threads.
+    /// A queue of `depth` (1 to [`MAX_QUEUE_DEPTH`]) operations; syncs and RDMA transfers
+    /// run on up to `threads` progress threads, started when first needed.
     pub fn new(depth: usize, threads: usize) -> Result<Queue, Error> {
         if depth == 0 || depth > MAX_QUEUE_DEPTH {
             return Err(Error::Invalid {
@@ -93,26 +213,37 @@ impl Queue {
                 allowed: format!("1 to {MAX_QUEUE_DEPTH}"),
             });
         }
-        let shared = Arc::new(Shared {
-            done: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            in_flight: AtomicUsize::new(0),
-        });
-        let (tx, rx) = mpsc::channel::<(QueueOp, u64)>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut handles = Vec::new();
-        for i in 0..threads.clamp(1, depth) {
-            let rx = Arc::clone(&rx);
-            let shared = Arc::clone(&shared);
-            handles.push(spawn(format!("nacre-queue-{i}"), move || {
-                progress(&rx, &shared)
-            })?);
-        }
+        let epoll = Epoll::new()?;
+        let wake = EventFd::new()?;
+        epoll
+            .add(wake.raw(), WAKE_TOKEN, false)
+            .map_err(|e| Error::Server {
+                what: "queue".into(),
+                reason: format!("epoll_ctl: {e}"),
+            })?;
+        let state = State {
+            done: VecDeque::new(),
+            targets: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+            ops: HashMap::new(),
+            next_op: 1,
+            lent: HashMap::new(),
+            finished: Vec::new(),
+            completed: false,
+            fallback: None,
+        };
         Ok(Queue {
-            shared,
-            tx: Some(tx),
-            threads: handles,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                epoll,
+                wake,
+                sleepers: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+            }),
             depth,
+            progress_threads: threads.clamp(1, depth),
         })
     }
 
@@ -127,13 +258,104 @@ impl Queue {
     }
 
     /// Submits an operation; its completion carries `tag`. [`Error::QueueFull`] (EAGAIN)
-    /// when `depth` operations are in flight.
+    /// when `depth` operations are in flight. An operation that cannot start (a bad
+    /// handle, an unreachable target) completes with its error.
     ///
     /// # Safety
     /// The memory a read or write names must stay valid, and for a read be touched by no
     /// one else, until the operation's completion has been returned by [`Queue::wait`] or
     /// [`Queue::poll`] (dropping the queue also waits for it).
     pub unsafe fn submit(&self, op: QueueOp, tag: u64) -> Result<(), Error> {
+        // SAFETY: this function's contract is the inner one's, with nothing lent.
+        unsafe { self.submit_lent(op, tag, 0) }
+    }
+
+    /// Submits a read of `buf.len()` bytes at `offset` of `file` into `buf`, which the
+    /// queue holds until the completion gives it back ([`Completion::buffer`]); no `unsafe`
+    /// is needed, since nothing else can reach the buffer meanwhile. On an error (a full
+    /// queue, say) the buffer comes back with it.
+    pub fn submit_read(
+        &self,
+        file: &File,
+        buf: Vec<u8>,
+        offset: u64,
+        tag: u64,
+    ) -> Result<(), Box<Refused>> {
+        self.submit_owned(file, buf, offset, tag, false)
+    }
+
+    /// Submits a write of all of `buf` at `offset` of `file`, holding `buf` as
+    /// [`Queue::submit_read`] does.
+    pub fn submit_write(
+        &self,
+        file: &File,
+        buf: Vec<u8>,
+        offset: u64,
+        tag: u64,
+    ) -> Result<(), Box<Refused>> {
+        self.submit_owned(file, buf, offset, tag, true)
+    }
+
+    fn submit_owned(
+        &self,
+        file: &File,
+        mut buf: Vec<u8>,
+        offset: u64,
+        tag: u64,
+        write: bool,
+    ) -> Result<(), Box<Refused>> {
+        if buf.is_empty() {
+            let e = Error::Invalid {
+                field: "buffer",
+                value: "0 bytes".into(),
+                allowed: "at least 1 byte".into(),
+            };
+            return Err(Box::new(Refused {
+                error: e,
+                buffer: buf,
+            }));
+        }
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        // A buffer of at least one byte has an allocation of its own: its address names it
+        // while the queue holds it (moving the Vec does not move its bytes).
+        let lent = ptr as usize;
+        self.shared.lock().lent.insert(lent, buf);
+        let file = file.clone();
+        let op = if write {
+            QueueOp::Write {
+                file,
+                buf: ptr,
+                len,
+                offset,
+            }
+        } else {
+            QueueOp::Read {
+                file,
+                buf: ptr,
+                len,
+                offset,
+            }
+        };
+        // SAFETY: the queue owns the buffer (in `lent`) until the completion that gives it
+        // back is taken, and hands it to nobody else meanwhile.
+        match unsafe { self.submit_lent(op, tag, lent) } {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let buf = self.shared.lock().lent.remove(&lent).unwrap_or_default();
+                Err(Box::new(Refused {
+                    error: e,
+                    buffer: buf,
+                }))
+            }
+        }
+    }
+
+    /// Submits `op`, whose completion gives back the held buffer at address `lent` (0:
+    /// none).
+    ///
+    /// # Safety
+    /// As [`Queue::submit`].
+    unsafe fn submit_lent(&self, op: QueueOp, tag: u64, lent: usize) -> Result<(), Error> {
         let claimed = self
             .shared
             .in_flight
@@ -143,8 +365,116 @@ impl Queue {
         if claimed.is_err() {
             return Err(Error::QueueFull { depth: self.depth });
         }
-        let sent = self.tx.as_ref().map(|tx| tx.send((op, tag)));
+        let (file, write, buf, len, offset) = match op {
+            QueueOp::Read {
+                ref file,
+                buf,
+                len,
+                offset,
+            } => (file.clone(), false, buf, len, offset),
+            QueueOp::Write {
+                ref file,
+                buf,
+                len,
+                offset,
+            } => (file.clone(), true, buf.cast_mut(), len, offset),
+            QueueOp::Sync { .. } => return self.to_threads(op, tag, lent),
+        };
+        let mut st = self.shared.lock();
+        let planned = match file.plan(write, offset, buf, len) {
+            Ok(p) if p.len() >= 1 << BATCH_BITS => Err(Error::Invalid {
+                field: "len",
+                value: len.to_string(),
+                allowed: format!(
+                    "a length split into fewer than {} requests",
+                    1 << BATCH_BITS
+                ),
+            }),
+            planned => planned,
+        };
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                st.done.push_back(Completion::new(tag, Err(e), lent));
+                st.completed = true;
+                self.shared.wake_sleepers(&mut st);
+                return Ok(());
+            }
+        };
+        if planned.is_empty() {
+            st.done.push_back(Completion::new(tag, Ok(0), lent));
+            st.completed = true;
+            self.shared.wake_sleepers(&mut st);
+            return Ok(());
+        }
+        // A connection for every request before any is sent: a target over RDMA sends the
+        // whole operation to the progress threads.
+        let mut chosen = Vec::with_capacity(planned.len());
+        for p in &planned {
+            match st.connection_for(&self.shared.epoll, &p.link, file.timeout(), self.depth) {
+                Ok(Some(slot)) => chosen.push(slot),
+                Ok(None) => {
+                    drop(st);
+                    return self.to_threads(op, tag, lent);
+                }
+                Err(e) => {
+                    st.done.push_back(Completion::new(tag, Err(e), lent));
+                    st.completed = true;
+                    self.shared.wake_sleepers(&mut st);
+                    return Ok(());
+                }
+            }
+        }
+        // SAFETY: the caller lends the memory until the completion is returned (this
+        // function's contract); `start` hands it to the connections on those terms.
+        unsafe {
+            st.start(
+                &self.shared.epoll,
+                Op {
+                    tag,
+                    file,
+                    write,
+                    offset,
+                    len: len as u64,
+                    left: planned.len(),
+                    short: false,
+                    error: None,
+                    batches: Vec::new(),
+                    lent,
+                },
+                planned,
+                chosen,
+            )
+        };
+        self.shared.wake_sleepers(&mut st);
+        Ok(())
+    }
+
+    /// Hands an operation to the progress threads (starting them if need be).
+    fn to_threads(&self, op: QueueOp, tag: u64, lent: usize) -> Result<(), Error> {
+        let mut st = self.shared.lock();
+        if st.fallback.is_none() {
+            let (tx, rx) = mpsc::channel::<(QueueOp, u64, usize)>();
+            let rx = Arc::new(Mutex::new(rx));
+            let mut threads = Vec::new();
+            for i in 0..self.progress_threads {
+                let rx = Arc::clone(&rx);
+                let shared = Arc::clone(&self.shared);
+                match spawn(format!("nacre-queue-{i}"), move || progress(&rx, &shared)) {
+                    Ok(t) => threads.push(t),
+                    Err(e) if threads.is_empty() => {
+                        drop(st);
+                        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            st.fallback = Some(Fallback { tx, threads });
+        }
+        let sent = st.fallback.as_ref().map(|f| f.tx.send((op, tag, lent)));
         if !matches!(sent, Some(Ok(()))) {
+            drop(st);
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Server {
                 what: "queue".into(),
@@ -157,32 +487,49 @@ impl Queue {
     /// Waits until at least `min` completions are ready (fewer if fewer are in flight) or
     /// `timeout` passes, and returns every ready completion.
     pub fn wait(&self, min: usize, timeout: Duration) -> Vec<Completion> {
-        let mut done = self.wait_until(timeout, |done| done.len() >= min.min(self.in_flight()));
-        let out: Vec<Completion> = done.drain(..).collect();
+        let mut st = self.wait_until(timeout, |st, in_flight| st.done.len() >= min.min(in_flight));
+        let mut out: Vec<Completion> = st.done.drain(..).collect();
+        for c in &mut out {
+            if c.lent != 0 {
+                c.buffer = st.lent.remove(&c.lent);
+            }
+        }
         self.shared.in_flight.fetch_sub(out.len(), Ordering::SeqCst);
         out
     }
 
-    /// Takes the completions lock and waits, up to `timeout`, until `enough` holds of the
-    /// ready completions (checked under the lock at each wake-up).
+    /// Drives the queue's connections, sleeping in `epoll_wait` between rounds, up to
+    /// `timeout` or until `enough` holds of the state (checked under the lock after each
+    /// round, with the number in flight); returns with the lock held.
     fn wait_until(
         &self,
         timeout: Duration,
-        enough: impl Fn(&VecDeque<Completion>) -> bool,
-    ) -> MutexGuard<'_, VecDeque<Completion>> {
+        enough: impl Fn(&State, usize) -> bool,
+    ) -> MutexGuard<'_, State> {
+        let shared = &*self.shared;
         let deadline = Instant::now() + timeout;
-        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut ready: Vec<(u64, bool)> = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if enough(&done) || left.is_zero() {
-                return done;
+            let mut st = shared.lock();
+            st.drive(&shared.epoll, &shared.wake, &ready);
+            ready.clear();
+            shared.wake_sleepers(&mut st);
+            let now = Instant::now();
+            if enough(&st, self.in_flight()) || now >= deadline {
+                return st;
             }
-            done = self
-                .shared
-                .ready
-                .wait_timeout(done, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            let until = st.next_deadline().map_or(deadline, |d| d.min(deadline));
+            shared.sleepers.fetch_add(1, Ordering::SeqCst);
+            drop(st);
+            // An error here (it has none to give but EINTR, which returns Ok) is a round
+            // with no events: the loop looks again and the deadline still bounds it.
+            let _ = shared.epoll.wait_into(
+                &mut events,
+                until.saturating_duration_since(now),
+                |token, readable| ready.push((token, readable)),
+            );
+            shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -194,7 +541,8 @@ impl Queue {
     /// Waits as [`Queue::wait`] does but takes nothing: returns how many completions are
     /// ready, for a caller that takes them with [`Queue::poll`] under a lock of its own.
     pub fn wait_ready(&self, min: usize, timeout: Duration) -> usize {
-        self.wait_until(timeout, |done| done.len() >= min.min(self.in_flight()))
+        self.wait_until(timeout, |st, in_flight| st.done.len() >= min.min(in_flight))
+            .done
             .len()
     }
 
@@ -204,25 +552,311 @@ impl Queue {
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         // Under the lock, in_flight less the ready ones is what still runs: takers lower
         // in_flight while they hold it.
-        let idle = |done: &VecDeque<Completion>| self.in_flight() <= done.len();
-        idle(&self.wait_until(timeout, idle))
+        let idle = |st: &State, in_flight: usize| in_flight <= st.done.len();
+        let st = self.wait_until(timeout, idle);
+        idle(&st, self.in_flight())
     }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        self.tx = None;
-        join_all(std::mem::take(&mut self.threads));
+        // Every operation ends within its client's request timeout while it is driven.
+        while !self.wait_idle(Duration::from_millis(IDLE_POLL_MS)) {}
+        let fallback = self.shared.lock().fallback.take();
+        if let Some(Fallback { tx, threads }) = fallback {
+            drop(tx);
+            join_all(threads);
+        }
     }
 }
 
-fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64)>>, shared: &Shared) {
+impl State {
+    /// A connection of the queue to `link`'s target for one more request: the least busy
+    /// one, or a new one while every one is busy and fewer than the limit are open. `None`
+    /// when the target is reached over RDMA.
+    fn connection_for(
+        &mut self,
+        epoll: &Epoll,
+        link: &Arc<TargetLink>,
+        timeout: Duration,
+        depth: usize,
+    ) -> Result<Option<usize>, Error> {
+        let key = Arc::as_ptr(link) as usize;
+        let target = self.targets.entry(key).or_insert_with(|| Target {
+            _link: Arc::clone(link),
+            slots: Vec::new(),
+            timeout,
+            rdma: false,
+        });
+        if target.rdma {
+            return Ok(None);
+        }
+        let best = target.slots.iter().copied().min_by_key(|&i| {
+            self.slots[i]
+                .as_ref()
+                .map_or(usize::MAX, |s| s.conn.in_flight())
+        });
+        let busy = best
+            .and_then(|i| self.slots[i].as_ref())
+            .map(|s| s.conn.in_flight());
+        let limit = depth.min(MAX_QUEUE_CONNECTIONS_PER_TARGET);
+        if let (Some(i), Some(n)) = (best, busy)
+            && (n == 0 || target.slots.len() >= limit)
+        {
+            return Ok(Some(i));
+        }
+        let conn = link.peer.connect_unpooled().map_err(|e| link.fail(e))?;
+        let (stream, peer) = match conn.into_tcp_stream() {
+            Ok(parts) => parts,
+            Err(_rdma) => {
+                target.rdma = true;
+                return Ok(None);
+            }
+        };
+        let conn = PipeConn::new(stream, peer).map_err(|e| link.fail(e))?;
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let token = (u64::from(generation) << 32) | index as u64;
+        if let Err(e) = epoll.add(conn.fd(), token, true) {
+            self.free.push(index);
+            return Err(Error::Server {
+                what: "queue".into(),
+                reason: format!("epoll_ctl: {e}"),
+            });
+        }
+        self.slots[index] = Some(Slot {
+            conn,
+            target: key,
+            generation,
+        });
+        target.slots.push(index);
+        Ok(Some(index))
+    }
+
+    /// Sends an operation's requests on the chosen connections.
+    ///
+    /// # Safety
+    /// The memory the planned requests name must stay valid (and a read's untouched by
+    /// others) until the operation completes.
+    unsafe fn start(
+        &mut self,
+        epoll: &Epoll,
+        mut op: Op,
+        planned: Vec<Planned>,
+        chosen: Vec<usize>,
+    ) {
+        let id = self.next_op;
+        self.next_op += 1;
+        let opcode = if op.write {
+            Opcode::Write
+        } else {
+            Opcode::Read
+        };
+        let mut failed: Vec<(usize, TransportError)> = Vec::new();
+        for (batch, (p, slot)) in planned.into_iter().zip(chosen).enumerate() {
+            op.batches.push((Arc::clone(&p.link), p.extent_lens));
+            let token = (id << BATCH_BITS) | batch as u64;
+            let (payload, dests) = if op.write {
+                (p.memory, Vec::new())
+            } else {
+                (Vec::new(), p.memory)
+            };
+            let Some(s) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            // SAFETY: the caller's memory, lent until the operation completes (this
+            // function's contract), which is no sooner than this request ends.
+            let pushed = unsafe { s.conn.push(opcode, &p.body, payload, dests, token) };
+            if let Err(e) = pushed {
+                failed.push((batch, e));
+            }
+        }
+        self.ops.insert(id, op);
+        for (batch, e) in failed {
+            self.batch_done(id, batch, Err(e));
+        }
+        // Everything queued leaves now, each connection's requests in one call.
+        for i in 0..self.slots.len() {
+            let wants = self.slots[i].as_ref().is_some_and(|s| s.conn.wants_write());
+            if wants {
+                self.service(epoll, i, false);
+            }
+        }
+    }
+
+    /// Handles readiness reports, then connections whose requests have not moved for the
+    /// client's timeout.
+    fn drive(&mut self, epoll: &Epoll, wake: &EventFd, ready: &[(u64, bool)]) {
+        for &(token, readable) in ready {
+            if token == WAKE_TOKEN {
+                wake.clear();
+                continue;
+            }
+            let index = (token & u64::from(u32::MAX)) as usize;
+            let current = self.slots.get(index).and_then(|s| s.as_ref());
+            if current.is_some_and(|s| u64::from(s.generation) == token >> 32) {
+                self.service(epoll, index, readable);
+            }
+        }
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].as_ref() else {
+                continue;
+            };
+            if s.conn.in_flight() == 0 {
+                continue;
+            }
+            let timeout = self.timeout_of(s);
+            if now.duration_since(s.conn.last_progress()) < timeout {
+                continue;
+            }
+            // Replies may wait unread (no thread drove the queue for a while): look first.
+            self.service(epoll, i, true);
+            let Some(s) = self.slots[i].as_ref() else {
+                continue;
+            };
+            if s.conn.in_flight() > 0 && now.duration_since(s.conn.last_progress()) >= timeout {
+                let e = TransportError::TimedOut {
+                    op: TransportOp::Recv,
+                    peer: s.conn.peer(),
+                    timeout_ms: timeout.as_millis() as u64,
+                };
+                self.fail_slot(epoll, i, e);
+            }
+        }
+    }
+
+    /// The request timeout of the client whose target a connection reaches.
+    fn timeout_of(&self, s: &Slot) -> Duration {
+        self.targets.get(&s.target).map_or(
+            Duration::from_millis(nacre_transport::limits::REQUEST_TIMEOUT_MS),
+            |t| t.timeout,
+        )
+    }
+
+    /// When the first connection with requests in flight would time out.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.conn.in_flight() > 0)
+            .map(|s| s.conn.last_progress() + self.timeout_of(s))
+            .min()
+    }
+
+    /// Moves what a connection can move now: queued request bytes out, replies in.
+    fn service(&mut self, epoll: &Epoll, index: usize, readable: bool) {
+        let Some(s) = self.slots[index].as_mut() else {
+            return;
+        };
+        if readable {
+            s.conn.readable();
+        }
+        let mut result = Ok(());
+        if s.conn.wants_write() {
+            result = s.conn.flush().map(|_: Progress| ());
+        }
+        // An idle connection that is readable is closing (or the peer misbehaves): reading
+        // says which, and either ends it.
+        if result.is_ok() && (s.conn.in_flight() > 0 || readable) {
+            result = s.conn.recv(&mut self.finished);
+        }
+        let finished = std::mem::take(&mut self.finished);
+        for f in &finished {
+            self.reply(f);
+        }
+        self.finished = finished;
+        self.finished.clear();
+        if let Err(e) = result {
+            self.fail_slot(epoll, index, e);
+        }
+    }
+
+    /// A reply came: account it to its operation.
+    fn reply(&mut self, f: &Finished) {
+        let (id, batch) = (
+            f.token >> BATCH_BITS,
+            (f.token & ((1 << BATCH_BITS) - 1)) as usize,
+        );
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Some((link, lens)) = op.batches.get(batch) else {
+            return;
+        };
+        if f.status != 0 {
+            let what = if op.write { "write" } else { "read" };
+            let e = link.reply_error(what, f.status, &f.body);
+            op.error.get_or_insert(e);
+        } else if !op.write && !extents_whole(lens, &f.body) {
+            op.short = true;
+        }
+        self.batch_done(id, batch, Ok(()));
+    }
+
+    /// One request of operation `id` ended (with `result` from the transport); the last
+    /// one completes the operation.
+    fn batch_done(&mut self, id: u64, batch: usize, result: Result<(), TransportError>) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = result
+            && let Some((link, _)) = op.batches.get(batch)
+        {
+            let e = link.fail(e);
+            op.error.get_or_insert(e);
+        }
+        op.left -= 1;
+        if op.left > 0 {
+            return;
+        }
+        let Some(op) = self.ops.remove(&id) else {
+            return;
+        };
+        let result = match op.error {
+            Some(e) => Err(e),
+            None if op.write || !op.short => Ok(op.len),
+            // Rare (a read across the end of the file or past an object's end): the size
+            // comes from the targets, with a blocking call.
+            None => op.file.short_read(op.offset, op.len),
+        };
+        self.done
+            .push_back(Completion::new(op.tag, result, op.lent));
+        self.completed = true;
+    }
+
+    /// Ends a connection: every request in flight on it fails with `e`.
+    fn fail_slot(&mut self, epoll: &Epoll, index: usize, e: TransportError) {
+        let Some(mut s) = self.slots[index].take() else {
+            return;
+        };
+        epoll.remove(s.conn.fd());
+        let tokens = s.conn.fail();
+        if let Some(t) = self.targets.get_mut(&s.target) {
+            t.slots.retain(|&i| i != index);
+        }
+        self.free.push(index);
+        for token in tokens {
+            let (id, batch) = (
+                token >> BATCH_BITS,
+                (token & ((1 << BATCH_BITS) - 1)) as usize,
+            );
+            self.batch_done(id, batch, Err(e.duplicate()));
+        }
+    }
+}
+
+fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64, usize)>>, shared: &Shared) {
     loop {
         let next = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv_timeout(Duration::from_millis(IDLE_POLL_MS))
         };
-        let (op, tag) = match next {
+        let (op, tag, lent) = match next {
             Ok(task) => task,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -236,9 +870,10 @@ fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64)>>, shared: &Shared) {
                     reason: "the operation panicked".into(),
                 })
             });
-        let mut done = shared.done.lock().unwrap_or_else(|p| p.into_inner());
-        done.push_back(Completion { tag, result });
-        shared.ready.notify_all();
+        let mut st = shared.lock();
+        st.done.push_back(Completion::new(tag, result, lent));
+        st.completed = true;
+        shared.wake_sleepers(&mut st);
     }
 }
 

@@ -509,3 +509,114 @@ fn a_target_answers_odd_requests_and_keeps_the_connection() {
         .unwrap();
     assert_eq!(r.status, 0);
 }
+
+#[test]
+fn queue_with_owned_buffers_reads_short_at_the_end_and_refuses_clearly() {
+    let cluster = Cluster::start("owned", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/owned", 0o644, Some(stripes(2, 64 * 1024)))
+        .unwrap();
+    const LEN: usize = 100 * 1024;
+    let queue = client.queue(4).unwrap();
+    for i in 0..3u64 {
+        let data = fill(9, i * LEN as u64, LEN);
+        queue.submit_write(&file, data, i * LEN as u64, i).unwrap();
+    }
+    let mut written = 0;
+    while written < 3 {
+        for c in queue.wait(1, Duration::from_secs(30)) {
+            assert_eq!(c.result.unwrap(), LEN as u64, "write tag {}", c.tag);
+            // The buffer comes back as it went.
+            assert!(c.buffer.unwrap() == fill(9, c.tag * LEN as u64, LEN));
+            written += 1;
+        }
+    }
+    // A read across the end of the file is short; one past it reads nothing.
+    queue
+        .submit_read(&file, vec![0u8; LEN + 50_000], 2 * LEN as u64, 10)
+        .unwrap();
+    queue
+        .submit_read(&file, vec![0u8; 4096], 10 * LEN as u64, 11)
+        .unwrap();
+    // A file opened for writing only cannot be read: the operation completes with EBADF.
+    let write_only = client
+        .open("/owned", &OpenOptions::new().write(true))
+        .unwrap();
+    queue
+        .submit_read(&write_only, vec![0u8; 16], 0, 12)
+        .unwrap();
+    // A fourth operation fills the queue; a fifth is refused and its buffer comes back.
+    queue.submit_read(&file, vec![0u8; 16], 0, 13).unwrap();
+    let refused = queue.submit_read(&file, vec![7u8; 5], 0, 14).unwrap_err();
+    assert_eq!(refused.error.errno(), libc::EAGAIN);
+    assert_eq!(refused.buffer, vec![7u8; 5]);
+    let empty = queue.submit_write(&file, Vec::new(), 0, 15).unwrap_err();
+    assert_eq!(empty.error.errno(), libc::EINVAL, "{}", empty.error);
+    let mut seen = 0;
+    while seen < 4 {
+        for c in queue.wait(1, Duration::from_secs(30)) {
+            seen += 1;
+            match c.tag {
+                10 => {
+                    assert_eq!(c.result.unwrap(), LEN as u64);
+                    let buf = c.buffer.unwrap();
+                    assert!(buf[..LEN] == fill(9, 2 * LEN as u64, LEN)[..]);
+                }
+                11 => assert_eq!(c.result.unwrap(), 0),
+                12 => {
+                    let e = c.result.unwrap_err();
+                    assert_eq!(e.errno(), libc::EBADF, "{e}");
+                    assert_eq!(c.buffer.unwrap().len(), 16);
+                }
+                13 => assert!(c.buffer.unwrap() == fill(9, 0, 16)),
+                other => panic!("unexpected tag {other}"),
+            }
+        }
+    }
+    assert_eq!(queue.in_flight(), 0);
+}
+
+#[test]
+fn queue_syncs_and_fails_requests_naming_a_target_that_stopped() {
+    let mut cluster = Cluster::start("qstop", 1);
+    let client = cluster.client_with(ClientOptions {
+        timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    });
+    let file = client
+        .create("/q", 0o644, Some(stripes(1, 1 << 20)))
+        .unwrap();
+    let queue = client.queue(8).unwrap();
+    queue
+        .submit_write(&file, fill(3, 0, 1 << 20), 0, 1)
+        .unwrap();
+    let c = queue.wait(1, Duration::from_secs(30));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].result.as_ref().unwrap(), &(1 << 20));
+    // A sync goes through the queue too (on its progress threads).
+    let op = QueueOp::Sync { file: file.clone() };
+    // SAFETY: a sync names no memory.
+    unsafe { queue.submit(op, 2) }.unwrap();
+    let c = queue.wait(1, Duration::from_secs(30));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].result.as_ref().unwrap(), &0);
+    // The target goes away: every later operation completes with an error that names it,
+    // whether its connection breaks or a new one is refused; none hangs.
+    cluster.targets[0].take().unwrap().stop();
+    for tag in 0..4 {
+        queue
+            .submit_read(&file, vec![0u8; 4096], tag * 4096, tag)
+            .unwrap();
+    }
+    let mut failed = 0;
+    while failed < 4 {
+        let done = queue.wait(1, Duration::from_secs(30));
+        assert!(!done.is_empty(), "no completion within 30 s");
+        for c in done {
+            let e = c.result.unwrap_err();
+            assert!(e.to_string().contains("target 0"), "{e}");
+            failed += 1;
+        }
+    }
+}

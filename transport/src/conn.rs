@@ -275,6 +275,16 @@ impl Connection {
         Ok(conn)
     }
 
+    /// A fresh TCP connection's stream, for a caller that drives it itself (a
+    /// [`crate::PipeConn`]); an RDMA connection comes back as it is.
+    pub fn into_tcp_stream(self) -> Result<(std::net::TcpStream, SocketAddr), Box<Connection>> {
+        match self.link {
+            Link::Tcp(t) => Ok(t.into_parts()),
+            #[cfg(feature = "rdma")]
+            link @ Link::Rdma(_) => Err(Box::new(Connection { link, ..self })),
+        }
+    }
+
     /// The transport this connection uses.
     pub fn kind(&self) -> Kind {
         self.link.kind()
@@ -937,6 +947,12 @@ impl Peer {
     pub fn staged_bytes(&self) -> u64 {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.closed_staged_bytes + state.idle.iter().map(|c| c.staged_bytes()).sum::<u64>()
+    }
+
+    /// Opens a connection of the caller's own to the peer, outside the pool (the pool's
+    /// limit does not count it), with the pool's options and transport choice.
+    pub fn connect_unpooled(&self) -> Result<Connection, TransportError> {
+        Connection::connect(&self.endpoint, self.options)
     }
 
     /// Lends a connection of the pool (as [`Peer::with_connection`] does) until the

@@ -105,6 +105,56 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// The same error again, for each of several requests one failure ends (a broken
+    /// connection fails every request in flight on it).
+    pub fn duplicate(&self) -> TransportError {
+        match self {
+            TransportError::BadEndpoint { endpoint, reason } => TransportError::BadEndpoint {
+                endpoint: endpoint.clone(),
+                reason: reason.clone(),
+            },
+            TransportError::Io { op, peer, source } => TransportError::Io {
+                op: *op,
+                peer: *peer,
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            TransportError::TimedOut {
+                op,
+                peer,
+                timeout_ms,
+            } => TransportError::TimedOut {
+                op: *op,
+                peer: *peer,
+                timeout_ms: *timeout_ms,
+            },
+            TransportError::PeerClosed { op, peer } => TransportError::PeerClosed {
+                op: *op,
+                peer: *peer,
+            },
+            TransportError::Protocol { peer, source } => TransportError::Protocol {
+                peer: *peer,
+                source: source.clone(),
+            },
+            TransportError::Unexpected { peer, reason } => TransportError::Unexpected {
+                peer: *peer,
+                reason: reason.clone(),
+            },
+            TransportError::Broken { peer } => TransportError::Broken { peer: *peer },
+            TransportError::RdmaUnavailable { peer, reason } => TransportError::RdmaUnavailable {
+                peer: peer.clone(),
+                reason: reason.clone(),
+            },
+            #[cfg(feature = "rdma")]
+            TransportError::Rdma(e) => TransportError::RdmaUnavailable {
+                peer: String::new(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
     /// A failed socket call of `op` on the connection to `peer`: the peer going away
     /// (end of stream, reset, broken pipe) is [`TransportError::PeerClosed`]; anything
     /// else is [`TransportError::Io`].

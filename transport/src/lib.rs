@@ -19,6 +19,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod error;
 pub mod limits;
+pub mod pipe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 #[cfg(feature = "rdma")]
@@ -33,4 +34,5 @@ pub use conn::{
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
+pub use pipe::{Finished, PipeConn, Span};
 pub use stream::{Incoming, Progress, StreamConn};

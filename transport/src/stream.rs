@@ -34,7 +34,7 @@ use crate::limits::HEADER_BYTES;
 use crate::wire::{Header, WireError};
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
-const SLICES_PER_CALL: usize = 64;
+pub(crate) const SLICES_PER_CALL: usize = 64;
 /// Chunk used to drop the rest of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
 /// The status of the error reply to a request whose opcode the server does not know.
@@ -580,7 +580,7 @@ impl StreamConn {
 /// One read from a nonblocking socket into `buf`, unless `drained` says it is empty:
 /// `Ok(None)` then (or when it would block), `Ok(Some(0))` at the end of the stream. A short
 /// read or "would block" sets `drained`; bytes read move `last_progress` on.
-fn read_nonblocking(
+pub(crate) fn read_nonblocking(
     stream: &mut TcpStream,
     drained: &mut bool,
     last_progress: &mut Instant,

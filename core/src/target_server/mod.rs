@@ -11,7 +11,6 @@
 //!   keeps the metadata service's view of free space fresh.
 
 mod request;
-mod sys;
 mod threaded;
 mod worker;
 

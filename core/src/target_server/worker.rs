@@ -24,9 +24,9 @@ use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 use super::request::{
     self, Context, Failure, Piece, PieceOp, PieceResult, Prepared, Staging, Work,
 };
-use super::sys::{Epoll, EventFd};
 use crate::error::Error;
 use crate::limits::{IDLE_POLL_MS, MAX_KNOWN_OBJECTS, WORKER_REPLY_TIMEOUT_MS};
+use crate::sys::{Epoll, EventFd};
 
 /// Most client connections one worker serves at once; more are refused (closed).
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;

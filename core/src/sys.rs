@@ -1,6 +1,7 @@
-//! The two kernel objects a worker's event loop waits on: an epoll set (its connections, its
-//! wake-up, its ring's completions) and eventfds (a wake-up other threads ring, and the one
-//! io_uring signals when a completion is posted).
+//! The two kernel objects an event loop waits on: an epoll set and eventfds. A target
+//! worker's loop waits on its connections, its wake-up and its ring's completions
+//! (decision 0008); an asynchronous [`crate::Queue`] on its connections to targets and the
+//! wake-up of its other waiters (decision 0009).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use crate::error::Error;
 
 fn sys_error(what: &str, source: std::io::Error) -> Error {
     Error::Server {
-        what: "target worker".into(),
+        what: "event loop".into(),
         reason: format!("{what}: {source}"),
     }
 }
@@ -17,13 +18,13 @@ fn sys_error(what: &str, source: std::io::Error) -> Error {
 /// An eventfd: a counter other threads add to, and a descriptor that is readable while the
 /// counter is not zero.
 #[derive(Debug)]
-pub(super) struct EventFd {
+pub(crate) struct EventFd {
     fd: OwnedFd,
 }
 
 impl EventFd {
     /// A nonblocking eventfd at zero.
-    pub(super) fn new() -> Result<EventFd, Error> {
+    pub(crate) fn new() -> Result<EventFd, Error> {
         // SAFETY: eventfd takes no pointers; a negative return is an error, else a new
         // descriptor we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -37,12 +38,12 @@ impl EventFd {
     }
 
     /// The descriptor.
-    pub(super) fn raw(&self) -> RawFd {
+    pub(crate) fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     /// Makes the descriptor readable (wakes a thread waiting on it).
-    pub(super) fn ring(&self) {
+    pub(crate) fn ring(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a local u64, as eventfd expects. It can only fail when
         // the counter would overflow, which needs 2^64 - 2 unread wake-ups: the reader is
@@ -51,7 +52,7 @@ impl EventFd {
     }
 
     /// Sets the counter back to zero.
-    pub(super) fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a local u64; EAGAIN (already zero) is fine.
         let _ = unsafe { libc::read(self.raw(), (&raw mut count).cast(), 8) };
@@ -60,7 +61,7 @@ impl EventFd {
 
 /// An epoll set whose entries carry a 64-bit token.
 #[derive(Debug)]
-pub(super) struct Epoll {
+pub(crate) struct Epoll {
     fd: OwnedFd,
     events: Vec<libc::epoll_event>,
 }
@@ -69,7 +70,7 @@ pub(super) struct Epoll {
 const EVENTS_PER_WAIT: usize = 256;
 
 impl Epoll {
-    pub(super) fn new() -> Result<Epoll, Error> {
+    pub(crate) fn new() -> Result<Epoll, Error> {
         // SAFETY: no pointers; a negative return is an error, else a descriptor we own.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -83,7 +84,7 @@ impl Epoll {
     }
 
     /// Watches `fd` for reading and writing, edge-triggered, or for reading only.
-    pub(super) fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
+    pub(crate) fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
         let mut flags = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
         if writes_too {
             flags |= libc::EPOLLOUT;
@@ -102,7 +103,7 @@ impl Epoll {
     }
 
     /// Stops watching `fd` (closing it does too, once no other descriptor refers to it).
-    pub(super) fn remove(&self, fd: RawFd) {
+    pub(crate) fn remove(&self, fd: RawFd) {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; an fd not in the set is an error we ignore.
         let _ =
@@ -111,18 +112,32 @@ impl Epoll {
 
     /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token and
     /// whether it may be read from (readable, hung up or in error).
-    pub(super) fn wait(
+    pub(crate) fn wait(
         &mut self,
+        timeout: Duration,
+        f: impl FnMut(u64, bool),
+    ) -> Result<(), Error> {
+        let mut events = std::mem::take(&mut self.events);
+        let result = self.wait_into(&mut events, timeout, f);
+        self.events = events;
+        result
+    }
+
+    /// As [`Epoll::wait`], into the caller's event buffer, so that several threads may
+    /// wait on one set at once (each edge goes to one of them).
+    pub(crate) fn wait_into(
+        &self,
+        events: &mut [libc::epoll_event],
         timeout: Duration,
         mut f: impl FnMut(u64, bool),
     ) -> Result<(), Error> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: the buffer holds `EVENTS_PER_WAIT` events and outlives the call.
+        // SAFETY: the buffer holds `events.len()` events and outlives the call.
         let n = unsafe {
             libc::epoll_wait(
                 self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                EVENTS_PER_WAIT as i32,
+                events.as_mut_ptr(),
+                events.len().min(i32::MAX as usize) as i32,
                 ms,
             )
         };
@@ -135,7 +150,7 @@ impl Epoll {
             }
             return Err(sys_error("epoll_wait", e));
         }
-        for e in &self.events[..n as usize] {
+        for e in &events[..n as usize] {
             let read_side =
                 (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
             f(e.u64, e.events & read_side != 0);

@@ -1,0 +1,550 @@
+//! Nonblocking framed TCP for a client's event loop: a [`PipeConn`] carries several requests
+//! at once on one connection. Requests are queued with the caller's memory (the body is
+//! copied, the payload is not), written in as few system calls as the socket allows (the
+//! requests queued together leave in one `sendmsg`), and their replies are read back in
+//! order, each reply's payload straight into the destinations its request named.
+//!
+//! The server answers a connection's requests in the order they came (decision 0008), so
+//! replies are matched to requests by order and checked by id: a reply to anything but the
+//! oldest request in flight is a protocol error that breaks the connection.
+//!
+//! Like [`crate::stream::StreamConn`], reading uses the shared input buffer (a small reply
+//! comes whole, header, body and payload, in one call) and the "drained" hint: once a read
+//! came back short, the next one waits for the event loop to say the socket is readable
+//! ([`PipeConn::readable`]).
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use crate::buffer::InputBuffer;
+use crate::error::{TransportError, TransportOp};
+use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
+use crate::stream::{Progress, SLICES_PER_CALL, read_nonblocking};
+use crate::wire::{Header, Opcode};
+
+/// A piece of the caller's memory a request sends from or a reply lands in.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// Its first byte.
+    pub ptr: *mut u8,
+    /// Its length.
+    pub len: usize,
+}
+
+// SAFETY: a Span is an address and a length; whoever builds one promises (PipeConn::push's
+// contract) that the memory stays valid until the request ends, whichever thread ends it.
+unsafe impl Send for Span {}
+
+/// A request whose reply has come.
+#[derive(Debug)]
+pub struct Finished {
+    /// The caller's token given to [`PipeConn::push`].
+    pub token: u64,
+    /// The reply's status: 0, or a positive errno value.
+    pub status: i32,
+    /// The reply's body.
+    pub body: Vec<u8>,
+    /// Bytes of payload that landed in the request's destinations (from their start).
+    pub payload_len: u64,
+}
+
+/// A request's bytes still to be written: header, body, then the caller's payload.
+#[derive(Debug)]
+struct Outgoing {
+    head: [u8; HEADER_BYTES],
+    body: Vec<u8>,
+    payload: Vec<Span>,
+    /// Bytes of it written so far.
+    sent: usize,
+}
+
+impl Outgoing {
+    fn total(&self) -> usize {
+        HEADER_BYTES + self.body.len() + self.payload.iter().map(|s| s.len).sum::<usize>()
+    }
+
+    /// Its pieces past `self.sent`, appended to `iov` while there is room; false when it did
+    /// not all fit.
+    fn pieces(&self, iov: &mut Vec<libc::iovec>) -> bool {
+        let whole = [
+            Span {
+                ptr: self.head.as_ptr().cast_mut(),
+                len: HEADER_BYTES,
+            },
+            Span {
+                ptr: self.body.as_ptr().cast_mut(),
+                len: self.body.len(),
+            },
+        ];
+        let mut skip = self.sent;
+        for s in whole.iter().chain(&self.payload) {
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            if iov.len() == SLICES_PER_CALL {
+                return false;
+            }
+            iov.push(libc::iovec {
+                // SAFETY: skip < s.len: inside the span.
+                iov_base: unsafe { s.ptr.add(skip) }.cast(),
+                iov_len: s.len - skip,
+            });
+            skip = 0;
+        }
+        true
+    }
+}
+
+/// A request written (or being written) whose reply has not all come.
+#[derive(Debug)]
+struct Waiting {
+    id: u64,
+    token: u64,
+    dests: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReplyInput {
+    /// Between replies, or partway through a header.
+    Header,
+    /// Partway through the body of the oldest request's reply.
+    Body { header: Header, got: usize },
+    /// Partway through its payload.
+    Payload { header: Header, got: u64 },
+}
+
+/// The client's side of one nonblocking TCP connection with several requests in flight.
+#[derive(Debug)]
+pub struct PipeConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buffer: InputBuffer,
+    drained: bool,
+    next_id: u64,
+    out: VecDeque<Outgoing>,
+    waiting: VecDeque<Waiting>,
+    input: ReplyInput,
+    body: Vec<u8>,
+    broken: bool,
+    last_progress: Instant,
+}
+
+impl PipeConn {
+    /// Takes over a connected stream (made nonblocking here).
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Result<PipeConn, TransportError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| TransportError::Io {
+                op: TransportOp::Connect,
+                peer,
+                source,
+            })?;
+        Ok(PipeConn {
+            stream,
+            peer,
+            buffer: InputBuffer::new(),
+            drained: false,
+            next_id: 1,
+            out: VecDeque::new(),
+            waiting: VecDeque::new(),
+            input: ReplyInput::Header,
+            body: Vec::new(),
+            broken: false,
+            last_progress: Instant::now(),
+        })
+    }
+
+    /// The descriptor to watch for readiness.
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Requests pushed whose replies have not all come.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether request bytes wait for room in the socket ([`PipeConn::flush`] when it is
+    /// writable).
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// When bytes last moved either way (or, for an idle connection, the last push): a
+    /// connection with requests in flight that has not moved for the request timeout has a
+    /// peer that is stuck or gone.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// Whether an error broke it: no request may be pushed any more.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The event loop saw the socket become readable: the next read asks the kernel again.
+    pub fn readable(&mut self) {
+        self.drained = false;
+    }
+
+    /// Queues a request: `body` is copied; the payload is written from `payload`, and the
+    /// reply's payload lands in `dests` (it may be shorter than they are, not longer).
+    /// Nothing is written until [`PipeConn::flush`]. `token` comes back in the request's
+    /// [`Finished`], or from [`PipeConn::fail`].
+    ///
+    /// # Safety
+    /// Every span must stay valid (`payload` for reads, `dests` for writes, touched by no
+    /// one else) until the request's reply has come or [`PipeConn::fail`] has returned its
+    /// token, or the connection is dropped.
+    pub unsafe fn push(
+        &mut self,
+        opcode: Opcode,
+        body: &[u8],
+        payload: Vec<Span>,
+        dests: Vec<Span>,
+        token: u64,
+    ) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        let payload_len: u64 = payload.iter().map(|s| s.len as u64).sum();
+        if body.len() > MAX_BODY_BYTES as usize || payload_len > MAX_PAYLOAD_BYTES {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a request of {} body and {payload_len} payload bytes is over the limits \
+                     ({MAX_BODY_BYTES} and {MAX_PAYLOAD_BYTES})",
+                    body.len()
+                ),
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = Header::request(opcode, id, body, payload_len);
+        if self.waiting.is_empty() {
+            // An idle connection's clock starts with its first request.
+            self.last_progress = Instant::now();
+        }
+        self.out.push_back(Outgoing {
+            head: header.encode(),
+            body: body.to_vec(),
+            payload,
+            sent: 0,
+        });
+        self.waiting.push_back(Waiting { id, token, dests });
+        Ok(())
+    }
+
+    /// Writes queued requests until all are out ([`Progress::Done`]) or the socket is full
+    /// ([`Progress::Pending`]: call again when it is writable). Requests queued together
+    /// leave together, up to the slices one call takes.
+    pub fn flush(&mut self) -> Result<Progress, TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(SLICES_PER_CALL);
+        while !self.out.is_empty() {
+            iov.clear();
+            for o in &self.out {
+                if !o.pieces(&mut iov) {
+                    break;
+                }
+            }
+            // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across
+            // the call, whose entries point into queued requests' header and body (owned
+            // here) and the caller's payload (valid by `push`'s contract).
+            let sent = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len();
+                libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            };
+            if sent < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
+                    _ => return Err(self.fail_with(TransportOp::Send, e)),
+                }
+            }
+            self.last_progress = Instant::now();
+            let mut n = sent as usize;
+            while n > 0 {
+                let Some(o) = self.out.front_mut() else {
+                    break;
+                };
+                let left = o.total() - o.sent;
+                if n >= left {
+                    n -= left;
+                    self.out.pop_front();
+                } else {
+                    o.sent += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(Progress::Done)
+    }
+
+    fn fail_with(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
+        self.broken = true;
+        TransportError::from_socket(op, self.peer, source)
+    }
+
+    fn unexpected(&mut self, reason: String) -> TransportError {
+        self.broken = true;
+        TransportError::Unexpected {
+            peer: self.peer,
+            reason,
+        }
+    }
+
+    /// One read into `buf` unless the socket is known to be empty (`Ok(None)`), marking it
+    /// empty after a short read; the end of the stream is an error, since only a
+    /// connection with requests in flight is read.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
+        let got = read_nonblocking(
+            &mut self.stream,
+            &mut self.drained,
+            &mut self.last_progress,
+            buf,
+        );
+        match got {
+            Ok(Some(0)) => {
+                self.broken = true;
+                Err(TransportError::PeerClosed {
+                    op: TransportOp::Recv,
+                    peer: self.peer,
+                })
+            }
+            Ok(got) => Ok(got),
+            Err(e) => Err(self.fail_with(TransportOp::Recv, e)),
+        }
+    }
+
+    /// Reads replies until the socket is empty, appending each whole one to `done`. A
+    /// malformed reply, one that is not the oldest request's, or a closed connection is an
+    /// error that breaks the connection ([`PipeConn::fail`] then hands back the tokens of
+    /// the requests still in flight).
+    pub fn recv(&mut self, done: &mut Vec<Finished>) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        loop {
+            match self.input {
+                ReplyInput::Header => {
+                    if let Some(head) = self.buffer.take_header() {
+                        self.header_arrived(&head)?;
+                        continue;
+                    }
+                    if self.drained {
+                        return Ok(());
+                    }
+                    let PipeConn {
+                        stream,
+                        buffer,
+                        drained,
+                        last_progress,
+                        ..
+                    } = self;
+                    let got =
+                        buffer.fill(|room| read_nonblocking(stream, drained, last_progress, room));
+                    match got {
+                        Err(e) => return Err(self.fail_with(TransportOp::Recv, e)),
+                        Ok(None) => return Ok(()),
+                        Ok(Some(0)) => {
+                            self.broken = true;
+                            return Err(TransportError::PeerClosed {
+                                op: TransportOp::Recv,
+                                peer: self.peer,
+                            });
+                        }
+                        Ok(Some(_)) => {}
+                    }
+                }
+                ReplyInput::Body { header, mut got } => {
+                    let mut body = std::mem::take(&mut self.body);
+                    got += self.buffer.take(&mut body[got..]);
+                    let read = if got < body.len() {
+                        self.read_some(&mut body[got..])
+                    } else {
+                        Ok(Some(0))
+                    };
+                    let whole = body.len();
+                    self.body = body;
+                    match read? {
+                        None => {
+                            self.input = ReplyInput::Body { header, got };
+                            return Ok(());
+                        }
+                        Some(n) if got + n < whole => {
+                            self.input = ReplyInput::Body {
+                                header,
+                                got: got + n,
+                            };
+                        }
+                        Some(_) => {
+                            if let Err(source) = header.check_body(&self.body) {
+                                self.broken = true;
+                                return Err(TransportError::Protocol {
+                                    peer: self.peer,
+                                    source,
+                                });
+                            }
+                            self.input = ReplyInput::Payload { header, got: 0 };
+                        }
+                    }
+                }
+                ReplyInput::Payload { header, got } => {
+                    let got = self.recv_payload(header, got)?;
+                    if got < header.payload_len {
+                        self.input = ReplyInput::Payload { header, got };
+                        return Ok(());
+                    }
+                    self.input = ReplyInput::Header;
+                    // The header was checked against the oldest request when it came.
+                    if let Some(w) = self.waiting.pop_front() {
+                        done.push(Finished {
+                            token: w.token,
+                            status: header.status,
+                            body: std::mem::take(&mut self.body),
+                            payload_len: header.payload_len,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A reply's header is in: it must answer the oldest request in flight and fit its
+    /// destinations.
+    fn header_arrived(&mut self, head: &[u8; HEADER_BYTES]) -> Result<(), TransportError> {
+        let header = match Header::decode(head) {
+            Ok(h) => h,
+            Err(source) => {
+                self.broken = true;
+                return Err(TransportError::Protocol {
+                    peer: self.peer,
+                    source,
+                });
+            }
+        };
+        let Some(oldest) = self.waiting.front() else {
+            return Err(self.unexpected(format!(
+                "a message ({:?} {}) arrived with no request in flight",
+                header.opcode, header.request_id
+            )));
+        };
+        if !header.is_response() || header.request_id != oldest.id {
+            let (id, what) = (oldest.id, header.is_response());
+            return Err(self.unexpected(format!(
+                "expected the reply to request {id}, got {} {} ({:?})",
+                if what { "a reply to" } else { "a request" },
+                header.request_id,
+                header.opcode
+            )));
+        }
+        let room: u64 = oldest.dests.iter().map(|d| d.len as u64).sum();
+        if header.payload_len > room {
+            return Err(self.unexpected(format!(
+                "a reply payload of {} bytes exceeds the {room} bytes given for it",
+                header.payload_len
+            )));
+        }
+        self.body.clear();
+        self.body.resize(header.body_len as usize, 0);
+        self.input = ReplyInput::Body { header, got: 0 };
+        Ok(())
+    }
+
+    /// Reads the oldest request's reply payload on from `got` bytes; how far it got.
+    fn recv_payload(&mut self, header: Header, mut got: u64) -> Result<u64, TransportError> {
+        let Some(w) = self.waiting.front() else {
+            return Ok(got);
+        };
+        let dests = w.dests.clone();
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(SLICES_PER_CALL);
+        while got < header.payload_len {
+            // Never past the payload: the bytes after it are the next reply's.
+            let asked = spans_past(&dests, got, header.payload_len - got, &mut iov);
+            if self.buffer.len() > 0 {
+                // SAFETY: the first view lies inside a destination, the caller's memory,
+                // valid and untouched by others until this request ends (push's contract).
+                let first = unsafe {
+                    std::slice::from_raw_parts_mut(iov[0].iov_base.cast::<u8>(), iov[0].iov_len)
+                };
+                got += self.buffer.take(first) as u64;
+                continue;
+            }
+            if self.drained {
+                break;
+            }
+            // SAFETY: as above for every view; `iov` outlives the call.
+            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => self.drained = true,
+                    _ => return Err(self.fail_with(TransportOp::Recv, e)),
+                }
+                continue;
+            }
+            if n == 0 {
+                self.broken = true;
+                return Err(TransportError::PeerClosed {
+                    op: TransportOp::Recv,
+                    peer: self.peer,
+                });
+            }
+            self.last_progress = Instant::now();
+            self.drained = (n as usize) < asked;
+            got += n as u64;
+        }
+        Ok(got)
+    }
+
+    /// Breaks the connection (shutting the socket) and hands back the tokens of every
+    /// request still in flight, oldest first: their memory is the caller's again.
+    pub fn fail(&mut self) -> Vec<u64> {
+        self.broken = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.out.clear();
+        self.input = ReplyInput::Header;
+        self.waiting.drain(..).map(|w| w.token).collect()
+    }
+}
+
+/// Views of `spans` past their first `skip` bytes and at most `limit` bytes long, as many as
+/// one call takes, into `iov` (cleared first); how many bytes they span.
+fn spans_past(spans: &[Span], mut skip: u64, limit: u64, iov: &mut Vec<libc::iovec>) -> usize {
+    iov.clear();
+    let mut left = limit;
+    for s in spans {
+        if iov.len() == SLICES_PER_CALL || left == 0 {
+            break;
+        }
+        let len = s.len as u64;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(left);
+        iov.push(libc::iovec {
+            // SAFETY: skip < len: inside the span.
+            iov_base: unsafe { s.ptr.add(skip as usize) }.cast(),
+            iov_len: n as usize,
+        });
+        left -= n;
+        skip = 0;
+    }
+    (limit - left) as usize
+}
