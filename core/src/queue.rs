@@ -657,6 +657,7 @@ impl State {
             Opcode::Read
         };
         let mut failed: Vec<(usize, TransportError)> = Vec::new();
+        let mut touched = chosen.clone();
         for (batch, (p, slot)) in planned.into_iter().zip(chosen).enumerate() {
             op.batches.push((Arc::clone(&p.link), p.extent_lens));
             let token = (id << BATCH_BITS) | batch as u64;
@@ -680,7 +681,9 @@ impl State {
             self.batch_done(id, batch, Err(e));
         }
         // Everything queued leaves now, each connection's requests in one call.
-        for i in 0..self.slots.len() {
+        touched.sort_unstable();
+        touched.dedup();
+        for i in touched {
             let wants = self.slots[i].as_ref().is_some_and(|s| s.conn.wants_write());
             if wants {
                 self.service(epoll, i, false);
