@@ -395,15 +395,13 @@ impl Queue {
         let planned = match planned {
             Ok(p) => p,
             Err(e) => {
-                st.done.push_back(Completion::new(tag, Err(e), lent));
-                st.completed = true;
+                st.complete(tag, Err(e), lent);
                 self.shared.wake_sleepers(&mut st);
                 return Ok(());
             }
         };
         if planned.is_empty() {
-            st.done.push_back(Completion::new(tag, Ok(0), lent));
-            st.completed = true;
+            st.complete(tag, Ok(0), lent);
             self.shared.wake_sleepers(&mut st);
             return Ok(());
         }
@@ -418,8 +416,7 @@ impl Queue {
                     return self.to_threads(op, tag, lent);
                 }
                 Err(e) => {
-                    st.done.push_back(Completion::new(tag, Err(e), lent));
-                    st.completed = true;
+                    st.complete(tag, Err(e), lent);
                     self.shared.wake_sleepers(&mut st);
                     return Ok(());
                 }
@@ -570,7 +567,26 @@ impl Drop for Queue {
     }
 }
 
+/// A request's token: its operation's id and its batch within the operation.
+fn request_token(id: u64, batch: usize) -> u64 {
+    (id << BATCH_BITS) | batch as u64
+}
+
+/// The operation's id and the batch a request's token names.
+fn split_token(token: u64) -> (u64, usize) {
+    (
+        token >> BATCH_BITS,
+        (token & ((1 << BATCH_BITS) - 1)) as usize,
+    )
+}
+
 impl State {
+    /// Adds a completion (the next wake-up of sleepers rings for it).
+    fn complete(&mut self, tag: u64, result: Result<u64, Error>, lent: usize) {
+        self.done.push_back(Completion::new(tag, result, lent));
+        self.completed = true;
+    }
+
     /// A connection of the queue to `link`'s target for one more request: the least busy
     /// one, or a new one while every one is busy and fewer than the limit are open. `None`
     /// when the target is reached over RDMA.
@@ -660,7 +676,7 @@ impl State {
         let mut touched = chosen.clone();
         for (batch, (p, slot)) in planned.into_iter().zip(chosen).enumerate() {
             op.batches.push((Arc::clone(&p.link), p.extent_lens));
-            let token = (id << BATCH_BITS) | batch as u64;
+            let token = request_token(id, batch);
             let (payload, dests) = if op.write {
                 (p.memory, Vec::new())
             } else {
@@ -671,7 +687,7 @@ impl State {
             };
             // SAFETY: the caller's memory, lent until the operation completes (this
             // function's contract), which is no sooner than this request ends.
-            let pushed = unsafe { s.conn.push(opcode, &p.body, payload, dests, token) };
+            let pushed = unsafe { s.conn.push(opcode, p.body, payload, dests, token) };
             if let Err(e) = pushed {
                 failed.push((batch, e));
             }
@@ -768,12 +784,11 @@ impl State {
         if result.is_ok() && (s.conn.in_flight() > 0 || readable) {
             result = s.conn.recv(&mut self.finished);
         }
-        let finished = std::mem::take(&mut self.finished);
-        for f in &finished {
-            self.reply(f);
+        let mut finished = std::mem::take(&mut self.finished);
+        for f in finished.drain(..) {
+            self.reply(&f);
         }
         self.finished = finished;
-        self.finished.clear();
         if let Err(e) = result {
             self.fail_slot(epoll, index, e);
         }
@@ -781,10 +796,7 @@ impl State {
 
     /// A reply came: account it to its operation.
     fn reply(&mut self, f: &Finished) {
-        let (id, batch) = (
-            f.token >> BATCH_BITS,
-            (f.token & ((1 << BATCH_BITS) - 1)) as usize,
-        );
+        let (id, batch) = split_token(f.token);
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -827,9 +839,7 @@ impl State {
             // comes from the targets, with a blocking call.
             None => op.file.short_read(op.offset, op.len),
         };
-        self.done
-            .push_back(Completion::new(op.tag, result, op.lent));
-        self.completed = true;
+        self.complete(op.tag, result, op.lent);
     }
 
     /// Ends a connection: every request in flight on it fails with `e`.
@@ -844,10 +854,7 @@ impl State {
         }
         self.free.push(index);
         for token in tokens {
-            let (id, batch) = (
-                token >> BATCH_BITS,
-                (token & ((1 << BATCH_BITS) - 1)) as usize,
-            );
+            let (id, batch) = split_token(token);
             self.batch_done(id, batch, Err(e.duplicate()));
         }
     }
@@ -874,8 +881,7 @@ fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64, usize)>>, shared: &Shared) 
                 })
             });
         let mut st = shared.lock();
-        st.done.push_back(Completion::new(tag, result, lent));
-        st.completed = true;
+        st.complete(tag, result, lent);
         shared.wake_sleepers(&mut st);
     }
 }

@@ -1,6 +1,6 @@
 //! Nonblocking framed TCP for a client's event loop: a [`PipeConn`] carries several requests
 //! at once on one connection. Requests are queued with the caller's memory (the body is
-//! copied, the payload is not), written in as few system calls as the socket allows (the
+//! taken, the payload is not copied), written in as few system calls as the socket allows (the
 //! requests queued together leave in one `sendmsg`), and their replies are read back in
 //! order, each reply's payload straight into the destinations its request named.
 //!
@@ -65,9 +65,9 @@ impl Outgoing {
         HEADER_BYTES + self.body.len() + self.payload.iter().map(|s| s.len).sum::<usize>()
     }
 
-    /// Its pieces past `self.sent`, appended to `iov` while there is room; false when it did
-    /// not all fit.
-    fn pieces(&self, iov: &mut Vec<libc::iovec>) -> bool {
+    /// Its pieces past `self.sent`, appended to `iov[*used..]` while there is room; false
+    /// when it did not all fit.
+    fn pieces(&self, iov: &mut IoVecs, used: &mut usize) -> bool {
         let whole = [
             Span {
                 ptr: self.head.as_ptr().cast_mut(),
@@ -84,14 +84,15 @@ impl Outgoing {
                 skip -= s.len;
                 continue;
             }
-            if iov.len() == SLICES_PER_CALL {
+            if *used == SLICES_PER_CALL {
                 return false;
             }
-            iov.push(libc::iovec {
+            iov[*used] = libc::iovec {
                 // SAFETY: skip < s.len: inside the span.
                 iov_base: unsafe { s.ptr.add(skip) }.cast(),
                 iov_len: s.len - skip,
-            });
+            };
+            *used += 1;
             skip = 0;
         }
         true
@@ -195,8 +196,9 @@ impl PipeConn {
         self.drained = false;
     }
 
-    /// Queues a request: `body` is copied; the payload is written from `payload`, and the
-    /// reply's payload lands in `dests` (it may be shorter than they are, not longer).
+    /// Queues a request: `body` is taken (an owned one is not copied); the payload is
+    /// written from `payload`, and the reply's payload lands in `dests` (it may be shorter
+    /// than they are, not longer).
     /// Nothing is written until [`PipeConn::flush`]. `token` comes back in the request's
     /// [`Finished`], or from [`PipeConn::fail`].
     ///
@@ -207,7 +209,7 @@ impl PipeConn {
     pub unsafe fn push(
         &mut self,
         opcode: Opcode,
-        body: &[u8],
+        body: impl Into<Vec<u8>>,
         payload: Vec<Span>,
         dests: Vec<Span>,
         token: u64,
@@ -215,6 +217,7 @@ impl PipeConn {
         if self.broken {
             return Err(TransportError::Broken { peer: self.peer });
         }
+        let body = body.into();
         let payload_len: u64 = payload.iter().map(|s| s.len as u64).sum();
         if body.len() > MAX_BODY_BYTES as usize || payload_len > MAX_PAYLOAD_BYTES {
             return Err(TransportError::Unexpected {
@@ -228,14 +231,14 @@ impl PipeConn {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let header = Header::request(opcode, id, body, payload_len);
+        let header = Header::request(opcode, id, &body, payload_len);
         if self.waiting.is_empty() {
             // An idle connection's clock starts with its first request.
             self.last_progress = Instant::now();
         }
         self.out.push_back(Outgoing {
             head: header.encode(),
-            body: body.to_vec(),
+            body,
             payload,
             sent: 0,
         });
@@ -250,11 +253,11 @@ impl PipeConn {
         if self.broken {
             return Err(TransportError::Broken { peer: self.peer });
         }
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(SLICES_PER_CALL);
+        let mut iov = no_iovecs();
         while !self.out.is_empty() {
-            iov.clear();
+            let mut used = 0;
             for o in &self.out {
-                if !o.pieces(&mut iov) {
+                if !o.pieces(&mut iov, &mut used) {
                     break;
                 }
             }
@@ -264,7 +267,7 @@ impl PipeConn {
             let sent = unsafe {
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len();
+                msg.msg_iovlen = used;
                 libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             };
             if sent < 0 {
@@ -299,6 +302,12 @@ impl PipeConn {
         TransportError::from_socket(op, self.peer, source)
     }
 
+    /// The peer closed the stream while replies were owed (or an idle one hung up).
+    fn eof(&mut self) -> TransportError {
+        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        self.fail_with(TransportOp::Recv, e)
+    }
+
     fn unexpected(&mut self, reason: String) -> TransportError {
         self.broken = true;
         TransportError::Unexpected {
@@ -318,13 +327,7 @@ impl PipeConn {
             buf,
         );
         match got {
-            Ok(Some(0)) => {
-                self.broken = true;
-                Err(TransportError::PeerClosed {
-                    op: TransportOp::Recv,
-                    peer: self.peer,
-                })
-            }
+            Ok(Some(0)) => Err(self.eof()),
             Ok(got) => Ok(got),
             Err(e) => Err(self.fail_with(TransportOp::Recv, e)),
         }
@@ -345,9 +348,6 @@ impl PipeConn {
                         self.header_arrived(&head)?;
                         continue;
                     }
-                    if self.drained {
-                        return Ok(());
-                    }
                     let PipeConn {
                         stream,
                         buffer,
@@ -360,13 +360,7 @@ impl PipeConn {
                     match got {
                         Err(e) => return Err(self.fail_with(TransportOp::Recv, e)),
                         Ok(None) => return Ok(()),
-                        Ok(Some(0)) => {
-                            self.broken = true;
-                            return Err(TransportError::PeerClosed {
-                                op: TransportOp::Recv,
-                                peer: self.peer,
-                            });
-                        }
+                        Ok(Some(0)) => return Err(self.eof()),
                         Ok(Some(_)) => {}
                     }
                 }
@@ -467,14 +461,13 @@ impl PipeConn {
 
     /// Reads the oldest request's reply payload on from `got` bytes; how far it got.
     fn recv_payload(&mut self, header: Header, mut got: u64) -> Result<u64, TransportError> {
-        let Some(w) = self.waiting.front() else {
-            return Ok(got);
-        };
-        let dests = w.dests.clone();
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(SLICES_PER_CALL);
+        let mut iov = no_iovecs();
         while got < header.payload_len {
+            let Some(w) = self.waiting.front() else {
+                break;
+            };
             // Never past the payload: the bytes after it are the next reply's.
-            let asked = spans_past(&dests, got, header.payload_len - got, &mut iov);
+            let (used, asked) = spans_past(&w.dests, got, header.payload_len - got, &mut iov);
             if self.buffer.len() > 0 {
                 // SAFETY: the first view lies inside a destination, the caller's memory,
                 // valid and untouched by others until this request ends (push's contract).
@@ -488,7 +481,7 @@ impl PipeConn {
                 break;
             }
             // SAFETY: as above for every view; `iov` outlives the call.
-            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), used as libc::c_int) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 match e.kind() {
@@ -499,11 +492,7 @@ impl PipeConn {
                 continue;
             }
             if n == 0 {
-                self.broken = true;
-                return Err(TransportError::PeerClosed {
-                    op: TransportOp::Recv,
-                    peer: self.peer,
-                });
+                return Err(self.eof());
             }
             self.last_progress = Instant::now();
             self.drained = (n as usize) < asked;
@@ -523,13 +512,23 @@ impl PipeConn {
     }
 }
 
+/// The slices of one vectored call, on the stack.
+type IoVecs = [libc::iovec; SLICES_PER_CALL];
+
+fn no_iovecs() -> IoVecs {
+    [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SLICES_PER_CALL]
+}
+
 /// Views of `spans` past their first `skip` bytes and at most `limit` bytes long, as many as
-/// one call takes, into `iov` (cleared first); how many bytes they span.
-fn spans_past(spans: &[Span], mut skip: u64, limit: u64, iov: &mut Vec<libc::iovec>) -> usize {
-    iov.clear();
+/// one call takes, into `iov`: how many views, and how many bytes they span.
+fn spans_past(spans: &[Span], mut skip: u64, limit: u64, iov: &mut IoVecs) -> (usize, usize) {
+    let mut used = 0;
     let mut left = limit;
     for s in spans {
-        if iov.len() == SLICES_PER_CALL || left == 0 {
+        if used == SLICES_PER_CALL || left == 0 {
             break;
         }
         let len = s.len as u64;
@@ -538,13 +537,14 @@ fn spans_past(spans: &[Span], mut skip: u64, limit: u64, iov: &mut Vec<libc::iov
             continue;
         }
         let n = (len - skip).min(left);
-        iov.push(libc::iovec {
+        iov[used] = libc::iovec {
             // SAFETY: skip < len: inside the span.
             iov_base: unsafe { s.ptr.add(skip as usize) }.cast(),
             iov_len: n as usize,
-        });
+        };
+        used += 1;
         left -= n;
         skip = 0;
     }
-    (limit - left) as usize
+    (used, (limit - left) as usize)
 }

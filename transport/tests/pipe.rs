@@ -11,23 +11,22 @@
 //! Nothing sleeps to order events: servers step through channels or block on the bytes they
 //! need, and every wait is bounded (a test that would hang fails after [`WAIT`] instead).
 
+mod common;
+
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::{WAIT, poll_fd};
 use nacre_transport::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
 use nacre_transport::wire::{Extent, Header, Opcode, WireError, encode_extents};
 use nacre_transport::{
     ConnectOptions, Connection, Endpoint, Finished, Listener, PipeConn, Progress, ServerConnection,
     Span, TransportError, TransportOp,
 };
-
-/// The bound of every wait: readiness, a peer's step, a server's blocking read or write.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The bound of one [`drive`], a guard against a hang, not a measure: the largest test
 /// drives for well under a second.
@@ -127,31 +126,6 @@ fn raw_pair() -> (PipeConn, TcpStream) {
     server.set_read_timeout(Some(WAIT)).expect("read timeout");
     server.set_write_timeout(Some(WAIT)).expect("write timeout");
     (pipe, server)
-}
-
-/// Waits until `fd` has one of `events` (or an error or hang-up) and returns what it has;
-/// panics after [`WAIT`].
-fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `pfd` is one valid pollfd for a descriptor the caller keeps open.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match rc {
-            0 => panic!("the connection was not ready ({events:#x}) within {WAIT:?}"),
-            1.. => return pfd.revents,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
-            }
-        }
-    }
 }
 
 /// What [`drive`] saw on the way.
@@ -450,7 +424,8 @@ fn sixteen_requests_pipelined_come_back_in_order_into_their_destinations() {
         // SAFETY: the payload spans point into `sources[k]` (only read) and the
         // destinations into `dests[k]`'s buffer; both were made before `conn`, so they
         // outlive it, and neither is touched until every reply has come.
-        unsafe { conn.push(*opcode, &bodies[k], payload, into, 100 + k as u64) }.expect("push");
+        unsafe { conn.push(*opcode, bodies[k].as_slice(), payload, into, 100 + k as u64) }
+            .expect("push");
     }
     assert_eq!(conn.in_flight(), 16);
     assert!(conn.wants_write(), "nothing leaves before flush");
@@ -585,7 +560,8 @@ fn a_thousand_requests_beyond_the_socket_buffers_resume_after_pending() {
         // SAFETY: the payload spans point into `source` (only read) and the destinations
         // into `dests[k]`'s buffer; both were made before `conn`, so they outlive it, and
         // neither is touched until every reply has come.
-        unsafe { conn.push(opcode(k), &bodies[k], payload, into, k as u64) }.expect("push");
+        unsafe { conn.push(opcode(k), bodies[k].as_slice(), payload, into, k as u64) }
+            .expect("push");
     };
     for k in 0..FIRST {
         push(&mut conn, &mut dests, k);
@@ -1163,7 +1139,7 @@ fn requests_over_the_limits_are_refused_and_nothing_is_queued() {
     unsafe {
         conn.push(
             Opcode::Ping,
-            &at_limit,
+            at_limit.as_slice(),
             source_spans(&small[..10], &[10]),
             at_limit_dests.spans(),
             2,

@@ -10,13 +10,15 @@
 //! Nothing sleeps to order events: clients and server step each other through channels, and
 //! every wait is bounded (a test that would hang fails after [`WAIT`] instead).
 
+mod common;
+
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::{WAIT, poll_fd};
 use nacre_transport::buffer::INPUT_BUFFER_BYTES;
 use nacre_transport::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use nacre_transport::wire::{Extent, Header, Opcode, WireError, decode_extents, encode_extents};
@@ -24,9 +26,6 @@ use nacre_transport::{
     Bulk, ConnectOptions, Connection, Endpoint, Incoming, Kind, Listener, Progress, StreamConn,
     TransportError, TransportOp,
 };
-
-/// The bound of every wait: readiness, a peer's step, a client's blocking read or write.
-const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // Helpers: sockets, readiness, drivers, messages.
@@ -45,30 +44,6 @@ fn pair() -> (StreamConn, TcpStream) {
     let conn = StreamConn::new(server, peer).expect("StreamConn::new");
     assert_eq!(conn.peer(), peer);
     (conn, client)
-}
-
-/// Waits until `fd` has one of `events` (or an error or hang-up); panics after [`WAIT`].
-fn poll_fd(fd: RawFd, events: libc::c_short) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `pfd` is one valid pollfd for a descriptor the caller keeps open.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match rc {
-            0 => panic!("the connection was not ready ({events:#x}) within {WAIT:?}"),
-            1.. => return,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
-            }
-        }
-    }
 }
 
 /// Waits until `conn`'s socket is readable (or closed), then tells `conn`, as an event loop

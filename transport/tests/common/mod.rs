@@ -1,0 +1,33 @@
+//! What the nonblocking connection tests share: the bound of every wait, and a bounded wait
+//! for readiness.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// The bound of every wait: readiness, a peer's step, a blocking read or write.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `fd` has one of `events` (or an error or hang-up) and returns what it has;
+/// panics after [`WAIT`].
+pub fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is one valid pollfd for a descriptor the caller keeps open.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match rc {
+            0 => panic!("the connection was not ready ({events:#x}) within {WAIT:?}"),
+            1.. => return pfd.revents,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+            }
+        }
+    }
+}
