@@ -7,7 +7,7 @@
 //! unknown position, so the connection is marked broken and refuses further use
 //! (docs/decisions/0003-tcp-blocking-sockets.md says why blocking sockets).
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -15,10 +15,9 @@ use std::time::Duration;
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
 use crate::limits::{MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
+use crate::stream::SLICES_PER_CALL;
 use crate::wire::Header;
 
-/// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
-const SLICES_PER_CALL: usize = 64;
 /// Chunk used to discard the body and payload of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
 /// With SEND_ZC enabled, messages of at least this many payload bytes go out zero-copy;
@@ -70,6 +69,7 @@ impl ZeroCopySender {
             msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
             msg.msg_iovlen = slices.len();
             let entry = io_uring::opcode::SendMsgZc::new(io_uring::types::Fd(fd), &msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(1);
             // SAFETY: `msg` and the slices it names stay alive and unmodified until both the
@@ -500,13 +500,32 @@ impl TcpConnection {
     }
 }
 
+/// One `sendmsg` of `slices` with MSG_NOSIGNAL: a peer that has gone makes it fail with
+/// EPIPE instead of raising SIGPIPE, which would kill a C program linking libnacre that
+/// leaves the signal at its default.
+fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    let len = slices.len().min(SLICES_PER_CALL);
+    // SAFETY: a zeroed msghdr is a valid empty one; it names `slices` (IoSlice is
+    // ABI-compatible with iovec on Unix), alive and unmodified across the call.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = len;
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 fn write_all_vectored(
     stream: &mut TcpStream,
     mut slices: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        match stream.write_vectored(slices) {
+        match send_vectored(stream, slices) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
