@@ -24,6 +24,10 @@ pub const WORKER_REPLY_TIMEOUT_MS: u64 = 60_000;
 pub const WORKER_WAIT_US: u64 = 200;
 /// Objects a worker remembers as existing before it forgets them all and asks again.
 pub const MAX_KNOWN_OBJECTS: usize = 1 << 20;
+/// Payload memory a target's connection may hold for requests it has read and not answered
+/// (write payloads, read data): past it, the connection's next request waits until replies
+/// go out, so pipelined requests cannot make a target allocate without bound.
+pub const MAX_STAGED_BYTES_PER_CONNECTION: usize = 32 << 20;
 /// How long the metadata service tries to reach a target to remove an unlinked file's
 /// objects.
 pub const OBJECT_REMOVE_TIMEOUT_MS: u64 = 5_000;
@@ -35,9 +39,10 @@ pub const REGISTER_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_PROGRESS_THREADS: usize = 8;
 /// Deepest asynchronous queue.
 pub const MAX_QUEUE_DEPTH: usize = 4096;
-/// Most connections an asynchronous queue opens to one target (each carries one request at
-/// a time while fewer are open; past that, requests queue on the least busy one).
-pub const MAX_QUEUE_CONNECTIONS_PER_TARGET: usize = 64;
+/// Most connections an asynchronous queue opens to one target. A new one opens only while
+/// every open one is busy; past the bound, requests are pipelined on the least busy one (a
+/// target reads a connection's next requests while it serves the last, decision 0010).
+pub const MAX_QUEUE_CONNECTIONS_PER_TARGET: usize = 2;
 /// The length an extent carries in requests about whole objects (sync, stat, truncate,
 /// remove), where the length means nothing but the wire allows no empty extent.
 pub const OBJECT_ONLY_LEN: u64 = 1;

@@ -311,6 +311,60 @@ fn asynchronous_queue_of_depth_64() {
     assert!(queue.poll().is_empty());
 }
 
+/// A deep queue on a file of one stripe puts many requests on each of its few connections
+/// to the target (`MAX_QUEUE_CONNECTIONS_PER_TARGET`): the target reads them while it serves
+/// the earlier ones and answers in order. Large reads pass the target's bound on the memory
+/// one connection may hold (`MAX_STAGED_BYTES_PER_CONNECTION`), so some wait for replies to
+/// go out; writes whose payloads follow each other on the stream land where they belong.
+#[test]
+fn queue_pipelines_reads_and_writes_on_each_connection() {
+    let cluster = Cluster::start("pipelined", 1);
+    let client = cluster.client();
+    let file = client
+        .create("/pipe", 0o644, Some(stripes(1, 1 << 20)))
+        .unwrap();
+    const BIG: usize = 1 << 20;
+    const READS: u64 = 64;
+    const SMALL: usize = 4096;
+    const WRITES: u64 = 64;
+    let written = fill(11, 0, READS as usize * BIG);
+    assert_eq!(file.write_at(&written, 0).unwrap(), written.len());
+    let queue = client.queue((READS + WRITES) as usize).unwrap();
+    // Reads of the first 64 MiB and small writes past it, interleaved.
+    let tail = READS * BIG as u64;
+    for i in 0..READS {
+        queue
+            .submit_read(&file, vec![0u8; BIG], i * BIG as u64, i)
+            .unwrap();
+        let offset = tail + i * SMALL as u64;
+        queue
+            .submit_write(&file, fill(12, offset, SMALL), offset, WRITES + i)
+            .unwrap();
+    }
+    let mut seen = 0;
+    while seen < READS + WRITES {
+        let got = queue.wait(1, Duration::from_secs(60));
+        assert!(!got.is_empty(), "no completion within 60 s ({seen} seen)");
+        for c in got {
+            seen += 1;
+            let buf = c.buffer.unwrap();
+            if c.tag < READS {
+                assert_eq!(c.result.unwrap(), BIG as u64, "read tag {}", c.tag);
+                let at = c.tag as usize * BIG;
+                assert!(buf == written[at..at + BIG], "read tag {} data", c.tag);
+            } else {
+                assert_eq!(c.result.unwrap(), SMALL as u64, "write tag {}", c.tag);
+            }
+        }
+    }
+    let mut back = vec![0u8; WRITES as usize * SMALL];
+    assert_eq!(file.read_at(&mut back, tail).unwrap(), back.len());
+    assert!(
+        back == fill(12, tail, back.len()),
+        "the pipelined writes read back"
+    );
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let cluster = Cluster::start("bad", 2);

@@ -57,6 +57,23 @@ impl InputBuffer {
         Some(head)
     }
 
+    /// The whole buffer as room for a read, when it holds nothing (`None` otherwise): a
+    /// read of the rest of a payload can bring what follows it (the next message) here in
+    /// the same call. [`InputBuffer::added`] then keeps what landed.
+    pub(crate) fn spare(&mut self) -> Option<&mut [u8]> {
+        if self.len() > 0 {
+            return None;
+        }
+        self.at = 0;
+        self.end = 0;
+        Some(&mut self.bytes[..])
+    }
+
+    /// Keeps `n` bytes a read put in the room [`InputBuffer::spare`] gave.
+    pub(crate) fn added(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.bytes.len());
+    }
+
     /// Reads once with `read` into the room after the bytes held (moved to the front
     /// first), and keeps what it got. `read`'s answer is returned as it is.
     pub(crate) fn fill<E>(

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod error;
 pub mod limits;
+mod outbox;
 pub mod pipe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
@@ -34,5 +35,6 @@ pub use conn::{
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
-pub use pipe::{Finished, PipeConn, Span};
+pub use outbox::Span;
+pub use pipe::{Finished, PipeConn};
 pub use stream::{Incoming, Progress, StreamConn};

@@ -12,6 +12,9 @@ pub const MAX_BODY_BYTES: u32 = 64 * 1024;
 pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
 /// Most extents one request may carry.
 pub const MAX_EXTENTS_PER_REQUEST: usize = 1024;
+/// Most requests a server connection has read and not answered yet (served, or replies
+/// waiting to be written); it reads no further request until replies went out.
+pub const MAX_PIPELINED_REQUESTS: usize = 64;
 /// Default number of connections a client opens to one peer.
 pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 4;
 /// Most connections a client opens to one peer.

@@ -21,21 +21,9 @@ use std::time::Instant;
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
 use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
+use crate::outbox::{IoVecs, Outbox, Span, no_iovecs};
 use crate::stream::{Progress, SLICES_PER_CALL, read_nonblocking};
 use crate::wire::{Header, Opcode};
-
-/// A piece of the caller's memory a request sends from or a reply lands in.
-#[derive(Debug, Clone, Copy)]
-pub struct Span {
-    /// Its first byte.
-    pub ptr: *mut u8,
-    /// Its length.
-    pub len: usize,
-}
-
-// SAFETY: a Span is an address and a length; whoever builds one promises (PipeConn::push's
-// contract) that the memory stays valid until the request ends, whichever thread ends it.
-unsafe impl Send for Span {}
 
 /// A request whose reply has come.
 #[derive(Debug)]
@@ -48,55 +36,6 @@ pub struct Finished {
     pub body: Vec<u8>,
     /// Bytes of payload that landed in the request's destinations (from their start).
     pub payload_len: u64,
-}
-
-/// A request's bytes still to be written: header, body, then the caller's payload.
-#[derive(Debug)]
-struct Outgoing {
-    head: [u8; HEADER_BYTES],
-    body: Vec<u8>,
-    payload: Vec<Span>,
-    /// Bytes of it written so far.
-    sent: usize,
-}
-
-impl Outgoing {
-    fn total(&self) -> usize {
-        HEADER_BYTES + self.body.len() + self.payload.iter().map(|s| s.len).sum::<usize>()
-    }
-
-    /// Its pieces past `self.sent`, appended to `iov[*used..]` while there is room; false
-    /// when it did not all fit.
-    fn pieces(&self, iov: &mut IoVecs, used: &mut usize) -> bool {
-        let whole = [
-            Span {
-                ptr: self.head.as_ptr().cast_mut(),
-                len: HEADER_BYTES,
-            },
-            Span {
-                ptr: self.body.as_ptr().cast_mut(),
-                len: self.body.len(),
-            },
-        ];
-        let mut skip = self.sent;
-        for s in whole.iter().chain(&self.payload) {
-            if skip >= s.len {
-                skip -= s.len;
-                continue;
-            }
-            if *used == SLICES_PER_CALL {
-                return false;
-            }
-            iov[*used] = libc::iovec {
-                // SAFETY: skip < s.len: inside the span.
-                iov_base: unsafe { s.ptr.add(skip) }.cast(),
-                iov_len: s.len - skip,
-            };
-            *used += 1;
-            skip = 0;
-        }
-        true
-    }
 }
 
 /// A request written (or being written) whose reply has not all come.
@@ -125,7 +64,7 @@ pub struct PipeConn {
     buffer: InputBuffer,
     drained: bool,
     next_id: u64,
-    out: VecDeque<Outgoing>,
+    out: Outbox,
     waiting: VecDeque<Waiting>,
     input: ReplyInput,
     body: Vec<u8>,
@@ -149,7 +88,7 @@ impl PipeConn {
             buffer: InputBuffer::new(),
             drained: false,
             next_id: 1,
-            out: VecDeque::new(),
+            out: Outbox::default(),
             waiting: VecDeque::new(),
             input: ReplyInput::Header,
             body: Vec::new(),
@@ -176,7 +115,7 @@ impl PipeConn {
     /// Whether request bytes wait for room in the socket ([`PipeConn::flush`] when it is
     /// writable).
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty()
+        self.out.has_ready()
     }
 
     /// When bytes last moved either way (or, for an idle connection, the last push): a
@@ -236,12 +175,9 @@ impl PipeConn {
             // An idle connection's clock starts with its first request.
             self.last_progress = Instant::now();
         }
-        self.out.push_back(Outgoing {
-            head: header.encode(),
-            body,
-            payload,
-            sent: 0,
-        });
+        // SAFETY: the payload spans stay valid until the request ends (this function's
+        // contract), and the outbox lets go of them before: once written, or at `fail`.
+        unsafe { self.out.push(header.encode(), body, payload, None) };
         self.waiting.push_back(Waiting { id, token, dests });
         Ok(())
     }
@@ -253,48 +189,12 @@ impl PipeConn {
         if self.broken {
             return Err(TransportError::Broken { peer: self.peer });
         }
-        let mut iov = no_iovecs();
-        while !self.out.is_empty() {
-            let mut used = 0;
-            for o in &self.out {
-                if !o.pieces(&mut iov, &mut used) {
-                    break;
-                }
-            }
-            // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across
-            // the call, whose entries point into queued requests' header and body (owned
-            // here) and the caller's payload (valid by `push`'s contract).
-            let sent = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = used;
-                libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
-            if sent < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
-                    _ => return Err(self.fail_with(TransportOp::Send, e)),
-                }
-            }
-            self.last_progress = Instant::now();
-            let mut n = sent as usize;
-            while n > 0 {
-                let Some(o) = self.out.front_mut() else {
-                    break;
-                };
-                let left = o.total() - o.sent;
-                if n >= left {
-                    n -= left;
-                    self.out.pop_front();
-                } else {
-                    o.sent += n;
-                    n = 0;
-                }
-            }
+        let fd = self.fd();
+        let mut none = Vec::new();
+        match self.out.write(fd, &mut self.last_progress, &mut none) {
+            Ok(progress) => Ok(progress),
+            Err(e) => Err(self.fail_with(TransportOp::Send, e)),
         }
-        Ok(Progress::Done)
     }
 
     fn fail_with(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
@@ -480,8 +380,23 @@ impl PipeConn {
             if self.drained {
                 break;
             }
-            // SAFETY: as above for every view; `iov` outlives the call.
-            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), used as libc::c_int) };
+            // What follows the payload (the next replies) lands in the input buffer in the
+            // same call, when there is a slice left for it.
+            let mut views = used;
+            let mut spare = 0;
+            if used < SLICES_PER_CALL
+                && let Some(room) = self.buffer.spare()
+            {
+                iov[used] = libc::iovec {
+                    iov_base: room.as_mut_ptr().cast(),
+                    iov_len: room.len(),
+                };
+                spare = room.len();
+                views += 1;
+            }
+            // SAFETY: as above for every view; the last may be the input buffer's room,
+            // owned here and untouched until `added`; `iov` outlives the call.
+            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), views as libc::c_int) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 match e.kind() {
@@ -495,8 +410,10 @@ impl PipeConn {
                 return Err(self.eof());
             }
             self.last_progress = Instant::now();
-            self.drained = (n as usize) < asked;
-            got += n as u64;
+            let n = n as usize;
+            self.drained = n < asked + spare;
+            got += n.min(asked) as u64;
+            self.buffer.added(n.saturating_sub(asked));
         }
         Ok(got)
     }
@@ -510,16 +427,6 @@ impl PipeConn {
         self.input = ReplyInput::Header;
         self.waiting.drain(..).map(|w| w.token).collect()
     }
-}
-
-/// The slices of one vectored call, on the stack.
-type IoVecs = [libc::iovec; SLICES_PER_CALL];
-
-fn no_iovecs() -> IoVecs {
-    [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; SLICES_PER_CALL]
 }
 
 /// Views of `spans` past their first `skip` bytes and at most `limit` bytes long, as many as

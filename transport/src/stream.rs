@@ -18,19 +18,28 @@
 //!   the event loop to say the socket is readable again ([`StreamConn::readable`]) instead
 //!   of asking the kernel only to hear "would block".
 //!
+//! Requests are pipelined: the next request is read while earlier ones are served, up to
+//! [`MAX_PIPELINED_REQUESTS`] unanswered. Replies go out in the order their requests came,
+//! whatever order they are ready in: the place of each reply is held when its request is
+//! read, and the replies ready at the front leave together in one `sendmsg` (with
+//! MSG_NOSIGNAL), each payload straight from the caller's memory ([`crate::outbox`]).
+//!
 //! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only once the socket is
-//! known to be empty (it said it would block, or a read came back short), so an
-//! edge-triggered event loop that calls [`StreamConn::readable`] on each readiness event and
-//! then calls on until it sees `Pending` never misses one.
+//! known to be empty (it said it would block, or a read came back short), or, for
+//! [`StreamConn::recv_request`], once [`MAX_PIPELINED_REQUESTS`] requests are unanswered; so
+//! an edge-triggered event loop that calls [`StreamConn::readable`] on each readiness event,
+//! calls on until it sees `Pending`, and reads again after its replies went out, never misses
+//! one.
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSliceMut, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
-use crate::limits::HEADER_BYTES;
+use crate::limits::{HEADER_BYTES, MAX_PIPELINED_REQUESTS};
+use crate::outbox::{Outbox, Span};
 use crate::wire::{Header, WireError};
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
@@ -48,14 +57,14 @@ pub(crate) fn log_unknown_opcode(peer: SocketAddr, opcode: u16) {
 /// What reading a connection gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
-    /// No whole request yet: the socket has nothing more to read now. Reading resumes
-    /// once [`StreamConn::readable`] says a readiness event came (or, when the
-    /// transport's own error reply was waiting for room, once the socket is writable and
-    /// this is called again).
+    /// No whole request yet: the socket has nothing more to read now, or
+    /// [`MAX_PIPELINED_REQUESTS`] requests are unanswered. Reading resumes once
+    /// [`StreamConn::readable`] says a readiness event came, or once replies went out.
     Pending,
     /// A request's header and body arrived ([`StreamConn::body`]). Its payload, if it has
-    /// one, comes next ([`StreamConn::recv_payload`]); no further request is read until the
-    /// reply to this one has started ([`StreamConn::start_reply`]).
+    /// one, comes next ([`StreamConn::recv_payload`]). The next call to
+    /// [`StreamConn::recv_request`] ends it (a payload not taken is dropped); its reply is
+    /// given with [`StreamConn::reply`] or [`StreamConn::reply_with_payload`], at any time.
     Request(Header),
     /// The peer closed the connection between messages.
     Closed,
@@ -79,22 +88,9 @@ enum Input {
     Body { header: Header, got: usize },
     /// A request is the caller's: its payload, if any, is taken with `recv_payload`.
     Request { header: Header, payload_got: u64 },
-    /// Dropping the rest of a message: the payload of a request answered without taking
-    /// it, or the body and payload of a request with an unknown opcode.
+    /// Dropping the rest of a message: the payload of a request ended without taking it,
+    /// or the body and payload of a request with an unknown opcode.
     Discard { left: u64 },
-}
-
-#[derive(Debug, Default)]
-struct Output {
-    /// The reply's header and body.
-    head: Vec<u8>,
-    /// Bytes of the reply (head, then payload) written so far.
-    sent: u64,
-    payload_len: u64,
-    /// A reply is being written.
-    active: bool,
-    /// The reply is the transport's own (an unknown opcode's), with no payload.
-    own: bool,
 }
 
 /// The server's side of one nonblocking TCP connection.
@@ -108,7 +104,11 @@ pub struct StreamConn {
     /// The socket was empty at the last read; only a readiness event can change that.
     drained: bool,
     body: Vec<u8>,
-    output: Output,
+    /// Replies to write, and the places of those to come, in request order.
+    outbox: Outbox,
+    /// Tokens of the caller's replies written out while reading (see `recv_request`), not
+    /// yet handed back by `flush`.
+    sent: Vec<u64>,
     broken: bool,
     last_progress: Instant,
 }
@@ -135,7 +135,8 @@ impl StreamConn {
             buffer: InputBuffer::new(),
             drained: false,
             body: Vec::new(),
-            output: Output::default(),
+            outbox: Outbox::default(),
+            sent: Vec::new(),
             broken: false,
             last_progress: Instant::now(),
         }
@@ -162,11 +163,11 @@ impl StreamConn {
     }
 
     /// Whether the connection is partway through a message the peer sends or it writes (a
-    /// request's header, body or payload, or a reply): a peer that stops there for long is
-    /// stuck or gone. Between messages, and while the caller serves a request whose payload
-    /// is in, it is not.
+    /// request's header, body or payload, or replies ready to go): a peer that stops there
+    /// for long is stuck or gone. Between messages, and while the caller serves requests
+    /// whose payloads are in, it is not.
     pub fn mid_message(&self) -> bool {
-        self.output.active
+        self.outbox.has_ready()
             || match self.input {
                 Input::Header => self.buffer.len() > 0,
                 Input::Body { .. } | Input::Discard { .. } => true,
@@ -177,9 +178,16 @@ impl StreamConn {
             }
     }
 
-    /// Whether a reply is being written.
-    pub fn replying(&self) -> bool {
-        self.output.active && !self.output.own
+    /// Whether [`StreamConn::flush`] has something to do: replies ready to be written, or
+    /// tokens of replies written while reading (an unknown opcode's answer takes the
+    /// replies ready before it along) to hand back.
+    pub fn wants_write(&self) -> bool {
+        self.outbox.has_ready() || !self.sent.is_empty()
+    }
+
+    /// Requests read whose replies are not all written yet.
+    pub fn unanswered(&self) -> usize {
+        self.outbox.len()
     }
 
     fn check(&self) -> Result<(), TransportError> {
@@ -238,29 +246,37 @@ impl StreamConn {
         self.fail(TransportOp::Recv, e)
     }
 
-    /// Reads on until a whole request is in, the socket would block, or the peer closed.
-    /// A request with an unknown opcode is answered here (EOPNOTSUPP) and skipped, as the
-    /// blocking connection does; a malformed message is an error and breaks the connection.
+    /// Reads on until a whole request is in, the socket would block, the peer closed, or
+    /// [`MAX_PIPELINED_REQUESTS`] requests are unanswered (then `Pending`, until replies
+    /// went out). The request it last returned ends here: a payload not taken is dropped.
+    /// A request with an unknown opcode is answered here (EOPNOTSUPP, in its turn) and
+    /// skipped, as the blocking connection does; a malformed message is an error and breaks
+    /// the connection.
     pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
         self.check()?;
+        if let Input::Request {
+            header,
+            payload_got,
+        } = self.input
+        {
+            self.input = if payload_got < header.payload_len {
+                Input::Discard {
+                    left: header.payload_len - payload_got,
+                }
+            } else {
+                Input::Header
+            };
+        }
         loop {
-            if self.output.active {
-                if !self.output.own {
-                    return Err(TransportError::Unexpected {
-                        peer: self.peer,
-                        reason: "a request was read before the reply to the last one was sent"
-                            .into(),
-                    });
-                }
-                if self.flush(&[])? == Progress::Pending {
-                    return Ok(Incoming::Pending);
-                }
+            if self.outbox.len() >= MAX_PIPELINED_REQUESTS {
+                return Ok(Incoming::Pending);
             }
             match self.input {
+                // Ended above; reading on never stops in it.
                 Input::Request { .. } => {
                     return Err(TransportError::Unexpected {
                         peer: self.peer,
-                        reason: "a request was read before the last one was answered".into(),
+                        reason: "a request was read before the last one ended".into(),
                     });
                 }
                 Input::Discard { left } => {
@@ -348,18 +364,10 @@ impl StreamConn {
                 } else {
                     Input::Discard { left }
                 };
-                let mut head = std::mem::take(&mut self.output.head);
-                head.clear();
-                head.extend_from_slice(
-                    &Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode(),
-                );
-                self.output = Output {
-                    head,
-                    sent: 0,
-                    payload_len: 0,
-                    active: true,
-                    own: true,
-                };
+                let head = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode();
+                // SAFETY: no payload.
+                unsafe { self.outbox.push(head, Vec::new(), Vec::new(), None) };
+                self.write_out()?;
                 return Ok(None);
             }
             Err(e) => return Err(self.protocol(e)),
@@ -391,6 +399,7 @@ impl StreamConn {
             header,
             payload_got: 0,
         };
+        self.outbox.hold(header.request_id);
         Ok(Incoming::Request(header))
     }
 
@@ -437,12 +446,24 @@ impl StreamConn {
             if self.drained {
                 break;
             }
-            match self.stream.read_vectored(&mut views[..used]) {
+            // What follows the payload (the next requests) lands in the input buffer in the
+            // same call, when there is a slice left for it.
+            let mut slices = used;
+            let mut spare = 0;
+            if used < SLICES_PER_CALL
+                && let Some(room) = self.buffer.spare()
+            {
+                spare = room.len();
+                views[used] = IoSliceMut::new(room);
+                slices += 1;
+            }
+            match self.stream.read_vectored(&mut views[..slices]) {
                 Ok(0) => return Err(self.eof()),
                 Ok(n) => {
                     self.last_progress = Instant::now();
-                    self.drained = n < asked;
-                    got += n as u64;
+                    self.drained = n < asked + spare;
+                    got += n.min(asked) as u64;
+                    self.buffer.added(n.saturating_sub(asked));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.drained = true,
@@ -459,115 +480,83 @@ impl StreamConn {
         Ok(Progress::Done)
     }
 
-    /// Starts the reply to the current request: a status, a body and the length of the
-    /// payload [`StreamConn::flush`] then sends from the caller's memory. A payload of the
-    /// request not taken is dropped before the next request is read.
-    pub fn start_reply(
+    /// Gives the reply to `request` (one read on this connection and not answered yet): a
+    /// status and a body, with no payload. It is written in its turn, after the replies to
+    /// the requests read before it ([`StreamConn::flush`]); `token` then comes back.
+    pub fn reply(
         &mut self,
         request: &Header,
         status: i32,
         body: &[u8],
-        payload_len: u64,
+        token: u64,
     ) -> Result<(), TransportError> {
-        self.check()?;
-        if self.output.active {
-            return Err(TransportError::Unexpected {
-                peer: self.peer,
-                reason: "a reply was started while another was being sent".into(),
-            });
-        }
-        if !matches!(self.input, Input::Request { .. }) {
-            return Err(TransportError::Unexpected {
-                peer: self.peer,
-                reason: "a reply was started with no request to answer".into(),
-            });
-        }
-        let header = Header::response(request, status, body, payload_len);
-        // The last reply's buffer is reused: no allocation per reply.
-        let mut head = std::mem::take(&mut self.output.head);
-        head.clear();
-        head.extend_from_slice(&header.encode());
-        head.extend_from_slice(body);
-        self.input = match self.input {
-            Input::Request {
-                header,
-                payload_got,
-            } if payload_got < header.payload_len => Input::Discard {
-                left: header.payload_len - payload_got,
-            },
-            Input::Request { .. } => Input::Header,
-            other => other,
-        };
-        self.output = Output {
-            head,
-            sent: 0,
-            payload_len,
-            active: true,
-            own: false,
-        };
-        Ok(())
+        // SAFETY: no payload.
+        unsafe { self.reply_with_payload(request, status, body, Vec::new(), token) }
     }
 
-    /// Writes on the reply: its header and body, then `payload` (the slices whose lengths
-    /// add up to the payload length given to [`StreamConn::start_reply`], the same at every
-    /// call). [`Progress::Done`] once every byte is written.
-    pub fn flush(&mut self, payload: &[IoSlice<'_>]) -> Result<Progress, TransportError> {
+    /// As [`StreamConn::reply`], with a payload written straight from `payload`.
+    ///
+    /// # Safety
+    /// Every span of `payload` must stay valid, and written by no one, until
+    /// [`StreamConn::flush`] hands `token` back or the connection is dropped.
+    pub unsafe fn reply_with_payload(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: &[u8],
+        payload: Vec<Span>,
+        token: u64,
+    ) -> Result<(), TransportError> {
         self.check()?;
-        if !self.output.active {
-            return Ok(Progress::Done);
-        }
-        let given: u64 = payload.iter().map(|s| s.len() as u64).sum();
-        if given != self.output.payload_len {
+        let payload_len = payload.iter().map(|s| s.len as u64).sum();
+        let header = Header::response(request, status, body, payload_len);
+        // SAFETY: the spans' contract is this function's.
+        let filled = unsafe {
+            self.outbox.fill(
+                request.request_id,
+                header.encode(),
+                body.to_vec(),
+                payload,
+                Some(token),
+            )
+        };
+        if !filled {
             return Err(TransportError::Unexpected {
                 peer: self.peer,
                 reason: format!(
-                    "the reply's payload is {} bytes; slices of {given} bytes were given",
-                    self.output.payload_len
+                    "a reply was given to request {}, which awaits none",
+                    request.request_id
                 ),
             });
         }
-        let head_len = self.output.head.len() as u64;
-        let total = head_len + self.output.payload_len;
-        while self.output.sent < total {
-            let mut slices: [IoSlice<'_>; SLICES_PER_CALL] = [IoSlice::new(&[]); SLICES_PER_CALL];
-            let mut used = 0;
-            let sent = self.output.sent;
-            if sent < head_len {
-                slices[0] = IoSlice::new(&self.output.head[sent as usize..]);
-                used = 1;
-            }
-            let mut skip = sent.saturating_sub(head_len);
-            for s in payload {
-                if used == SLICES_PER_CALL {
-                    break;
-                }
-                if skip >= s.len() as u64 {
-                    skip -= s.len() as u64;
-                    continue;
-                }
-                slices[used] = IoSlice::new(&s[skip as usize..]);
-                skip = 0;
-                used += 1;
-            }
-            match self.stream.write_vectored(&slices[..used]) {
-                Ok(0) => {
-                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                    return Err(self.fail(TransportOp::Send, e));
-                }
-                Ok(n) => {
-                    self.last_progress = Instant::now();
-                    self.output.sent += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Ok(Progress::Pending);
-                }
-                Err(e) => return Err(self.fail(TransportOp::Send, e)),
-            }
+        Ok(())
+    }
+
+    /// Writes the replies that are ready, in request order, until none is
+    /// ([`Progress::Done`]: the next one awaits [`StreamConn::reply`], or all are written)
+    /// or the socket is full ([`Progress::Pending`]: call again when it is writable). The
+    /// token of every reply all written is pushed to `sent`: its payload memory is the
+    /// caller's again.
+    pub fn flush(&mut self, sent: &mut Vec<u64>) -> Result<Progress, TransportError> {
+        self.check()?;
+        sent.append(&mut self.sent);
+        let fd = self.fd();
+        match self.outbox.write(fd, &mut self.last_progress, sent) {
+            Ok(progress) => Ok(progress),
+            Err(e) => Err(self.fail(TransportOp::Send, e)),
         }
-        self.output.active = false;
-        self.output.own = false;
-        Ok(Progress::Done)
+    }
+
+    /// Writes what is ready, keeping the tokens written for the next `flush`.
+    fn write_out(&mut self) -> Result<Progress, TransportError> {
+        let fd = self.fd();
+        match self
+            .outbox
+            .write(fd, &mut self.last_progress, &mut self.sent)
+        {
+            Ok(progress) => Ok(progress),
+            Err(e) => Err(self.fail(TransportOp::Send, e)),
+        }
     }
 
     /// Closes both directions; the peer's next receive sees the end of the stream.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use nacre_io::{AlignedBuf, IoError, Target};
+use nacre_transport::Span;
 use nacre_transport::limits::MAX_PAYLOAD_BYTES;
 use nacre_transport::wire::{Extent, Header, Opcode, decode_extents};
 
@@ -388,6 +389,15 @@ impl Staging {
             .into_iter()
             // SAFETY: as in slices_mut, shared.
             .map(|(p, n)| IoSlice::new(unsafe { std::slice::from_raw_parts(p, n) }))
+            .collect()
+    }
+
+    /// The memory as a reply's payload written from it later (once the pieces that fill it
+    /// are done): the caller keeps the staging, untouched, until the reply is written.
+    pub(super) fn spans(&mut self) -> Vec<Span> {
+        self.regions()
+            .into_iter()
+            .map(|(ptr, len)| Span { ptr, len })
             .collect()
     }
 

@@ -11,13 +11,12 @@
 //! results come back as one. The reply goes out from the same memory the pieces used.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use nacre_io::{Completion, IoError, ObjectStore, Op, StoreConfig};
-use nacre_transport::limits::REQUEST_TIMEOUT_MS;
+use nacre_transport::limits::{MAX_PIPELINED_REQUESTS, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Header, Opcode};
 use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 
@@ -25,7 +24,9 @@ use super::request::{
     self, Context, Failure, Piece, PieceOp, PieceResult, Prepared, Staging, Work,
 };
 use crate::error::Error;
-use crate::limits::{IDLE_POLL_MS, MAX_KNOWN_OBJECTS, WORKER_REPLY_TIMEOUT_MS};
+use crate::limits::{
+    IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, WORKER_REPLY_TIMEOUT_MS,
+};
 use crate::sys::{Epoll, EventFd};
 
 /// Most client connections one worker serves at once; more are refused (closed).
@@ -36,11 +37,14 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const RING_TOKEN: u64 = u64::MAX - 1;
 /// Bits of a store tag that hold the piece index.
 const PIECE_BITS: u32 = 24;
-/// Bits of a request's results token that hold its connection slot; the bits above hold
-/// the request's sequence number, so that late results of a request given up on can never
-/// complete a later request on the same connection.
-const SLOT_BITS: u32 = 24;
-const _: () = assert!(MAX_CONNECTIONS_PER_WORKER < 1 << SLOT_BITS);
+/// Bits of a request's token that hold its index in the worker's table of requests; the
+/// bits above hold its sequence number, so that late results of a request given up on, or
+/// the token of a reply written after its connection went, can never touch a later request
+/// in the same place.
+const REQUEST_BITS: u32 = 24;
+const _: () = assert!(MAX_CONNECTIONS_PER_WORKER * MAX_PIPELINED_REQUESTS < 1 << REQUEST_BITS);
+/// The reply token of a request answered at once (it has no place in the table).
+const NO_REQUEST: u64 = u64::MAX;
 
 /// The worker that owns an object: the one that runs every piece but reads.
 pub(super) fn owner(object_id: u64, workers: usize) -> usize {
@@ -121,9 +125,9 @@ impl Inbox {
     }
 }
 
-/// Gives a request's pieces up and counts it out: its memory is leaked, not freed, because
-/// pieces still out may yet use it.
-fn give_up(ctx: &Context, mut serving: Box<Serving>) {
+/// Gives a running request's pieces up and counts it out: its memory is leaked, not freed,
+/// because pieces still out may yet use it.
+fn give_up(ctx: &Context, serving: &mut Serving) {
     if let Some(s) = serving.prepared.staging.take() {
         s.abandon();
     }
@@ -137,8 +141,23 @@ struct RunningJob {
     left: usize,
 }
 
-/// A request whose pieces are out (or whose payload is arriving).
+/// Where a request of this worker's connections is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its write's payload is arriving into its staging.
+    Payload,
+    /// Its pieces are out; its reply waits for their results.
+    Running,
+    /// Its reply is given: it is written from its staging when its turn comes.
+    Replying,
+}
+
+/// A request read from one of this worker's connections, from its header until its reply
+/// is all written (or its pieces are back, when its connection closed first).
 struct Serving {
+    /// Its connection's slot; `None` once that connection closed.
+    conn: Option<usize>,
+    phase: Phase,
     header: Header,
     prepared: Prepared,
     results: Vec<Option<PieceResult>>,
@@ -147,29 +166,27 @@ struct Serving {
     jobs_left: usize,
     /// Set when a share could not be sent.
     failure: Option<Failure>,
-    /// Names this request in its results (see [`SLOT_BITS`]).
+    /// Names this request in its results and as its reply's token (see [`REQUEST_BITS`]).
     token: u64,
     /// When its pieces went out.
     started: Instant,
+    /// Bytes of staging it was given (counted in its connection's `staged`).
+    staged: usize,
 }
 
-enum State {
-    /// Reading the next request.
-    Idle,
-    /// Receiving a write's payload into its staging.
-    Payload(Box<Serving>),
-    /// Pieces out; the reply waits for their results.
-    Serving(Box<Serving>),
-    /// Writing the reply (a read's payload from its staging).
-    Replying(Option<Staging>),
-}
-
-/// A connection. One whose request's pieces are out is never closed (it is not driven
-/// until they are back, and `sweep` gives their memory up first), so their memory is never
-/// freed under them.
+/// A connection. A request whose pieces are out outlives its connection (in the worker's
+/// table), so its memory is never freed under them.
 struct Conn {
     stream: StreamConn,
-    state: State,
+    /// The request whose write payload is arriving (its index in the table).
+    payload: Option<usize>,
+    /// Its requests in the table, oldest first.
+    requests: Vec<usize>,
+    /// Bytes of staging its requests in the table hold (see
+    /// [`MAX_STAGED_BYTES_PER_CONNECTION`]).
+    staged: usize,
+    /// It is in the worker's `answered` list.
+    answered: bool,
 }
 
 struct Slot {
@@ -202,8 +219,16 @@ pub(super) struct Worker {
     free_slots: Vec<usize>,
     /// Results for this worker's requests, to apply outside of whatever produced them.
     delivered: VecDeque<(u64, usize, Vec<PieceResult>)>,
-    /// The sequence number of the last request this worker started.
-    requests: u64,
+    /// Requests read from the connections, by index (see [`REQUEST_BITS`]).
+    table: Vec<Option<Box<Serving>>>,
+    /// Indexes of the table with no request.
+    free_entries: Vec<usize>,
+    /// The sequence number of the last request put in the table.
+    sequence: u64,
+    /// Tokens of replies a flush wrote out (kept to reuse its memory).
+    sent: Vec<u64>,
+    /// Connections with replies made ready since the loop last drove them.
+    answered: Vec<usize>,
     /// Tokens epoll found ready, and whether each may be read.
     ready_tokens: Vec<(u64, bool)>,
     last_sweep: Instant,
@@ -275,7 +300,11 @@ impl Worker {
             slots: Vec::new(),
             free_slots: Vec::new(),
             delivered: VecDeque::new(),
-            requests: 0,
+            table: Vec::new(),
+            free_entries: Vec::new(),
+            sequence: 0,
+            sent: Vec::new(),
+            answered: Vec::new(),
             ready_tokens: Vec::new(),
             last_sweep: Instant::now(),
         })
@@ -298,6 +327,7 @@ impl Worker {
                 Err(e) => return self.fail(&e.into()),
             }
             busy |= self.deliver();
+            busy |= self.drive_answered();
             if self.last_sweep.elapsed() >= idle {
                 self.sweep();
             }
@@ -325,12 +355,10 @@ impl Worker {
             self.index
         );
         self.ctx.stop.store(true, Ordering::SeqCst);
-        for slot in &mut self.slots {
-            let Some(conn) = slot.conn.as_mut() else {
-                continue;
-            };
-            if let State::Serving(serving) = std::mem::replace(&mut conn.state, State::Idle) {
+        for serving in self.table.iter_mut().flatten() {
+            if serving.phase == Phase::Running {
                 give_up(&self.ctx, serving);
+                serving.phase = Phase::Replying;
             }
         }
     }
@@ -448,62 +476,112 @@ impl Worker {
         }
         self.slots[slot].conn = Some(Conn {
             stream,
-            state: State::Idle,
+            payload: None,
+            requests: Vec::new(),
+            staged: 0,
+            answered: false,
         });
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
     }
 
-    /// Moves a connection on as far as its socket allows: the reply being written, the
-    /// payload being received, then the next requests.
+    /// Moves a connection on as far as its socket allows: the replies ready go out, the
+    /// payload being received comes in, then the next requests, up to the bound of requests
+    /// unanswered per connection. While the server stops it reads nothing new and closes
+    /// once it holds no request being served or answered.
     fn drive(&mut self, slot: usize) {
         loop {
-            let stopping = self.ctx.stop.load(Ordering::SeqCst);
-            let Some(Conn { stream, state }) = self.slots[slot].conn.as_mut() else {
+            let Some(blocked) = self.flush(slot) else {
                 return;
             };
-            match state {
-                State::Replying(staging) => {
-                    let mut slices: Vec<IoSlice<'_>> = Vec::new();
-                    if let Some(s) = staging {
-                        slices = s.slices();
-                    }
-                    match stream.flush(&slices) {
-                        Ok(Progress::Pending) => return,
-                        Ok(Progress::Done) => *state = State::Idle,
-                        Err(e) => return self.close(slot, Some(e)),
-                    }
+            if self.ctx.stop.load(Ordering::SeqCst) {
+                if !self.holds_work(slot) {
+                    self.close(slot, None);
                 }
-                State::Serving(_) => return,
-                State::Payload(serving) => {
-                    let staging = serving.prepared.staging.as_mut();
-                    let mut dests = staging.map(Staging::slices_mut).unwrap_or_default();
-                    match stream.recv_payload(&mut dests) {
-                        Ok(Progress::Pending) => return,
-                        Ok(Progress::Done) => {
-                            drop(dests);
-                            let State::Payload(serving) = std::mem::replace(state, State::Idle)
-                            else {
-                                unreachable!("matched above")
-                            };
-                            self.start(slot, serving);
-                        }
-                        Err(e) => return self.close(slot, Some(e)),
+                return;
+            }
+            let Some(conn) = self.slots[slot].conn.as_mut() else {
+                return;
+            };
+            let moved = if let Some(i) = conn.payload {
+                let staging = self.table[i]
+                    .as_mut()
+                    .and_then(|s| s.prepared.staging.as_mut());
+                let mut dests = staging.map(Staging::slices_mut).unwrap_or_default();
+                match conn.stream.recv_payload(&mut dests) {
+                    Ok(Progress::Pending) => false,
+                    Ok(Progress::Done) => {
+                        drop(dests);
+                        conn.payload = None;
+                        self.start(i);
+                        true
                     }
+                    Err(e) => return self.close(slot, Some(e)),
                 }
-                State::Idle => {
-                    if stopping {
-                        return self.close(slot, None);
+            } else if conn.staged >= MAX_STAGED_BYTES_PER_CONNECTION {
+                // The next request waits for replies to go out (`release`).
+                false
+            } else {
+                match conn.stream.recv_request() {
+                    Ok(Incoming::Pending) => false,
+                    Ok(Incoming::Closed) => return self.close(slot, None),
+                    Ok(Incoming::Request(header)) => {
+                        self.begin(slot, header);
+                        true
                     }
-                    match stream.recv_request() {
-                        Ok(Incoming::Pending) => return,
-                        Ok(Incoming::Closed) => return self.close(slot, None),
-                        Ok(Incoming::Request(header)) => self.begin(slot, header),
-                        Err(e) => return self.close(slot, Some(e)),
-                    }
+                    Err(e) => return self.close(slot, Some(e)),
                 }
+            };
+            if moved {
+                continue;
+            }
+            // Reading stopped: once more round only for replies it made ready.
+            let wants_write = self.slots[slot]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.stream.wants_write());
+            if blocked || !wants_write {
+                return;
             }
         }
+    }
+
+    /// Writes out `slot`'s replies that are ready and lets go of the memory of those all
+    /// written: `Some(true)` when the socket is full, `None` when the connection failed
+    /// (and is closed).
+    fn flush(&mut self, slot: usize) -> Option<bool> {
+        let conn = self.slots[slot].conn.as_mut()?;
+        if !conn.stream.wants_write() {
+            return Some(false);
+        }
+        let mut sent = std::mem::take(&mut self.sent);
+        let flushed = conn.stream.flush(&mut sent);
+        for &token in &sent {
+            self.release(token);
+        }
+        sent.clear();
+        self.sent = sent;
+        match flushed {
+            Ok(progress) => Some(progress == Progress::Pending),
+            Err(e) => {
+                self.close(slot, Some(e));
+                None
+            }
+        }
+    }
+
+    /// Whether `slot`'s connection holds a request being served or answered (one whose
+    /// payload is still arriving does not count: it has not started).
+    fn holds_work(&self, slot: usize) -> bool {
+        let Some(conn) = self.slots[slot].conn.as_ref() else {
+            return false;
+        };
+        conn.stream.wants_write()
+            || conn.requests.iter().any(|&i| {
+                self.table[i]
+                    .as_ref()
+                    .is_some_and(|s| s.phase != Phase::Payload)
+            })
     }
 
     /// A request arrived on `slot`'s connection.
@@ -511,73 +589,152 @@ impl Worker {
         let Some(conn) = self.slots[slot].conn.as_mut() else {
             return;
         };
-        match request::begin(&self.ctx, &header, conn.stream.body()) {
-            Work::Reply { status, body } => self.reply(slot, &header, status, &body, None),
-            Work::Run(prepared) => {
-                let serving = Box::new(Serving {
-                    header,
-                    results: (0..prepared.pieces.len()).map(|_| None).collect(),
-                    prepared,
-                    per_worker: Vec::new(),
-                    jobs_left: 0,
-                    failure: None,
-                    token: 0,
-                    started: Instant::now(),
-                });
-                // Only a write's payload is taken; any other request's is dropped with
-                // its reply.
-                if header.opcode == Opcode::Write && header.payload_len > 0 {
-                    conn.state = State::Payload(serving);
-                } else {
-                    self.start(slot, serving);
+        let prepared = match request::begin(&self.ctx, &header, conn.stream.body()) {
+            Work::Reply { status, body } => {
+                if let Err(e) = conn.stream.reply(&header, status, &body, NO_REQUEST) {
+                    self.close(slot, Some(e));
                 }
+                return;
             }
-        }
-    }
-
-    /// Starts a reply on `slot`'s connection, with all of `payload` (a read's staging) as
-    /// its payload.
-    fn reply(
-        &mut self,
-        slot: usize,
-        header: &Header,
-        status: i32,
-        body: &[u8],
-        payload: Option<Staging>,
-    ) {
+            Work::Run(prepared) => prepared,
+        };
+        // Only a write's payload is taken; any other request's is dropped when the next
+        // request is read.
+        let wants_payload = header.opcode == Opcode::Write && header.payload_len > 0;
+        let staged = prepared.staging.as_ref().map_or(0, Staging::len);
+        let i = self.insert(Serving {
+            conn: Some(slot),
+            phase: Phase::Payload,
+            header,
+            results: (0..prepared.pieces.len()).map(|_| None).collect(),
+            prepared,
+            per_worker: Vec::new(),
+            jobs_left: 0,
+            failure: None,
+            token: 0,
+            started: Instant::now(),
+            staged,
+        });
         let Some(conn) = self.slots[slot].conn.as_mut() else {
             return;
         };
-        let payload_len = payload.as_ref().map_or(0, |s| s.len() as u64);
-        match conn.stream.start_reply(header, status, body, payload_len) {
-            Ok(()) => conn.state = State::Replying(payload),
-            Err(e) => self.close(slot, Some(e)),
+        conn.requests.push(i);
+        conn.staged += staged;
+        if wants_payload {
+            conn.payload = Some(i);
+        } else {
+            self.start(i);
         }
     }
 
-    fn reply_failure(&mut self, slot: usize, header: &Header, f: &Failure) {
-        self.reply(slot, header, f.errno, f.message.as_bytes(), None);
+    /// Puts a request in the table, naming it with a fresh token; its index.
+    fn insert(&mut self, mut serving: Serving) -> usize {
+        let i = self.free_entries.pop().unwrap_or_else(|| {
+            self.table.push(None);
+            self.table.len() - 1
+        });
+        self.sequence += 1;
+        serving.token = (self.sequence << REQUEST_BITS) | i as u64;
+        self.table[i] = Some(Box::new(serving));
+        i
     }
 
-    /// Sends a request's pieces out: reads to this worker's store, the rest to each
+    /// The table index of the request `token` names, if it is still there.
+    fn entry(&self, token: u64) -> Option<usize> {
+        let i = (token & ((1 << REQUEST_BITS) - 1)) as usize;
+        let serving = self.table.get(i)?.as_ref()?;
+        (serving.token == token).then_some(i)
+    }
+
+    /// Takes a request out of the table (its memory is freed with it, and no longer counted
+    /// against its connection).
+    fn free(&mut self, i: usize) {
+        let Some(serving) = self.table[i].take() else {
+            return;
+        };
+        self.free_entries.push(i);
+        if let Some(slot) = serving.conn
+            && let Some(conn) = self.slots[slot].conn.as_mut()
+        {
+            conn.staged -= serving.staged;
+        }
+    }
+
+    /// A reply is all written: its request leaves the table and its connection.
+    fn release(&mut self, token: u64) {
+        let Some(i) = self.entry(token) else {
+            return;
+        };
+        if let Some(slot) = self.table[i].as_ref().and_then(|s| s.conn)
+            && let Some(conn) = self.slots[slot].conn.as_mut()
+            && let Some(at) = conn.requests.iter().position(|&r| r == i)
+        {
+            conn.requests.remove(at);
+        }
+        self.free(i);
+    }
+
+    /// Gives request `i`'s reply, with all of its staging as the payload when `with_payload`
+    /// (a read's); a request whose connection has gone just leaves the table.
+    fn answer(&mut self, i: usize, status: i32, body: &[u8], with_payload: bool) {
+        let Some(serving) = self.table[i].as_mut() else {
+            return;
+        };
+        serving.phase = Phase::Replying;
+        if !with_payload {
+            // Its pieces are done (or given up, the staging leaked already): free it now.
+            serving.prepared.staging = None;
+        }
+        let Some(slot) = serving.conn else {
+            return self.free(i);
+        };
+        let Some(conn) = self.slots[slot].conn.as_mut() else {
+            return self.free(i);
+        };
+        let payload = serving
+            .prepared
+            .staging
+            .as_mut()
+            .map(Staging::spans)
+            .unwrap_or_default();
+        // SAFETY: the staging stays in the table, untouched, until this reply's token comes
+        // back from a flush (`release`) or its connection (and with it the reply) is
+        // dropped (`close`), whichever comes first.
+        let given = unsafe {
+            conn.stream
+                .reply_with_payload(&serving.header, status, body, payload, serving.token)
+        };
+        if let Err(e) = given {
+            self.close(slot, Some(e));
+        }
+    }
+
+    fn answer_failure(&mut self, i: usize, f: &Failure) {
+        self.answer(i, f.errno, f.message.as_bytes(), false);
+    }
+
+    /// Sends request `i`'s pieces out: reads to this worker's store, the rest to each
     /// object's owner.
-    fn start(&mut self, slot: usize, mut serving: Box<Serving>) {
+    fn start(&mut self, i: usize) {
         if !self.ctx.enter() {
             let failure = self.ctx.stopping();
-            return self.reply_failure(slot, &serving.header, &failure);
+            return self.answer_failure(i, &failure);
         }
-        self.requests += 1;
-        let token = (self.requests << SLOT_BITS) | slot as u64;
-        serving.token = token;
+        let Some(mut serving) = self.table[i].take() else {
+            self.ctx.leave();
+            return;
+        };
+        serving.phase = Phase::Running;
         serving.started = Instant::now();
+        let token = serving.token;
         let workers = self.inboxes.len();
         let mut per_worker = vec![Vec::new(); workers];
-        for (i, p) in serving.prepared.pieces.iter().enumerate() {
+        for (n, p) in serving.prepared.pieces.iter().enumerate() {
             let w = match p.op {
                 PieceOp::Read { .. } => self.index,
                 _ => owner(p.object_id, workers),
             };
-            per_worker[w].push(i);
+            per_worker[w].push(n);
         }
         for (w, indexes) in per_worker.iter().enumerate() {
             if indexes.is_empty() {
@@ -586,7 +743,7 @@ impl Worker {
             let job = Job {
                 pieces: indexes
                     .iter()
-                    .map(|&i| serving.prepared.pieces[i])
+                    .map(|&n| serving.prepared.pieces[n])
                     .collect(),
                 index: w,
                 reply: ReplyTo::Worker {
@@ -609,48 +766,40 @@ impl Worker {
             self.delivered.push_back((token, usize::MAX, Vec::new()));
             serving.jobs_left = 1;
         }
-        if let Some(conn) = self.slots[slot].conn.as_mut() {
-            conn.state = State::Serving(serving);
-        }
+        self.table[i] = Some(serving);
     }
 
-    /// Applies results that came back; replies to the requests they complete.
+    /// Applies results that came back; answers the requests they complete.
     fn deliver(&mut self) -> bool {
         let mut any = false;
         while let Some((token, from, results)) = self.delivered.pop_front() {
             any = true;
-            let slot = (token & ((1 << SLOT_BITS) - 1)) as usize;
-            // Results of a request given up on (timed out, its connection gone) find no
-            // request with their token: nothing to do.
-            let Some(Conn {
-                state: State::Serving(serving),
-                ..
-            }) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut())
-            else {
+            // Results of a request given up on find it answered already, or gone.
+            let Some(i) = self.entry(token) else {
                 continue;
             };
-            if serving.token != token {
+            let Some(serving) = self.table[i].as_mut() else {
+                continue;
+            };
+            if serving.phase != Phase::Running {
                 continue;
             }
             if let Some(indexes) = serving.per_worker.get(from) {
-                for (&i, r) in indexes.iter().zip(results) {
-                    serving.results[i] = Some(r);
+                for (&n, r) in indexes.iter().zip(results) {
+                    serving.results[n] = Some(r);
                 }
             }
             serving.jobs_left -= 1;
             if serving.jobs_left == 0 {
-                self.complete(slot);
+                self.complete(i);
             }
         }
         any
     }
 
-    /// All pieces of `slot`'s request are back: reply.
-    fn complete(&mut self, slot: usize) {
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
-            return;
-        };
-        let State::Serving(mut serving) = std::mem::replace(&mut conn.state, State::Idle) else {
+    /// All pieces of request `i` are back: answer it.
+    fn complete(&mut self, i: usize) {
+        let Some(serving) = self.table[i].as_mut() else {
             return;
         };
         self.ctx.leave();
@@ -658,22 +807,49 @@ impl Worker {
         if serving.failure.is_none() && results.len() != serving.prepared.pieces.len() {
             serving.failure = Some(self.ctx.stopping());
         }
-        if let Some(f) = &serving.failure {
-            self.reply_failure(slot, &serving.header, f);
-            return self.drive(slot);
-        }
-        let answer = request::finish(&serving.prepared, &results);
-        let staging = if answer.payload_len > 0 {
-            serving.prepared.staging.take()
+        let slot = serving.conn;
+        if let Some(f) = serving.failure.take() {
+            self.answer_failure(i, &f);
         } else {
-            None
-        };
-        self.reply(slot, &serving.header, answer.status, &answer.body, staging);
-        self.drive(slot);
+            let answer = request::finish(&serving.prepared, &results);
+            let with_payload = answer.payload_len > 0;
+            self.answer(i, answer.status, &answer.body, with_payload);
+        }
+        if let Some(slot) = slot {
+            self.answered(slot);
+        }
+    }
+
+    /// A reply is ready on `slot`'s connection: it goes out with the others made ready in
+    /// the same turn of the loop (`drive_answered`), in one `sendmsg` where they follow each
+    /// other.
+    fn answered(&mut self, slot: usize) {
+        if let Some(conn) = self.slots[slot].conn.as_mut()
+            && !conn.answered
+        {
+            conn.answered = true;
+            self.answered.push(slot);
+        }
+    }
+
+    /// Drives every connection a reply was made ready on; whether there was any.
+    fn drive_answered(&mut self) -> bool {
+        let mut slots = std::mem::take(&mut self.answered);
+        let any = !slots.is_empty();
+        for &slot in &slots {
+            if let Some(conn) = self.slots[slot].conn.as_mut() {
+                conn.answered = false;
+                self.drive(slot);
+            }
+        }
+        slots.clear();
+        self.answered = slots;
+        any
     }
 
     /// Closes a connection (saying why, when it failed) and frees its slot; its epoll
-    /// token goes stale with the slot's generation.
+    /// token goes stale with the slot's generation. Its requests whose pieces are out stay
+    /// in the table until they are back; the others leave it now.
     fn close(&mut self, slot: usize, why: Option<TransportError>) {
         let Some(conn) = self.slots[slot].conn.take() else {
             return;
@@ -688,39 +864,56 @@ impl Worker {
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
         self.free_slots.push(slot);
+        let Conn {
+            stream, requests, ..
+        } = conn;
+        // Nothing writes from or reads into the requests' memory once the stream is gone.
+        drop(stream);
+        for i in requests {
+            match self.table[i].as_mut() {
+                Some(serving) if serving.phase == Phase::Running => serving.conn = None,
+                Some(_) => self.free(i),
+                None => {}
+            }
+        }
     }
 
-    /// Closes connections stuck mid-message past the request timeout, and gives up on
-    /// requests whose pieces did not come back in time.
+    /// Answers requests whose pieces did not come back in time (ETIMEDOUT), and closes
+    /// connections stuck mid-message past the request timeout.
     fn sweep(&mut self) {
         let now = Instant::now();
         self.last_sweep = now;
-        let stalled = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let storage = Duration::from_millis(WORKER_REPLY_TIMEOUT_MS);
-        for slot in 0..self.slots.len() {
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+        for i in 0..self.table.len() {
+            let late = self.table[i].as_ref().is_some_and(|s| {
+                s.phase == Phase::Running && now.duration_since(s.started) >= storage
+            });
+            if !late {
+                continue;
+            }
+            let Some(serving) = self.table[i].as_mut() else {
                 continue;
             };
-            if let State::Serving(serving) = &mut conn.state {
-                if now.duration_since(serving.started) < storage {
-                    continue;
-                }
-                let State::Serving(serving) = std::mem::replace(&mut conn.state, State::Idle)
-                else {
-                    unreachable!("matched above")
-                };
-                let header = serving.header;
-                give_up(&self.ctx, serving);
-                let failure = Failure {
-                    errno: libc::ETIMEDOUT,
-                    message: format!(
-                        "target {}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
-                        self.ctx.target_id
-                    ),
-                };
-                self.reply_failure(slot, &header, &failure);
+            give_up(&self.ctx, serving);
+            let slot = serving.conn;
+            let failure = Failure {
+                errno: libc::ETIMEDOUT,
+                message: format!(
+                    "target {}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
+                    self.ctx.target_id
+                ),
+            };
+            self.answer_failure(i, &failure);
+            if let Some(slot) = slot {
                 self.drive(slot);
-            } else if conn.stream.mid_message()
+            }
+        }
+        let stalled = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        for slot in 0..self.slots.len() {
+            let Some(conn) = self.slots[slot].conn.as_ref() else {
+                continue;
+            };
+            if conn.stream.mid_message()
                 && now.duration_since(conn.stream.last_progress()) >= stalled
             {
                 let peer = conn.stream.peer();
@@ -733,12 +926,10 @@ impl Worker {
         }
     }
 
-    /// When stopping: closes every connection not waiting for pieces or writing a reply.
+    /// When stopping: closes every connection holding no request being served or answered.
     fn close_idle(&mut self) {
         for slot in 0..self.slots.len() {
-            if let Some(conn) = &self.slots[slot].conn
-                && matches!(conn.state, State::Idle | State::Payload(_))
-            {
+            if self.slots[slot].conn.is_some() && !self.holds_work(slot) {
                 self.close(slot, None);
             }
         }
