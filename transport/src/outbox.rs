@@ -55,6 +55,22 @@ struct Message {
 }
 
 impl Message {
+    fn ready(
+        head: [u8; HEADER_BYTES],
+        body: Vec<u8>,
+        payload: Vec<Span>,
+        token: Option<u64>,
+    ) -> Message {
+        Message {
+            head,
+            body,
+            payload,
+            sent: 0,
+            token,
+            awaited: None,
+        }
+    }
+
     fn total(&self) -> usize {
         HEADER_BYTES + self.body.len() + self.payload.iter().map(|s| s.len).sum::<usize>()
     }
@@ -122,14 +138,8 @@ impl Outbox {
         payload: Vec<Span>,
         token: Option<u64>,
     ) {
-        self.queue.push_back(Message {
-            head,
-            body,
-            payload,
-            sent: 0,
-            token,
-            awaited: None,
-        });
+        self.queue
+            .push_back(Message::ready(head, body, payload, token));
     }
 
     /// Holds the place of the reply to request `request_id`, to be filled later.
@@ -164,14 +174,7 @@ impl Outbox {
         else {
             return false;
         };
-        *m = Message {
-            head,
-            body,
-            payload,
-            sent: 0,
-            token,
-            awaited: None,
-        };
+        *m = Message::ready(head, body, payload, token);
         true
     }
 

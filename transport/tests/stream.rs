@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
-use common::{WAIT, poll_fd};
+use common::{WAIT, assert_bytes, poll_fd};
 use nacre_transport::buffer::INPUT_BUFFER_BYTES;
 use nacre_transport::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_PIPELINED_REQUESTS};
 use nacre_transport::wire::{Extent, Header, Opcode, WireError, decode_extents, encode_extents};
@@ -188,18 +188,6 @@ fn pattern(seed: u64, i: u64) -> u8 {
 /// `len` bytes of stream `seed` of [`pattern`].
 fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pattern(seed, i)).collect()
-}
-
-/// Panics unless `got == want`, naming the first differing offset (without printing
-/// megabytes).
-fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: byte {i} is {:#04x}, expected {:#04x}",
-            got[i], want[i]
-        );
-    }
-    assert_eq!(got.len(), want.len(), "{what}: length");
 }
 
 /// A whole request on the wire: header, body, payload.

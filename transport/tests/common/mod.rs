@@ -1,5 +1,5 @@
-//! What the nonblocking connection tests share: the bound of every wait, and a bounded wait
-//! for readiness.
+//! What the nonblocking connection tests share: the bound of every wait, a bounded wait
+//! for readiness, and a comparison of bytes that names where they differ.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -30,4 +30,16 @@ pub fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
             }
         }
     }
+}
+
+/// Panics unless `got == want`, naming the first differing offset (without printing
+/// megabytes).
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: byte {i} is {:#04x}, expected {:#04x}",
+            got[i], want[i]
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
 }
