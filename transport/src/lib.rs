@@ -25,6 +25,7 @@ pub mod pipe;
 pub mod rdma;
 #[cfg(feature = "rdma")]
 mod rdma_link;
+mod socket;
 pub mod stream;
 pub mod tcp;
 pub mod wire;

@@ -13,6 +13,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::limits::HEADER_BYTES;
+use crate::socket::{IoVecs, no_iovecs};
 use crate::stream::{Progress, SLICES_PER_CALL};
 
 /// A piece of the caller's memory a message sends from or a reply lands in.
@@ -28,17 +29,6 @@ pub struct Span {
 // PipeConn::push and StreamConn::reply_with_payload) that the memory stays valid until the
 // message is done with, whichever thread ends it.
 unsafe impl Send for Span {}
-
-/// The slices of one vectored call, on the stack.
-pub(crate) type IoVecs = [libc::iovec; SLICES_PER_CALL];
-
-/// Slices for one vectored call, all empty.
-pub(crate) fn no_iovecs() -> IoVecs {
-    [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; SLICES_PER_CALL]
-}
 
 /// One message: header, body, then a payload from the caller's memory.
 #[derive(Debug)]

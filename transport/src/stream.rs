@@ -8,15 +8,8 @@
 //! the caller's destination memory and a reply's payload leaves straight from the caller's
 //! memory, with no copy in user space.
 //!
-//! System calls are what a small request costs, so the input side saves them two ways:
-//! - a header is read with whatever follows it, up to [`crate::buffer::INPUT_BUFFER_BYTES`], in one call:
-//!   a small request's body (and a small write's payload) comes with its header
-//!   ([`crate::buffer`]). Bytes read
-//!   past the header are taken from that buffer first (the only copy, of at most a few KiB);
-//!   everything else lands straight in its destination;
-//! - a read that comes back short means the socket is empty, so the next read waits for
-//!   the event loop to say the socket is readable again ([`StreamConn::readable`]) instead
-//!   of asking the kernel only to hear "would block".
+//! How bytes move (the input buffer, the "drained" hint, the outbox) is shared with the
+//! client's [`crate::pipe::PipeConn`] (`crate::socket`).
 //!
 //! Requests are pipelined: the next request is read while earlier ones are served, up to
 //! [`MAX_PIPELINED_REQUESTS`] unanswered. Replies go out in the order their requests came,
@@ -31,15 +24,15 @@
 //! calls on until it sees `Pending`, and reads again after its replies went out, never misses
 //! one.
 
-use std::io::{IoSliceMut, Read};
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Instant;
 
-use crate::buffer::InputBuffer;
-use crate::error::{TransportError, TransportOp};
+use crate::error::TransportError;
 use crate::limits::{HEADER_BYTES, MAX_PIPELINED_REQUESTS};
-use crate::outbox::{Outbox, Span};
+use crate::outbox::Span;
+use crate::socket::{Socket, iovecs_past, no_iovecs};
 use crate::wire::{Header, WireError};
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
@@ -96,60 +89,44 @@ enum Input {
 /// The server's side of one nonblocking TCP connection.
 #[derive(Debug)]
 pub struct StreamConn {
-    stream: TcpStream,
-    peer: SocketAddr,
+    /// Its outbox holds the replies to write, and the places of those to come, in request
+    /// order.
+    socket: Socket,
     input: Input,
-    /// Bytes read with a header and not yet taken.
-    buffer: InputBuffer,
-    /// The socket was empty at the last read; only a readiness event can change that.
-    drained: bool,
     body: Vec<u8>,
-    /// Replies to write, and the places of those to come, in request order.
-    outbox: Outbox,
     /// Tokens of the caller's replies written out while reading (see `recv_request`), not
     /// yet handed back by `flush`.
     sent: Vec<u64>,
-    broken: bool,
-    last_progress: Instant,
 }
 
 impl StreamConn {
     /// Takes over a connected stream (made nonblocking here).
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Result<StreamConn, TransportError> {
-        stream
-            .set_nonblocking(true)
-            .map_err(|source| TransportError::Io {
-                op: TransportOp::Connect,
-                peer,
-                source,
-            })?;
-        Ok(StreamConn::from_nonblocking(stream, peer))
+        Ok(StreamConn::with(Socket::new(stream, peer)?))
     }
 
     /// Wraps a stream already made nonblocking.
     pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr) -> StreamConn {
+        StreamConn::with(Socket::from_nonblocking(stream, peer))
+    }
+
+    fn with(socket: Socket) -> StreamConn {
         StreamConn {
-            stream,
-            peer,
+            socket,
             input: Input::Header,
-            buffer: InputBuffer::new(),
-            drained: false,
             body: Vec::new(),
-            outbox: Outbox::default(),
             sent: Vec::new(),
-            broken: false,
-            last_progress: Instant::now(),
         }
     }
 
     /// The descriptor to watch for readiness.
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.socket.fd()
     }
 
     /// The peer's address.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.socket.peer
     }
 
     /// The body of the current request.
@@ -159,7 +136,7 @@ impl StreamConn {
 
     /// When bytes last moved either way.
     pub fn last_progress(&self) -> Instant {
-        self.last_progress
+        self.socket.last_progress()
     }
 
     /// Whether the connection is partway through a message the peer sends or it writes (a
@@ -167,9 +144,9 @@ impl StreamConn {
     /// for long is stuck or gone. Between messages, and while the caller serves requests
     /// whose payloads are in, it is not.
     pub fn mid_message(&self) -> bool {
-        self.outbox.has_ready()
+        self.socket.outbox.has_ready()
             || match self.input {
-                Input::Header => self.buffer.len() > 0,
+                Input::Header => self.socket.buffer.len() > 0,
                 Input::Body { .. } | Input::Discard { .. } => true,
                 Input::Request {
                     header,
@@ -182,68 +159,17 @@ impl StreamConn {
     /// tokens of replies written while reading (an unknown opcode's answer takes the
     /// replies ready before it along) to hand back.
     pub fn wants_write(&self) -> bool {
-        self.outbox.has_ready() || !self.sent.is_empty()
+        self.socket.outbox.has_ready() || !self.sent.is_empty()
     }
 
     /// Requests read whose replies are not all written yet.
     pub fn unanswered(&self) -> usize {
-        self.outbox.len()
-    }
-
-    fn check(&self) -> Result<(), TransportError> {
-        if self.broken {
-            return Err(TransportError::Broken { peer: self.peer });
-        }
-        Ok(())
-    }
-
-    fn fail(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
-        self.broken = true;
-        TransportError::from_socket(op, self.peer, source)
-    }
-
-    fn protocol(&mut self, source: WireError) -> TransportError {
-        self.broken = true;
-        TransportError::Protocol {
-            peer: self.peer,
-            source,
-        }
+        self.socket.outbox.len()
     }
 
     /// The event loop saw the socket become readable: the next read asks the kernel again.
     pub fn readable(&mut self) {
-        self.drained = false;
-    }
-
-    /// One read into `buf`, unless the socket is known to be empty: `Ok(None)` when it is
-    /// (or would block), `Ok(Some(0))` at the end of the stream. A short read marks the
-    /// socket empty.
-    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
-        let got = read_nonblocking(
-            &mut self.stream,
-            &mut self.drained,
-            &mut self.last_progress,
-            buf,
-        );
-        got.map_err(|e| self.fail(TransportOp::Recv, e))
-    }
-
-    /// Reads into the input buffer, after what it holds.
-    fn fill_buffer(&mut self) -> Result<Option<usize>, TransportError> {
-        let StreamConn {
-            stream,
-            buffer,
-            drained,
-            last_progress,
-            ..
-        } = self;
-        let got = buffer.fill(|room| read_nonblocking(stream, drained, last_progress, room));
-        got.map_err(|e| self.fail(TransportOp::Recv, e))
-    }
-
-    fn eof(&mut self) -> TransportError {
-        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        self.fail(TransportOp::Recv, e)
+        self.socket.readable();
     }
 
     /// Reads on until a whole request is in, the socket would block, the peer closed, or
@@ -253,7 +179,7 @@ impl StreamConn {
     /// skipped, as the blocking connection does; a malformed message is an error and breaks
     /// the connection.
     pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
-        self.check()?;
+        self.socket.check()?;
         if let Input::Request {
             header,
             payload_got,
@@ -268,25 +194,25 @@ impl StreamConn {
             };
         }
         loop {
-            if self.outbox.len() >= MAX_PIPELINED_REQUESTS {
+            if self.socket.outbox.len() >= MAX_PIPELINED_REQUESTS {
                 return Ok(Incoming::Pending);
             }
             match self.input {
                 // Ended above; reading on never stops in it.
                 Input::Request { .. } => {
                     return Err(TransportError::Unexpected {
-                        peer: self.peer,
+                        peer: self.socket.peer,
                         reason: "a request was read before the last one ended".into(),
                     });
                 }
                 Input::Discard { left } => {
-                    let mut left = left - self.buffer.skip(left);
+                    let mut left = left - self.socket.buffer.skip(left);
                     if left > 0 {
                         let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
                         let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
-                        match self.read_some(&mut scratch[..n])? {
+                        match self.socket.read_some(&mut scratch[..n])? {
                             None => return Ok(Incoming::Pending),
-                            Some(0) => return Err(self.eof()),
+                            Some(0) => return Err(self.socket.eof()),
                             Some(got) => left -= got as u64,
                         }
                     }
@@ -297,47 +223,29 @@ impl StreamConn {
                     };
                 }
                 Input::Header => {
-                    if let Some(head) = self.buffer.take_header() {
+                    if let Some(head) = self.socket.buffer.take_header() {
                         if let Some(incoming) = self.header_arrived(&head)? {
                             return Ok(incoming);
                         }
                         continue;
                     }
-                    match self.fill_buffer()? {
+                    match self.socket.fill_buffer()? {
                         None => return Ok(Incoming::Pending),
-                        Some(0) if self.buffer.len() == 0 => {
-                            self.broken = true;
+                        Some(0) if self.socket.buffer.len() == 0 => {
+                            self.socket.set_broken();
                             return Ok(Incoming::Closed);
                         }
-                        Some(0) => return Err(self.eof()),
+                        Some(0) => return Err(self.socket.eof()),
                         Some(_) => {}
                     }
                 }
-                Input::Body { header, mut got } => {
-                    let mut body = std::mem::take(&mut self.body);
-                    got += self.buffer.take(&mut body[got..]);
-                    let read = if got < body.len() {
-                        self.read_some(&mut body[got..])
-                    } else {
-                        Ok(Some(0))
-                    };
-                    let want = body.len() - got;
-                    self.body = body;
-                    match read? {
-                        _ if want == 0 => return self.body_arrived(header),
-                        None => {
-                            self.input = Input::Body { header, got };
-                            return Ok(Incoming::Pending);
-                        }
-                        Some(0) => return Err(self.eof()),
-                        Some(n) if n < want => {
-                            self.input = Input::Body {
-                                header,
-                                got: got + n,
-                            };
-                        }
-                        Some(_) => return self.body_arrived(header),
+                Input::Body { header, got } => {
+                    let got = self.socket.read_on(&mut self.body, got)?;
+                    if got < self.body.len() {
+                        self.input = Input::Body { header, got };
+                        return Ok(Incoming::Pending);
                     }
+                    return self.body_arrived(header);
                 }
             }
         }
@@ -357,7 +265,7 @@ impl StreamConn {
                 body_len,
                 payload_len,
             }) => {
-                log_unknown_opcode(self.peer, opcode);
+                log_unknown_opcode(self.socket.peer, opcode);
                 let left = u64::from(body_len) + payload_len;
                 self.input = if left == 0 {
                     Input::Header
@@ -366,21 +274,17 @@ impl StreamConn {
                 };
                 let head = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode();
                 // SAFETY: no payload.
-                unsafe { self.outbox.push(head, Vec::new(), Vec::new(), None) };
-                self.write_out()?;
+                unsafe { self.socket.outbox.push(head, Vec::new(), Vec::new(), None) };
+                self.socket.write_out(&mut self.sent)?;
                 return Ok(None);
             }
-            Err(e) => return Err(self.protocol(e)),
+            Err(e) => return Err(self.socket.protocol(e)),
         };
         if header.is_response() {
-            self.broken = true;
-            return Err(TransportError::Unexpected {
-                peer: self.peer,
-                reason: format!(
-                    "a reply to request {} arrived where requests are expected",
-                    header.request_id
-                ),
-            });
+            return Err(self.socket.unexpected(format!(
+                "a reply to request {} arrived where requests are expected",
+                header.request_id
+            )));
         }
         self.body.clear();
         self.body.resize(header.body_len as usize, 0);
@@ -393,13 +297,13 @@ impl StreamConn {
 
     fn body_arrived(&mut self, header: Header) -> Result<Incoming, TransportError> {
         if let Err(e) = header.check_body(&self.body) {
-            return Err(self.protocol(e));
+            return Err(self.socket.protocol(e));
         }
         self.input = Input::Request {
             header,
             payload_got: 0,
         };
-        self.outbox.hold(header.request_id);
+        self.socket.outbox.hold(header.request_id);
         Ok(Incoming::Request(header))
     }
 
@@ -410,21 +314,21 @@ impl StreamConn {
         &mut self,
         dests: &mut [IoSliceMut<'_>],
     ) -> Result<Progress, TransportError> {
-        self.check()?;
+        self.socket.check()?;
         let Input::Request {
             header,
             payload_got,
         } = self.input
         else {
             return Err(TransportError::Unexpected {
-                peer: self.peer,
+                peer: self.socket.peer,
                 reason: "no request's payload is being received".into(),
             });
         };
         let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
         if room != header.payload_len {
             return Err(TransportError::Unexpected {
-                peer: self.peer,
+                peer: self.socket.peer,
                 reason: format!(
                     "the request's payload is {} bytes; destinations of {room} bytes were given",
                     header.payload_len
@@ -433,42 +337,17 @@ impl StreamConn {
         }
         // The caller's slices stay as given (the next call passes them again): each round
         // reads into views of them past what arrived, built on the stack.
+        let mut iov = no_iovecs();
         let mut got = payload_got;
         while got < header.payload_len {
-            let mut views: [IoSliceMut<'_>; SLICES_PER_CALL] =
-                std::array::from_fn(|_| IoSliceMut::new(&mut []));
-            let (used, asked) = views_past(dests, got, &mut views);
-            // What came in with the header first.
-            if self.buffer.len() > 0 {
-                got += self.buffer.take(&mut views[0]) as u64;
-                continue;
-            }
-            if self.drained {
+            let pieces = dests.iter_mut().map(|d| (d.as_mut_ptr(), d.len()));
+            let (used, asked) = iovecs_past(pieces, got, header.payload_len - got, &mut iov);
+            // SAFETY: every view lies inside a destination, borrowed mutably for this call.
+            let n = unsafe { self.socket.read_payload(&mut iov, used, asked) }?;
+            if n == 0 {
                 break;
             }
-            // What follows the payload (the next requests) lands in the input buffer in the
-            // same call, when there is a slice left for it.
-            let mut slices = used;
-            let mut spare = 0;
-            if used < SLICES_PER_CALL
-                && let Some(room) = self.buffer.spare()
-            {
-                spare = room.len();
-                views[used] = IoSliceMut::new(room);
-                slices += 1;
-            }
-            match self.stream.read_vectored(&mut views[..slices]) {
-                Ok(0) => return Err(self.eof()),
-                Ok(n) => {
-                    self.last_progress = Instant::now();
-                    self.drained = n < asked + spare;
-                    got += n.min(asked) as u64;
-                    self.buffer.added(n.saturating_sub(asked));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.drained = true,
-                Err(e) => return Err(self.fail(TransportOp::Recv, e)),
-            }
+            got += n as u64;
         }
         self.input = Input::Request {
             header,
@@ -487,14 +366,15 @@ impl StreamConn {
         &mut self,
         request: &Header,
         status: i32,
-        body: &[u8],
+        body: impl Into<Vec<u8>>,
         token: u64,
     ) -> Result<(), TransportError> {
         // SAFETY: no payload.
         unsafe { self.reply_with_payload(request, status, body, Vec::new(), token) }
     }
 
-    /// As [`StreamConn::reply`], with a payload written straight from `payload`.
+    /// As [`StreamConn::reply`], with a payload written straight from `payload`. An owned
+    /// body is taken without a copy.
     ///
     /// # Safety
     /// Every span of `payload` must stay valid, and written by no one, until
@@ -503,26 +383,27 @@ impl StreamConn {
         &mut self,
         request: &Header,
         status: i32,
-        body: &[u8],
+        body: impl Into<Vec<u8>>,
         payload: Vec<Span>,
         token: u64,
     ) -> Result<(), TransportError> {
-        self.check()?;
+        self.socket.check()?;
+        let body = body.into();
         let payload_len = payload.iter().map(|s| s.len as u64).sum();
-        let header = Header::response(request, status, body, payload_len);
+        let header = Header::response(request, status, &body, payload_len);
         // SAFETY: the spans' contract is this function's.
         let filled = unsafe {
-            self.outbox.fill(
+            self.socket.outbox.fill(
                 request.request_id,
                 header.encode(),
-                body.to_vec(),
+                body,
                 payload,
                 Some(token),
             )
         };
         if !filled {
             return Err(TransportError::Unexpected {
-                peer: self.peer,
+                peer: self.socket.peer,
                 reason: format!(
                     "a reply was given to request {}, which awaits none",
                     request.request_id
@@ -538,87 +419,13 @@ impl StreamConn {
     /// token of every reply all written is pushed to `sent`: its payload memory is the
     /// caller's again.
     pub fn flush(&mut self, sent: &mut Vec<u64>) -> Result<Progress, TransportError> {
-        self.check()?;
+        self.socket.check()?;
         sent.append(&mut self.sent);
-        let fd = self.fd();
-        match self.outbox.write(fd, &mut self.last_progress, sent) {
-            Ok(progress) => Ok(progress),
-            Err(e) => Err(self.fail(TransportOp::Send, e)),
-        }
-    }
-
-    /// Writes what is ready, keeping the tokens written for the next `flush`.
-    fn write_out(&mut self) -> Result<Progress, TransportError> {
-        let fd = self.fd();
-        match self
-            .outbox
-            .write(fd, &mut self.last_progress, &mut self.sent)
-        {
-            Ok(progress) => Ok(progress),
-            Err(e) => Err(self.fail(TransportOp::Send, e)),
-        }
+        self.socket.write_out(sent)
     }
 
     /// Closes both directions; the peer's next receive sees the end of the stream.
     pub fn shutdown(&mut self) {
-        self.broken = true;
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.socket.shutdown();
     }
-}
-
-/// One read from a nonblocking socket into `buf`, unless `drained` says it is empty:
-/// `Ok(None)` then (or when it would block), `Ok(Some(0))` at the end of the stream. A short
-/// read or "would block" sets `drained`; bytes read move `last_progress` on.
-pub(crate) fn read_nonblocking(
-    stream: &mut TcpStream,
-    drained: &mut bool,
-    last_progress: &mut Instant,
-    buf: &mut [u8],
-) -> std::io::Result<Option<usize>> {
-    if *drained {
-        return Ok(None);
-    }
-    loop {
-        match stream.read(buf) {
-            Ok(n) => {
-                if n > 0 {
-                    *last_progress = Instant::now();
-                }
-                *drained = n < buf.len();
-                return Ok(Some(n));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                *drained = true;
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Views of `dests` past their first `skip` bytes, as many as fit in `out`: how many, and
-/// how many bytes they span.
-fn views_past<'a>(
-    dests: &'a mut [IoSliceMut<'_>],
-    mut skip: u64,
-    out: &mut [IoSliceMut<'a>; SLICES_PER_CALL],
-) -> (usize, usize) {
-    let (mut used, mut bytes) = (0, 0);
-    for d in dests.iter_mut() {
-        if used == SLICES_PER_CALL {
-            break;
-        }
-        let len = d.len() as u64;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let part: &'a mut [u8] = &mut d[skip as usize..];
-        skip = 0;
-        bytes += part.len();
-        out[used] = IoSliceMut::new(part);
-        used += 1;
-    }
-    (used, bytes)
 }

@@ -550,7 +550,7 @@ fn an_unknown_opcode_is_answered_eopnotsupp_and_skipped() {
     let mut got = [a, b].concat();
     assert_eq!(got, next_payload);
     // SAFETY: `got` neither moves nor is written until the token comes back.
-    unsafe { conn.reply_with_payload(&header, 0, &[], spans(&mut got, &[10]), 3) }
+    unsafe { conn.reply_with_payload(&header, 0, [], spans(&mut got, &[10]), 3) }
         .expect("reply_with_payload");
     assert_eq!(
         flushed(&mut conn),
@@ -605,7 +605,7 @@ fn garbage_is_a_protocol_error_and_breaks_the_connection() {
     assert!(is_broken(conn.flush(&mut sent)));
     assert!(sent.is_empty());
     let ping = Header::request(Opcode::Ping, 1, &[], 0);
-    assert!(is_broken(conn.reply(&ping, 0, &[], 0)));
+    assert!(is_broken(conn.reply(&ping, 0, [], 0)));
     // Even a valid request sent now is not read.
     client
         .write_all(&request_bytes(Opcode::Ping, 2, &[], &[]))
@@ -684,7 +684,7 @@ fn a_peer_closing_between_messages_is_closed() {
         .write_all(&request_bytes(Opcode::Sync, 9, b"sync", &[]))
         .expect("send");
     let header = until_request(&mut conn);
-    conn.reply(&header, 0, &[], 9).expect("reply");
+    conn.reply(&header, 0, [], 9).expect("reply");
     assert_eq!(flushed(&mut conn), [9]);
     let (reply, _) = read_reply(&mut client);
     assert_eq!((reply.opcode, reply.request_id), (Opcode::Sync, 9));
@@ -827,7 +827,7 @@ fn a_partly_taken_payload_is_discarded_to_its_end() {
             .expect("part of the payload"),
         Progress::Pending
     );
-    conn.reply(&header, libc::EIO, &[], 201).expect("reply");
+    conn.reply(&header, libc::EIO, [], 201).expect("reply");
     assert_eq!(flushed(&mut conn), [201]);
     go.send(()).expect("go");
 
@@ -837,7 +837,7 @@ fn a_partly_taken_payload_is_discarded_to_its_end() {
     let mut got = [0u8; 3];
     until_payload(&mut conn, &mut [&mut got]).expect("payload");
     assert_eq!(got[..], next_payload[..]);
-    conn.reply(&second, 0, &[], 202).expect("reply");
+    conn.reply(&second, 0, [], 202).expect("reply");
     assert_eq!(flushed(&mut conn), [202]);
 
     let ((r1, _), (r2, _)) = client.join().expect("client thread");
@@ -1801,7 +1801,7 @@ fn into_stream_serves_a_real_client_end_to_end() {
     let mut got = vec![0u8; 200_000];
     until_payload(&mut conn, &mut [&mut got]).expect("payload");
     assert_eq!(got, written);
-    conn.reply(&write, 0, &crc32c::crc32c(&got).to_le_bytes(), 1)
+    conn.reply(&write, 0, crc32c::crc32c(&got).to_le_bytes(), 1)
         .expect("reply");
     assert_eq!(flushed(&mut conn), [1]);
 

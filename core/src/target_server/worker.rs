@@ -591,7 +591,7 @@ impl Worker {
         };
         let prepared = match request::begin(&self.ctx, &header, conn.stream.body()) {
             Work::Reply { status, body } => {
-                if let Err(e) = conn.stream.reply(&header, status, &body, NO_REQUEST) {
+                if let Err(e) = conn.stream.reply(&header, status, body, NO_REQUEST) {
                     self.close(slot, Some(e));
                 }
                 return;
@@ -676,7 +676,7 @@ impl Worker {
 
     /// Gives request `i`'s reply, with all of its staging as the payload when `with_payload`
     /// (a read's); a request whose connection has gone just leaves the table.
-    fn answer(&mut self, i: usize, status: i32, body: &[u8], with_payload: bool) {
+    fn answer(&mut self, i: usize, status: i32, body: Vec<u8>, with_payload: bool) {
         let Some(serving) = self.table[i].as_mut() else {
             return;
         };
@@ -709,8 +709,8 @@ impl Worker {
         }
     }
 
-    fn answer_failure(&mut self, i: usize, f: &Failure) {
-        self.answer(i, f.errno, f.message.as_bytes(), false);
+    fn answer_failure(&mut self, i: usize, f: Failure) {
+        self.answer(i, f.errno, f.message.into_bytes(), false);
     }
 
     /// Sends request `i`'s pieces out: reads to this worker's store, the rest to each
@@ -718,7 +718,7 @@ impl Worker {
     fn start(&mut self, i: usize) {
         if !self.ctx.enter() {
             let failure = self.ctx.stopping();
-            return self.answer_failure(i, &failure);
+            return self.answer_failure(i, failure);
         }
         let Some(mut serving) = self.table[i].take() else {
             self.ctx.leave();
@@ -809,11 +809,11 @@ impl Worker {
         }
         let slot = serving.conn;
         if let Some(f) = serving.failure.take() {
-            self.answer_failure(i, &f);
+            self.answer_failure(i, f);
         } else {
             let answer = request::finish(&serving.prepared, &results);
             let with_payload = answer.payload_len > 0;
-            self.answer(i, answer.status, &answer.body, with_payload);
+            self.answer(i, answer.status, answer.body, with_payload);
         }
         if let Some(slot) = slot {
             self.answered(slot);
@@ -903,7 +903,7 @@ impl Worker {
                     self.ctx.target_id
                 ),
             };
-            self.answer_failure(i, &failure);
+            self.answer_failure(i, failure);
             if let Some(slot) = slot {
                 self.drive(slot);
             }

@@ -1,0 +1,330 @@
+//! One nonblocking TCP socket as both pipelined connection kinds drive it (the server's
+//! [`crate::stream::StreamConn`] and the client's [`crate::pipe::PipeConn`]): its input
+//! buffer and "drained" hint, its queue of messages to write, whether an error broke it, and
+//! when bytes last moved. The two kinds differ only in what they read and write (requests
+//! and replies); how bytes move is here, once.
+//!
+//! Reading saves system calls two ways:
+//! - a header is read with whatever follows it, up to [`crate::buffer::INPUT_BUFFER_BYTES`],
+//!   in one call, and the rest of a payload is read with what follows it (the input buffer is
+//!   the last slice of the same `readv`). Bytes past what was asked for are taken from that
+//!   buffer first (the only copy, of at most a few KiB); everything else lands straight in
+//!   its destination;
+//! - a read that comes back short means the socket is empty, so the next read waits for the
+//!   event loop to say the socket is readable again ([`Socket::readable`]) instead of asking
+//!   the kernel only to hear "would block".
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use crate::buffer::InputBuffer;
+use crate::error::{TransportError, TransportOp};
+use crate::outbox::Outbox;
+use crate::stream::{Progress, SLICES_PER_CALL};
+use crate::wire::WireError;
+
+/// The slices of one vectored call, on the stack.
+pub(crate) type IoVecs = [libc::iovec; SLICES_PER_CALL];
+
+/// Slices for one vectored call, all empty.
+pub(crate) fn no_iovecs() -> IoVecs {
+    [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SLICES_PER_CALL]
+}
+
+/// Views of `pieces` (address and length of each, in order) past their first `skip` bytes
+/// and at most `limit` bytes long, as many as one call takes, into `iov`: how many views,
+/// and how many bytes they span.
+pub(crate) fn iovecs_past(
+    pieces: impl Iterator<Item = (*mut u8, usize)>,
+    mut skip: u64,
+    limit: u64,
+    iov: &mut IoVecs,
+) -> (usize, usize) {
+    let mut used = 0;
+    let mut left = limit;
+    for (ptr, len) in pieces {
+        if used == SLICES_PER_CALL || left == 0 {
+            break;
+        }
+        let len = len as u64;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(left);
+        iov[used] = libc::iovec {
+            // SAFETY: skip < len: inside the piece.
+            iov_base: unsafe { ptr.add(skip as usize) }.cast(),
+            iov_len: n as usize,
+        };
+        used += 1;
+        left -= n;
+        skip = 0;
+    }
+    (used, (limit - left) as usize)
+}
+
+/// A connected nonblocking TCP socket and what reading and writing it keeps.
+#[derive(Debug)]
+pub(crate) struct Socket {
+    stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// Bytes read past what was asked for, not yet taken.
+    pub(crate) buffer: InputBuffer,
+    /// Messages to write, in order.
+    pub(crate) outbox: Outbox,
+    /// The socket was empty at the last read; only a readiness event can change that.
+    drained: bool,
+    broken: bool,
+    last_progress: Instant,
+}
+
+impl Socket {
+    /// Takes over a connected stream (made nonblocking here).
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> Result<Socket, TransportError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| TransportError::Io {
+                op: TransportOp::Connect,
+                peer,
+                source,
+            })?;
+        Ok(Socket::from_nonblocking(stream, peer))
+    }
+
+    /// Wraps a stream already made nonblocking.
+    pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr) -> Socket {
+        Socket {
+            stream,
+            peer,
+            buffer: InputBuffer::new(),
+            outbox: Outbox::default(),
+            drained: false,
+            broken: false,
+            last_progress: Instant::now(),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// Starts the progress clock anew (a connection that was idle has work again).
+    pub(crate) fn restart_clock(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// The event loop saw the socket become readable: the next read asks the kernel again.
+    pub(crate) fn readable(&mut self) {
+        self.drained = false;
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Marks it broken: every further call fails with [`TransportError::Broken`].
+    pub(crate) fn set_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// `Err(Broken)` once an error broke it.
+    pub(crate) fn check(&self) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Broken { peer: self.peer });
+        }
+        Ok(())
+    }
+
+    /// Breaks it with a socket error.
+    pub(crate) fn fail(&mut self, op: TransportOp, source: std::io::Error) -> TransportError {
+        self.broken = true;
+        TransportError::from_socket(op, self.peer, source)
+    }
+
+    /// Breaks it: the peer closed the stream partway through a message (or while replies
+    /// were owed).
+    pub(crate) fn eof(&mut self) -> TransportError {
+        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        self.fail(TransportOp::Recv, e)
+    }
+
+    /// Breaks it: the peer sent something malformed.
+    pub(crate) fn protocol(&mut self, source: WireError) -> TransportError {
+        self.broken = true;
+        TransportError::Protocol {
+            peer: self.peer,
+            source,
+        }
+    }
+
+    /// Breaks it: the peer sent something well formed that has no place here.
+    pub(crate) fn unexpected(&mut self, reason: String) -> TransportError {
+        self.broken = true;
+        TransportError::Unexpected {
+            peer: self.peer,
+            reason,
+        }
+    }
+
+    /// One read into `buf`, unless the socket is known to be empty: `Ok(None)` when it is
+    /// (or would block), `Ok(Some(0))` at the end of the stream. A short read marks the
+    /// socket empty.
+    pub(crate) fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
+        let got = read_once(
+            &mut self.stream,
+            &mut self.drained,
+            &mut self.last_progress,
+            buf,
+        );
+        got.map_err(|e| self.fail(TransportOp::Recv, e))
+    }
+
+    /// Reads into the input buffer, after what it holds; as [`Socket::read_some`].
+    pub(crate) fn fill_buffer(&mut self) -> Result<Option<usize>, TransportError> {
+        let Socket {
+            stream,
+            buffer,
+            drained,
+            last_progress,
+            ..
+        } = self;
+        let got = buffer.fill(|room| read_once(stream, drained, last_progress, room));
+        got.map_err(|e| self.fail(TransportOp::Recv, e))
+    }
+
+    /// Fills `dest` on from its first `got` bytes: from the input buffer first, then with
+    /// one read. The new count; short of `dest.len()` only when the socket is empty now.
+    /// The end of the stream is an error.
+    pub(crate) fn read_on(&mut self, dest: &mut [u8], got: usize) -> Result<usize, TransportError> {
+        let got = got + self.buffer.take(&mut dest[got..]);
+        if got == dest.len() {
+            return Ok(got);
+        }
+        match self.read_some(&mut dest[got..])? {
+            None => Ok(got),
+            Some(0) => Err(self.eof()),
+            Some(n) => Ok(got + n),
+        }
+    }
+
+    /// Reads on into the views `iov[..used]` (spanning `asked` bytes: the rest of a
+    /// payload, or as much of it as one call takes): from the input buffer first; then with
+    /// one `readv` whose last slice, when there is room for it, is the input buffer, so
+    /// that what follows the payload comes in the same call. The bytes that landed in the
+    /// views; 0 only when the socket is empty now. The end of the stream is an error.
+    ///
+    /// # Safety
+    /// Every view must be memory valid for writes and touched by no one else during the
+    /// call.
+    pub(crate) unsafe fn read_payload(
+        &mut self,
+        iov: &mut IoVecs,
+        used: usize,
+        asked: usize,
+    ) -> Result<usize, TransportError> {
+        if used == 0 {
+            return Ok(0);
+        }
+        if self.buffer.len() > 0 {
+            // SAFETY: the first view is valid, unshared memory (this function's contract).
+            let first = unsafe {
+                std::slice::from_raw_parts_mut(iov[0].iov_base.cast::<u8>(), iov[0].iov_len)
+            };
+            return Ok(self.buffer.take(first));
+        }
+        let mut slices = used;
+        let mut spare = 0;
+        if used < SLICES_PER_CALL
+            && let Some(room) = self.buffer.spare()
+        {
+            iov[used] = libc::iovec {
+                iov_base: room.as_mut_ptr().cast(),
+                iov_len: room.len(),
+            };
+            spare = room.len();
+            slices += 1;
+        }
+        while !self.drained {
+            // SAFETY: the views are valid, unshared memory (this function's contract); the
+            // last may be the input buffer's room, owned here and untouched until `added`;
+            // `iov` outlives the call.
+            let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), slices as libc::c_int) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => self.drained = true,
+                    _ => return Err(self.fail(TransportOp::Recv, e)),
+                }
+                break;
+            }
+            if n == 0 {
+                return Err(self.eof());
+            }
+            self.last_progress = Instant::now();
+            let n = n as usize;
+            self.drained = n < asked + spare;
+            self.buffer.added(n.saturating_sub(asked));
+            return Ok(n.min(asked));
+        }
+        Ok(0)
+    }
+
+    /// Writes the messages ready in the outbox (see [`Outbox::write`]); the tokens of those
+    /// all written are pushed to `done`. An error breaks it.
+    pub(crate) fn write_out(&mut self, done: &mut Vec<u64>) -> Result<Progress, TransportError> {
+        let fd = self.fd();
+        match self.outbox.write(fd, &mut self.last_progress, done) {
+            Ok(progress) => Ok(progress),
+            Err(e) => Err(self.fail(TransportOp::Send, e)),
+        }
+    }
+
+    /// Breaks it and closes both directions; the peer's next receive sees the end of the
+    /// stream.
+    pub(crate) fn shutdown(&mut self) {
+        self.broken = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// One read from a nonblocking socket into `buf`, unless `drained` says it is empty:
+/// `Ok(None)` then (or when it would block), `Ok(Some(0))` at the end of the stream. A short
+/// read or "would block" sets `drained`; bytes read move `last_progress` on.
+fn read_once(
+    stream: &mut TcpStream,
+    drained: &mut bool,
+    last_progress: &mut Instant,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    if *drained {
+        return Ok(None);
+    }
+    loop {
+        match stream.read(buf) {
+            Ok(n) => {
+                if n > 0 {
+                    *last_progress = Instant::now();
+                }
+                *drained = n < buf.len();
+                return Ok(Some(n));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                *drained = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
