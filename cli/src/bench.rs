@@ -742,26 +742,30 @@ impl Phase<'_> {
                 // Dropping the queue waits for what is in flight.
                 return Err(TaskError::Stopped);
             }
-            while next < work.count {
-                let Some(mut buf) = free.pop() else {
-                    break;
-                };
-                let offset = self.offset_of(work, next);
-                let submitted = if write {
-                    pattern::fill(&mut buf, offset, work.seed);
-                    queue.submit_write(work.file, buf, offset, next)
-                } else {
-                    queue.submit_read(work.file, buf, offset, next)
-                };
-                submitted.map_err(|r| {
-                    fail(format!(
-                        "task {task}: cannot queue a transfer of {path}: {}",
-                        r.error
-                    ))
-                })?;
-                started.insert(next, (offset, Instant::now()));
-                next += 1;
-            }
+            // Every transfer a buffer is free for, its requests sent together.
+            queue.batch(|queue| {
+                while next < work.count {
+                    let Some(mut buf) = free.pop() else {
+                        break;
+                    };
+                    let offset = self.offset_of(work, next);
+                    let submitted = if write {
+                        pattern::fill(&mut buf, offset, work.seed);
+                        queue.submit_write(work.file, buf, offset, next)
+                    } else {
+                        queue.submit_read(work.file, buf, offset, next)
+                    };
+                    submitted.map_err(|r| {
+                        fail(format!(
+                            "task {task}: cannot queue a transfer of {path}: {}",
+                            r.error
+                        ))
+                    })?;
+                    started.insert(next, (offset, Instant::now()));
+                    next += 1;
+                }
+                Ok(())
+            })?;
             let done = queue.wait(1, QUEUE_WAIT);
             if done.is_empty() {
                 return Err(fail(format!(

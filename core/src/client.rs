@@ -42,7 +42,7 @@ pub struct ClientOptions {
     pub connections_per_target: usize,
     /// How long connecting, and each request, may take.
     pub timeout: Duration,
-    /// Threads an asynchronous [`Queue`] runs syncs, and transfers over RDMA, on (its
+    /// Threads an asynchronous [`Queue`](crate::Queue) runs syncs, and transfers over RDMA, on (its
     /// TCP transfers need none).
     pub progress_threads: usize,
     /// Permission bits cleared from the mode of every file and directory this client

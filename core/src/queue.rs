@@ -3,7 +3,8 @@
 //!
 //! Reads and writes over TCP run on the queue's own nonblocking connections, with no thread
 //! per operation: `submit` splits an operation by the file's layout and sends every
-//! target's request at once (requests queued together leave in one system call), and the
+//! target's request at once (the requests of one submission, or of a [`Queue::batch`], leave
+//! together, each connection's in one system call), and the
 //! threads inside `wait`, `poll` or `wait_idle` read the replies as epoll reports them,
 //! each reply's payload straight into the caller's buffer. Operations make progress while
 //! some thread is inside one of those calls (or `submit`). Syncs, and reads and writes of
@@ -21,7 +22,10 @@ use nacre_transport::{Finished, PipeConn, Progress, TransportError, TransportOp}
 
 use crate::client::{File, Planned, TargetLink, extents_whole};
 use crate::error::Error;
-use crate::limits::{IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH};
+use crate::limits::{
+    IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH,
+    QUEUE_REQUESTS_BEFORE_NEW_CONNECTION,
+};
 use crate::server::{join_all, spawn};
 use crate::sys::{Epoll, EventFd};
 
@@ -152,6 +156,10 @@ struct State {
     finished: Vec<Finished>,
     /// A completion was added since waiters were last woken.
     completed: bool,
+    /// Connections holding requests that have not been handed to the socket yet.
+    unsent: Vec<usize>,
+    /// Open [`Queue::batch`] calls: while any is, submissions leave requests unsent.
+    batching: usize,
     fallback: Option<Fallback>,
 }
 
@@ -232,6 +240,8 @@ impl Queue {
             lent: HashMap::new(),
             finished: Vec::new(),
             completed: false,
+            unsent: Vec::new(),
+            batching: 0,
             fallback: None,
         };
         Ok(Queue {
@@ -426,7 +436,6 @@ impl Queue {
         // function's contract); `start` hands it to the connections on those terms.
         unsafe {
             st.start(
-                &self.shared.epoll,
                 Op {
                     tag,
                     file,
@@ -443,8 +452,35 @@ impl Queue {
                 chosen,
             )
         };
+        if st.batching == 0 {
+            st.send_unsent(&self.shared.epoll);
+        }
         self.shared.wake_sleepers(&mut st);
         Ok(())
+    }
+
+    /// Runs `f` (which submits operations to this queue) and then sends every request
+    /// its submissions made at once: a connection's requests leave in one system call
+    /// instead of one each. Requests wait while any thread is inside `batch`, or until a
+    /// thread drives the queue (in [`Queue::wait`], [`Queue::poll`] and the like), so
+    /// waiting inside `f` cannot stall them.
+    pub fn batch<R>(&self, f: impl FnOnce(&Queue) -> R) -> R {
+        /// Ends the batch also when `f` panics, so that its requests still leave.
+        struct Open<'q>(&'q Queue);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                let shared = &*self.0.shared;
+                let mut st = shared.lock();
+                st.batching -= 1;
+                if st.batching == 0 {
+                    st.send_unsent(&shared.epoll);
+                }
+                shared.wake_sleepers(&mut st);
+            }
+        }
+        self.shared.lock().batching += 1;
+        let _open = Open(self);
+        f(self)
     }
 
     /// Hands an operation to the progress threads (starting them if need be).
@@ -588,8 +624,9 @@ impl State {
     }
 
     /// A connection of the queue to `link`'s target for one more request: the least busy
-    /// one, or a new one while every one is busy and fewer than the limit are open. `None`
-    /// when the target is reached over RDMA.
+    /// one, or a new one while every one has [`QUEUE_REQUESTS_BEFORE_NEW_CONNECTION`] in
+    /// flight and fewer than the limit are open. `None` when the target is reached over
+    /// RDMA.
     fn connection_for(
         &mut self,
         epoll: &Epoll,
@@ -617,7 +654,7 @@ impl State {
             .map(|s| s.conn.in_flight());
         let limit = depth.min(MAX_QUEUE_CONNECTIONS_PER_TARGET);
         if let (Some(i), Some(n)) = (best, busy)
-            && (n == 0 || target.slots.len() >= limit)
+            && (n < QUEUE_REQUESTS_BEFORE_NEW_CONNECTION || target.slots.len() >= limit)
         {
             return Ok(Some(i));
         }
@@ -653,18 +690,13 @@ impl State {
         Ok(Some(index))
     }
 
-    /// Sends an operation's requests on the chosen connections.
+    /// Queues an operation's requests on the chosen connections (`send_unsent` hands them
+    /// to the sockets).
     ///
     /// # Safety
     /// The memory the planned requests name must stay valid (and a read's untouched by
     /// others) until the operation completes.
-    unsafe fn start(
-        &mut self,
-        epoll: &Epoll,
-        mut op: Op,
-        planned: Vec<Planned>,
-        chosen: Vec<usize>,
-    ) {
+    unsafe fn start(&mut self, mut op: Op, planned: Vec<Planned>, chosen: Vec<usize>) {
         let id = self.next_op;
         self.next_op += 1;
         let opcode = if op.write {
@@ -673,7 +705,7 @@ impl State {
             Opcode::Read
         };
         let mut failed: Vec<(usize, TransportError)> = Vec::new();
-        let mut touched = chosen.clone();
+        self.unsent.extend_from_slice(&chosen);
         for (batch, (p, slot)) in planned.into_iter().zip(chosen).enumerate() {
             op.batches.push((Arc::clone(&p.link), p.extent_lens));
             let token = request_token(id, batch);
@@ -696,20 +728,28 @@ impl State {
         for (batch, e) in failed {
             self.batch_done(id, batch, Err(e));
         }
-        // Everything queued leaves now, each connection's requests in one call.
-        touched.sort_unstable();
-        touched.dedup();
-        for i in touched {
+    }
+
+    /// Hands every connection's queued requests to its socket, each connection's in one
+    /// call.
+    fn send_unsent(&mut self, epoll: &Epoll) {
+        let mut unsent = std::mem::take(&mut self.unsent);
+        unsent.sort_unstable();
+        unsent.dedup();
+        for &i in &unsent {
             let wants = self.slots[i].as_ref().is_some_and(|s| s.conn.wants_write());
             if wants {
                 self.service(epoll, i, false);
             }
         }
+        unsent.clear();
+        self.unsent = unsent;
     }
 
-    /// Handles readiness reports, then connections whose requests have not moved for the
-    /// client's timeout.
+    /// Sends requests left unsent, handles readiness reports, then connections whose
+    /// requests have not moved for the client's timeout.
     fn drive(&mut self, epoll: &Epoll, wake: &EventFd, ready: &[(u64, bool)]) {
+        self.send_unsent(epoll);
         for &(token, readable) in ready {
             if token == WAKE_TOKEN {
                 wake.clear();

@@ -365,6 +365,81 @@ fn queue_pipelines_reads_and_writes_on_each_connection() {
     );
 }
 
+/// Submissions inside `Queue::batch` wait to be sent together. When the batch ends its
+/// requests leave even though no thread drives the queue: a second client sees the writes
+/// land while the queue is left alone. A thread that waits inside a batch still sees its
+/// submissions complete (waiting sends what is held), also on connections already open,
+/// which report no readiness by themselves.
+#[test]
+fn queue_batches_send_when_they_end_and_when_waited_on() {
+    let cluster = Cluster::start("batch", 2);
+    // Requests held unsent are not rescued by the timeout's look at a stalled connection
+    // (which flushes it) while the test waits.
+    let client = cluster.client_with(ClientOptions {
+        timeout: Duration::from_secs(600),
+        ..ClientOptions::default()
+    });
+    let file = client
+        .create("/b", 0o644, Some(stripes(2, 64 * 1024)))
+        .unwrap();
+    const OPS: u64 = 8;
+    const LEN: usize = 48 * 1024;
+    let queue = client.queue(OPS as usize).unwrap();
+    let data = fill(21, 0, OPS as usize * LEN);
+    queue.batch(|q| {
+        for i in 0..OPS {
+            let at = i as usize * LEN;
+            q.submit_write(&file, data[at..at + LEN].to_vec(), at as u64, i)
+                .unwrap();
+        }
+    });
+    // Nobody drives the queue now: the writes land only if the batch's end sent them.
+    let other = cluster.client();
+    let reader = other.open("/b", &OpenOptions::new().read(true)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut back = vec![0u8; data.len()];
+    loop {
+        // Short (or holding zeros) until every write has landed.
+        let n = reader.read_at(&mut back, 0).unwrap();
+        if n == back.len() && back == data {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch's writes did not reach the targets within 60 s"
+        );
+        std::thread::yield_now();
+    }
+    let done = queue.wait(OPS as usize, Duration::from_secs(60));
+    assert_eq!(done.len(), OPS as usize);
+    assert!(
+        done.iter()
+            .all(|c| matches!(c.result, Ok(n) if n == LEN as u64))
+    );
+    // The connections are open and idle now.
+    let reads = queue.batch(|q| {
+        for i in 0..OPS {
+            q.submit_read(&file, vec![0u8; LEN], i * LEN as u64, i)
+                .unwrap();
+        }
+        q.wait(OPS as usize, Duration::from_secs(60))
+    });
+    assert_eq!(
+        reads.len(),
+        OPS as usize,
+        "completions waited for inside the batch"
+    );
+    for c in reads {
+        assert_eq!(c.result.unwrap(), LEN as u64, "tag {}", c.tag);
+        let at = c.tag as usize * LEN;
+        assert!(
+            c.buffer.unwrap() == data[at..at + LEN],
+            "read tag {}",
+            c.tag
+        );
+    }
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let cluster = Cluster::start("bad", 2);

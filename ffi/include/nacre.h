@@ -526,7 +526,8 @@ int nacre_prep_write(struct nacre_queue *queue,
 // Thread safety: see `nacre_queue_create`.
 int nacre_prep_fsync(struct nacre_queue *queue, struct nacre_file *file, uint64_t tag);
 
-// Starts every prepared operation; returns how many it started, or a negative errno.
+// Starts every prepared operation, the requests to each target sent together; returns
+// how many it started, or a negative errno.
 //
 // Thread safety: see `nacre_queue_create`.
 int nacre_queue_submit(struct nacre_queue *queue);

@@ -227,7 +227,8 @@ pub extern "C" fn nacre_prep_fsync(
     })
 }
 
-/// Starts every prepared operation; returns how many it started, or a negative errno.
+/// Starts every prepared operation, the requests to each target sent together; returns
+/// how many it started, or a negative errno.
 ///
 /// Thread safety: see `nacre_queue_create`.
 #[unsafe(no_mangle)]
@@ -243,18 +244,22 @@ pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
         }
         let mut started = 0;
         let mut left = std::mem::take(&mut side.prepared).into_iter();
-        for (op, tag) in left.by_ref() {
-            // SAFETY: the memory each operation names was lent by the caller until its
-            // completion is returned (nacre_prep_read's and nacre_prep_write's contract),
-            // and the queue returns completions only through nacre_queue_wait.
-            if let Err(e) = unsafe { q.queue.submit(op, tag) } {
-                // Only if the progress threads stopped: keep what did not start.
-                side.prepared.extend(left);
-                return Err(e.into());
+        // One batch: each connection's requests leave in one system call.
+        q.queue.batch(|queue| {
+            for (op, tag) in left.by_ref() {
+                // SAFETY: the memory each operation names was lent by the caller until its
+                // completion is returned (nacre_prep_read's and nacre_prep_write's
+                // contract), and the queue returns completions only through
+                // nacre_queue_wait.
+                if let Err(e) = unsafe { queue.submit(op, tag) } {
+                    // Only if the progress threads stopped: keep what did not start.
+                    side.prepared.extend(left);
+                    return Err(e.into());
+                }
+                started += 1;
             }
-            started += 1;
-        }
-        Ok(started)
+            Ok(started)
+        })
     })
 }
 

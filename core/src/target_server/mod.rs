@@ -1,11 +1,11 @@
 //! The target server: serves one target's objects over the transport.
 //!
 //! Threads (decisions 0005 and 0008):
-//! - **workers**, one per core ([`worker`]): each owns an [`ObjectStore`](nacre_io::ObjectStore)
+//! - **workers**, one per core (`worker`): each owns an [`ObjectStore`](nacre_io::ObjectStore)
 //!   (its own io_uring, registered file table and the memory pool registered with it), the
 //!   TCP connections handed to it, and the objects whose id hashes to it. One epoll loop per
 //!   worker drives its sockets and its ring; nothing on the data path takes a lock.
-//! - **connection threads** for RDMA connections only ([`threaded`]), which hand each
+//! - **connection threads** for RDMA connections only (`threaded`), which hand each
 //!   object's owner its pieces as a message.
 //! - an acceptor, which hands each TCP connection to a worker in turn, and a heartbeat that
 //!   keeps the metadata service's view of free space fresh.
