@@ -3,11 +3,15 @@
 //!
 //! A read or write of a range is split by the file's layout into object extents; the
 //! extents of each target go in one request (several when they exceed a message's limits),
-//! and the requests to every target are all sent before any reply is awaited (over RDMA,
-//! where a connection carries one call at a time, each target's calls run on a thread of
-//! their own), so the targets work in parallel. Over TCP a read's reply payload lands
-//! straight in the caller's buffer and a write's payload leaves straight from it; over RDMA
-//! so does bulk in memory registered with [`Client::register_memory`].
+//! and the requests to every target are all sent before any reply is awaited, so the
+//! targets work in parallel. Over TCP the blocking calls are a thin layer over the
+//! asynchronous [`Queue`](crate::Queue): each submits its one operation to a queue of the
+//! client's (kept for the next call) and waits for it, so a read's reply payload lands
+//! straight in the caller's buffer and a write's payload leaves straight from it, with the
+//! queue's framing, pipelining and timeouts. Over RDMA, where a connection carries one call
+//! at a time, each target's calls run on a thread of their own, and bulk moves straight
+//! between the caller's memory and the target when it is registered with
+//! [`Client::register_memory`].
 //!
 //! The size of a file is not kept by the metadata service: it is derived from the sizes of
 //! its objects through the layout (Lustre's glimpse), so writers on several clients agree.
@@ -15,23 +19,24 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nacre_layout::{Layout, ObjectExtent, ObjectSize};
 use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
-use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, TransportError};
+use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, TransportError};
 
 use crate::codec::Reader;
 use crate::error::Error;
-use crate::limits::{MAX_REGISTER_BYTES, MAX_REGISTRATIONS, OBJECT_ONLY_LEN};
+use crate::limits::{MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS, OBJECT_ONLY_LEN};
 use crate::meta::link::MetaLink;
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, LayoutSpec, MAX_READDIR_ENTRIES, TargetInfo,
 };
+use crate::queue::Queue;
 
 /// How a client connects and who it acts as.
 #[derive(Debug, Clone)]
@@ -246,6 +251,9 @@ struct Inner {
     /// connections carries each of them (see [`Client::register_memory`]).
     registrations: Mutex<Vec<(u64, usize, usize)>>,
     next_registration_id: AtomicU64,
+    /// Queues of depth 1 the blocking reads and writes run on, idle (at most
+    /// [`MAX_IDLE_CALL_QUEUES`]); a call takes one, or opens one if none is idle.
+    call_queues: Mutex<Vec<Queue>>,
 }
 
 /// A registered target and the pool of connections to it.
@@ -253,6 +261,9 @@ struct Inner {
 pub(crate) struct TargetLink {
     target_id: u32,
     pub(crate) peer: Peer,
+    /// A connection to it turned out to be RDMA: queues hand its transfers to threads
+    /// without connecting first.
+    pub(crate) over_rdma: AtomicBool,
 }
 
 impl TargetLink {
@@ -300,9 +311,9 @@ struct FileInner {
 
 /// A part of the caller's memory: one request's share of a read or write.
 #[derive(Clone, Copy)]
-struct Segment {
-    ptr: *mut u8,
-    len: usize,
+pub(crate) struct Segment {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
 }
 
 /// One request of a read or write planned for the asynchronous queue: the target, the
@@ -312,7 +323,7 @@ pub(crate) struct Planned {
     pub(crate) link: Arc<TargetLink>,
     pub(crate) body: Vec<u8>,
     pub(crate) extent_lens: Vec<u64>,
-    pub(crate) memory: Vec<nacre_transport::Span>,
+    pub(crate) memory: Vec<Span>,
 }
 
 /// Whether a read reply's body says every extent came back whole.
@@ -359,6 +370,7 @@ impl Client {
                 targets: RwLock::new(HashMap::new()),
                 registrations: Mutex::new(Vec::new()),
                 next_registration_id: AtomicU64::new(1),
+                call_queues: Mutex::new(Vec::new()),
             }),
         };
         // Reach the service now, so a wrong address is an error here and not at first use.
@@ -433,6 +445,7 @@ impl Client {
                 Arc::new(TargetLink {
                     target_id: t.target_id,
                     peer,
+                    over_rdma: AtomicBool::new(false),
                 }),
             );
         }
@@ -980,8 +993,36 @@ impl Client {
     }
 
     /// Opens an asynchronous queue of up to `depth` operations in flight.
-    pub fn queue(&self, depth: usize) -> Result<crate::queue::Queue, Error> {
-        crate::queue::Queue::new(depth, self.inner.options.progress_threads)
+    pub fn queue(&self, depth: usize) -> Result<Queue, Error> {
+        Queue::new(depth, self.inner.options.progress_threads)
+    }
+
+    /// A queue of depth 1 for one blocking call: an idle one, or a new one.
+    fn call_queue(&self) -> Result<Queue, Error> {
+        let idle = self
+            .inner
+            .call_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match idle {
+            Some(q) => Ok(q),
+            // It runs nothing on progress threads: what it cannot carry runs in the call.
+            None => Queue::new(1, 1),
+        }
+    }
+
+    /// Keeps a call's queue (and its connections) for the next call, unless enough are
+    /// idle already.
+    fn put_back(&self, queue: Queue) {
+        let mut idle = self
+            .inner
+            .call_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_CALL_QUEUES {
+            idle.push(queue);
+        }
     }
 }
 
@@ -1207,13 +1248,52 @@ impl File {
     }
 
     fn read_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
-        self.check(false)?;
-        let len: u64 = segs.iter().map(|s| s.len as u64).sum();
+        self.call(false, segs, offset)
+    }
+
+    /// A blocking read or write of `memory` at `offset`: one operation on a queue of the
+    /// client's, waited for; when some target is reached over RDMA, the blocking
+    /// connections' path ([`File::call_direct`]).
+    fn call(&self, write: bool, memory: &[Segment], offset: u64) -> Result<u64, Error> {
+        self.check(write)?;
+        if memory.iter().all(|s| s.len == 0) {
+            return Ok(0);
+        }
+        let spans: Vec<Span> = memory
+            .iter()
+            .map(|s| Span {
+                ptr: s.ptr,
+                len: s.len,
+            })
+            .collect();
+        let client = &self.inner.client;
+        let queue = client.call_queue()?;
+        // SAFETY: `memory` is the caller's, borrowed for this call (mutably for a read),
+        // and `Queue::call` returns only once the operation has ended.
+        let done = unsafe { queue.call(self, write, offset, &spans) };
+        client.put_back(queue);
+        match done {
+            Some(result) => result,
+            None => self.call_direct(write, memory, offset),
+        }
+    }
+
+    /// A blocking read or write over the client's pooled blocking connections (RDMA, and
+    /// the queues' progress threads).
+    pub(crate) fn call_direct(
+        &self,
+        write: bool,
+        memory: &[Segment],
+        offset: u64,
+    ) -> Result<u64, Error> {
+        self.check(write)?;
+        let len: u64 = memory.iter().map(|s| s.len as u64).sum();
         if len == 0 {
             return Ok(0);
         }
         let client = &self.inner.client;
-        if client.transfer(&self.inner, Opcode::Read, offset, segs)? {
+        let opcode = if write { Opcode::Write } else { Opcode::Read };
+        if client.transfer(&self.inner, opcode, offset, memory)? || write {
             return Ok(len);
         }
         self.short_read(offset, len)
@@ -1232,22 +1312,27 @@ impl File {
         self.inner.client.inner.options.timeout
     }
 
-    /// Plans a read (into) or write (from) `len` bytes of the caller's memory at `ptr`, at
-    /// `offset` of the file: one request per target batch, as the blocking calls send them.
+    /// Plans a read (into) or write (from) the caller's `memory` (in order) at `offset` of
+    /// the file: one request per target batch.
     pub(crate) fn plan(
         &self,
         write: bool,
         offset: u64,
-        ptr: *mut u8,
-        len: usize,
+        memory: &[Span],
     ) -> Result<Vec<Planned>, Error> {
         self.check(write)?;
         let inner = &self.inner;
-        let extents: Vec<ObjectExtent> = inner
-            .layout
-            .extents(inner.attr.ino, offset, len as u64)?
+        let len: u64 = memory.iter().map(|s| s.len as u64).sum();
+        let extents: Vec<ObjectExtent> =
+            inner.layout.extents(inner.attr.ino, offset, len)?.collect();
+        let memory: Vec<Segment> = memory
+            .iter()
+            .map(|s| Segment {
+                ptr: s.ptr,
+                len: s.len,
+            })
             .collect();
-        let batches = make_batches(&extents, &[Segment { ptr, len }]);
+        let batches = make_batches(&extents, &memory);
         let mut planned = Vec::with_capacity(batches.len());
         for b in batches {
             let mut body = Vec::new();
@@ -1260,7 +1345,7 @@ impl File {
                     .memory
                     .iter()
                     .flatten()
-                    .map(|s| nacre_transport::Span {
+                    .map(|s| Span {
                         ptr: s.ptr,
                         len: s.len,
                     })
@@ -1293,15 +1378,7 @@ impl File {
     }
 
     fn write_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
-        self.check(true)?;
-        let len: u64 = segs.iter().map(|s| s.len as u64).sum();
-        if len == 0 {
-            return Ok(0);
-        }
-        self.inner
-            .client
-            .transfer(&self.inner, Opcode::Write, offset, segs)?;
-        Ok(len)
+        self.call(true, segs, offset)
     }
 
     fn objects_per_target(

@@ -44,6 +44,9 @@ pub const MAX_QUEUE_DEPTH: usize = 4096;
 /// bound, requests are pipelined on the least busy one (a target reads a connection's next
 /// requests while it serves the last, decision 0010).
 pub const MAX_QUEUE_CONNECTIONS_PER_TARGET: usize = 2;
+/// Idle queues a client keeps for its blocking reads and writes (each a queue of depth 1
+/// with its connections); one more is opened while every kept one is in use.
+pub const MAX_IDLE_CALL_QUEUES: usize = 64;
 /// Requests in flight on each of a queue's connections to a target before it opens another
 /// (up to [`MAX_QUEUE_CONNECTIONS_PER_TARGET`]). Requests that share a connection share its
 /// system calls on both sides; a deep queue still spreads over two of the target's workers.

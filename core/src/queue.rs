@@ -18,9 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_transport::wire::Opcode;
-use nacre_transport::{Finished, PipeConn, Progress, TransportError, TransportOp};
+use nacre_transport::{Finished, PipeConn, Progress, Span, TransportError, TransportOp};
 
-use crate::client::{File, Planned, TargetLink, extents_whole};
+use crate::client::{File, Planned, Segment, TargetLink, extents_whole};
 use crate::error::Error;
 use crate::limits::{
     IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH,
@@ -104,6 +104,14 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const BATCH_BITS: u32 = 20;
 /// Most readiness events one waiter takes per wait.
 const EVENTS_PER_WAIT: usize = 64;
+
+/// What [`Queue::begin`] did with a read or write.
+enum Began {
+    /// Its requests are queued on the queue's connections, or it completed at once.
+    Queued,
+    /// Some target of it is reached over RDMA: nothing was started.
+    Elsewhere,
+}
 
 /// One of the queue's connections.
 struct Slot {
@@ -372,26 +380,105 @@ impl Queue {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.depth).then_some(n + 1)
             });
-        if claimed.is_err() {
+        let Ok(before) = claimed else {
             return Err(Error::QueueFull { depth: self.depth });
-        }
+        };
         let (file, write, buf, len, offset) = match op {
             QueueOp::Read {
                 ref file,
                 buf,
                 len,
                 offset,
-            } => (file.clone(), false, buf, len, offset),
+            } => (file, false, buf, len, offset),
             QueueOp::Write {
                 ref file,
                 buf,
                 len,
                 offset,
-            } => (file.clone(), true, buf.cast_mut(), len, offset),
+            } => (file, true, buf.cast_mut(), len, offset),
             QueueOp::Sync { .. } => return self.to_threads(op, tag, lent),
         };
+        if before == 0 {
+            self.notice_hang_ups();
+        }
+        let memory = [Span { ptr: buf, len }];
+        // SAFETY: this function's contract is the inner one's.
+        match unsafe { self.begin(file, write, offset, &memory, tag, lent) } {
+            Began::Queued => Ok(()),
+            Began::Elsewhere => self.to_threads(op, tag, lent),
+        }
+    }
+
+    /// Runs one read or write as a blocking call (the client's `read_at`, `write_at` and
+    /// their vectored forms): queued as any other, then waited for. `None` when it must
+    /// run elsewhere (some target is reached over RDMA); nothing was started then. The
+    /// caller has this queue to itself, and nothing else is in flight on it.
+    ///
+    /// # Safety
+    /// The memory must stay valid (and for a read be touched by no one else) for the call.
+    pub(crate) unsafe fn call(
+        &self,
+        file: &File,
+        write: bool,
+        offset: u64,
+        memory: &[Span],
+    ) -> Option<Result<u64, Error>> {
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Idle until now: a connection its target closed meanwhile is noticed first.
+        self.notice_hang_ups();
+        // SAFETY: the operation ends before this function returns: it waits below for the
+        // completion, which comes within the client's timeout while it is driven.
+        match unsafe { self.begin(file, write, offset, memory, 0, 0) } {
+            Began::Queued => loop {
+                if let Some(c) = self.wait(1, Duration::from_millis(IDLE_POLL_MS)).pop() {
+                    return Some(c.result);
+                }
+            },
+            Began::Elsewhere => {
+                self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    /// Handles the readiness events already reported, without waiting: connections that
+    /// were idle while their target closed them end here, before a request is put on them.
+    fn notice_hang_ups(&self) {
+        let shared = &*self.shared;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut ready: Vec<(u64, bool)> = Vec::new();
+        // An error (EINTR only) is a look that saw nothing: the request then meets the
+        // closed connection and fails naming its target, as one sent just before it closed.
+        let _ = shared
+            .epoll
+            .wait_into(&mut events, Duration::ZERO, |token, readable| {
+                ready.push((token, readable))
+            });
+        if !ready.is_empty() {
+            let mut st = shared.lock();
+            st.drive(&shared.epoll, &shared.wake, &ready);
+            shared.wake_sleepers(&mut st);
+        }
+    }
+
+    /// Plans a read or write of `memory` at `offset` and queues its requests, holding the
+    /// place in flight the caller claimed (an error, or nothing to move, completes at
+    /// once). [`Began::Elsewhere`] when some target is reached over RDMA.
+    ///
+    /// # Safety
+    /// As [`Queue::submit`], for `memory`.
+    unsafe fn begin(
+        &self,
+        file: &File,
+        write: bool,
+        offset: u64,
+        memory: &[Span],
+        tag: u64,
+        lent: usize,
+    ) -> Began {
+        let len: u64 = memory.iter().map(|s| s.len as u64).sum();
         let mut st = self.shared.lock();
-        let planned = match file.plan(write, offset, buf, len) {
+        let planned = match file.plan(write, offset, memory) {
             Ok(p) if p.len() >= 1 << BATCH_BITS => Err(Error::Invalid {
                 field: "len",
                 value: len.to_string(),
@@ -403,32 +490,28 @@ impl Queue {
             planned => planned,
         };
         let planned = match planned {
+            Ok(p) if p.is_empty() => {
+                st.complete(tag, Ok(0), lent);
+                self.shared.wake_sleepers(&mut st);
+                return Began::Queued;
+            }
             Ok(p) => p,
             Err(e) => {
                 st.complete(tag, Err(e), lent);
                 self.shared.wake_sleepers(&mut st);
-                return Ok(());
+                return Began::Queued;
             }
         };
-        if planned.is_empty() {
-            st.complete(tag, Ok(0), lent);
-            self.shared.wake_sleepers(&mut st);
-            return Ok(());
-        }
-        // A connection for every request before any is sent: a target over RDMA sends the
-        // whole operation to the progress threads.
+        // A connection for every request before any is sent.
         let mut chosen = Vec::with_capacity(planned.len());
         for p in &planned {
             match st.connection_for(&self.shared.epoll, &p.link, file.timeout(), self.depth) {
                 Ok(Some(slot)) => chosen.push(slot),
-                Ok(None) => {
-                    drop(st);
-                    return self.to_threads(op, tag, lent);
-                }
+                Ok(None) => return Began::Elsewhere,
                 Err(e) => {
                     st.complete(tag, Err(e), lent);
                     self.shared.wake_sleepers(&mut st);
-                    return Ok(());
+                    return Began::Queued;
                 }
             }
         }
@@ -438,10 +521,10 @@ impl Queue {
             st.start(
                 Op {
                     tag,
-                    file,
+                    file: file.clone(),
                     write,
                     offset,
-                    len: len as u64,
+                    len,
                     left: planned.len(),
                     short: false,
                     error: None,
@@ -456,7 +539,7 @@ impl Queue {
             st.send_unsent(&self.shared.epoll);
         }
         self.shared.wake_sleepers(&mut st);
-        Ok(())
+        Began::Queued
     }
 
     /// Runs `f` (which submits operations to this queue) and then sends every request
@@ -641,7 +724,8 @@ impl State {
             timeout,
             rdma: false,
         });
-        if target.rdma {
+        if target.rdma || link.over_rdma.load(Ordering::Relaxed) {
+            target.rdma = true;
             return Ok(None);
         }
         let best = target.slots.iter().copied().min_by_key(|&i| {
@@ -663,6 +747,7 @@ impl State {
             Ok(parts) => parts,
             Err(_rdma) => {
                 target.rdma = true;
+                link.over_rdma.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
         };
@@ -926,30 +1011,30 @@ fn progress(rx: &Mutex<mpsc::Receiver<(QueueOp, u64, usize)>>, shared: &Shared) 
     }
 }
 
-/// Runs one operation with the blocking calls.
+/// Runs one operation with the blocking connections.
 fn run(op: QueueOp) -> Result<u64, Error> {
+    // The submitter lends the memory a read or write names, untouched by others, until
+    // this completion is returned (Queue::submit's contract): the call may use it.
     match op {
         QueueOp::Read {
             file,
             buf,
             len,
             offset,
-        } => {
-            // SAFETY: the submitter lends `buf` for `len` bytes, untouched by others,
-            // until this completion is returned (Queue::submit's contract).
-            let slice = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-            file.read_at(slice, offset).map(|n| n as u64)
-        }
+        } => file.call_direct(false, &[Segment { ptr: buf, len }], offset),
         QueueOp::Write {
             file,
             buf,
             len,
             offset,
-        } => {
-            // SAFETY: as for reads, shared.
-            let slice = unsafe { std::slice::from_raw_parts(buf, len) };
-            file.write_at(slice, offset).map(|n| n as u64)
-        }
+        } => file.call_direct(
+            true,
+            &[Segment {
+                ptr: buf.cast_mut(),
+                len,
+            }],
+            offset,
+        ),
         QueueOp::Sync { file } => file.sync().map(|()| 0),
     }
 }

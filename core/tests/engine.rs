@@ -440,6 +440,49 @@ fn queue_batches_send_when_they_end_and_when_waited_on() {
     }
 }
 
+/// The blocking calls run on queues the client keeps, with their connections, between
+/// calls. A target that restarts on its address closes those connections while they are
+/// idle: the next calls notice it before they send, open new connections and succeed, and
+/// every byte synced before the restart reads back. So does the next submission to an
+/// application's queue that was idle over the restart.
+#[test]
+fn blocking_and_queued_calls_go_on_after_a_target_restarts() {
+    let mut cluster = Cluster::start("restart", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/r", 0o644, Some(stripes(2, 64 * 1024)))
+        .unwrap();
+    const LEN: usize = 512 * 1024;
+    let data = fill(31, 0, LEN);
+    assert_eq!(file.write_at(&data, 0).unwrap(), LEN);
+    file.sync().unwrap();
+    let queue = client.queue(2).unwrap();
+    let read_by_queue = |tag: u64| {
+        queue.submit_read(&file, vec![0u8; LEN], 0, tag).unwrap();
+        let mut done = queue.wait(1, Duration::from_secs(60));
+        let c = done.pop().expect("a completion within 60 s");
+        assert_eq!(c.result.unwrap(), LEN as u64, "queued read {tag}");
+        assert!(c.buffer.unwrap() == data, "queued read {tag}");
+    };
+    read_by_queue(1);
+    for i in 0..2 {
+        let old = cluster.targets[i].take().unwrap();
+        let listen = old.endpoint().to_string();
+        old.stop();
+        let config = common::target_config(&cluster.meta_addr, &listen);
+        let dir = cluster.target_dir(i as u32);
+        cluster.targets[i] = Some(nacre::TargetServer::start(&dir, &config).unwrap());
+    }
+    let mut back = vec![0u8; LEN];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), LEN);
+    assert!(back == data, "the synced bytes read back after the restart");
+    read_by_queue(2);
+    let more = fill(32, LEN as u64, LEN);
+    assert_eq!(file.write_at(&more, LEN as u64).unwrap(), LEN);
+    assert_eq!(file.read_at(&mut back, LEN as u64).unwrap(), LEN);
+    assert!(back == more);
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let cluster = Cluster::start("bad", 2);
