@@ -5,7 +5,7 @@
 //! extents of each target go in one request (several when they exceed a message's limits),
 //! and the requests to every target are all sent before any reply is awaited, so the
 //! targets work in parallel. Over TCP the blocking calls are a thin layer over the
-//! asynchronous [`Queue`](crate::Queue): each submits its one operation to a queue of the
+//! asynchronous [`Queue`]: each submits its one operation to a queue of the
 //! client's (kept for the next call) and waits for it, so a read's reply payload lands
 //! straight in the caller's buffer and a write's payload leaves straight from it, with the
 //! queue's framing, pipelining and timeouts. Over RDMA, where a connection carries one call
@@ -43,12 +43,14 @@ use crate::queue::Queue;
 pub struct ClientOptions {
     /// The identity permission checks use (by default the process's uid, gid and groups).
     pub cred: Cred,
-    /// Connections kept to each target (requests from several threads travel in parallel).
+    /// Connections kept to each target for requests without bulk (sync, stat, truncate)
+    /// and for transfers over RDMA; requests from several threads travel in parallel.
+    /// Reads and writes over TCP run on the client's call queues instead (decision 0012).
     pub connections_per_target: usize,
     /// How long connecting, and each request, may take.
     pub timeout: Duration,
-    /// Threads an asynchronous [`Queue`](crate::Queue) runs syncs, and transfers over RDMA, on (its
-    /// TCP transfers need none).
+    /// Threads an asynchronous [`Queue`] runs syncs, and transfers over RDMA, on (its TCP
+    /// transfers need none).
     pub progress_threads: usize,
     /// Permission bits cleared from the mode of every file and directory this client
     /// creates, as the kernel applies a process's umask (by default the process's umask

@@ -3,10 +3,11 @@
 //!
 //! Reads and writes over TCP run on the queue's own nonblocking connections, with no thread
 //! per operation: `submit` splits an operation by the file's layout and sends every
-//! target's request at once (the requests of one submission, or of a [`Queue::batch`], leave
-//! together, each connection's in one system call), and the
-//! threads inside `wait`, `poll` or `wait_idle` read the replies as epoll reports them,
-//! each reply's payload straight into the caller's buffer. Operations make progress while
+//! target's request at once (the requests of one submission, or of a [`Queue::batch`],
+//! leave together, each connection's in one system call), and the threads inside `wait`,
+//! `poll` or `wait_idle` read the replies as epoll reports them, each reply's payload
+//! straight into the caller's buffer. The client's blocking reads and writes are one
+//! operation each on a queue of depth 1 (decision 0012). Operations make progress while
 //! some thread is inside one of those calls (or `submit`). Syncs, and reads and writes of
 //! files on targets reached over RDMA, run on progress threads as blocking calls of the
 //! client (started when first needed).

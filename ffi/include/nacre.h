@@ -81,8 +81,10 @@ typedef struct nacre_queue nacre_queue;
 typedef struct nacre_options {
   // How long connecting, and each request, may take (default 30000 ms).
   uint32_t timeout_ms;
-  // Connections kept to each target, so that several threads' requests travel in
-  // parallel (default 4, at most 64).
+  // Connections kept to each target for requests without bulk and for transfers over
+  // RDMA, so that several threads' requests travel in parallel (default 4, at most 64).
+  // Reads and writes over TCP run on the client's call queues instead: a connection
+  // per target for each call in progress.
   uint32_t connections_per_target;
   // Threads an asynchronous queue runs its operations on (default 8).
   uint32_t progress_threads;

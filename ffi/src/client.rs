@@ -32,8 +32,10 @@ pub struct nacre_mem {
 pub struct nacre_options {
     /// How long connecting, and each request, may take (default 30000 ms).
     pub timeout_ms: u32,
-    /// Connections kept to each target, so that several threads' requests travel in
-    /// parallel (default 4, at most 64).
+    /// Connections kept to each target for requests without bulk and for transfers over
+    /// RDMA, so that several threads' requests travel in parallel (default 4, at most 64).
+    /// Reads and writes over TCP run on the client's call queues instead: a connection
+    /// per target for each call in progress.
     pub connections_per_target: u32,
     /// Threads an asynchronous queue runs its operations on (default 8).
     pub progress_threads: u32,

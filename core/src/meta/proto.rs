@@ -47,7 +47,8 @@ pub enum MetaRequest {
         path: String,
         /// The last name of the previous page.
         after: Option<String>,
-        /// At most this many (up to [`MAX_READDIR_ENTRIES`](crate::meta::types::MAX_READDIR_ENTRIES)).
+        /// At most this many (up to
+        /// [`MAX_READDIR_ENTRIES`](crate::meta::types::MAX_READDIR_ENTRIES)).
         max: u32,
     },
     /// Remove a file (the service removes its objects).
