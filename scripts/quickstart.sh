@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Nacre's quickstart: builds Nacre, starts a metadata service and four targets as separate
 # processes on temporary directories over loopback, writes a 2 GiB file striped over the
-# four targets and reads it back with every byte verified (`nacre bench`), prints what it
-# measured, and stops everything (also when interrupted with Ctrl-C).
+# four targets from 4 tasks with 8 transfers in flight each and reads it back with every
+# byte verified (`nacre bench`), prints what it measured, and stops everything (also when interrupted with Ctrl-C).
 #
 # Environment: NACRE_QUICKSTART_SIZE (default 2G), NACRE_QUICKSTART_TARGETS (default 4),
 # CLUSTER_PARENT (where the temporary directories go; default /var/tmp).
@@ -25,7 +25,7 @@ echo "metadata service at $NACRE_META"
 echo
 echo "== nacre bench: $size striped over every target, written, synced, read back and verified"
 "$NACRE_BIN" bench --size "$size" --stripe-count -1 --stripe-size 1M --transfer 4M --threads 4 \
-    --rand4k-ops 20000
+    --queue-depth 8 --rand4k-ops 20000
 
 echo
 echo "== stopping"
