@@ -2,7 +2,8 @@
 # Nacre's quickstart: builds Nacre, starts a metadata service and four targets as separate
 # processes on temporary directories over loopback, writes a 2 GiB file striped over the
 # four targets from 4 tasks with 8 transfers in flight each and reads it back with every
-# byte verified (`nacre bench`), prints what it measured, and stops everything (also when interrupted with Ctrl-C).
+# byte verified (`nacre bench`), prints what it measured, and stops everything (also when
+# interrupted with Ctrl-C).
 #
 # Environment: NACRE_QUICKSTART_SIZE (default 2G), NACRE_QUICKSTART_TARGETS (default 4),
 # CLUSTER_PARENT (where the temporary directories go; default /var/tmp).
