@@ -5,6 +5,8 @@
 #     (iperf3 -l 1M, -P 4);
 #   - the round trip of a 4 KiB request and 4 KiB reply against a plain blocking-socket
 #     ping-pong of the same size.
+# Every client runs on CPU 0 and every server on CPU 1 (taskset), baselines and Nacre alike:
+# unpinned, where the scheduler put the threads swung one test from 28 to 48 Gbit/s in a run.
 #
 #   scripts/bench-net.sh [--reps 3] [--seconds 3] [--record]
 #
@@ -18,13 +20,13 @@ while [ $# -gt 0 ]; do
         --reps) reps=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --record) record=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "bench-net.sh: unknown argument $1 (see --help)" ;;
     esac
 done
 [[ "$reps" =~ ^[1-9][0-9]*$ ]] || die "--reps $reps: expected a whole number from 1"
 
-need_packages iperf3:iperf3 python3:python3 ss:iproute2
+need_packages iperf3:iperf3 python3:python3 ss:iproute2 taskset:util-linux
 cargo build --release --quiet -p nacre-benches --bin net-bench
 nb=$CARGO_TARGET_DIR/release/net-bench
 
@@ -36,6 +38,13 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
+
+# The CPUs clients and servers run on (the same for every test); one CPU for both on a
+# machine that has only one.
+client_cpu=0
+server_cpu=$(( $(nproc) > 1 ? 1 : 0 ))
+on_client=(taskset -c "$client_cpu")
+on_server=(taskset -c "$server_cpu")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -65,10 +74,10 @@ wait_listening() {
 
 iperf() { # streams -> Gbit/s
     local port; port=$(free_port)
-    timeout $((seconds + 30)) iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
+    "${on_server[@]}" timeout $((seconds + 30)) iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
     local spid=$!
     wait_listening "$port"
-    timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P "$1" -J >"$work/iperf.json" 2>&1 || true
+    "${on_client[@]}" timeout $((seconds + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$seconds" -l 1M -P "$1" -J >"$work/iperf.json" 2>&1 || true
     wait "$spid" 2>/dev/null || true
     python3 -c '
 import json, sys
@@ -79,20 +88,20 @@ print(j["end"]["sum_received"]["bits_per_second"] / 1e9)' "$work/iperf.json"
 }
 
 results=$work/results
-start_server "$work/server.out" "$nb" server --listen tcp://127.0.0.1:0 --seconds 3600
+start_server "$work/server.out" "${on_server[@]}" "$nb" server --listen tcp://127.0.0.1:0 --seconds 3600
 server=$addr
 echo "bench-net: $reps rounds of iperf3 and nacre over loopback, alternating ($server)" >&2
 for r in $(seq 1 "$reps"); do
     echo "round $r/$reps" >&2
     echo "base bulk-1 $(iperf 1)" >>"$results"
-    echo "nacre bulk-1 $("$nb" bulk --connect "$server" --conns 1 --seconds "$seconds" | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
-    echo "nacre-zc bulk-1 $("$nb" bulk --connect "$server" --conns 1 --seconds "$seconds" --zc | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
+    echo "nacre bulk-1 $("${on_client[@]}" "$nb" bulk --connect "$server" --conns 1 --seconds "$seconds" | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
+    echo "nacre-zc bulk-1 $("${on_client[@]}" "$nb" bulk --connect "$server" --conns 1 --seconds "$seconds" --zc | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
     echo "base bulk-4 $(iperf 4)" >>"$results"
-    echo "nacre bulk-4 $("$nb" bulk --connect "$server" --conns 4 --seconds "$seconds" | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
-    start_server "$work/plain-$r.out" "$nb" plain-server --listen 127.0.0.1:0 --size 4K --seconds 600
+    echo "nacre bulk-4 $("${on_client[@]}" "$nb" bulk --connect "$server" --conns 4 --seconds "$seconds" | sed -E 's/.*gbps=([0-9.]+).*/\1/')" >>"$results"
+    start_server "$work/plain-$r.out" "${on_server[@]}" "$nb" plain-server --listen 127.0.0.1:0 --size 4K --seconds 600
     plain=$addr
-    echo "base rtt-4K $("$nb" plain-pingpong --connect "$plain" --size 4K --seconds "$seconds" | sed -E 's/.*median_us=([0-9.]+).*/\1/')" >>"$results"
-    echo "nacre rtt-4K $("$nb" pingpong --connect "$server" --size 4K --seconds "$seconds" | sed -E 's/.*median_us=([0-9.]+).*/\1/')" >>"$results"
+    echo "base rtt-4K $("${on_client[@]}" "$nb" plain-pingpong --connect "$plain" --size 4K --seconds "$seconds" | sed -E 's/.*median_us=([0-9.]+).*/\1/')" >>"$results"
+    echo "nacre rtt-4K $("${on_client[@]}" "$nb" pingpong --connect "$server" --size 4K --seconds "$seconds" | sed -E 's/.*median_us=([0-9.]+).*/\1/')" >>"$results"
 done
 
 table=$(python3 - "$results" "$reps" <<'PY'
@@ -102,7 +111,7 @@ for line in open(sys.argv[1]):
     who, test, value = line.split()
     rows.setdefault(test, {}).setdefault(who, []).append(float(value))
 med = lambda t, w: statistics.median(rows[t][w])
-print(f"| test (loopback, median of {sys.argv[2]}) | baseline | nacre | ratio | goal |")
+print(f"| test (loopback, clients on CPU 0, servers on CPU 1, median of {sys.argv[2]}) | baseline | nacre | ratio | goal |")
 print("|---|---|---|---|---|")
 for test, label in [("bulk-1", "bulk, 1 MiB writes, 1 connection vs iperf3 -l 1M"), ("bulk-4", "bulk, 1 MiB writes, 4 connections vs iperf3 -l 1M -P 4")]:
     b, n = med(test, "base"), med(test, "nacre")
