@@ -3,7 +3,8 @@
 # cargo fmt --check, cargo clippy (warnings are errors), cargo test for the whole workspace,
 # the C ABI's tests (C programs under valgrind, the MPI example under mpirun; c-test.sh),
 # the RDMA tests on a real Soft-RoCE device (scripts/rdma-test.sh boots a small VM), and a
-# short smoke run of the quickstart and its io benchmark (so the scripts cannot rot).
+# short smoke run of the quickstart and of the io and net benchmarks (so the scripts cannot
+# rot).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-smoke skip the quickstart smoke run
@@ -15,7 +16,7 @@ smoke=1
 for arg in "$@"; do
     case "$arg" in
         --no-smoke) smoke=0 ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "test.sh: unknown argument $arg (see --help)" ;;
     esac
 done
@@ -51,6 +52,8 @@ if [ $smoke = 1 ]; then
     NACRE_QUICKSTART_SIZE=256M scripts/quickstart.sh
     step "io benchmark smoke run (small sizes)"
     scripts/bench-io.sh --size 64M --reps 1 --seconds 1
+    step "net benchmark smoke run (one short round)"
+    scripts/bench-net.sh --reps 1 --seconds 1
 fi
 
 step "all checks passed"

@@ -7,14 +7,21 @@
 //! net-bench pingpong --connect ENDPOINT [--size BYTES] [--seconds S]
 //! net-bench plain-server --listen HOST:PORT [--size BYTES] [--seconds S]
 //! net-bench plain-pingpong --connect HOST:PORT [--size BYTES] [--seconds S]
+//! net-bench loop-server   --listen ENDPOINT [--seconds S]
+//! net-bench loop-bulk     --connect ENDPOINT [--size BYTES] [--conns N] [--window W] [--seconds S]
+//! net-bench loop-pingpong --connect ENDPOINT [--size BYTES] [--seconds S]
 //! ```
-//! Servers print `listening on ADDRESS` once ready and stop after `--seconds` (default 120)
+//! `server`, `bulk` and `pingpong` use the blocking connections (a thread each), as the
+//! metadata path does; the `loop-` commands use the engine's data path ([`evloop`]): one
+//! thread drives all of a side's connections. Servers print `listening on ADDRESS` once ready and stop after `--seconds` (default 120)
 //! or when killed. Clients print one line of `key=value` figures.
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+mod evloop;
 
 use nacre_benches::parse_size;
 use nacre_transport::wire::Opcode;
@@ -265,8 +272,12 @@ fn main() -> ExitCode {
         "pingpong" => pingpong(&args),
         "plain-server" => plain_server(&args),
         "plain-pingpong" => plain_pingpong(&args),
+        "loop-server" => evloop::server(&args),
+        "loop-bulk" => evloop::bulk(&args),
+        "loop-pingpong" => evloop::pingpong(&args),
         other => Err(format!(
-            "unknown command '{other}'; expected server, bulk, pingpong, plain-server or plain-pingpong"
+            "unknown command '{other}'; expected server, bulk, pingpong, plain-server, \
+             plain-pingpong, loop-server, loop-bulk or loop-pingpong"
         )),
     });
     match result {
