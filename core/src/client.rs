@@ -311,13 +311,6 @@ struct FileInner {
     access: Access,
 }
 
-/// A part of the caller's memory: one request's share of a read or write.
-#[derive(Clone, Copy)]
-pub(crate) struct Segment {
-    pub(crate) ptr: *mut u8,
-    pub(crate) len: usize,
-}
-
 /// One request of a read or write planned for the asynchronous queue: the target, the
 /// encoded extents, each extent's length, and the caller's memory the bytes move through,
 /// in order.
@@ -342,7 +335,7 @@ struct Batch {
     target_id: u32,
     extents: Vec<Extent>,
     /// Per extent: pieces of the caller's memory, in order.
-    memory: Vec<Vec<Segment>>,
+    memory: Vec<Vec<Span>>,
     bytes: u64,
 }
 
@@ -921,7 +914,7 @@ impl Client {
         file: &FileInner,
         opcode: Opcode,
         offset: u64,
-        memory: &[Segment],
+        memory: &[Span],
     ) -> Result<bool, Error> {
         let len: u64 = memory.iter().map(|s| s.len as u64).sum();
         let extents: Vec<ObjectExtent> = file.layout.extents(file.attr.ino, offset, len)?.collect();
@@ -1133,7 +1126,7 @@ fn recv_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSliceMut<'a>> {
 
 /// Groups extents by target into requests within the message limits, and finds each
 /// extent's bytes in the caller's memory.
-fn make_batches(extents: &[ObjectExtent], memory: &[Segment]) -> Vec<Batch> {
+fn make_batches(extents: &[ObjectExtent], memory: &[Span]) -> Vec<Batch> {
     // Start of each segment in the logical buffer.
     let mut starts = Vec::with_capacity(memory.len());
     let mut at = 0u64;
@@ -1141,7 +1134,7 @@ fn make_batches(extents: &[ObjectExtent], memory: &[Segment]) -> Vec<Batch> {
         starts.push(at);
         at += s.len as u64;
     }
-    let pieces_of = |buf_offset: u64, len: u64| -> Vec<Segment> {
+    let pieces_of = |buf_offset: u64, len: u64| -> Vec<Span> {
         let mut out = Vec::new();
         let mut i = starts
             .partition_point(|&s| s <= buf_offset)
@@ -1152,7 +1145,7 @@ fn make_batches(extents: &[ObjectExtent], memory: &[Segment]) -> Vec<Batch> {
             let within = (off - starts[i]) as usize;
             let n = ((seg.len - within) as u64).min(left) as usize;
             if n > 0 {
-                out.push(Segment {
+                out.push(Span {
                     // SAFETY: within + n <= seg.len: inside the caller's segment.
                     ptr: unsafe { seg.ptr.add(within) },
                     len: n,
@@ -1229,7 +1222,7 @@ impl File {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file. Holes
     /// read as zeros.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
-        let seg = [Segment {
+        let seg = [Span {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         }];
@@ -1239,9 +1232,9 @@ impl File {
 
     /// Reads into several buffers in order, as `preadv(2)`.
     pub fn readv_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<usize, Error> {
-        let segs: Vec<Segment> = bufs
+        let segs: Vec<Span> = bufs
             .iter_mut()
-            .map(|b| Segment {
+            .map(|b| Span {
                 ptr: b.as_mut_ptr(),
                 len: b.len(),
             })
@@ -1249,30 +1242,23 @@ impl File {
         self.read_segments(&segs, offset).map(|n| n as usize)
     }
 
-    fn read_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
+    fn read_segments(&self, segs: &[Span], offset: u64) -> Result<u64, Error> {
         self.call(false, segs, offset)
     }
 
     /// A blocking read or write of `memory` at `offset`: one operation on a queue of the
     /// client's, waited for; when some target is reached over RDMA, the blocking
     /// connections' path ([`File::call_direct`]).
-    fn call(&self, write: bool, memory: &[Segment], offset: u64) -> Result<u64, Error> {
+    fn call(&self, write: bool, memory: &[Span], offset: u64) -> Result<u64, Error> {
         self.check(write)?;
         if memory.iter().all(|s| s.len == 0) {
             return Ok(0);
         }
-        let spans: Vec<Span> = memory
-            .iter()
-            .map(|s| Span {
-                ptr: s.ptr,
-                len: s.len,
-            })
-            .collect();
         let client = &self.inner.client;
         let queue = client.call_queue()?;
         // SAFETY: `memory` is the caller's, borrowed for this call (mutably for a read),
         // and `Queue::call` returns only once the operation has ended.
-        let done = unsafe { queue.call(self, write, offset, &spans) };
+        let done = unsafe { queue.call(self, write, offset, memory) };
         client.put_back(queue);
         match done {
             Some(result) => result,
@@ -1285,7 +1271,7 @@ impl File {
     pub(crate) fn call_direct(
         &self,
         write: bool,
-        memory: &[Segment],
+        memory: &[Span],
         offset: u64,
     ) -> Result<u64, Error> {
         self.check(write)?;
@@ -1327,14 +1313,7 @@ impl File {
         let len: u64 = memory.iter().map(|s| s.len as u64).sum();
         let extents: Vec<ObjectExtent> =
             inner.layout.extents(inner.attr.ino, offset, len)?.collect();
-        let memory: Vec<Segment> = memory
-            .iter()
-            .map(|s| Segment {
-                ptr: s.ptr,
-                len: s.len,
-            })
-            .collect();
-        let batches = make_batches(&extents, &memory);
+        let batches = make_batches(&extents, memory);
         let mut planned = Vec::with_capacity(batches.len());
         for b in batches {
             let mut body = Vec::new();
@@ -1343,15 +1322,7 @@ impl File {
                 link: inner.client.target(b.target_id)?,
                 body,
                 extent_lens: b.extents.iter().map(|e| e.len).collect(),
-                memory: b
-                    .memory
-                    .iter()
-                    .flatten()
-                    .map(|s| Span {
-                        ptr: s.ptr,
-                        len: s.len,
-                    })
-                    .collect(),
+                memory: b.memory.into_iter().flatten().collect(),
             });
         }
         Ok(planned)
@@ -1359,7 +1330,7 @@ impl File {
 
     /// Writes all of `buf` at `offset`; returns its length.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize, Error> {
-        let seg = [Segment {
+        let seg = [Span {
             ptr: buf.as_ptr().cast_mut(),
             len: buf.len(),
         }];
@@ -1369,9 +1340,9 @@ impl File {
 
     /// Writes several buffers in order, as `pwritev(2)`.
     pub fn writev_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<usize, Error> {
-        let segs: Vec<Segment> = bufs
+        let segs: Vec<Span> = bufs
             .iter()
-            .map(|b| Segment {
+            .map(|b| Span {
                 ptr: b.as_ptr().cast_mut(),
                 len: b.len(),
             })
@@ -1379,7 +1350,7 @@ impl File {
         self.write_segments(&segs, offset).map(|n| n as usize)
     }
 
-    fn write_segments(&self, segs: &[Segment], offset: u64) -> Result<u64, Error> {
+    fn write_segments(&self, segs: &[Span], offset: u64) -> Result<u64, Error> {
         self.call(true, segs, offset)
     }
 
@@ -1489,11 +1460,3 @@ pub fn object_size_for(layout: &Layout, component: u16, stripe: u32, file_size: 
         .min(stripe_size);
     full_rows * stripe_size + in_last
 }
-
-// SAFETY: a Segment is a pointer into memory the caller lends for one call; it never
-// outlives the call. Within a call, each batch's segments are used by one thread only (the
-// calling thread, or over RDMA the thread of the batch's target), and segments of
-// different batches never overlap.
-unsafe impl Send for Segment {}
-// SAFETY: as for Send: shared references to a batch reach its memory from one thread only.
-unsafe impl Sync for Segment {}

@@ -117,6 +117,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failure of an event loop's kernel object (`what` names the system call), with the
+    /// words the event loops used before they shared the transport's.
+    pub(crate) fn event_loop(what: &str, source: std::io::Error) -> Error {
+        Error::Server {
+            what: "event loop".into(),
+            reason: format!("{what}: {source}"),
+        }
+    }
+
     /// The errno value of the error (positive), as the C ABI returns it negated. A value a
     /// peer sent that is no errno (0, negative, above [`MAX_ERRNO`]) is EIO, so that no
     /// reply can turn a failure into a success.

@@ -10,7 +10,6 @@ pub mod mem;
 pub mod meta;
 pub mod queue;
 mod server;
-mod sys;
 pub mod target_server;
 pub mod units;
 

@@ -18,17 +18,17 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::wire::Opcode;
 use nacre_transport::{Finished, PipeConn, Progress, Span, TransportError, TransportOp};
 
-use crate::client::{File, Planned, Segment, TargetLink, extents_whole};
+use crate::client::{File, Planned, TargetLink, extents_whole};
 use crate::error::Error;
 use crate::limits::{
     IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH,
     QUEUE_REQUESTS_BEFORE_NEW_CONNECTION,
 };
 use crate::server::{join_all, spawn};
-use crate::sys::{Epoll, EventFd};
 
 /// An operation for a [`Queue`].
 #[derive(Debug)]
@@ -230,8 +230,8 @@ impl Queue {
                 allowed: format!("1 to {MAX_QUEUE_DEPTH}"),
             });
         }
-        let epoll = Epoll::new()?;
-        let wake = EventFd::new()?;
+        let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
+        let wake = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
         epoll
             .add(wake.raw(), WAKE_TOKEN, false)
             .map_err(|e| Error::Server {
@@ -1022,7 +1022,7 @@ fn run(op: QueueOp) -> Result<u64, Error> {
             buf,
             len,
             offset,
-        } => file.call_direct(false, &[Segment { ptr: buf, len }], offset),
+        } => file.call_direct(false, &[Span { ptr: buf, len }], offset),
         QueueOp::Write {
             file,
             buf,
@@ -1030,7 +1030,7 @@ fn run(op: QueueOp) -> Result<u64, Error> {
             offset,
         } => file.call_direct(
             true,
-            &[Segment {
+            &[Span {
                 ptr: buf.cast_mut(),
                 len,
             }],

@@ -18,6 +18,7 @@ pub mod buffer;
 pub mod conn;
 pub mod endpoint;
 pub mod error;
+pub mod event;
 pub mod limits;
 mod outbox;
 pub mod pipe;

@@ -29,6 +29,10 @@ pub struct Span {
 // PipeConn::push and StreamConn::reply_with_payload) that the memory stays valid until the
 // message is done with, whichever thread ends it.
 unsafe impl Send for Span {}
+// SAFETY: a shared Span gives only its address and length; reaching the memory is up to
+// the one who uses it, on the terms it was lent on (a client's read or write, for
+// example, has each batch's spans used by one thread, and batches never overlap).
+unsafe impl Sync for Span {}
 
 /// One message: header, body, then a payload from the caller's memory.
 #[derive(Debug)]

@@ -15,7 +15,8 @@
 //! [`MAX_PIPELINED_REQUESTS`] unanswered. Replies go out in the order their requests came,
 //! whatever order they are ready in: the place of each reply is held when its request is
 //! read, and the replies ready at the front leave together in one `sendmsg` (with
-//! MSG_NOSIGNAL), each payload straight from the caller's memory ([`crate::outbox`]).
+//! MSG_NOSIGNAL), each payload straight from the caller's memory (the outbox,
+//! `transport/src/outbox.rs`).
 //!
 //! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only once the socket is
 //! known to be empty (it said it would block, or a read came back short), or, for

@@ -16,6 +16,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use nacre_io::{Completion, IoError, ObjectStore, Op, StoreConfig};
+use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::limits::{MAX_PIPELINED_REQUESTS, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Header, Opcode};
 use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
@@ -27,7 +28,6 @@ use crate::error::Error;
 use crate::limits::{
     IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, WORKER_REPLY_TIMEOUT_MS,
 };
-use crate::sys::{Epoll, EventFd};
 
 /// Most client connections one worker serves at once; more are refused (closed).
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;
@@ -103,7 +103,7 @@ impl Inbox {
         let (tx, rx) = mpsc::channel();
         let inbox = Inbox {
             tx,
-            wake: EventFd::new()?,
+            wake: EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?,
             asleep: AtomicBool::new(false),
         };
         Ok((inbox, rx))
@@ -272,9 +272,9 @@ impl Worker {
             // drops the worker (and its store) before its `ctx`.
             unsafe { store.register_memory(ptr, len) }?;
         }
-        let ring_event = EventFd::new()?;
+        let ring_event = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
         store.register_eventfd(ring_event.raw())?;
-        let epoll = Epoll::new()?;
+        let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         let io = |e: std::io::Error| Error::Server {
             what: format!("target {} worker {index}", ctx.target_id),
             reason: format!("epoll_ctl: {e}"),
@@ -384,7 +384,7 @@ impl Worker {
         self.inboxes[self.index]
             .asleep
             .store(false, Ordering::SeqCst);
-        waited?;
+        waited.map_err(|e| Error::event_loop("epoll_wait", e))?;
         for &(token, readable) in &tokens {
             match token {
                 WAKE_TOKEN => self.inboxes[self.index].wake.clear(),

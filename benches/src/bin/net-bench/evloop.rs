@@ -4,10 +4,11 @@
 //! does).
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::wire::{Header, Opcode};
 use nacre_transport::{
     ConnectOptions, Connection, Finished, Incoming, Listener, PipeConn, Progress, Span, StreamConn,
@@ -16,10 +17,8 @@ use nacre_transport::{
 
 use super::{ACCEPT_POLL, Args, MAX_SIZE_BYTES, endpoint, report_rtts};
 
-/// Events taken from the kernel per `epoll_wait`.
-const EVENTS_PER_WAIT: usize = 64;
 /// Longest sleep of a loop in `epoll_wait`.
-const WAIT_MS: i32 = 100;
+const WAIT: Duration = Duration::from_millis(100);
 /// A client whose requests have seen no reply for this long gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The epoll token of the server's eventfd (new connections).
@@ -27,81 +26,19 @@ const WAKE_TOKEN: u64 = u64::MAX;
 /// The token of a Ping's echo reply, whose payload is the connection's buffer.
 const ECHO_TOKEN: u64 = 1;
 
-/// An epoll instance: sockets are watched edge-triggered for both directions.
-struct Epoll(OwnedFd);
-
-impl Epoll {
-    fn new() -> Result<Epoll, String> {
-        // SAFETY: epoll_create1 takes no pointers; the descriptor it returns is ours.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!(
-                "epoll_create1: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn add(&self, fd: RawFd, token: u64) -> Result<(), String> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: token,
-        };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc < 0 {
-            return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `WAIT_MS` and returns the ready (token, readable) pairs.
-    fn wait(&self, events: &mut [libc::epoll_event; EVENTS_PER_WAIT]) -> Vec<(u64, bool)> {
-        // SAFETY: `events` has room for EVENTS_PER_WAIT entries, the count passed.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS_PER_WAIT as i32,
-                WAIT_MS,
-            )
-        };
-        let readable = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-        events[..n.max(0) as usize]
-            .iter()
-            .map(|e| (e.u64, e.events & readable != 0))
-            .collect()
-    }
+/// Waits up to [`WAIT`] and puts the ready (token, readable) pairs in `ready`.
+fn wait(epoll: &mut Epoll, ready: &mut Vec<(u64, bool)>) -> Result<(), String> {
+    ready.clear();
+    epoll
+        .wait(WAIT, |token, readable| ready.push((token, readable)))
+        .map_err(|e| format!("epoll_wait: {e}"))
 }
 
-/// An eventfd the acceptor rings when it hands the loop a connection.
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> Result<EventFd, String> {
-        // SAFETY: eventfd takes no pointers; the descriptor it returns is ours.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn ring(&self) {
-        let one = 1u64;
-        // SAFETY: writes the 8 bytes of `one`; a full counter (EAGAIN) still wakes the loop.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    fn clear(&self) {
-        let mut value = 0u64;
-        // SAFETY: reads at most 8 bytes into `value`; EAGAIN (already clear) is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
-    }
+/// Watches a connection's socket both ways, edge-triggered.
+fn watch(epoll: &Epoll, fd: RawFd, token: u64) -> Result<(), String> {
+    epoll
+        .add(fd, token, true)
+        .map_err(|e| format!("epoll_ctl: {e}"))
 }
 
 /// One connection the loop server drives.
@@ -120,9 +57,11 @@ pub fn server(args: &Args) -> Result<(), String> {
     let listener = Listener::bind(&endpoint(&args.endpoint)?).map_err(|e| e.to_string())?;
     println!("listening on {}", listener.endpoint());
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let epoll = Epoll::new()?;
-    let wake = EventFd::new()?;
-    epoll.add(wake.0.as_raw_fd(), WAKE_TOKEN)?;
+    let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
+    let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
+    epoll
+        .add(wake.raw(), WAKE_TOKEN, false)
+        .map_err(|e| format!("epoll_ctl: {e}"))?;
     let (tx, rx) = mpsc::channel::<StreamConn>();
     std::thread::scope(|s| {
         let (listener, wake) = (&listener, &wake);
@@ -137,14 +76,15 @@ pub fn server(args: &Args) -> Result<(), String> {
             }
         });
         let mut conns: Vec<Option<Served>> = Vec::new();
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut events = Vec::new();
         while Instant::now() < deadline {
-            for (token, readable) in epoll.wait(&mut events) {
+            wait(&mut epoll, &mut events)?;
+            for &(token, readable) in &events {
                 if token == WAKE_TOKEN {
                     wake.clear();
                     while let Ok(conn) = rx.try_recv() {
                         let token = conns.len() as u64;
-                        epoll.add(conn.fd(), token)?;
+                        watch(&epoll, conn.fd(), token)?;
                         conns.push(Some(Served {
                             conn,
                             buf: vec![0u8; MAX_SIZE_BYTES as usize],
@@ -240,17 +180,17 @@ fn pipe_connect(args: &Args) -> Result<PipeConn, String> {
 /// Keeps `--window` 1 MiB (`--size`) writes in flight on each of `--conns` connections,
 /// all driven by this one thread, for `--seconds`.
 pub fn bulk(args: &Args) -> Result<(), String> {
-    let epoll = Epoll::new()?;
+    let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut conns = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let conn = pipe_connect(args)?;
-        epoll.add(conn.fd(), i as u64)?;
+        watch(&epoll, conn.fd(), i as u64)?;
         conns.push(conn);
     }
     let size = args.size_bytes as usize;
     let payload = vec![0x5Au8; size];
     let mut done: Vec<Finished> = Vec::new();
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    let mut events = Vec::new();
     let duration = Duration::from_secs_f64(args.seconds);
     let (mut bytes, mut last_reply) = (0u64, Instant::now());
     let start = Instant::now();
@@ -274,7 +214,8 @@ pub fn bulk(args: &Args) -> Result<(), String> {
                 conn.flush().map_err(|e| e.to_string())?;
             }
         }
-        for (token, readable) in epoll.wait(&mut events) {
+        wait(&mut epoll, &mut events)?;
+        for &(token, readable) in &events {
             let conn = &mut conns[token as usize];
             if readable {
                 conn.readable();
@@ -304,14 +245,14 @@ pub fn bulk(args: &Args) -> Result<(), String> {
 /// Round trips of one Ping of `--size` bytes each way, one at a time, waiting in epoll as
 /// the engine's blocking calls do.
 pub fn pingpong(args: &Args) -> Result<(), String> {
-    let epoll = Epoll::new()?;
+    let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut conn = pipe_connect(args)?;
-    epoll.add(conn.fd(), 0)?;
+    watch(&epoll, conn.fd(), 0)?;
     let size = args.size_bytes as usize;
     let out = vec![0x33u8; size];
     let mut back = vec![0u8; size];
     let mut done: Vec<Finished> = Vec::new();
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    let mut events = Vec::new();
     let mut rtts = Vec::new();
     let duration = Duration::from_secs_f64(args.seconds);
     let start = Instant::now();
@@ -330,7 +271,8 @@ pub fn pingpong(args: &Args) -> Result<(), String> {
         unsafe { conn.push(Opcode::Ping, Vec::new(), from, into, 0) }.map_err(|e| e.to_string())?;
         conn.flush().map_err(|e| e.to_string())?;
         while done.is_empty() {
-            for (_, readable) in epoll.wait(&mut events) {
+            wait(&mut epoll, &mut events)?;
+            for &(_, readable) in &events {
                 if readable {
                     conn.readable();
                 }

@@ -1,35 +1,28 @@
-//! The two kernel objects an event loop waits on: an epoll set and eventfds. A target
-//! worker's loop waits on its connections, its wake-up and its ring's completions
-//! (decision 0008); an asynchronous [`crate::Queue`] on its connections to targets and the
-//! wake-up of its other waiters (decision 0009).
+//! The two kernel objects an event loop waits on: an epoll set and eventfds. The
+//! nonblocking connections ([`crate::StreamConn`], [`crate::PipeConn`]) are driven by such
+//! loops: a target worker's waits on its connections, its wake-up and its ring's completions
+//! (decision 0008); an asynchronous queue of the engine on its connections to targets and
+//! the wake-up of its other waiters (decision 0009); `net-bench`'s loop server and clients
+//! on theirs.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::error::Error;
-
-fn sys_error(what: &str, source: std::io::Error) -> Error {
-    Error::Server {
-        what: "event loop".into(),
-        reason: format!("{what}: {source}"),
-    }
-}
-
 /// An eventfd: a counter other threads add to, and a descriptor that is readable while the
 /// counter is not zero.
 #[derive(Debug)]
-pub(crate) struct EventFd {
+pub struct EventFd {
     fd: OwnedFd,
 }
 
 impl EventFd {
     /// A nonblocking eventfd at zero.
-    pub(crate) fn new() -> Result<EventFd, Error> {
+    pub fn new() -> std::io::Result<EventFd> {
         // SAFETY: eventfd takes no pointers; a negative return is an error, else a new
         // descriptor we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(sys_error("eventfd", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nothing else owns.
         Ok(EventFd {
@@ -38,12 +31,12 @@ impl EventFd {
     }
 
     /// The descriptor.
-    pub(crate) fn raw(&self) -> RawFd {
+    pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     /// Makes the descriptor readable (wakes a thread waiting on it).
-    pub(crate) fn ring(&self) {
+    pub fn ring(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a local u64, as eventfd expects. It can only fail when
         // the counter would overflow, which needs 2^64 - 2 unread wake-ups: the reader is
@@ -52,7 +45,7 @@ impl EventFd {
     }
 
     /// Sets the counter back to zero.
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a local u64; EAGAIN (already zero) is fine.
         let _ = unsafe { libc::read(self.raw(), (&raw mut count).cast(), 8) };
@@ -61,7 +54,7 @@ impl EventFd {
 
 /// An epoll set whose entries carry a 64-bit token.
 #[derive(Debug)]
-pub(crate) struct Epoll {
+pub struct Epoll {
     fd: OwnedFd,
     events: Vec<libc::epoll_event>,
 }
@@ -70,11 +63,12 @@ pub(crate) struct Epoll {
 const EVENTS_PER_WAIT: usize = 256;
 
 impl Epoll {
-    pub(crate) fn new() -> Result<Epoll, Error> {
+    /// An empty set.
+    pub fn new() -> std::io::Result<Epoll> {
         // SAFETY: no pointers; a negative return is an error, else a descriptor we own.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
-            return Err(sys_error("epoll_create1", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(Epoll {
             // SAFETY: `fd` is a fresh descriptor nothing else owns.
@@ -84,7 +78,7 @@ impl Epoll {
     }
 
     /// Watches `fd` for reading and writing, edge-triggered, or for reading only.
-    pub(crate) fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
+    pub fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
         let mut flags = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
         if writes_too {
             flags |= libc::EPOLLOUT;
@@ -103,7 +97,7 @@ impl Epoll {
     }
 
     /// Stops watching `fd` (closing it does too, once no other descriptor refers to it).
-    pub(crate) fn remove(&self, fd: RawFd) {
+    pub fn remove(&self, fd: RawFd) {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; an fd not in the set is an error we ignore.
         let _ =
@@ -112,11 +106,7 @@ impl Epoll {
 
     /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token and
     /// whether it may be read from (readable, hung up or in error).
-    pub(crate) fn wait(
-        &mut self,
-        timeout: Duration,
-        f: impl FnMut(u64, bool),
-    ) -> Result<(), Error> {
+    pub fn wait(&mut self, timeout: Duration, f: impl FnMut(u64, bool)) -> std::io::Result<()> {
         let mut events = std::mem::take(&mut self.events);
         let result = self.wait_into(&mut events, timeout, f);
         self.events = events;
@@ -125,12 +115,12 @@ impl Epoll {
 
     /// As [`Epoll::wait`], into the caller's event buffer, so that several threads may
     /// wait on one set at once (each edge goes to one of them).
-    pub(crate) fn wait_into(
+    pub fn wait_into(
         &self,
         events: &mut [libc::epoll_event],
         timeout: Duration,
         mut f: impl FnMut(u64, bool),
-    ) -> Result<(), Error> {
+    ) -> std::io::Result<()> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: the buffer holds `events.len()` events and outlives the call.
         let n = unsafe {
@@ -148,7 +138,7 @@ impl Epoll {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(());
             }
-            return Err(sys_error("epoll_wait", e));
+            return Err(e);
         }
         for e in &events[..n as usize] {
             let read_side =
