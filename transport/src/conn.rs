@@ -450,6 +450,9 @@ pub struct Listener {
     tcp: Option<TcpAcceptor>,
     #[cfg(feature = "rdma")]
     rdma: Option<crate::rdma::RdmaListener>,
+    /// Memory registered once per RDMA device for every connection accepted through it.
+    #[cfg(feature = "rdma")]
+    shared: crate::rdma::SharedMemory,
     endpoint: Endpoint,
     request_timeout: Duration,
 }
@@ -506,6 +509,8 @@ impl Listener {
             tcp,
             #[cfg(feature = "rdma")]
             rdma,
+            #[cfg(feature = "rdma")]
+            shared: crate::rdma::SharedMemory::new(),
             endpoint: Endpoint {
                 scheme: endpoint.scheme,
                 host: addr.ip().to_string(),
@@ -526,6 +531,40 @@ impl Listener {
         return self.rdma.is_some();
         #[cfg(not(feature = "rdma"))]
         false
+    }
+
+    /// Registers `[ptr, ptr + len)` for bulk on every RDMA connection this listener accepts
+    /// after, once per RDMA device rather than once per connection (a server's memory
+    /// pool): a request payload received into it, or a reply payload sent from it, moves
+    /// with RDMA READ or WRITE and no staging copy. The first client through a device
+    /// registers it there. Over TCP nothing needs registering, and this does nothing.
+    ///
+    /// # Safety
+    /// The memory must stay allocated while `owner` lives. The listener and every
+    /// connection that may move bulk in the memory hold a clone of `owner`.
+    pub unsafe fn register_memory<T: Send + Sync + 'static>(
+        &self,
+        owner: std::sync::Arc<T>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        #[cfg(feature = "rdma")]
+        if self.rdma.is_some() {
+            // SAFETY: the caller keeps the memory allocated while `owner` lives.
+            unsafe { self.shared.add(owner, ptr, len) }?;
+        }
+        #[cfg(not(feature = "rdma"))]
+        let _ = (owner, ptr, len);
+        Ok(())
+    }
+
+    /// Registrations of [`Listener::register_memory`]'s memory made so far: one per area
+    /// for each RDMA device a client came through (none over TCP).
+    pub fn memory_registrations(&self) -> usize {
+        #[cfg(feature = "rdma")]
+        return self.shared.registrations();
+        #[cfg(not(feature = "rdma"))]
+        0
     }
 
     /// Waits up to `timeout` for a client; `Ok(None)` when none came.
@@ -550,9 +589,13 @@ impl Listener {
             #[cfg(feature = "rdma")]
             if let Some(rdma) = &self.rdma {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match rdma.accept(left.min(slice)) {
-                    Ok(conn) => {
-                        let link = crate::rdma_link::RdmaLink::new(conn, self.request_timeout);
+                match rdma.accept_shared(&self.shared, left.min(slice)) {
+                    Ok((conn, regions)) => {
+                        let link = crate::rdma_link::RdmaLink::with_regions(
+                            conn,
+                            self.request_timeout,
+                            regions,
+                        );
                         return Ok(Some(ServerConnection {
                             link: Link::Rdma(Box::new(link)),
                             pending_payload: 0,

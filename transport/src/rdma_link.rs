@@ -13,11 +13,12 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::TransportError;
 use crate::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_REMOTE_BUFS_PER_MESSAGE};
-use crate::rdma::{MAX_MESSAGE_BYTES, MemoryRegion, RdmaConnection, RdmaError, RemoteBuf};
+use crate::rdma::{MAX_MESSAGE_BYTES, RdmaConnection, RdmaError, Region, RemoteBuf};
 use crate::wire::{FLAG_REMOTE_BULK, Header, WireError};
 
 /// One RDMA connection with its message scratch and bulk staging buffers.
@@ -36,8 +37,9 @@ pub(crate) struct RdmaLink {
     staging: Vec<u8>,
     /// Server side: the current request's remote descriptors.
     remote: Vec<RemoteBuf>,
-    /// Memory the caller registered: bulk in it moves without staging.
-    regions: Vec<MemoryRegion<'static>>,
+    /// Registered memory (the caller's, and the listener's shared memory on a server):
+    /// bulk in it moves without staging.
+    regions: Vec<Arc<Region>>,
     /// Bytes copied through `staging` so far (zero when every call used registered memory).
     staged_bytes: u64,
     broken: bool,
@@ -63,6 +65,16 @@ struct Decoded {
 
 impl RdmaLink {
     pub(crate) fn new(conn: RdmaConnection, timeout: Duration) -> RdmaLink {
+        RdmaLink::with_regions(conn, timeout, Vec::new())
+    }
+
+    /// A link that may move bulk in `regions` (registered in the connection's domain)
+    /// without staging.
+    pub(crate) fn with_regions(
+        conn: RdmaConnection,
+        timeout: Duration,
+        regions: Vec<Arc<Region>>,
+    ) -> RdmaLink {
         let peer = conn.peer_addr();
         RdmaLink {
             conn,
@@ -75,7 +87,7 @@ impl RdmaLink {
             descs: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
             staging: Vec::new(),
             remote: Vec::with_capacity(MAX_REMOTE_BUFS_PER_MESSAGE),
-            regions: Vec::new(),
+            regions,
             staged_bytes: 0,
             broken: false,
         }
@@ -93,7 +105,7 @@ impl RdmaLink {
         // SAFETY: the caller upholds register_raw's contract for the link's life, and the
         // link drops its regions before it is gone.
         let region = unsafe { self.conn.register_raw(ptr, len) }.map_err(TransportError::Rdma)?;
-        self.regions.push(region);
+        self.regions.push(Arc::new(Region::own(region)));
         Ok(())
     }
 
@@ -102,8 +114,9 @@ impl RdmaLink {
     /// is none.
     pub(crate) fn unregister_memory(&mut self, ptr: *mut u8, len: usize) {
         let start = ptr as u64;
-        self.regions
-            .retain(|r| !(r.remote().addr == start && r.remote().len as usize == len));
+        self.regions.retain(|r| {
+            !(r.region().remote().addr == start && r.region().remote().len as usize == len)
+        });
     }
 
     pub(crate) fn staged_bytes(&self) -> u64 {
@@ -123,13 +136,17 @@ impl RdmaLink {
             if len == 0 {
                 continue;
             }
-            let Some(index) = self.regions.iter().position(|r| r.contains(addr, len)) else {
+            let Some(index) = self
+                .regions
+                .iter()
+                .position(|r| r.region().contains(addr, len))
+            else {
                 return false;
             };
             if pieces.len() == MAX_REMOTE_BUFS_PER_MESSAGE {
                 return false;
             }
-            let start = self.regions[index].remote().addr as usize;
+            let start = self.regions[index].region().remote().addr as usize;
             pieces.push((index, addr - start, len));
         }
         true
@@ -140,6 +157,7 @@ impl RdmaLink {
         descs.clear();
         descs.extend(pieces.iter().filter_map(|&(index, offset, len)| {
             self.regions[index]
+                .region()
                 .remote()
                 .slice(offset as u32, len as u32)
         }));
@@ -206,9 +224,14 @@ impl RdmaLink {
             let Some(dest) = r.slice(roff, n as u32) else {
                 unreachable!("n fits the remote descriptor");
             };
-            let region = &mut self.regions[index];
+            let region = self.regions[index].region();
             let done = if pull {
-                self.conn.read(region, base + loff, dest, self.timeout)
+                // SAFETY: registered memory is reached only through raw addresses (the
+                // caller's slices, which it lent to this call), never through the region.
+                unsafe {
+                    self.conn
+                        .read_shared(region, base + loff, dest, self.timeout)
+                }
             } else {
                 self.conn.write(region, base + loff, dest, self.timeout)
             };

@@ -811,3 +811,143 @@ fn rdma_registered_memory_moves_bulk_with_no_staging_copy() {
         "the server copied through its staging buffer"
     );
 }
+
+/// Memory a test lends a listener: allocated until the last holder of its `Arc` goes.
+struct LentArea {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the area is an allocation owned by this struct; the tests reach its bytes only
+// through disjoint slices handed to one thread each.
+unsafe impl Send for LentArea {}
+// SAFETY: as above.
+unsafe impl Sync for LentArea {}
+
+impl LentArea {
+    fn new(len: usize) -> LentArea {
+        let ptr = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+        LentArea { ptr, len }
+    }
+}
+
+impl Drop for LentArea {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` came from the boxed slice made in `new`, freed only here.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+#[test]
+fn rdma_listener_registers_its_memory_once_per_device() {
+    use nacre_transport::wire::Opcode;
+    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Listener};
+    use std::io::{IoSlice, IoSliceMut};
+    use std::sync::Arc;
+    let Some(addr) = rdma_addr("rdma_listener_registers_its_memory_once_per_device", 7483) else {
+        return;
+    };
+    const CLIENTS: usize = 3;
+    const LEN: usize = 3 * 1024 * 1024 + 777;
+    let endpoint = Endpoint::parse(&format!("rdma://{addr}")).expect("endpoint");
+    let listener = Listener::bind(&endpoint).expect("bind rdma");
+    let area = Arc::new(LentArea::new(CLIENTS * 2 * LEN));
+    // SAFETY: the area stays allocated while `area` (the owner) lives.
+    unsafe { listener.register_memory(Arc::clone(&area), area.ptr, area.len) }
+        .expect("register the area");
+    assert_eq!(
+        listener.memory_registrations(),
+        0,
+        "nothing is registered before a client comes through a device"
+    );
+    let server_area = Arc::clone(&area);
+    drop(area);
+    let server = thread::spawn(move || -> (Vec<u64>, usize) {
+        let mut serving = Vec::new();
+        for i in 0..CLIENTS {
+            let mut conn = listener
+                .accept(SETUP_TIMEOUT)
+                .expect("accept")
+                .expect("a client came");
+            let area = Arc::clone(&server_area);
+            serving.push(thread::spawn(move || -> u64 {
+                // SAFETY: each connection's thread takes its own 2 * LEN bytes of the area,
+                // which `area` keeps allocated; nothing else touches them meanwhile.
+                let mine =
+                    unsafe { std::slice::from_raw_parts_mut(area.ptr.add(i * 2 * LEN), 2 * LEN) };
+                let (inbound, outbound) = mine.split_at_mut(LEN);
+                outbound.copy_from_slice(&pattern(LEN, 40 + i as u8));
+                let mut body = Vec::new();
+                while let Ok(Some(req)) = conn.next_request(&mut body) {
+                    let len = req.header.payload_len as usize;
+                    conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
+                        .expect("pull");
+                    let sent = match req.header.opcode {
+                        Opcode::Write => {
+                            conn.reply(&req, 0, &crc32c_of(&inbound[..len]).to_le_bytes(), &[])
+                        }
+                        _ => conn.reply(&req, 0, &[], &[IoSlice::new(outbound)]),
+                    };
+                    sent.expect("reply");
+                }
+                conn.staged_bytes()
+            }));
+        }
+        let registrations = listener.memory_registrations();
+        let staged = serving
+            .into_iter()
+            .map(|t| t.join().expect("serving thread"))
+            .collect();
+        (staged, registrations)
+    });
+    let options = ConnectOptions {
+        connect_timeout: SETUP_TIMEOUT,
+        request_timeout: OP_TIMEOUT,
+    };
+    // Every client connects before any calls, so the connections are alive together.
+    let mut conns: Vec<Connection> = (0..CLIENTS)
+        .map(|_| Connection::connect(&endpoint, options).expect("connect"))
+        .collect();
+    let mut reply_body = Vec::new();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let out = pattern(LEN, 10 + i as u8);
+        conn.call(
+            Opcode::Write,
+            &[],
+            Bulk::Send(&[IoSlice::new(&out)]),
+            &mut reply_body,
+        )
+        .expect("write call");
+        assert_eq!(
+            reply_body,
+            crc32c_of(&out).to_le_bytes(),
+            "server {i} pulled other bytes"
+        );
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let mut back = vec![0u8; LEN];
+        conn.call(
+            Opcode::Read,
+            &[],
+            Bulk::Recv(&mut [IoSliceMut::new(&mut back)]),
+            &mut reply_body,
+        )
+        .expect("read call");
+        assert_same(
+            &back,
+            &pattern(LEN, 40 + i as u8),
+            "payload written from the listener's memory",
+        );
+    }
+    drop(conns);
+    let (staged, registrations) = server.join().expect("server thread");
+    assert_eq!(
+        registrations, 1,
+        "one area through one device is registered once, not once per connection"
+    );
+    assert_eq!(
+        staged,
+        vec![0; CLIENTS],
+        "every connection moved bulk in the listener's memory with no staging copy"
+    );
+}

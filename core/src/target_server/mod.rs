@@ -6,7 +6,8 @@
 //!   TCP connections handed to it, and the objects whose id hashes to it. One epoll loop per
 //!   worker drives its sockets and its ring; nothing on the data path takes a lock.
 //! - **connection threads** for RDMA connections only (`threaded`), which hand each
-//!   object's owner its pieces as a message.
+//!   object's owner its pieces as a message. The memory pool is registered once with each
+//!   RDMA device clients come through ([`Listener::register_memory`]), not per connection.
 //! - an acceptor, which hands each TCP connection to a worker in turn, and a heartbeat that
 //!   keeps the metadata service's view of free space fresh.
 
@@ -99,6 +100,18 @@ impl TargetServer {
         let listener = Listener::bind(&endpoint)?;
         let endpoint = listener.endpoint().clone();
         let pool = Arc::new(MemPool::new(config.pool)?);
+        // Over RDMA the pool is registered once per device, for every connection through it.
+        for (ptr, len) in pool.registrations() {
+            // SAFETY: the pool's slab stays mapped while the pool lives, and the listener
+            // and its connections hold a clone of `pool` with each registration.
+            if let Err(e) = unsafe { listener.register_memory(Arc::clone(&pool), ptr, len) } {
+                nacre_transport::log_line!(
+                    "nacre target {target_id}: cannot register the pool for RDMA ({e}); \
+                     payloads will be staged"
+                );
+                break;
+            }
+        }
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

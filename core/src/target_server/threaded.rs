@@ -1,7 +1,7 @@
 //! Connections served by a thread each: RDMA connections, whose completion channel the
 //! workers' epoll loops do not watch. The thread receives a request, lands a write's payload
-//! in pool memory registered with the connection, hands each object's owner its pieces as a
-//! job, waits for the results, and replies from the same memory.
+//! in pool memory (registered once per device by the listener), hands each object's owner
+//! its pieces as a job, waits for the results, and replies from the same memory.
 
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -19,25 +19,10 @@ pub(super) fn serve_connection(
     ctx: Arc<Context>,
     inboxes: Arc<Vec<Inbox>>,
 ) {
-    for (ptr, len) in ctx.pool.registrations() {
-        // SAFETY: `ctx` holds the pool, so the slab stays mapped until `ctx` is dropped,
-        // which happens after `conn` (explicit drops at the end of this function).
-        if let Err(e) = unsafe { conn.register_memory(ptr, len) } {
-            nacre_transport::log_line!(
-                "nacre target {}: {}: cannot register the pool ({e}); payloads will be staged",
-                ctx.target_id,
-                conn.peer()
-            );
-            break;
-        }
-    }
     let name = format!("nacre target {}", ctx.target_id);
     request_loop(&mut conn, &ctx.stop, &name, |conn, request, body| {
         handle(&ctx, &inboxes, conn, request, body)
     });
-    // The connection (and its registrations of the pool) goes before the pool's last holder.
-    drop(conn);
-    drop(ctx);
 }
 
 fn handle(

@@ -11,6 +11,7 @@ use rdma_sys as ffi;
 
 use super::device::{expect_event, resolve_on};
 use super::error::{Op, RdmaError, last_errno};
+use super::shared::{Region, SharedMemory};
 use super::sys::{
     CmId, CompChannel, Cq, EventChannel, Mr, OwnedBuffer, Pd, Qp, device_name, poll_fds,
     std_to_sockaddr,
@@ -156,7 +157,9 @@ impl std::fmt::Debug for MemoryRegion<'_> {
 /// without a domain has a protection domain of its own.
 ///
 /// The domain holds an rdmacm id bound to the device, which keeps the device context open;
-/// connections and regions hold the domain's PD, so it lives as long as any of them.
+/// connections and regions hold the domain's PD, so it lives as long as any of them. A
+/// clone is the same domain.
+#[derive(Clone)]
 pub struct RdmaDomain {
     pd: Arc<Pd>,
     device: String,
@@ -227,6 +230,50 @@ impl RdmaDomain {
         let local = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0);
         register_on(&self.pd, local, buffer)
     }
+
+    /// Registers memory the caller manages itself with every connection of this domain
+    /// (as [`RdmaConnection::register_raw`] does for one connection).
+    ///
+    /// # Safety
+    /// As [`RdmaConnection::register_raw`].
+    pub unsafe fn register_raw(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<MemoryRegion<'static>, RdmaError> {
+        let local = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0);
+        // SAFETY: the caller upholds register_raw's contract.
+        unsafe { register_raw_on(&self.pd, local, ptr, len) }
+    }
+
+    /// The device context the domain's PD belongs to.
+    pub(crate) fn context(&self) -> *mut ffi::ibv_context {
+        self.pd.context()
+    }
+}
+
+/// Registers caller-managed memory in `pd`.
+///
+/// # Safety
+/// As [`RdmaConnection::register_raw`].
+unsafe fn register_raw_on(
+    pd: &Arc<Pd>,
+    peer: SocketAddr,
+    ptr: *mut u8,
+    len: usize,
+) -> Result<MemoryRegion<'static>, RdmaError> {
+    let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+        return Err(RdmaError::Call {
+            op: Op::Register,
+            peer,
+            call: "register_raw",
+            errno: libc::EINVAL,
+        });
+    };
+    // SAFETY: the caller keeps the memory valid and unaliased for the region's life,
+    // which is what the `'static` borrow stands for.
+    let buffer: &'static mut [u8] = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+    register_on(pd, peer, buffer)
 }
 
 fn register_on<'buf>(
@@ -319,7 +366,7 @@ impl RdmaListener {
     /// Waits up to `timeout` for a connect request and establishes the connection, with a
     /// protection domain of its own.
     pub fn accept(&self, timeout: Duration) -> Result<RdmaConnection, RdmaError> {
-        self.accept_with(None, timeout)
+        self.accept_with(Domain::Own, timeout).map(|(conn, _)| conn)
     }
 
     /// As [`RdmaListener::accept`], in `domain`; a request that arrived through another
@@ -329,14 +376,28 @@ impl RdmaListener {
         domain: &RdmaDomain,
         timeout: Duration,
     ) -> Result<RdmaConnection, RdmaError> {
-        self.accept_with(Some(domain), timeout)
+        self.accept_with(Domain::In(domain), timeout)
+            .map(|(conn, _)| conn)
+    }
+
+    /// As [`RdmaListener::accept`], in the domain `memory` keeps for the device the request
+    /// came through (made, with `memory`'s areas registered in it, by the first connection
+    /// through that device). Returns the connection and the registrations it may use.
+    /// When no domain can be made for the device, the connection gets one of its own and
+    /// no shared registration (its bulk is staged), and the reason is logged.
+    pub(crate) fn accept_shared(
+        &self,
+        memory: &SharedMemory,
+        timeout: Duration,
+    ) -> Result<(RdmaConnection, Vec<Arc<Region>>), RdmaError> {
+        self.accept_with(Domain::Shared(memory), timeout)
     }
 
     fn accept_with(
         &self,
-        domain: Option<&RdmaDomain>,
+        domain: Domain<'_>,
         timeout: Duration,
-    ) -> Result<RdmaConnection, RdmaError> {
+    ) -> Result<(RdmaConnection, Vec<Arc<Region>>), RdmaError> {
         let deadline = Instant::now() + timeout;
         let local = self.local;
         // Each iteration handles one event; the deadline ends the loop.
@@ -377,9 +438,42 @@ impl RdmaListener {
             // half-accepted.
             let handshake = Duration::from_millis(ACCEPT_HANDSHAKE_TIMEOUT_MS);
             let handshake_deadline = Instant::now() + handshake;
-            return accept_request(id, peer, wanted, domain, handshake_deadline, handshake);
+            let (domain, regions) = match domain {
+                Domain::Own => (None, Vec::new()),
+                Domain::In(d) => (Some(d.clone()), Vec::new()),
+                Domain::Shared(memory) => match memory.for_device(&id, peer) {
+                    Ok((d, regions)) => (Some(d), regions),
+                    Err(e) => {
+                        crate::log_line!(
+                            "nacre-transport: {peer}: no shared protection domain ({e}); \
+                             the connection's bulk is staged"
+                        );
+                        (None, Vec::new())
+                    }
+                },
+            };
+            let conn = accept_request(
+                id,
+                peer,
+                wanted,
+                domain.as_ref(),
+                handshake_deadline,
+                handshake,
+            )?;
+            return Ok((conn, regions));
         }
     }
+}
+
+/// Which protection domain an accepted connection gets.
+#[derive(Clone, Copy)]
+enum Domain<'a> {
+    /// One of its own.
+    Own,
+    /// The caller's.
+    In(&'a RdmaDomain),
+    /// The one a [`SharedMemory`] keeps for the request's device.
+    Shared(&'a SharedMemory),
 }
 
 /// What the connecting side asked for: how many READs it will have outstanding (which
@@ -545,19 +639,8 @@ impl RdmaConnection {
         ptr: *mut u8,
         len: usize,
     ) -> Result<MemoryRegion<'static>, RdmaError> {
-        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
-            return Err(RdmaError::Call {
-                op: Op::Register,
-                peer: self.peer,
-                call: "register_raw",
-                errno: libc::EINVAL,
-            });
-        };
-        // SAFETY: the caller keeps the memory valid and unaliased for the region's life,
-        // which is what the `'static` borrow stands for.
-        let buffer: &'static mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
-        register_on(&self.pd, self.peer, buffer)
+        // SAFETY: the caller upholds this function's contract.
+        unsafe { register_raw_on(&self.pd, self.peer, ptr, len) }
     }
 
     /// Sends one message of at most [`MAX_MESSAGE_BYTES`] and waits until the peer's
@@ -656,6 +739,21 @@ impl RdmaConnection {
         timeout: Duration,
     ) -> Result<(), RdmaError> {
         // `&mut` keeps every other Rust access to `local` out while the device writes it.
+        self.one_sided(Op::Read, local, local_offset_bytes, remote, timeout)
+    }
+
+    /// As [`RdmaConnection::read`], into a region that is shared (memory registered with
+    /// `register_raw`, which Rust code reaches only through raw pointers).
+    ///
+    /// # Safety
+    /// No reference to the bytes being read into may be in use during the call.
+    pub(crate) unsafe fn read_shared(
+        &mut self,
+        local: &MemoryRegion<'_>,
+        local_offset_bytes: usize,
+        remote: RemoteBuf,
+        timeout: Duration,
+    ) -> Result<(), RdmaError> {
         self.one_sided(Op::Read, local, local_offset_bytes, remote, timeout)
     }
 

@@ -17,7 +17,10 @@
 //! [`RdmaDomain`] ([`RdmaConnection::connect_in`], [`RdmaListener::accept_in`]) share the
 //! domain's PD instead, so memory registered once with the domain (a server's or a
 //! client's memory pool) serves all of them; a domain belongs to one device, and a peer
-//! reached through another device is refused with [`RdmaError::OtherDevice`].
+//! reached through another device is refused with [`RdmaError::OtherDevice`]. The
+//! [`Listener`](crate::Listener) makes such a domain for each device it accepts through,
+//! the first time a client comes through it, and registers there once the memory it was
+//! given ([`Listener::register_memory`](crate::Listener::register_memory)).
 //!
 //! Teardown order is enforced by types, not by care:
 //! - every verbs object holds an `Arc` of each object it depends on (QP → PD, CQ and
@@ -86,11 +89,13 @@
 mod connection;
 mod device;
 mod error;
+mod shared;
 mod sys;
 
 pub use connection::{MemoryRegion, RdmaConnection, RdmaDomain, RdmaListener, RemoteBuf};
 pub use device::{DeviceInfo, PortInfo, can_reach, devices};
 pub use error::{Op, RdmaError};
+pub(crate) use shared::{Region, SharedMemory};
 
 /// Largest message [`RdmaConnection::send`] carries (and the size of each receive buffer):
 /// a wire header, the largest body, and the descriptors of remote bulk memory.
