@@ -61,6 +61,12 @@ fn striped_round_trip(scheme: &str, test: &str) {
     assert_eq!(n, 100);
     let staged = client.staged_bytes();
     assert!(staged > 0, "bulk in unregistered memory is staged");
+    // Every connection is driven by a worker's event loop, none by a thread of its own.
+    for t in cluster.targets.iter().flatten() {
+        let c = t.connections();
+        assert!(c.on_loops > 0, "target {}: {c:?}", t.target_id());
+        assert_eq!(c.on_threads, 0, "target {}: {c:?}", t.target_id());
+    }
 
     // Registered memory moves with no staging copy: the targets' RDMA READ and WRITE reach
     // it directly.

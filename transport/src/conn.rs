@@ -700,6 +700,21 @@ impl ServerConnection {
         }
     }
 
+    /// An RDMA connection, fresh from [`Listener::accept`], as a nonblocking
+    /// [`RdmaStream`](crate::RdmaStream) for an event loop; any other connection (TCP, one
+    /// a request was already read from, or one with no registered memory to move bulk in,
+    /// since the stream never stages) comes back unchanged.
+    #[cfg(feature = "rdma")]
+    pub fn into_rdma_stream(self) -> Result<crate::RdmaStream, ServerConnection> {
+        if self.pending_payload != 0 {
+            return Err(self);
+        }
+        match self.link {
+            Link::Rdma(r) if r.has_regions() => Ok(crate::RdmaStream::new(*r)),
+            link => Err(ServerConnection { link, ..self }),
+        }
+    }
+
     /// Waits for the next request and its body. `Ok(None)` when the client closed the
     /// connection; [`TransportError::TimedOut`] when it sent nothing for the request timeout
     /// (the connection stays usable). A request with an unknown opcode is answered here

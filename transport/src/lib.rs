@@ -39,4 +39,6 @@ pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
 pub use outbox::Span;
 pub use pipe::{Finished, PipeConn};
+#[cfg(feature = "rdma")]
+pub use rdma_link::RdmaStream;
 pub use stream::{Incoming, Progress, StreamConn};

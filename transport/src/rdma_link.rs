@@ -21,6 +21,9 @@ use crate::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_REMOTE_BUFS_PER_MESSAGE
 use crate::rdma::{MAX_MESSAGE_BYTES, RdmaConnection, RdmaError, Region, RemoteBuf};
 use crate::wire::{FLAG_REMOTE_BULK, Header, WireError};
 
+mod stream;
+pub use stream::RdmaStream;
+
 /// One RDMA connection with its message scratch and bulk staging buffers.
 pub(crate) struct RdmaLink {
     conn: RdmaConnection,
@@ -117,6 +120,11 @@ impl RdmaLink {
         self.regions.retain(|r| {
             !(r.region().remote().addr == start && r.region().remote().len as usize == len)
         });
+    }
+
+    /// Whether any memory is registered with the link.
+    pub(crate) fn has_regions(&self) -> bool {
+        !self.regions.is_empty()
     }
 
     pub(crate) fn staged_bytes(&self) -> u64 {
@@ -299,28 +307,11 @@ impl RdmaLink {
     /// Sends header, body and descriptors as one message.
     fn send_message(
         &mut self,
-        mut header: Header,
+        header: Header,
         body: &[u8],
         remote: &[RemoteBuf],
     ) -> Result<(), TransportError> {
-        assert!(
-            remote.len() <= MAX_REMOTE_BUFS_PER_MESSAGE,
-            "{} descriptors",
-            remote.len()
-        );
-        if !remote.is_empty() {
-            header.flags |= FLAG_REMOTE_BULK;
-        }
-        self.send_buf.clear();
-        self.send_buf.extend_from_slice(&header.encode());
-        self.send_buf.extend_from_slice(body);
-        if !remote.is_empty() {
-            self.send_buf
-                .extend_from_slice(&(remote.len() as u32).to_le_bytes());
-            for r in remote {
-                self.send_buf.extend_from_slice(&r.to_le_bytes());
-            }
-        }
+        encode_message(header, body, remote, &mut self.send_buf);
         let sent = self.conn.send(&self.send_buf, self.timeout);
         sent.map_err(|e| self.fail(e))
     }
@@ -718,6 +709,27 @@ impl RdmaLink {
         status: i32,
     ) -> Result<(), TransportError> {
         self.send_message(Header::error_reply(request_id, status), &[], &[])
+    }
+}
+
+/// Encodes header, body and descriptors as one message into `out`.
+fn encode_message(mut header: Header, body: &[u8], remote: &[RemoteBuf], out: &mut Vec<u8>) {
+    assert!(
+        remote.len() <= MAX_REMOTE_BUFS_PER_MESSAGE,
+        "{} descriptors",
+        remote.len()
+    );
+    if !remote.is_empty() {
+        header.flags |= FLAG_REMOTE_BULK;
+    }
+    out.clear();
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(body);
+    if !remote.is_empty() {
+        out.extend_from_slice(&(remote.len() as u32).to_le_bytes());
+        for r in remote {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
     }
 }
 

@@ -1,30 +1,35 @@
 //! The target server: serves one target's objects over the transport.
 //!
-//! Threads (decisions 0005 and 0008):
+//! Threads (decisions 0005, 0008 and 0013):
 //! - **workers**, one per core (`worker`): each owns an [`ObjectStore`](nacre_io::ObjectStore)
 //!   (its own io_uring, registered file table and the memory pool registered with it), the
-//!   TCP connections handed to it, and the objects whose id hashes to it. One epoll loop per
-//!   worker drives its sockets and its ring; nothing on the data path takes a lock.
-//! - **connection threads** for RDMA connections only (`threaded`), which hand each
-//!   object's owner its pieces as a message. The memory pool is registered once with each
-//!   RDMA device clients come through ([`Listener::register_memory`]), not per connection.
-//! - an acceptor, which hands each TCP connection to a worker in turn, and a heartbeat that
+//!   connections handed to it (TCP, and RDMA: a `wire::Wire` either way), and the objects
+//!   whose id hashes to it. One epoll loop per worker drives its sockets, its RDMA
+//!   completion channels and its ring; nothing on the data path takes a lock. The memory
+//!   pool is registered once with each RDMA device clients come through
+//!   ([`Listener::register_memory`]), not per connection.
+//! - **connection threads** only for RDMA connections the loops cannot drive (`threaded`):
+//!   those whose device could not get the pool registered, whose bulk is staged.
+//! - an acceptor, which hands each connection to a worker in turn, and a heartbeat that
 //!   keeps the metadata service's view of free space fresh.
 
 mod request;
 mod threaded;
+mod wire;
 mod worker;
 
 pub use worker::MAX_CONNECTIONS_PER_WORKER;
 
+use wire::Wire;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nacre_io::{StoreConfig, Target};
-use nacre_transport::{Endpoint, Listener};
+use nacre_transport::{Endpoint, Listener, ServerConnection};
 
 use crate::error::Error;
 use crate::limits::{ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, REGISTER_TIMEOUT_MS};
@@ -80,6 +85,24 @@ pub struct TargetServer {
     target_id: u32,
     target: Target,
     threads: Threads,
+    accepted: Arc<Accepted>,
+}
+
+/// How the connections a target server accepted are served, counted since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Driven by the workers' event loops: TCP, and RDMA with the pool registered.
+    pub on_loops: u64,
+    /// Served by a thread of their own: RDMA connections the loops cannot drive (the pool
+    /// could not be registered with their device, so their bulk is staged).
+    pub on_threads: u64,
+}
+
+/// The acceptor's counts behind [`ConnectionCounts`].
+#[derive(Debug, Default)]
+struct Accepted {
+    on_loops: AtomicU64,
+    on_threads: AtomicU64,
 }
 
 impl std::fmt::Debug for TargetServer {
@@ -167,23 +190,31 @@ impl TargetServer {
             return Err(failure);
         }
         let accept_stop = Arc::clone(&stop);
+        let accepted = Arc::new(Accepted::default());
+        let counts = Arc::clone(&accepted);
         // Serving before registering: the metadata service may call in while it answers the
         // registration (to remove objects of files removed while this target was down).
         threads.push(spawn(format!("nacre-t{target_id}"), move || {
             let name = format!("nacre-t{target_id}");
             let mut next = 0;
             accept_loop(listener, accept_stop, name, move |conn| {
-                // TCP goes to the workers in turn; RDMA gets a thread of its own.
-                let conn = match conn.into_stream() {
-                    Ok(stream) => {
-                        let w = next % inboxes.len();
-                        next = next.wrapping_add(1);
-                        // A worker that has gone (the server stops) drops the connection.
-                        let _ = inboxes[w].send(Msg::Connection(stream));
-                        return None;
-                    }
-                    Err(conn) => conn,
+                // Connections go to the workers in turn; one that cannot be driven by an
+                // event loop (an RDMA connection without the pool registered) gets a thread
+                // of its own.
+                let (wire, conn) = match conn.into_stream() {
+                    Ok(stream) => (Some(Wire::Tcp(stream)), None),
+                    Err(conn) => rdma_stream(conn),
                 };
+                if let Some(wire) = wire {
+                    counts.on_loops.fetch_add(1, Ordering::Relaxed);
+                    let w = next % inboxes.len();
+                    next = next.wrapping_add(1);
+                    // A worker that has gone (the server stops) drops the connection.
+                    let _ = inboxes[w].send(Msg::Connection(wire));
+                    return None;
+                }
+                let conn = conn?;
+                counts.on_threads.fetch_add(1, Ordering::Relaxed);
                 let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
                 Some(move || threaded::serve_connection(conn, ctx, inboxes))
             })
@@ -216,6 +247,7 @@ impl TargetServer {
                 stop,
                 handles: threads,
             },
+            accepted,
         })
     }
 
@@ -234,6 +266,14 @@ impl TargetServer {
         &self.target
     }
 
+    /// How the connections accepted so far are served.
+    pub fn connections(&self) -> ConnectionCounts {
+        ConnectionCounts {
+            on_loops: self.accepted.on_loops.load(Ordering::Relaxed),
+            on_threads: self.accepted.on_threads.load(Ordering::Relaxed),
+        }
+    }
+
     /// A flag that stops the server when set (for signal handlers and tests).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.threads.stop)
@@ -244,6 +284,21 @@ impl TargetServer {
     pub fn stop(mut self) {
         self.threads.shutdown();
     }
+}
+
+/// An RDMA connection as an event loop's, or the connection back when it cannot be one.
+#[cfg(feature = "rdma")]
+fn rdma_stream(conn: ServerConnection) -> (Option<Wire>, Option<ServerConnection>) {
+    match conn.into_rdma_stream() {
+        Ok(stream) => (Some(Wire::Rdma(Box::new(stream))), None),
+        Err(conn) => (None, Some(conn)),
+    }
+}
+
+/// Without RDMA every connection the acceptor cannot hand a worker gets a thread.
+#[cfg(not(feature = "rdma"))]
+fn rdma_stream(conn: ServerConnection) -> (Option<Wire>, Option<ServerConnection>) {
+    (None, Some(conn))
 }
 
 /// Registers the target with the metadata service, trying until [`REGISTER_TIMEOUT_MS`]

@@ -1,7 +1,8 @@
-//! Connections served by a thread each: RDMA connections, whose completion channel the
-//! workers' epoll loops do not watch. The thread receives a request, lands a write's payload
-//! in pool memory (registered once per device by the listener), hands each object's owner
-//! its pieces as a job, waits for the results, and replies from the same memory.
+//! Connections served by a thread each: RDMA connections the workers' loops cannot drive,
+//! because the pool could not be registered with their device (decision 0013). The thread
+//! receives a request, lands a write's payload in pool memory (through the connection's
+//! staging buffer), hands each object's owner its pieces as a job, waits for the results,
+//! and replies from the same memory.
 
 use std::sync::{Arc, mpsc};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! A worker: one thread per core, owning an [`ObjectStore`] (its ring, its registered files,
-//! the pool registered with it), the TCP connections the acceptor handed it, and the objects
-//! whose id hashes to it (decision 0008).
+//! the pool registered with it), the connections the acceptor handed it (TCP and RDMA,
+//! decision 0013), and the objects whose id hashes to it (decision 0008).
 //!
 //! One loop does everything, without a lock on the data path: it waits in epoll on its
 //! connections, on an eventfd other threads ring when they send it a message, and on the
@@ -19,11 +19,12 @@ use nacre_io::{Completion, IoError, ObjectStore, Op, StoreConfig};
 use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::limits::{MAX_PIPELINED_REQUESTS, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Header, Opcode};
-use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
+use nacre_transport::{Incoming, Progress, TransportError};
 
 use super::request::{
     self, Context, Failure, Piece, PieceOp, PieceResult, Prepared, Staging, Work,
 };
+use super::wire::Wire;
 use crate::error::Error;
 use crate::limits::{
     IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, WORKER_REPLY_TIMEOUT_MS,
@@ -55,7 +56,7 @@ pub(super) fn owner(object_id: u64, workers: usize) -> usize {
 /// What other threads tell a worker.
 pub(super) enum Msg {
     /// A client connection to serve from now on.
-    Connection(StreamConn),
+    Connection(Wire),
     /// Pieces of objects this worker owns.
     Job(Job),
     /// The results of a job this worker sent out, for the request `token` names (its
@@ -177,7 +178,7 @@ struct Serving {
 /// A connection. A request whose pieces are out outlives its connection (in the worker's
 /// table), so its memory is never freed under them.
 struct Conn {
-    stream: StreamConn,
+    stream: Wire,
     /// The request whose write payload is arriving (its index in the table).
     payload: Option<usize>,
     /// Its requests in the table, oldest first.
@@ -447,7 +448,7 @@ impl Worker {
         (u64::from(s.generation) == token >> 32 && s.conn.is_some()).then_some(slot)
     }
 
-    fn adopt(&mut self, stream: StreamConn) {
+    fn adopt(&mut self, stream: Wire) {
         if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER || self.ctx.stop.load(Ordering::SeqCst) {
             nacre_transport::log_line!(
                 "nacre target {}: {} refused: worker {} serves {MAX_CONNECTIONS_PER_WORKER} connections",
@@ -465,7 +466,7 @@ impl Worker {
             self.slots.len() - 1
         });
         let token = self.token(slot);
-        if let Err(e) = self.epoll.add(stream.fd(), token, true) {
+        if let Err(e) = stream.watch(&self.epoll, token) {
             nacre_transport::log_line!(
                 "nacre target {}: {}: cannot watch the connection: {e}",
                 self.ctx.target_id,
@@ -860,7 +861,7 @@ impl Worker {
                 self.ctx.target_id
             );
         }
-        self.epoll.remove(conn.stream.fd());
+        conn.stream.unwatch(&self.epoll);
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
         self.free_slots.push(slot);

@@ -839,6 +839,148 @@ impl RdmaConnection {
         self.check_send_failure(op)
     }
 
+    // ---- nonblocking use, for an event loop (`RdmaStream`) ----
+
+    /// The file descriptors an event loop watches for this connection: the completion
+    /// channel and the rdmacm event channel. Both are nonblocking; after either is ready,
+    /// [`RdmaConnection::poll_nonblocking`] takes what happened.
+    pub(crate) fn event_fds(&self) -> [std::os::fd::RawFd; 2] {
+        [self.cq.channel_fd(), self.id.channel().fd()]
+    }
+
+    /// Takes every completion and connection event without sleeping, and arms the CQ so
+    /// that the next completion makes the completion channel readable.
+    pub(crate) fn poll_nonblocking(&mut self) -> Result<(), RdmaError> {
+        let op = Op::Recv;
+        let peer = self.peer;
+        let call_err = |(call, errno): (&'static str, i32)| RdmaError::Call {
+            op,
+            peer,
+            call,
+            errno,
+        };
+        self.cq.consume_wakeups().map_err(call_err)?;
+        while self.reap().map_err(call_err)? > 0 {}
+        self.handle_cm_events().map_err(call_err)?;
+        self.cq.arm().map_err(call_err)?;
+        // A completion that came before arming raises no wake-up: take it now.
+        while self.reap().map_err(call_err)? > 0 {}
+        Ok(())
+    }
+
+    /// Received messages not yet taken.
+    pub(crate) fn messages_ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Send-side work requests posted and not yet completed.
+    pub(crate) fn outstanding_sends(&self) -> usize {
+        self.outstanding_sends
+    }
+
+    /// Whether the peer disconnected.
+    pub(crate) fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// The error of a send-side request that failed (or of the peer's disconnect), if one
+    /// did since the last call; the connection is then unusable.
+    pub(crate) fn send_error(&mut self, op: Op) -> Result<(), RdmaError> {
+        self.check_send_failure(op)
+    }
+
+    /// Posts one RDMA READ (`pull`) or WRITE of `remote.len` bytes (at most
+    /// [`MAX_RDMA_CHUNK_BYTES`]) between `local` at `offset` and `remote`, without waiting;
+    /// false (nothing posted) when the send queue is full.
+    ///
+    /// # Safety
+    /// `local` must stay registered, and no reference to the bytes it names be in use, until
+    /// [`RdmaConnection::outstanding_sends`] has come back to zero.
+    pub(crate) unsafe fn post_one_sided(
+        &mut self,
+        pull: bool,
+        local: &MemoryRegion<'_>,
+        offset: usize,
+        remote: RemoteBuf,
+    ) -> Result<bool, RdmaError> {
+        let op = if pull { Op::Read } else { Op::Write };
+        let peer = self.peer;
+        let len = remote.len as usize;
+        if !Arc::ptr_eq(local.mr.pd(), &self.pd) {
+            return Err(RdmaError::ForeignRegion { op, peer });
+        }
+        if remote.len > MAX_RDMA_CHUNK_BYTES
+            || offset.checked_add(len).is_none_or(|end| end > local.len())
+        {
+            return Err(RdmaError::OutOfBounds {
+                op,
+                peer,
+                what: "local",
+                offset_bytes: offset as u64,
+                len: len as u64,
+                region_len: local.len() as u64,
+            });
+        }
+        self.check_usable(op)?;
+        if self.outstanding_sends == SEND_QUEUE_DEPTH {
+            return Ok(false);
+        }
+        let mut sge = ffi::ibv_sge {
+            addr: local.addr(offset),
+            length: remote.len,
+            lkey: local.mr.lkey(),
+        };
+        // SAFETY: plain C struct; all-zero is valid.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = if pull {
+            ffi::ibv_wr_opcode::IBV_WR_RDMA_READ
+        } else {
+            ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE
+        };
+        wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.rdma = ffi::rdma_t {
+            remote_addr: remote.addr,
+            rkey: remote.rkey,
+        };
+        self.post_send(op, &mut wr)?;
+        Ok(true)
+    }
+
+    /// Posts one message (at most [`MAX_MESSAGE_BYTES`]) without waiting; false (nothing
+    /// posted) while any send-side request is outstanding, since the message is copied
+    /// into the connection's one send buffer.
+    pub(crate) fn post_message(&mut self, message: &[u8]) -> Result<bool, RdmaError> {
+        let op = Op::Send;
+        if message.len() > MAX_MESSAGE_BYTES {
+            return Err(RdmaError::MessageTooLarge {
+                op,
+                peer: self.peer,
+                len: message.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        self.check_usable(op)?;
+        if self.outstanding_sends > 0 {
+            return Ok(false);
+        }
+        self.send_buffer.bytes_mut()[..message.len()].copy_from_slice(message);
+        let mut sge = ffi::ibv_sge {
+            addr: self.send_buffer.addr(0),
+            length: u32::try_from(message.len()).unwrap_or(u32::MAX),
+            lkey: self.send_buffer.lkey(),
+        };
+        // SAFETY: plain C struct; all-zero is valid.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.sg_list = &mut sge;
+        wr.num_sge = i32::from(!message.is_empty());
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND;
+        wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        self.post_send(op, &mut wr)?;
+        Ok(true)
+    }
+
     /// Builds (or takes the domain's) PD, then CQ, QP and message buffers on `id`, and
     /// pre-posts every receive.
     fn build(

@@ -1,0 +1,391 @@
+//! A server's RDMA connection for an event loop: the nonblocking counterpart of
+//! [`StreamConn`](crate::StreamConn), driven from one thread with many others.
+//!
+//! Nothing here sleeps. The loop watches [`RdmaStream::fds`] (the completion channel and the
+//! rdmacm channel) and calls in when either is ready, or when it has a reply to give; each
+//! call first takes the completions and events that arrived, then moves on as far as it can:
+//! a request's payload is pulled by RDMA READs posted as the send queue has room, and a reply
+//! is its payload's RDMA WRITEs followed by the reply message. The reply message goes once
+//! every earlier work request has completed (it is copied into the connection's one send
+//! buffer), and its token comes back when it has completed too.
+//!
+//! A client over RDMA has one call at a time on a connection (its request's descriptors are
+//! the connection's until the reply), so the stream reads the next request only once the
+//! current one is answered.
+
+use std::collections::VecDeque;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use super::{LocalPiece, RdmaLink, encode_message};
+use crate::error::TransportError;
+use crate::outbox::Span;
+use crate::rdma::{MAX_RDMA_CHUNK_BYTES, Op, RemoteBuf};
+use crate::stream::{Incoming, Progress, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
+use crate::wire::{Header, WireError};
+
+/// A work request waiting for room in the send queue.
+enum Step {
+    /// An RDMA READ into (`pull`) or WRITE from registered region `region`.
+    OneSided {
+        pull: bool,
+        region: usize,
+        offset: usize,
+        remote: RemoteBuf,
+    },
+    /// A reply message; `token` (if any) comes back from `flush` once it has completed.
+    Message { bytes: Vec<u8>, token: Option<u64> },
+}
+
+/// A server's RDMA connection driven by an event loop (see the module documentation).
+pub struct RdmaStream {
+    link: RdmaLink,
+    body: Vec<u8>,
+    /// The request read last and not answered yet.
+    current: Option<Header>,
+    /// Its payload's READs were queued.
+    pulling: bool,
+    steps: VecDeque<Step>,
+    /// Tokens of reply messages posted, not yet known to be complete.
+    posted: Vec<u64>,
+    last_progress: Instant,
+}
+
+impl std::fmt::Debug for RdmaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaStream")
+            .field("peer", &self.link.peer)
+            .field("steps", &self.steps.len())
+            .finish()
+    }
+}
+
+impl RdmaStream {
+    pub(crate) fn new(link: RdmaLink) -> RdmaStream {
+        RdmaStream {
+            link,
+            body: Vec::new(),
+            current: None,
+            pulling: false,
+            steps: VecDeque::new(),
+            posted: Vec::new(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// The descriptors to watch for readability (edge-triggered is fine: every call takes
+    /// all that is pending and re-arms).
+    pub fn fds(&self) -> [RawFd; 2] {
+        self.link.conn.event_fds()
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.link.peer
+    }
+
+    /// The body of the current request.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// When work last completed or a request arrived.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// Whether work requests are queued or outstanding: a peer that leaves them so for long
+    /// is stuck or gone.
+    pub fn mid_message(&self) -> bool {
+        !self.steps.is_empty() || self.link.conn.outstanding_sends() > 0
+    }
+
+    /// Whether replies are queued or posted and not yet complete.
+    pub fn wants_write(&self) -> bool {
+        !self.steps.is_empty() || !self.posted.is_empty()
+    }
+
+    /// Takes what completed and posts what has room; an error breaks the connection.
+    fn progress(&mut self) -> Result<(), TransportError> {
+        self.link.check()?;
+        let before = self.link.conn.outstanding_sends() + self.link.conn.messages_ready();
+        if let Err(e) = self.link.conn.poll_nonblocking() {
+            return Err(self.link.fail(e));
+        }
+        if self.link.conn.is_disconnected() && !self.mid_message() {
+            // The peer left with no work request queued or outstanding: a clean end, which
+            // `recv_request` reports. Replies posted are done with their memory, delivered
+            // or not, so `flush` hands their tokens back.
+            return Ok(());
+        }
+        if let Err(e) = self.link.conn.send_error(Op::Send) {
+            return Err(self.link.fail(e));
+        }
+        self.pump()?;
+        let after = self.link.conn.outstanding_sends() + self.link.conn.messages_ready();
+        if after != before {
+            self.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Posts queued steps in order while the send queue has room.
+    fn pump(&mut self) -> Result<(), TransportError> {
+        while let Some(step) = self.steps.front() {
+            let posted = match step {
+                Step::OneSided {
+                    pull,
+                    region,
+                    offset,
+                    remote,
+                } => {
+                    let local = self.link.regions[*region].region();
+                    // SAFETY: the region is the link's, registered while the link lives;
+                    // its bytes are a request's staging, which the caller lent (see
+                    // `recv_payload` and `reply_with_payload`) until the pull is done or the
+                    // reply's token comes back, both of which wait for every work request.
+                    unsafe {
+                        self.link
+                            .conn
+                            .post_one_sided(*pull, local, *offset, *remote)
+                    }
+                }
+                Step::Message { bytes, .. } => self.link.conn.post_message(bytes),
+            };
+            match posted {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(self.link.fail(e)),
+            }
+            if let Some(Step::Message {
+                token: Some(token), ..
+            }) = self.steps.pop_front()
+            {
+                self.posted.push(token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing to do: every call takes what is pending (kept so that an event loop treats
+    /// both kinds of connection alike).
+    pub fn readable(&mut self) {}
+
+    /// The next request, once the current one is answered: `Pending` until one arrived,
+    /// `Closed` when the peer left. A request with an unknown opcode is answered here with
+    /// an error reply and skipped.
+    pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
+        loop {
+            match self.progress() {
+                Ok(()) => {}
+                Err(TransportError::PeerClosed { .. }) => return Ok(Incoming::Closed),
+                Err(e) => return Err(e),
+            }
+            if self.current.is_some() {
+                return Ok(Incoming::Pending);
+            }
+            if self.link.conn.messages_ready() == 0 {
+                if self.link.conn.is_disconnected() {
+                    return Ok(Incoming::Closed);
+                }
+                return Ok(Incoming::Pending);
+            }
+            match self.link.next_request(&mut self.body) {
+                Ok(Some(header)) => {
+                    self.current = Some(header);
+                    self.pulling = false;
+                    self.last_progress = Instant::now();
+                    return Ok(Incoming::Request(header));
+                }
+                Ok(None) => return Ok(Incoming::Pending),
+                Err(TransportError::PeerClosed { .. }) => return Ok(Incoming::Closed),
+                Err(TransportError::Protocol {
+                    source:
+                        WireError::UnknownOpcode {
+                            opcode, request_id, ..
+                        },
+                    ..
+                }) => {
+                    log_unknown_opcode(self.link.peer, opcode);
+                    let header = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS);
+                    let mut bytes = Vec::new();
+                    encode_message(header, &[], &[], &mut bytes);
+                    self.steps.push_back(Step::Message { bytes, token: None });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Pulls the current request's payload into `dests`, which must lie in memory
+    /// registered with the link (a listener's shared memory, say): `Pending` until every
+    /// byte has landed. Call again with the same `dests` until `Done`.
+    pub fn recv_payload(
+        &mut self,
+        dests: &mut [IoSliceMut<'_>],
+    ) -> Result<Progress, TransportError> {
+        let Some(header) = self.current else {
+            return Err(TransportError::Unexpected {
+                peer: self.link.peer,
+                reason: "a payload was asked for with no request read".into(),
+            });
+        };
+        if header.payload_len == 0 {
+            return Ok(Progress::Done);
+        }
+        if !self.pulling {
+            let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
+            if room != header.payload_len {
+                return Err(TransportError::Unexpected {
+                    peer: self.link.peer,
+                    reason: format!(
+                        "{room} bytes of destinations for a payload of {}",
+                        header.payload_len
+                    ),
+                });
+            }
+            let slices = dests.iter().map(|d| (d.as_ptr() as usize, d.len()));
+            self.queue_transfer(slices, true)?;
+            self.pulling = true;
+        }
+        self.progress()?;
+        let pulls_left = self
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::OneSided { pull: true, .. }));
+        if pulls_left || self.link.conn.outstanding_sends() > 0 {
+            return Ok(Progress::Pending);
+        }
+        Ok(Progress::Done)
+    }
+
+    /// Queues the one-sided steps between the registered `slices` and the current request's
+    /// descriptors, both walked in order; an error when some slice is not registered.
+    fn queue_transfer(
+        &mut self,
+        slices: impl Iterator<Item = (usize, usize)>,
+        pull: bool,
+    ) -> Result<(), TransportError> {
+        let mut pieces: Vec<LocalPiece> = std::mem::take(&mut self.link.pieces);
+        if !self.link.registered_pieces(slices, &mut pieces) {
+            self.link.pieces = pieces;
+            return Err(TransportError::Unexpected {
+                peer: self.link.peer,
+                reason: "bulk outside registered memory on an event-loop connection".into(),
+            });
+        }
+        let remote = &self.link.remote;
+        let (mut li, mut loff, mut ri, mut roff) = (0usize, 0usize, 0usize, 0u32);
+        while li < pieces.len() && ri < remote.len() {
+            let (region, base, len) = pieces[li];
+            let r = remote[ri];
+            let n = (len - loff)
+                .min((r.len - roff) as usize)
+                .min(MAX_RDMA_CHUNK_BYTES as usize);
+            let Some(dest) = r.slice(roff, n as u32) else {
+                unreachable!("n fits the remote descriptor");
+            };
+            self.steps.push_back(Step::OneSided {
+                pull,
+                region,
+                offset: base + loff,
+                remote: dest,
+            });
+            loff += n;
+            roff += n as u32;
+            if loff == len {
+                (li, loff) = (li + 1, 0);
+            }
+            if roff == r.len {
+                (ri, roff) = (ri + 1, 0);
+            }
+        }
+        self.link.pieces = pieces;
+        Ok(())
+    }
+
+    /// Gives the reply to the current request: a status and a body, with no payload; `token`
+    /// comes back from [`RdmaStream::flush`] once it has gone.
+    pub fn reply(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: impl Into<Vec<u8>>,
+        token: u64,
+    ) -> Result<(), TransportError> {
+        // SAFETY: no payload.
+        unsafe { self.reply_with_payload(request, status, body, Vec::new(), token) }
+    }
+
+    /// As [`RdmaStream::reply`], with a payload written (RDMA WRITE) from `payload`, which
+    /// must lie in registered memory, into the memory the request described.
+    ///
+    /// # Safety
+    /// Every span of `payload` must stay valid, and written by no one, until
+    /// [`RdmaStream::flush`] hands `token` back or the connection is dropped.
+    pub unsafe fn reply_with_payload(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: impl Into<Vec<u8>>,
+        payload: Vec<Span>,
+        token: u64,
+    ) -> Result<(), TransportError> {
+        self.link.check()?;
+        if self.current.map(|h| h.request_id) != Some(request.request_id) {
+            return Err(TransportError::Unexpected {
+                peer: self.link.peer,
+                reason: format!(
+                    "a reply was given to request {}, which awaits none",
+                    request.request_id
+                ),
+            });
+        }
+        let body = body.into();
+        let len: u64 = payload.iter().map(|s| s.len as u64).sum();
+        if len > 0 {
+            let room: u64 = if request.payload_len == 0 {
+                self.link.remote.iter().map(|r| u64::from(r.len)).sum()
+            } else {
+                0
+            };
+            if len > room {
+                return Err(TransportError::Unexpected {
+                    peer: self.link.peer,
+                    reason: format!(
+                        "a reply payload of {len} bytes exceeds the {room} bytes the request gave for it"
+                    ),
+                });
+            }
+            self.queue_transfer(payload.iter().map(|s| (s.ptr as usize, s.len)), false)?;
+        }
+        let header = Header::response(request, status, &body, len);
+        let mut bytes = Vec::new();
+        encode_message(header, &body, &[], &mut bytes);
+        self.steps.push_back(Step::Message {
+            bytes,
+            token: Some(token),
+        });
+        self.current = None;
+        self.pump()
+    }
+
+    /// Moves the replies on: `Done` once every reply given has completed (their tokens are
+    /// pushed to `sent`, their memory the caller's again), `Pending` until then.
+    pub fn flush(&mut self, sent: &mut Vec<u64>) -> Result<Progress, TransportError> {
+        self.progress()?;
+        if !self.steps.is_empty() || self.link.conn.outstanding_sends() > 0 {
+            return Ok(Progress::Pending);
+        }
+        sent.append(&mut self.posted);
+        Ok(Progress::Done)
+    }
+
+    /// Sets how long a blocking wait of the link may last (the link waits only while it
+    /// drains flushed work after a failure).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.link.set_timeout(timeout);
+    }
+}
