@@ -224,38 +224,18 @@ impl RdmaLink {
         remote: &[RemoteBuf],
         pull: bool,
     ) -> Result<(), TransportError> {
-        let (mut li, mut loff, mut ri, mut roff) = (0usize, 0usize, 0usize, 0u32);
-        while li < pieces.len() && ri < remote.len() {
-            let (index, base, len) = pieces[li];
-            let r = remote[ri];
-            let n = (len - loff).min((r.len - roff) as usize);
-            let Some(dest) = r.slice(roff, n as u32) else {
-                unreachable!("n fits the remote descriptor");
-            };
+        // One-sided operations split long transfers themselves.
+        pair_up(pieces, remote, usize::MAX, |index, offset, dest| {
             let region = self.regions[index].region();
             let done = if pull {
                 // SAFETY: registered memory is reached only through raw addresses (the
                 // caller's slices, which it lent to this call), never through the region.
-                unsafe {
-                    self.conn
-                        .read_shared(region, base + loff, dest, self.timeout)
-                }
+                unsafe { self.conn.read_shared(region, offset, dest, self.timeout) }
             } else {
-                self.conn.write(region, base + loff, dest, self.timeout)
+                self.conn.write(region, offset, dest, self.timeout)
             };
-            if let Err(e) = done {
-                return Err(self.fail(e));
-            }
-            loff += n;
-            roff += n as u32;
-            if loff == len {
-                (li, loff) = (li + 1, 0);
-            }
-            if roff == r.len {
-                (ri, roff) = (ri + 1, 0);
-            }
-        }
-        Ok(())
+            done.map_err(|e| self.fail(e))
+        })
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {
@@ -710,6 +690,36 @@ impl RdmaLink {
     ) -> Result<(), TransportError> {
         self.send_message(Header::error_reply(request_id, status), &[], &[])
     }
+}
+
+/// Walks local `pieces` and the peer's `remote` descriptors together, in order, calling
+/// `f(region index, offset in the region, remote part)` for each stretch where they overlap,
+/// cut to at most `max` bytes; stops at the first error.
+fn pair_up<E>(
+    pieces: &[LocalPiece],
+    remote: &[RemoteBuf],
+    max: usize,
+    mut f: impl FnMut(usize, usize, RemoteBuf) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut li, mut loff, mut ri, mut roff) = (0usize, 0usize, 0usize, 0u32);
+    while li < pieces.len() && ri < remote.len() {
+        let (index, base, len) = pieces[li];
+        let r = remote[ri];
+        let n = (len - loff).min((r.len - roff) as usize).min(max);
+        let Some(dest) = r.slice(roff, n as u32) else {
+            unreachable!("n fits the remote descriptor");
+        };
+        f(index, base + loff, dest)?;
+        loff += n;
+        roff += n as u32;
+        if loff == len {
+            (li, loff) = (li + 1, 0);
+        }
+        if roff == r.len {
+            (ri, roff) = (ri + 1, 0);
+        }
+    }
+    Ok(())
 }
 
 /// Encodes header, body and descriptors as one message into `out`.

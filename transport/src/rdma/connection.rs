@@ -648,30 +648,11 @@ impl RdmaConnection {
     pub fn send(&mut self, message: &[u8], timeout: Duration) -> Result<(), RdmaError> {
         let op = Op::Send;
         let deadline = Instant::now() + timeout;
-        if message.len() > MAX_MESSAGE_BYTES {
-            return Err(RdmaError::MessageTooLarge {
-                op,
-                peer: self.peer,
-                len: message.len(),
-                max: MAX_MESSAGE_BYTES,
-            });
+        // Every blocking operation waits for its work requests, so none is outstanding and
+        // the message is posted; if one were, it would be awaited first.
+        while !self.post_message(message)? {
+            self.wait_sends(op, deadline, timeout)?;
         }
-        self.check_usable(op)?;
-        self.send_buffer.bytes_mut()[..message.len()].copy_from_slice(message);
-        let mut sge = ffi::ibv_sge {
-            addr: self.send_buffer.addr(0),
-            length: u32::try_from(message.len()).unwrap_or(u32::MAX),
-            lkey: self.send_buffer.lkey(),
-        };
-        let num_sge = i32::from(!message.is_empty());
-        // SAFETY: plain C struct; all-zero is valid.
-        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = 0;
-        wr.sg_list = &mut sge;
-        wr.num_sge = num_sge;
-        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND;
-        wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        self.post_send(op, &mut wr)?;
         self.wait_sends(op, deadline, timeout)
     }
 

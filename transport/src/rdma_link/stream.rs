@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use super::{LocalPiece, RdmaLink, encode_message};
+use super::{LocalPiece, RdmaLink, encode_message, pair_up};
 use crate::error::TransportError;
 use crate::outbox::Span;
 use crate::rdma::{MAX_RDMA_CHUNK_BYTES, Op, RemoteBuf};
@@ -276,32 +276,17 @@ impl RdmaStream {
                 reason: "bulk outside registered memory on an event-loop connection".into(),
             });
         }
-        let remote = &self.link.remote;
-        let (mut li, mut loff, mut ri, mut roff) = (0usize, 0usize, 0usize, 0u32);
-        while li < pieces.len() && ri < remote.len() {
-            let (region, base, len) = pieces[li];
-            let r = remote[ri];
-            let n = (len - loff)
-                .min((r.len - roff) as usize)
-                .min(MAX_RDMA_CHUNK_BYTES as usize);
-            let Some(dest) = r.slice(roff, n as u32) else {
-                unreachable!("n fits the remote descriptor");
-            };
-            self.steps.push_back(Step::OneSided {
+        let steps = &mut self.steps;
+        let max = MAX_RDMA_CHUNK_BYTES as usize;
+        let Ok(()) = pair_up(&pieces, &self.link.remote, max, |region, offset, remote| {
+            steps.push_back(Step::OneSided {
                 pull,
                 region,
-                offset: base + loff,
-                remote: dest,
+                offset,
+                remote,
             });
-            loff += n;
-            roff += n as u32;
-            if loff == len {
-                (li, loff) = (li + 1, 0);
-            }
-            if roff == r.len {
-                (ri, roff) = (ri + 1, 0);
-            }
-        }
+            Ok::<(), std::convert::Infallible>(())
+        });
         self.link.pieces = pieces;
         Ok(())
     }
