@@ -11,6 +11,7 @@ use std::io::Write;
 
 use common::{Cluster, fill, registered_round_trip};
 use nacre::layout::StripeSpec;
+use nacre::mem::PoolConfig;
 use nacre::meta::types::LayoutSpec;
 use nacre::transport::Kind;
 
@@ -86,4 +87,39 @@ fn striped_file_over_rdma() {
 #[test]
 fn auto_picks_rdma_and_carries_a_striped_file() {
     striped_round_trip("auto", "auto_picks_rdma_and_carries_a_striped_file");
+}
+
+#[test]
+fn requests_beyond_the_targets_pool_are_staged_over_rdma() {
+    let test = "requests_beyond_the_targets_pool_are_staged_over_rdma";
+    let Some(addr) = rdma_addr(test) else { return };
+    // Four 64 KiB chunks: a 1 MiB request cannot be staged in the pool, so the target
+    // stages it in other memory, which its RDMA connection moves through a staging copy.
+    let pool = PoolConfig {
+        chunk_bytes: 64 * 1024,
+        chunks: 4,
+        huge_pages: false,
+        lock: false,
+    };
+    let cluster = Cluster::start_with(test, 1, &format!("rdma://{addr}:0"), Some(pool));
+    let client = cluster.client();
+    let spec = LayoutSpec::plain(StripeSpec {
+        stripe_count: 1,
+        stripe_size_bytes: 1024 * 1024,
+        ..StripeSpec::default()
+    });
+    let file = client.create("/beyond", 0o644, Some(spec)).unwrap();
+    let data = fill(21, 0, 3 * 1024 * 1024 + 5);
+    file.write_at(&data, 0).unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data, "read back through staged requests differs");
+    // Small requests still fit the pool and move with no copy, on the same connections.
+    let small = fill(22, 0, 100 * 1024);
+    file.write_at(&small, 0).unwrap();
+    let mut small_back = vec![0u8; small.len()];
+    assert_eq!(file.read_at(&mut small_back, 0).unwrap(), small.len());
+    assert!(small_back == small, "small read back differs");
+    let c = cluster.targets[0].as_ref().unwrap().connections();
+    assert_eq!(c.on_threads, 0, "{c:?}");
 }

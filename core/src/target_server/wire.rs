@@ -76,6 +76,17 @@ impl Wire {
         either!(self, s => s.wants_write())
     }
 
+    /// Whether the replies waiting to go out need a readiness event to move on: always
+    /// for TCP (a full socket), and for RDMA while work requests are queued or outstanding
+    /// (their completions raise the event).
+    pub(super) fn writes_wait_for_an_event(&self) -> bool {
+        match self {
+            Wire::Tcp(_) => true,
+            #[cfg(feature = "rdma")]
+            Wire::Rdma(s) => s.mid_message(),
+        }
+    }
+
     pub(super) fn readable(&mut self) {
         either!(self, s => s.readable())
     }

@@ -537,11 +537,14 @@ impl Worker {
                 continue;
             }
             // Reading stopped: once more round only for replies it made ready.
-            let wants_write = self.slots[slot]
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.stream.wants_write());
-            if blocked || !wants_write {
+            let (wants_write, still_blocked) =
+                self.slots[slot].conn.as_ref().map_or((false, true), |c| {
+                    (c.stream.wants_write(), c.stream.writes_wait_for_an_event())
+                });
+            // A flush that was blocked at the start of this turn is tried again only if
+            // reading unblocked it (RDMA reads reap send completions too; no event would
+            // come for those).
+            if !wants_write || (blocked && still_blocked) {
                 return;
             }
         }

@@ -60,6 +60,12 @@ impl Cluster {
 
     /// A metadata service and `n` targets, each listening on `listen` (port 0).
     pub fn start_at(tag: &str, n: u32, listen: &str) -> Cluster {
+        Cluster::start_with(tag, n, listen, None)
+    }
+
+    /// As [`Cluster::start_at`], with the targets' memory pool `pool` when given.
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn start_with(tag: &str, n: u32, listen: &str, pool: Option<PoolConfig>) -> Cluster {
         let dir = TempDir::new(tag);
         let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
         let meta_addr = meta.endpoint().to_string();
@@ -73,7 +79,10 @@ impl Cluster {
             let tdir = cluster.target_dir(i);
             std::fs::create_dir_all(&tdir).unwrap();
             Target::format(&tdir, i).unwrap();
-            let config = target_config(&cluster.meta_addr, listen);
+            let mut config = target_config(&cluster.meta_addr, listen);
+            if let Some(pool) = pool {
+                config.pool = pool;
+            }
             let t = TargetServer::start(&tdir, &config).unwrap();
             cluster.targets.push(Some(t));
         }

@@ -849,6 +849,11 @@ impl RdmaConnection {
         Ok(())
     }
 
+    /// Waits (at most `timeout`) until no send-side work request is outstanding.
+    pub(crate) fn wait_idle(&mut self, timeout: Duration) -> Result<(), RdmaError> {
+        self.wait_sends(Op::Send, Instant::now() + timeout, timeout)
+    }
+
     /// Received messages not yet taken.
     pub(crate) fn messages_ready(&self) -> usize {
         self.ready.len()

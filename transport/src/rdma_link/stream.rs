@@ -14,7 +14,7 @@
 //! current one is answered.
 
 use std::collections::VecDeque;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -155,7 +155,7 @@ impl RdmaStream {
                 Step::Message { bytes, .. } => self.link.conn.post_message(bytes),
             };
             match posted {
-                Ok(true) => {}
+                Ok(true) => self.last_progress = Instant::now(),
                 Ok(false) => break,
                 Err(e) => return Err(self.link.fail(e)),
             }
@@ -247,7 +247,11 @@ impl RdmaStream {
                 });
             }
             let slices = dests.iter().map(|d| (d.as_ptr() as usize, d.len()));
-            self.queue_transfer(slices, true)?;
+            if !self.queue_transfer(slices, true) {
+                // Outside registered memory: staged, waiting (see `staged_fallback`).
+                self.link.recv_payload(dests, header.payload_len)?;
+                return Ok(Progress::Done);
+            }
             self.pulling = true;
         }
         self.progress()?;
@@ -262,19 +266,13 @@ impl RdmaStream {
     }
 
     /// Queues the one-sided steps between the registered `slices` and the current request's
-    /// descriptors, both walked in order; an error when some slice is not registered.
-    fn queue_transfer(
-        &mut self,
-        slices: impl Iterator<Item = (usize, usize)>,
-        pull: bool,
-    ) -> Result<(), TransportError> {
+    /// descriptors, both walked in order; false (nothing queued) when some slice is not in
+    /// registered memory.
+    fn queue_transfer(&mut self, slices: impl Iterator<Item = (usize, usize)>, pull: bool) -> bool {
         let mut pieces: Vec<LocalPiece> = std::mem::take(&mut self.link.pieces);
         if !self.link.registered_pieces(slices, &mut pieces) {
             self.link.pieces = pieces;
-            return Err(TransportError::Unexpected {
-                peer: self.link.peer,
-                reason: "bulk outside registered memory on an event-loop connection".into(),
-            });
+            return false;
         }
         let steps = &mut self.steps;
         let max = MAX_RDMA_CHUNK_BYTES as usize;
@@ -288,7 +286,7 @@ impl RdmaStream {
             Ok::<(), std::convert::Infallible>(())
         });
         self.link.pieces = pieces;
-        Ok(())
+        true
     }
 
     /// Gives the reply to the current request: a status and a body, with no payload; `token`
@@ -344,7 +342,16 @@ impl RdmaStream {
                     ),
                 });
             }
-            self.queue_transfer(payload.iter().map(|s| (s.ptr as usize, s.len)), false)?;
+            let slices = payload.iter().map(|s| (s.ptr as usize, s.len));
+            if !self.queue_transfer(slices, false) {
+                // SAFETY: the caller's contract covers the spans until the token comes back,
+                // which is after this call.
+                let payload: Vec<IoSlice<'_>> = payload
+                    .iter()
+                    .map(|s| IoSlice::new(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }))
+                    .collect();
+                return self.staged_reply(request, status, &body, &payload, token);
+            }
         }
         let header = Header::response(request, status, &body, len);
         let mut bytes = Vec::new();
@@ -355,6 +362,33 @@ impl RdmaStream {
         });
         self.current = None;
         self.pump()
+    }
+
+    /// The reply with a payload outside registered memory (a server whose pool ran out
+    /// stages some requests in other memory): copied through the link's staging buffer and
+    /// sent while waiting, bounded by the link's timeout, as a thread-per-connection server
+    /// does. Rare, and it holds up the caller's loop for the transfer.
+    fn staged_reply(
+        &mut self,
+        request: &Header,
+        status: i32,
+        body: &[u8],
+        payload: &[IoSlice<'_>],
+        token: u64,
+    ) -> Result<(), TransportError> {
+        // The request's payload is in (it was pulled before the reply), so nothing queued is
+        // this connection's but earlier replies: they go first.
+        while !self.steps.is_empty() || self.link.conn.outstanding_sends() > 0 {
+            if let Err(e) = self.link.conn.wait_idle(self.link.timeout) {
+                return Err(self.link.fail(e));
+            }
+            self.pump()?;
+        }
+        self.link.reply(request, status, body, payload)?;
+        self.posted.push(token);
+        self.current = None;
+        self.last_progress = Instant::now();
+        Ok(())
     }
 
     /// Moves the replies on: `Done` once every reply given has completed (their tokens are
