@@ -701,9 +701,9 @@ impl ServerConnection {
     }
 
     /// An RDMA connection, fresh from [`Listener::accept`], as a nonblocking
-    /// [`RdmaStream`](crate::RdmaStream) for an event loop; any other connection (TCP, one
-    /// a request was already read from, or one with no registered memory to move bulk in,
-    /// since the stream never stages) comes back unchanged.
+    /// [`RdmaStream`](crate::RdmaStream) for an event loop; any other connection comes back
+    /// unchanged: TCP, one a request was already read from, or one with no registered
+    /// memory (every transfer of its would be staged while the loop waits).
     #[cfg(feature = "rdma")]
     pub fn into_rdma_stream(self) -> Result<crate::RdmaStream, ServerConnection> {
         if self.pending_payload != 0 {

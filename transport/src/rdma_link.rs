@@ -605,6 +605,25 @@ impl RdmaLink {
         Ok(())
     }
 
+    /// Server: checks that a reply payload of `len` bytes fits the memory `request`
+    /// described for it.
+    fn check_reply_room(&self, request: &Header, len: u64) -> Result<(), TransportError> {
+        let room: u64 = if request.payload_len == 0 {
+            self.remote.iter().map(|r| u64::from(r.len)).sum()
+        } else {
+            0
+        };
+        if len > room {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!(
+                    "a reply payload of {len} bytes exceeds the {room} bytes the request gave for it"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Server: pushes `payload` into the memory the request described (RDMA WRITE), then
     /// sends the reply message.
     pub(crate) fn reply(
@@ -617,19 +636,7 @@ impl RdmaLink {
         self.check()?;
         let len: u64 = payload.iter().map(|s| s.len() as u64).sum();
         if len > 0 {
-            let room: u64 = if request.payload_len == 0 {
-                self.remote.iter().map(|r| u64::from(r.len)).sum()
-            } else {
-                0
-            };
-            if len > room {
-                return Err(TransportError::Unexpected {
-                    peer: self.peer,
-                    reason: format!(
-                        "a reply payload of {len} bytes exceeds the {room} bytes the request gave for it"
-                    ),
-                });
-            }
+            self.check_reply_room(request, len)?;
             let registered = self.transfer_registered(
                 payload.iter().map(|s| (s.as_ptr() as usize, s.len())),
                 false,

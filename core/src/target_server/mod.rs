@@ -201,19 +201,17 @@ impl TargetServer {
                 // Connections go to the workers in turn; one that cannot be driven by an
                 // event loop (an RDMA connection without the pool registered) gets a thread
                 // of its own.
-                let (wire, conn) = match conn.into_stream() {
-                    Ok(stream) => (Some(Wire::Tcp(stream)), None),
-                    Err(conn) => rdma_stream(conn),
+                let conn = match conn.into_stream().map(Wire::Tcp).or_else(rdma_stream) {
+                    Ok(wire) => {
+                        counts.on_loops.fetch_add(1, Ordering::Relaxed);
+                        let w = next % inboxes.len();
+                        next = next.wrapping_add(1);
+                        // A worker that has gone (the server stops) drops the connection.
+                        let _ = inboxes[w].send(Msg::Connection(wire));
+                        return None;
+                    }
+                    Err(conn) => conn,
                 };
-                if let Some(wire) = wire {
-                    counts.on_loops.fetch_add(1, Ordering::Relaxed);
-                    let w = next % inboxes.len();
-                    next = next.wrapping_add(1);
-                    // A worker that has gone (the server stops) drops the connection.
-                    let _ = inboxes[w].send(Msg::Connection(wire));
-                    return None;
-                }
-                let conn = conn?;
                 counts.on_threads.fetch_add(1, Ordering::Relaxed);
                 let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
                 Some(move || threaded::serve_connection(conn, ctx, inboxes))
@@ -288,17 +286,14 @@ impl TargetServer {
 
 /// An RDMA connection as an event loop's, or the connection back when it cannot be one.
 #[cfg(feature = "rdma")]
-fn rdma_stream(conn: ServerConnection) -> (Option<Wire>, Option<ServerConnection>) {
-    match conn.into_rdma_stream() {
-        Ok(stream) => (Some(Wire::Rdma(Box::new(stream))), None),
-        Err(conn) => (None, Some(conn)),
-    }
+fn rdma_stream(conn: ServerConnection) -> Result<Wire, ServerConnection> {
+    conn.into_rdma_stream().map(|s| Wire::Rdma(Box::new(s)))
 }
 
 /// Without RDMA every connection the acceptor cannot hand a worker gets a thread.
 #[cfg(not(feature = "rdma"))]
-fn rdma_stream(conn: ServerConnection) -> (Option<Wire>, Option<ServerConnection>) {
-    (None, Some(conn))
+fn rdma_stream(conn: ServerConnection) -> Result<Wire, ServerConnection> {
+    Err(conn)
 }
 
 /// Registers the target with the metadata service, trying until [`REGISTER_TIMEOUT_MS`]

@@ -776,34 +776,24 @@ impl RdmaConnection {
             });
         }
         self.check_usable(op)?;
-        let opcode = match op {
-            Op::Read => ffi::ibv_wr_opcode::IBV_WR_RDMA_READ,
-            _ => ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-        };
         let chunk = MAX_RDMA_CHUNK_BYTES as usize;
         let mut posted_bytes = 0usize;
         // Each iteration posts what the send queue has room for, then waits once.
         while posted_bytes < total || self.outstanding_sends > 0 {
             self.check_send_failure(op)?;
-            while posted_bytes < total && self.outstanding_sends < SEND_QUEUE_DEPTH {
+            while posted_bytes < total {
                 let len = chunk.min(total - posted_bytes);
-                let mut sge = ffi::ibv_sge {
-                    addr: local.addr(local_offset_bytes + posted_bytes),
-                    length: u32::try_from(len).unwrap_or(MAX_RDMA_CHUNK_BYTES),
-                    lkey: local.mr.lkey(),
-                };
-                // SAFETY: plain C struct; all-zero is valid.
-                let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
-                wr.wr_id = posted_bytes as u64;
-                wr.sg_list = &mut sge;
-                wr.num_sge = 1;
-                wr.opcode = opcode;
-                wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-                wr.wr.rdma = ffi::rdma_t {
-                    remote_addr: remote.addr + posted_bytes as u64,
+                let part = RemoteBuf {
+                    addr: remote.addr + posted_bytes as u64,
                     rkey: remote.rkey,
+                    len: len as u32,
                 };
-                self.post_send(op, &mut wr)?;
+                let offset = local_offset_bytes + posted_bytes;
+                // SAFETY: `local` stays borrowed until this call has waited for every work
+                // request it posted (below, or in `abort` when it gives up).
+                if !unsafe { self.post_one_sided(op == Op::Read, local, offset, part) }? {
+                    break;
+                }
                 posted_bytes += len;
             }
             if self.outstanding_sends > 0 && !self.progress(op, deadline)? {
@@ -830,8 +820,9 @@ impl RdmaConnection {
     }
 
     /// Takes every completion and connection event without sleeping, and arms the CQ so
-    /// that the next completion makes the completion channel readable.
-    pub(crate) fn poll_nonblocking(&mut self) -> Result<(), RdmaError> {
+    /// that the next completion makes the completion channel readable; returns whether
+    /// anything happened.
+    pub(crate) fn poll_nonblocking(&mut self) -> Result<bool, RdmaError> {
         let op = Op::Recv;
         let peer = self.peer;
         let call_err = |(call, errno): (&'static str, i32)| RdmaError::Call {
@@ -841,12 +832,17 @@ impl RdmaConnection {
             errno,
         };
         self.cq.consume_wakeups().map_err(call_err)?;
-        while self.reap().map_err(call_err)? > 0 {}
-        self.handle_cm_events().map_err(call_err)?;
+        let mut any = false;
+        while self.reap().map_err(call_err)? > 0 {
+            any = true;
+        }
+        any |= self.handle_cm_events().map_err(call_err)?;
         self.cq.arm().map_err(call_err)?;
         // A completion that came before arming raises no wake-up: take it now.
-        while self.reap().map_err(call_err)? > 0 {}
-        Ok(())
+        while self.reap().map_err(call_err)? > 0 {
+            any = true;
+        }
+        Ok(any)
     }
 
     /// Waits (at most `timeout`) until no send-side work request is outstanding.
@@ -867,12 +863,6 @@ impl RdmaConnection {
     /// Whether the peer disconnected.
     pub(crate) fn is_disconnected(&self) -> bool {
         self.disconnected
-    }
-
-    /// The error of a send-side request that failed (or of the peer's disconnect), if one
-    /// did since the last call; the connection is then unusable.
-    pub(crate) fn send_error(&mut self, op: Op) -> Result<(), RdmaError> {
-        self.check_send_failure(op)
     }
 
     /// Posts one RDMA READ (`pull`) or WRITE of `remote.len` bytes (at most
@@ -1105,7 +1095,9 @@ impl RdmaConnection {
         self.check_send_failure(op)
     }
 
-    fn check_send_failure(&mut self, op: Op) -> Result<(), RdmaError> {
+    /// The error of a send-side request that failed (or of the peer's disconnect), if one
+    /// did since the last call; the connection is then unusable.
+    pub(crate) fn check_send_failure(&mut self, op: Op) -> Result<(), RdmaError> {
         if self.disconnected {
             return Err(self.abort(
                 op,

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{LocalPiece, RdmaLink, encode_message, pair_up};
 use crate::error::TransportError;
@@ -35,8 +35,13 @@ enum Step {
         offset: usize,
         remote: RemoteBuf,
     },
-    /// A reply message; `token` (if any) comes back from `flush` once it has completed.
-    Message { bytes: Vec<u8>, token: Option<u64> },
+    /// A reply message, encoded when it is posted; `token` (if any) comes back from `flush`
+    /// once it has completed.
+    Message {
+        header: Header,
+        body: Vec<u8>,
+        token: Option<u64>,
+    },
 }
 
 /// A server's RDMA connection driven by an event loop (see the module documentation).
@@ -110,9 +115,10 @@ impl RdmaStream {
     /// Takes what completed and posts what has room; an error breaks the connection.
     fn progress(&mut self) -> Result<(), TransportError> {
         self.link.check()?;
-        let before = self.link.conn.outstanding_sends() + self.link.conn.messages_ready();
-        if let Err(e) = self.link.conn.poll_nonblocking() {
-            return Err(self.link.fail(e));
+        match self.link.conn.poll_nonblocking() {
+            Ok(true) => self.last_progress = Instant::now(),
+            Ok(false) => {}
+            Err(e) => return Err(self.link.fail(e)),
         }
         if self.link.conn.is_disconnected() && !self.mid_message() {
             // The peer left with no work request queued or outstanding: a clean end, which
@@ -120,15 +126,10 @@ impl RdmaStream {
             // or not, so `flush` hands their tokens back.
             return Ok(());
         }
-        if let Err(e) = self.link.conn.send_error(Op::Send) {
+        if let Err(e) = self.link.conn.check_send_failure(Op::Send) {
             return Err(self.link.fail(e));
         }
-        self.pump()?;
-        let after = self.link.conn.outstanding_sends() + self.link.conn.messages_ready();
-        if after != before {
-            self.last_progress = Instant::now();
-        }
-        Ok(())
+        self.pump()
     }
 
     /// Posts queued steps in order while the send queue has room.
@@ -152,7 +153,11 @@ impl RdmaStream {
                             .post_one_sided(*pull, local, *offset, *remote)
                     }
                 }
-                Step::Message { bytes, .. } => self.link.conn.post_message(bytes),
+                Step::Message { header, body, .. } => {
+                    // The link's message scratch, reused: no allocation per reply.
+                    encode_message(*header, body, &[], &mut self.link.send_buf);
+                    self.link.conn.post_message(&self.link.send_buf)
+                }
             };
             match posted {
                 Ok(true) => self.last_progress = Instant::now(),
@@ -209,19 +214,22 @@ impl RdmaStream {
                     ..
                 }) => {
                     log_unknown_opcode(self.link.peer, opcode);
-                    let header = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS);
-                    let mut bytes = Vec::new();
-                    encode_message(header, &[], &[], &mut bytes);
-                    self.steps.push_back(Step::Message { bytes, token: None });
+                    self.steps.push_back(Step::Message {
+                        header: Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS),
+                        body: Vec::new(),
+                        token: None,
+                    });
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Pulls the current request's payload into `dests`, which must lie in memory
-    /// registered with the link (a listener's shared memory, say): `Pending` until every
-    /// byte has landed. Call again with the same `dests` until `Done`.
+    /// Pulls the current request's payload into `dests`: `Pending` until every byte has
+    /// landed; call again with the same `dests` until `Done`. Destinations in memory
+    /// registered with the link (a listener's shared memory, say) take RDMA READs posted as
+    /// the send queue has room; others are filled through the link's staging buffer while
+    /// this call waits (see [`RdmaStream::reply_with_payload`]).
     pub fn recv_payload(
         &mut self,
         dests: &mut [IoSliceMut<'_>],
@@ -248,7 +256,7 @@ impl RdmaStream {
             }
             let slices = dests.iter().map(|d| (d.as_ptr() as usize, d.len()));
             if !self.queue_transfer(slices, true) {
-                // Outside registered memory: staged, waiting (see `staged_fallback`).
+                // Outside registered memory: staged, waiting (as `staged_reply`).
                 self.link.recv_payload(dests, header.payload_len)?;
                 return Ok(Progress::Done);
             }
@@ -302,8 +310,10 @@ impl RdmaStream {
         unsafe { self.reply_with_payload(request, status, body, Vec::new(), token) }
     }
 
-    /// As [`RdmaStream::reply`], with a payload written (RDMA WRITE) from `payload`, which
-    /// must lie in registered memory, into the memory the request described.
+    /// As [`RdmaStream::reply`], with a payload written (RDMA WRITE) from `payload` into the
+    /// memory the request described. A payload outside registered memory (a server whose
+    /// pool ran out stages some requests in other memory) goes through the link's staging
+    /// buffer while this call waits, bounded by the link's timeout.
     ///
     /// # Safety
     /// Every span of `payload` must stay valid, and written by no one, until
@@ -329,19 +339,7 @@ impl RdmaStream {
         let body = body.into();
         let len: u64 = payload.iter().map(|s| s.len as u64).sum();
         if len > 0 {
-            let room: u64 = if request.payload_len == 0 {
-                self.link.remote.iter().map(|r| u64::from(r.len)).sum()
-            } else {
-                0
-            };
-            if len > room {
-                return Err(TransportError::Unexpected {
-                    peer: self.link.peer,
-                    reason: format!(
-                        "a reply payload of {len} bytes exceeds the {room} bytes the request gave for it"
-                    ),
-                });
-            }
+            self.link.check_reply_room(request, len)?;
             let slices = payload.iter().map(|s| (s.ptr as usize, s.len));
             if !self.queue_transfer(slices, false) {
                 // SAFETY: the caller's contract covers the spans until the token comes back,
@@ -353,21 +351,18 @@ impl RdmaStream {
                 return self.staged_reply(request, status, &body, &payload, token);
             }
         }
-        let header = Header::response(request, status, &body, len);
-        let mut bytes = Vec::new();
-        encode_message(header, &body, &[], &mut bytes);
         self.steps.push_back(Step::Message {
-            bytes,
+            header: Header::response(request, status, &body, len),
+            body,
             token: Some(token),
         });
         self.current = None;
         self.pump()
     }
 
-    /// The reply with a payload outside registered memory (a server whose pool ran out
-    /// stages some requests in other memory): copied through the link's staging buffer and
-    /// sent while waiting, bounded by the link's timeout, as a thread-per-connection server
-    /// does. Rare, and it holds up the caller's loop for the transfer.
+    /// The reply with a payload outside registered memory: copied through the link's
+    /// staging buffer and sent while waiting, as a thread-per-connection server does. Rare,
+    /// and it holds up the caller's loop for the transfer.
     fn staged_reply(
         &mut self,
         request: &Header,
@@ -400,11 +395,5 @@ impl RdmaStream {
         }
         sent.append(&mut self.posted);
         Ok(Progress::Done)
-    }
-
-    /// Sets how long a blocking wait of the link may last (the link waits only while it
-    /// drains flushed work after a failure).
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.link.set_timeout(timeout);
     }
 }
