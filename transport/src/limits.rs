@@ -25,6 +25,13 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Socket buffer size asked for on bulk connections.
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes one `sendmsg` on a TCP connection is given. A larger message leaves in
+/// several calls: a call holds the socket's lock throughout, and what the peer sends back
+/// meanwhile (its replies, its ACKs) waits in the socket's backlog, to be processed by the
+/// sending thread inside the call. Measured on loopback with 1 MiB payloads on one
+/// connection (docs/BENCHMARKS.md, net): uncapped calls spent about a third of the sending
+/// CPU flushing that backlog, and 512 KiB calls moved about 30% more (256 KiB about 15%).
+pub const MAX_SEND_CALL_BYTES: usize = 512 * 1024;
 /// Most remote-memory descriptors (RDMA bulk) one message carries.
 pub const MAX_REMOTE_BUFS_PER_MESSAGE: usize = 64;
 /// Room after a message's body for its remote-memory descriptors: a u32 count and up to

@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::limits::HEADER_BYTES;
-use crate::socket::{IoVecs, no_iovecs};
+use crate::socket::{IoVecs, cap_send, no_iovecs};
 use crate::stream::{Progress, SLICES_PER_CALL};
 
 /// A piece of the caller's memory a message sends from or a reply lands in.
@@ -177,7 +177,8 @@ impl Outbox {
         self.queue.clear();
     }
 
-    /// Writes ready messages from the oldest on, as many as one `sendmsg` takes each time,
+    /// Writes ready messages from the oldest on, as many as one `sendmsg` takes each time
+    /// (at most [`crate::limits::MAX_SEND_CALL_BYTES`]),
     /// until none is ready ([`Progress::Done`]) or the socket is full ([`Progress::Pending`]).
     /// The token of every message all written is pushed to `done`; bytes written move
     /// `last_progress` on.
@@ -195,6 +196,7 @@ impl Outbox {
                     break;
                 }
             }
+            let used = cap_send(&mut iov, used);
             // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the
             // call, whose entries point into queued messages' headers and bodies (owned
             // here, not moved during the call) and the callers' payloads (valid by the

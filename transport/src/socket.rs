@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
+use crate::limits::MAX_SEND_CALL_BYTES;
 use crate::outbox::Outbox;
 use crate::stream::{Progress, SLICES_PER_CALL};
 use crate::wire::WireError;
@@ -34,6 +35,20 @@ pub(crate) fn no_iovecs() -> IoVecs {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; SLICES_PER_CALL]
+}
+
+/// Shortens the first `used` views of `iov` to [`MAX_SEND_CALL_BYTES`] in all, the most one
+/// `sendmsg` is given: how many views are left.
+pub(crate) fn cap_send(iov: &mut IoVecs, used: usize) -> usize {
+    let mut left = MAX_SEND_CALL_BYTES;
+    for (i, v) in iov[..used].iter_mut().enumerate() {
+        if v.iov_len >= left {
+            v.iov_len = left;
+            return i + 1;
+        }
+        left -= v.iov_len;
+    }
+    used
 }
 
 /// Views of `pieces` (address and length of each, in order) past their first `skip` bytes
@@ -326,5 +341,38 @@ fn read_once(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views(lens: &[usize]) -> IoVecs {
+        let mut iov = no_iovecs();
+        for (v, &len) in iov.iter_mut().zip(lens) {
+            v.iov_len = len;
+        }
+        iov
+    }
+
+    #[test]
+    fn a_send_call_is_capped_inside_the_view_that_crosses_the_limit() {
+        let header = crate::limits::HEADER_BYTES;
+        let mut iov = views(&[header, 64, 3 * MAX_SEND_CALL_BYTES, 10]);
+        assert_eq!(cap_send(&mut iov, 4), 3);
+        let kept: Vec<usize> = iov[..3].iter().map(|v| v.iov_len).collect();
+        assert_eq!(kept, [header, 64, MAX_SEND_CALL_BYTES - header - 64]);
+    }
+
+    #[test]
+    fn views_within_the_limit_are_left_whole() {
+        let mut iov = views(&[100, MAX_SEND_CALL_BYTES - 100, 5]);
+        assert_eq!(cap_send(&mut iov, 2), 2);
+        assert_eq!(iov[1].iov_len, MAX_SEND_CALL_BYTES - 100);
+        let mut iov = views(&[7, 9]);
+        assert_eq!(cap_send(&mut iov, 2), 2);
+        assert_eq!((iov[0].iov_len, iov[1].iov_len), (7, 9));
+        assert_eq!(cap_send(&mut iov, 0), 0);
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
 use crate::limits::{MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
+use crate::socket::{cap_send, no_iovecs};
 use crate::stream::SLICES_PER_CALL;
 use crate::wire::Header;
 
@@ -500,17 +501,27 @@ impl TcpConnection {
     }
 }
 
-/// One `sendmsg` of `slices` with MSG_NOSIGNAL: a peer that has gone makes it fail with
-/// EPIPE instead of raising SIGPIPE, which would kill a C program linking libnacre that
-/// leaves the signal at its default.
+/// One `sendmsg` of the start of `slices` (at most
+/// [`MAX_SEND_CALL_BYTES`](crate::limits::MAX_SEND_CALL_BYTES)) with
+/// MSG_NOSIGNAL: a peer that has gone makes it fail with EPIPE instead of raising SIGPIPE,
+/// which would kill a C program linking libnacre that leaves the signal at its default.
 fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    let len = slices.len().min(SLICES_PER_CALL);
-    // SAFETY: a zeroed msghdr is a valid empty one; it names `slices` (IoSlice is
-    // ABI-compatible with iovec on Unix), alive and unmodified across the call.
+    let mut iov = no_iovecs();
+    let mut used = 0;
+    for (v, s) in iov.iter_mut().zip(slices) {
+        *v = libc::iovec {
+            iov_base: s.as_ptr().cast_mut().cast(),
+            iov_len: s.len(),
+        };
+        used += 1;
+    }
+    let used = cap_send(&mut iov, used);
+    // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the call,
+    // whose entries point into `slices` (alive and unmodified across the call).
     let sent = unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = len;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = used;
         libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
     };
     if sent < 0 {
