@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nacre::io::Target;
-use nacre::{MetaServer, TargetConfig, TargetServer};
+use nacre::{MetaServer, TargetConfig, TargetServer, TargetSpec};
 
 use crate::Failure;
 
@@ -20,7 +20,8 @@ const DEFAULT_TARGET_LISTEN: &str = "auto://0.0.0.0:7401";
 /// `nacre serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Serve these target directories (formatted with `nacre mkfs`), one listener each.
+    /// Serve these target directories (formatted with `nacre mkfs`), one listener each;
+    /// they share the server's worker threads and memory.
     #[arg(long = "target", value_name = "DIR")]
     targets: Vec<PathBuf>,
     /// With --target: the metadata service to register with (host:port or a URI).
@@ -38,10 +39,10 @@ pub struct ServeArgs {
     /// Pools the targets belong to.
     #[arg(long = "pool", value_name = "NAME")]
     pools: Vec<String>,
-    /// Worker threads per target (0: one per core).
+    /// Worker threads, shared by the targets served (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// Registered memory per target, in MiB.
+    /// Registered memory per target, in MiB (one pool for all the targets served).
     #[arg(long, default_value_t = 256)]
     pool_mib: usize,
 }
@@ -109,39 +110,43 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_TARGET_LISTEN);
-    let mut servers = Vec::new();
+    let mut specs = Vec::with_capacity(args.targets.len());
     for (i, dir) in args.targets.iter().enumerate() {
-        let config = TargetConfig {
+        specs.push(TargetSpec {
+            dir: dir.clone(),
             listen: with_port(listen, i)?,
-            workers: args.workers,
-            pool: nacre::mem::PoolConfig {
-                chunk_bytes: 1024 * 1024,
-                chunks: args.pool_mib.max(1),
-                huge_pages: true,
-                lock: true,
-            },
-            meta: Some(args.meta.clone()),
-            pools: args.pools.clone(),
             advertise: args
                 .advertise
                 .as_deref()
                 .map(|a| with_port(a, i))
                 .transpose()?,
-            ..TargetConfig::default()
-        };
-        let server = TargetServer::start(dir, &config)?;
+        });
+    }
+    let config = TargetConfig {
+        workers: args.workers,
+        pool: nacre::mem::PoolConfig {
+            chunk_bytes: 1024 * 1024,
+            chunks: args.pool_mib.max(1).saturating_mul(specs.len()),
+            huge_pages: true,
+            lock: true,
+        },
+        meta: Some(args.meta.clone()),
+        pools: args.pools.clone(),
+        ..TargetConfig::default()
+    };
+    let server = TargetServer::start_shared(&specs, &config)?;
+    for (spec, s) in specs.iter().zip(server.served()) {
         println!(
             "nacre target {}: serving {} at {}",
-            server.target_id(),
-            dir.display(),
-            server.endpoint()
+            s.target_id,
+            spec.dir.display(),
+            s.endpoint
         );
-        servers.push(server);
     }
     wait_for(&stop);
-    for s in servers {
-        let id = s.target_id();
-        s.stop();
+    let ids: Vec<u32> = server.served().iter().map(|s| s.target_id).collect();
+    server.stop();
+    for id in ids {
         println!("nacre target {id}: stopped");
     }
     Ok(())

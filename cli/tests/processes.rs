@@ -267,6 +267,57 @@ fn cli_df_lists_every_target_with_its_index() {
     assert_eq!(human.matches("nacre[OST:").count(), 3, "{human}");
 }
 
+/// `nacre serve` with several `--target`s is one server whose targets share its workers
+/// (decision 0015): each registers, `nacre df` lists both, a file striped over both comes
+/// back whole, and the process runs the workers asked for, not that many per target.
+#[test]
+fn one_serve_process_serves_several_targets_with_shared_workers() {
+    let cluster = Cluster::start("cli-host", 0);
+    let dirs: Vec<String> = (0..2)
+        .map(|i| {
+            let dir = cluster.target_dir(i);
+            let index = i.to_string();
+            let out = nacre(&["mkfs", "--index", &index, dir.to_str().unwrap()]);
+            assert!(out.status.success(), "mkfs {i}: {}", text(&out.stderr));
+            dir.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut command = Command::new(common::NACRE_BIN);
+    command.args([
+        "serve",
+        "--target",
+        &dirs[0],
+        "--target",
+        &dirs[1],
+        "--meta",
+        &cluster.meta_addr,
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--workers",
+        "2",
+        "--pool-mib",
+        "16",
+    ]);
+    let server = Process::start("host", command, None);
+    for i in 0..2 {
+        server.wait_for_line(&format!("nacre target {i}: serving"), common::START_TIMEOUT);
+    }
+    let workers = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("nacre-t0-w"))
+        .count();
+    assert_eq!(workers, 2, "worker threads of a server of two targets");
+    let shown = cluster.ok(&["df"]);
+    assert_eq!(shown.matches("nacre[OST:").count(), 2, "{shown}");
+    cluster.ok(&["setstripe", "-c", "-1", "-S", "64K", "/both"]);
+    let data = fill(11, 0, 1024 * 1024 + 5);
+    let local = local_file(&cluster, "both.bin", &data);
+    cluster.ok(&["put", &local, "/both"]);
+    assert!(get_bytes(&cluster, "/both") == data, "read back differs");
+    assert_eq!(obdidx(&cluster.ok(&["getstripe", "/both"])), [0, 1]);
+}
+
 /// The environment variables that make this test binary a writer of the shared file.
 const WRITER_META_ENV: &str = "NACRE_CLI_TEST_WRITER_META";
 const WRITER_RANK_ENV: &str = "NACRE_CLI_TEST_WRITER_RANK";

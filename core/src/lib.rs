@@ -17,7 +17,7 @@ pub use client::{Client, ClientOptions, File, OpenOptions, Stat};
 pub use error::Error;
 pub use meta::server::MetaServer;
 pub use queue::{Completion, Queue, QueueOp, Refused};
-pub use target_server::{ConnectionCounts, TargetConfig, TargetServer};
+pub use target_server::{ConnectionCounts, ServedTarget, TargetConfig, TargetServer, TargetSpec};
 
 pub use nacre_io as io;
 pub use nacre_layout as layout;

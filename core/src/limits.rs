@@ -24,6 +24,9 @@ pub const WORKER_REPLY_TIMEOUT_MS: u64 = 60_000;
 pub const WORKER_WAIT_US: u64 = 200;
 /// Objects a worker remembers as existing before it forgets them all and asks again.
 pub const MAX_KNOWN_OBJECTS: usize = 1 << 20;
+/// Most targets one target server serves with its shared workers (each worker opens a ring
+/// per target).
+pub const MAX_TARGETS_PER_SERVER: usize = 64;
 /// Payload memory a target's connection may hold for requests it has read and not answered
 /// (write payloads, read data): past it, the connection's next request waits until replies
 /// go out, so pipelined requests cannot make a target allocate without bound.

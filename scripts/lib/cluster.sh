@@ -1,7 +1,9 @@
 # A local Nacre cluster of separate processes: one metadata service and N targets, on
 # temporary directories over loopback. Source it after common.sh; then:
 #   cluster_start N [SCHEME]   starts them (SCHEME: tcp, rdma or auto; default tcp) and sets
-#                              NACRE_META, CLUSTER_DIR, CLUSTER_PIDS
+#                              NACRE_META, CLUSTER_DIR, CLUSTER_PIDS; with CLUSTER_ONE_SERVER=1
+#                              the N targets are one server process sharing its workers, as
+#                              a host serves its drives (decision 0015), instead of N processes
 #   cluster_stop               stops them (SIGTERM, then SIGKILL after CLUSTER_STOP_SECONDS)
 #                              and removes the directories
 # cluster_start installs a trap so that an interrupted script still stops everything.
@@ -67,6 +69,20 @@ cluster_start() {
     export NACRE_META
     for ((i = 0; i < n; i++)); do
         "$NACRE_BIN" mkfs --index "$i" "$CLUSTER_DIR/target$i" >/dev/null
+    done
+    if [ "${CLUSTER_ONE_SERVER:-0}" = 1 ]; then
+        local dirs=()
+        for ((i = 0; i < n; i++)); do dirs+=(--target "$CLUSTER_DIR/target$i"); done
+        # Port 0: each target's listener takes a free port of its own.
+        "$NACRE_BIN" serve "${dirs[@]}" --meta "$NACRE_META" --listen "$scheme://$host:0" \
+            ${CLUSTER_TARGET_ARGS:-} >"$CLUSTER_DIR/targets.log" 2>&1 &
+        CLUSTER_PIDS+=($!)
+        for ((i = 0; i < n; i++)); do
+            wait_for_line "$CLUSTER_DIR/targets.log" "nacre target $i: serving"
+        done
+        return
+    fi
+    for ((i = 0; i < n; i++)); do
         port=$(free_port)
         "$NACRE_BIN" serve --target "$CLUSTER_DIR/target$i" --meta "$NACRE_META" \
             --listen "$scheme://$host:$port" ${CLUSTER_TARGET_ARGS:-} \

@@ -1,17 +1,20 @@
-//! The target server: serves one target's objects over the transport.
+//! The target server: serves the objects of one target, or of several targets of a host,
+//! over the transport.
 //!
-//! Threads (decisions 0005, 0008 and 0013):
-//! - **workers**, one per core (`worker`): each owns an [`ObjectStore`](nacre_io::ObjectStore)
-//!   (its own io_uring, registered file table and the memory pool registered with it), the
-//!   connections handed to it (TCP, and RDMA: a `wire::Wire` either way), and the objects
-//!   whose id hashes to it. One epoll loop per worker drives its sockets, its RDMA
-//!   completion channels and its ring; nothing on the data path takes a lock. The memory
-//!   pool is registered once with each RDMA device clients come through
-//!   ([`Listener::register_memory`]), not per connection.
+//! Threads (decisions 0005, 0008, 0013 and 0015):
+//! - **workers**, one per core (`worker`), shared by every target of the server: each owns
+//!   an [`ObjectStore`](nacre_io::ObjectStore) per target (its own io_uring, registered
+//!   file table and the memory pool registered with it), the connections handed to it (TCP,
+//!   and RDMA: a `wire::Wire` either way), and the objects whose target and id hash to it.
+//!   One epoll loop per worker drives its sockets, its RDMA completion channels and its
+//!   rings; nothing on the data path takes a lock. The memory pool is registered once with
+//!   each RDMA device clients come through ([`Listener::register_memory`]), per target's
+//!   listener, not per connection.
 //! - **connection threads** only for RDMA connections the loops cannot drive (`threaded`):
 //!   those whose device could not get the pool registered, whose bulk is staged.
-//! - an acceptor, which hands each connection to a worker in turn, and a heartbeat that
-//!   keeps the metadata service's view of free space fresh.
+//! - an acceptor per target (each target has its own listener), which hands each
+//!   connection to a worker in turn, and a heartbeat per target that keeps the metadata
+//!   service's view of free space fresh.
 
 mod request;
 mod threaded;
@@ -22,7 +25,7 @@ pub use worker::MAX_CONNECTIONS_PER_WORKER;
 
 use wire::Wire;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -32,13 +35,15 @@ use nacre_io::{StoreConfig, Target};
 use nacre_transport::{Endpoint, Listener, ServerConnection};
 
 use crate::error::Error;
-use crate::limits::{ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, REGISTER_TIMEOUT_MS};
+use crate::limits::{
+    ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, MAX_TARGETS_PER_SERVER, REGISTER_TIMEOUT_MS,
+};
 use crate::mem::{MemPool, PoolConfig};
 use crate::meta::link::{MetaLink, link_options};
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{Cred, TargetInfo};
 use crate::server::{Threads, accept_loop, join_all, spawn};
-use request::Context;
+use request::{Context, Served};
 use worker::{Inbox, Msg};
 
 /// How a target server is set up.
@@ -79,11 +84,32 @@ impl Default for TargetConfig {
     }
 }
 
-/// A running target server; stops when dropped.
+/// One target of a server started with [`TargetServer::start_shared`].
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// Its directory (formatted with `nacre mkfs`).
+    pub dir: PathBuf,
+    /// Where it listens (`tcp://`, `rdma://` or `auto://host:port`; port 0 picks one).
+    pub listen: String,
+    /// The endpoint it registers (default: the one it listens on, with the port it got).
+    pub advertise: Option<String>,
+}
+
+/// A target a server serves, and where clients reach it.
+#[derive(Debug, Clone)]
+pub struct ServedTarget {
+    /// Its id.
+    pub target_id: u32,
+    /// Where it listens.
+    pub endpoint: Endpoint,
+    /// The target itself.
+    pub target: Target,
+}
+
+/// A running target server; stops when dropped. It serves one target, or several that
+/// share its workers (decision 0015).
 pub struct TargetServer {
-    endpoint: Endpoint,
-    target_id: u32,
-    target: Target,
+    served: Vec<ServedTarget>,
     threads: Threads,
     accepted: Arc<Accepted>,
 }
@@ -108,8 +134,7 @@ struct Accepted {
 impl std::fmt::Debug for TargetServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TargetServer")
-            .field("endpoint", &self.endpoint)
-            .field("target_id", &self.target_id)
+            .field("served", &self.served)
             .finish()
     }
 }
@@ -117,24 +142,81 @@ impl std::fmt::Debug for TargetServer {
 impl TargetServer {
     /// Opens the target in `dir`, starts its workers and listens on `config.listen`.
     pub fn start(dir: &Path, config: &TargetConfig) -> Result<TargetServer, Error> {
-        let target = Target::open(dir)?;
-        let target_id = target.target_id();
-        let endpoint = Endpoint::parse(&config.listen)?;
-        let listener = Listener::bind(&endpoint)?;
-        let endpoint = listener.endpoint().clone();
+        let spec = TargetSpec {
+            dir: dir.to_path_buf(),
+            listen: config.listen.clone(),
+            advertise: config.advertise.clone(),
+        };
+        TargetServer::start_shared(&[spec], config)
+    }
+
+    /// Opens every target of `specs` and serves them all with one set of workers (one per
+    /// core, or `config.workers`), as a host serves its drives: each worker has a store (a
+    /// ring) per target and drives the connections of every target, so a host's load
+    /// shares its cores' threads, their wake-ups and their memory pool, instead of each
+    /// target bringing threads of its own. Each target keeps its own listener, and a
+    /// connection serves the target whose listener accepted it. `config.listen` and
+    /// `config.advertise` are not used: each spec says its own.
+    pub fn start_shared(
+        specs: &[TargetSpec],
+        config: &TargetConfig,
+    ) -> Result<TargetServer, Error> {
+        if specs.is_empty() || specs.len() > MAX_TARGETS_PER_SERVER {
+            return Err(Error::Invalid {
+                field: "targets",
+                value: specs.len().to_string(),
+                allowed: format!("1 to {MAX_TARGETS_PER_SERVER} per server"),
+            });
+        }
+        let mut targets: Vec<Served> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let target = Target::open(&spec.dir)?;
+            let target_id = target.target_id();
+            if let Some(other) = targets.iter().find(|s| s.target_id == target_id) {
+                return Err(Error::Invalid {
+                    field: "targets",
+                    value: spec.dir.display().to_string(),
+                    allowed: format!(
+                        "targets with distinct ids ({} is target {target_id} too)",
+                        other.target.dir().display()
+                    ),
+                });
+            }
+            targets.push(Served { target_id, target });
+        }
+        let mut listeners = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let listener = Listener::bind(&Endpoint::parse(&spec.listen)?)?;
+            listeners.push(listener);
+        }
         let pool = Arc::new(MemPool::new(config.pool)?);
-        // Over RDMA the pool is registered once per device, for every connection through it.
-        for (ptr, len) in pool.registrations() {
-            // SAFETY: the pool's slab stays mapped while the pool lives, and the listener
-            // and its connections hold a clone of `pool` with each registration.
-            if let Err(e) = unsafe { listener.register_memory(Arc::clone(&pool), ptr, len) } {
-                nacre_transport::log_line!(
-                    "nacre target {target_id}: cannot register the pool for RDMA ({e}); \
-                     payloads will be staged"
-                );
-                break;
+        // Over RDMA the pool is registered once per device and listener, for every
+        // connection through them.
+        for (listener, served) in listeners.iter().zip(&targets) {
+            for (ptr, len) in pool.registrations() {
+                // SAFETY: the pool's slab stays mapped while the pool lives, and the
+                // listener and its connections hold a clone of `pool` with each
+                // registration.
+                if let Err(e) = unsafe { listener.register_memory(Arc::clone(&pool), ptr, len) } {
+                    nacre_transport::log_line!(
+                        "nacre target {}: cannot register the pool for RDMA ({e}); \
+                         payloads will be staged",
+                        served.target_id
+                    );
+                    break;
+                }
             }
         }
+        let served: Vec<ServedTarget> = targets
+            .iter()
+            .zip(&listeners)
+            .map(|(s, l)| ServedTarget {
+                target_id: s.target_id,
+                endpoint: l.endpoint().clone(),
+                target: s.target.clone(),
+            })
+            .collect();
+        let first_id = targets[0].target_id;
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -142,8 +224,7 @@ impl TargetServer {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(Context {
-            target_id,
-            target: target.clone(),
+            targets,
             pool,
             stop: Arc::clone(&stop),
             in_flight: AtomicUsize::new(0),
@@ -162,7 +243,7 @@ impl TargetServer {
             let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
             let store_config = config.store;
             let ready = ready_tx.clone();
-            let started = spawn(format!("nacre-t{target_id}-w{w}"), move || {
+            let started = spawn(format!("nacre-t{first_id}-w{w}"), move || {
                 worker::run(w, ctx, inboxes, rx, store_config, ready)
             });
             match started {
@@ -175,13 +256,13 @@ impl TargetServer {
             }
         }
         drop(ready_tx);
-        // Every worker reports whether its store opened; the first failure is the answer.
+        // Every worker reports whether its stores opened; the first failure is the answer.
         for _ in 0..workers {
             let failure = match ready_rx.recv() {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
                 Err(_) => Error::Server {
-                    what: format!("target {target_id}"),
+                    what: ctx.name(),
                     reason: "a worker thread ended while starting".into(),
                 },
             };
@@ -189,58 +270,60 @@ impl TargetServer {
             join_all(threads);
             return Err(failure);
         }
-        let accept_stop = Arc::clone(&stop);
         let accepted = Arc::new(Accepted::default());
-        let counts = Arc::clone(&accepted);
+        // Connections go to the workers in turn, whichever target they are for.
+        let next = Arc::new(AtomicUsize::new(0));
         // Serving before registering: the metadata service may call in while it answers the
         // registration (to remove objects of files removed while this target was down).
-        threads.push(spawn(format!("nacre-t{target_id}"), move || {
-            let name = format!("nacre-t{target_id}");
-            let mut next = 0;
-            accept_loop(listener, accept_stop, name, move |conn| {
-                // Connections go to the workers in turn; one that cannot be driven by an
-                // event loop (an RDMA connection without the pool registered) gets a thread
-                // of its own.
-                let conn = match conn.into_stream().map(Wire::Tcp).or_else(rdma_stream) {
-                    Ok(wire) => {
-                        counts.on_loops.fetch_add(1, Ordering::Relaxed);
-                        let w = next % inboxes.len();
-                        next = next.wrapping_add(1);
-                        // A worker that has gone (the server stops) drops the connection.
-                        let _ = inboxes[w].send(Msg::Connection(wire));
-                        return None;
-                    }
-                    Err(conn) => conn,
-                };
-                counts.on_threads.fetch_add(1, Ordering::Relaxed);
-                let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
-                Some(move || threaded::serve_connection(conn, ctx, inboxes))
-            })
-        })?);
-        if let Some(meta) = &config.meta {
-            let info = TargetInfo {
-                target_id,
-                uuid: target.stamp().uuid_string(),
-                endpoint: config
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| endpoint.to_string()),
-                pools: config.pools.clone(),
-                capacity_bytes: 0,
-                free_bytes: 0,
-            };
-            let link = register(meta, info, &target).inspect_err(|_| {
-                stop.store(true, Ordering::SeqCst);
-            })?;
-            let (target, stop) = (target.clone(), Arc::clone(&stop));
-            threads.push(spawn(format!("nacre-t{target_id}-beat"), move || {
-                heartbeat(&link, &target, &stop)
+        for (t, listener) in listeners.into_iter().enumerate() {
+            let target_id = served[t].target_id;
+            let (accept_stop, counts) = (Arc::clone(&stop), Arc::clone(&accepted));
+            let (ctx, inboxes, next) = (Arc::clone(&ctx), Arc::clone(&inboxes), Arc::clone(&next));
+            threads.push(spawn(format!("nacre-t{target_id}"), move || {
+                let name = format!("nacre-t{target_id}");
+                accept_loop(listener, accept_stop, name, move |conn| {
+                    // One that cannot be driven by an event loop (an RDMA connection without
+                    // the pool registered) gets a thread of its own.
+                    let conn = match conn.into_stream().map(Wire::Tcp).or_else(rdma_stream) {
+                        Ok(wire) => {
+                            counts.on_loops.fetch_add(1, Ordering::Relaxed);
+                            let w = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
+                            // A worker that has gone (the server stops) drops the connection.
+                            let _ = inboxes[w].send(Msg::Connection(wire, t));
+                            return None;
+                        }
+                        Err(conn) => conn,
+                    };
+                    counts.on_threads.fetch_add(1, Ordering::Relaxed);
+                    let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
+                    Some(move || threaded::serve_connection(conn, t, ctx, inboxes))
+                })
             })?);
         }
+        if let Some(meta) = &config.meta {
+            for (spec, s) in specs.iter().zip(&served) {
+                let info = TargetInfo {
+                    target_id: s.target_id,
+                    uuid: s.target.stamp().uuid_string(),
+                    endpoint: spec
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| s.endpoint.to_string()),
+                    pools: config.pools.clone(),
+                    capacity_bytes: 0,
+                    free_bytes: 0,
+                };
+                let link = register(meta, info, &s.target).inspect_err(|_| {
+                    stop.store(true, Ordering::SeqCst);
+                })?;
+                let (target, stop) = (s.target.clone(), Arc::clone(&stop));
+                threads.push(spawn(format!("nacre-t{}-beat", s.target_id), move || {
+                    heartbeat(&link, &target, &stop)
+                })?);
+            }
+        }
         Ok(TargetServer {
-            endpoint,
-            target_id,
-            target,
+            served,
             threads: Threads {
                 stop,
                 handles: threads,
@@ -249,19 +332,24 @@ impl TargetServer {
         })
     }
 
-    /// Where clients reach the server.
+    /// Where clients reach the server's (first) target.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.served[0].endpoint
     }
 
-    /// The target's id.
+    /// The (first) target's id.
     pub fn target_id(&self) -> u32 {
-        self.target_id
+        self.served[0].target_id
     }
 
-    /// The target it serves.
+    /// The (first) target it serves.
     pub fn target(&self) -> &Target {
-        &self.target
+        &self.served[0].target
+    }
+
+    /// Every target it serves, in the order they were given.
+    pub fn served(&self) -> &[ServedTarget] {
+        &self.served
     }
 
     /// How the connections accepted so far are served.

@@ -15,10 +15,17 @@ use crate::codec::Writer;
 use crate::limits::MAX_IO_PIECE_BYTES;
 use crate::mem::{MemPool, PoolBuf};
 
-/// What every thread of a target server shares.
-pub(super) struct Context {
+/// One target of a server; a connection belongs to the target whose listener accepted it,
+/// and names it by its index in [`Context::targets`].
+pub(super) struct Served {
     pub(super) target_id: u32,
     pub(super) target: Target,
+}
+
+/// What every thread of a target server shares.
+pub(super) struct Context {
+    /// The targets it serves (one, or several sharing the workers).
+    pub(super) targets: Vec<Served>,
     pub(super) pool: Arc<MemPool>,
     pub(super) stop: Arc<AtomicBool>,
     /// Requests whose pieces are being run: workers stop only when none is left, so no
@@ -47,8 +54,26 @@ impl Context {
     pub(super) fn stopping(&self) -> Failure {
         Failure {
             errno: libc::ESHUTDOWN,
-            message: format!("target {} is stopping", self.target_id),
+            message: format!("{} is stopping", self.name()),
         }
+    }
+
+    /// "target N", or "targets N, M, ..." for a server of several, for messages.
+    pub(super) fn name(&self) -> String {
+        let ids: Vec<String> = self
+            .targets
+            .iter()
+            .map(|s| s.target_id.to_string())
+            .collect();
+        match ids.as_slice() {
+            [one] => format!("target {one}"),
+            _ => format!("targets {}", ids.join(", ")),
+        }
+    }
+
+    /// "target N" for the target of index `t`.
+    pub(super) fn target_name(&self, t: usize) -> String {
+        format!("target {}", self.targets[t].target_id)
     }
 }
 
@@ -68,6 +93,8 @@ pub(super) enum PieceOp {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Piece {
     pub(super) op: PieceOp,
+    /// The object's target (its index in [`Context::targets`]).
+    pub(super) target: usize,
     pub(super) object_id: u64,
     /// Offset (or, for truncate, the new size).
     pub(super) offset_bytes: u64,
@@ -126,19 +153,20 @@ pub(super) struct Answer {
     pub(super) payload_len: u64,
 }
 
-/// Reads a request's header and body and says what it takes.
-pub(super) fn begin(ctx: &Context, header: &Header, body: &[u8]) -> Work {
+/// Reads a request to target `t` (its index in `ctx.targets`), header and body, and says
+/// what it takes.
+pub(super) fn begin(ctx: &Context, t: usize, header: &Header, body: &[u8]) -> Work {
     let opcode = header.opcode;
     match opcode {
         Opcode::Ping => Work::Reply {
             status: 0,
             body: Vec::new(),
         },
-        Opcode::Statfs => match statfs(ctx) {
+        Opcode::Statfs => match statfs(&ctx.targets[t]) {
             Ok(body) => Work::Reply { status: 0, body },
             Err(f) => Work::failed(f),
         },
-        Opcode::Read | Opcode::Write => match transfer(ctx, header, body) {
+        Opcode::Read | Opcode::Write => match transfer(ctx, t, header, body) {
             Ok(p) => Work::Run(p),
             Err(f) => Work::failed(f),
         },
@@ -147,16 +175,13 @@ pub(super) fn begin(ctx: &Context, header: &Header, body: &[u8]) -> Work {
         | Opcode::Punch
         | Opcode::Stat
         | Opcode::Remove
-        | Opcode::Create => match plain(opcode, body) {
+        | Opcode::Create => match plain(opcode, t, body) {
             Ok(p) => Work::Run(p),
             Err(f) => Work::failed(f),
         },
         Opcode::Meta | Opcode::Error => Work::failed(Failure {
             errno: libc::EOPNOTSUPP,
-            message: format!(
-                "target {} does not serve {opcode:?} requests",
-                ctx.target_id
-            ),
+            message: format!("{} does not serve {opcode:?} requests", ctx.target_name(t)),
         }),
     }
 }
@@ -168,12 +193,12 @@ fn decode(body: &[u8], extents: &mut Vec<Extent>) -> Result<u64, Failure> {
     })
 }
 
-fn statfs(ctx: &Context) -> Result<Vec<u8>, Failure> {
-    let cap = ctx.target.capacity()?;
+fn statfs(served: &Served) -> Result<Vec<u8>, Failure> {
+    let cap = served.target.capacity()?;
     let mut out = Vec::new();
     Writer::new(&mut out)
-        .u32(ctx.target_id)
-        .str(&ctx.target.stamp().uuid_string())
+        .u32(served.target_id)
+        .str(&served.target.stamp().uuid_string())
         .u64(cap.total_bytes)
         .u64(cap.available_bytes)
         .u64(cap.used_bytes);
@@ -181,7 +206,7 @@ fn statfs(ctx: &Context) -> Result<Vec<u8>, Failure> {
 }
 
 /// Sync, truncate, punch, stat, remove, create: one piece per extent, no payload.
-fn plain(opcode: Opcode, body: &[u8]) -> Result<Prepared, Failure> {
+fn plain(opcode: Opcode, target: usize, body: &[u8]) -> Result<Prepared, Failure> {
     let mut extents = Vec::new();
     decode(body, &mut extents)?;
     let pieces = extents
@@ -197,6 +222,7 @@ fn plain(opcode: Opcode, body: &[u8]) -> Result<Prepared, Failure> {
                 // would be wrong, so it is a sync, which creates a missing object first.
                 _ => PieceOp::Sync,
             },
+            target,
             object_id: e.object_id,
             offset_bytes: e.offset_bytes,
         })
@@ -210,7 +236,7 @@ fn plain(opcode: Opcode, body: &[u8]) -> Result<Prepared, Failure> {
 }
 
 /// A read or a write: its extents laid over staging memory of the pool.
-fn transfer(ctx: &Context, header: &Header, body: &[u8]) -> Result<Prepared, Failure> {
+fn transfer(ctx: &Context, t: usize, header: &Header, body: &[u8]) -> Result<Prepared, Failure> {
     let mut extents = Vec::new();
     let total = decode(body, &mut extents)?;
     let write = header.opcode == Opcode::Write;
@@ -234,9 +260,9 @@ fn transfer(ctx: &Context, header: &Header, body: &[u8]) -> Result<Prepared, Fai
     }
     let mut staging = Staging::new(&ctx.pool, total as usize);
     let pieces = if write {
-        staging.pieces(&extents, |buf, len| PieceOp::Write { buf, len })
+        staging.pieces(t, &extents, |buf, len| PieceOp::Write { buf, len })
     } else {
-        staging.pieces(&extents, |buf, len| PieceOp::Read { buf, len })
+        staging.pieces(t, &extents, |buf, len| PieceOp::Read { buf, len })
     };
     Ok(Prepared {
         opcode: header.opcode,
@@ -401,9 +427,14 @@ impl Staging {
             .collect()
     }
 
-    /// Lays the extents out over the memory in order, cutting them where a chunk (or
-    /// [`MAX_IO_PIECE_BYTES`]) ends.
-    fn pieces(&mut self, extents: &[Extent], op: impl Fn(*mut u8, usize) -> PieceOp) -> Vec<Piece> {
+    /// Lays the extents (of target `target`'s objects) out over the memory in order,
+    /// cutting them where a chunk (or [`MAX_IO_PIECE_BYTES`]) ends.
+    fn pieces(
+        &mut self,
+        target: usize,
+        extents: &[Extent],
+        op: impl Fn(*mut u8, usize) -> PieceOp,
+    ) -> Vec<Piece> {
         let regions = self.regions();
         let mut out = Vec::with_capacity(extents.len());
         let (mut region, mut in_region) = (0usize, 0usize);
@@ -422,6 +453,7 @@ impl Staging {
                 let ptr = unsafe { base.add(in_region) };
                 out.push(Piece {
                     op: op(ptr, n),
+                    target,
                     object_id: e.object_id,
                     offset_bytes: e.offset_bytes + done,
                 });

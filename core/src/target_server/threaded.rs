@@ -14,26 +14,29 @@ use super::worker::{Inbox, Job, Msg, ReplyTo, owner};
 use crate::limits::WORKER_REPLY_TIMEOUT_MS;
 use crate::server::request_loop;
 
-/// Serves one connection until the client leaves or the server stops.
+/// Serves one connection to target `t` (its index in `ctx.targets`) until the client leaves
+/// or the server stops.
 pub(super) fn serve_connection(
     mut conn: ServerConnection,
+    t: usize,
     ctx: Arc<Context>,
     inboxes: Arc<Vec<Inbox>>,
 ) {
-    let name = format!("nacre target {}", ctx.target_id);
+    let name = format!("nacre {}", ctx.target_name(t));
     request_loop(&mut conn, &ctx.stop, &name, |conn, request, body| {
-        handle(&ctx, &inboxes, conn, request, body)
+        handle(&ctx, t, &inboxes, conn, request, body)
     });
 }
 
 fn handle(
     ctx: &Context,
+    t: usize,
     inboxes: &[Inbox],
     conn: &mut ServerConnection,
     request: &Request,
     body: &[u8],
 ) -> Result<(), TransportError> {
-    let mut prepared = match request::begin(ctx, &request.header, body) {
+    let mut prepared = match request::begin(ctx, t, &request.header, body) {
         Work::Reply { status, body } => return conn.reply(request, status, &body, &[]),
         Work::Run(p) => p,
     };
@@ -46,7 +49,7 @@ fn handle(
         let f = ctx.stopping();
         return conn.reply(request, f.errno, f.message.as_bytes(), &[]);
     }
-    let results = run(ctx, inboxes, &prepared);
+    let results = run(ctx, t, inboxes, &prepared);
     ctx.leave();
     let results = match results {
         Ok(r) => r,
@@ -68,12 +71,17 @@ fn handle(
 }
 
 /// Hands each object's owner its pieces and waits for all results, in piece order.
-fn run(ctx: &Context, inboxes: &[Inbox], prepared: &Prepared) -> Result<Vec<PieceResult>, Failure> {
+fn run(
+    ctx: &Context,
+    t: usize,
+    inboxes: &[Inbox],
+    prepared: &Prepared,
+) -> Result<Vec<PieceResult>, Failure> {
     let pieces = &prepared.pieces;
     let workers = inboxes.len();
     let mut per_worker: Vec<Vec<usize>> = vec![Vec::new(); workers];
     for (i, p) in pieces.iter().enumerate() {
-        per_worker[owner(p.object_id, workers)].push(i);
+        per_worker[owner(p.target, p.object_id, workers)].push(i);
     }
     let (tx, rx) = mpsc::channel();
     let mut sent = 0;
@@ -106,8 +114,8 @@ fn run(ctx: &Context, inboxes: &[Inbox], prepared: &Prepared) -> Result<Vec<Piec
                 return Err(Failure {
                     errno: libc::ETIMEDOUT,
                     message: format!(
-                        "target {}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
-                        ctx.target_id
+                        "{}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
+                        ctx.target_name(t)
                     ),
                 });
             }

@@ -1,6 +1,8 @@
-//! A worker: one thread per core, owning an [`ObjectStore`] (its ring, its registered files,
-//! the pool registered with it), the connections the acceptor handed it (TCP and RDMA,
-//! decision 0013), and the objects whose id hashes to it (decision 0008).
+//! A worker: one thread per core, owning an [`ObjectStore`] for each target of its server
+//! (its ring, its registered files, the pool registered with it), the connections the
+//! acceptors handed it (TCP and RDMA, decision 0013; each belongs to one target), and the
+//! objects whose target and id hash to it (decision 0008). The targets of one server share
+//! its workers (decision 0015).
 //!
 //! One loop does everything, without a lock on the data path: it waits in epoll on its
 //! connections, on an eventfd other threads ring when they send it a message, and on the
@@ -47,16 +49,19 @@ const _: () = assert!(MAX_CONNECTIONS_PER_WORKER * MAX_PIPELINED_REQUESTS < 1 <<
 /// The reply token of a request answered at once (it has no place in the table).
 const NO_REQUEST: u64 = u64::MAX;
 
-/// The worker that owns an object: the one that runs every piece but reads.
-pub(super) fn owner(object_id: u64, workers: usize) -> usize {
-    // Stripes of one file differ in the low bits of the id; mix so that files spread too.
-    (object_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % workers
+/// The worker that owns an object of target `target` (its index in the server): the one
+/// that runs every piece but reads.
+pub(super) fn owner(target: usize, object_id: u64, workers: usize) -> usize {
+    // Stripes of one file differ in the low bits of the id; mix so that files spread too,
+    // and so that one file's objects on several targets of a server spread over workers.
+    let key = object_id ^ (target as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % workers
 }
 
 /// What other threads tell a worker.
 pub(super) enum Msg {
-    /// A client connection to serve from now on.
-    Connection(Wire),
+    /// A client connection to serve from now on, to the target of this index.
+    Connection(Wire, usize),
     /// Pieces of objects this worker owns.
     Job(Job),
     /// The results of a job this worker sent out, for the request `token` names (its
@@ -66,8 +71,9 @@ pub(super) enum Msg {
         from: usize,
         results: Vec<PieceResult>,
     },
-    /// An object was removed: close its file if this worker's store holds it open.
-    Forget(u64),
+    /// An object (target index, id) was removed: close its file if this worker's store
+    /// holds it open.
+    Forget(usize, u64),
 }
 
 /// Where a job's results go.
@@ -179,6 +185,8 @@ struct Serving {
 /// table), so its memory is never freed under them.
 struct Conn {
     stream: Wire,
+    /// Its target's index in the server.
+    target: usize,
     /// The request whose write payload is arriving (its index in the table).
     payload: Option<usize>,
     /// Its requests in the table, oldest first.
@@ -201,18 +209,19 @@ pub(super) struct Worker {
     ctx: Arc<Context>,
     inboxes: Arc<Vec<Inbox>>,
     rx: mpsc::Receiver<Msg>,
-    // Storage.
-    store: ObjectStore,
+    // Storage: a store per target of the server, by index; their rings signal one eventfd.
+    stores: Vec<ObjectStore>,
     ring_event: EventFd,
     running: Vec<Option<RunningJob>>,
     free_jobs: Vec<usize>,
     /// (job slot, piece index) not yet started.
     queue: VecDeque<(usize, usize)>,
-    /// Objects known to exist (a cache: cleared when it grows past its bound).
-    known: HashSet<u64>,
+    /// Objects (target index, id) known to exist (a cache: cleared when it grows past its
+    /// bound).
+    known: HashSet<(usize, u64)>,
     completions: Vec<Completion>,
-    /// Objects to close once their operations are done.
-    forget: Vec<u64>,
+    /// Objects (target index, id) to close once their operations are done.
+    forget: Vec<(usize, u64)>,
     // Network.
     epoll: Epoll,
     slots: Vec<Slot>,
@@ -267,17 +276,21 @@ impl Worker {
         rx: mpsc::Receiver<Msg>,
         store_config: StoreConfig,
     ) -> Result<Worker, Error> {
-        let mut store = ObjectStore::new(&ctx.target, store_config)?;
-        for (ptr, len) in ctx.pool.registrations() {
-            // SAFETY: the pool's slab outlives the store: `ctx` holds the pool, and `run`
-            // drops the worker (and its store) before its `ctx`.
-            unsafe { store.register_memory(ptr, len) }?;
-        }
         let ring_event = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
-        store.register_eventfd(ring_event.raw())?;
+        let mut stores = Vec::with_capacity(ctx.targets.len());
+        for served in &ctx.targets {
+            let mut store = ObjectStore::new(&served.target, store_config)?;
+            for (ptr, len) in ctx.pool.registrations() {
+                // SAFETY: the pool's slab outlives the store: `ctx` holds the pool, and
+                // `run` drops the worker (and its stores) before its `ctx`.
+                unsafe { store.register_memory(ptr, len) }?;
+            }
+            store.register_eventfd(ring_event.raw())?;
+            stores.push(store);
+        }
         let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         let io = |e: std::io::Error| Error::Server {
-            what: format!("target {} worker {index}", ctx.target_id),
+            what: format!("{} worker {index}", ctx.name()),
             reason: format!("epoll_ctl: {e}"),
         };
         epoll
@@ -289,7 +302,7 @@ impl Worker {
             ctx,
             inboxes,
             rx,
-            store,
+            stores,
             ring_event,
             running: Vec::new(),
             free_jobs: Vec::new(),
@@ -351,8 +364,8 @@ impl Worker {
     /// can finish and stop.
     fn fail(&mut self, e: &Error) {
         nacre_transport::log_line!(
-            "nacre target {}: worker {} failed ({e}); the target server stops",
-            self.ctx.target_id,
+            "nacre {}: worker {} failed ({e}); the target server stops",
+            self.ctx.name(),
             self.index
         );
         self.ctx.stop.store(true, Ordering::SeqCst);
@@ -408,16 +421,16 @@ impl Worker {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Connection(stream) => self.adopt(stream),
+            Msg::Connection(stream, t) => self.adopt(stream, t),
             Msg::Job(job) => self.accept(job),
             Msg::Results {
                 token,
                 from,
                 results,
             } => self.delivered.push_back((token, from, results)),
-            Msg::Forget(object_id) => {
-                self.known.remove(&object_id);
-                self.forget.push(object_id);
+            Msg::Forget(t, object_id) => {
+                self.known.remove(&(t, object_id));
+                self.forget.push((t, object_id));
             }
         }
     }
@@ -428,7 +441,7 @@ impl Worker {
         self.ctx.in_flight.load(Ordering::SeqCst) == 0
             && self.open_conns() == 0
             && self.queue.is_empty()
-            && self.store.outstanding() == 0
+            && self.stores.iter().all(|s| s.outstanding() == 0)
             && self.running.iter().all(Option::is_none)
     }
 
@@ -448,11 +461,11 @@ impl Worker {
         (u64::from(s.generation) == token >> 32 && s.conn.is_some()).then_some(slot)
     }
 
-    fn adopt(&mut self, stream: Wire) {
+    fn adopt(&mut self, stream: Wire, target: usize) {
         if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER || self.ctx.stop.load(Ordering::SeqCst) {
             nacre_transport::log_line!(
-                "nacre target {}: {} refused: worker {} serves {MAX_CONNECTIONS_PER_WORKER} connections",
-                self.ctx.target_id,
+                "nacre {}: {} refused: worker {} serves {MAX_CONNECTIONS_PER_WORKER} connections",
+                self.ctx.target_name(target),
                 stream.peer(),
                 self.index
             );
@@ -468,8 +481,8 @@ impl Worker {
         let token = self.token(slot);
         if let Err(e) = stream.watch(&self.epoll, token) {
             nacre_transport::log_line!(
-                "nacre target {}: {}: cannot watch the connection: {e}",
-                self.ctx.target_id,
+                "nacre {}: {}: cannot watch the connection: {e}",
+                self.ctx.target_name(target),
                 stream.peer()
             );
             self.free_slots.push(slot);
@@ -477,6 +490,7 @@ impl Worker {
         }
         self.slots[slot].conn = Some(Conn {
             stream,
+            target,
             payload: None,
             requests: Vec::new(),
             staged: 0,
@@ -593,7 +607,7 @@ impl Worker {
         let Some(conn) = self.slots[slot].conn.as_mut() else {
             return;
         };
-        let prepared = match request::begin(&self.ctx, &header, conn.stream.body()) {
+        let prepared = match request::begin(&self.ctx, conn.target, &header, conn.stream.body()) {
             Work::Reply { status, body } => {
                 if let Err(e) = conn.stream.reply(&header, status, body, NO_REQUEST) {
                     self.close(slot, Some(e));
@@ -736,7 +750,7 @@ impl Worker {
         for (n, p) in serving.prepared.pieces.iter().enumerate() {
             let w = match p.op {
                 PieceOp::Read { .. } => self.index,
-                _ => owner(p.object_id, workers),
+                _ => owner(p.target, p.object_id, workers),
             };
             per_worker[w].push(n);
         }
@@ -860,8 +874,8 @@ impl Worker {
         };
         if let Some(e) = why {
             nacre_transport::log_line!(
-                "nacre target {}: {e}; connection closed",
-                self.ctx.target_id
+                "nacre {}: {e}; connection closed",
+                self.ctx.target_name(conn.target)
             );
         }
         conn.stream.unwatch(&self.epoll);
@@ -900,11 +914,15 @@ impl Worker {
             };
             give_up(&self.ctx, serving);
             let slot = serving.conn;
+            let name = serving
+                .prepared
+                .pieces
+                .first()
+                .map_or_else(|| self.ctx.name(), |p| self.ctx.target_name(p.target));
             let failure = Failure {
                 errno: libc::ETIMEDOUT,
                 message: format!(
-                    "target {}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
-                    self.ctx.target_id
+                    "{name}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms"
                 ),
             };
             self.answer_failure(i, failure);
@@ -922,8 +940,8 @@ impl Worker {
             {
                 let peer = conn.stream.peer();
                 nacre_transport::log_line!(
-                    "nacre target {}: {peer} made no progress for {REQUEST_TIMEOUT_MS} ms; connection closed",
-                    self.ctx.target_id
+                    "nacre {}: {peer} made no progress for {REQUEST_TIMEOUT_MS} ms; connection closed",
+                    self.ctx.target_name(conn.target)
                 );
                 self.close(slot, None);
             }
@@ -959,18 +977,21 @@ impl Worker {
         }
     }
 
-    /// Starts queued pieces while the store has room, and collects completions without
-    /// waiting. Whether anything happened.
+    /// Starts queued pieces, in order, while their stores have room, and collects
+    /// completions without waiting. Whether anything happened.
     fn step(&mut self) -> Result<bool, IoError> {
-        let max_ops = self.store.config().max_ops as usize;
         let mut moved = false;
         while let Some(&(slot, i)) = self.queue.front() {
-            if self.store.outstanding() >= max_ops {
-                break;
+            let piece = self.running[slot].as_ref().map(|r| r.job.pieces[i]);
+            if let Some(p) = piece {
+                let store = &self.stores[p.target];
+                if store.outstanding() >= store.config().max_ops as usize {
+                    break;
+                }
             }
             self.queue.pop_front();
             moved = true;
-            let Some(piece) = self.running[slot].as_ref().map(|r| r.job.pieces[i]) else {
+            let Some(piece) = piece else {
                 continue;
             };
             if let Some(result) = self.start_piece(piece, ((slot as u64) << PIECE_BITS) | i as u64)
@@ -978,31 +999,33 @@ impl Worker {
                 self.record(slot, i, result);
             }
         }
-        if self.store.outstanding() > 0 || moved {
-            let mut completions = std::mem::take(&mut self.completions);
-            self.store.poll(&mut completions)?;
-            moved |= !completions.is_empty();
-            for c in completions.drain(..) {
-                let slot = (c.tag >> PIECE_BITS) as usize;
-                let i = (c.tag & ((1 << PIECE_BITS) - 1)) as usize;
-                let is_read = self.running[slot]
-                    .as_ref()
-                    .is_some_and(|r| matches!(r.job.pieces[i].op, PieceOp::Read { .. }));
-                let result = match c.result {
-                    // A stripe never written reads as a hole.
-                    Err(e) if is_read && e.errno() == libc::ENOENT => Ok(0),
-                    other => other,
-                };
-                self.record(slot, i, result);
+        let mut completions = std::mem::take(&mut self.completions);
+        for store in &mut self.stores {
+            if store.outstanding() > 0 || moved {
+                store.poll(&mut completions)?;
             }
-            self.completions = completions;
         }
+        moved |= !completions.is_empty();
+        for c in completions.drain(..) {
+            let slot = (c.tag >> PIECE_BITS) as usize;
+            let i = (c.tag & ((1 << PIECE_BITS) - 1)) as usize;
+            let is_read = self.running[slot]
+                .as_ref()
+                .is_some_and(|r| matches!(r.job.pieces[i].op, PieceOp::Read { .. }));
+            let result = match c.result {
+                // A stripe never written reads as a hole.
+                Err(e) if is_read && e.errno() == libc::ENOENT => Ok(0),
+                other => other,
+            };
+            self.record(slot, i, result);
+        }
+        self.completions = completions;
         Ok(moved)
     }
 
     /// Starts a piece: submits it to the store, or does it now and returns its result.
     fn start_piece(&mut self, piece: Piece, tag: u64) -> Option<PieceResult> {
-        let object_id = piece.object_id;
+        let (t, object_id) = (piece.target, piece.object_id);
         let op = match piece.op {
             PieceOp::Read { buf, len } => Op::Read {
                 object_id,
@@ -1011,7 +1034,7 @@ impl Worker {
                 len,
             },
             PieceOp::Write { buf, len } => {
-                if let Err(e) = self.ensure_exists(object_id) {
+                if let Err(e) = self.ensure_exists(t, object_id) {
                     return Some(Err(e));
                 }
                 Op::Write {
@@ -1022,7 +1045,7 @@ impl Worker {
                 }
             }
             PieceOp::Truncate => {
-                if let Err(e) = self.ensure_exists(object_id) {
+                if let Err(e) = self.ensure_exists(t, object_id) {
                     return Some(Err(e));
                 }
                 Op::Truncate {
@@ -1031,13 +1054,13 @@ impl Worker {
                 }
             }
             PieceOp::Sync => {
-                if let Err(e) = self.ensure_exists(object_id) {
+                if let Err(e) = self.ensure_exists(t, object_id) {
                     return Some(Err(e));
                 }
                 Op::Sync { object_id }
             }
             PieceOp::Punch { len } => {
-                if !self.exists(object_id) {
+                if !self.exists(t, object_id) {
                     return Some(Ok(0));
                 }
                 Op::Punch {
@@ -1047,33 +1070,33 @@ impl Worker {
                 }
             }
             PieceOp::Stat => {
-                return Some(match self.ctx.target.stat(object_id) {
+                return Some(match self.ctx.targets[t].target.stat(object_id) {
                     Ok(s) => Ok(s.size_bytes),
                     Err(e) if e.errno() == libc::ENOENT => Ok(0),
                     Err(e) => Err(e),
                 });
             }
-            PieceOp::Remove => return Some(self.remove(object_id)),
+            PieceOp::Remove => return Some(self.remove(t, object_id)),
         };
         // SAFETY: a read's or write's memory belongs to the job's request, whose owner
         // leaves it alone until this job's results are back (see `Job`).
-        match unsafe { self.store.submit(op, tag) } {
+        match unsafe { self.stores[t].submit(op, tag) } {
             Ok(()) => None,
             Err(e) => Some(Err(e)),
         }
     }
 
     /// Removes an object, after every worker closed its file (reads run on any worker).
-    fn remove(&mut self, object_id: u64) -> PieceResult {
-        self.known.remove(&object_id);
+    fn remove(&mut self, t: usize, object_id: u64) -> PieceResult {
+        self.known.remove(&(t, object_id));
         for (w, inbox) in self.inboxes.iter().enumerate() {
             if w != self.index {
                 // A worker that has gone has closed its files.
-                let _ = inbox.send(Msg::Forget(object_id));
+                let _ = inbox.send(Msg::Forget(t, object_id));
             }
         }
-        self.store.close_object(object_id)?;
-        match self.ctx.target.remove(object_id) {
+        self.stores[t].close_object(object_id)?;
+        match self.ctx.targets[t].target.remove(object_id) {
             Err(e) if e.errno() == libc::ENOENT => Ok(0),
             other => other.map(|()| 0),
         }
@@ -1082,26 +1105,26 @@ impl Worker {
     /// Closes the files of removed objects that are idle now; the others wait.
     fn forget_objects(&mut self) {
         let mut waiting = std::mem::take(&mut self.forget);
-        waiting.retain(|&id| self.store.close_object(id).is_err());
+        waiting.retain(|&(t, id)| self.stores[t].close_object(id).is_err());
         self.forget = waiting;
     }
 
-    fn exists(&mut self, object_id: u64) -> bool {
-        self.known.contains(&object_id) || self.ctx.target.stat(object_id).is_ok()
+    fn exists(&mut self, t: usize, object_id: u64) -> bool {
+        self.known.contains(&(t, object_id)) || self.ctx.targets[t].target.stat(object_id).is_ok()
     }
 
-    fn ensure_exists(&mut self, object_id: u64) -> Result<(), IoError> {
-        if self.known.contains(&object_id) {
+    fn ensure_exists(&mut self, t: usize, object_id: u64) -> Result<(), IoError> {
+        if self.known.contains(&(t, object_id)) {
             return Ok(());
         }
-        match self.ctx.target.create(object_id) {
+        match self.ctx.targets[t].target.create(object_id) {
             Ok(()) | Err(IoError::ObjectExists { .. }) => {}
             Err(e) => return Err(e),
         }
         if self.known.len() >= MAX_KNOWN_OBJECTS {
             self.known.clear();
         }
-        self.known.insert(object_id);
+        self.known.insert((t, object_id));
         Ok(())
     }
 

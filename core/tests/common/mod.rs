@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nacre::io::Target;
 use nacre::mem::PoolConfig;
-use nacre::{Client, ClientOptions, MetaServer, TargetConfig, TargetServer};
+use nacre::{Client, ClientOptions, MetaServer, TargetConfig, TargetServer, TargetSpec};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -86,6 +86,39 @@ impl Cluster {
             let t = TargetServer::start(&tdir, &config).unwrap();
             cluster.targets.push(Some(t));
         }
+        cluster
+    }
+
+    /// A metadata service and one target server serving targets of these ids with its
+    /// two shared workers (decision 0015); the server is `targets[0]`.
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn start_shared(tag: &str, ids: &[u32]) -> Cluster {
+        let dir = TempDir::new(tag);
+        let listen = "tcp://127.0.0.1:0";
+        let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
+        let meta_addr = meta.endpoint().to_string();
+        let mut cluster = Cluster {
+            targets: Vec::new(),
+            meta: Some(meta),
+            meta_addr,
+            dir,
+        };
+        let specs: Vec<TargetSpec> = ids
+            .iter()
+            .map(|&id| {
+                let tdir = cluster.target_dir(id);
+                std::fs::create_dir_all(&tdir).unwrap();
+                Target::format(&tdir, id).unwrap();
+                TargetSpec {
+                    dir: tdir,
+                    listen: listen.into(),
+                    advertise: None,
+                }
+            })
+            .collect();
+        let config = target_config(&cluster.meta_addr, listen);
+        let server = TargetServer::start_shared(&specs, &config).unwrap();
+        cluster.targets.push(Some(server));
         cluster
     }
 

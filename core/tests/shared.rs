@@ -1,0 +1,146 @@
+//! Several targets served by one target server, sharing its workers (decision 0015): bytes
+//! land on the right target through the right store, every operation reaches every target,
+//! and bad sets of targets are refused.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Cluster, TempDir, fill, target_config};
+use nacre::layout::StripeSpec;
+use nacre::meta::types::LayoutSpec;
+use nacre::{Error, QueueOp, TargetServer, TargetSpec};
+
+/// Ids no other test of this binary uses, so that the worker threads' names are this
+/// test's own.
+const IDS: [u32; 3] = [70, 71, 72];
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+fn objects_of(cluster: &Cluster, id: u32) -> Vec<u64> {
+    nacre::io::Target::open(&cluster.target_dir(id))
+        .unwrap()
+        .list()
+        .unwrap()
+}
+
+#[test]
+fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
+    let cluster = Cluster::start_shared("shared", &IDS);
+    let server = cluster.targets[0].as_ref().unwrap();
+    let served: Vec<u32> = server.served().iter().map(|s| s.target_id).collect();
+    assert_eq!(served, IDS);
+    let mut endpoints: Vec<String> = server
+        .served()
+        .iter()
+        .map(|s| s.endpoint.to_string())
+        .collect();
+    endpoints.dedup();
+    assert_eq!(endpoints.len(), IDS.len(), "a listener per target");
+    // Two workers for the three targets, not two each.
+    assert_eq!(threads_named("nacre-t70-w"), 2);
+
+    let client = cluster.client();
+    let spec = LayoutSpec::plain(StripeSpec {
+        stripe_count: -1,
+        stripe_size_bytes: 64 * 1024,
+        ..StripeSpec::default()
+    });
+    let file = client.create("/shared", 0o644, Some(spec)).unwrap();
+    assert_eq!(file.layout().components()[0].stripe.stripe_count(), 3);
+    let offset = 4_321;
+    let data = fill(7, offset, 2 * 1024 * 1024 + 99);
+    assert_eq!(file.write_at(&data, offset).unwrap(), data.len());
+    file.sync().unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, offset).unwrap(), data.len());
+    assert!(back == data, "read back differs");
+    // Each target's directory holds the file's object on it, and only that one.
+    for id in IDS {
+        assert_eq!(objects_of(&cluster, id).len(), 1, "target {id}");
+    }
+    // Random 4 KiB reads through a queue, spread over the three targets' connections.
+    let queue = client.queue(16).unwrap();
+    let mut bufs: Vec<Vec<u8>> = (0..48).map(|_| vec![0u8; 4096]).collect();
+    let at = |i: usize| offset + ((i as u64 * 7919 * 4096) % (data.len() as u64 - 4096));
+    for (i, buf) in bufs.iter_mut().enumerate() {
+        let op = QueueOp::Read {
+            file: file.clone(),
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+            offset: at(i),
+        };
+        // SAFETY (test): every buffer outlives the queue's use of it (waited on below).
+        unsafe { queue.submit(op, i as u64) }.unwrap();
+        if i % 16 == 15 {
+            // The whole batch back before the next one is submitted.
+            let mut back = 0;
+            while back < 16 {
+                let done = queue.wait(16 - back, std::time::Duration::from_secs(30));
+                assert!(!done.is_empty(), "no queued read completed within 30 s");
+                for c in done {
+                    assert_eq!(c.result.unwrap(), 4096, "read {}", c.tag);
+                    back += 1;
+                }
+            }
+        }
+    }
+    for (i, buf) in bufs.iter().enumerate() {
+        let start = (at(i) - offset) as usize;
+        assert!(buf[..] == data[start..start + 4096], "queued read {i}");
+    }
+    // Truncate reaches every target's object; stat sees the new size.
+    file.truncate(100_000).unwrap();
+    assert_eq!(client.stat("/shared").unwrap().size_bytes, 100_000);
+    // Unlink removes the object from every target.
+    client.unlink("/shared").unwrap();
+    for id in IDS {
+        assert!(objects_of(&cluster, id).is_empty(), "target {id}");
+    }
+}
+
+#[test]
+fn a_server_refuses_an_empty_or_ambiguous_set_of_targets() {
+    let dir = TempDir::new("shared-bad");
+    let config = target_config("tcp://127.0.0.1:1", "tcp://127.0.0.1:0");
+    let Err(e) = TargetServer::start_shared(&[], &config) else {
+        panic!("a server of no target started");
+    };
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                field: "targets",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let specs: Vec<TargetSpec> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let tdir = dir.0.join(name);
+            std::fs::create_dir_all(&tdir).unwrap();
+            nacre::io::Target::format(&tdir, 5).unwrap();
+            TargetSpec {
+                dir: tdir,
+                listen: "tcp://127.0.0.1:0".into(),
+                advertise: None,
+            }
+        })
+        .collect();
+    let Err(e) = TargetServer::start_shared(&specs, &config) else {
+        panic!("two targets with one id started");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("distinct ids") && message.contains("/a") && message.contains("/b"),
+        "{message}"
+    );
+}
