@@ -13,6 +13,8 @@ use crate::error::{IoError, Operation};
 /// One io_uring instance with a sparse registered file table and a sparse fixed-buffer table.
 pub(crate) struct Ring {
     ring: IoUring,
+    /// The kernel has IORING_OP_FTRUNCATE (Linux 6.9 and later; Debian 12's 6.1 has not).
+    pub(crate) ftruncate: bool,
 }
 
 fn ring_err(op: Operation) -> impl FnOnce(std::io::Error) -> IoError {
@@ -37,7 +39,18 @@ impl Ring {
         ring.submitter()
             .register_buffers_sparse(buffers)
             .map_err(ring_err(Operation::Register))?;
-        Ok(Ring { ring })
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(ring_err(Operation::Ring))?;
+        let ftruncate = probe.is_supported(opcode::Ftruncate::CODE);
+        Ok(Ring { ring, ftruncate })
+    }
+
+    /// Whether truncates can go through the ring ([`truncate`]); without, the store
+    /// truncates with ftruncate(2) in place.
+    pub(crate) fn has_ftruncate(&self) -> bool {
+        self.ftruncate
     }
 
     /// Has the kernel signal eventfd `fd` whenever it posts a completion.

@@ -867,8 +867,28 @@ impl ObjectStore {
                 }
             },
             Op::Sync { .. } => self.push(index, ring::datasync(slot), SUB_MAIN),
-            Op::Truncate { size_bytes, .. } => {
+            Op::Truncate { size_bytes, .. } if self.ring.has_ftruncate() => {
                 self.push(index, ring::truncate(slot, size_bytes), SUB_MAIN)
+            }
+            Op::Truncate { size_bytes, .. } => {
+                // A kernel without IORING_OP_FTRUNCATE (before 6.9): the op holds its lock
+                // already, so truncate here and finish it as its completion would.
+                let res = match self.objects.get(&object_id) {
+                    // SAFETY: the descriptor is owned by the open object and valid.
+                    Some(o) => match unsafe {
+                        libc::ftruncate(o.file.as_raw_fd(), size_bytes as libc::off_t)
+                    } {
+                        0 => 0,
+                        _ => -std::io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO),
+                    },
+                    None => -libc::EBADF,
+                };
+                self.sqes_in_kernel += 1;
+                self.state_mut(index).sqes_out += 1;
+                self.on_cqe(index, SUB_MAIN, res);
+                return Ok(Start::Finished);
             }
             Op::Punch {
                 offset_bytes, len, ..
@@ -1429,5 +1449,35 @@ impl Drop for ObjectStore {
             self.ring.drain(|_, _| drained += 1);
             self.sqes_in_kernel -= drained.min(self.sqes_in_kernel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a kernel without IORING_OP_FTRUNCATE (as Debian 12's 6.1) truncates still work:
+    /// the store does them with ftruncate(2), in order with the object's writes.
+    #[test]
+    fn truncate_without_the_ring_opcode() {
+        let dir = std::env::temp_dir().join(format!("nacre-io-ftruncate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Target::format(&dir, 1).expect("format");
+        let target = Target::open(&dir).expect("open");
+        let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
+        store.ring.ftruncate = false;
+        target.create(9).expect("create");
+        store.write(9, 0, &[7u8; 8192]).expect("write");
+        store.truncate(9, 100).expect("shrink");
+        assert_eq!(target.stat(9).expect("stat").size_bytes, 100);
+        let mut back = [0u8; 4096];
+        assert_eq!(store.read(9, 0, &mut back).expect("read"), 100);
+        store.truncate(9, 1 << 20).expect("grow");
+        assert_eq!(target.stat(9).expect("stat").size_bytes, 1 << 20);
+        // An error is the object's, named: a truncate of an object that does not exist.
+        let e = store.truncate(10, 0).expect_err("no such object");
+        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
