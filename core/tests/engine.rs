@@ -680,6 +680,22 @@ fn a_target_answers_odd_requests_and_keeps_the_connection() {
         .call(Opcode::Ping, &[], Bulk::None, &mut reply)
         .unwrap();
     assert_eq!(r.status, 0);
+    let server = cluster.targets[0].as_ref().unwrap();
+    assert_eq!(server.connections().failed, 0, "no connection failed yet");
+
+    // Bytes that are no message close their connection, counted as failed.
+    let addr = endpoint.to_string();
+    let addr = addr.trim_start_matches("tcp://");
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut raw, &[0xEEu8; 64]).unwrap();
+    let mut rest = Vec::new();
+    // The target closes it: end of file (or a reset), not a timeout.
+    if let Err(e) = std::io::Read::read_to_end(&mut raw, &mut rest) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    // The worker counts it when it closes it, which it did before the end of file came.
+    assert_eq!(server.connections().failed, 1);
 }
 
 #[test]

@@ -123,3 +123,146 @@ fn requests_beyond_the_targets_pool_are_staged_over_rdma() {
     let c = cluster.targets[0].as_ref().unwrap().connections();
     assert_eq!(c.on_threads, 0, "{c:?}");
 }
+
+/// Set in a copy of this test binary that plays the client killed mid-transfer: the
+/// metadata service it connects to.
+const VICTIM_META_ENV: &str = "NACRE_RDMA_VICTIM_META";
+/// What the victim prints once each of its writers has a write through; they keep writing.
+const VICTIM_WRITING: &str = "nacre-victim-writing";
+/// The victim's writer threads, each writing a file of its own in a loop, so that the
+/// targets have its requests in hand most of the time.
+const VICTIM_WRITERS: usize = 4;
+/// Each of the victim's writes (from registered memory, so the targets pull it with RDMA
+/// READs straight from the victim's buffer).
+const VICTIM_WRITE_BYTES: usize = 16 * 1024 * 1024;
+/// Most victims killed before one is caught in the middle of a request (each kill lands at
+/// an unknown point of its writers' loops; in trials about half of them did).
+const MAX_KILL_ROUNDS: usize = 12;
+/// Beyond this a step that should be quick counts as hung (a hang detector, far above
+/// anything in play, not a measure of speed).
+const HANG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The victim: its writers write their files over and over until it is killed.
+fn victim(meta: &str) -> ! {
+    let client = nacre::Client::connect(meta).unwrap();
+    let spec = LayoutSpec::plain(StripeSpec {
+        stripe_count: -1,
+        stripe_size_bytes: 1024 * 1024,
+        ..StripeSpec::default()
+    });
+    let started = std::sync::Arc::new(std::sync::Barrier::new(VICTIM_WRITERS + 1));
+    for w in 0..VICTIM_WRITERS {
+        let (client, spec, started) = (client.clone(), spec.clone(), started.clone());
+        std::thread::spawn(move || {
+            let file = client
+                .create(&format!("/victim{w}"), 0o644, Some(spec))
+                .unwrap();
+            let mut data = fill(31 + w as u64, 0, VICTIM_WRITE_BYTES);
+            // SAFETY (test): `data` lives until the process is killed; nothing unregisters it.
+            unsafe { client.register_memory(data.as_mut_ptr(), data.len()) }.unwrap();
+            file.write_at(&data, 0).unwrap();
+            started.wait();
+            loop {
+                file.write_at(&data, 0).unwrap();
+            }
+        });
+    }
+    started.wait();
+    println!("{VICTIM_WRITING}");
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A client killed (SIGKILL) while it writes in a loop over RDMA leaves its connections in
+/// the targets' event loops, some with a request under way; the targets close those (counted
+/// as failed) and go on: another client writes and reads back a file on every target, and
+/// the targets stop promptly.
+#[test]
+fn a_client_killed_mid_transfer_leaves_the_targets_serving() {
+    let test = "a_client_killed_mid_transfer_leaves_the_targets_serving";
+    if let Ok(meta) = std::env::var(VICTIM_META_ENV) {
+        victim(&meta);
+    }
+    let Some(addr) = rdma_addr(test) else { return };
+    let cluster = Cluster::start_at(test, 2, &format!("rdma://{addr}:0"));
+    let failed = |cluster: &Cluster| -> u64 {
+        cluster
+            .targets
+            .iter()
+            .flatten()
+            .map(|t| t.connections().failed)
+            .sum()
+    };
+    let mut rounds = 0;
+    while rounds < MAX_KILL_ROUNDS && (rounds < 2 || failed(&cluster) == 0) {
+        let round = rounds;
+        rounds += 1;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(VICTIM_META_ENV, &cluster.meta_addr)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains(VICTIM_WRITING) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let writing = rx.recv_timeout(HANG_DEADLINE);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            writing.is_ok(),
+            "round {round}: the victim never got a write through"
+        );
+    }
+    eprintln!(
+        "{rounds} victims killed, {} connections failed",
+        failed(&cluster)
+    );
+    // The targets saw a victim go in the middle of a request at least once. The count is
+    // read while they may still be closing the last victim's connections, so it can only
+    // be low, never high.
+    assert!(
+        failed(&cluster) > 0,
+        "none of {rounds} victims was killed with a request under way"
+    );
+    // Every target still serves, over RDMA, from its event loops.
+    let client = cluster.client();
+    let spec = LayoutSpec::plain(StripeSpec {
+        stripe_count: -1,
+        stripe_size_bytes: 1024 * 1024,
+        ..StripeSpec::default()
+    });
+    let file = client.create("/after", 0o644, Some(spec)).unwrap();
+    let data = fill(32, 0, 4 * 1024 * 1024 + 3);
+    file.write_at(&data, 0).unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data, "read back after the kills differs");
+    for t in cluster.targets.iter().flatten() {
+        let c = t.connections();
+        assert_eq!(c.on_threads, 0, "target {}: {c:?}", t.target_id());
+    }
+    drop(client);
+    // No worker is stuck on a dead connection: the targets stop.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(cluster);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(HANG_DEADLINE).is_ok(),
+        "the targets did not stop within {HANG_DEADLINE:?} after the kills"
+    );
+}

@@ -122,13 +122,17 @@ pub struct ConnectionCounts {
     /// Served by a thread of their own: RDMA connections the loops cannot drive (the pool
     /// could not be registered with their device, so their bulk is staged).
     pub on_threads: u64,
+    /// Closed by the event loops on an error rather than by the client: a client gone in
+    /// the middle of a request, a malformed message, a stalled transfer (each also logged).
+    pub failed: u64,
 }
 
-/// The acceptor's counts behind [`ConnectionCounts`].
+/// The counts behind [`ConnectionCounts`]: the acceptors' and the workers'.
 #[derive(Debug, Default)]
 struct Accepted {
     on_loops: AtomicU64,
     on_threads: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl std::fmt::Debug for TargetServer {
@@ -223,8 +227,10 @@ impl TargetServer {
             config.workers
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(Accepted::default());
         let ctx = Arc::new(Context {
             targets,
+            counts: Arc::clone(&accepted),
             pool,
             stop: Arc::clone(&stop),
             in_flight: AtomicUsize::new(0),
@@ -270,7 +276,6 @@ impl TargetServer {
             join_all(threads);
             return Err(failure);
         }
-        let accepted = Arc::new(Accepted::default());
         // Connections go to the workers in turn, whichever target they are for.
         let next = Arc::new(AtomicUsize::new(0));
         // Serving before registering: the metadata service may call in while it answers the
@@ -357,6 +362,7 @@ impl TargetServer {
         ConnectionCounts {
             on_loops: self.accepted.on_loops.load(Ordering::Relaxed),
             on_threads: self.accepted.on_threads.load(Ordering::Relaxed),
+            failed: self.accepted.failed.load(Ordering::SeqCst),
         }
     }
 

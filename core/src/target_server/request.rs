@@ -26,6 +26,8 @@ pub(super) struct Served {
 pub(super) struct Context {
     /// The targets it serves (one, or several sharing the workers).
     pub(super) targets: Vec<Served>,
+    /// The server's connection counts (the workers count connections closed on an error).
+    pub(super) counts: Arc<super::Accepted>,
     pub(super) pool: Arc<MemPool>,
     pub(super) stop: Arc<AtomicBool>,
     /// Requests whose pieces are being run: workers stop only when none is left, so no

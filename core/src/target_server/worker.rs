@@ -877,6 +877,7 @@ impl Worker {
                 "nacre {}: {e}; connection closed",
                 self.ctx.target_name(conn.target)
             );
+            self.ctx.counts.failed.fetch_add(1, Ordering::SeqCst);
         }
         conn.stream.unwatch(&self.epoll);
         let s = &mut self.slots[slot];
@@ -943,6 +944,7 @@ impl Worker {
                     "nacre {}: {peer} made no progress for {REQUEST_TIMEOUT_MS} ms; connection closed",
                     self.ctx.target_name(conn.target)
                 );
+                self.ctx.counts.failed.fetch_add(1, Ordering::SeqCst);
                 self.close(slot, None);
             }
         }
