@@ -114,6 +114,15 @@ pub enum IoError {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// The directory's file system refuses O_DIRECT, which every object transfer uses.
+    #[error(
+        "{path}: its file system refuses O_DIRECT, which targets need (ext4 and xfs have it; \
+         tmpfs from Linux 6.6)"
+    )]
+    NoDirectIo {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Format of a directory that already holds something.
     #[error("format of {path}: {reason}")]
     FormatRefused {
@@ -169,7 +178,7 @@ impl IoError {
             | IoError::Ring { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             IoError::NoSuchObject { .. } => libc::ENOENT,
             IoError::ObjectExists { .. } => libc::EEXIST,
-            IoError::NotATarget { .. } => libc::EINVAL,
+            IoError::NotATarget { .. } | IoError::NoDirectIo { .. } => libc::EINVAL,
             IoError::NewerFormat { .. } => libc::EPROTO,
             IoError::FormatRefused { .. } => libc::EEXIST,
             IoError::InvalidArgument { .. } => libc::EINVAL,

@@ -20,6 +20,8 @@ pub const STAMP_FILE: &str = "nacre-target";
 /// Name of the directory holding the objects.
 pub const OBJECTS_DIR: &str = "objects";
 const STAMP_MAGIC: u32 = u32::from_le_bytes(*b"NTGT");
+/// A file `format` creates with O_DIRECT to see that the file system allows it, then removes.
+const DIRECT_IO_PROBE: &str = ".nacre-direct-io-probe";
 
 /// The on-disk stamp, little-endian, checksummed.
 #[repr(C)]
@@ -123,6 +125,24 @@ fn random_uuid() -> Result<[u8; 16], std::io::Error> {
     Ok(uuid)
 }
 
+/// Whether `file` opens with O_DIRECT (creating it when `create`): a file system without
+/// it answers EINVAL, which becomes [`IoError::NoDirectIo`] naming `dir`.
+fn check_direct_io(dir: &Path, file: &Path, create: bool, op: Operation) -> Result<(), IoError> {
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .custom_flags(libc::O_DIRECT)
+        .open(file);
+    match opened {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(IoError::NoDirectIo {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(path_err(op, file)(e)),
+    }
+}
+
 fn fsync_dir(path: &Path, op: Operation) -> Result<(), IoError> {
     fs::File::open(path)
         .and_then(|d| d.sync_all())
@@ -132,7 +152,8 @@ fn fsync_dir(path: &Path, op: Operation) -> Result<(), IoError> {
 impl Target {
     /// Formats `dir` as target `target_id`: creates it if missing, writes the stamp and the
     /// object directories, and makes all of it durable. A directory that is already a
-    /// target, or that holds anything else, is refused.
+    /// target, or that holds anything else, or whose file system refuses O_DIRECT, is
+    /// refused.
     pub fn format(dir: &Path, target_id: u32) -> Result<TargetStamp, IoError> {
         let op = Operation::Format;
         fs::create_dir_all(dir).map_err(path_err(op, dir))?;
@@ -152,6 +173,13 @@ impl Target {
                 reason: "the directory is not empty".into(),
             });
         }
+        let probe = dir.join(DIRECT_IO_PROBE);
+        let direct = check_direct_io(dir, &probe, true, op);
+        fs::remove_file(&probe).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(path_err(op, &probe)(e)),
+        })?;
+        direct?;
         let objects = dir.join(OBJECTS_DIR);
         fs::create_dir(&objects).map_err(path_err(op, &objects))?;
         for sub in 0..OBJECT_SUBDIRS {
@@ -236,6 +264,8 @@ impl Target {
         if !objects.is_dir() {
             return Err(not_target(format!("it has no {OBJECTS_DIR} directory")));
         }
+        // Said now, not at the first transfer (a target moved to a file system without it).
+        check_direct_io(dir, &stamp_path, false, Operation::Open)?;
         Ok(Target {
             inner: Arc::new(TargetInner {
                 dir: dir.to_path_buf(),

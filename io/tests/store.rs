@@ -354,7 +354,15 @@ fn enospc_comes_back_with_the_object() {
     }
     let _unmount = Unmount(&mnt);
     let tdir = mnt.join("t");
-    nacre_io::Target::format(&tdir, 1).expect("format");
+    match nacre_io::Target::format(&tdir, 1) {
+        Ok(_) => {}
+        // tmpfs has O_DIRECT from Linux 6.6 only.
+        Err(IoError::NoDirectIo { .. }) => {
+            eprintln!("SKIPPED enospc_comes_back_with_the_object: this tmpfs refuses O_DIRECT");
+            return;
+        }
+        Err(e) => panic!("format: {e}"),
+    }
     let target = nacre_io::Target::open(&tdir).expect("open");
     let mut store = nacre_io::ObjectStore::new(&target, StoreConfig::default()).expect("store");
     target.create(0x77).expect("create");

@@ -134,3 +134,51 @@ fn create_stat_list_remove_and_capacity() {
     assert!(cap.available_bytes <= cap.total_bytes);
     assert!(cap.used_bytes <= cap.total_bytes);
 }
+
+/// A file system without O_DIRECT (ramfs; tmpfs before Linux 6.6) is refused when the
+/// target is formatted, and when a target moved onto one is opened, naming the directory;
+/// not at its first transfer.
+#[test]
+fn a_file_system_without_direct_io_is_refused_by_name() {
+    let dir = TempDir::new("no-direct-io");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("SKIPPED a_file_system_without_direct_io_is_refused_by_name: cannot mount ramfs");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let tdir = mnt.join("t");
+    let e = Target::format(&tdir, 3).expect_err("format on ramfs");
+    assert!(matches!(e, IoError::NoDirectIo { .. }), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&tdir.display().to_string()) && message.contains("O_DIRECT"),
+        "{message}"
+    );
+    assert_eq!(e.errno(), libc::EINVAL);
+    // Nothing was left behind: the directory is still empty.
+    assert_eq!(std::fs::read_dir(&tdir).expect("list").count(), 0);
+    // A target copied onto it: formatted elsewhere, then moved.
+    let good = dir.path().join("good");
+    Target::format(&good, 4).expect("format on the temporary directory");
+    let moved = mnt.join("moved");
+    std::fs::create_dir_all(moved.join(nacre_io::OBJECTS_DIR)).expect("mkdir");
+    std::fs::copy(good.join(STAMP_FILE), moved.join(STAMP_FILE)).expect("copy stamp");
+    let e = Target::open(&moved).expect_err("open on ramfs");
+    assert!(matches!(e, IoError::NoDirectIo { .. }), "{e}");
+}
