@@ -2,7 +2,8 @@
 # Installs what Nacre's tests need when it is missing, then runs every check a landing needs:
 # cargo fmt --check, cargo clippy (warnings are errors), cargo test for the whole workspace,
 # the C ABI's tests (C programs under valgrind, the MPI example under mpirun; c-test.sh),
-# the RDMA tests on a real Soft-RoCE device (scripts/rdma-test.sh boots a small VM), and a
+# the RDMA tests on a real Soft-RoCE device (scripts/rdma-test.sh boots a small VM), the
+# storage and engine tests again on Debian 12's stock kernel in that VM (kernel-test.sh), and a
 # short smoke run of the quickstart and of the io and net benchmarks (so the scripts cannot
 # rot).
 #
@@ -42,6 +43,9 @@ scripts/c-test.sh
 
 step "RDMA: the transport's and the engine's tests on a real Soft-RoCE device in a VM (scripts/rdma-test.sh)"
 scripts/rdma-test.sh
+
+step "Debian 12's stock kernel (6.1): the storage and engine tests in the VM (scripts/kernel-test.sh)"
+scripts/kernel-test.sh
 
 step "cargo clippy -p nacre-transport -p nacre --features rdma --all-targets -- -D warnings"
 cargo clippy -p nacre-transport -p nacre --features nacre-transport/rdma,nacre/rdma --all-targets \
