@@ -885,8 +885,12 @@ impl ObjectStore {
                     },
                     None => -libc::EBADF,
                 };
+                // Accounted as one SQE in the kernel, as `push` would, so that `on_cqe` and
+                // `complete` undo exactly what a ring truncate does (the file's use too).
                 self.sqes_in_kernel += 1;
-                self.state_mut(index).sqes_out += 1;
+                let state = self.state_mut(index);
+                state.sqes_out += 1;
+                state.stage = Stage::Main;
                 self.on_cqe(index, SUB_MAIN, res);
                 return Ok(Start::Finished);
             }
@@ -1464,7 +1468,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         Target::format(&dir, 1).expect("format");
         let target = Target::open(&dir).expect("open");
-        let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
+        // Two file slots: every truncate must give its slot back, or the third object
+        // could not be opened.
+        let config = StoreConfig {
+            open_objects: 2,
+            ..StoreConfig::default()
+        };
+        let mut store = ObjectStore::new(&target, config).expect("store");
         store.ring.ftruncate = false;
         target.create(9).expect("create");
         store.write(9, 0, &[7u8; 8192]).expect("write");
@@ -1477,6 +1487,12 @@ mod tests {
         // An error is the object's, named: a truncate of an object that does not exist.
         let e = store.truncate(10, 0).expect_err("no such object");
         assert_eq!(e.errno(), libc::ENOENT, "{e}");
+        for id in 11..15 {
+            target.create(id).expect("create");
+            store.truncate(id, 4096).expect("truncate another object");
+        }
+        target.create(15).expect("create");
+        store.write(15, 0, &[1u8; 4096]).expect("a file slot is free again");
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
