@@ -105,6 +105,58 @@ fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
     }
 }
 
+/// Stores that take one operation at a time: most pieces wait for room in their target's
+/// store while other targets' pieces go on; every write lands in order and every byte reads
+/// back.
+#[test]
+fn pieces_wait_for_their_own_store_only() {
+    let store = nacre::io::StoreConfig {
+        max_ops: 1,
+        ..nacre::io::StoreConfig::default()
+    };
+    let cluster = Cluster::start_shared_with("shared-full", &[80, 81, 82], store);
+    let client = cluster.client();
+    let spec = LayoutSpec::plain(StripeSpec {
+        stripe_count: -1,
+        stripe_size_bytes: 64 * 1024,
+        ..StripeSpec::default()
+    });
+    let file = client.create("/full", 0o644, Some(spec)).unwrap();
+    let queue = client.queue(32).unwrap();
+    // Two rounds over the same 32 blocks, each waited for; the second's bytes read back.
+    let block = 48 * 1024;
+    for round in 0..2u64 {
+        let bufs: Vec<Vec<u8>> = (0..32u64)
+            .map(|b| fill(round * 100 + b, b * block as u64, block))
+            .collect();
+        for (b, buf) in bufs.iter().enumerate() {
+            let op = QueueOp::Write {
+                file: file.clone(),
+                buf: buf.as_ptr(),
+                len: buf.len(),
+                offset: (b * block) as u64,
+            };
+            // SAFETY (test): `bufs` outlives the round, whose writes are all waited for.
+            unsafe { queue.submit(op, b as u64) }.unwrap();
+        }
+        let mut back = 0;
+        while back < bufs.len() {
+            let done = queue.wait(bufs.len() - back, std::time::Duration::from_secs(30));
+            assert!(!done.is_empty(), "no write completed within 30 s");
+            for c in done {
+                assert_eq!(c.result.unwrap(), block as u64, "write {}", c.tag);
+                back += 1;
+            }
+        }
+    }
+    let mut all = vec![0u8; 32 * block];
+    assert_eq!(file.read_at(&mut all, 0).unwrap(), all.len());
+    for b in 0..32usize {
+        let want = fill(100 + b as u64, (b * block) as u64, block);
+        assert!(all[b * block..(b + 1) * block] == want[..], "block {b}");
+    }
+}
+
 #[test]
 fn a_server_refuses_an_empty_or_ambiguous_set_of_targets() {
     let dir = TempDir::new("shared-bad");

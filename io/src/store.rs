@@ -1492,7 +1492,9 @@ mod tests {
             store.truncate(id, 4096).expect("truncate another object");
         }
         target.create(15).expect("create");
-        store.write(15, 0, &[1u8; 4096]).expect("a file slot is free again");
+        store
+            .write(15, 0, &[1u8; 4096])
+            .expect("a file slot is free again");
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }

@@ -30,7 +30,8 @@ pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// meanwhile (its replies, its ACKs) waits in the socket's backlog, to be processed by the
 /// sending thread inside the call. Measured on loopback with 1 MiB payloads on one
 /// connection (docs/BENCHMARKS.md, net): uncapped calls spent about a third of the sending
-/// CPU flushing that backlog, and 512 KiB calls moved about 30% more (256 KiB about 15%).
+/// CPU flushing that backlog; 512 KiB calls moved about 30% more on the engine's path and
+/// 22% more on blocking connections (256 KiB: about 15% on both).
 pub const MAX_SEND_CALL_BYTES: usize = 512 * 1024;
 /// Most remote-memory descriptors (RDMA bulk) one message carries.
 pub const MAX_REMOTE_BUFS_PER_MESSAGE: usize = 64;

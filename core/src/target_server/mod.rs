@@ -122,8 +122,10 @@ pub struct ConnectionCounts {
     /// Served by a thread of their own: RDMA connections the loops cannot drive (the pool
     /// could not be registered with their device, so their bulk is staged).
     pub on_threads: u64,
-    /// Closed by the event loops on an error rather than by the client: a client gone in
-    /// the middle of a request, a malformed message, a stalled transfer (each also logged).
+    /// Closed by the event loops on an error rather than by the client: a transfer or reply
+    /// that failed because the client went, a malformed message, a stalled transfer (each
+    /// also logged). An RDMA client that goes while its request is with the storage, nothing
+    /// on the wire, is seen as a clean close.
     pub failed: u64,
 }
 
@@ -276,6 +278,12 @@ impl TargetServer {
             join_all(threads);
             return Err(failure);
         }
+        // From here on, a failure stops and joins every thread started (`Threads` does on
+        // drop), so nothing is left serving behind an error.
+        let mut threads = Threads {
+            stop: Arc::clone(&stop),
+            handles: threads,
+        };
         // Connections go to the workers in turn, whichever target they are for.
         let next = Arc::new(AtomicUsize::new(0));
         // Serving before registering: the metadata service may call in while it answers the
@@ -284,26 +292,28 @@ impl TargetServer {
             let target_id = served[t].target_id;
             let (accept_stop, counts) = (Arc::clone(&stop), Arc::clone(&accepted));
             let (ctx, inboxes, next) = (Arc::clone(&ctx), Arc::clone(&inboxes), Arc::clone(&next));
-            threads.push(spawn(format!("nacre-t{target_id}"), move || {
-                let name = format!("nacre-t{target_id}");
-                accept_loop(listener, accept_stop, name, move |conn| {
-                    // One that cannot be driven by an event loop (an RDMA connection without
-                    // the pool registered) gets a thread of its own.
-                    let conn = match conn.into_stream().map(Wire::Tcp).or_else(rdma_stream) {
-                        Ok(wire) => {
-                            counts.on_loops.fetch_add(1, Ordering::Relaxed);
-                            let w = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
-                            // A worker that has gone (the server stops) drops the connection.
-                            let _ = inboxes[w].send(Msg::Connection(wire, t));
-                            return None;
-                        }
-                        Err(conn) => conn,
-                    };
-                    counts.on_threads.fetch_add(1, Ordering::Relaxed);
-                    let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
-                    Some(move || threaded::serve_connection(conn, t, ctx, inboxes))
-                })
-            })?);
+            threads
+                .handles
+                .push(spawn(format!("nacre-t{target_id}"), move || {
+                    let name = format!("nacre-t{target_id}");
+                    accept_loop(listener, accept_stop, name, move |conn| {
+                        // One that cannot be driven by an event loop (an RDMA connection without
+                        // the pool registered) gets a thread of its own.
+                        let conn = match conn.into_stream().map(Wire::Tcp).or_else(rdma_stream) {
+                            Ok(wire) => {
+                                counts.on_loops.fetch_add(1, Ordering::Relaxed);
+                                let w = next.fetch_add(1, Ordering::Relaxed) % inboxes.len();
+                                // A worker that has gone (the server stops) drops the connection.
+                                let _ = inboxes[w].send(Msg::Connection(wire, t));
+                                return None;
+                            }
+                            Err(conn) => conn,
+                        };
+                        counts.on_threads.fetch_add(1, Ordering::Relaxed);
+                        let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
+                        Some(move || threaded::serve_connection(conn, t, ctx, inboxes))
+                    })
+                })?);
         }
         if let Some(meta) = &config.meta {
             for (spec, s) in specs.iter().zip(&served) {
@@ -318,21 +328,18 @@ impl TargetServer {
                     capacity_bytes: 0,
                     free_bytes: 0,
                 };
-                let link = register(meta, info, &s.target).inspect_err(|_| {
-                    stop.store(true, Ordering::SeqCst);
-                })?;
+                let link = register(meta, info, &s.target)?;
                 let (target, stop) = (s.target.clone(), Arc::clone(&stop));
-                threads.push(spawn(format!("nacre-t{}-beat", s.target_id), move || {
-                    heartbeat(&link, &target, &stop)
-                })?);
+                threads
+                    .handles
+                    .push(spawn(format!("nacre-t{}-beat", s.target_id), move || {
+                        heartbeat(&link, &target, &stop)
+                    })?);
             }
         }
         Ok(TargetServer {
             served,
-            threads: Threads {
-                stop,
-                handles: threads,
-            },
+            threads,
             accepted,
         })
     }

@@ -216,6 +216,8 @@ pub(super) struct Worker {
     free_jobs: Vec<usize>,
     /// (job slot, piece index) not yet started.
     queue: VecDeque<(usize, usize)>,
+    /// Scratch for `step`: the pieces that wait for room in their store.
+    waiting: VecDeque<(usize, usize)>,
     /// Objects (target index, id) known to exist (a cache: cleared when it grows past its
     /// bound).
     known: HashSet<(usize, u64)>,
@@ -307,6 +309,7 @@ impl Worker {
             running: Vec::new(),
             free_jobs: Vec::new(),
             queue: VecDeque::new(),
+            waiting: VecDeque::new(),
             known: HashSet::new(),
             completions: Vec::new(),
             forget: Vec::new(),
@@ -979,32 +982,42 @@ impl Worker {
         }
     }
 
-    /// Starts queued pieces, in order, while their stores have room, and collects
-    /// completions without waiting. Whether anything happened.
+    /// Starts queued pieces whose stores have room, in order, and collects completions
+    /// without waiting. A piece whose store is full waits, and so do the later pieces of
+    /// that store (none can start before it frees room), but other targets' pieces go on.
+    /// Whether anything happened.
     fn step(&mut self) -> Result<bool, IoError> {
         let mut moved = false;
-        while let Some(&(slot, i)) = self.queue.front() {
-            let piece = self.running[slot].as_ref().map(|r| r.job.pieces[i]);
-            if let Some(p) = piece {
-                let store = &self.stores[p.target];
-                if store.outstanding() >= store.config().max_ops as usize {
-                    break;
-                }
-            }
-            self.queue.pop_front();
-            moved = true;
-            let Some(piece) = piece else {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        while let Some((slot, i)) = self.queue.pop_front() {
+            let Some(piece) = self.running[slot].as_ref().map(|r| r.job.pieces[i]) else {
+                moved = true;
                 continue;
             };
+            let store = &self.stores[piece.target];
+            if store.outstanding() >= store.config().max_ops as usize {
+                waiting.push_back((slot, i));
+                continue;
+            }
+            moved = true;
             if let Some(result) = self.start_piece(piece, ((slot as u64) << PIECE_BITS) | i as u64)
             {
                 self.record(slot, i, result);
             }
         }
+        // The queue is empty now; what waits goes back in its order.
+        std::mem::swap(&mut self.queue, &mut waiting);
+        self.waiting = waiting;
         let mut completions = std::mem::take(&mut self.completions);
+        // A failed ring stops the server, but the completions already taken from the other
+        // stores are applied first.
+        let mut failed = None;
         for store in &mut self.stores {
-            if store.outstanding() > 0 || moved {
-                store.poll(&mut completions)?;
+            if (store.outstanding() > 0 || moved)
+                && let Err(e) = store.poll(&mut completions)
+            {
+                failed = Some(e);
+                break;
             }
         }
         moved |= !completions.is_empty();
@@ -1022,7 +1035,10 @@ impl Worker {
             self.record(slot, i, result);
         }
         self.completions = completions;
-        Ok(moved)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     /// Starts a piece: submits it to the store, or does it now and returns its result.

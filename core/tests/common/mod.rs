@@ -93,6 +93,12 @@ impl Cluster {
     /// two shared workers (decision 0015); the server is `targets[0]`.
     #[allow(dead_code)] // Not every test binary uses it.
     pub fn start_shared(tag: &str, ids: &[u32]) -> Cluster {
+        Cluster::start_shared_with(tag, ids, nacre::io::StoreConfig::default())
+    }
+
+    /// As [`Cluster::start_shared`], with each store set up as `store` says.
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn start_shared_with(tag: &str, ids: &[u32], store: nacre::io::StoreConfig) -> Cluster {
         let dir = TempDir::new(tag);
         let listen = "tcp://127.0.0.1:0";
         let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
@@ -116,7 +122,8 @@ impl Cluster {
                 }
             })
             .collect();
-        let config = target_config(&cluster.meta_addr, listen);
+        let mut config = target_config(&cluster.meta_addr, listen);
+        config.store = store;
         let server = TargetServer::start_shared(&specs, &config).unwrap();
         cluster.targets.push(Some(server));
         cluster
