@@ -6,18 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, fill, pattern, registered_round_trip};
+use common::{Cluster, fill, pattern, registered_round_trip, stripes};
 use nacre::layout::StripeSpec;
 use nacre::meta::types::{ComponentSpec, Cred, LayoutSpec};
 use nacre::{ClientOptions, OpenOptions, QueueOp};
-
-fn stripes(count: i32, size: u64) -> LayoutSpec {
-    LayoutSpec::plain(StripeSpec {
-        stripe_count: count,
-        stripe_size_bytes: size,
-        ..StripeSpec::default()
-    })
-}
 
 #[test]
 fn striped_write_then_read_back_over_every_target() {

@@ -9,10 +9,8 @@ mod common;
 
 use std::io::Write;
 
-use common::{Cluster, fill, registered_round_trip};
-use nacre::layout::StripeSpec;
+use common::{Cluster, fill, registered_round_trip, stripes};
 use nacre::mem::PoolConfig;
-use nacre::meta::types::LayoutSpec;
 use nacre::transport::Kind;
 
 fn rdma_addr(test: &str) -> Option<String> {
@@ -40,11 +38,7 @@ fn striped_round_trip(scheme: &str, test: &str) {
             "target {t}"
         );
     }
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 64 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(-1, 64 * 1024);
     let file = client.create("/rdma", 0o644, Some(spec)).unwrap();
     let offset = 4321;
     let data = fill(9, offset, 6 * 1024 * 1024 + 99);
@@ -103,11 +97,7 @@ fn requests_beyond_the_targets_pool_are_staged_over_rdma() {
     };
     let cluster = Cluster::start_with(test, 1, &format!("rdma://{addr}:0"), Some(pool));
     let client = cluster.client();
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: 1,
-        stripe_size_bytes: 1024 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(1, 1024 * 1024);
     let file = client.create("/beyond", 0o644, Some(spec)).unwrap();
     let data = fill(21, 0, 3 * 1024 * 1024 + 5);
     file.write_at(&data, 0).unwrap();
@@ -145,11 +135,7 @@ const HANG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 /// The victim: its writers write their files over and over until it is killed.
 fn victim(meta: &str) -> ! {
     let client = nacre::Client::connect(meta).unwrap();
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 1024 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(-1, 1024 * 1024);
     let started = std::sync::Arc::new(std::sync::Barrier::new(VICTIM_WRITERS + 1));
     for w in 0..VICTIM_WRITERS {
         let (client, spec, started) = (client.clone(), spec.clone(), started.clone());
@@ -239,11 +225,7 @@ fn a_client_killed_mid_transfer_leaves_the_targets_serving() {
     );
     // Every target still serves, over RDMA, from its event loops.
     let client = cluster.client();
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 1024 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(-1, 1024 * 1024);
     let file = client.create("/after", 0o644, Some(spec)).unwrap();
     let data = fill(32, 0, 4 * 1024 * 1024 + 3);
     file.write_at(&data, 0).unwrap();

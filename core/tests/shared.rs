@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{Cluster, TempDir, fill, target_config};
-use nacre::layout::StripeSpec;
-use nacre::meta::types::LayoutSpec;
+use common::{Cluster, TempDir, fill, stripes, target_config};
 use nacre::{Error, QueueOp, TargetServer, TargetSpec};
 
 /// Ids no other test of this binary uses, so that the worker threads' names are this
@@ -47,11 +45,7 @@ fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
     assert_eq!(threads_named("nacre-t70-w"), 2);
 
     let client = cluster.client();
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 64 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(-1, 64 * 1024);
     let file = client.create("/shared", 0o644, Some(spec)).unwrap();
     assert_eq!(file.layout().components()[0].stripe.stripe_count(), 3);
     let offset = 4_321;
@@ -116,11 +110,7 @@ fn pieces_wait_for_their_own_store_only() {
     };
     let cluster = Cluster::start_shared_with("shared-full", &[80, 81, 82], store);
     let client = cluster.client();
-    let spec = LayoutSpec::plain(StripeSpec {
-        stripe_count: -1,
-        stripe_size_bytes: 64 * 1024,
-        ..StripeSpec::default()
-    });
+    let spec = stripes(-1, 64 * 1024);
     let file = client.create("/full", 0o644, Some(spec)).unwrap();
     let queue = client.queue(32).unwrap();
     // Two rounds over the same 32 blocks, each waited for; the second's bytes read back.

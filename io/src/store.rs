@@ -1464,8 +1464,16 @@ mod tests {
     /// the store does them with ftruncate(2), in order with the object's writes.
     #[test]
     fn truncate_without_the_ring_opcode() {
+        /// Removes the directory when the test ends, failed or not.
+        struct Gone(std::path::PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("nacre-io-ftruncate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let _gone = Gone(dir.clone());
         Target::format(&dir, 1).expect("format");
         let target = Target::open(&dir).expect("open");
         // Two file slots: every truncate must give its slot back, or the third object
@@ -1496,6 +1504,5 @@ mod tests {
             .write(15, 0, &[1u8; 4096])
             .expect("a file slot is free again");
         drop(store);
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -333,26 +333,10 @@ fn enospc_comes_back_with_the_object() {
     // A small tmpfs gives a real ENOSPC; mounting needs privileges, so say so when it can't.
     let dir = common::TempDir::new("enospc");
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
+    let Some(_mounted) = common::mount("tmpfs", Some("size=1m"), &mnt) else {
         eprintln!("SKIPPED enospc_comes_back_with_the_object: cannot mount a tmpfs here");
         return;
-    }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
     let tdir = mnt.join("t");
     match nacre_io::Target::format(&tdir, 1) {
         Ok(_) => {}

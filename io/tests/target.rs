@@ -142,26 +142,10 @@ fn create_stat_list_remove_and_capacity() {
 fn a_file_system_without_direct_io_is_refused_by_name() {
     let dir = TempDir::new("no-direct-io");
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "ramfs", "ramfs"])
-        .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(mounted, Ok(s) if s.success()) {
+    let Some(_mounted) = common::mount("ramfs", None, &mnt) else {
         eprintln!("SKIPPED a_file_system_without_direct_io_is_refused_by_name: cannot mount ramfs");
         return;
-    }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
     let tdir = mnt.join("t");
     let e = Target::format(&tdir, 3).expect_err("format on ramfs");
     assert!(matches!(e, IoError::NoDirectIo { .. }), "{e}");

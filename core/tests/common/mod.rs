@@ -58,6 +58,19 @@ impl Cluster {
         Cluster::start_at(tag, n, "tcp://127.0.0.1:0")
     }
 
+    /// A metadata service listening on `listen` (port 0), and no target yet.
+    fn meta_only(tag: &str, listen: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
+        let meta_addr = meta.endpoint().to_string();
+        Cluster {
+            targets: Vec::new(),
+            meta: Some(meta),
+            meta_addr,
+            dir,
+        }
+    }
+
     /// A metadata service and `n` targets, each listening on `listen` (port 0).
     pub fn start_at(tag: &str, n: u32, listen: &str) -> Cluster {
         Cluster::start_with(tag, n, listen, None)
@@ -66,15 +79,7 @@ impl Cluster {
     /// As [`Cluster::start_at`], with the targets' memory pool `pool` when given.
     #[allow(dead_code)] // Not every test binary uses it.
     pub fn start_with(tag: &str, n: u32, listen: &str, pool: Option<PoolConfig>) -> Cluster {
-        let dir = TempDir::new(tag);
-        let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
-        let meta_addr = meta.endpoint().to_string();
-        let mut cluster = Cluster {
-            targets: Vec::new(),
-            meta: Some(meta),
-            meta_addr,
-            dir,
-        };
+        let mut cluster = Cluster::meta_only(tag, listen);
         for i in 0..n {
             let tdir = cluster.target_dir(i);
             std::fs::create_dir_all(&tdir).unwrap();
@@ -99,16 +104,8 @@ impl Cluster {
     /// As [`Cluster::start_shared`], with each store set up as `store` says.
     #[allow(dead_code)] // Not every test binary uses it.
     pub fn start_shared_with(tag: &str, ids: &[u32], store: nacre::io::StoreConfig) -> Cluster {
-        let dir = TempDir::new(tag);
         let listen = "tcp://127.0.0.1:0";
-        let meta = MetaServer::start(&dir.0.join("meta.redb"), listen).unwrap();
-        let meta_addr = meta.endpoint().to_string();
-        let mut cluster = Cluster {
-            targets: Vec::new(),
-            meta: Some(meta),
-            meta_addr,
-            dir,
-        };
+        let mut cluster = Cluster::meta_only(tag, listen);
         let specs: Vec<TargetSpec> = ids
             .iter()
             .map(|&id| {
@@ -155,6 +152,15 @@ impl Drop for Cluster {
             m.stop();
         }
     }
+}
+
+/// A plain layout of `count` stripes (-1: every target) of `size` bytes.
+pub fn stripes(count: i32, size: u64) -> nacre::meta::types::LayoutSpec {
+    nacre::meta::types::LayoutSpec::plain(nacre::layout::StripeSpec {
+        stripe_count: count,
+        stripe_size_bytes: size,
+        ..nacre::layout::StripeSpec::default()
+    })
 }
 
 /// The pattern byte of file offset `at` under `seed`.

@@ -42,6 +42,35 @@ pub fn store(name: &str, config: StoreConfig) -> (TempDir, Target, ObjectStore) 
     (dir, target, store)
 }
 
+/// A file system mounted for a test, lazily unmounted on drop.
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Mounts a `fstype` file system (with `-o options` when given) on the new directory `at`;
+/// `None` when this machine does not let the test mount.
+pub fn mount(fstype: &str, options: Option<&str>, at: &Path) -> Option<Mounted> {
+    std::fs::create_dir(at).expect("mkdir");
+    let mut command = std::process::Command::new("mount");
+    command.args(["-t", fstype]);
+    if let Some(o) = options {
+        command.args(["-o", o]);
+    }
+    let status = command
+        .arg(fstype)
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status();
+    matches!(status, Ok(s) if s.success()).then(|| Mounted(at.to_path_buf()))
+}
+
 /// Deterministic bytes: a cheap xorshift stream.
 pub struct Rng(pub u64);
 
