@@ -569,6 +569,30 @@ fn serve_calls(mut conn: nacre_transport::ServerConnection) {
     }
 }
 
+/// Serves bulk calls until the client leaves: a write's payload lands in `inbound` and is
+/// answered with its CRC32C, anything else is answered with all of `outbound`. Returns the
+/// bytes the connection staged (0 when the memory was registered with it).
+fn serve_bulk(
+    conn: &mut nacre_transport::ServerConnection,
+    inbound: &mut [u8],
+    outbound: &[u8],
+) -> u64 {
+    use nacre_transport::wire::Opcode;
+    use std::io::{IoSlice, IoSliceMut};
+    let mut body = Vec::new();
+    while let Ok(Some(req)) = conn.next_request(&mut body) {
+        let len = req.header.payload_len as usize;
+        conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
+            .expect("pull");
+        let sent = match req.header.opcode {
+            Opcode::Write => conn.reply(&req, 0, &crc32c_of(&inbound[..len]).to_le_bytes(), &[]),
+            _ => conn.reply(&req, 0, &[], &[IoSlice::new(outbound)]),
+        };
+        sent.expect("reply");
+    }
+    conn.staged_bytes()
+}
+
 /// CRC32C, bit by bit, so the test does not share the code it checks.
 fn crc32c_of(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -741,20 +765,7 @@ fn rdma_registered_memory_moves_bulk_with_no_staging_copy() {
             conn.register_memory(outbound.as_mut_ptr(), outbound.len())
                 .expect("register out");
         }
-        let mut body = Vec::new();
-        while let Ok(Some(req)) = conn.next_request(&mut body) {
-            let len = req.header.payload_len as usize;
-            conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
-                .expect("pull");
-            let sent = match req.header.opcode {
-                Opcode::Write => {
-                    conn.reply(&req, 0, &crc32c_of(&inbound[..len]).to_le_bytes(), &[])
-                }
-                _ => conn.reply(&req, 0, &[], &[IoSlice::new(&outbound)]),
-            };
-            sent.expect("reply");
-        }
-        conn.staged_bytes()
+        serve_bulk(&mut conn, &mut inbound, &outbound)
     });
     let mut out = pattern(LEN, 3);
     let mut back = vec![0u8; LEN];
@@ -877,20 +888,7 @@ fn rdma_listener_registers_its_memory_once_per_device() {
                     unsafe { std::slice::from_raw_parts_mut(area.ptr.add(i * 2 * LEN), 2 * LEN) };
                 let (inbound, outbound) = mine.split_at_mut(LEN);
                 outbound.copy_from_slice(&pattern(LEN, 40 + i as u8));
-                let mut body = Vec::new();
-                while let Ok(Some(req)) = conn.next_request(&mut body) {
-                    let len = req.header.payload_len as usize;
-                    conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
-                        .expect("pull");
-                    let sent = match req.header.opcode {
-                        Opcode::Write => {
-                            conn.reply(&req, 0, &crc32c_of(&inbound[..len]).to_le_bytes(), &[])
-                        }
-                        _ => conn.reply(&req, 0, &[], &[IoSlice::new(outbound)]),
-                    };
-                    sent.expect("reply");
-                }
-                conn.staged_bytes()
+                serve_bulk(&mut conn, inbound, outbound)
             }));
         }
         let registrations = listener.memory_registrations();

@@ -43,7 +43,7 @@ use crate::meta::link::{MetaLink, link_options};
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{Cred, TargetInfo};
 use crate::server::{Threads, accept_loop, join_all, spawn};
-use request::{Context, Served};
+use request::Context;
 use worker::{Inbox, Msg};
 
 /// How a target server is set up.
@@ -174,21 +174,21 @@ impl TargetServer {
                 allowed: format!("1 to {MAX_TARGETS_PER_SERVER} per server"),
             });
         }
-        let mut targets: Vec<Served> = Vec::with_capacity(specs.len());
+        let mut targets: Vec<Target> = Vec::with_capacity(specs.len());
         for spec in specs {
             let target = Target::open(&spec.dir)?;
             let target_id = target.target_id();
-            if let Some(other) = targets.iter().find(|s| s.target_id == target_id) {
+            if let Some(other) = targets.iter().find(|t| t.target_id() == target_id) {
                 return Err(Error::Invalid {
                     field: "targets",
                     value: spec.dir.display().to_string(),
                     allowed: format!(
                         "targets with distinct ids ({} is target {target_id} too)",
-                        other.target.dir().display()
+                        other.dir().display()
                     ),
                 });
             }
-            targets.push(Served { target_id, target });
+            targets.push(target);
         }
         let mut listeners = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -198,7 +198,7 @@ impl TargetServer {
         let pool = Arc::new(MemPool::new(config.pool)?);
         // Over RDMA the pool is registered once per device and listener, for every
         // connection through them.
-        for (listener, served) in listeners.iter().zip(&targets) {
+        for (listener, target) in listeners.iter().zip(&targets) {
             for (ptr, len) in pool.registrations() {
                 // SAFETY: the pool's slab stays mapped while the pool lives, and the
                 // listener and its connections hold a clone of `pool` with each
@@ -207,7 +207,7 @@ impl TargetServer {
                     nacre_transport::log_line!(
                         "nacre target {}: cannot register the pool for RDMA ({e}); \
                          payloads will be staged",
-                        served.target_id
+                        target.target_id()
                     );
                     break;
                 }
@@ -216,13 +216,13 @@ impl TargetServer {
         let served: Vec<ServedTarget> = targets
             .iter()
             .zip(&listeners)
-            .map(|(s, l)| ServedTarget {
-                target_id: s.target_id,
+            .map(|(t, l)| ServedTarget {
+                target_id: t.target_id(),
                 endpoint: l.endpoint().clone(),
-                target: s.target.clone(),
+                target: t.clone(),
             })
             .collect();
-        let first_id = targets[0].target_id;
+        let first_id = targets[0].target_id();
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

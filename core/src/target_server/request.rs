@@ -15,17 +15,11 @@ use crate::codec::Writer;
 use crate::limits::MAX_IO_PIECE_BYTES;
 use crate::mem::{MemPool, PoolBuf};
 
-/// One target of a server; a connection belongs to the target whose listener accepted it,
-/// and names it by its index in [`Context::targets`].
-pub(super) struct Served {
-    pub(super) target_id: u32,
-    pub(super) target: Target,
-}
-
 /// What every thread of a target server shares.
 pub(super) struct Context {
-    /// The targets it serves (one, or several sharing the workers).
-    pub(super) targets: Vec<Served>,
+    /// The targets it serves (one, or several sharing the workers). A connection belongs
+    /// to the target whose listener accepted it and names it by its index here.
+    pub(super) targets: Vec<Target>,
     /// The server's connection counts (the workers count connections closed on an error).
     pub(super) counts: Arc<super::Accepted>,
     pub(super) pool: Arc<MemPool>,
@@ -65,7 +59,7 @@ impl Context {
         let ids: Vec<String> = self
             .targets
             .iter()
-            .map(|s| s.target_id.to_string())
+            .map(|t| t.target_id().to_string())
             .collect();
         match ids.as_slice() {
             [one] => format!("target {one}"),
@@ -75,7 +69,7 @@ impl Context {
 
     /// "target N" for the target of index `t`.
     pub(super) fn target_name(&self, t: usize) -> String {
-        format!("target {}", self.targets[t].target_id)
+        format!("target {}", self.targets[t].target_id())
     }
 }
 
@@ -195,12 +189,12 @@ fn decode(body: &[u8], extents: &mut Vec<Extent>) -> Result<u64, Failure> {
     })
 }
 
-fn statfs(served: &Served) -> Result<Vec<u8>, Failure> {
-    let cap = served.target.capacity()?;
+fn statfs(target: &Target) -> Result<Vec<u8>, Failure> {
+    let cap = target.capacity()?;
     let mut out = Vec::new();
     Writer::new(&mut out)
-        .u32(served.target_id)
-        .str(&served.target.stamp().uuid_string())
+        .u32(target.target_id())
+        .str(&target.stamp().uuid_string())
         .u64(cap.total_bytes)
         .u64(cap.available_bytes)
         .u64(cap.used_bytes);

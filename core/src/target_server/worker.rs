@@ -280,8 +280,8 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let ring_event = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
         let mut stores = Vec::with_capacity(ctx.targets.len());
-        for served in &ctx.targets {
-            let mut store = ObjectStore::new(&served.target, store_config)?;
+        for target in &ctx.targets {
+            let mut store = ObjectStore::new(target, store_config)?;
             for (ptr, len) in ctx.pool.registrations() {
                 // SAFETY: the pool's slab outlives the store: `ctx` holds the pool, and
                 // `run` drops the worker (and its stores) before its `ctx`.
@@ -1012,8 +1012,10 @@ impl Worker {
         // A failed ring stops the server, but the completions already taken from the other
         // stores are applied first.
         let mut failed = None;
+        // A store given a piece this turn holds it in `outstanding` until its completion is
+        // handed back (even one done at once), so idle stores are not polled.
         for store in &mut self.stores {
-            if (store.outstanding() > 0 || moved)
+            if store.outstanding() > 0
                 && let Err(e) = store.poll(&mut completions)
             {
                 failed = Some(e);
@@ -1088,7 +1090,7 @@ impl Worker {
                 }
             }
             PieceOp::Stat => {
-                return Some(match self.ctx.targets[t].target.stat(object_id) {
+                return Some(match self.ctx.targets[t].stat(object_id) {
                     Ok(s) => Ok(s.size_bytes),
                     Err(e) if e.errno() == libc::ENOENT => Ok(0),
                     Err(e) => Err(e),
@@ -1114,7 +1116,7 @@ impl Worker {
             }
         }
         self.stores[t].close_object(object_id)?;
-        match self.ctx.targets[t].target.remove(object_id) {
+        match self.ctx.targets[t].remove(object_id) {
             Err(e) if e.errno() == libc::ENOENT => Ok(0),
             other => other.map(|()| 0),
         }
@@ -1128,14 +1130,14 @@ impl Worker {
     }
 
     fn exists(&mut self, t: usize, object_id: u64) -> bool {
-        self.known.contains(&(t, object_id)) || self.ctx.targets[t].target.stat(object_id).is_ok()
+        self.known.contains(&(t, object_id)) || self.ctx.targets[t].stat(object_id).is_ok()
     }
 
     fn ensure_exists(&mut self, t: usize, object_id: u64) -> Result<(), IoError> {
         if self.known.contains(&(t, object_id)) {
             return Ok(());
         }
-        match self.ctx.targets[t].target.create(object_id) {
+        match self.ctx.targets[t].create(object_id) {
             Ok(()) | Err(IoError::ObjectExists { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -173,6 +173,20 @@ impl std::fmt::Debug for RdmaDomain {
     }
 }
 
+/// The verbs context of the device `id` is bound to; ENODEV when it is bound to none.
+pub(super) fn device_context(
+    id: &CmId,
+    op: Op,
+    peer: SocketAddr,
+) -> Result<NonNull<ffi::ibv_context>, RdmaError> {
+    id.verbs().ok_or(RdmaError::Call {
+        op,
+        peer,
+        call: "rdma_cm_id.verbs",
+        errno: libc::ENODEV,
+    })
+}
+
 impl RdmaDomain {
     /// The domain of the device that reaches `peer` (address and route resolved within
     /// `timeout`).
@@ -200,12 +214,7 @@ impl RdmaDomain {
     }
 
     fn on(id: Arc<CmId>, op: Op, peer: SocketAddr) -> Result<Self, RdmaError> {
-        let context = id.verbs().ok_or(RdmaError::Call {
-            op,
-            peer,
-            call: "rdma_cm_id.verbs",
-            errno: libc::ENODEV,
-        })?;
+        let context = device_context(&id, op, peer)?;
         let device = device_name(context);
         let pd = Pd::new(id).map_err(|(call, errno)| RdmaError::Call {
             op,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use super::connection::{MemoryRegion, RdmaDomain};
+use super::connection::{MemoryRegion, RdmaDomain, device_context};
 use super::error::{Op, RdmaError};
 use super::sys::CmId;
 
@@ -141,12 +141,7 @@ impl SharedMemory {
         peer: SocketAddr,
     ) -> Result<(RdmaDomain, Vec<Arc<Region>>), RdmaError> {
         let op = Op::Accept;
-        let context = id.verbs().ok_or(RdmaError::Call {
-            op,
-            peer,
-            call: "rdma_cm_id.verbs",
-            errno: libc::ENODEV,
-        })?;
+        let context = device_context(id, op, peer)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = state
             .devices
