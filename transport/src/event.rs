@@ -8,6 +8,15 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// `timeout` as the milliseconds `epoll_wait(2)` and `poll(2)` take, rounded up: a wait of
+/// 0.4 ms sleeps up to 1 ms rather than not at all. Truncating instead turned the last
+/// fraction of a millisecond before every deadline into a loop of waits that return at once
+/// (an idle acceptor spun for about 1 ms in every 100).
+pub fn poll_timeout_ms(timeout: Duration) -> i32 {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    i32::try_from(ms).unwrap_or(i32::MAX)
+}
+
 /// An eventfd: a counter other threads add to, and a descriptor that is readable while the
 /// counter is not zero.
 #[derive(Debug)]
@@ -121,7 +130,7 @@ impl Epoll {
         timeout: Duration,
         mut f: impl FnMut(u64, bool),
     ) -> std::io::Result<()> {
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ms = poll_timeout_ms(timeout);
         // SAFETY: the buffer holds `events.len()` events and outlives the call.
         let n = unsafe {
             libc::epoll_wait(
@@ -146,5 +155,20 @@ impl Epoll {
             f(e.u64, e.events & read_side != 0);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_never_rounds_down_to_no_wait() {
+        assert_eq!(poll_timeout_ms(Duration::ZERO), 0);
+        assert_eq!(poll_timeout_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(poll_timeout_ms(Duration::from_micros(400)), 1);
+        assert_eq!(poll_timeout_ms(Duration::from_millis(1)), 1);
+        assert_eq!(poll_timeout_ms(Duration::from_micros(1_001)), 2);
+        assert_eq!(poll_timeout_ms(Duration::from_secs(u64::MAX)), i32::MAX);
     }
 }

@@ -598,7 +598,7 @@ impl TcpAcceptor {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ms = crate::event::poll_timeout_ms(timeout);
         // SAFETY: pfd is a valid pollfd for an open descriptor, and the count is 1.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
