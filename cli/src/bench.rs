@@ -46,6 +46,7 @@ mod plan;
 mod progress;
 mod report;
 
+use crate::{out, outln};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
@@ -298,8 +299,8 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     };
     let client = Client::connect_with(&args.meta.meta, options)?;
     let command = command_line();
-    print!("{}", report::header(&plan, &args.meta.meta, &command));
-    print!("{}", report::results_heading());
+    out!("{}", report::header(&plan, &args.meta.meta, &command));
+    out!("{}", report::results_heading());
     let show_progress = progress::wanted();
     let mut results = Vec::new();
     for rep in 0..plan.repetitions {
@@ -323,7 +324,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                 rep,
             };
             let result = phase.run(show_progress)?;
-            println!("{}", report::result_line(&plan, &result));
+            outln!("{}", report::result_line(&plan, &result));
             results.push(result);
             if access == Access::Write {
                 check_sizes(&client, &plan)?;
@@ -333,10 +334,10 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             remove_files(&client, &plan)?;
         }
     }
-    println!();
-    print!("{}", report::summary(&plan, &results));
+    outln!();
+    out!("{}", report::summary(&plan, &results));
     if args.json {
-        println!("{}", report::json(&plan, &command, &results));
+        outln!("{}", report::json(&plan, &command, &results));
     }
     Ok(())
 }

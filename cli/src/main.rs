@@ -171,6 +171,34 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("'{text}' is not an octal mode (0 to 7777)"))
 }
 
+/// Prints to standard output as `print!` does, through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::emit(format_args!($($arg)*)) };
+}
+
+/// Prints a line to standard output as `println!` does, through [`emit`].
+macro_rules! outln {
+    () => { $crate::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use {out, outln};
+
+/// Writes to standard output. Rust starts programs with SIGPIPE ignored, so `println!` into
+/// a pipe whose reader has gone (`nacre ls | head -1`) panics; here the command ends as
+/// other tools do, by SIGPIPE (exit status 141 if the signal cannot be raised). Another
+/// write error ends it with status 1 and a message.
+fn emit(args: std::fmt::Arguments) {
+    let Err(e) = std::io::stdout().lock().write_fmt(args) else {
+        return;
+    };
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGPIPE);
+        std::process::exit(141);
+    }
+    eprintln!("nacre: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -311,8 +339,8 @@ fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
 fn stat(client: &Client, path: &str) -> Result<(), Failure> {
     let st = client.stat(path)?;
     let a = &st.attr;
-    println!("  File: {path}");
-    println!(
+    outln!("  File: {path}");
+    outln!(
         "  Size: {:<14} Type: {}",
         st.size_bytes,
         if a.is_dir() {
@@ -321,16 +349,16 @@ fn stat(client: &Client, path: &str) -> Result<(), Failure> {
             "regular file"
         }
     );
-    println!("Inode: {:<14} Links: {}", a.ino, a.nlink);
-    println!(
+    outln!("Inode: {:<14} Links: {}", a.ino, a.nlink);
+    outln!(
         "Access: ({:04o}/{})  Uid: {:>5}  Gid: {:>5}",
         a.mode & 0o7777,
         mode_string(a.file_type, a.mode),
         a.uid,
         a.gid
     );
-    println!("Modify: {} ns since the epoch", a.mtime_ns);
-    println!("Change: {} ns since the epoch", a.ctime_ns);
+    outln!("Modify: {} ns since the epoch", a.mtime_ns);
+    outln!("Change: {} ns since the epoch", a.ctime_ns);
     Ok(())
 }
 
@@ -451,7 +479,7 @@ fn df(client: &Client, human_sizes: bool) -> Result<(), Failure> {
             (b / 1024).to_string()
         }
     };
-    println!(
+    outln!(
         "{:<40} {:>14} {:>14} {:>14} {:>5} Mounted on",
         "UUID",
         if human_sizes { "bytes" } else { "1K-blocks" },
@@ -472,7 +500,7 @@ fn df(client: &Client, human_sizes: bool) -> Result<(), Failure> {
                 } else {
                     (live.used_bytes * 100).div_ceil(live.capacity_bytes)
                 };
-                println!(
+                outln!(
                     "{:<40} {:>14} {:>14} {:>14} {:>4}% nacre[OST:{}] {}",
                     name,
                     size(live.capacity_bytes),
@@ -483,7 +511,7 @@ fn df(client: &Client, human_sizes: bool) -> Result<(), Failure> {
                     u.endpoint
                 );
             }
-            None => println!(
+            None => outln!(
                 "{:<40} {:>14} {:>14} {:>14} {:>5} nacre[OST:{}] {} (not answering: {})",
                 name,
                 "-",
@@ -501,8 +529,8 @@ fn df(client: &Client, human_sizes: bool) -> Result<(), Failure> {
     } else {
         (used * 100).div_ceil(total)
     };
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<40} {:>14} {:>14} {:>14} {:>4}% nacre",
         "filesystem_summary:",
         size(total),

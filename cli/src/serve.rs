@@ -1,5 +1,6 @@
 //! `nacre serve` and `nacre mkfs`.
 
+use crate::outln;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +62,7 @@ pub fn mkfs(args: MkfsArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let stamp = Target::format(&args.dir, args.index).map_err(nacre::Error::from)?;
-    println!(
+    outln!(
         "formatted {} as target {} (uuid {})",
         args.dir.display(),
         stamp.target_id,
@@ -99,14 +100,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let listen = args.listen.as_deref().unwrap_or(DEFAULT_META_LISTEN);
         let server = MetaServer::start(&dir.join("meta.redb"), listen)?;
-        println!(
+        outln!(
             "nacre meta: serving {} at {}",
             dir.display(),
             server.endpoint()
         );
         wait_for(&stop);
         server.stop();
-        println!("nacre meta: stopped");
+        outln!("nacre meta: stopped");
         return Ok(());
     }
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_TARGET_LISTEN);
@@ -136,7 +137,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let server = TargetServer::start_shared(&specs, &config)?;
     for (spec, s) in specs.iter().zip(server.served()) {
-        println!(
+        outln!(
             "nacre target {}: serving {} at {}",
             s.target_id,
             spec.dir.display(),
@@ -147,7 +148,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
     let ids: Vec<u32> = server.served().iter().map(|s| s.target_id).collect();
     server.stop();
     for id in ids {
-        println!("nacre target {id}: stopped");
+        outln!("nacre target {id}: stopped");
     }
     Ok(())
 }

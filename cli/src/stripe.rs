@@ -1,5 +1,6 @@
 //! `nacre setstripe` and `nacre getstripe`, with Lustre's flags and output.
 
+use crate::{out, outln};
 use nacre::Client;
 use nacre::layout::StripeSpec;
 use nacre::layout::limits::EOF_OFFSET_BYTES;
@@ -115,13 +116,13 @@ pub fn setstripe(args: SetstripeArgs) -> Result<(), Failure> {
 
 pub fn getstripe(client: &Client, path: &str) -> Result<(), Failure> {
     let st = client.stat(path)?;
-    println!("{path}");
+    outln!("{path}");
     match (&st.attr.layout, &st.attr.default_layout) {
-        (Some(layout), _) => print!("{layout}"),
-        (None, Some(spec)) => print!("{spec}"),
-        (None, None) => println!(
-            "stripe_count:  1 stripe_size:   1048576 stripe_index:  -1 (filesystem default)"
-        ),
+        (Some(layout), _) => out!("{layout}"),
+        (None, Some(spec)) => out!("{spec}"),
+        (None, None) => {
+            outln!("stripe_count:  1 stripe_size:   1048576 stripe_index:  -1 (filesystem default)")
+        }
     }
     Ok(())
 }

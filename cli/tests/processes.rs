@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -265,6 +266,22 @@ fn cli_df_lists_every_target_with_its_index() {
     assert!(shown.contains("filesystem_summary:"), "{shown}");
     let human = cluster.ok(&["df", "-H"]);
     assert_eq!(human.matches("nacre[OST:").count(), 3, "{human}");
+
+    // Output into a pipe nobody reads any more (`nacre df | head -1` once head has gone)
+    // ends the command as it ends other Unix tools, by SIGPIPE, and not with a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut command = Command::new(common::NACRE_BIN);
+    command.arg("df").env("NACRE_META", &cluster.meta_addr);
+    let out = common::run_to(command, writer.into());
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{}: {stderr}",
+        out.status
+    );
 }
 
 /// `nacre serve` with several `--target`s is one server whose targets share its workers

@@ -79,10 +79,16 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
 
 /// Runs `command` to its end (killed and a panic after [`COMMAND_TIMEOUT`]) and returns
 /// what it printed.
-pub fn run(mut command: Command) -> Output {
+pub fn run(command: Command) -> Output {
+    run_to(command, Stdio::piped())
+}
+
+/// As [`run`], with standard output going to `stdout` (`Output::stdout` holds it only when
+/// piped).
+pub fn run_to(mut command: Command, stdout: Stdio) -> Output {
     command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     die_with_parent(&mut command);
     let mut child = command
@@ -95,7 +101,7 @@ pub fn run(mut command: Command) -> Output {
             bytes
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stdout = child.stdout.take().map(|pipe| drain(Box::new(pipe)));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let Some(status) = wait_until(&mut child, Instant::now() + COMMAND_TIMEOUT) else {
         let _ = child.kill();
@@ -104,7 +110,7 @@ pub fn run(mut command: Command) -> Output {
     };
     Output {
         status,
-        stdout: stdout.join().unwrap(),
+        stdout: stdout.map(|d| d.join().unwrap()).unwrap_or_default(),
         stderr: stderr.join().unwrap(),
     }
 }
