@@ -3,15 +3,19 @@
 # (io_uring, O_DIRECT, one job at the same number of transfers in flight) on the file system
 # the targets use, and iperf3 over loopback (4 streams, -l 1M). Nacre: `nacre bench`
 # (IOR-shaped: 4 tasks, each with a queue of 8, so 32 transfers in flight as fio's iodepth)
-# through local clusters of 1, 2 and 4 target processes, files striped over every target,
+# through local clusters of 1, 2 and 4 targets, files striped over every target,
 # for sequential and random (-z) order with large (1 MiB) and small (4 KiB) transfers, each
 # a write phase then a read phase that checks every byte. Each round runs fio, then Nacre on
 # each cluster, case by case, then iperf3; the table gives medians over the rounds and ratios:
 #   1 MiB rows, MiB/s:  nacre / min(fio, iperf3)
 #   4 KiB rows, IOPS:   nacre / fio
+# A cluster's targets are a `nacre serve` process each, as the quickstart runs them, with a
+# worker per core; --one-server serves them from one process, as a host serves its drives
+# (decision 0015), and --server-workers N gives each server process N workers.
 #
 #   scripts/bench.sh [--size 1G] [--small-ops 16384] [--reps 5] [--seconds 3]
 #                    [--tasks 4] [--queue-depth 8] [--targets "1 2 4"] [--record]
+#                    [--one-server] [--server-workers N]
 #
 # --size        bytes each 1 MiB run writes and reads (and the size of fio's file)
 # --small-ops   4 KiB transfers each 4 KiB run makes per phase (fio's 4 KiB runs are timed)
@@ -24,6 +28,7 @@ set -euo pipefail
 . "$NACRE_ROOT/scripts/lib/baseline.sh"
 
 size=1G small_ops=16384 reps=5 seconds=3 tasks=4 qd=8 target_counts="1 2 4" record=0
+server_workers= one_server=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size=$2; shift 2 ;;
@@ -34,11 +39,14 @@ while [ $# -gt 0 ]; do
         --queue-depth) qd=$2; shift 2 ;;
         --targets) target_counts=$2; shift 2 ;;
         --record) record=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --server-workers) server_workers=$2; shift 2 ;;
+        --one-server) one_server=1; shift ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "bench.sh: unknown argument $1 (see --help)" ;;
     esac
 done
-for pair in "reps:$reps" "seconds:$seconds" "tasks:$tasks" "queue-depth:$qd" "small-ops:$small_ops"; do
+for pair in "reps:$reps" "seconds:$seconds" "tasks:$tasks" "queue-depth:$qd" "small-ops:$small_ops" \
+    ${server_workers:+"server-workers:$server_workers"}; do
     [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} ${pair#*:}: expected a whole number from 1"
 done
 for t in $target_counts; do
@@ -59,7 +67,8 @@ results="$work/results"
 fio_file="$work/fio.dat"
 declare -A meta_of
 for t in $target_counts; do
-    CLUSTER_PARENT=$work cluster_start "$t" tcp
+    CLUSTER_ONE_SERVER=$one_server CLUSTER_TARGET_ARGS=${server_workers:+"--workers $server_workers"} \
+        CLUSTER_PARENT=$work cluster_start "$t" tcp
     meta_of[$t]=$NACRE_META
 done
 # cluster.sh stops every server it started; each cluster's directory is under $work.
@@ -117,9 +126,16 @@ for ((r = 1; r <= reps; r++)); do
     echo "  round $r of $reps done" >&2
 done
 
-table=$(python3 - "$results" "$reps" "$size" "$small_ops" "$tasks" "$qd" "$target_counts" <<'PY'
+workers=${server_workers:-$(nproc)}
+[ "$workers" = 1 ] && workers="1 worker" || workers="$workers workers"
+if [ $one_server = 1 ]; then
+    layout="each cluster's targets one nacre serve process with $workers"
+else
+    layout="a nacre serve process per target, each with $workers"
+fi
+table=$(python3 - "$results" "$reps" "$size" "$small_ops" "$tasks" "$qd" "$target_counts" "$layout" <<'PY'
 import statistics, sys
-path, reps, size, small_ops, tasks, qd, targets = sys.argv[1:8]
+path, reps, size, small_ops, tasks, qd, targets, layout = sys.argv[1:9]
 targets = targets.split()
 runs = {}
 for line in open(path):
@@ -151,7 +167,7 @@ for case in ["seq-1M", "rand-1M", "seq-4K", "rand-4K"]:
 print()
 print(f"1 MiB runs move {size} per phase, 4 KiB runs {small_ops} transfers per phase; nacre bench "
       f"-N {tasks} --queue-depth {qd} against fio --iodepth {int(tasks) * int(qd)}, files striped "
-      "over every target (1 MiB stripes), reads checked byte by byte.")
+      f"over every target (1 MiB stripes), reads checked byte by byte; {layout}.")
 PY
 )
 echo
