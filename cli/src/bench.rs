@@ -46,7 +46,6 @@ mod plan;
 mod progress;
 mod report;
 
-use crate::{out, outln};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
@@ -59,7 +58,7 @@ use nacre::transport::limits::{DEFAULT_CONNECTIONS_PER_PEER, MAX_CONNECTIONS_PER
 use nacre::units::parse_size;
 use nacre::{Client, ClientOptions, File, OpenOptions};
 
-use crate::{Failure, MetaArg};
+use crate::{Failure, MetaArg, out, outln};
 use latency::Latencies;
 use plan::{Access, ORDER_SEED, Order, Plan, RAND4K_BYTES, UsageError};
 use report::{PhaseResult, TaskRecord, TaskTimes};

@@ -1,6 +1,5 @@
 //! `nacre serve` and `nacre mkfs`.
 
-use crate::outln;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +8,7 @@ use std::time::Duration;
 use nacre::io::Target;
 use nacre::{MetaServer, TargetConfig, TargetServer, TargetSpec};
 
-use crate::Failure;
+use crate::{Failure, outln};
 
 /// How often `serve` looks whether it was asked to stop.
 const STOP_POLL_MS: u64 = 100;
@@ -139,13 +138,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
     for (spec, s) in specs.iter().zip(server.served()) {
         outln!(
             "nacre target {}: serving {} at {}",
-            s.target_id,
+            s.target_id(),
             spec.dir.display(),
             s.endpoint
         );
     }
     wait_for(&stop);
-    let ids: Vec<u32> = server.served().iter().map(|s| s.target_id).collect();
+    let ids: Vec<u32> = server.served().iter().map(|s| s.target_id()).collect();
     server.stop();
     for id in ids {
         outln!("nacre target {id}: stopped");

@@ -1,13 +1,12 @@
 //! `nacre setstripe` and `nacre getstripe`, with Lustre's flags and output.
 
-use crate::{out, outln};
 use nacre::Client;
 use nacre::layout::StripeSpec;
 use nacre::layout::limits::EOF_OFFSET_BYTES;
 use nacre::meta::types::{ComponentSpec, LayoutSpec};
 use nacre::units::parse_size;
 
-use crate::{Failure, MetaArg};
+use crate::{Failure, MetaArg, out, outln};
 
 /// `nacre setstripe`.
 #[derive(clap::Args, Debug)]

@@ -32,7 +32,7 @@ fn objects_of(cluster: &Cluster, id: u32) -> Vec<u64> {
 fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
     let cluster = Cluster::start_shared("shared", &IDS);
     let server = cluster.targets[0].as_ref().unwrap();
-    let served: Vec<u32> = server.served().iter().map(|s| s.target_id).collect();
+    let served: Vec<u32> = server.served().iter().map(|s| s.target_id()).collect();
     assert_eq!(served, IDS);
     let mut endpoints: Vec<String> = server
         .served()

@@ -13,7 +13,9 @@ use crate::error::{IoError, Operation};
 /// One io_uring instance with a sparse registered file table and a sparse fixed-buffer table.
 pub(crate) struct Ring {
     ring: IoUring,
-    /// The kernel has IORING_OP_FTRUNCATE (Linux 6.9 and later; Debian 12's 6.1 has not).
+    /// The kernel has IORING_OP_FTRUNCATE (Linux 6.9 and later; Debian 12's 6.1 has not):
+    /// truncates go through the ring ([`truncate`]); without, the store truncates with
+    /// ftruncate(2) in place.
     pub(crate) ftruncate: bool,
 }
 
@@ -45,12 +47,6 @@ impl Ring {
         let ftruncate = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::Ftruncate::CODE);
         Ok(Ring { ring, ftruncate })
-    }
-
-    /// Whether truncates can go through the ring ([`truncate`]); without, the store
-    /// truncates with ftruncate(2) in place.
-    pub(crate) fn has_ftruncate(&self) -> bool {
-        self.ftruncate
     }
 
     /// Has the kernel signal eventfd `fd` whenever it posts a completion.

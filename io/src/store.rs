@@ -867,7 +867,7 @@ impl ObjectStore {
                 }
             },
             Op::Sync { .. } => self.push(index, ring::datasync(slot), SUB_MAIN),
-            Op::Truncate { size_bytes, .. } if self.ring.has_ftruncate() => {
+            Op::Truncate { size_bytes, .. } if self.ring.ftruncate => {
                 self.push(index, ring::truncate(slot, size_bytes), SUB_MAIN)
             }
             Op::Truncate { size_bytes, .. } => {

@@ -507,15 +507,13 @@ impl TcpConnection {
 /// which would kill a C program linking libnacre that leaves the signal at its default.
 fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
     let mut iov = no_iovecs();
-    let mut used = 0;
     for (v, s) in iov.iter_mut().zip(slices) {
         *v = libc::iovec {
             iov_base: s.as_ptr().cast_mut().cast(),
             iov_len: s.len(),
         };
-        used += 1;
     }
-    let used = cap_send(&mut iov, used);
+    let used = cap_send(&mut iov, slices.len().min(SLICES_PER_CALL));
     // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the call,
     // whose entries point into `slices` (alive and unmodified across the call).
     let sent = unsafe {

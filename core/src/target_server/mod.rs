@@ -98,12 +98,17 @@ pub struct TargetSpec {
 /// A target a server serves, and where clients reach it.
 #[derive(Debug, Clone)]
 pub struct ServedTarget {
-    /// Its id.
-    pub target_id: u32,
     /// Where it listens.
     pub endpoint: Endpoint,
     /// The target itself.
     pub target: Target,
+}
+
+impl ServedTarget {
+    /// Its id.
+    pub fn target_id(&self) -> u32 {
+        self.target.target_id()
+    }
 }
 
 /// A running target server; stops when dropped. It serves one target, or several that
@@ -217,7 +222,6 @@ impl TargetServer {
             .iter()
             .zip(&listeners)
             .map(|(t, l)| ServedTarget {
-                target_id: t.target_id(),
                 endpoint: l.endpoint().clone(),
                 target: t.clone(),
             })
@@ -289,7 +293,7 @@ impl TargetServer {
         // Serving before registering: the metadata service may call in while it answers the
         // registration (to remove objects of files removed while this target was down).
         for (t, listener) in listeners.into_iter().enumerate() {
-            let target_id = served[t].target_id;
+            let target_id = served[t].target_id();
             let (accept_stop, counts) = (Arc::clone(&stop), Arc::clone(&accepted));
             let (ctx, inboxes, next) = (Arc::clone(&ctx), Arc::clone(&inboxes), Arc::clone(&next));
             threads
@@ -318,7 +322,7 @@ impl TargetServer {
         if let Some(meta) = &config.meta {
             for (spec, s) in specs.iter().zip(&served) {
                 let info = TargetInfo {
-                    target_id: s.target_id,
+                    target_id: s.target_id(),
                     uuid: s.target.stamp().uuid_string(),
                     endpoint: spec
                         .advertise
@@ -330,11 +334,10 @@ impl TargetServer {
                 };
                 let link = register(meta, info, &s.target)?;
                 let (target, stop) = (s.target.clone(), Arc::clone(&stop));
-                threads
-                    .handles
-                    .push(spawn(format!("nacre-t{}-beat", s.target_id), move || {
-                        heartbeat(&link, &target, &stop)
-                    })?);
+                threads.handles.push(spawn(
+                    format!("nacre-t{}-beat", s.target_id()),
+                    move || heartbeat(&link, &target, &stop),
+                )?);
             }
         }
         Ok(TargetServer {
@@ -351,7 +354,7 @@ impl TargetServer {
 
     /// The (first) target's id.
     pub fn target_id(&self) -> u32 {
-        self.served[0].target_id
+        self.served[0].target_id()
     }
 
     /// The (first) target it serves.

@@ -1269,12 +1269,7 @@ impl Drop for RdmaConnection {
 
 /// READ depths this side's device supports, capped by [`MAX_RDMA_READS_IN_FLIGHT`].
 fn device_read_depths(id: &CmId, op: Op, peer: SocketAddr) -> Result<ReadDepths, RdmaError> {
-    let verbs = id.verbs().ok_or(RdmaError::Call {
-        op,
-        peer,
-        call: "ibv_query_device",
-        errno: libc::ENODEV,
-    })?;
+    let verbs = device_context(id, op, peer)?;
     // SAFETY: plain C struct; all-zero is valid.
     let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
     // SAFETY: live device context, valid out-pointer.

@@ -555,8 +555,7 @@ pub(crate) fn poll_fds(fds: &[i32], deadline: Instant) -> Result<Option<usize>, 
         if left.is_zero() {
             return Ok(None);
         }
-        // Round up so a sub-millisecond remainder still waits instead of spinning.
-        let left_ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+        let left_ms = crate::event::poll_timeout_ms(left);
         // SAFETY: `pollfds` holds fds.len() initialised entries.
         let n = unsafe { libc::poll(pollfds.as_mut_ptr(), fds.len() as libc::nfds_t, left_ms) };
         if n < 0 {
