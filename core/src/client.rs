@@ -30,11 +30,14 @@ use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, Transpor
 
 use crate::codec::Reader;
 use crate::error::Error;
-use crate::limits::{MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS, OBJECT_ONLY_LEN};
+use crate::limits::{
+    MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS, MAX_TARGETS_PER_SERVER,
+    OBJECT_ONLY_LEN,
+};
 use crate::meta::link::MetaLink;
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{
-    Access, Attr, Cred, DirEntry, LayoutSpec, MAX_READDIR_ENTRIES, TargetInfo,
+    Access, Attr, Cred, DirEntry, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_READDIR_ENTRIES, TargetInfo,
 };
 use crate::queue::Queue;
 
@@ -261,7 +264,7 @@ struct Inner {
 /// A registered target and the pool of connections to it.
 #[derive(Debug)]
 pub(crate) struct TargetLink {
-    target_id: u32,
+    pub(crate) target_id: u32,
     pub(crate) peer: Peer,
     /// A connection to it turned out to be RDMA: queues hand its transfers to threads
     /// without connecting first.
@@ -276,6 +279,44 @@ impl TargetLink {
             endpoint: self.peer.endpoint().to_string(),
             source,
         }
+    }
+
+    /// Asks the server `conn` reaches (a connection to this target) which it is and which
+    /// targets it serves: its instance, and each target's id and registered endpoint.
+    pub(crate) fn served(
+        &self,
+        conn: &mut nacre_transport::Connection,
+    ) -> Result<(u64, Vec<(u32, Endpoint)>), Error> {
+        let mut body = Vec::new();
+        let reply = conn
+            .call(Opcode::Targets, &[], Bulk::None, &mut body)
+            .map_err(|e| self.fail(e))?;
+        if reply.status != 0 {
+            return Err(self.reply_error("targets", reply.status, &body));
+        }
+        let mut r = Reader::new(&body, "targets reply");
+        let decoded = (|| {
+            let instance = r.u64("instance")?;
+            let n = r.count("targets", MAX_TARGETS_PER_SERVER, 8)?;
+            let mut served = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = r.u32("target_id")?;
+                let endpoint = r.str("endpoint", MAX_ENDPOINT_BYTES)?;
+                served.push((id, endpoint));
+            }
+            r.finish()?;
+            Ok((instance, served))
+        })();
+        let (instance, listed) = decoded.map_err(|source| Error::Codec {
+            from: format!("target {}", self.target_id),
+            source,
+        })?;
+        // An endpoint that does not parse names no target this client reaches.
+        let served = listed
+            .into_iter()
+            .filter_map(|(id, e)| Endpoint::parse(e).ok().map(|e| (id, e)))
+            .collect();
+        Ok((instance, served))
     }
 
     /// The target's error reply to `op`, as the caller sees it.
@@ -423,7 +464,8 @@ impl Client {
                 continue;
             }
             let endpoint = Endpoint::parse(&t.endpoint)?;
-            let peer = Peer::new(endpoint, options, self.inner.options.connections_per_target)?;
+            let peer = Peer::new(endpoint, options, self.inner.options.connections_per_target)?
+                .for_target(t.target_id);
             for &(id, addr, len) in registrations.iter() {
                 // SAFETY: the registration's owner keeps the memory valid until it is
                 // unregistered, which unregisters it from this peer too: the peer is in the

@@ -42,17 +42,18 @@ pub const REGISTER_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_PROGRESS_THREADS: usize = 8;
 /// Deepest asynchronous queue.
 pub const MAX_QUEUE_DEPTH: usize = 4096;
-/// Most connections an asynchronous queue opens to one target. A new one opens only while
-/// every open one has [`QUEUE_REQUESTS_BEFORE_NEW_CONNECTION`] requests in flight; past the
-/// bound, requests are pipelined on the least busy one (a target reads a connection's next
-/// requests while it serves the last, decision 0010).
-pub const MAX_QUEUE_CONNECTIONS_PER_TARGET: usize = 2;
+/// Most connections an asynchronous queue opens to one server (they carry the requests of
+/// every target it serves, decision 0016). A new one opens only while every open one has
+/// [`QUEUE_REQUESTS_BEFORE_NEW_CONNECTION`] requests in flight; past the bound, requests
+/// are pipelined on the least busy one (a server reads a connection's next requests while
+/// it serves the last, decision 0010).
+pub const MAX_QUEUE_CONNECTIONS_PER_SERVER: usize = 2;
 /// Idle queues a client keeps for its blocking reads and writes (each a queue of depth 1
 /// with its connections); one more is opened while every kept one is in use.
 pub const MAX_IDLE_CALL_QUEUES: usize = 64;
-/// Requests in flight on each of a queue's connections to a target before it opens another
-/// (up to [`MAX_QUEUE_CONNECTIONS_PER_TARGET`]). Requests that share a connection share its
-/// system calls on both sides; a deep queue still spreads over two of the target's workers.
+/// Requests in flight on each of a queue's connections to a server before it opens another
+/// (up to [`MAX_QUEUE_CONNECTIONS_PER_SERVER`]). Requests that share a connection share its
+/// system calls on both sides; a deep queue still spreads over two of the server's workers.
 pub const QUEUE_REQUESTS_BEFORE_NEW_CONNECTION: usize = 16;
 /// The length an extent carries in requests about whole objects (sync, stat, truncate,
 /// remove), where the length means nothing but the wire allows no empty extent.

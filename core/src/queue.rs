@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 
 use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::wire::Opcode;
-use nacre_transport::{Finished, PipeConn, Progress, Span, TransportError, TransportOp};
+use nacre_transport::{
+    Endpoint, Finished, Kind, PipeConn, Progress, Span, TransportError, TransportOp,
+};
 
 use crate::client::{File, Planned, TargetLink, extents_whole};
 use crate::error::Error;
 use crate::limits::{
-    IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_TARGET, MAX_QUEUE_DEPTH,
+    IDLE_POLL_MS, MAX_QUEUE_CONNECTIONS_PER_SERVER, MAX_QUEUE_DEPTH,
     QUEUE_REQUESTS_BEFORE_NEW_CONNECTION,
 };
 use crate::server::{join_all, spawn};
@@ -117,20 +119,29 @@ enum Began {
 /// One of the queue's connections.
 struct Slot {
     conn: PipeConn,
-    /// Its target's key in `State::targets`.
-    target: usize,
+    /// Its server's key in `State::servers` (the server's instance).
+    server: u64,
     generation: u32,
 }
 
-/// The queue's connections to one target.
+/// A target the queue has sent requests to.
 struct Target {
     /// Held so that its address, the target's key, stays this target's.
     _link: Arc<TargetLink>,
-    slots: Vec<usize>,
-    /// How long a request to it may go without progress (its client's timeout).
-    timeout: Duration,
+    /// The server last found serving it (its key in `State::servers`, if still there).
+    server: Option<u64>,
     /// The target is reached over RDMA: its operations go to the progress threads.
     rdma: bool,
+}
+
+/// A server the queue has connections to: they carry the requests of every target it
+/// serves (decision 0016).
+struct Server {
+    slots: Vec<usize>,
+    /// The targets it said it serves, and the endpoints they registered.
+    serves: Vec<(u32, Endpoint)>,
+    /// How long a request to it may go without progress (its client's timeout).
+    timeout: Duration,
 }
 
 /// A read or write in flight on the queue's connections.
@@ -154,6 +165,9 @@ struct Op {
 struct State {
     done: VecDeque<Completion>,
     targets: HashMap<usize, Target>,
+    /// By instance (see [`nacre_transport::wire::Opcode::Targets`]); a server goes when its
+    /// last connection does.
+    servers: HashMap<u64, Server>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     next_generation: u32,
@@ -241,6 +255,7 @@ impl Queue {
         let state = State {
             done: VecDeque::new(),
             targets: HashMap::new(),
+            servers: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
@@ -708,7 +723,8 @@ impl State {
     }
 
     /// A connection of the queue to `link`'s target for one more request: the least busy
-    /// one, or a new one while every one has [`QUEUE_REQUESTS_BEFORE_NEW_CONNECTION`] in
+    /// one to the server that serves it (whichever of its targets the connection was made
+    /// to), or a new one while every one has [`QUEUE_REQUESTS_BEFORE_NEW_CONNECTION`] in
     /// flight and fewer than the limit are open. `None` when the target is reached over
     /// RDMA.
     fn connection_for(
@@ -721,38 +737,52 @@ impl State {
         let key = Arc::as_ptr(link) as usize;
         let target = self.targets.entry(key).or_insert_with(|| Target {
             _link: Arc::clone(link),
-            slots: Vec::new(),
-            timeout,
+            server: None,
             rdma: false,
         });
         if target.rdma || link.over_rdma.load(Ordering::Relaxed) {
             target.rdma = true;
             return Ok(None);
         }
-        let best = target.slots.iter().copied().min_by_key(|&i| {
-            self.slots[i]
-                .as_ref()
-                .map_or(usize::MAX, |s| s.conn.in_flight())
-        });
-        let busy = best
-            .and_then(|i| self.slots[i].as_ref())
-            .map(|s| s.conn.in_flight());
-        let limit = depth.min(MAX_QUEUE_CONNECTIONS_PER_TARGET);
-        if let (Some(i), Some(n)) = (best, busy)
-            && (n < QUEUE_REQUESTS_BEFORE_NEW_CONNECTION || target.slots.len() >= limit)
-        {
-            return Ok(Some(i));
-        }
-        let conn = link.peer.connect_unpooled().map_err(|e| link.fail(e))?;
-        let (stream, peer) = match conn.into_tcp_stream() {
-            Ok(parts) => parts,
-            Err(_rdma) => {
-                target.rdma = true;
-                link.over_rdma.store(true, Ordering::Relaxed);
-                return Ok(None);
+        let (id, endpoint) = (link.target_id, link.peer.endpoint());
+        let known = target
+            .server
+            .filter(|k| self.servers.contains_key(k))
+            .or_else(|| {
+                self.servers
+                    .iter()
+                    .find(|(_, s)| s.serves.iter().any(|(t, e)| *t == id && e == endpoint))
+                    .map(|(k, _)| *k)
+            });
+        target.server = known;
+        if let Some(server) = known.and_then(|k| self.servers.get(&k)) {
+            let best = server.slots.iter().copied().min_by_key(|&i| {
+                self.slots[i]
+                    .as_ref()
+                    .map_or(usize::MAX, |s| s.conn.in_flight())
+            });
+            let busy = best
+                .and_then(|i| self.slots[i].as_ref())
+                .map(|s| s.conn.in_flight());
+            let limit = depth.min(MAX_QUEUE_CONNECTIONS_PER_SERVER);
+            if let (Some(i), Some(n)) = (best, busy)
+                && (n < QUEUE_REQUESTS_BEFORE_NEW_CONNECTION || server.slots.len() >= limit)
+            {
+                return Ok(Some(i));
             }
+        }
+        let mut conn = link.peer.connect_unpooled().map_err(|e| link.fail(e))?;
+        if conn.kind() != Kind::Tcp {
+            target.rdma = true;
+            link.over_rdma.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
+        let (instance, serves) = link.served(&mut conn)?;
+        let Ok((stream, peer)) = conn.into_tcp_stream() else {
+            unreachable!("a TCP connection has a TCP stream");
         };
         let conn = PipeConn::new(stream, peer).map_err(|e| link.fail(e))?;
+        target.server = Some(instance);
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -769,10 +799,16 @@ impl State {
         }
         self.slots[index] = Some(Slot {
             conn,
-            target: key,
+            server: instance,
             generation,
         });
-        target.slots.push(index);
+        let server = self.servers.entry(instance).or_insert_with(|| Server {
+            slots: Vec::new(),
+            serves: Vec::new(),
+            timeout,
+        });
+        server.serves = serves;
+        server.slots.push(index);
         Ok(Some(index))
     }
 
@@ -805,7 +841,8 @@ impl State {
             };
             // SAFETY: the caller's memory, lent until the operation completes (this
             // function's contract), which is no sooner than this request ends.
-            let pushed = unsafe { s.conn.push(opcode, p.body, payload, dests, token) };
+            let target = p.link.target_id;
+            let pushed = unsafe { s.conn.push(opcode, target, p.body, payload, dests, token) };
             if let Err(e) = pushed {
                 failed.push((batch, e));
             }
@@ -875,9 +912,9 @@ impl State {
         }
     }
 
-    /// The request timeout of the client whose target a connection reaches.
+    /// The request timeout of the client whose server a connection reaches.
     fn timeout_of(&self, s: &Slot) -> Duration {
-        self.targets.get(&s.target).map_or(
+        self.servers.get(&s.server).map_or(
             Duration::from_millis(nacre_transport::limits::REQUEST_TIMEOUT_MS),
             |t| t.timeout,
         )
@@ -975,8 +1012,13 @@ impl State {
         };
         epoll.remove(s.conn.fd());
         let tokens = s.conn.fail();
-        if let Some(t) = self.targets.get_mut(&s.target) {
-            t.slots.retain(|&i| i != index);
+        if let Some(server) = self.servers.get_mut(&s.server) {
+            server.slots.retain(|&i| i != index);
+            if server.slots.is_empty() {
+                // Its next connection asks again which server it reaches (it may have
+                // restarted, or its targets moved).
+                self.servers.remove(&s.server);
+            }
         }
         self.free.push(index);
         for token in tokens {

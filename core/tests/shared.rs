@@ -1,11 +1,15 @@
 //! Several targets served by one target server, sharing its workers (decision 0015): bytes
 //! land on the right target through the right store, every operation reaches every target,
-//! and bad sets of targets are refused.
+//! a client's queue reaches them all over one connection (decision 0016), a request names
+//! its target and one the server does not serve is refused, and bad sets of targets are
+//! refused.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{Cluster, TempDir, fill, stripes, target_config};
+use nacre::transport::wire::{ANY_TARGET, Opcode};
+use nacre::transport::{Bulk, ConnectOptions, Connection};
 use nacre::{Error, QueueOp, TargetServer, TargetSpec};
 
 /// Ids no other test of this binary uses, so that the worker threads' names are this
@@ -59,7 +63,37 @@ fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
     for id in IDS {
         assert_eq!(objects_of(&cluster, id).len(), 1, "target {id}");
     }
-    // Random 4 KiB reads through a queue, spread over the three targets' connections.
+    // A queue's connections go to the server, not to each target: three reads, one in
+    // each target's stripe, open one connection.
+    let accepted = server.connections().on_loops;
+    let queue = client.queue(3).unwrap();
+    let mut three: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+    for (i, buf) in three.iter_mut().enumerate() {
+        let op = QueueOp::Read {
+            file: file.clone(),
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+            // Stripe i of the file is on its ith target.
+            offset: i as u64 * 64 * 1024 + 8192,
+        };
+        // SAFETY (test): every buffer outlives the queue's use of it (waited on below).
+        unsafe { queue.submit(op, i as u64) }.unwrap();
+    }
+    assert!(queue.wait_idle(std::time::Duration::from_secs(30)));
+    for c in queue.poll() {
+        assert_eq!(c.result.unwrap(), 4096, "read {}", c.tag);
+    }
+    for (i, buf) in three.iter().enumerate() {
+        let start = (i as u64 * 64 * 1024 + 8192 - offset) as usize;
+        assert!(buf[..] == data[start..start + 4096], "read {i}");
+    }
+    assert_eq!(
+        server.connections().on_loops - accepted,
+        1,
+        "one connection for the three targets"
+    );
+    drop(queue);
+    // Random 4 KiB reads through a queue, spread over the three targets.
     let queue = client.queue(16).unwrap();
     let mut bufs: Vec<Vec<u8>> = (0..48).map(|_| vec![0u8; 4096]).collect();
     let at = |i: usize| offset + ((i as u64 * 7919 * 4096) % (data.len() as u64 - 4096));
@@ -145,6 +179,54 @@ fn pieces_wait_for_their_own_store_only() {
         let want = fill(100 + b as u64, (b * block) as u64, block);
         assert!(all[b * block..(b + 1) * block] == want[..], "block {b}");
     }
+}
+
+/// Requests say which target they are for, whichever target's listener took their
+/// connection; one for a target the server does not serve is refused with ENXIO naming it,
+/// and one naming none is for the listener's target.
+#[test]
+fn requests_name_their_target_and_a_target_not_served_is_refused() {
+    let ids = [90, 91];
+    let cluster = Cluster::start_shared("shared-named", &ids);
+    let server = cluster.targets[0].as_ref().unwrap();
+    let mut conn =
+        Connection::connect(&server.served()[0].endpoint, ConnectOptions::default()).unwrap();
+    let statfs = |conn: &mut Connection, target: u32| {
+        conn.set_target(target);
+        let mut body = Vec::new();
+        let reply = conn
+            .call(Opcode::Statfs, &[], Bulk::None, &mut body)
+            .unwrap();
+        (reply.status, body)
+    };
+    for (target, answers) in [(91, 91), (90, 90), (ANY_TARGET, 90)] {
+        let (status, body) = statfs(&mut conn, target);
+        assert_eq!(status, 0, "{}", String::from_utf8_lossy(&body));
+        let id = u32::from_le_bytes(body[..4].try_into().unwrap());
+        assert_eq!(id, answers, "statfs of target {target:#x}");
+    }
+    let (status, body) = statfs(&mut conn, 7);
+    let message = String::from_utf8_lossy(&body);
+    assert_eq!(status, libc::ENXIO, "{message}");
+    assert!(
+        message.contains("target 7 is not served here") && message.contains("90, 91"),
+        "{message}"
+    );
+    // The connection still serves after the refusal; the server lists what it serves.
+    conn.set_target(ANY_TARGET);
+    let mut body = Vec::new();
+    let reply = conn
+        .call(Opcode::Targets, &[], Bulk::None, &mut body)
+        .unwrap();
+    assert_eq!(reply.status, 0);
+    let mut r = nacre::codec::Reader::new(&body, "targets reply");
+    let _instance = r.u64("instance").unwrap();
+    assert_eq!(r.u32("count").unwrap(), 2);
+    for s in server.served() {
+        assert_eq!(r.u32("target_id").unwrap(), s.target_id());
+        assert_eq!(r.str("endpoint", 256).unwrap(), s.endpoint.to_string());
+    }
+    r.finish().unwrap();
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::error::TransportError;
 use crate::limits::{CONNECT_TIMEOUT_MS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT_MS};
 use crate::stream::{StreamConn, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
 use crate::tcp::{TcpAcceptor, TcpConnection};
-use crate::wire::{Header, Opcode, WireError};
+use crate::wire::{ANY_TARGET, Header, Opcode, WireError};
 
 /// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +186,8 @@ pub struct Connection {
     link: Link,
     endpoint: Endpoint,
     next_request_id: u64,
+    /// The target its requests are for (see [`Connection::set_target`]).
+    target: u32,
     /// The [`Peer`] registrations this connection carries (see [`Peer::register_memory`]).
     registrations: Vec<Registration>,
 }
@@ -269,6 +271,7 @@ impl Connection {
             link,
             endpoint: endpoint.clone(),
             next_request_id: 1,
+            target: ANY_TARGET,
             registrations: Vec::new(),
         };
         conn.set_timeout(options.request_timeout)?;
@@ -293,6 +296,12 @@ impl Connection {
     /// The endpoint it was made for.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Addresses its requests from now on to `target` (a target's id; [`ANY_TARGET`], the
+    /// default, names none).
+    pub fn set_target(&mut self, target: u32) {
+        self.target = target;
     }
 
     /// Whether an earlier error broke it (a [`Peer`] drops broken connections).
@@ -345,7 +354,7 @@ impl Connection {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let payload_len = payload.iter().map(|s| s.len() as u64).sum();
-        let header = Header::request(opcode, request_id, body, payload_len);
+        let header = Header::request(opcode, request_id, body, payload_len).for_target(self.target);
         t.send(&header, body, payload)?;
         Ok(request_id)
     }
@@ -431,7 +440,7 @@ impl Connection {
             Link::Rdma(r) => {
                 let request_id = self.next_request_id;
                 self.next_request_id += 1;
-                let header = Header::request(opcode, request_id, body, 0);
+                let header = Header::request(opcode, request_id, body, 0).for_target(self.target);
                 let (payload_len, status) = r.call(header, body, payload, reply_body, dests)?;
                 Ok(Reply {
                     status,
@@ -844,6 +853,8 @@ impl ServerConnection {
 pub struct Peer {
     endpoint: Endpoint,
     options: ConnectOptions,
+    /// The target its connections' requests are for ([`Peer::for_target`]).
+    target: u32,
     max_connections: usize,
     state: Mutex<PoolState>,
     returned: Condvar,
@@ -932,6 +943,7 @@ impl Peer {
         Ok(Peer {
             endpoint,
             options,
+            target: ANY_TARGET,
             max_connections,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
@@ -942,6 +954,12 @@ impl Peer {
             }),
             returned: Condvar::new(),
         })
+    }
+
+    /// The pool with every request of its connections addressed to `target` (a target's
+    /// id), as a server of several targets needs to tell them apart.
+    pub fn for_target(self, target: u32) -> Peer {
+        Peer { target, ..self }
     }
 
     /// The endpoint.
@@ -1010,7 +1028,9 @@ impl Peer {
     /// Opens a connection of the caller's own to the peer, outside the pool (the pool's
     /// limit does not count it), with the pool's options and transport choice.
     pub fn connect_unpooled(&self) -> Result<Connection, TransportError> {
-        Connection::connect(&self.endpoint, self.options)
+        let mut conn = Connection::connect(&self.endpoint, self.options)?;
+        conn.set_target(self.target);
+        Ok(conn)
     }
 
     /// Lends a connection of the pool (as [`Peer::with_connection`] does) until the
@@ -1038,7 +1058,7 @@ impl Peer {
             if state.open < self.max_connections {
                 state.open += 1;
                 drop(state);
-                let made = Connection::connect(&self.endpoint, self.options);
+                let made = self.connect_unpooled();
                 match made {
                     Ok(mut conn) => {
                         // The registrations as they are now, after the connect (one may have

@@ -2,8 +2,8 @@
 
 /// Magic number opening every message header ("NACR" little-endian).
 pub const WIRE_MAGIC: u32 = u32::from_le_bytes(*b"NACR");
-/// Version of the wire format this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// Version of the wire format this build speaks (2: the header's `target`, decision 0016).
+pub const WIRE_VERSION: u16 = 2;
 /// Size of a message header on the wire.
 pub const HEADER_BYTES: usize = 48;
 /// Largest body (the small, structured part of a message: extent lists and the like).

@@ -116,7 +116,7 @@ impl PipeConn {
         self.socket.readable();
     }
 
-    /// Queues a request: `body` is taken (an owned one is not copied); the payload is
+    /// Queues a request to `target` (a target's id, or [`crate::wire::ANY_TARGET`]): `body` is taken (an owned one is not copied); the payload is
     /// written from `payload`, and the reply's payload lands in `dests` (it may be shorter
     /// than they are, not longer).
     /// Nothing is written until [`PipeConn::flush`]. `token` comes back in the request's
@@ -129,6 +129,7 @@ impl PipeConn {
     pub unsafe fn push(
         &mut self,
         opcode: Opcode,
+        target: u32,
         body: impl Into<Vec<u8>>,
         payload: Vec<Span>,
         dests: Vec<Span>,
@@ -149,7 +150,7 @@ impl PipeConn {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let header = Header::request(opcode, id, &body, payload_len);
+        let header = Header::request(opcode, id, &body, payload_len).for_target(target);
         if self.waiting.is_empty() {
             // An idle connection's clock starts with its first request.
             self.socket.restart_clock();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! header  magic u32 | version u16 | opcode u16 | flags u32 | status i32 | request_id u64
-//!         body_len u32 | body_crc32c u32 | payload_len u64 | reserved u32 | header_crc32c u32
+//!         body_len u32 | body_crc32c u32 | payload_len u64 | target u32 | header_crc32c u32
 //! body    body_len bytes (for read and write requests: an array of 24-byte extents)
 //! payload payload_len bytes (the bytes of the extents, in order)
 //! ```
@@ -13,6 +13,11 @@
 //! allocate beyond [`crate::limits`]. An unknown opcode decodes to
 //! [`WireError::UnknownOpcode`], which still carries the request id so the receiver can
 //! answer it with an error reply.
+//!
+//! `target` names the target a request is for, so one connection to a server carries the
+//! requests of every target it serves (decision 0016); [`ANY_TARGET`] is a request not
+//! addressed to one (metadata, ping), which a target server takes as meant for the target
+//! whose listener accepted the connection. A response carries its request's.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -45,6 +50,10 @@ pub enum Opcode {
     Remove = 9,
     /// Size and free space of a target.
     Statfs = 10,
+    /// The targets a server serves: its reply body is the server's instance (a u64 new at
+    /// every start), a u32 count, then each target's id (u32) and the endpoint it
+    /// registered (u32 length and UTF-8 bytes).
+    Targets = 11,
     /// A metadata request; the body names the operation (the transport does not look inside).
     Meta = 16,
     /// A reply to a request the receiver could not take (its status says why).
@@ -65,6 +74,7 @@ impl Opcode {
             8 => Opcode::Create,
             9 => Opcode::Remove,
             10 => Opcode::Statfs,
+            11 => Opcode::Targets,
             16 => Opcode::Meta,
             15 => Opcode::Error,
             _ => return None,
@@ -81,6 +91,8 @@ pub const FLAG_RESPONSE: u32 = 1;
 pub const FLAG_REMOTE_BULK: u32 = 2;
 /// Every flag this version knows; others are refused.
 pub const KNOWN_FLAGS: u32 = FLAG_RESPONSE | FLAG_REMOTE_BULK;
+/// The `target` of a message not addressed to a target (see the module's documentation).
+pub const ANY_TARGET: u32 = u32::MAX;
 
 /// The header as it lies on the wire (every field little-endian).
 #[repr(C)]
@@ -95,7 +107,7 @@ struct RawHeader {
     body_len: u32,
     body_crc32c: u32,
     payload_len: u64,
-    reserved: u32,
+    target: u32,
     header_crc32c: u32,
 }
 
@@ -118,6 +130,9 @@ pub struct Header {
     pub body_crc32c: u32,
     /// Length of the bulk payload that follows the body.
     pub payload_len: u64,
+    /// The target a request is for ([`ANY_TARGET`]: none named); a response carries its
+    /// request's.
+    pub target: u32,
 }
 
 impl Header {
@@ -131,7 +146,13 @@ impl Header {
             body_len: body.len() as u32,
             body_crc32c: crc32c::crc32c(body),
             payload_len,
+            target: ANY_TARGET,
         }
+    }
+
+    /// The same header addressed to `target` (a target's id).
+    pub fn for_target(self, target: u32) -> Header {
+        Header { target, ..self }
     }
 
     /// The response header answering `request`, with a status, body and payload length.
@@ -144,6 +165,7 @@ impl Header {
             body_len: body.len() as u32,
             body_crc32c: crc32c::crc32c(body),
             payload_len,
+            target: request.target,
         }
     }
 
@@ -158,6 +180,7 @@ impl Header {
             body_len: 0,
             body_crc32c: crc32c::crc32c(&[]),
             payload_len: 0,
+            target: ANY_TARGET,
         }
     }
 
@@ -189,7 +212,7 @@ impl Header {
             body_len: self.body_len.to_le(),
             body_crc32c: self.body_crc32c.to_le(),
             payload_len: self.payload_len.to_le(),
-            reserved: 0,
+            target: self.target.to_le(),
             header_crc32c: 0,
         };
         raw.header_crc32c = crc32c::crc32c(bytemuck::bytes_of(&raw)).to_le();
@@ -230,9 +253,6 @@ impl Header {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::UnknownFlags { flags });
         }
-        if raw.reserved != 0 {
-            return Err(WireError::ReservedNotZero);
-        }
         let body_len = u32::from_le(raw.body_len);
         if body_len > MAX_BODY_BYTES {
             return Err(WireError::BodyTooLong {
@@ -265,6 +285,7 @@ impl Header {
             body_len,
             body_crc32c: u32::from_le(raw.body_crc32c),
             payload_len,
+            target: u32::from_le(raw.target),
         })
     }
 
@@ -399,9 +420,6 @@ pub enum WireError {
         /// The flags.
         flags: u32,
     },
-    /// The reserved header field is not zero.
-    #[error("the reserved header field is not zero")]
-    ReservedNotZero,
     /// A body longer than [`MAX_BODY_BYTES`].
     #[error("body of {len} bytes exceeds the limit of {max}")]
     BodyTooLong {
@@ -490,6 +508,7 @@ mod tests {
             Opcode::Create,
             Opcode::Remove,
             Opcode::Statfs,
+            Opcode::Targets,
             Opcode::Meta,
             Opcode::Error,
         ])
@@ -504,16 +523,20 @@ mod tests {
             0..=MAX_BODY_BYTES,
             any::<u32>(),
             0..=MAX_PAYLOAD_BYTES,
+            any::<u32>(),
         )
             .prop_map(
-                |(opcode, resp, status, request_id, body_len, body_crc32c, payload_len)| Header {
-                    opcode,
-                    flags: if resp { FLAG_RESPONSE } else { 0 },
-                    status,
-                    request_id,
-                    body_len,
-                    body_crc32c,
-                    payload_len,
+                |(opcode, resp, status, request_id, body_len, body_crc32c, payload_len, target)| {
+                    Header {
+                        opcode,
+                        flags: if resp { FLAG_RESPONSE } else { 0 },
+                        status,
+                        request_id,
+                        body_len,
+                        body_crc32c,
+                        payload_len,
+                        target,
+                    }
                 },
             )
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{WAIT, assert_bytes, poll_fd};
 use nacre_transport::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
-use nacre_transport::wire::{Extent, Header, Opcode, WireError, encode_extents};
+use nacre_transport::wire::{ANY_TARGET, Extent, Header, Opcode, WireError, encode_extents};
 use nacre_transport::{
     ConnectOptions, Connection, Endpoint, Finished, Listener, PipeConn, Progress, ServerConnection,
     Span, TransportError, TransportOp,
@@ -113,6 +113,15 @@ fn answer<'a>(opcode: Opcode, body: &[u8], payload: &'a [u8]) -> (i32, Vec<u8>, 
         Opcode::Write => (0, crc, &payload[..payload.len() / 2]),
         Opcode::Sync => (0, crc, &[]),
         _ => (libc::ENOENT, Vec::new(), &[]),
+    }
+}
+
+/// The target the `k`th request of a test names: [`ANY_TARGET`] for every fourth, else `k`.
+fn target_of(k: usize) -> u32 {
+    if k.is_multiple_of(4) {
+        ANY_TARGET
+    } else {
+        k as u32
     }
 }
 
@@ -412,8 +421,19 @@ fn sixteen_requests_pipelined_come_back_in_order_into_their_destinations() {
         // SAFETY: the payload spans point into `sources[k]` (only read) and the
         // destinations into `dests[k]`'s buffer; both were made before `conn`, so they
         // outlive it, and neither is touched until every reply has come.
-        unsafe { conn.push(*opcode, bodies[k].as_slice(), payload, into, 100 + k as u64) }
-            .expect("push");
+        // Requests name their targets (every fourth one none), as a client's to a server of
+        // several targets do.
+        unsafe {
+            conn.push(
+                *opcode,
+                target_of(k),
+                bodies[k].as_slice(),
+                payload,
+                into,
+                100 + k as u64,
+            )
+        }
+        .expect("push");
     }
     assert_eq!(conn.in_flight(), 16);
     assert!(conn.wants_write(), "nothing leaves before flush");
@@ -450,6 +470,7 @@ fn sixteen_requests_pipelined_come_back_in_order_into_their_destinations() {
     for (k, h) in seen.iter().enumerate() {
         let (opcode, sizes, _) = &plan[k];
         assert_eq!(h.opcode, *opcode, "request {k}: opcode");
+        assert_eq!(h.target, target_of(k), "request {k}: target");
         assert_eq!(h.body_len as usize, bodies[k].len(), "request {k}: body");
         assert_eq!(
             h.payload_len,
@@ -548,8 +569,17 @@ fn a_thousand_requests_beyond_the_socket_buffers_resume_after_pending() {
         // SAFETY: the payload spans point into `source` (only read) and the destinations
         // into `dests[k]`'s buffer; both were made before `conn`, so they outlive it, and
         // neither is touched until every reply has come.
-        unsafe { conn.push(opcode(k), bodies[k].as_slice(), payload, into, k as u64) }
-            .expect("push");
+        unsafe {
+            conn.push(
+                opcode(k),
+                ANY_TARGET,
+                bodies[k].as_slice(),
+                payload,
+                into,
+                k as u64,
+            )
+        }
+        .expect("push");
     };
     for k in 0..FIRST {
         push(&mut conn, &mut dests, k);
@@ -627,13 +657,14 @@ fn replies_trickled_a_byte_at_a_time_are_assembled_across_recv_calls() {
     unsafe {
         conn.push(
             Opcode::Write,
+            ANY_TARGET,
             b"trickle",
             source_spans(&source, &[12, 8]),
             first.spans(),
             1,
         )
         .expect("push");
-        conn.push(Opcode::Ping, b"", vec![], second.spans(), 2)
+        conn.push(Opcode::Ping, ANY_TARGET, b"", vec![], second.spans(), 2)
             .expect("push");
     }
     assert_eq!(conn.flush().expect("flush"), Progress::Done);
@@ -724,7 +755,17 @@ fn broken_by(close: bool, script: impl FnOnce(&[Received]) -> Vec<u8> + Send + '
         // SAFETY: the payload spans point into `sources[k]` (only read) and the
         // destinations into `dests[k]`'s buffer; both were made before `conn`, so they
         // outlive it, and neither is touched until `fail` has handed every token back.
-        unsafe { conn.push(*opcode, body.as_bytes(), payload, into, TOKENS[k]) }.expect("push");
+        unsafe {
+            conn.push(
+                *opcode,
+                ANY_TARGET,
+                body.as_bytes(),
+                payload,
+                into,
+                TOKENS[k],
+            )
+        }
+        .expect("push");
     }
 
     let mut done = Vec::new();
@@ -744,7 +785,7 @@ fn broken_by(close: bool, script: impl FnOnce(&[Received]) -> Vec<u8> + Send + '
     assert_eq!(done.len(), finished);
     assert!(matches!(conn.flush(), Err(TransportError::Broken { .. })));
     // SAFETY: a request with no spans names no memory.
-    let refused = unsafe { conn.push(Opcode::Ping, b"", vec![], vec![], 99) };
+    let refused = unsafe { conn.push(Opcode::Ping, ANY_TARGET, b"", vec![], vec![], 99) };
     assert!(matches!(refused, Err(TransportError::Broken { .. })));
     assert_eq!(
         conn.in_flight(),
@@ -761,7 +802,7 @@ fn broken_by(close: bool, script: impl FnOnce(&[Received]) -> Vec<u8> + Send + '
     assert!(!conn.wants_write());
     assert_eq!(conn.fail(), Vec::<u64>::new(), "every token came back once");
     // SAFETY: a request with no spans names no memory.
-    let refused = unsafe { conn.push(Opcode::Ping, b"", vec![], vec![], 99) };
+    let refused = unsafe { conn.push(Opcode::Ping, ANY_TARGET, b"", vec![], vec![], 99) };
     assert!(matches!(refused, Err(TransportError::Broken { .. })));
     assert!(matches!(
         conn.recv(&mut done),
@@ -1071,6 +1112,7 @@ fn requests_over_the_limits_are_refused_and_nothing_is_queued() {
     unsafe {
         conn.push(
             Opcode::Ping,
+            ANY_TARGET,
             b"before",
             source_spans(&small, &[100]),
             small_dests.spans(),
@@ -1111,7 +1153,7 @@ fn requests_over_the_limits_are_refused_and_nothing_is_queued() {
         // its spans, and keeps nothing of a refused request (in_flight and wants_write show
         // nothing was queued), so these spans, dangling and longer than any allocation,
         // are never read or written.
-        let refused = unsafe { conn.push(Opcode::Write, body, payload, vec![], 66) };
+        let refused = unsafe { conn.push(Opcode::Write, ANY_TARGET, body, payload, vec![], 66) };
         assert!(
             matches!(refused, Err(TransportError::Unexpected { .. })),
             "{what}: {refused:?}"
@@ -1127,6 +1169,7 @@ fn requests_over_the_limits_are_refused_and_nothing_is_queued() {
     unsafe {
         conn.push(
             Opcode::Ping,
+            ANY_TARGET,
             at_limit.as_slice(),
             source_spans(&small[..10], &[10]),
             at_limit_dests.spans(),

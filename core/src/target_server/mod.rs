@@ -15,6 +15,11 @@
 //! - an acceptor per target (each target has its own listener), which hands each
 //!   connection to a worker in turn, and a heartbeat per target that keeps the metadata
 //!   service's view of free space fresh.
+//!
+//! Any connection carries requests for any target of the server: each request names its
+//! target (decision 0016), and [`Opcode::Targets`](nacre_transport::wire::Opcode::Targets)
+//! tells a client which targets a server serves, so that it opens one set of connections
+//! per server instead of one per target.
 
 mod request;
 mod threaded;
@@ -165,8 +170,9 @@ impl TargetServer {
     /// core, or `config.workers`), as a host serves its drives: each worker has a store (a
     /// ring) per target and drives the connections of every target, so a host's load
     /// shares its cores' threads, their wake-ups and their memory pool, instead of each
-    /// target bringing threads of its own. Each target keeps its own listener, and a
-    /// connection serves the target whose listener accepted it. `config.listen` and
+    /// target bringing threads of its own. Each target keeps its own listener; a request
+    /// names its target, whichever listener accepted its connection (one naming none is
+    /// for that listener's target). `config.listen` and
     /// `config.advertise` are not used: each spec says its own.
     pub fn start_shared(
         specs: &[TargetSpec],
@@ -226,6 +232,18 @@ impl TargetServer {
                 target: t.clone(),
             })
             .collect();
+        // What each target registers: where clients reach it.
+        let registered: Vec<(u32, String)> = specs
+            .iter()
+            .zip(&served)
+            .map(|(spec, s)| {
+                let endpoint = spec
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| s.endpoint.to_string());
+                (s.target_id(), endpoint)
+            })
+            .collect();
         let first_id = targets[0].target_id();
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -236,6 +254,7 @@ impl TargetServer {
         let accepted = Arc::new(Accepted::default());
         let ctx = Arc::new(Context {
             targets,
+            served_reply: request::served_reply(instance(), &registered),
             counts: Arc::clone(&accepted),
             pool,
             stop: Arc::clone(&stop),
@@ -320,14 +339,11 @@ impl TargetServer {
                 })?);
         }
         if let Some(meta) = &config.meta {
-            for (spec, s) in specs.iter().zip(&served) {
+            for ((_, endpoint), s) in registered.into_iter().zip(&served) {
                 let info = TargetInfo {
                     target_id: s.target_id(),
                     uuid: s.target.stamp().uuid_string(),
-                    endpoint: spec
-                        .advertise
-                        .clone()
-                        .unwrap_or_else(|| s.endpoint.to_string()),
+                    endpoint,
                     pools: config.pools.clone(),
                     capacity_bytes: 0,
                     free_bytes: 0,
@@ -386,6 +402,21 @@ impl TargetServer {
     pub fn stop(mut self) {
         self.threads.shutdown();
     }
+}
+
+/// A number for this start of a server, different from any other server's (with
+/// overwhelming odds): clients tell by it that connections reach the same server.
+fn instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's hasher keys are random per process (and per `RandomState` after the first).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// An RDMA connection as an event loop's, or the connection back when it cannot be one.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use nacre_io::{AlignedBuf, IoError, Target};
 use nacre_transport::Span;
 use nacre_transport::limits::MAX_PAYLOAD_BYTES;
-use nacre_transport::wire::{Extent, Header, Opcode, decode_extents};
+use nacre_transport::wire::{ANY_TARGET, Extent, Header, Opcode, decode_extents};
 
 use crate::codec::Writer;
 use crate::limits::MAX_IO_PIECE_BYTES;
@@ -17,9 +17,13 @@ use crate::mem::{MemPool, PoolBuf};
 
 /// What every thread of a target server shares.
 pub(super) struct Context {
-    /// The targets it serves (one, or several sharing the workers). A connection belongs
-    /// to the target whose listener accepted it and names it by its index here.
+    /// The targets it serves (one, or several sharing the workers), by index. A request
+    /// names its target by id; one naming none is for the target whose listener accepted
+    /// its connection (decision 0016).
     pub(super) targets: Vec<Target>,
+    /// The body of the reply to [`Opcode::Targets`]: the server's instance, then each
+    /// target's id and registered endpoint.
+    pub(super) served_reply: Vec<u8>,
     /// The server's connection counts (the workers count connections closed on an error).
     pub(super) counts: Arc<super::Accepted>,
     pub(super) pool: Arc<MemPool>,
@@ -65,6 +69,24 @@ impl Context {
             [one] => format!("target {one}"),
             _ => format!("targets {}", ids.join(", ")),
         }
+    }
+
+    /// The index of the target a request names (`target`), or `accepted_by`'s (the index
+    /// of the target whose listener accepted the connection) when it names none.
+    pub(super) fn resolve(&self, accepted_by: usize, target: u32) -> Result<usize, Failure> {
+        if target == ANY_TARGET {
+            return Ok(accepted_by);
+        }
+        self.targets
+            .iter()
+            .position(|t| t.target_id() == target)
+            .ok_or_else(|| Failure {
+                errno: libc::ENXIO,
+                message: format!(
+                    "target {target} is not served here (this server serves {})",
+                    self.name()
+                ),
+            })
     }
 
     /// "target N" for the target of index `t`.
@@ -149,14 +171,22 @@ pub(super) struct Answer {
     pub(super) payload_len: u64,
 }
 
-/// Reads a request to target `t` (its index in `ctx.targets`), header and body, and says
-/// what it takes.
-pub(super) fn begin(ctx: &Context, t: usize, header: &Header, body: &[u8]) -> Work {
+/// Reads a request, header and body, that came on a connection accepted by the listener
+/// of target `accepted_by` (its index in `ctx.targets`), and says what it takes.
+pub(super) fn begin(ctx: &Context, accepted_by: usize, header: &Header, body: &[u8]) -> Work {
     let opcode = header.opcode;
+    let t = match ctx.resolve(accepted_by, header.target) {
+        Ok(t) => t,
+        Err(f) => return Work::failed(f),
+    };
     match opcode {
         Opcode::Ping => Work::Reply {
             status: 0,
             body: Vec::new(),
+        },
+        Opcode::Targets => Work::Reply {
+            status: 0,
+            body: ctx.served_reply.clone(),
         },
         Opcode::Statfs => match statfs(&ctx.targets[t]) {
             Ok(body) => Work::Reply { status: 0, body },
@@ -199,6 +229,18 @@ fn statfs(target: &Target) -> Result<Vec<u8>, Failure> {
         .u64(cap.available_bytes)
         .u64(cap.used_bytes);
     Ok(out)
+}
+
+/// The body of the reply to [`Opcode::Targets`] of a server `instance` serving `targets`,
+/// each registered at its endpoint.
+pub(super) fn served_reply(instance: u64, targets: &[(u32, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = Writer::new(&mut out);
+    w.u64(instance).u32(targets.len() as u32);
+    for (id, endpoint) in targets {
+        w.u32(*id).str(endpoint);
+    }
+    out
 }
 
 /// Sync, truncate, punch, stat, remove, create: one piece per extent, no payload.

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nacre_transport::event::{Epoll, EventFd};
-use nacre_transport::wire::{Header, Opcode};
+use nacre_transport::wire::{ANY_TARGET, Header, Opcode};
 use nacre_transport::{
     ConnectOptions, Connection, Finished, Incoming, Listener, PipeConn, Progress, Span, StreamConn,
     TransportError,
@@ -207,7 +207,7 @@ pub fn bulk(args: &Args) -> Result<(), String> {
                 }];
                 // SAFETY: `payload` outlives every request (it is dropped after the loop,
                 // which ends only with none in flight) and is only read.
-                unsafe { conn.push(Opcode::Write, Vec::new(), from, Vec::new(), 0) }
+                unsafe { conn.push(Opcode::Write, ANY_TARGET, Vec::new(), from, Vec::new(), 0) }
                     .map_err(|e| e.to_string())?;
             }
             if conn.wants_write() {
@@ -268,7 +268,8 @@ pub fn pingpong(args: &Args) -> Result<(), String> {
         }];
         // SAFETY: both buffers outlive the request, which ends in this iteration (or the
         // function returns an error, dropping the connection before them).
-        unsafe { conn.push(Opcode::Ping, Vec::new(), from, into, 0) }.map_err(|e| e.to_string())?;
+        unsafe { conn.push(Opcode::Ping, ANY_TARGET, Vec::new(), from, into, 0) }
+            .map_err(|e| e.to_string())?;
         conn.flush().map_err(|e| e.to_string())?;
         while done.is_empty() {
             wait(&mut epoll, &mut events)?;
