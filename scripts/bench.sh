@@ -9,13 +9,14 @@
 # each cluster, case by case, then iperf3; the table gives medians over the rounds and ratios:
 #   1 MiB rows, MiB/s:  nacre / min(fio, iperf3)
 #   4 KiB rows, IOPS:   nacre / fio
-# A cluster's targets are a `nacre serve` process each, as the quickstart runs them, with a
-# worker per core; --one-server serves them from one process, as a host serves its drives
-# (decision 0015), and --server-workers N gives each server process N workers.
+# A cluster's targets are served by one `nacre serve` process with a worker per core, as a
+# host serves its drives (decisions 0015, 0016); --process-per-target runs a process per
+# target instead, as the quickstart does, and --server-workers N gives each server process N
+# workers.
 #
 #   scripts/bench.sh [--size 1G] [--small-ops 16384] [--reps 5] [--seconds 3]
 #                    [--tasks 4] [--queue-depth 8] [--targets "1 2 4"] [--record]
-#                    [--one-server] [--server-workers N]
+#                    [--process-per-target] [--server-workers N]
 #
 # --size        bytes each 1 MiB run writes and reads (and the size of fio's file)
 # --small-ops   4 KiB transfers each 4 KiB run makes per phase (fio's 4 KiB runs are timed)
@@ -28,7 +29,7 @@ set -euo pipefail
 . "$NACRE_ROOT/scripts/lib/baseline.sh"
 
 size=1G small_ops=16384 reps=5 seconds=3 tasks=4 qd=8 target_counts="1 2 4" record=0
-server_workers= one_server=0
+server_workers= one_server=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size=$2; shift 2 ;;
@@ -41,7 +42,8 @@ while [ $# -gt 0 ]; do
         --record) record=1; shift ;;
         --server-workers) server_workers=$2; shift 2 ;;
         --one-server) one_server=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --process-per-target) one_server=0; shift ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "bench.sh: unknown argument $1 (see --help)" ;;
     esac
 done
