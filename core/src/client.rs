@@ -287,13 +287,7 @@ impl TargetLink {
         &self,
         conn: &mut nacre_transport::Connection,
     ) -> Result<(u64, Vec<(u32, Endpoint)>), Error> {
-        let mut body = Vec::new();
-        let reply = conn
-            .call(Opcode::Targets, &[], Bulk::None, &mut body)
-            .map_err(|e| self.fail(e))?;
-        if reply.status != 0 {
-            return Err(self.reply_error("targets", reply.status, &body));
-        }
+        let body = self.call_plain(conn, Opcode::Targets, "targets")?;
         let mut r = Reader::new(&body, "targets reply");
         let decoded = (|| {
             let instance = r.u64("instance")?;
@@ -317,6 +311,24 @@ impl TargetLink {
             .filter_map(|(id, e)| Endpoint::parse(e).ok().map(|e| (id, e)))
             .collect();
         Ok((instance, served))
+    }
+
+    /// A call with no body and no payload on `conn` (a connection to this target): the
+    /// reply's body, or its failure or error reply as the caller sees it.
+    fn call_plain(
+        &self,
+        conn: &mut nacre_transport::Connection,
+        opcode: Opcode,
+        op: &'static str,
+    ) -> Result<Vec<u8>, Error> {
+        let mut body = Vec::new();
+        let reply = conn
+            .call(opcode, &[], Bulk::None, &mut body)
+            .map_err(|e| self.fail(e))?;
+        if reply.status != 0 {
+            return Err(self.reply_error(op, reply.status, &body));
+        }
+        Ok(body)
     }
 
     /// The target's error reply to `op`, as the caller sees it.
@@ -990,14 +1002,10 @@ impl Client {
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let asked = self.target(t.target_id).and_then(|link| {
-                let mut body = Vec::new();
-                let reply = link
+                let body = link
                     .peer
-                    .with_connection(|c| c.call(Opcode::Statfs, &[], Bulk::None, &mut body))
-                    .map_err(|e| link.fail(e))?;
-                if reply.status != 0 {
-                    return Err(link.reply_error("statfs", reply.status, &body));
-                }
+                    .with_connection(|c| Ok(link.call_plain(c, Opcode::Statfs, "statfs")))
+                    .map_err(|e| link.fail(e))??;
                 let mut r = Reader::new(&body, "statfs reply");
                 let decoded = (|| {
                     let _id = r.u32("target_id")?;

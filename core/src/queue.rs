@@ -808,6 +808,8 @@ impl State {
             timeout,
         });
         server.serves = serves;
+        // Files of several clients may share the server: the longest timeout of theirs.
+        server.timeout = server.timeout.max(timeout);
         server.slots.push(index);
         Ok(Some(index))
     }

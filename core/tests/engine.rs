@@ -304,7 +304,7 @@ fn asynchronous_queue_of_depth_64() {
 }
 
 /// A deep queue on a file of one stripe puts many requests on each of its few connections
-/// to the target (`MAX_QUEUE_CONNECTIONS_PER_TARGET`): the target reads them while it serves
+/// to the target's server (`MAX_QUEUE_CONNECTIONS_PER_SERVER`): the target reads them while it serves
 /// the earlier ones and answers in order. Large reads pass the target's bound on the memory
 /// one connection may hold (`MAX_STAGED_BYTES_PER_CONNECTION`), so some wait for replies to
 /// go out; writes whose payloads follow each other on the stream land where they belong.

@@ -212,7 +212,28 @@ fn requests_name_their_target_and_a_target_not_served_is_refused() {
         message.contains("target 7 is not served here") && message.contains("90, 91"),
         "{message}"
     );
-    // The connection still serves after the refusal; the server lists what it serves.
+    // A write to it is refused too, its payload skipped: the connection still serves, and
+    // the server lists what it serves.
+    let mut body = Vec::new();
+    nacre::transport::wire::encode_extents(
+        &[nacre::transport::wire::Extent {
+            object_id: 1,
+            offset_bytes: 0,
+            len: 4096,
+        }],
+        &mut body,
+    );
+    let payload = [7u8; 4096];
+    let mut reply_body = Vec::new();
+    let reply = conn
+        .call(
+            Opcode::Write,
+            &body,
+            Bulk::Send(&[std::io::IoSlice::new(&payload)]),
+            &mut reply_body,
+        )
+        .unwrap();
+    assert_eq!(reply.status, libc::ENXIO);
     conn.set_target(ANY_TARGET);
     let mut body = Vec::new();
     let reply = conn

@@ -278,8 +278,9 @@ impl Connection {
         Ok(conn)
     }
 
-    /// A fresh TCP connection's stream, for a caller that drives it itself (a
-    /// [`crate::PipeConn`]); an RDMA connection comes back as it is.
+    /// A TCP connection's stream, for a caller that drives it itself (a
+    /// [`crate::PipeConn`]), between calls (with no reply owed); an RDMA connection comes
+    /// back as it is.
     pub fn into_tcp_stream(self) -> Result<(std::net::TcpStream, SocketAddr), Box<Connection>> {
         match self.link {
             Link::Tcp(t) => Ok(t.into_parts()),

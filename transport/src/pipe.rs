@@ -116,9 +116,9 @@ impl PipeConn {
         self.socket.readable();
     }
 
-    /// Queues a request to `target` (a target's id, or [`crate::wire::ANY_TARGET`]): `body` is taken (an owned one is not copied); the payload is
-    /// written from `payload`, and the reply's payload lands in `dests` (it may be shorter
-    /// than they are, not longer).
+    /// Queues a request to `target` (a target's id, or [`crate::wire::ANY_TARGET`]): `body`
+    /// is taken (an owned one is not copied); the payload is written from `payload`, and
+    /// the reply's payload lands in `dests` (it may be shorter than they are, not longer).
     /// Nothing is written until [`PipeConn::flush`]. `token` comes back in the request's
     /// [`Finished`], or from [`PipeConn::fail`].
     ///

@@ -237,6 +237,8 @@ fn remove_logged(store: &MetaStore, target_id: u32) {
                 .and_then(|e| Connection::connect(&e, options).map_err(Error::from)),
         }
         .and_then(|mut c| {
+            // Named, so that whatever listens there now removes nothing of another target's.
+            c.set_target(target_id);
             let mut body = Vec::new();
             encode_extents(&extents, &mut body);
             let mut reply = Vec::new();

@@ -14,8 +14,9 @@ use super::worker::{Inbox, Job, Msg, ReplyTo, owner};
 use crate::limits::WORKER_REPLY_TIMEOUT_MS;
 use crate::server::request_loop;
 
-/// Serves one connection to target `t` (its index in `ctx.targets`) until the client leaves
-/// or the server stops.
+/// Serves one connection accepted by the listener of target `t` (its index in
+/// `ctx.targets`; the target of requests that name none) until the client leaves or the
+/// server stops.
 pub(super) fn serve_connection(
     mut conn: ServerConnection,
     t: usize,
@@ -49,7 +50,7 @@ fn handle(
         let f = ctx.stopping();
         return conn.reply(request, f.errno, f.message.as_bytes(), &[]);
     }
-    let results = run(ctx, t, inboxes, &prepared);
+    let results = run(ctx, inboxes, &prepared);
     ctx.leave();
     let results = match results {
         Ok(r) => r,
@@ -71,12 +72,7 @@ fn handle(
 }
 
 /// Hands each object's owner its pieces and waits for all results, in piece order.
-fn run(
-    ctx: &Context,
-    t: usize,
-    inboxes: &[Inbox],
-    prepared: &Prepared,
-) -> Result<Vec<PieceResult>, Failure> {
+fn run(ctx: &Context, inboxes: &[Inbox], prepared: &Prepared) -> Result<Vec<PieceResult>, Failure> {
     let pieces = &prepared.pieces;
     let workers = inboxes.len();
     let mut per_worker: Vec<Vec<usize>> = vec![Vec::new(); workers];
@@ -115,7 +111,9 @@ fn run(
                     errno: libc::ETIMEDOUT,
                     message: format!(
                         "{}: storage did not answer within {WORKER_REPLY_TIMEOUT_MS} ms",
-                        ctx.target_name(t)
+                        pieces
+                            .first()
+                            .map_or_else(|| ctx.name(), |p| ctx.target_name(p.target))
                     ),
                 });
             }

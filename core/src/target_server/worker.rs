@@ -876,10 +876,7 @@ impl Worker {
             return;
         };
         if let Some(e) = why {
-            nacre_transport::log_line!(
-                "nacre {}: {e}; connection closed",
-                self.ctx.target_name(conn.target)
-            );
+            nacre_transport::log_line!("nacre {}: {e}; connection closed", self.ctx.name());
             self.ctx.counts.failed.fetch_add(1, Ordering::SeqCst);
         }
         conn.stream.unwatch(&self.epoll);
@@ -945,7 +942,7 @@ impl Worker {
                 let peer = conn.stream.peer();
                 nacre_transport::log_line!(
                     "nacre {}: {peer} made no progress for {REQUEST_TIMEOUT_MS} ms; connection closed",
-                    self.ctx.target_name(conn.target)
+                    self.ctx.name()
                 );
                 self.ctx.counts.failed.fetch_add(1, Ordering::SeqCst);
                 self.close(slot, None);
