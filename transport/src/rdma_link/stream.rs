@@ -153,6 +153,9 @@ impl RdmaStream {
                             .post_one_sided(*pull, local, *offset, *remote)
                     }
                 }
+                // One message at a time on the wire: a reply waiting behind an outstanding
+                // send is encoded only once it can go, not again on every pass.
+                Step::Message { .. } if self.link.conn.outstanding_sends() > 0 => Ok(false),
                 Step::Message { header, body, .. } => {
                     // The link's message scratch, reused: no allocation per reply.
                     encode_message(*header, body, &[], &mut self.link.send_buf);
