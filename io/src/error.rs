@@ -159,6 +159,17 @@ pub enum IoError {
         /// The bound that expired.
         timeout_ms: u64,
     },
+    /// A store's accounts of its operations do not balance (see
+    /// [`crate::ObjectStore::check_accounts`]): an operation was lost, which is a bug.
+    #[error("target {target_id}: the store's accounts do not balance ({reason}): {accounts}")]
+    Accounts {
+        /// The store's target.
+        target_id: u32,
+        /// What the store counted.
+        accounts: crate::store::Accounts,
+        /// Which relation failed.
+        reason: String,
+    },
     /// io_uring itself failed (set-up, registration or submission).
     #[error("{op}: {source}")]
     Ring {
@@ -184,6 +195,7 @@ impl IoError {
             IoError::InvalidArgument { .. } => libc::EINVAL,
             IoError::QueueFull { .. } => libc::EAGAIN,
             IoError::TimedOut { .. } => libc::ETIMEDOUT,
+            IoError::Accounts { .. } => libc::EIO,
         }
     }
 

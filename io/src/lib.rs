@@ -16,5 +16,5 @@ mod target;
 
 pub use buf::AlignedBuf;
 pub use error::{IoError, Operation};
-pub use store::{BatchOp, Completion, ObjectStore, Op, RESERVED_TAG_BIT, StoreConfig};
+pub use store::{Accounts, BatchOp, Completion, ObjectStore, Op, RESERVED_TAG_BIT, StoreConfig};
 pub use target::{Capacity, OBJECTS_DIR, ObjectStat, STAMP_FILE, Target, TargetStamp};

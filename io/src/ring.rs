@@ -13,6 +13,12 @@ use crate::error::{IoError, Operation};
 /// One io_uring instance with a sparse registered file table and a sparse fixed-buffer table.
 pub(crate) struct Ring {
     ring: IoUring,
+    /// Entries queued for the kernel since the ring was made.
+    pushed: u64,
+    /// Completions handed out by [`Ring::take_completions`] since the ring was made: the
+    /// kernel holds `pushed - taken` entries (a completion queue twice the submission
+    /// queue's size cannot overflow, so none is lost on its side).
+    taken: u64,
     /// The kernel has IORING_OP_FTRUNCATE (Linux 6.9 and later; Debian 12's 6.1 has not):
     /// truncates go through the ring ([`truncate`]); without, the store truncates with
     /// ftruncate(2) in place.
@@ -46,7 +52,12 @@ impl Ring {
         let mut probe = io_uring::Probe::new();
         let ftruncate = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::Ftruncate::CODE);
-        Ok(Ring { ring, ftruncate })
+        Ok(Ring {
+            ring,
+            pushed: 0,
+            taken: 0,
+            ftruncate,
+        })
     }
 
     /// Has the kernel signal eventfd `fd` whenever it posts a completion.
@@ -99,7 +110,14 @@ impl Ring {
     pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
         let mut sq = self.ring.submission();
         // SAFETY: the caller upholds the buffer contract above.
-        unsafe { sq.push(entry) }.is_ok()
+        let pushed = unsafe { sq.push(entry) }.is_ok();
+        self.pushed += u64::from(pushed);
+        pushed
+    }
+
+    /// Entries queued and not yet handed back as completions: what the kernel holds.
+    pub(crate) fn in_kernel(&self) -> u64 {
+        self.pushed - self.taken
     }
 
     /// Hands queued entries to the kernel without waiting.
@@ -138,11 +156,29 @@ impl Ring {
         }
     }
 
-    /// Calls `f(user_data, result)` for every completion ready now.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, i32)) {
-        for cqe in self.ring.completion() {
-            f(cqe.user_data(), cqe.result());
+    /// Submits and waits until the kernel has posted `n` completions (tests use it to
+    /// make a reap meet many at once).
+    #[cfg(test)]
+    pub(crate) fn wait_for_completions(&self, n: usize) -> std::io::Result<usize> {
+        self.ring.submit_and_wait(n)
+    }
+
+    /// Moves up to `out.len()` of the completions ready now into `out`, oldest first, as
+    /// (user data, result), and returns how many. The rest stay in the completion queue
+    /// for the next call: each completion is handed out exactly once, whatever the size of
+    /// `out` (the queue's head advances past the ones taken only).
+    pub(crate) fn take_completions(&mut self, out: &mut [(u64, i32)]) -> usize {
+        let mut cq = self.ring.completion();
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            let Some(cqe) = cq.next() else { break };
+            *slot = (cqe.user_data(), cqe.result());
+            n += 1;
         }
+        // Dropping `cq` publishes the new head: the entries taken, and only those.
+        drop(cq);
+        self.taken += n as u64;
+        n
     }
 }
 
@@ -178,6 +214,13 @@ pub(crate) fn write(
             .build(),
         None => opcode::Write::new(fd, buf, len).offset(offset).build(),
     }
+}
+
+/// Write from `buf` to the plain (unregistered) descriptor `fd`.
+pub(crate) fn write_plain(fd: RawFd, buf: *const u8, len: u32, offset: u64) -> squeue::Entry {
+    opcode::Write::new(types::Fd(fd), buf, len)
+        .offset(offset)
+        .build()
 }
 
 /// fdatasync of registered file `slot`.

@@ -14,9 +14,16 @@
 //!
 //! Writes, punches and truncates hold a range lock on the blocks they touch, so overlapping
 //! ones run one after the other in submission order and a read-modify-write never loses a
-//! neighbour's bytes. A write that extends the object through a partial last block locks
-//! everything from its first block to the end, because it trims the file back to the exact
-//! size afterwards.
+//! neighbour's bytes.
+//!
+//! An unaligned write that ends past the object's end inside a block goes through the page
+//! cache instead (a second descriptor of the object, without O_DIRECT): O_DIRECT writes
+//! whole blocks, so its last block would make the object longer than anything written
+//! until the store trimmed it back, and a target killed in between kept that size. Through
+//! the page cache the size moves once, to the write's end, with the write. Such a write
+//! locks everything from its first block to the end of the object, which it moves. Later
+//! O_DIRECT reads and writes of those blocks see its bytes: the kernel writes dirty pages
+//! back before a direct transfer of their range.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -215,6 +222,12 @@ const ALIGN: u64 = DIRECT_IO_ALIGN_BYTES;
 const SUB_MAIN: u64 = 0;
 const SUB_HEAD: u64 = 1;
 const SUB_TAIL: u64 = 2;
+/// A write through the object's page-cache descriptor (see the module documentation).
+const SUB_BUFFERED: u64 = 3;
+
+/// Completions taken from the ring per step of [`ObjectStore::reap`] (it takes steps until
+/// the ring has none left).
+const REAP_BATCH: usize = 64;
 
 /// Largest end offset of an operation: file offsets are signed 64-bit, and an unaligned
 /// edge may round up by less than a bounce buffer.
@@ -257,6 +270,9 @@ struct OpState {
 struct OpenObject {
     slot: u32,
     file: OwnedFd,
+    /// The object opened without O_DIRECT, for writes that end inside a block past the
+    /// object's end; opened at the first such write.
+    buffered: Option<OwnedFd>,
     /// The object's size as this store has made it (the file's size, except while an
     /// extending read-modify-write has written whole blocks and not yet trimmed).
     size_bytes: u64,
@@ -294,6 +310,38 @@ pub struct ObjectStore {
     sqes_in_kernel: u32,
     ready: VecDeque<Completion>,
     next_helper_tag: u64,
+    /// Operations accepted since the store was made.
+    accepted: u64,
+    /// Operations that ended since the store was made (completed, or given up before they
+    /// started): `accepted - completed` are in flight.
+    completed: u64,
+}
+
+/// A store's count of its operations ([`ObjectStore::accounts`]). In a sound store
+/// `accepted == completed + in_flight`, and the entries it counts in the kernel are the
+/// ones its ring handed the kernel and has not handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accounts {
+    /// Operations accepted since the store was made.
+    pub accepted: u64,
+    /// Operations that ended (their completion made, or given up before they started).
+    pub completed: u64,
+    /// Operations held now: waiting to start, or with entries in the kernel.
+    pub in_flight: u64,
+    /// Those operations' entries that the store counts in the kernel.
+    pub sqes_in_kernel: u64,
+    /// Entries the ring handed the kernel and has not handed back as completions.
+    pub ring_in_kernel: u64,
+}
+
+impl std::fmt::Display for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accepted {}, completed {}, in flight {}, entries in the kernel {} (the ring's count: {})",
+            self.accepted, self.completed, self.in_flight, self.sqes_in_kernel, self.ring_in_kernel
+        )
+    }
 }
 
 impl ObjectStore {
@@ -343,6 +391,8 @@ impl ObjectStore {
             sqes_in_kernel: 0,
             ready: VecDeque::with_capacity(config.max_ops as usize),
             next_helper_tag: RESERVED_TAG_BIT,
+            accepted: 0,
+            completed: 0,
         })
     }
 
@@ -359,6 +409,65 @@ impl ObjectStore {
     /// Operations accepted and not yet handed back as completions.
     pub fn outstanding(&self) -> usize {
         self.config.max_ops as usize - self.free_ops.len() + self.ready.len()
+    }
+
+    /// What the store accepted, completed and holds now.
+    pub fn accounts(&self) -> Accounts {
+        Accounts {
+            accepted: self.accepted,
+            completed: self.completed,
+            in_flight: (self.config.max_ops as usize - self.free_ops.len()) as u64,
+            sqes_in_kernel: u64::from(self.sqes_in_kernel),
+            ring_in_kernel: self.ring.in_kernel(),
+        }
+    }
+
+    /// Checks that the store's accounts balance: every accepted operation has completed
+    /// or is held (waiting to start, or with entries in the kernel), and every entry the
+    /// ring handed the kernel belongs to a held operation. An operation whose completion
+    /// was lost breaks them. Costs a pass over the operation table; a debug build checks
+    /// after every reap.
+    pub fn check_accounts(&self) -> Result<Accounts, IoError> {
+        let accounts = self.accounts();
+        let (mut live, mut waiting, mut started_idle, mut sqes_out) = (0u64, 0u64, 0u64, 0u64);
+        for state in self.ops.iter().flatten() {
+            live += 1;
+            sqes_out += u64::from(state.sqes_out);
+            match (state.stage, state.sqes_out) {
+                (Stage::Queued, _) => waiting += 1,
+                (_, 0) => started_idle += 1,
+                _ => {}
+            }
+        }
+        let broken = if accounts.accepted != accounts.completed + accounts.in_flight {
+            Some("accepted is not completed plus in flight".to_string())
+        } else if accounts.sqes_in_kernel != accounts.ring_in_kernel {
+            Some(
+                "the store and its ring disagree on the entries in the kernel: a completion \
+                 was lost"
+                    .to_string(),
+            )
+        } else if live != accounts.in_flight || sqes_out != accounts.sqes_in_kernel {
+            Some(format!(
+                "the table holds {live} operations with {sqes_out} entries in the kernel"
+            ))
+        } else if waiting != self.queued.len() as u64 || started_idle > 0 {
+            Some(format!(
+                "{waiting} operations wait to start and {} are queued to; {started_idle} \
+                 started ones have nothing in the kernel",
+                self.queued.len()
+            ))
+        } else {
+            None
+        };
+        match broken {
+            None => Ok(accounts),
+            Some(reason) => Err(IoError::Accounts {
+                target_id: self.target.target_id(),
+                accounts,
+                reason,
+            }),
+        }
     }
 
     /// Registers `[ptr, ptr + len)` with io_uring, so reads and writes into it go as
@@ -484,6 +593,7 @@ impl ObjectStore {
             error: None,
         });
         self.queued.push_back(index);
+        self.accepted += 1;
         Ok(())
     }
 
@@ -724,11 +834,13 @@ impl ObjectStore {
         let is_ours = |tag: u64| tags.iter().any(|(t, _)| *t == tag);
         let ops = &mut self.ops;
         let free_ops = &mut self.free_ops;
+        let completed = &mut self.completed;
         self.queued.retain(|&i| {
             let keep = ops[i as usize].as_ref().is_some_and(|s| !is_ours(s.tag));
             if !keep {
                 ops[i as usize] = None;
                 free_ops.push(i);
+                *completed += 1;
             }
             keep
         });
@@ -807,6 +919,7 @@ impl ObjectStore {
             }
         };
         let size_bytes = self.objects.get(&object_id).map_or(0, |o| o.size_bytes);
+        let buffered = extends_inside_a_block(&op, size_bytes);
         let lock = lock_range(&op, size_bytes);
         if let Some((start, end)) = lock {
             let busy = self
@@ -821,7 +934,7 @@ impl ObjectStore {
                 return Ok(Start::WaitLock((object_id, start, end)));
             }
         }
-        let bounce = if needs_bounce(&op) {
+        let bounce = if needs_bounce(&op) && !buffered {
             match self.free_bounce.pop() {
                 Some(b) => Some(b),
                 None => return Ok(Start::WaitResources),
@@ -861,6 +974,12 @@ impl ObjectStore {
             Op::Write {
                 offset_bytes, len, ..
             } => match bounce {
+                None if buffered => {
+                    if let Err(e) = self.push_buffered_write(index) {
+                        self.complete(index, Err(e));
+                        return Ok(Start::Finished);
+                    }
+                }
                 None => self.push_direct_write(index),
                 Some(b) => {
                     self.start_edge_reads(index, b, slot, offset_bytes, len as u64, size_bytes)
@@ -933,6 +1052,51 @@ impl ObjectStore {
         let region = self.region_of(ptr as usize, rest);
         let entry = ring::write(slot, ptr, rest as u32, offset_bytes + done, region);
         self.push(index, entry, SUB_MAIN);
+    }
+
+    /// A write that ends inside a block past the object's end, through the object's
+    /// page-cache descriptor (opened now if need be), from where it stopped.
+    fn push_buffered_write(&mut self, index: u32) -> Result<(), IoError> {
+        let state = self.state_mut(index);
+        let Op::Write {
+            object_id,
+            offset_bytes,
+            buf,
+            len,
+        } = state.op
+        else {
+            unreachable!("buffered write of a non-write op");
+        };
+        let done = state.done_bytes;
+        let fd = self.buffered_fd(object_id)?;
+        // SAFETY: done < len, so the pointer stays inside the caller's buffer.
+        let ptr = unsafe { buf.add(done as usize) };
+        let entry = ring::write_plain(fd, ptr, (len - done as usize) as u32, offset_bytes + done);
+        self.push(index, entry, SUB_BUFFERED);
+        Ok(())
+    }
+
+    /// The descriptor of an open object without O_DIRECT, opened at its first use. It is
+    /// closed with the object, which no started op lets go.
+    fn buffered_fd(&mut self, object_id: u64) -> Result<std::os::fd::RawFd, IoError> {
+        let path = self.target.object_path(object_id);
+        let Some(o) = self.objects.get_mut(&object_id) else {
+            unreachable!("a started op's object is open");
+        };
+        if o.buffered.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    IoError::object(
+                        Operation::Write,
+                        object_id,
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    )
+                })?;
+            o.buffered = Some(file.into());
+        }
+        Ok(o.buffered.as_ref().map_or(-1, |f| f.as_raw_fd()))
     }
 
     /// First step of a read-modify-write: read the partial first and last blocks that hold
@@ -1031,26 +1195,22 @@ impl ObjectStore {
         }
     }
 
-    /// Handles every completion the kernel has posted.
+    /// Handles every completion the kernel has posted, each exactly once: the ring hands
+    /// them out a batch at a time and keeps the rest for the next batch.
     fn reap(&mut self) {
-        let mut cqes: [(u64, i32); 64] = [(0, 0); 64];
+        let mut cqes = [(0u64, 0i32); REAP_BATCH];
         loop {
-            let mut n = 0;
-            self.ring.drain(|ud, res| {
-                if n < cqes.len() {
-                    cqes[n] = (ud, res);
-                    n += 1;
-                }
-            });
-            if n == 0 {
-                return;
-            }
+            let n = self.ring.take_completions(&mut cqes);
             for &(ud, res) in &cqes[..n] {
                 self.on_cqe((ud & 0xffff_ffff) as u32, ud >> 32, res);
             }
             if n < cqes.len() {
-                return;
+                break;
             }
+        }
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.check_accounts() {
+            panic!("{e}");
         }
     }
 
@@ -1087,7 +1247,7 @@ impl ObjectStore {
             self.push_merged_write(index);
             return;
         }
-        debug_assert_eq!(sub, SUB_MAIN);
+        debug_assert!(sub == SUB_MAIN || sub == SUB_BUFFERED);
         match op {
             Op::Read {
                 offset_bytes,
@@ -1119,19 +1279,22 @@ impl ObjectStore {
                 if state.bounce.is_none() {
                     state.done_bytes += n;
                     if state.done_bytes < len as u64 {
-                        // A short direct write: continue it from where it stopped, a bounded
-                        // number of times, while it stays aligned.
+                        // A short write: continue it from where it stopped, a bounded number
+                        // of times, while a direct one stays aligned.
                         state.retries += 1;
+                        let direct = sub == SUB_MAIN;
                         if n == 0
-                            || !n.is_multiple_of(ALIGN)
+                            || (direct && !n.is_multiple_of(ALIGN))
                             || state.retries > MAX_SHORT_WRITE_RETRIES
                         {
                             self.complete(
                                 index,
                                 Err(IoError::object(Operation::Write, object_id, libc::EIO)),
                             );
-                        } else {
+                        } else if direct {
                             self.push_direct_write(index);
+                        } else if let Err(e) = self.push_buffered_write(index) {
+                            self.complete(index, Err(e));
                         }
                         return;
                     }
@@ -1148,14 +1311,10 @@ impl ObjectStore {
                     return;
                 }
                 let size = self.grow(object_id, end);
-                if span_end > size {
-                    // The whole last block went out; trim the object to its real size. The
-                    // op's lock runs to the end of the object, so no other write is there.
-                    let result = self.trim(object_id, size);
-                    self.complete(index, result.map(|()| len as u64));
-                } else {
-                    self.complete(index, Ok(len as u64));
-                }
+                // A whole-block write never moves the end past the write's own: one whose
+                // last block would lies past the object's end went through the page cache.
+                debug_assert!(span_end <= size, "a read-modify-write grew the object");
+                self.complete(index, Ok(len as u64));
             }
             Op::Truncate { size_bytes, .. } => {
                 if let Some(o) = self.objects.get_mut(&object_id) {
@@ -1177,21 +1336,6 @@ impl ObjectStore {
         }
     }
 
-    fn trim(&mut self, object_id: u64, size_bytes: u64) -> Result<(), IoError> {
-        let Some(o) = self.objects.get(&object_id) else {
-            return Ok(());
-        };
-        // SAFETY: the descriptor is owned by the open object and valid.
-        let rc = unsafe { libc::ftruncate(o.file.as_raw_fd(), size_bytes as libc::off_t) };
-        if rc != 0 {
-            let errno = std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO);
-            return Err(IoError::object(Operation::Write, object_id, errno));
-        }
-        Ok(())
-    }
-
     /// Ends an op: releases its lock, bounce buffer and file use, and queues its completion.
     fn complete(&mut self, index: u32, result: Result<u64, IoError>) {
         let Some(state) = self.ops[index as usize].take() else {
@@ -1210,6 +1354,7 @@ impl ObjectStore {
             o.users -= 1;
         }
         self.free_ops.push(index);
+        self.completed += 1;
         self.ready.push_back(Completion {
             tag: state.tag,
             result,
@@ -1273,6 +1418,7 @@ impl ObjectStore {
             OpenObject {
                 slot,
                 file: file.into(),
+                buffered: None,
                 size_bytes,
                 users: 0,
                 last_use: self.use_clock,
@@ -1346,6 +1492,20 @@ fn is_unaligned_write(op: &Op) -> bool {
     matches!(op, Op::Write { .. }) && needs_bounce(op)
 }
 
+/// Whether `op` is an unaligned write whose last block would lie past the end of an object
+/// of `size_bytes` and of the write: it goes through the page cache (module documentation).
+fn extends_inside_a_block(op: &Op, size_bytes: u64) -> bool {
+    match *op {
+        Op::Write {
+            offset_bytes, len, ..
+        } if is_unaligned_write(op) => {
+            let end = offset_bytes + len as u64;
+            align_up(end) > size_bytes.max(end)
+        }
+        _ => false,
+    }
+}
+
 /// The block range an op must hold alone, if any.
 fn lock_range(op: &Op, size_bytes: u64) -> Option<(u64, u64)> {
     match *op {
@@ -1353,12 +1513,11 @@ fn lock_range(op: &Op, size_bytes: u64) -> Option<(u64, u64)> {
         Op::Write {
             offset_bytes, len, ..
         } => {
-            let end = offset_bytes + len as u64;
-            let span_end = align_up(end);
-            let trims = is_unaligned_write(op) && span_end > size_bytes.max(end);
+            let span_end = align_up(offset_bytes + len as u64);
+            let moves_the_end = extends_inside_a_block(op, size_bytes);
             Some((
                 align_down(offset_bytes),
-                if trims { u64::MAX } else { span_end },
+                if moves_the_end { u64::MAX } else { span_end },
             ))
         }
         Op::Punch {
@@ -1440,18 +1599,20 @@ impl Drop for ObjectStore {
     fn drop(&mut self) {
         // The kernel may still hold bounce buffers and callers' memory: wait for every op in
         // the kernel before the ring and the buffers go.
+        // The ring's own count says what the kernel holds, even if the store's accounts were
+        // broken.
         let deadline = Instant::now() + Duration::from_millis(IO_TIMEOUT_MS);
-        while self.sqes_in_kernel > 0 {
+        while self.ring.in_kernel() > 0 {
             if Instant::now() >= deadline || self.ring.wait_one(deadline).is_err() {
                 eprintln!(
-                    "nacre-io: {} operations still in the kernel after {IO_TIMEOUT_MS} ms at drop; aborting rather than freeing memory the kernel may write",
-                    self.sqes_in_kernel
+                    "nacre-io: target {}: {} operations still in the kernel after {IO_TIMEOUT_MS} ms at drop; aborting rather than freeing memory the kernel may write",
+                    self.target.target_id(),
+                    self.ring.in_kernel()
                 );
                 std::process::abort();
             }
-            let mut drained = 0u32;
-            self.ring.drain(|_, _| drained += 1);
-            self.sqes_in_kernel -= drained.min(self.sqes_in_kernel);
+            let mut cqes = [(0u64, 0i32); REAP_BATCH];
+            while self.ring.take_completions(&mut cqes) > 0 {}
         }
     }
 }
@@ -1460,22 +1621,103 @@ impl Drop for ObjectStore {
 mod tests {
     use super::*;
 
+    /// Removes the directory when the test ends, failed or not.
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn target_in(name: &str) -> (Gone, Target) {
+        let dir = std::env::temp_dir().join(format!("nacre-io-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let gone = Gone(dir.clone());
+        Target::format(&dir, 1).expect("format");
+        (gone, Target::open(&dir).expect("open"))
+    }
+
+    /// A reap that meets more completions than it takes in one step hands every one to
+    /// its operation: before, the completions past the first 64 of one drain were taken
+    /// from the ring and dropped, so their operations never completed.
+    #[test]
+    fn a_reap_of_more_completions_than_one_step_loses_none() {
+        let (_gone, target) = target_in("reap");
+        let ops = 4 * REAP_BATCH + 3;
+        let config = StoreConfig {
+            queue_depth: 512,
+            ..StoreConfig::default()
+        };
+        let mut store = ObjectStore::new(&target, config).expect("store");
+        target.create(3).expect("create");
+        store.write(3, 0, &[5u8; 1 << 16]).expect("write");
+        // Aligned reads: each goes straight to the kernel, none waits for a bounce buffer.
+        let block = ALIGN as usize;
+        let mut bufs = AlignedBuf::zeroed(ops * block);
+        for (i, buf) in bufs.chunks_mut(block).enumerate() {
+            let op = Op::Read {
+                object_id: 3,
+                offset_bytes: (i * block) as u64 % (1 << 16),
+                buf: buf.as_mut_ptr(),
+                len: buf.len(),
+            };
+            // SAFETY: `bufs` outlives every op: all complete (checked) before it drops.
+            unsafe { store.submit(op, i as u64) }.expect("submit");
+        }
+        store.pump().expect("pump");
+        assert_eq!(store.sqes_in_kernel as usize, ops);
+        // Every completion is posted before the reap looks.
+        store.ring.wait_for_completions(ops).expect("wait");
+        store.reap();
+        assert_eq!(store.ready.len(), ops, "{}", store.accounts());
+        let accounts = store.check_accounts().expect("accounts balance");
+        assert_eq!(
+            (accounts.accepted, accounts.completed),
+            (ops as u64 + 1, ops as u64 + 1)
+        );
+        let mut out = Vec::new();
+        assert_eq!(store.poll(&mut out).expect("poll"), ops);
+        assert!(out.iter().all(|c| matches!(c.result, Ok(4096))));
+        assert!(bufs.iter().all(|&x| x == 5));
+    }
+
+    /// A broken account is found and named: an operation the store holds while its ring
+    /// holds nothing (what a lost completion leaves).
+    #[test]
+    fn a_lost_completion_breaks_the_accounts_by_name() {
+        let (_gone, target) = target_in("accounts");
+        let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
+        target.create(3).expect("create");
+        let mut buf = AlignedBuf::zeroed(4096);
+        let op = Op::Read {
+            object_id: 3,
+            offset_bytes: 0,
+            buf: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        // SAFETY: the op completes (taken below) before `buf` drops.
+        unsafe { store.submit(op, 1) }.expect("submit");
+        store.pump().expect("pump");
+        store.ring.wait_for_completions(1).expect("wait");
+        let mut cqe = [(0u64, 0i32); 1];
+        assert_eq!(store.ring.take_completions(&mut cqe), 1);
+        let e = store
+            .check_accounts()
+            .expect_err("a completion was taken and not handled");
+        assert!(e.to_string().contains("a completion was lost"), "{e}");
+        assert!(e.to_string().contains("target 1"), "{e}");
+        // Handled after all, the accounts balance again.
+        store.on_cqe((cqe[0].0 & 0xffff_ffff) as u32, cqe[0].0 >> 32, cqe[0].1);
+        store.check_accounts().expect("balanced");
+        let mut out = Vec::new();
+        assert_eq!(store.poll(&mut out).expect("poll"), 1);
+    }
+
     /// On a kernel without IORING_OP_FTRUNCATE (as Debian 12's 6.1) truncates still work:
     /// the store does them with ftruncate(2), in order with the object's writes.
     #[test]
     fn truncate_without_the_ring_opcode() {
-        /// Removes the directory when the test ends, failed or not.
-        struct Gone(std::path::PathBuf);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("nacre-io-ftruncate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let _gone = Gone(dir.clone());
-        Target::format(&dir, 1).expect("format");
-        let target = Target::open(&dir).expect("open");
+        let (_gone, target) = target_in("ftruncate");
         // Two file slots: every truncate must give its slot back, or the third object
         // could not be opened.
         let config = StoreConfig {
