@@ -869,3 +869,171 @@ fn objects_left_on_a_target_down_at_unlink_are_removed_when_it_returns() {
     cluster.restart_target(1);
     assert_eq!(objects_of(&cluster, 1, ino), 0, "orphans left on target 1");
 }
+
+/// One operation of [`a_target_killed_mid_operation_never_leaves_a_file_past_its_writes`].
+#[derive(Debug, Clone, Copy)]
+enum CrashOp {
+    Write { offset: u64, len: usize, seed: u64 },
+    Truncate { size: u64 },
+    Sync,
+}
+
+impl CrashOp {
+    /// The next operation on a file of `size` bytes: mostly small unaligned appends and
+    /// writes past the end (a hole before them), some overwrites, truncates and syncs.
+    fn next(rng: &mut u64, size: u64) -> CrashOp {
+        let mut below = |n: u64| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng % n
+        };
+        let seed = below(1 << 40);
+        match below(100) {
+            0..50 => CrashOp::Write {
+                offset: size,
+                len: if below(2) == 0 {
+                    1001
+                } else {
+                    1 + below(3000) as usize
+                },
+                seed,
+            },
+            50..70 => CrashOp::Write {
+                offset: size + below(200_000),
+                len: 1 + below(100_000) as usize,
+                seed,
+            },
+            70..82 => CrashOp::Write {
+                offset: below(size + 1),
+                len: 1 + below(10_000) as usize,
+                seed,
+            },
+            82..95 => CrashOp::Truncate {
+                size: below(size + 70_000),
+            },
+            _ => CrashOp::Sync,
+        }
+    }
+
+    fn apply(self, model: &mut Vec<u8>) {
+        match self {
+            CrashOp::Write { offset, len, seed } => {
+                let end = offset as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&fill(seed, offset, len));
+            }
+            CrashOp::Truncate { size } => model.resize(size as usize, 0),
+            CrashOp::Sync => {}
+        }
+    }
+
+    fn run(self, file: &nacre::File) -> Result<(), nacre::Error> {
+        match self {
+            CrashOp::Write { offset, len, seed } => {
+                file.write_at(&fill(seed, offset, len), offset).map(drop)
+            }
+            CrashOp::Truncate { size } => file.truncate(size),
+            CrashOp::Sync => file.sync(),
+        }
+    }
+}
+
+/// Crash points: a target process is SIGKILLed at a random moment of a stream of small
+/// unaligned appends, writes that extend the file past holes, overwrites, truncates and
+/// syncs from a client; after its restart the file is what the acknowledged operations
+/// made it, or that with the one in flight applied (in part, for a write): its size is
+/// never past the end of anything written, and every acknowledged byte is there.
+#[test]
+fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
+    const ROUNDS: u64 = 25;
+    /// The kill lands up to this long after an acknowledgement: a moment anywhere in the
+    /// next operations, not only at their start (the sleep picks a crash point at random;
+    /// nothing waits on it to happen).
+    const KILL_SPREAD_US: u64 = 1_000;
+    let mut cluster = Cluster::start("crash-points", 2);
+    let client = cluster.client_with(options_with_timeout(FAULT_CLIENT_TIMEOUT));
+    let file = client
+        .create("/crash", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..ROUNDS {
+        // The stream runs on a thread until an operation fails (its target was killed);
+        // it tells each acknowledged one, and the one that failed.
+        let (tx, acked) = mpsc::channel::<(CrashOp, bool)>();
+        let stream = {
+            let (file, start, mut rng) = (file.clone(), model.clone(), rng);
+            std::thread::spawn(move || {
+                let mut size = start.len() as u64;
+                let mut shadow = start;
+                for _ in 0..1_000_000 {
+                    let op = CrashOp::next(&mut rng, size);
+                    let ok = op.run(&file).is_ok();
+                    if tx.send((op, ok)).is_err() || !ok {
+                        return;
+                    }
+                    op.apply(&mut shadow);
+                    size = shadow.len() as u64;
+                }
+            })
+        };
+        rng = rng.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+        let kill_after = 5 + rng % 60;
+        let victim = (round % 2) as u32;
+        let mut before = model.clone();
+        let mut in_flight = None;
+        for n in 0.. {
+            let (op, ok) = acked
+                .recv_timeout(HANG_DEADLINE)
+                .expect("the stream of operations stopped");
+            if !ok {
+                panic!("round {round}: {op:?} failed before any target was killed");
+            }
+            op.apply(&mut before);
+            if n + 1 == kill_after {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng % KILL_SPREAD_US));
+        cluster.kill_target(victim);
+        for (op, ok) in acked.iter() {
+            if ok {
+                op.apply(&mut before);
+            } else {
+                in_flight = Some(op);
+            }
+        }
+        stream.join().unwrap();
+        cluster.restart_target(victim);
+        let mut after = before.clone();
+        if let Some(op) = in_flight {
+            op.apply(&mut after);
+        }
+        let size = file.size().unwrap();
+        let (low, high) = (
+            before.len().min(after.len()) as u64,
+            before.len().max(after.len()) as u64,
+        );
+        assert!(
+            (low..=high).contains(&size),
+            "round {round}: the file is {size} bytes; the acknowledged operations left {}, with {in_flight:?} {}",
+            before.len(),
+            after.len()
+        );
+        let mut now = vec![0u8; size as usize];
+        assert_eq!(file.read_at(&mut now, 0).unwrap(), size as usize);
+        for (at, &byte) in now.iter().enumerate() {
+            let old = before.get(at).copied().unwrap_or(0);
+            let new = after.get(at).copied().unwrap_or(0);
+            assert!(
+                byte == old || byte == new,
+                "round {round}: byte {at} is {byte:#04x}, neither {old:#04x} (acknowledged) nor {new:#04x} (with {in_flight:?})"
+            );
+        }
+        // What is there now is what the next round starts from.
+        model = now;
+    }
+}

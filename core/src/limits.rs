@@ -22,6 +22,11 @@ pub const WORKER_REPLY_TIMEOUT_MS: u64 = 60_000;
 /// How long a worker with operations in flight waits for a completion before it looks for
 /// new jobs.
 pub const WORKER_WAIT_US: u64 = 200;
+/// How long a stopping target server waits for the work it holds (storage operations,
+/// replies being written) before it stops without it, saying per worker and store what
+/// was left: SIGTERM stops a target within this bound (plus [`IDLE_POLL_MS`]) whatever is
+/// outstanding.
+pub const STOP_TIMEOUT_MS: u64 = 10_000;
 /// Objects a worker remembers as existing before it forgets them all and asks again.
 pub const MAX_KNOWN_OBJECTS: usize = 1 << 20;
 /// Most targets one target server serves with its shared workers (each worker opens a ring

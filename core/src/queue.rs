@@ -463,13 +463,9 @@ impl Queue {
         let shared = &*self.shared;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut ready: Vec<(u64, bool)> = Vec::new();
-        // An error (EINTR only) is a look that saw nothing: the request then meets the
-        // closed connection and fails naming its target, as one sent just before it closed.
-        let _ = shared
-            .epoll
-            .wait_into(&mut events, Duration::ZERO, |token, readable| {
-                ready.push((token, readable))
-            });
+        // A look that saw nothing lets the request meet the closed connection and fail
+        // naming its target, as one sent just before it closed.
+        look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
         if !ready.is_empty() {
             let mut st = shared.lock();
             st.drive(&shared.epoll, &shared.wake, &ready);
@@ -642,6 +638,9 @@ impl Queue {
         let deadline = Instant::now() + timeout;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut ready: Vec<(u64, bool)> = Vec::new();
+        // What has arrived already is taken in the first round, so that a call with no time
+        // to wait (a poll) still drives the connections, as liburing's peek reaps.
+        look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
         loop {
             let mut st = shared.lock();
             st.drive(&shared.epoll, &shared.wake, &ready);
@@ -654,12 +653,11 @@ impl Queue {
             let until = st.next_deadline().map_or(deadline, |d| d.min(deadline));
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
             drop(st);
-            // An error here (it has none to give but EINTR, which returns Ok) is a round
-            // with no events: the loop looks again and the deadline still bounds it.
-            let _ = shared.epoll.wait_into(
+            look(
+                &shared.epoll,
                 &mut events,
                 until.saturating_duration_since(now),
-                |token, readable| ready.push((token, readable)),
+                &mut ready,
             );
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
@@ -700,6 +698,20 @@ impl Drop for Queue {
             join_all(threads);
         }
     }
+}
+
+/// Waits up to `timeout` for readiness reports and adds them to `ready`. An error (epoll
+/// has none to give but EINTR, which it reports as no events) is a look that saw nothing:
+/// callers look again, within their own deadline.
+fn look(
+    epoll: &Epoll,
+    events: &mut [libc::epoll_event],
+    timeout: Duration,
+    ready: &mut Vec<(u64, bool)>,
+) {
+    let _ = epoll.wait_into(events, timeout, |token, readable| {
+        ready.push((token, readable))
+    });
 }
 
 /// A request's token: its operation's id and its batch within the operation.

@@ -29,7 +29,8 @@ use super::request::{
 use super::wire::Wire;
 use crate::error::Error;
 use crate::limits::{
-    IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, WORKER_REPLY_TIMEOUT_MS,
+    IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, STOP_TIMEOUT_MS,
+    WORKER_REPLY_TIMEOUT_MS,
 };
 
 /// Most client connections one worker serves at once; more are refused (closed).
@@ -329,6 +330,7 @@ impl Worker {
 
     fn serve(mut self) {
         let idle = Duration::from_millis(IDLE_POLL_MS);
+        let mut stopping_since: Option<Instant> = None;
         loop {
             let mut busy = false;
             while let Ok(msg) = self.rx.try_recv() {
@@ -351,12 +353,53 @@ impl Worker {
             if self.ctx.stop.load(Ordering::SeqCst) {
                 self.close_idle();
                 if self.finished() {
+                    self.check_stores();
+                    break;
+                }
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(STOP_TIMEOUT_MS) {
+                    self.stop_unfinished();
+                    self.check_stores();
                     break;
                 }
             }
             let timeout = if busy { Duration::ZERO } else { idle };
             if let Err(e) = self.sleep(timeout) {
                 return self.fail(&e);
+            }
+        }
+    }
+
+    /// The server has been stopping for [`STOP_TIMEOUT_MS`] and this worker still holds
+    /// work: it says what (each store's accounts, the requests and connections left) and
+    /// gives its requests up, so that the server stops within its bound whatever is
+    /// outstanding. Their memory is leaked, not freed, as the kernel may still use it.
+    fn stop_unfinished(&mut self) {
+        let requests = self.table.iter().flatten().count();
+        nacre_transport::log_line!(
+            "nacre {}: worker {} stops after {STOP_TIMEOUT_MS} ms with work left: {requests} requests, {} connections, {} pieces not started, {} requests in flight in the server",
+            self.ctx.name(),
+            self.index,
+            self.open_conns(),
+            self.queue.len(),
+            self.ctx.in_flight.load(Ordering::SeqCst)
+        );
+        for store in &self.stores {
+            if store.outstanding() > 0 {
+                nacre_transport::log_line!(
+                    "nacre {}: worker {}: {} operations of target {} did not complete: {}",
+                    self.ctx.name(),
+                    self.index,
+                    store.outstanding(),
+                    store.target().target_id(),
+                    store.accounts()
+                );
+            }
+        }
+        for serving in self.table.iter_mut().flatten() {
+            if serving.phase == Phase::Running {
+                give_up(&self.ctx, serving);
+                serving.phase = Phase::Replying;
             }
         }
     }
@@ -420,6 +463,16 @@ impl Worker {
         tokens.clear();
         self.ready_tokens = tokens;
         Ok(())
+    }
+
+    /// Says so, by name, when a store's accounts of its operations do not balance (an
+    /// operation was lost): checked as the worker stops, in every build.
+    fn check_stores(&self) {
+        for store in &self.stores {
+            if let Err(e) = store.check_accounts() {
+                nacre_transport::log_line!("nacre {}: worker {}: {e}", self.ctx.name(), self.index);
+            }
+        }
     }
 
     fn handle(&mut self, msg: Msg) {

@@ -202,3 +202,232 @@ pub fn registered_round_trip(client: &Client, path: &str, seed: u64, len: usize)
     client.unregister_memory(r).unwrap();
     (w, r)
 }
+
+/// One component of [`geometry`]: `[start, end)` (end `u64::MAX`: to the end of the file)
+/// striped `count` wide (-1: every target) in `size`-byte stripes.
+pub fn component(
+    start: u64,
+    end: u64,
+    count: i32,
+    size: u64,
+    over: bool,
+) -> nacre::meta::types::ComponentSpec {
+    nacre::meta::types::ComponentSpec {
+        start_bytes: start,
+        end_bytes: end,
+        stripe: nacre::layout::StripeSpec {
+            stripe_count: count,
+            stripe_size_bytes: size,
+            overstriping: over,
+            ..nacre::layout::StripeSpec::default()
+        },
+    }
+}
+
+/// Layouts that cover the legal space on a cluster of 4 targets, named: plain stripes from
+/// Lustre's smallest (64 KiB) to 16 MiB over 1, 2, 3 and every target, overstriping (more
+/// stripes than targets), and composite layouts of several components.
+pub fn geometries() -> Vec<(String, nacre::meta::types::LayoutSpec)> {
+    const K: u64 = 1024;
+    const M: u64 = 1024 * K;
+    let eof = u64::MAX;
+    let mut out = Vec::new();
+    for size in [64 * K, 128 * K, M, 4 * M, 16 * M] {
+        for count in [1, 2, 3, -1] {
+            out.push((format!("{count}x{}K", size / K), stripes(count, size)));
+        }
+    }
+    for (count, size) in [(8, 64 * K), (6, M)] {
+        out.push((
+            format!("{count}x{}K overstriped", size / K),
+            nacre::meta::types::LayoutSpec {
+                components: vec![component(0, eof, count, size, true)],
+            },
+        ));
+    }
+    out.push((
+        "composite 1x64K | 2x128K | -1x1M".into(),
+        nacre::meta::types::LayoutSpec {
+            components: vec![
+                component(0, M, 1, 64 * K, false),
+                component(M, 8 * M, 2, 128 * K, false),
+                component(8 * M, eof, -1, M, false),
+            ],
+        },
+    ));
+    out.push((
+        "composite 4x64K | 8x64K overstriped | 1x16M".into(),
+        nacre::meta::types::LayoutSpec {
+            components: vec![
+                component(0, 256 * K, 4, 64 * K, false),
+                component(256 * K, 16 * M, 8, 64 * K, true),
+                component(16 * M, eof, 1, 16 * M, false),
+            ],
+        },
+    ));
+    out
+}
+
+/// The bytes and size a file should have: what the tests check reads and stats against.
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    pub bytes: Vec<u8>,
+}
+
+impl Model {
+    /// A write of `data` at `offset` (past the end: a hole of zeros before it).
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        let end = offset as usize + data.len();
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[offset as usize..end].copy_from_slice(data);
+    }
+
+    /// A truncate to `size` (growing: zeros).
+    pub fn truncate(&mut self, size: u64) {
+        self.bytes.resize(size as usize, 0);
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Checks what a read of `buf.len()` bytes at `offset` returned (`n`, the bytes in
+    /// `buf`): as many as the file holds there, the model's bytes, and zeros after them
+    /// (libnacre's promise for a read short at the end of the file). `what` names the read
+    /// in the panic.
+    pub fn check_read(&self, offset: u64, buf: &[u8], n: usize, what: &str) {
+        self.check_read_growing(self.size(), offset, buf, n, what);
+    }
+
+    /// [`Model::check_read`] for a read that ran while writes elsewhere grew the file from
+    /// `old_size` to this model's size: it may have seen any size between.
+    pub fn check_read_growing(&self, old_size: u64, offset: u64, buf: &[u8], n: usize, what: &str) {
+        let holds = |size: u64| size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (least, most) = (holds(old_size), holds(self.size()));
+        assert!(
+            (least..=most).contains(&n),
+            "{what}: read of {} at {offset} returned {n} bytes, the file holds {least} to {most} there (size {old_size} to {})",
+            buf.len(),
+            self.size()
+        );
+        let expected = &self.bytes[offset.min(self.size()) as usize..][..n];
+        if buf[..n] != *expected {
+            let at = buf[..n]
+                .iter()
+                .zip(expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!(
+                "{what}: read of {} at {offset}: byte {} (file offset {}) is {:#04x}, the model has {:#04x}",
+                buf.len(),
+                at,
+                offset + at as u64,
+                buf[at],
+                expected[at]
+            );
+        }
+        let zeros = [0u8; 4096];
+        let tail_is_zero = buf[n..].chunks(zeros.len()).all(|c| *c == zeros[..c.len()]);
+        if !tail_is_zero {
+            let at = buf[n..].iter().position(|&b| b != 0).unwrap_or(0);
+            panic!(
+                "{what}: read of {} at {offset} short at {n}: byte {} past the end is {:#04x}, not 0",
+                buf.len(),
+                n + at,
+                buf[n + at]
+            );
+        }
+    }
+}
+
+/// A small xorshift stream for seeded tests.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A length from 1 to `max`, spread evenly over its powers of two: tiny ones as often as
+    /// huge ones.
+    pub fn len_up_to(&mut self, max: u64) -> u64 {
+        let bits = 64 - max.leading_zeros() as u64;
+        let top = 1u64 << self.below(bits);
+        (top + self.below(top)).clamp(1, max)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Bytes for writes, fast to make even in a debug build: windows of one random block whose
+/// length is a prime, so that the bytes at two file offsets match only when the offsets are
+/// a multiple of that prime apart (never a stripe or block size).
+pub struct Bytes {
+    block: Vec<u8>,
+}
+
+/// The length of [`Bytes`]'s block: the largest prime below 1 MiB.
+const BYTES_PERIOD: usize = 1_048_573;
+
+impl Bytes {
+    pub fn new(seed: u64) -> Bytes {
+        let mut block = vec![0u8; BYTES_PERIOD];
+        Rng(seed | 1).fill(&mut block);
+        Bytes { block }
+    }
+
+    /// Fills `buf` with the bytes of stream `stream` for file offset `offset`.
+    pub fn fill(&self, buf: &mut [u8], stream: u64, offset: u64) {
+        let mut at =
+            ((offset.wrapping_add(stream.wrapping_mul(7919))) % BYTES_PERIOD as u64) as usize;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(BYTES_PERIOD - at);
+            buf[done..done + n].copy_from_slice(&self.block[at..at + n]);
+            done += n;
+            at = 0;
+        }
+    }
+
+    /// `len` bytes of stream `stream` for file offset `offset`.
+    pub fn make(&self, len: usize, stream: u64, offset: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.fill(&mut buf, stream, offset);
+        buf
+    }
+}
+
+/// The seed of a seeded test: `NACRE_TEST_SEED` when set (to replay a failure), else one
+/// from the clock. Printed, so that a failing run says how to replay it.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("NACRE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("{test}: seed {seed} (replay with NACRE_TEST_SEED={seed})");
+    seed
+}

@@ -1,0 +1,109 @@
+//! The legal space, swept: every layout geometry of [`common::geometries`] (stripes from 64
+//! KiB to 16 MiB, 1 to every target, overstriping, composite layouts) with transfers from 1
+//! byte to 64 MiB, chosen so that one request puts from 1 to more than a store's depth of
+//! pieces on one target, each written, read back and checked against a model; then the same
+//! on a server whose stores hold only a few operations. A store that lost a completion made
+//! the 64 KiB-stripe rows time out (issue 20).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Bytes, Cluster, Model, geometries};
+use nacre::File;
+use nacre::io::StoreConfig;
+use nacre::layout::Layout;
+
+const K: u64 = 1024;
+const M: u64 = 1024 * K;
+/// The largest transfer: one request's payload bound.
+const MAX_TRANSFER_BYTES: u64 = 64 * M;
+
+/// Pieces one request puts on one target: 1, around the io crate's 64-completion batch and a
+/// store's default depth of 128, and past a store's default bound of 1024 operations.
+const PIECES_PER_TARGET: [u64; 8] = [1, 2, 63, 64, 65, 128, 129, 1025];
+
+/// The (offset, length) transfers of a geometry whose first component stripes `count` wide
+/// in `size`-byte stripes: edges (a byte, across a block, a stripe, a row), a range that
+/// starts and ends mid-stripe, and aligned runs of each count of [`PIECES_PER_TARGET`] per
+/// target, up to [`MAX_TRANSFER_BYTES`].
+fn transfers(size: u64, count: u64) -> Vec<(u64, u64)> {
+    let row = size * count;
+    let mut out = vec![
+        (0, 1),
+        (4095, 2),
+        (size - 1, 2),
+        (row - 7, 14),
+        (size / 2 + 3, row + 1000),
+        (1, 4096),
+    ];
+    for pieces in PIECES_PER_TARGET {
+        let len = (pieces * row).min(MAX_TRANSFER_BYTES);
+        if !out.iter().any(|&(o, l)| o == 0 && l == len) {
+            out.push((0, len));
+        }
+    }
+    out
+}
+
+/// Writes each transfer of `file`'s geometry at its place, reads it back, reads across the
+/// end of the file, and checks the size: all against a model.
+fn sweep_file(name: &str, file: &File, bytes: &Bytes) {
+    let layout: &Layout = file.layout();
+    let first = &layout.components()[0].stripe;
+    let (size, count) = (first.stripe_size_bytes(), u64::from(first.stripe_count()));
+    let mut model = Model::default();
+    for (i, (offset, len)) in transfers(size, count).into_iter().enumerate() {
+        let what = format!("{name}: {len} bytes at {offset}");
+        let data = bytes.make(len as usize, i as u64, offset);
+        assert_eq!(file.write_at(&data, offset).unwrap(), data.len(), "{what}");
+        model.write(offset, &data);
+        let mut back = vec![0xa5u8; len as usize];
+        let n = file
+            .read_at(&mut back, offset)
+            .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        model.check_read(offset, &back, n, &what);
+        assert_eq!(file.size().unwrap(), model.size(), "{what}: size");
+    }
+    // Across the end of the file: short, with zeros after.
+    let end = model.size();
+    let mut back = vec![0xa5u8; (2 * size).min(8 * M) as usize];
+    let from = end.saturating_sub(size / 2 + 1);
+    let n = file.read_at(&mut back, from).unwrap();
+    model.check_read(from, &back, n, &format!("{name}: across the end"));
+}
+
+#[test]
+fn every_geometry_and_transfer_size_round_trips() {
+    let cluster = Cluster::start("sweep", 4);
+    let client = cluster.client();
+    let bytes = Bytes::new(common::seed("every_geometry_and_transfer_size_round_trips"));
+    for (i, (name, spec)) in geometries().into_iter().enumerate() {
+        let path = format!("/sweep-{i}");
+        let file = client.create(&path, 0o644, Some(spec)).unwrap();
+        sweep_file(&name, &file, &bytes);
+        drop(file);
+        client.unlink(&path).unwrap();
+    }
+}
+
+/// Stores that hold a handful of operations: every request has many more pieces on a
+/// target than its store takes at once, so pieces wait for room and go on in order.
+#[test]
+fn pieces_past_a_small_stores_bound_all_complete() {
+    let store = StoreConfig {
+        queue_depth: 2,
+        max_ops: 3,
+        bounce_buffers: 1,
+        ..StoreConfig::default()
+    };
+    let cluster = Cluster::start_shared_with("sweep-small", &[0, 1, 2, 3], store);
+    let client = cluster.client();
+    let bytes = Bytes::new(common::seed(
+        "pieces_past_a_small_stores_bound_all_complete",
+    ));
+    for (i, (name, spec)) in geometries().into_iter().enumerate().step_by(3) {
+        let path = format!("/small-{i}");
+        let file = client.create(&path, 0o644, Some(spec)).unwrap();
+        sweep_file(&name, &file, &bytes);
+    }
+}
