@@ -97,7 +97,9 @@ fn target(target_id: u32, free_bytes: u64, pools: &[&str]) -> TargetInfo {
 
 fn with_targets(store: &MetaStore, count: u32) {
     for id in 0..count {
-        store.register_target(target(id, 50 * GIB, &[])).unwrap();
+        store
+            .register_target(target(id, 50 * GIB, &[]), None)
+            .unwrap();
     }
 }
 
@@ -902,16 +904,16 @@ fn stripe_count_all_and_pools() {
         MetaError::NoTargets { pool: None }
     );
     store
-        .register_target(target(3, 50 * GIB, &["fast"]))
+        .register_target(target(3, 50 * GIB, &["fast"]), None)
         .unwrap();
     store
-        .register_target(target(1, 50 * GIB, &["fast", "all"]))
+        .register_target(target(1, 50 * GIB, &["fast", "all"]), None)
         .unwrap();
     store
-        .register_target(target(2, 50 * GIB, &["slow"]))
+        .register_target(target(2, 50 * GIB, &["slow"]), None)
         .unwrap();
     store
-        .register_target(target(0, 50 * GIB, &["slow", "all"]))
+        .register_target(target(0, 50 * GIB, &["slow", "all"]), None)
         .unwrap();
     let ids: Vec<u32> = store.targets().iter().map(|info| info.target_id).collect();
     assert_eq!(ids, [0, 1, 2, 3]);
@@ -982,7 +984,7 @@ fn first_target_spreads_or_takes_the_freest() {
     let store = open(&dir);
     // Within 10% of each other: round-robin.
     for (id, free) in [(0, 100 * GIB), (1, 95 * GIB), (2, 91 * GIB), (3, 99 * GIB)] {
-        store.register_target(target(id, free, &[])).unwrap();
+        store.register_target(target(id, free, &[]), None).unwrap();
     }
     let mut firsts: BTreeMap<u32, usize> = BTreeMap::new();
     for index in 0..8 {
@@ -1021,7 +1023,9 @@ fn targets_register_update_and_conflict() {
     let dir = TempDir::new("targets");
     {
         let store = open(&dir);
-        store.register_target(target(7, 10 * GIB, &["a"])).unwrap();
+        store
+            .register_target(target(7, 10 * GIB, &["a"]), None)
+            .unwrap();
         // A restart: same id and uuid, new endpoint, pools and usage.
         let restarted = TargetInfo {
             endpoint: "tcp://10.0.0.7:9999".into(),
@@ -1029,14 +1033,14 @@ fn targets_register_update_and_conflict() {
             free_bytes: 20 * GIB,
             ..target(7, 0, &[])
         };
-        store.register_target(restarted.clone()).unwrap();
+        store.register_target(restarted.clone(), None).unwrap();
         assert_eq!(store.targets(), std::slice::from_ref(&restarted));
         // Another disk claiming the id.
         let impostor = TargetInfo {
             uuid: "another-disk".into(),
             ..restarted.clone()
         };
-        let error = assert_errno(store.register_target(impostor), libc::EEXIST);
+        let error = assert_errno(store.register_target(impostor, None), libc::EEXIST);
         assert!(matches!(
             error,
             MetaError::TargetConflict { target_id: 7, .. }
@@ -1064,7 +1068,7 @@ fn targets_register_update_and_conflict() {
             target(8, 0, &["bad pool"]),
             target(8, 0, &["a", "a"]),
         ] {
-            assert_errno(store.register_target(bad), libc::EINVAL);
+            assert_errno(store.register_target(bad, None), libc::EINVAL);
         }
         assert_eq!(store.targets().len(), 1);
     }

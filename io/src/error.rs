@@ -123,6 +123,29 @@ pub enum IoError {
         /// The directory.
         path: PathBuf,
     },
+    /// The target directory is served by another process (it holds the directory's lock).
+    #[error(
+        "{path} is served by another process already{}: a target directory is served by one process at a time",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    TargetBusy {
+        /// The directory.
+        path: PathBuf,
+        /// The pid the lock file names, when it names one.
+        holder: Option<u32>,
+    },
+    /// The target belongs to another file system than the one asked.
+    #[error(
+        "{path} belongs to file system {bound}, not {asked}: a target serves the file system it was first registered with (format a new target directory for another)"
+    )]
+    OtherFilesystem {
+        /// The directory.
+        path: PathBuf,
+        /// The file system it belongs to.
+        bound: String,
+        /// The one asked.
+        asked: String,
+    },
     /// Format of a directory that already holds something.
     #[error("format of {path}: {reason}")]
     FormatRefused {
@@ -192,6 +215,8 @@ impl IoError {
             IoError::NotATarget { .. } | IoError::NoDirectIo { .. } => libc::EINVAL,
             IoError::NewerFormat { .. } => libc::EPROTO,
             IoError::FormatRefused { .. } => libc::EEXIST,
+            IoError::TargetBusy { .. } => libc::EBUSY,
+            IoError::OtherFilesystem { .. } => libc::EEXIST,
             IoError::InvalidArgument { .. } => libc::EINVAL,
             IoError::QueueFull { .. } => libc::EAGAIN,
             IoError::TimedOut { .. } => libc::ETIMEDOUT,

@@ -17,4 +17,7 @@ mod target;
 pub use buf::AlignedBuf;
 pub use error::{IoError, Operation};
 pub use store::{Accounts, BatchOp, Completion, ObjectStore, Op, RESERVED_TAG_BIT, StoreConfig};
-pub use target::{Capacity, OBJECTS_DIR, ObjectStat, STAMP_FILE, Target, TargetStamp};
+pub use target::{
+    Capacity, FILESYSTEM_FILE, LOCK_FILE, OBJECTS_DIR, ObjectStat, STAMP_FILE, Target, TargetStamp,
+    parse_uuid, random_uuid, uuid_text,
+};

@@ -17,6 +17,13 @@ use crate::limits::{OBJECT_SUBDIRS, TARGET_FORMAT_VERSION};
 
 /// Name of the format stamp file in a target directory.
 pub const STAMP_FILE: &str = "nacre-target";
+/// Name of the file a serving process holds locked ([`Target::open_exclusive`]); it
+/// holds that process's pid, for the message that refuses another.
+pub const LOCK_FILE: &str = "nacre-target.lock";
+/// Name of the file naming the file system a target belongs to ([`Target::bind_filesystem`]):
+/// written once, at its first registration.
+pub const FILESYSTEM_FILE: &str = "nacre-filesystem";
+const FILESYSTEM_MAGIC: u32 = u32::from_le_bytes(*b"NTFS");
 /// Name of the directory holding the objects.
 pub const OBJECTS_DIR: &str = "objects";
 const STAMP_MAGIC: u32 = u32::from_le_bytes(*b"NTGT");
@@ -46,6 +53,26 @@ impl StampRecord {
     }
 }
 
+/// What [`FILESYSTEM_FILE`] holds, little-endian, checksummed.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct FilesystemRecord {
+    magic: u32,
+    /// The target's uuid: the record is this target's, not one copied from another.
+    target_uuid: [u8; 16],
+    fs_uuid: [u8; 16],
+    /// CRC32C of the record with this field zeroed.
+    crc32c: u32,
+}
+
+impl FilesystemRecord {
+    fn checksum(&self) -> u32 {
+        let mut copy = *self;
+        copy.crc32c = 0;
+        crc32c::crc32c(bytemuck::bytes_of(&copy))
+    }
+}
+
 /// What a target's format stamp says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetStamp {
@@ -62,17 +89,47 @@ pub struct TargetStamp {
 impl TargetStamp {
     /// The uuid in its usual text form.
     pub fn uuid_string(&self) -> String {
-        let u = &self.uuid;
-        let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        uuid_text(&self.uuid)
     }
+}
+
+/// A uuid in its usual text form (8-4-4-4-12 hex digits).
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The uuid a text of [`uuid_text`]'s form names; `None` for any other text.
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A random (version 4) uuid, from the kernel's random source.
+pub fn random_uuid() -> Result<[u8; 16], IoError> {
+    let mut uuid = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut uuid))
+        .map_err(path_err(Operation::Format, Path::new("/dev/urandom")))?;
+    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
+    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
+    Ok(uuid)
 }
 
 /// The size of an object as the file system sees it.
@@ -106,6 +163,11 @@ pub struct Target {
 struct TargetInner {
     dir: PathBuf,
     stamp: TargetStamp,
+    /// The file system it belongs to, once bound ([`Target::bind_filesystem`]).
+    filesystem: std::sync::Mutex<Option<[u8; 16]>>,
+    /// The locked [`LOCK_FILE`] of a target opened with [`Target::open_exclusive`]: the
+    /// lock goes with the last clone.
+    _lock: Option<fs::File>,
 }
 
 fn path_err(op: Operation, path: &Path) -> impl FnOnce(std::io::Error) -> IoError + '_ {
@@ -114,15 +176,6 @@ fn path_err(op: Operation, path: &Path) -> impl FnOnce(std::io::Error) -> IoErro
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn random_uuid() -> Result<[u8; 16], std::io::Error> {
-    let mut uuid = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut uuid))?;
-    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
-    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
-    Ok(uuid)
 }
 
 /// Whether `file` opens with O_DIRECT (creating it when `create`): a file system without
@@ -196,7 +249,7 @@ impl Target {
             format_version: TARGET_FORMAT_VERSION,
             target_id,
             reserved: 0,
-            uuid: random_uuid().map_err(path_err(op, Path::new("/dev/urandom")))?,
+            uuid: random_uuid()?,
             created_unix_secs,
             crc32c: 0,
             padding: 0,
@@ -266,12 +319,115 @@ impl Target {
         }
         // Said now, not at the first transfer (a target moved to a file system without it).
         check_direct_io(dir, &stamp_path, false, Operation::Open)?;
+        let filesystem = read_filesystem(dir, &record.uuid)?;
         Ok(Target {
             inner: Arc::new(TargetInner {
                 dir: dir.to_path_buf(),
                 stamp: stamp_from_record(&record),
+                filesystem: std::sync::Mutex::new(filesystem),
+                _lock: None,
             }),
         })
+    }
+
+    /// Opens a formatted target to serve it: as [`Target::open`], and holds [`LOCK_FILE`]
+    /// locked while this target (or a clone) lives, so that a second process serving the
+    /// directory is refused ([`IoError::TargetBusy`], naming the holder's pid) instead of
+    /// writing the same objects unaware of the first. The lock is the kernel's (flock):
+    /// a process that dies lets it go.
+    pub fn open_exclusive(dir: &Path) -> Result<Target, IoError> {
+        let target = Target::open(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(path_err(Operation::Open, &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(IoError::TargetBusy {
+                    path: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(path_err(Operation::Open, &lock_path)(e));
+            }
+        }
+        lock.set_len(0)
+            .and_then(|()| {
+                std::io::Seek::rewind(&mut lock)?;
+                writeln!(lock, "{}", std::process::id())
+            })
+            .map_err(path_err(Operation::Open, &lock_path))?;
+        let inner = match Arc::try_unwrap(target.inner) {
+            Ok(inner) => inner,
+            Err(_) => unreachable!("a target just opened has no other clone"),
+        };
+        Ok(Target {
+            inner: Arc::new(TargetInner {
+                _lock: Some(lock),
+                ..inner
+            }),
+        })
+    }
+
+    /// The file system the target belongs to, once bound.
+    pub fn filesystem(&self) -> Option<[u8; 16]> {
+        *self
+            .inner
+            .filesystem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds the target to file system `fs_uuid` (what its metadata service says at the
+    /// first registration), durably: from then on it belongs to that file system only,
+    /// since its object ids are that file system's. Binding again to the same one does
+    /// nothing; to another is refused ([`IoError::OtherFilesystem`]).
+    pub fn bind_filesystem(&self, fs_uuid: [u8; 16]) -> Result<(), IoError> {
+        let mut bound = self
+            .inner
+            .filesystem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match *bound {
+            Some(existing) if existing == fs_uuid => return Ok(()),
+            Some(existing) => {
+                return Err(IoError::OtherFilesystem {
+                    path: self.inner.dir.clone(),
+                    bound: uuid_text(&existing),
+                    asked: uuid_text(&fs_uuid),
+                });
+            }
+            None => {}
+        }
+        let op = Operation::Format;
+        let mut record = FilesystemRecord {
+            magic: FILESYSTEM_MAGIC,
+            target_uuid: self.inner.stamp.uuid,
+            fs_uuid,
+            crc32c: 0,
+        };
+        record.crc32c = record.checksum();
+        let dir = &self.inner.dir;
+        let tmp = dir.join(format!("{FILESYSTEM_FILE}.tmp"));
+        let mut file = fs::File::create(&tmp).map_err(path_err(op, &tmp))?;
+        file.write_all(bytemuck::bytes_of(&record))
+            .and_then(|()| file.sync_all())
+            .map_err(path_err(op, &tmp))?;
+        let path = dir.join(FILESYSTEM_FILE);
+        fs::rename(&tmp, &path).map_err(path_err(op, &path))?;
+        fsync_dir(dir, op)?;
+        *bound = Some(fs_uuid);
+        Ok(())
     }
 
     /// The target's directory.
@@ -431,6 +587,42 @@ fn statvfs(dir: &Path) -> Result<StatVfs, IoError> {
     })
 }
 
+/// The file system [`FILESYSTEM_FILE`] binds the target of uuid `target_uuid` to, if the
+/// file is there; a file that is damaged, or another target's, is an error naming it.
+fn read_filesystem(dir: &Path, target_uuid: &[u8; 16]) -> Result<Option<[u8; 16]>, IoError> {
+    let path = dir.join(FILESYSTEM_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(path_err(Operation::Open, &path)(e)),
+    };
+    let not_target = |reason: String| IoError::NotATarget {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if bytes.len() != std::mem::size_of::<FilesystemRecord>() {
+        return Err(not_target(format!(
+            "its {FILESYSTEM_FILE} is {} bytes long, expected {}",
+            bytes.len(),
+            std::mem::size_of::<FilesystemRecord>()
+        )));
+    }
+    let record: FilesystemRecord = bytemuck::pod_read_unaligned(&bytes);
+    if record.magic != FILESYSTEM_MAGIC || record.checksum() != record.crc32c {
+        return Err(not_target(format!(
+            "its {FILESYSTEM_FILE} is corrupt (bad magic or checksum)"
+        )));
+    }
+    if &record.target_uuid != target_uuid {
+        return Err(not_target(format!(
+            "its {FILESYSTEM_FILE} is target {}'s, not this target's ({})",
+            uuid_text(&record.target_uuid),
+            uuid_text(target_uuid)
+        )));
+    }
+    Ok(Some(record.fs_uuid))
+}
+
 fn stamp_from_record(record: &StampRecord) -> TargetStamp {
     TargetStamp {
         target_id: record.target_id,
@@ -447,5 +639,21 @@ pub(crate) mod tests {
     #[test]
     fn stamp_record_has_no_padding_surprises() {
         assert_eq!(std::mem::size_of::<StampRecord>(), 48);
+        assert_eq!(std::mem::size_of::<FilesystemRecord>(), 40);
+    }
+
+    #[test]
+    fn uuids_round_trip_through_text() {
+        let u = random_uuid().expect("uuid");
+        assert_eq!(parse_uuid(&uuid_text(&u)), Some(u));
+        for bad in [
+            "",
+            "x",
+            "0123456789abcdef0123456789abcdef",
+            "0123456-89ab-cdef-0123-456789abcdef0",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_uuid("zz234567-89ab-cdef-0123-456789abcdef"), None);
     }
 }

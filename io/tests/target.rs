@@ -166,3 +166,63 @@ fn a_file_system_without_direct_io_is_refused_by_name() {
     let e = Target::open(&moved).expect_err("open on ramfs");
     assert!(matches!(e, IoError::NoDirectIo { .. }), "{e}");
 }
+
+/// A target opened to serve it holds its directory's lock: another open to serve it is
+/// refused by name while the first (or a clone of it) lives, and allowed after. Plain
+/// opens (to look at objects) are not refused.
+#[test]
+fn one_opener_serves_a_target_at_a_time() {
+    let dir = TempDir::new("lock");
+    let tdir = dir.path().join("t");
+    Target::format(&tdir, 3).expect("format");
+    let first = Target::open_exclusive(&tdir).expect("first");
+    let clone = first.clone();
+    drop(first);
+    let err = Target::open_exclusive(&tdir).expect_err("second while the clone lives");
+    assert!(matches!(err, IoError::TargetBusy { .. }), "{err}");
+    assert_eq!(err.errno(), libc::EBUSY);
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    assert!(message.contains(&tdir.display().to_string()), "{message}");
+    Target::open(&tdir).expect("a plain open is not refused");
+    drop(clone);
+    Target::open_exclusive(&tdir).expect("free again");
+}
+
+/// A target is bound to one file system, durably; binding it to another is refused, and a
+/// damaged binding, or another target's copied in, is named at open.
+#[test]
+fn a_target_belongs_to_the_file_system_it_was_bound_to() {
+    let dir = TempDir::new("bind");
+    let tdir = dir.path().join("t");
+    Target::format(&tdir, 3).expect("format");
+    let target = Target::open(&tdir).expect("open");
+    assert_eq!(target.filesystem(), None);
+    let fs = nacre_io::random_uuid().expect("uuid");
+    target.bind_filesystem(fs).expect("bind");
+    target
+        .bind_filesystem(fs)
+        .expect("binding again to the same is nothing");
+    assert_eq!(Target::open(&tdir).expect("reopen").filesystem(), Some(fs));
+    let other = nacre_io::random_uuid().expect("uuid");
+    let err = target
+        .bind_filesystem(other)
+        .expect_err("another file system");
+    assert!(matches!(err, IoError::OtherFilesystem { .. }), "{err}");
+    assert!(err.to_string().contains(&nacre_io::uuid_text(&fs)), "{err}");
+    // Another target's binding copied in is refused, and so is a damaged one.
+    let udir = dir.path().join("u");
+    Target::format(&udir, 4).expect("format");
+    let binding = tdir.join(nacre_io::FILESYSTEM_FILE);
+    std::fs::copy(&binding, udir.join(nacre_io::FILESYSTEM_FILE)).expect("copy");
+    let err = Target::open(&udir).expect_err("another target's binding");
+    assert!(err.to_string().contains("not this target's"), "{err}");
+    let mut bytes = std::fs::read(&binding).expect("read");
+    bytes[20] ^= 1;
+    std::fs::write(&binding, &bytes).expect("write");
+    let err = Target::open(&tdir).expect_err("damaged");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

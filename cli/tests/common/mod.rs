@@ -354,6 +354,18 @@ impl Cluster {
 
     fn spawn_target(&self, i: u32) -> Process {
         let name = format!("target{i}");
+        let command = self.serve_target_command(i, &self.target_endpoint(i));
+        Process::start(&name, command, Some(&self.log(&name)))
+    }
+
+    /// Target `i`'s process id.
+    pub fn target_pid(&self, i: u32) -> u32 {
+        self.targets[i as usize].as_ref().unwrap().pid()
+    }
+
+    /// A `nacre serve` command for target `i`'s directory on `listen`, as the cluster
+    /// starts its own (for a test that starts another).
+    pub fn serve_target_command(&self, i: u32, listen: &str) -> Command {
         let mut command = Command::new(NACRE_BIN);
         command.args([
             "serve",
@@ -362,13 +374,13 @@ impl Cluster {
             "--meta",
             &self.meta_addr,
             "--listen",
-            &self.target_endpoint(i),
+            listen,
             "--workers",
             TARGET_WORKERS,
             "--pool-mib",
             TARGET_POOL_MIB,
         ]);
-        Process::start(&name, command, Some(&self.log(&name)))
+        command
     }
 
     /// SIGKILLs target `i` and waits until it is gone.

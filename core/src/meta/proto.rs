@@ -6,7 +6,9 @@
 //! one has the errno as its status and a message naming what was wrong as its body.
 
 use crate::codec::{CodecError, Reader, Writer};
-use crate::meta::types::{Access, Cred, LayoutSpec, MAX_PATH_BYTES, TargetInfo};
+use crate::meta::types::{
+    Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo,
+};
 
 /// One metadata operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,10 +102,14 @@ pub enum MetaRequest {
         /// New group.
         gid: Option<u32>,
     },
-    /// A target announces itself.
+    /// A target announces itself. The reply is the file system's uuid (text), which a
+    /// target not bound yet binds itself to.
     RegisterTarget {
         /// Who it is, where, and how full.
         info: TargetInfo,
+        /// The file system the target belongs to (uuid text), or `None` for a target never
+        /// registered: the service refuses a target of another file system.
+        filesystem: Option<String>,
     },
     /// A target reports its usage.
     Usage {
@@ -287,7 +293,13 @@ impl MetaRequest {
                 put_opt_u32(&mut w, *uid);
                 put_opt_u32(&mut w, *gid);
             }
-            MetaRequest::RegisterTarget { info } => info.encode(out),
+            MetaRequest::RegisterTarget { info, filesystem } => {
+                info.encode(out);
+                match filesystem {
+                    Some(fs) => Writer::new(out).u8(1).str(fs),
+                    None => Writer::new(out).u8(0),
+                };
+            }
             MetaRequest::Usage {
                 target_id,
                 capacity_bytes,
@@ -365,6 +377,11 @@ impl MetaRequest {
             },
             13 => MetaRequest::RegisterTarget {
                 info: TargetInfo::decode(&mut r)?,
+                filesystem: if get_flag(&mut r, "filesystem")? {
+                    Some(r.str("filesystem", MAX_TARGET_UUID_BYTES)?.to_string())
+                } else {
+                    None
+                },
             },
             14 => MetaRequest::Usage {
                 target_id: r.u32("target_id")?,

@@ -172,8 +172,9 @@ fn execute(
             .encode(out),
         MetaRequest::Chmod { path, mode } => store.chmod(cred, path, *mode)?,
         MetaRequest::Chown { path, uid, gid } => store.chown(cred, path, *uid, *gid)?,
-        MetaRequest::RegisterTarget { info } => {
-            store.register_target(info.clone())?;
+        MetaRequest::RegisterTarget { info, filesystem } => {
+            let fs = store.register_target(info.clone(), filesystem.as_deref())?;
+            Writer::new(out).str(&fs);
             return Ok(vec![info.target_id]);
         }
         MetaRequest::Usage {

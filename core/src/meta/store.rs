@@ -46,6 +46,9 @@ const REMOVALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("removals")
 /// Bytes of a [`REMOVALS`] key.
 const REMOVAL_KEY_BYTES: usize = 12;
 const SUPER_KEY: &str = "super";
+/// The `super` table's key of the file system's uuid (16 bytes), made when the store is
+/// first opened: the targets of this file system are bound to it.
+const FS_UUID_KEY: &str = "fs_uuid";
 
 /// The version of the tables' layout and records this build writes and reads.
 const FORMAT_VERSION: u32 = 1;
@@ -530,6 +533,8 @@ enum IfExists {
 /// share it between threads behind an `Arc`.
 pub struct MetaStore {
     db: Database,
+    /// The file system's uuid (see [`FS_UUID_KEY`]).
+    fs_uuid: [u8; 16],
     /// The registered targets, with the usage they last reported (kept in memory only).
     targets: Mutex<BTreeMap<u32, TargetInfo>>,
     /// Serialises registrations so that the cache follows the commits in order. Taken
@@ -557,6 +562,7 @@ impl MetaStore {
     /// owned by root) if the file does not exist or is empty.
     pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
         let db = Database::create(path)?;
+        let fs_uuid;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
@@ -593,6 +599,24 @@ impl MetaStore {
                     sup.insert(SUPER_KEY, counters.encode().as_slice())?;
                 }
             }
+            let stored = sup.get(FS_UUID_KEY)?.map(|guard| guard.value().to_vec());
+            fs_uuid = match stored {
+                Some(bytes) => <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| {
+                    corrupt(format!(
+                        "the file system uuid is {} bytes, not 16",
+                        bytes.len()
+                    ))
+                })?,
+                // A new store, or one made before file systems had uuids.
+                None => {
+                    let uuid = nacre_io::random_uuid().map_err(|e| MetaError::Store {
+                        op: "make the file system uuid",
+                        reason: e.to_string(),
+                    })?;
+                    sup.insert(FS_UUID_KEY, uuid.as_slice())?;
+                    uuid
+                }
+            };
         }
         txn.commit()?;
 
@@ -608,10 +632,16 @@ impl MetaStore {
         }
         Ok(MetaStore {
             db,
+            fs_uuid,
             targets: Mutex::new(targets),
             register_lock: Mutex::new(()),
             round_robin: AtomicU64::new(0),
         })
+    }
+
+    /// The file system's uuid: made when the store was first opened, the same ever after.
+    pub fn fs_uuid(&self) -> [u8; 16] {
+        self.fs_uuid
     }
 
     fn lock_targets(&self) -> MutexGuard<'_, BTreeMap<u32, TargetInfo>> {
@@ -1176,9 +1206,29 @@ impl MetaStore {
 
     /// Registers a target, or updates its endpoint, pools and usage when the same id comes
     /// back with the same uuid (a restart). The same id with another uuid (another disk
-    /// claiming it) → [`MetaError::TargetConflict`]. Persisted before returning.
-    pub fn register_target(&self, info: TargetInfo) -> Result<(), MetaError> {
+    /// claiming it), or a target of another file system (`filesystem`, the uuid it is bound
+    /// to, is not this store's) → [`MetaError::TargetConflict`]. Persisted before
+    /// returning. Returns this file system's uuid, which a target not bound yet binds to.
+    pub fn register_target(
+        &self,
+        info: TargetInfo,
+        filesystem: Option<&str>,
+    ) -> Result<String, MetaError> {
         check_target(&info)?;
+        let ours = nacre_io::uuid_text(&self.fs_uuid);
+        if let Some(theirs) = filesystem
+            && theirs != ours
+        {
+            return Err(MetaError::TargetConflict {
+                target_id: info.target_id,
+                reason: format!(
+                    "target uuid {:?} belongs to file system {theirs:?}, and this is file system \
+                     {ours:?}: a target serves the file system it was first registered with \
+                     (format a new target directory for this one)",
+                    info.uuid
+                ),
+            });
+        }
         let _serialised = lock(&self.register_lock);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -1206,7 +1256,7 @@ impl MetaStore {
             Ok(()) => {
                 txn.commit()?;
                 self.lock_targets().insert(info.target_id, info);
-                Ok(())
+                Ok(ours)
             }
             Err(error) => {
                 txn.abort()?;

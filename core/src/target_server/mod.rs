@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use nacre_io::{StoreConfig, Target};
 use nacre_transport::{Endpoint, Listener, ServerConnection};
 
+use crate::codec::Reader;
 use crate::error::Error;
 use crate::limits::{
     ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, MAX_TARGETS_PER_SERVER, REGISTER_TIMEOUT_MS,
@@ -46,7 +47,7 @@ use crate::limits::{
 use crate::mem::{MemPool, PoolConfig};
 use crate::meta::link::{MetaLink, link_options};
 use crate::meta::proto::MetaRequest;
-use crate::meta::types::{Cred, TargetInfo};
+use crate::meta::types::{Cred, MAX_TARGET_UUID_BYTES, TargetInfo};
 use crate::server::{Threads, accept_loop, join_all, spawn};
 use request::Context;
 use worker::{Inbox, Msg};
@@ -187,7 +188,7 @@ impl TargetServer {
         }
         let mut targets: Vec<Target> = Vec::with_capacity(specs.len());
         for spec in specs {
-            let target = Target::open(&spec.dir)?;
+            let target = Target::open_exclusive(&spec.dir)?;
             let target_id = target.target_id();
             if let Some(other) = targets.iter().find(|t| t.target_id() == target_id) {
                 return Err(Error::Invalid {
@@ -440,10 +441,28 @@ fn register(meta: &str, mut info: TargetInfo, target: &Target) -> Result<MetaLin
     let cap = target.capacity()?;
     info.capacity_bytes = cap.total_bytes;
     info.free_bytes = cap.available_bytes;
-    let request = MetaRequest::RegisterTarget { info };
+    let request = MetaRequest::RegisterTarget {
+        info,
+        filesystem: target.filesystem().map(|fs| nacre_io::uuid_text(&fs)),
+    };
     loop {
         match link.call(&Cred::root(), &request) {
-            Ok(_) => return Ok(link),
+            Ok(reply) => {
+                // The file system the service accepted the target into: a target registered
+                // for the first time belongs to it from now on.
+                let fs = Reader::new(&reply, "register target reply")
+                    .str("filesystem", MAX_TARGET_UUID_BYTES)
+                    .ok()
+                    .and_then(nacre_io::parse_uuid)
+                    .ok_or_else(|| Error::Server {
+                        what: format!("nacre target {}", target.target_id()),
+                        reason: format!(
+                            "{meta} answered the registration without a file system uuid"
+                        ),
+                    })?;
+                target.bind_filesystem(fs)?;
+                return Ok(link);
+            }
             Err(Error::MetaUnreachable { .. }) if Instant::now() < deadline => {
                 // Nothing to wait on but time: the service is not listening yet.
                 std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
