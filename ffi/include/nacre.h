@@ -287,8 +287,10 @@ int nacre_create(struct nacre_client *client,
 int nacre_close(struct nacre_file *file);
 
 // Reads up to `len` bytes at `offset` into `buf`; returns the bytes read (fewer only at the
-// end of the file, 0 past it), or a negative errno. Holes read as zeros. `len` must be
-// 1 to `NACRE_IO_MAX`, and no one else may touch `buf` during the call.
+// end of the file, 0 past it), or a negative errno. Holes read as zeros, and so does the
+// rest of `buf` after a read short at the end of the file: all `len` bytes are written,
+// the count returned says how many are the file's. `len` must be 1 to `NACRE_IO_MAX`,
+// and no one else may touch `buf` during the call.
 //
 // Thread safety: safe from any thread, any number at once on one file.
 int64_t nacre_pread(struct nacre_file *file, void *buf, size_t len, uint64_t offset);
@@ -301,9 +303,9 @@ int64_t nacre_pread(struct nacre_file *file, void *buf, size_t len, uint64_t off
 // overlapping ranges at once leave either's bytes, as with pwrite).
 int64_t nacre_pwrite(struct nacre_file *file, const void *buf, size_t len, uint64_t offset);
 
-// `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read.
-// `iovcnt` must be 1 to `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the
-// buffers must not overlap.
+// `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read
+// (the buffers' bytes past them zeroed, as `nacre_pread`'s). `iovcnt` must be 1 to
+// `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the buffers must not overlap.
 //
 // Thread safety: as `nacre_pread`.
 int64_t nacre_preadv(struct nacre_file *file, const struct iovec *iov, int iovcnt, uint64_t offset);
@@ -406,8 +408,10 @@ int nacre_layout_overstriping_set(struct nacre_layout *layout, int on);
 int nacre_layout_overstriping_get(const struct nacre_layout *layout, int *on);
 
 // Sets the current component's extent `[start, end)` in bytes of the file; `end` is
-// `NACRE_EXTENT_EOF` for the last component. Boundaries must be multiples of 64 KiB, and
-// the components must tile the file from 0 to EOF when the layout is used (checked then).
+// `NACRE_EXTENT_EOF` for the last component. Boundaries must be multiples of 64 KiB here;
+// when the layout is used (checked then, `-EINVAL` naming the component), the components
+// must tile the file from 0 to EOF and each boundary must be a multiple of the stripe
+// sizes of both components it separates (as Lustre's `lfs setstripe -E` requires).
 //
 // Thread safety: see `nacre_layout_new`.
 int nacre_layout_comp_extent_set(struct nacre_layout *layout, uint64_t start, uint64_t end);
@@ -498,7 +502,8 @@ int nacre_queue_create(struct nacre_client *client, uint32_t depth, struct nacre
 int nacre_queue_destroy(struct nacre_queue *queue);
 
 // Prepares a read of `len` bytes at `offset` of `file` into `buf`, completing with the
-// bytes read (short only at the end of the file). `buf` must stay valid, and be touched by
+// bytes read (short only at the end of the file; the rest of `buf` is zeroed then, as by
+// `nacre_pread`). `buf` must stay valid, and be touched by
 // no one else (no other queued read of the same bytes either), until the completion is
 // returned. Returns 0, `-EAGAIN` when `depth` operations are
 // prepared, in flight or completed but not yet returned, or `-EINVAL`/`-EBADF`.
@@ -534,12 +539,13 @@ int nacre_prep_fsync(struct nacre_queue *queue, struct nacre_file *file, uint64_
 // Thread safety: see `nacre_queue_create`.
 int nacre_queue_submit(struct nacre_queue *queue);
 
-// Waits until at least `min` completions are ready (fewer if fewer operations are
-// submitted) or `timeout_ms` (0 to one hour) passes, then copies up to `max` of them to
-// `out` and returns how many it copied, or a negative errno. A completion's `result` is
-// the operation's bytes or its negative errno; the message of a failed one is this
-// thread's `nacre_last_error` (naming its tag). Completions beyond `max` stay for the next
-// call.
+// Drives the queue's connections, waits until at least `min` completions are ready (fewer
+// if fewer operations are submitted) or `timeout_ms` (0 to one hour) passes, then copies
+// up to `max` of them to `out` and returns how many it copied, or a negative errno (`min`
+// greater than `max` is `-EINVAL`). A completion's `result` is the operation's bytes or its
+// negative errno. When any of those copied failed, this thread's `nacre_last_error`
+// describes each of them in order, naming its tag (as many as fit in its 1023 bytes, then
+// how many more failed). Completions beyond `max` stay for the next call.
 //
 // Several threads may wait on one queue: each completion goes to exactly one of them, but
 // a thread already blocked here does not see completions another waiter set aside; it
@@ -553,7 +559,9 @@ int nacre_queue_wait(struct nacre_queue *queue,
                      uint32_t min,
                      int timeout_ms);
 
-// Copies up to `max` ready completions to `out` without waiting; returns how many.
+// Takes in the replies that have arrived (so a loop that only polls makes progress) and
+// copies up to `max` ready completions to `out` without waiting; returns how many, or a
+// negative errno. Failed completions are described as by `nacre_queue_wait`.
 //
 // Thread safety: see `nacre_queue_create`.
 int nacre_queue_poll(struct nacre_queue *queue, struct nacre_completion *out, uint32_t max);

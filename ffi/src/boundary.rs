@@ -99,10 +99,25 @@ pub(crate) fn run_int(name: &str, body: impl FnOnce() -> Result<i64, Failure>) -
     c_int::try_from(n).unwrap_or(if n < 0 { -libc::EIO } else { c_int::MAX })
 }
 
-/// Records a failure seen outside a call's own result (a failed completion), so that
-/// `nacre_last_error` explains it.
-pub(crate) fn note_failure(name: &str, message: &str) {
-    set_last_error(format!("{name}: {message}"));
+/// Records failures seen outside a call's own result (failed completions), so that
+/// `nacre_last_error` explains each: one after another, separated by "; ", as many whole
+/// as fit in the message.
+pub(crate) fn note_failures(name: &str, messages: &[String]) {
+    let mut text = format!("{name}: ");
+    for (i, m) in messages.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "; " };
+        let first = i == 0;
+        if !first && text.len() + sep.len() + m.len() >= LAST_ERROR_BYTES {
+            let rest = format!("; and {} more", messages.len() - i);
+            if text.len() + rest.len() < LAST_ERROR_BYTES {
+                text.push_str(&rest);
+            }
+            break;
+        }
+        text.push_str(sep);
+        text.push_str(m);
+    }
+    set_last_error(text);
 }
 
 /// A C string argument of at most `max` bytes, as UTF-8. It is read no further than

@@ -99,8 +99,10 @@ pub extern "C" fn nacre_close(file: *mut nacre_file) -> c_int {
 }
 
 /// Reads up to `len` bytes at `offset` into `buf`; returns the bytes read (fewer only at the
-/// end of the file, 0 past it), or a negative errno. Holes read as zeros. `len` must be
-/// 1 to `NACRE_IO_MAX`, and no one else may touch `buf` during the call.
+/// end of the file, 0 past it), or a negative errno. Holes read as zeros, and so does the
+/// rest of `buf` after a read short at the end of the file: all `len` bytes are written,
+/// the count returned says how many are the file's. `len` must be 1 to `NACRE_IO_MAX`,
+/// and no one else may touch `buf` during the call.
 ///
 /// Thread safety: safe from any thread, any number at once on one file.
 #[unsafe(no_mangle)]
@@ -175,9 +177,9 @@ unsafe fn iovecs<'a>(iov: *const libc::iovec, count: c_int) -> Result<&'a [libc:
     Ok(all)
 }
 
-/// `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read.
-/// `iovcnt` must be 1 to `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the
-/// buffers must not overlap.
+/// `nacre_pread` into `iovcnt` buffers in order, as `preadv(2)`; returns the bytes read
+/// (the buffers' bytes past them zeroed, as `nacre_pread`'s). `iovcnt` must be 1 to
+/// `NACRE_IOV_MAX`, the total 1 to `NACRE_IO_MAX` bytes, and the buffers must not overlap.
 ///
 /// Thread safety: as `nacre_pread`.
 #[unsafe(no_mangle)]

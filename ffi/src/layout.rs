@@ -270,8 +270,10 @@ pub extern "C" fn nacre_layout_overstriping_get(
 }
 
 /// Sets the current component's extent `[start, end)` in bytes of the file; `end` is
-/// `NACRE_EXTENT_EOF` for the last component. Boundaries must be multiples of 64 KiB, and
-/// the components must tile the file from 0 to EOF when the layout is used (checked then).
+/// `NACRE_EXTENT_EOF` for the last component. Boundaries must be multiples of 64 KiB here;
+/// when the layout is used (checked then, `-EINVAL` naming the component), the components
+/// must tile the file from 0 to EOF and each boundary must be a multiple of the stripe
+/// sizes of both components it separates (as Lustre's `lfs setstripe -E` requires).
 ///
 /// Thread safety: see `nacre_layout_new`.
 #[unsafe(no_mangle)]

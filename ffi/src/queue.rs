@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use engine::{Completion, Queue, QueueOp};
 
-use crate::boundary::{Failure, check_buffer, note_failure, run_int};
+use crate::boundary::{Failure, check_buffer, note_failures, run_int};
 use crate::client::nacre_client;
 use crate::file::nacre_file;
 use crate::handle::{self, Object};
@@ -130,7 +130,8 @@ pub extern "C" fn nacre_queue_destroy(queue: *mut nacre_queue) -> c_int {
 }
 
 /// Prepares a read of `len` bytes at `offset` of `file` into `buf`, completing with the
-/// bytes read (short only at the end of the file). `buf` must stay valid, and be touched by
+/// bytes read (short only at the end of the file; the rest of `buf` is zeroed then, as by
+/// `nacre_pread`). `buf` must stay valid, and be touched by
 /// no one else (no other queued read of the same bytes either), until the completion is
 /// returned. Returns 0, `-EAGAIN` when `depth` operations are
 /// prepared, in flight or completed but not yet returned, or `-EINVAL`/`-EBADF`.
@@ -263,12 +264,13 @@ pub extern "C" fn nacre_queue_submit(queue: *mut nacre_queue) -> c_int {
     })
 }
 
-/// Waits until at least `min` completions are ready (fewer if fewer operations are
-/// submitted) or `timeout_ms` (0 to one hour) passes, then copies up to `max` of them to
-/// `out` and returns how many it copied, or a negative errno. A completion's `result` is
-/// the operation's bytes or its negative errno; the message of a failed one is this
-/// thread's `nacre_last_error` (naming its tag). Completions beyond `max` stay for the next
-/// call.
+/// Drives the queue's connections, waits until at least `min` completions are ready (fewer
+/// if fewer operations are submitted) or `timeout_ms` (0 to one hour) passes, then copies
+/// up to `max` of them to `out` and returns how many it copied, or a negative errno (`min`
+/// greater than `max` is `-EINVAL`). A completion's `result` is the operation's bytes or its
+/// negative errno. When any of those copied failed, this thread's `nacre_last_error`
+/// describes each of them in order, naming its tag (as many as fit in its 1023 bytes, then
+/// how many more failed). Completions beyond `max` stay for the next call.
 ///
 /// Several threads may wait on one queue: each completion goes to exactly one of them, but
 /// a thread already blocked here does not see completions another waiter set aside; it
@@ -316,25 +318,28 @@ pub extern "C" fn nacre_queue_wait(
         let done = q.queue.poll();
         side.ready.extend(done);
         let n = side.ready.len().min(max as usize);
+        let mut failures = Vec::new();
         for (i, c) in side.ready.drain(..n).enumerate() {
             let result = match &c.result {
                 Ok(bytes) => *bytes as i64,
                 Err(e) => {
-                    note_failure(
-                        &format!("nacre_queue_wait: the operation tagged {}", c.tag),
-                        &e.to_string(),
-                    );
+                    failures.push(format!("the operation tagged {}: {e}", c.tag));
                     -i64::from(e.errno())
                 }
             };
             // SAFETY: not NULL; by the header's contract `max` > i completions.
             unsafe { *out.add(i) = nacre_completion { tag: c.tag, result } };
         }
+        if !failures.is_empty() {
+            note_failures("nacre_queue_wait", &failures);
+        }
         Ok(n as i64)
     })
 }
 
-/// Copies up to `max` ready completions to `out` without waiting; returns how many.
+/// Takes in the replies that have arrived (so a loop that only polls makes progress) and
+/// copies up to `max` ready completions to `out` without waiting; returns how many, or a
+/// negative errno. Failed completions are described as by `nacre_queue_wait`.
 ///
 /// Thread safety: see `nacre_queue_create`.
 #[unsafe(no_mangle)]
