@@ -1024,6 +1024,7 @@ fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
         let victim = (round % 2) as u32;
         let mut before = model.clone();
         let mut in_flight = None;
+        let mut history: Vec<(CrashOp, usize)> = Vec::new();
         for n in 0.. {
             let (op, ok) = acked
                 .recv_timeout(HANG_DEADLINE)
@@ -1032,6 +1033,7 @@ fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
                 panic!("round {round}: {op:?} failed before any target was killed");
             }
             op.apply(&mut before);
+            history.push((op, before.len()));
             if n + 1 == kill_after {
                 break;
             }
@@ -1041,6 +1043,7 @@ fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
         for (op, ok) in acked.iter() {
             if ok {
                 op.apply(&mut before);
+                history.push((op, before.len()));
             } else {
                 in_flight = Some(op);
             }
@@ -1056,11 +1059,22 @@ fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
             before.len().min(after.len()) as u64,
             before.len().max(after.len()) as u64,
         );
+        let objects: Vec<(u32, u64, u64)> = (0..2)
+            .flat_map(|t| {
+                let target = nacre::io::Target::open(&cluster.target_dir(t)).unwrap();
+                target
+                    .list()
+                    .unwrap()
+                    .into_iter()
+                    .map(move |o| (t, o, target.stat(o).unwrap().size_bytes))
+            })
+            .collect();
         assert!(
             (low..=high).contains(&size),
-            "round {round}: the file is {size} bytes; the acknowledged operations left {}, with {in_flight:?} {}",
+            "round {round}: the file is {size} bytes; the acknowledged operations left {}, with {in_flight:?} {}; objects {objects:?}; last ops {:?}",
             before.len(),
-            after.len()
+            after.len(),
+            &history[history.len().saturating_sub(12)..]
         );
         let mut now = vec![0u8; size as usize];
         assert_eq!(file.read_at(&mut now, 0).unwrap(), size as usize);

@@ -1437,11 +1437,40 @@ impl File {
     }
 
     /// Sets the file's size: cuts it, or extends it with a hole.
+    ///
+    /// The object that holds the new last byte carries the size: it is set first, alone,
+    /// and the other objects only once it is. A truncate that fails part way (a target
+    /// gone) then leaves the file between its old size and the new one. Had every object
+    /// been set at once, a carrier left at its old size when its end was a hole (shorter
+    /// than its new size) while the others were cut would leave the file shorter than
+    /// both: found by the crash-point test.
     pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
         self.check(true)?;
-        let layout = &self.inner.layout;
-        let requests = self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes))?;
-        self.inner
+        let inner = &self.inner;
+        let layout = &inner.layout;
+        let mut requests =
+            self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes))?;
+        let carrier = match size_bytes.checked_sub(1) {
+            Some(last) => layout.extents(inner.attr.ino, last, 1)?.next(),
+            None => None,
+        };
+        if let Some(carrier) = carrier {
+            let mut first = Vec::new();
+            for (t, extents) in &mut requests {
+                if *t == carrier.target_id
+                    && let Some(at) = extents
+                        .iter()
+                        .position(|e| e.object_id == carrier.object_id)
+                {
+                    first.push((*t, vec![extents.remove(at)]));
+                }
+            }
+            requests.retain(|(_, extents)| !extents.is_empty());
+            inner
+                .client
+                .plain_requests(Opcode::Truncate, "truncate", &first)?;
+        }
+        inner
             .client
             .plain_requests(Opcode::Truncate, "truncate", &requests)
             .map(drop)
