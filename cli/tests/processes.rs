@@ -1090,3 +1090,96 @@ fn a_target_killed_mid_operation_never_leaves_a_file_past_its_writes() {
         model = now;
     }
 }
+
+/// Hundreds of idle connections and slow senders on every server while a client works: the
+/// client's work is right, each slow sender's request (a ping, a byte at a time) is answered
+/// once it is whole, and every server stops on SIGTERM with the idle connections still open.
+#[test]
+fn idle_and_slow_connections_do_not_stop_the_servers() {
+    use nacre::transport::limits::HEADER_BYTES;
+    use nacre::transport::wire::{ANY_TARGET, Header, Opcode};
+    const IDLE_PER_SERVER: usize = 200;
+    const SLOW_PER_SERVER: usize = 20;
+    let mut cluster = Cluster::start("idle-slow", 2);
+    let servers: Vec<String> = [
+        cluster.meta_addr.clone(),
+        cluster.target_endpoint(0),
+        cluster.target_endpoint(1),
+    ]
+    .iter()
+    .map(|e| e.trim_start_matches("tcp://").to_string())
+    .collect();
+    let mut idle = Vec::new();
+    let mut slow = Vec::new();
+    for address in &servers {
+        for _ in 0..IDLE_PER_SERVER {
+            idle.push(TcpStream::connect(address.as_str()).unwrap());
+        }
+        for n in 0..SLOW_PER_SERVER {
+            let mut ping = Header::request(Opcode::Ping, n as u64 + 1, &[], 0);
+            ping.target = ANY_TARGET;
+            slow.push((TcpStream::connect(address.as_str()).unwrap(), ping.encode()));
+        }
+    }
+    // Targets answer a ping; the metadata service says it serves none (the first ones).
+    let expected_status = |i: usize| {
+        if i < SLOW_PER_SERVER {
+            libc::EOPNOTSUPP
+        } else {
+            0
+        }
+    };
+    // The slow senders drip half their header, a byte per connection per pass, while the
+    // client works.
+    let (done_tx, done) = mpsc::channel::<()>();
+    let dripper = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < HEADER_BYTES / 2 {
+            for (stream, header) in &mut slow {
+                stream.write_all(&header[sent..sent + 1]).unwrap();
+            }
+            sent += 1;
+            // A slow peer: a byte every few milliseconds (the pace, not an ordering).
+            if done.recv_timeout(Duration::from_millis(5)).is_ok() {
+                break;
+            }
+        }
+        (slow, sent)
+    });
+    let client = cluster.client();
+    let file = client
+        .create("/busy", 0o644, Some(stripes(-1, 64 * 1024)))
+        .unwrap();
+    let data = fill(21, 0, 8 << 20);
+    file.write_at(&data, 0).unwrap();
+    file.sync().unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data, "bytes read back differ");
+    assert!(cluster.ok(&["ls", "/"]).contains("busy"));
+    assert!(!cluster.ok(&["df"]).contains("not answering"));
+    let _ = done_tx.send(());
+    let (mut slow, sent) = dripper.join().unwrap();
+    // Whole now: each is answered.
+    for (i, (stream, header)) in slow.iter_mut().enumerate() {
+        stream.write_all(&header[sent..]).unwrap();
+        stream.set_read_timeout(Some(HANG_DEADLINE)).unwrap();
+        let mut reply = [0u8; HEADER_BYTES];
+        stream.read_exact(&mut reply).unwrap();
+        let reply = Header::decode(&reply).unwrap();
+        let asked = Header::decode(header).unwrap();
+        assert_eq!(
+            (reply.opcode, reply.request_id, reply.status),
+            (Opcode::Ping, asked.request_id, expected_status(i)),
+            "slow sender {i}"
+        );
+    }
+    drop((file, client));
+    for i in 0..2 {
+        let status = cluster.stop_target(i, HANG_DEADLINE);
+        assert!(status.success(), "target {i} ended with {status}");
+    }
+    let status = cluster.stop_meta(HANG_DEADLINE);
+    assert!(status.success(), "the metadata service ended with {status}");
+    drop((idle, slow));
+}

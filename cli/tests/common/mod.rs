@@ -397,6 +397,20 @@ impl Cluster {
         self.targets[i as usize] = Some(process);
     }
 
+    /// SIGTERMs target `i` and waits (up to `timeout`) until it has exited; its status.
+    pub fn stop_target(&mut self, i: u32, timeout: Duration) -> ExitStatus {
+        let mut process = self.targets[i as usize].take().unwrap();
+        process.terminate();
+        process.wait_exit(timeout)
+    }
+
+    /// SIGTERMs the metadata service and waits (up to `timeout`) until it has exited.
+    pub fn stop_meta(&mut self, timeout: Duration) -> ExitStatus {
+        let mut process = self.meta.take().unwrap();
+        process.terminate();
+        process.wait_exit(timeout)
+    }
+
     /// SIGKILLs the metadata service and waits until it is gone.
     pub fn kill_meta(&mut self) {
         self.meta.take().unwrap().kill();
