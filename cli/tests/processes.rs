@@ -1183,3 +1183,46 @@ fn idle_and_slow_connections_do_not_stop_the_servers() {
     assert!(status.success(), "the metadata service ended with {status}");
     drop((idle, slow));
 }
+
+/// A target stops on SIGTERM within its bound whatever it holds: here a 32 MiB read whose
+/// client never takes the reply, so the reply cannot be written. The target says what it
+/// gave up, and exits.
+#[test]
+fn a_target_stops_on_sigterm_with_a_reply_nobody_reads() {
+    use nacre::transport::wire::{Extent, Header, Opcode, encode_extents};
+    let mut cluster = Cluster::start("stop-bound", 1);
+    let client = cluster.client();
+    let file = client
+        .create("/unread", 0o644, Some(stripes(1, 1 << 20)))
+        .unwrap();
+    file.write_at(&fill(4, 0, 1 << 20), 0).unwrap();
+    let object_id = nacre::layout::object_id(file.attr().ino, 0, 0).unwrap();
+    drop((file, client));
+    let extents: Vec<Extent> = (0..32)
+        .map(|i| Extent {
+            object_id,
+            offset_bytes: i << 20,
+            len: 1 << 20,
+        })
+        .collect();
+    let mut body = Vec::new();
+    encode_extents(&extents, &mut body);
+    let mut read = Header::request(Opcode::Read, 1, &body, 0);
+    read.target = 0;
+    let address = cluster.target_endpoint(0);
+    let mut stream = TcpStream::connect(address.trim_start_matches("tcp://")).unwrap();
+    stream.write_all(&read.encode()).unwrap();
+    stream.write_all(&body).unwrap();
+    // The reply starts: the request was served, and its 32 MiB cannot all be written while
+    // nobody reads.
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).unwrap();
+    let status = cluster.stop_target(0, HANG_DEADLINE);
+    assert!(status.success(), "the target ended with {status}");
+    let log = cluster.target_log(0);
+    assert!(
+        log.contains("stops after") && log.contains("with work left"),
+        "{log}"
+    );
+    drop(stream);
+}

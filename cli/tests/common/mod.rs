@@ -397,6 +397,11 @@ impl Cluster {
         self.targets[i as usize] = Some(process);
     }
 
+    /// What target `i` wrote on its standard error so far.
+    pub fn target_log(&self, i: u32) -> String {
+        std::fs::read_to_string(self.log(&format!("target{i}"))).unwrap_or_default()
+    }
+
     /// SIGTERMs target `i` and waits (up to `timeout`) until it has exited; its status.
     pub fn stop_target(&mut self, i: u32, timeout: Duration) -> ExitStatus {
         let mut process = self.targets[i as usize].take().unwrap();
