@@ -976,6 +976,9 @@ impl ObjectStore {
             } => match bounce {
                 None if buffered => {
                     if let Err(e) = self.push_buffered_write(index) {
+                        // Started (it holds its lock and the file's use), so it ends as a
+                        // started op does: `complete` gives both back.
+                        self.state_mut(index).stage = Stage::Main;
                         self.complete(index, Err(e));
                         return Ok(Start::Finished);
                     }
@@ -1679,6 +1682,32 @@ mod tests {
         assert_eq!(store.poll(&mut out).expect("poll"), ops);
         assert!(out.iter().all(|c| matches!(c.result, Ok(4096))));
         assert!(bufs.iter().all(|&x| x == 5));
+    }
+
+    /// A page-cache write that cannot start (its object's file went) fails by name and
+    /// gives the file slot back: with one slot, another object opens after it.
+    #[test]
+    fn a_page_cache_write_that_cannot_start_gives_its_file_back() {
+        let (_gone, target) = target_in("buffered-fail");
+        let config = StoreConfig {
+            open_objects: 1,
+            ..StoreConfig::default()
+        };
+        let mut store = ObjectStore::new(&target, config).expect("store");
+        target.create(5).expect("create");
+        store
+            .write(5, 0, &[1u8; 4096])
+            .expect("open it with an aligned write");
+        target.remove(5).expect("remove its file under the store");
+        let e = store
+            .write(5, 4096, b"x")
+            .expect_err("no file to open again");
+        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+        target.create(6).expect("create");
+        store
+            .write(6, 0, b"another object")
+            .expect("the slot is free");
+        store.check_accounts().expect("balanced");
     }
 
     /// A broken account is found and named: an operation the store holds while its ring
