@@ -6,7 +6,8 @@
 //! to 4096), and with a caller that only ever polls.
 //!
 //! The seed is printed; `NACRE_TEST_SEED=N` replays a run, `NACRE_FSX_OPS=N` sets the
-//! operations per layout (scripts/fsx.sh runs it longer).
+//! operations per layout (scripts/fsx.sh runs it longer), `NACRE_FSX_QUEUE_LAYOUTS=N` the
+//! layouts the queue exercisers run on (scripts/kernel-test.sh runs fewer).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -31,10 +32,7 @@ const MAX_BIG_OP_BYTES: u64 = 8 * M + 3;
 const COMPLETION_DEADLINE: Duration = Duration::from_secs(120);
 
 fn ops_per_layout() -> usize {
-    std::env::var("NACRE_FSX_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_OPS)
+    common::env_number("NACRE_FSX_OPS", DEFAULT_OPS as u64) as usize
 }
 
 /// The layouts every exerciser runs on: Lustre's smallest stripes over every target and over
@@ -282,7 +280,8 @@ fn queue_exerciser(client: &Client, how: Reap, test: &str) {
     let seed = common::seed(test);
     let bytes = Bytes::new(seed);
     let mut rng = Rng(seed);
-    for (l, (name, spec)) in layouts().into_iter().enumerate() {
+    let layouts_to_run = common::env_number("NACRE_FSX_QUEUE_LAYOUTS", 4) as usize;
+    for (l, (name, spec)) in layouts().into_iter().enumerate().take(layouts_to_run) {
         let path = format!("/{test}-{l}");
         let file = client.create(&path, 0o644, Some(spec)).unwrap();
         let mut model = Model::default();

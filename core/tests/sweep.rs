@@ -15,8 +15,13 @@ use nacre::layout::Layout;
 
 const K: u64 = 1024;
 const M: u64 = 1024 * K;
-/// The largest transfer: one request's payload bound.
+/// The largest transfer: one request's payload bound (`NACRE_SWEEP_MAX_BYTES` lowers it:
+/// scripts/kernel-test.sh runs the sweep under an emulated CPU).
 const MAX_TRANSFER_BYTES: u64 = 64 * M;
+
+fn max_transfer_bytes() -> u64 {
+    common::env_number("NACRE_SWEEP_MAX_BYTES", MAX_TRANSFER_BYTES).clamp(M, MAX_TRANSFER_BYTES)
+}
 
 /// Pieces one request puts on one target: 1, around the io crate's 64-completion batch and a
 /// store's default depth of 128, and past a store's default bound of 1024 operations.
@@ -25,7 +30,7 @@ const PIECES_PER_TARGET: [u64; 8] = [1, 2, 63, 64, 65, 128, 129, 1025];
 /// The (offset, length) transfers of a geometry whose first component stripes `count` wide
 /// in `size`-byte stripes: edges (a byte, across a block, a stripe, a row), a range that
 /// starts and ends mid-stripe, and aligned runs of each count of [`PIECES_PER_TARGET`] per
-/// target, up to [`MAX_TRANSFER_BYTES`].
+/// target, up to [`MAX_TRANSFER_BYTES`] (or `NACRE_SWEEP_MAX_BYTES`).
 fn transfers(size: u64, count: u64) -> Vec<(u64, u64)> {
     let row = size * count;
     let mut out = vec![
@@ -37,7 +42,7 @@ fn transfers(size: u64, count: u64) -> Vec<(u64, u64)> {
         (1, 4096),
     ];
     for pieces in PIECES_PER_TARGET {
-        let len = (pieces * row).min(MAX_TRANSFER_BYTES);
+        let len = (pieces * row).min(max_transfer_bytes());
         if !out.iter().any(|&(o, l)| o == 0 && l == len) {
             out.push((0, len));
         }

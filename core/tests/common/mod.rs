@@ -416,6 +416,16 @@ impl Bytes {
     }
 }
 
+/// The number in environment variable `name`, or `default` when it is unset or not a
+/// number: how the heavy tests are sized down where time is short (scripts/kernel-test.sh
+/// runs them under an emulated CPU) or up for a long run (scripts/fsx.sh).
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The seed of a seeded test: `NACRE_TEST_SEED` when set (to replay a failure), else one
 /// from the clock. Printed, so that a failing run says how to replay it.
 pub fn seed(test: &str) -> u64 {
