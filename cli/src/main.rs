@@ -41,8 +41,22 @@ struct MetaArg {
 }
 
 impl MetaArg {
-    fn connect(&self) -> Result<Client, Error> {
-        Client::connect(&self.meta)
+    /// Connects to the metadata service named; an empty or malformed name is refused
+    /// naming where it came from (--meta or NACRE_META).
+    fn connect(&self) -> Result<Client, Failure> {
+        if self.meta.trim().is_empty() {
+            return Err(Failure::Message(format!(
+                "no metadata service given: --meta or {META_ENV} is empty (give host:port, \
+                 e.g. {DEFAULT_META})"
+            )));
+        }
+        if let Err(e) = nacre::transport::Endpoint::parse(&self.meta) {
+            return Err(Failure::Message(format!(
+                "--meta or {META_ENV} '{}': {e}",
+                self.meta
+            )));
+        }
+        Ok(Client::connect(&self.meta)?)
     }
 }
 

@@ -31,14 +31,13 @@ pub struct SetstripeArgs {
 /// Parses Lustre's setstripe options into a layout request and the path; `None` for the
 /// request with -d.
 fn parse(args: &[String]) -> Result<(Option<LayoutSpec>, String), String> {
-    let Some((path, options)) = args.split_last() else {
-        return Err("setstripe needs a path".into());
-    };
-    // Options before any -E shape a plain layout; after one, the last component.
+    // Options before any -E shape a plain layout; after one, the last component. The one
+    // argument that is neither an option nor an option's value is the path.
     let mut plain = StripeSpec::default();
     let mut components: Vec<(u64, StripeSpec)> = Vec::new();
     let mut delete = false;
-    let mut it = options.iter();
+    let mut path: Option<String> = None;
+    let mut it = args.iter();
     let mut value = |flag: &str| -> Result<String, String> {
         it.next()
             .cloned()
@@ -49,6 +48,15 @@ fn parse(args: &[String]) -> Result<(Option<LayoutSpec>, String), String> {
             .map_err(|_| format!("{flag} {v}: not a number"))
     };
     while let Ok(flag) = value("") {
+        if !flag.starts_with('-') {
+            if let Some(first) = &path {
+                return Err(format!(
+                    "setstripe takes one path; '{flag}' is a second (after '{first}')"
+                ));
+            }
+            path = Some(flag);
+            continue;
+        }
         if flag == "-E" || flag == "--component-end" {
             let v = value(&flag)?;
             let end = if v == "-1" || v.eq_ignore_ascii_case("eof") {
@@ -77,10 +85,20 @@ fn parse(args: &[String]) -> Result<(Option<LayoutSpec>, String), String> {
             other => return Err(format!("unknown setstripe option '{other}'")),
         }
     }
+    let Some(path) = path else {
+        return Err(format!(
+            "setstripe needs a PATH (the new file or the directory) after its options{}",
+            if args.is_empty() {
+                String::new()
+            } else {
+                format!(": none in '{}'", args.join(" "))
+            }
+        ));
+    };
     let composite = !components.is_empty();
     let current = plain;
     if delete {
-        return Ok((None, path.clone()));
+        return Ok((None, path));
     }
     let spec = if composite {
         let mut start = 0;
@@ -98,7 +116,7 @@ fn parse(args: &[String]) -> Result<(Option<LayoutSpec>, String), String> {
         LayoutSpec::plain(current)
     };
     spec.check().map_err(|e| format!("invalid layout: {e}"))?;
-    Ok((Some(spec), path.clone()))
+    Ok((Some(spec), path))
 }
 
 pub fn setstripe(args: SetstripeArgs) -> Result<(), Failure> {
@@ -159,5 +177,13 @@ mod tests {
         assert!(parse(&args("-S 1000 /f")).is_err());
         assert!(parse(&args("--bogus /f")).is_err());
         assert!(parse(&args("-d /d")).expect("parses").0.is_none());
+        // A missing path is named as such, not as a flag without its value.
+        let e = parse(&args("-c 1")).expect_err("no path");
+        assert!(e.contains("needs a PATH") && e.contains("'-c 1'"), "{e}");
+        let e = parse(&args("-c")).expect_err("no value");
+        assert_eq!(e, "-c needs a value");
+        let e = parse(&args("/a -c 2 /b")).expect_err("two paths");
+        assert!(e.contains("one path") && e.contains("'/b'"), "{e}");
+        assert_eq!(parse(&args("/f -c 2")).expect("path first").1, "/f");
     }
 }

@@ -120,6 +120,16 @@ impl Plan {
     /// Checks every parameter and the relations between them; the error names the flag.
     pub fn check(&self) -> Result<(), UsageError> {
         let bad = |flag, message: String| Err(UsageError::new(flag, message));
+        if !self.path.starts_with('/') || self.path.len() < 2 || self.path.ends_with('/') {
+            return bad(
+                "-o/--path",
+                format!(
+                    "'{}'; the test file is an absolute path in the file system, such as \
+                     /nacre-bench",
+                    self.path
+                ),
+            );
+        }
         if self.tasks == 0 || self.tasks > MAX_TASKS {
             return bad(
                 "-N/--tasks",
@@ -460,6 +470,9 @@ mod tests {
             change(&mut p);
             p.check().map_err(|e| e.flag)
         };
+        assert_eq!(flag_of(&|p| p.path = "relative".into()), Err("-o/--path"));
+        assert_eq!(flag_of(&|p| p.path = "/".into()), Err("-o/--path"));
+        assert_eq!(flag_of(&|p| p.path = "/dir/".into()), Err("-o/--path"));
         assert_eq!(flag_of(&|p| p.tasks = 0), Err("-N/--tasks"));
         assert_eq!(
             flag_of(&|p| p.transfer_bytes = 0),
