@@ -28,7 +28,7 @@ use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUES
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, TransportError};
 
-use crate::codec::Reader;
+use crate::codec::{CodecError, Reader};
 use crate::error::Error;
 use crate::limits::{
     MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS, MAX_TARGETS_PER_SERVER,
@@ -449,12 +449,24 @@ impl Client {
 
     /// Every registered target, in id order.
     pub fn targets(&self) -> Result<Vec<TargetInfo>, Error> {
-        self.inner
-            .meta
-            .call_decode(&self.inner.options.cred, &MetaRequest::Targets, |r| {
-                let n = r.count("targets", u32::MAX as usize, 1)?;
-                (0..n).map(|_| TargetInfo::decode(r)).collect()
-            })
+        let mut all: Vec<TargetInfo> = Vec::new();
+        loop {
+            let request = MetaRequest::Targets {
+                after: all.last().map(|t| t.target_id),
+            };
+            let (page, more) =
+                self.inner
+                    .meta
+                    .call_decode(&self.inner.options.cred, &request, |r| {
+                        decode_page(r, "targets", TargetInfo::decode)
+                    })?;
+            let progressed = !page.is_empty();
+            all.extend(page);
+            // A page that brings nothing ends the listing, whatever it says.
+            if !more || !progressed {
+                return Ok(all);
+            }
+        }
     }
 
     fn refresh_targets(&self) -> Result<(), Error> {
@@ -690,16 +702,16 @@ impl Client {
                 after: all.last().map(|e: &DirEntry| e.name.clone()),
                 max: MAX_READDIR_ENTRIES as u32,
             };
-            let page: Vec<DirEntry> =
+            let (page, more) =
                 self.inner
                     .meta
                     .call_decode(&self.inner.options.cred, &request, |r| {
-                        let n = r.count("entries", MAX_READDIR_ENTRIES, 1)?;
-                        (0..n).map(|_| DirEntry::decode(r)).collect()
+                        decode_page(r, "entries", DirEntry::decode)
                     })?;
-            let full = page.len() == MAX_READDIR_ENTRIES;
+            let progressed = !page.is_empty();
             all.extend(page);
-            if !full {
+            // A page that brings nothing ends the listing, whatever it says.
+            if !more || !progressed {
                 return Ok(all);
             }
         }
@@ -1478,6 +1490,27 @@ impl File {
 
     /// Closes the handle (dropping the last clone does the same; nothing is buffered).
     pub fn close(self) {}
+}
+
+/// A page of records as the metadata service sends them: a count, the records, and whether
+/// more remain. Each record takes at least a byte, so the count is bounded by the body.
+fn decode_page<T>(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    decode: impl Fn(&mut Reader<'_>) -> Result<T, CodecError>,
+) -> Result<(Vec<T>, bool), CodecError> {
+    let n = r.count(
+        what,
+        MAX_READDIR_ENTRIES.max(nacre_transport::limits::MAX_BODY_BYTES as usize),
+        1,
+    )?;
+    let records = (0..n).map(|_| decode(r)).collect::<Result<Vec<T>, _>>()?;
+    let more = match r.u8("more")? {
+        0 => false,
+        1 => true,
+        v => return Err(r.bad_value("more", u64::from(v), "0 or 1")),
+    };
+    Ok((records, more))
 }
 
 /// The objects of a file on each target: (component, stripe, object id), by target id.

@@ -68,3 +68,7 @@ pub const OBJECT_ONLY_LEN: u64 = 1;
 pub const MAX_REGISTER_BYTES: usize = 1 << 31;
 /// Most registrations of caller memory a client keeps at once.
 pub const MAX_REGISTRATIONS: usize = 1024;
+/// Largest binary form of a file's layout: a file's attributes (its layout with them) travel
+/// whole in one metadata reply, whose body is at most the wire's 64 KiB; the rest of the
+/// attributes take far less than the 4 KiB left. About 15,000 stripes in all components.
+pub const MAX_FILE_LAYOUT_BYTES: usize = nacre_transport::limits::MAX_BODY_BYTES as usize - 4096;

@@ -127,7 +127,7 @@ fn request() -> impl Strategy<Value = MetaRequest> {
                 free_bytes
             }
         ),
-        Just(MetaRequest::Targets),
+        proptest::option::of(any::<u32>()).prop_map(|after| MetaRequest::Targets { after }),
         Just(MetaRequest::Statfs),
     ]
 }

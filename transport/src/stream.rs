@@ -389,7 +389,16 @@ impl StreamConn {
         token: u64,
     ) -> Result<(), TransportError> {
         self.socket.check()?;
-        let body = body.into();
+        let mut body = body.into();
+        let (mut status, mut payload) = (status, payload);
+        if let Some((too_long, message)) = crate::wire::oversized_reply(status, body.len()) {
+            crate::log_line!(
+                "nacre-transport: {}: {}",
+                self.socket.peer,
+                String::from_utf8_lossy(&message)
+            );
+            (status, body, payload) = (too_long, message, Vec::new());
+        }
         let payload_len = payload.iter().map(|s| s.len as u64).sum();
         let header = Header::response(request, status, &body, payload_len);
         // SAFETY: the spans' contract is this function's.

@@ -324,6 +324,24 @@ pub struct Extent {
 /// Size of one extent on the wire.
 pub const EXTENT_BYTES: usize = std::mem::size_of::<Extent>();
 
+/// The status of a reply whose body would not fit [`MAX_BODY_BYTES`].
+pub const REPLY_TOO_LONG_STATUS: i32 = libc::EMSGSIZE;
+
+/// What a reply of `status` and a body of `body_len` bytes carries instead when the body is
+/// over [`MAX_BODY_BYTES`]: [`REPLY_TOO_LONG_STATUS`] and a short message, no payload. A
+/// reply that cannot be encoded is an error for its requester, never a panic of the server
+/// (a metadata reply grows with the data it answers). `None` when the reply fits.
+pub fn oversized_reply(status: i32, body_len: usize) -> Option<(i32, Vec<u8>)> {
+    if body_len <= MAX_BODY_BYTES as usize {
+        return None;
+    }
+    let message = format!(
+        "the reply (status {status}) would carry a body of {body_len} bytes, over the \
+         {MAX_BODY_BYTES}-byte bound of one message"
+    );
+    Some((REPLY_TOO_LONG_STATUS, message.into_bytes()))
+}
+
 /// Appends the wire form of `extents` to `out`.
 pub fn encode_extents(extents: &[Extent], out: &mut Vec<u8>) {
     assert!(

@@ -1842,3 +1842,37 @@ fn into_stream_serves_a_real_client_end_to_end() {
     // The client dropped its connection.
     assert_eq!(until_incoming(&mut conn).expect("closed"), Incoming::Closed);
 }
+
+/// A reply whose body would not fit one message (the caller's bug, or data that grew) goes
+/// out as an error reply naming the size, not as a panic; the connection goes on.
+#[test]
+fn a_reply_too_long_for_a_message_is_an_error_reply() {
+    use nacre_transport::limits::MAX_BODY_BYTES;
+    use nacre_transport::wire::REPLY_TOO_LONG_STATUS;
+    let (mut conn, mut client) = pair();
+    client
+        .write_all(&request_bytes(Opcode::Stat, 7, b"", b""))
+        .expect("send");
+    client
+        .write_all(&request_bytes(Opcode::Stat, 8, b"", b""))
+        .expect("send");
+    let first = until_request(&mut conn);
+    let huge = vec![1u8; MAX_BODY_BYTES as usize + 1];
+    conn.reply(&first, 0, huge, 70)
+        .expect("replaced, not refused");
+    let second = until_request(&mut conn);
+    conn.reply(&second, 0, b"fine".to_vec(), 80).expect("reply");
+    assert_eq!(flushed(&mut conn), vec![70, 80]);
+    let (head, body) = read_reply(&mut client);
+    assert_eq!((head.request_id, head.status), (7, REPLY_TOO_LONG_STATUS));
+    let message = String::from_utf8(body).expect("text");
+    assert!(
+        message.contains(&format!("{}", MAX_BODY_BYTES + 1)),
+        "{message}"
+    );
+    let (head, body) = read_reply(&mut client);
+    assert_eq!(
+        (head.request_id, head.status, &body[..]),
+        (8, 0, &b"fine"[..])
+    );
+}

@@ -43,7 +43,8 @@ pub enum MetaRequest {
         /// What access is asked for.
         access: Access,
     },
-    /// Entries of a directory, in name order after `after`.
+    /// Entries of a directory, in name order after `after`: at most `max`, and as many as
+    /// one reply holds (the reply says whether more remain).
     Readdir {
         /// The directory.
         path: String,
@@ -120,8 +121,12 @@ pub enum MetaRequest {
         /// Its free bytes.
         free_bytes: u64,
     },
-    /// Every registered target.
-    Targets,
+    /// The registered targets of ids above `after`, in id order, as many as one reply holds
+    /// (the reply says whether more remain).
+    Targets {
+        /// The last id of the previous page.
+        after: Option<u32>,
+    },
     /// Counts of files and directories.
     Statfs,
 }
@@ -191,7 +196,7 @@ impl MetaRequest {
             MetaRequest::Chown { .. } => "chown",
             MetaRequest::RegisterTarget { .. } => "register target",
             MetaRequest::Usage { .. } => "report usage",
-            MetaRequest::Targets => "list targets",
+            MetaRequest::Targets { .. } => "list targets",
             MetaRequest::Statfs => "statfs",
         }
     }
@@ -213,7 +218,7 @@ impl MetaRequest {
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RegisterTarget { .. }
             | MetaRequest::Usage { .. }
-            | MetaRequest::Targets
+            | MetaRequest::Targets { .. }
             | MetaRequest::Statfs => "",
         }
     }
@@ -234,7 +239,7 @@ impl MetaRequest {
             MetaRequest::Chown { .. } => 12,
             MetaRequest::RegisterTarget { .. } => 13,
             MetaRequest::Usage { .. } => 14,
-            MetaRequest::Targets => 15,
+            MetaRequest::Targets { .. } => 15,
             MetaRequest::Statfs => 16,
         }
     }
@@ -310,7 +315,8 @@ impl MetaRequest {
                     .u64(*capacity_bytes)
                     .u64(*free_bytes);
             }
-            MetaRequest::Targets | MetaRequest::Statfs => {}
+            MetaRequest::Targets { after } => put_opt_u32(&mut Writer::new(out), *after),
+            MetaRequest::Statfs => {}
         }
     }
 
@@ -388,7 +394,9 @@ impl MetaRequest {
                 capacity_bytes: r.u64("capacity_bytes")?,
                 free_bytes: r.u64("free_bytes")?,
             },
-            15 => MetaRequest::Targets,
+            15 => MetaRequest::Targets {
+                after: get_opt_u32(&mut r, "after")?,
+            },
             16 => MetaRequest::Statfs,
             other => return Err(r.bad_value("operation", u64::from(other), "1 to 16")),
         };

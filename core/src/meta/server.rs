@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use nacre_transport::limits::MAX_EXTENTS_PER_REQUEST;
+use nacre_transport::limits::{MAX_BODY_BYTES, MAX_EXTENTS_PER_REQUEST};
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, Connection, Endpoint, Listener, Request, ServerConnection};
 
@@ -24,7 +24,7 @@ use crate::limits::{OBJECT_ONLY_LEN, OBJECT_REMOVE_TIMEOUT_MS};
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::store::MetaStore;
-use crate::meta::types::{Attr, MAX_READDIR_ENTRIES, MetaError};
+use crate::meta::types::{Attr, DirEntry, MAX_READDIR_ENTRIES, MetaError, TargetInfo};
 use crate::server::{Threads, accept_loop, request_loop, spawn};
 
 /// A running metadata server; stops when dropped.
@@ -156,10 +156,9 @@ fn execute(
         MetaRequest::Readdir { path, after, max } => {
             let max = (*max as usize).min(MAX_READDIR_ENTRIES);
             let entries = store.readdir(cred, path, after.as_deref(), max)?;
-            Writer::new(out).u32(entries.len() as u32);
-            for e in &entries {
-                e.encode(out);
-            }
+            // A full page may have more after it; the next one says.
+            let full = entries.len() == max;
+            encode_page(out, &entries, full, DirEntry::encode);
         }
         MetaRequest::Unlink { path } => return Ok(targets_of(Some(store.unlink(cred, path)?))),
         MetaRequest::Rmdir { path } => store.rmdir(cred, path)?,
@@ -185,12 +184,13 @@ fn execute(
             store.update_usage(*target_id, *capacity_bytes, *free_bytes)?;
             return Ok(vec![*target_id]);
         }
-        MetaRequest::Targets => {
-            let targets = store.targets();
-            Writer::new(out).u32(targets.len() as u32);
-            for t in &targets {
-                t.encode(out);
-            }
+        MetaRequest::Targets { after } => {
+            let targets: Vec<TargetInfo> = store
+                .targets()
+                .into_iter()
+                .filter(|t| after.is_none_or(|a| t.target_id > a))
+                .collect();
+            encode_page(out, &targets, false, TargetInfo::encode);
         }
         MetaRequest::Statfs => {
             let st = store.statfs()?;
@@ -198,6 +198,36 @@ fn execute(
         }
     }
     Ok(Vec::new())
+}
+
+/// Encodes a page of records: their count, as many of them (in order) as fit in one
+/// reply's body, and whether more remain: those cut for room, or `more_after` (the source
+/// may have more past the last). Replies that grow with the data (a directory's entries,
+/// the targets) page by bytes, not only by count, so that none outgrows the wire's bound.
+fn encode_page<T>(
+    out: &mut Vec<u8>,
+    records: &[T],
+    more_after: bool,
+    encode: impl Fn(&T, &mut Vec<u8>),
+) {
+    // The count, patched below, and the flag after the records.
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let room = MAX_BODY_BYTES as usize - 1;
+    let mut count = 0u32;
+    let mut record = Vec::new();
+    for r in records {
+        record.clear();
+        encode(r, &mut record);
+        if out.len() + record.len() > room {
+            break;
+        }
+        out.extend_from_slice(&record);
+        count += 1;
+    }
+    out[start..start + 4].copy_from_slice(&count.to_le_bytes());
+    let more = (count as usize) < records.len() || more_after;
+    out.push(u8::from(more));
 }
 
 /// Works target `target_id`'s removal log: asks the target to remove the logged objects, in

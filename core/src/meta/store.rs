@@ -29,6 +29,7 @@ use redb::{
 };
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::limits::MAX_FILE_LAYOUT_BYTES;
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
     MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
@@ -889,7 +890,30 @@ impl MetaStore {
                     .map_err(layout_error)?,
             );
         }
-        spec.build(stripes).map_err(layout_error)
+        let layout = spec.build(stripes).map_err(layout_error)?;
+        // A file's attributes travel whole in one reply, its layout with them.
+        let stripes: usize = layout
+            .components()
+            .iter()
+            .map(|c| c.stripe.target_ids().len())
+            .sum();
+        if layout.encoded_len_bytes() > MAX_FILE_LAYOUT_BYTES {
+            return Err(MetaError::Invalid {
+                field: "layout",
+                value: format!(
+                    "{} components of {stripes} stripes in all ({} bytes encoded)",
+                    layout.components().len(),
+                    layout.encoded_len_bytes()
+                ),
+                allowed: format!(
+                    "a layout of at most {MAX_FILE_LAYOUT_BYTES} bytes encoded (about {} \
+                     stripes in all): a file's attributes, its layout with them, travel in \
+                     one message",
+                    MAX_FILE_LAYOUT_BYTES / nacre_layout::limits::ENCODED_TARGET_ID_BYTES
+                ),
+            });
+        }
+        Ok(layout)
     }
 
     /// Checks that `cred` may open `path` for `access` and returns its attributes (named

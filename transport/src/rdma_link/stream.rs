@@ -339,7 +339,16 @@ impl RdmaStream {
                 ),
             });
         }
-        let body = body.into();
+        let mut body = body.into();
+        let (mut status, mut payload) = (status, payload);
+        if let Some((too_long, message)) = crate::wire::oversized_reply(status, body.len()) {
+            crate::log_line!(
+                "nacre-transport: {}: {}",
+                self.link.peer,
+                String::from_utf8_lossy(&message)
+            );
+            (status, body, payload) = (too_long, message, Vec::new());
+        }
         let len: u64 = payload.iter().map(|s| s.len as u64).sum();
         if len > 0 {
             self.link.check_reply_room(request, len)?;
