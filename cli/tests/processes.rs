@@ -1226,3 +1226,40 @@ fn a_target_stops_on_sigterm_with_a_reply_nobody_reads() {
     );
     drop(stream);
 }
+
+/// A request that pauses mid-message longer than a retransmission or two is still answered
+/// (the metadata service closed the connection after 250 ms before); one that never
+/// finishes is closed at the request timeout. The pause is the slow peer's, not an
+/// ordering.
+#[test]
+fn a_slow_request_is_answered_and_one_that_never_ends_is_closed() {
+    use nacre::transport::limits::HEADER_BYTES;
+    use nacre::transport::wire::{Header, Opcode};
+    let cluster = Cluster::start("slow-request", 1);
+    let address = cluster.meta_addr.trim_start_matches("tcp://").to_string();
+    let mut body = Vec::new();
+    MetaRequest::Lookup { path: "/".into() }.encode(&Cred::root(), &mut body);
+    let header = Header::request(Opcode::Meta, 1, &body, 0).encode();
+    let mut message = header.to_vec();
+    message.extend_from_slice(&body);
+    let mut slow = TcpStream::connect(address.as_str()).unwrap();
+    slow.set_nodelay(true).unwrap();
+    let half = message.len() / 2;
+    slow.write_all(&message[..half]).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    slow.write_all(&message[half..]).unwrap();
+    slow.set_read_timeout(Some(HANG_DEADLINE)).unwrap();
+    let mut reply = [0u8; HEADER_BYTES];
+    slow.read_exact(&mut reply).unwrap();
+    let reply = Header::decode(&reply).unwrap();
+    assert_eq!((reply.request_id, reply.status), (1, 0));
+    // Half a header, then nothing: closed by the service, not kept for ever.
+    let mut stuck = TcpStream::connect(address.as_str()).unwrap();
+    stuck.write_all(&message[..HEADER_BYTES / 2]).unwrap();
+    assert!(
+        closed_by_peer(&mut stuck),
+        "a connection stuck mid-message was kept"
+    );
+    // And the service serves on.
+    cluster.ok(&["mkdir", "/after-the-slow-ones"]);
+}

@@ -13,6 +13,19 @@ pub const MAX_REGISTRATION_BYTES: usize = 1 << 30;
 
 /// How long an acceptor waits for a client before it looks at the stop flag again.
 pub const ACCEPT_POLL_MS: u64 = 100;
+/// How long an acceptor waits after its first failed accept (out of descriptors, say)
+/// before it tries again; the wait doubles while failures go on, up to
+/// [`ACCEPT_BACKOFF_MAX_MS`].
+pub const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
+/// The longest wait of an acceptor between failed accepts.
+pub const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+/// How often a server logs one kind of error that keeps coming (the others of the kind are
+/// counted, and the count logged with the next one).
+pub const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+/// Kinds of error a server's rate-limited log tells apart (more are logged each time).
+pub const MAX_ERROR_LOG_KINDS: usize = 32;
+/// The fewest connections a server allows, whatever its open-file limit.
+pub const MIN_CONNECTIONS: usize = 16;
 /// How long an idle connection or worker waits before it looks at the stop flag again.
 pub const IDLE_POLL_MS: u64 = 200;
 /// Largest piece of a request one storage operation moves (the io crate's bound).
@@ -72,3 +85,15 @@ pub const MAX_REGISTRATIONS: usize = 1024;
 /// whole in one metadata reply, whose body is at most the wire's 64 KiB; the rest of the
 /// attributes take far less than the 4 KiB left. About 15,000 stripes in all components.
 pub const MAX_FILE_LAYOUT_BYTES: usize = nacre_transport::limits::MAX_BODY_BYTES as usize - 4096;
+/// Event-loop threads of the metadata service: they serve every TCP client, however many.
+pub const META_LOOPS: usize = 2;
+/// Most client connections the metadata service holds (fewer when the open-file limit
+/// leaves less room); past it, a loop closes its oldest idle connection to make room, or
+/// refuses the new one when none is idle.
+pub const MAX_META_CONNECTIONS: usize = 16 * 1024;
+/// Descriptors the metadata service keeps for itself (its store, listener, loops, and
+/// connections to targets) out of the open-file limit.
+pub const META_RESERVED_FDS: u64 = 128;
+/// Most RDMA connections the metadata service serves, each on a thread of its own (the
+/// loops drive TCP only); more are refused.
+pub const MAX_META_THREAD_CONNECTIONS: usize = 256;

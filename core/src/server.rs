@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nacre_transport::{Listener, Request, ServerConnection, TransportError};
 
 use crate::error::Error;
-use crate::limits::{ACCEPT_POLL_MS, IDLE_POLL_MS};
+use crate::limits::{
+    ACCEPT_BACKOFF_MAX_MS, ACCEPT_BACKOFF_MIN_MS, ACCEPT_POLL_MS, ERROR_LOG_INTERVAL_MS,
+    IDLE_POLL_MS, MAX_ERROR_LOG_KINDS, MIN_CONNECTIONS,
+};
 
 /// A server's threads and the flag that stops them; dropping it stops and joins them.
 pub(crate) struct Threads {
@@ -54,7 +57,10 @@ pub(crate) fn spawn(
 
 /// Accepts clients until `stop` is set, handing each to `route`, which takes it over
 /// (`None`) or gives back the work of a thread to serve it on (`Some`); then waits for
-/// those threads.
+/// those threads. An accept that fails (out of descriptors, say) backs off, from
+/// [`ACCEPT_BACKOFF_MIN_MS`] doubling to [`ACCEPT_BACKOFF_MAX_MS`] while failures go on,
+/// instead of trying again at once; each kind of failure is logged once per
+/// [`ERROR_LOG_INTERVAL_MS`].
 pub(crate) fn accept_loop<F: FnOnce() + Send + 'static>(
     listener: Listener,
     stop: Arc<AtomicBool>,
@@ -62,21 +68,121 @@ pub(crate) fn accept_loop<F: FnOnce() + Send + 'static>(
     mut route: impl FnMut(ServerConnection) -> Option<F>,
 ) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    let mut errors = ErrorLog::new(name.clone());
+    let mut backoff = Duration::ZERO;
     while !stop.load(Ordering::SeqCst) {
         connections.retain(|t| !t.is_finished());
         match listener.accept(Duration::from_millis(ACCEPT_POLL_MS)) {
             Ok(Some(conn)) => {
+                backoff = Duration::ZERO;
                 let Some(serve) = route(conn) else { continue };
                 match spawn(format!("{name}-conn"), serve) {
                     Ok(t) => connections.push(t),
-                    Err(e) => nacre_transport::log_line!("{name}: {e}"),
+                    Err(e) => errors.note("spawn", &e),
                 }
             }
-            Ok(None) => {}
-            Err(e) => nacre_transport::log_line!("{name}: accept: {e}"),
+            Ok(None) => backoff = Duration::ZERO,
+            Err(e) => {
+                errors.note(accept_error_kind(&e), &format_args!("accept: {e}"));
+                backoff = (backoff * 2).clamp(
+                    Duration::from_millis(ACCEPT_BACKOFF_MIN_MS),
+                    Duration::from_millis(ACCEPT_BACKOFF_MAX_MS),
+                );
+                // The pending connection waits in the listen backlog meanwhile; a pause is
+                // the point (descriptors or memory come back), not an ordering.
+                std::thread::sleep(backoff);
+            }
         }
     }
     join_all(connections);
+}
+
+/// What kind of accept failure `e` is, for [`ErrorLog`].
+fn accept_error_kind(e: &TransportError) -> &'static str {
+    let errno = match e {
+        TransportError::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EMFILE | libc::ENFILE) => "accept: out of descriptors",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "accept: out of memory",
+        _ => "accept",
+    }
+}
+
+/// Logs each kind of error once per [`ERROR_LOG_INTERVAL_MS`], then how many more of that
+/// kind came meanwhile, so that a flood of one failure cannot become a flood of lines (an
+/// acceptor out of descriptors logged about 3 MB/s).
+pub(crate) struct ErrorLog {
+    name: String,
+    /// Per kind: when it was last logged, and how many since were not.
+    kinds: Vec<(&'static str, Instant, u64)>,
+}
+
+impl ErrorLog {
+    pub(crate) fn new(name: String) -> ErrorLog {
+        ErrorLog {
+            name,
+            kinds: Vec::new(),
+        }
+    }
+
+    /// Logs `message` as an error of `kind`, unless one of that kind was logged less than
+    /// an interval ago (it is counted then, and the count said with the next one logged).
+    pub(crate) fn note(&mut self, kind: &'static str, message: &dyn std::fmt::Display) {
+        let interval = Duration::from_millis(ERROR_LOG_INTERVAL_MS);
+        let now = Instant::now();
+        match self.kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, last, quiet)) if now.duration_since(*last) < interval => *quiet += 1,
+            Some((_, last, quiet)) => {
+                nacre_transport::log_line!(
+                    "{}: {message} ({} more like it in the last {} s)",
+                    self.name,
+                    *quiet,
+                    now.duration_since(*last).as_secs()
+                );
+                (*last, *quiet) = (now, 0);
+            }
+            None => {
+                nacre_transport::log_line!("{}: {message}", self.name);
+                if self.kinds.len() < MAX_ERROR_LOG_KINDS {
+                    self.kinds.push((kind, now, 0));
+                }
+            }
+        }
+    }
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit (a server holds a
+/// descriptor per connection, and a target per open object too) and returns the limit now
+/// in force; `None` when it cannot be read.
+pub(crate) fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum.or(Some(u64::MAX));
+        }
+    }
+    limit.current.or(Some(u64::MAX))
+}
+
+/// How many client connections a server may hold: `max`, or fewer when the open-file
+/// limit (raised first) leaves less than `reserved_fds` plus one per connection.
+pub(crate) fn connection_bound(max: usize, reserved_fds: u64) -> usize {
+    match raise_open_file_limit() {
+        Some(limit) => {
+            let room = limit
+                .saturating_sub(reserved_fds)
+                .max(MIN_CONNECTIONS as u64);
+            max.min(usize::try_from(room).unwrap_or(usize::MAX))
+        }
+        None => max,
+    }
 }
 
 /// Takes requests from `conn` and hands each (with its body) to `handle`, until the client

@@ -2,6 +2,7 @@
 //! an embedded ACID store, the registry of targets and pools, and the server that answers
 //! clients over the transport.
 
+mod event_loop;
 pub mod link;
 pub mod proto;
 pub mod server;

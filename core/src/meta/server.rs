@@ -1,6 +1,6 @@
-//! The metadata server: answers [`MetaRequest`]s from a [`MetaStore`], one thread per
-//! connection (the store allows concurrent readers and serializes writers), and removes the
-//! objects of unlinked files from their targets.
+//! The metadata server: answers [`MetaRequest`]s from a [`MetaStore`] (on event loops, see
+//! `event_loop`; the store allows concurrent readers and serializes writers), and removes
+//! the objects of unlinked files from their targets.
 //!
 //! Removal is logged: the transaction that removes a file also logs its objects (per
 //! target), and an object leaves the log only once its target confirmed it gone. The server
@@ -10,22 +10,26 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nacre_transport::limits::{MAX_BODY_BYTES, MAX_EXTENTS_PER_REQUEST};
-use nacre_transport::wire::{Extent, Opcode, encode_extents};
-use nacre_transport::{Bulk, Connection, Endpoint, Listener, Request, ServerConnection};
+use nacre_transport::wire::{Extent, Header, Opcode, encode_extents};
+use nacre_transport::{Bulk, Connection, Endpoint, Listener, ServerConnection};
 
 use crate::client::objects_by_target;
 use crate::codec::Writer;
 use crate::error::Error;
-use crate::limits::{OBJECT_ONLY_LEN, OBJECT_REMOVE_TIMEOUT_MS};
+use crate::limits::{
+    MAX_META_CONNECTIONS, MAX_META_THREAD_CONNECTIONS, META_RESERVED_FDS, OBJECT_ONLY_LEN,
+    OBJECT_REMOVE_TIMEOUT_MS,
+};
+use crate::meta::event_loop;
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::store::MetaStore;
 use crate::meta::types::{Attr, DirEntry, MAX_READDIR_ENTRIES, MetaError, TargetInfo};
-use crate::server::{Threads, accept_loop, request_loop, spawn};
+use crate::server::{Threads, accept_loop, connection_bound, request_loop, spawn};
 
 /// A running metadata server; stops when dropped.
 pub struct MetaServer {
@@ -42,34 +46,65 @@ impl std::fmt::Debug for MetaServer {
 }
 
 impl MetaServer {
-    /// Opens (or creates) the store at `db_path` and listens on `listen`.
+    /// Opens (or creates) the store at `db_path` and listens on `listen`. TCP clients are
+    /// served by [`META_LOOPS`](crate::limits::META_LOOPS) event loops, whatever their number (at most
+    /// [`MAX_META_CONNECTIONS`], and fewer when the open-file limit, raised to its hard
+    /// limit first, leaves less room); RDMA clients by a thread each, at most
+    /// [`MAX_META_THREAD_CONNECTIONS`].
     pub fn start(db_path: &Path, listen: &str) -> Result<MetaServer, Error> {
         let store = Arc::new(MetaStore::open(db_path)?);
         let listener = Listener::bind(&Endpoint::parse(listen)?)?;
         let endpoint = listener.endpoint().clone();
         let stop = Arc::new(AtomicBool::new(false));
+        let bound = connection_bound(MAX_META_CONNECTIONS, META_RESERVED_FDS);
+        let (loops, mut handles) = event_loop::start(&store, &stop, bound)?;
+        let threaded = Arc::new(AtomicUsize::new(0));
         let accept_stop = Arc::clone(&stop);
-        let thread = spawn("nacre-meta".into(), move || {
+        let acceptor = spawn("nacre-meta".into(), move || {
             accept_loop(
                 listener,
                 Arc::clone(&accept_stop),
                 "nacre-meta".into(),
-                move |mut conn: ServerConnection| {
-                    let (store, stop) = (Arc::clone(&store), Arc::clone(&accept_stop));
+                move |conn: ServerConnection| {
+                    let conn = match conn.into_stream() {
+                        Ok(stream) => {
+                            loops.adopt(stream);
+                            return None;
+                        }
+                        Err(conn) => conn,
+                    };
+                    // An RDMA connection: a thread of its own, within its bound.
+                    if threaded.fetch_add(1, Ordering::SeqCst) >= MAX_META_THREAD_CONNECTIONS {
+                        threaded.fetch_sub(1, Ordering::SeqCst);
+                        nacre_transport::log_line!(
+                            "nacre meta: {} refused: {MAX_META_THREAD_CONNECTIONS} connections are served by threads already",
+                            conn.peer()
+                        );
+                        return None;
+                    }
+                    let (store, stop, threaded) = (
+                        Arc::clone(&store),
+                        Arc::clone(&accept_stop),
+                        Arc::clone(&threaded),
+                    );
+                    let mut conn = conn;
                     Some(move || {
                         request_loop(&mut conn, &stop, "nacre meta", |conn, request, body| {
-                            answer(&store, conn, request, body)
+                            let answer = answer(&store, &request.header, body);
+                            for target_id in &answer.removals {
+                                remove_logged(&store, *target_id);
+                            }
+                            conn.reply(request, answer.status, &answer.body, &[])
                         });
+                        threaded.fetch_sub(1, Ordering::SeqCst);
                     })
                 },
             )
         })?;
+        handles.push(acceptor);
         Ok(MetaServer {
             endpoint,
-            threads: Threads {
-                stop,
-                handles: vec![thread],
-            },
+            threads: Threads { stop, handles },
         })
     }
 
@@ -89,38 +124,44 @@ impl MetaServer {
     }
 }
 
-fn answer(
-    store: &MetaStore,
-    conn: &mut ServerConnection,
-    request: &Request,
-    body: &[u8],
-) -> Result<(), nacre_transport::TransportError> {
-    if request.header.opcode != Opcode::Meta {
-        let message = format!(
-            "the metadata service does not serve {:?} requests",
-            request.header.opcode
+/// What a metadata request gets: its reply, and the targets whose removal logs are to be
+/// worked before the reply goes (a file unlinked is gone from its reachable targets when
+/// the caller hears so, and a target that registers finds its old objects gone when it
+/// starts serving).
+pub(super) struct Answer {
+    pub(super) status: i32,
+    pub(super) body: Vec<u8>,
+    pub(super) removals: Vec<u32>,
+}
+
+/// Answers one request (any opcode: only `Meta` is served).
+pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer {
+    let failed = |status: i32, message: String| Answer {
+        status,
+        body: message.into_bytes(),
+        removals: Vec::new(),
+    };
+    if header.opcode != Opcode::Meta {
+        return failed(
+            libc::EOPNOTSUPP,
+            format!(
+                "the metadata service does not serve {:?} requests",
+                header.opcode
+            ),
         );
-        return conn.reply(request, libc::EOPNOTSUPP, message.as_bytes(), &[]);
     }
     let (cred, op) = match MetaRequest::decode(body) {
         Ok(decoded) => decoded,
-        Err(e) => {
-            let message = format!("malformed metadata request: {e}");
-            return conn.reply(request, libc::EINVAL, message.as_bytes(), &[]);
-        }
+        Err(e) => return failed(libc::EINVAL, format!("malformed metadata request: {e}")),
     };
     let mut out = Vec::new();
     match execute(store, &cred, &op, &mut out) {
-        Ok(targets) => {
-            // Before the reply, so that a file unlinked is gone from its (reachable) targets
-            // too when the caller hears so, and a target that registers finds its old
-            // objects gone when it starts serving (tests count objects without a race).
-            for target_id in targets {
-                remove_logged(store, target_id);
-            }
-            conn.reply(request, 0, &out, &[])
-        }
-        Err(e) => conn.reply(request, e.errno(), e.to_string().as_bytes(), &[]),
+        Ok(removals) => Answer {
+            status: 0,
+            body: out,
+            removals,
+        },
+        Err(e) => failed(e.errno(), e.to_string()),
     }
 }
 
@@ -233,7 +274,7 @@ fn encode_page<T>(
 /// Works target `target_id`'s removal log: asks the target to remove the logged objects, in
 /// requests of at most [`MAX_EXTENTS_PER_REQUEST`], and forgets those it confirmed. A target
 /// that cannot be reached keeps its log for the next time (logged on stderr).
-fn remove_logged(store: &MetaStore, target_id: u32) {
+pub(super) fn remove_logged(store: &MetaStore, target_id: u32) {
     let options = link_options(Duration::from_millis(OBJECT_REMOVE_TIMEOUT_MS));
     let mut conn: Option<Connection> = None;
     loop {
