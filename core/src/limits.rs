@@ -49,6 +49,12 @@ pub const MAX_TARGETS_PER_SERVER: usize = 64;
 /// (write payloads, read data): past it, the connection's next request waits until replies
 /// go out, so pipelined requests cannot make a target allocate without bound.
 pub const MAX_STAGED_BYTES_PER_CONNECTION: usize = 32 << 20;
+/// Staging a target server may hold beyond its registered pool, over all its connections:
+/// payloads received and read data not yet written back. Past the pool and this, a request
+/// waits before its payload is read (its connection is not read meanwhile), so what
+/// clients send stays in their sockets. 24 connections each announcing a 64 MiB write
+/// raised a server's memory by 1,472 MiB (its pool 64 MiB) before.
+pub const STAGED_BYTES_BEYOND_POOL: usize = 128 << 20;
 /// How long the metadata service tries to reach a target to remove an unlinked file's
 /// objects.
 pub const OBJECT_REMOVE_TIMEOUT_MS: u64 = 5_000;
@@ -97,3 +103,17 @@ pub const META_RESERVED_FDS: u64 = 128;
 /// Most RDMA connections the metadata service serves, each on a thread of its own (the
 /// loops drive TCP only); more are refused.
 pub const MAX_META_THREAD_CONNECTIONS: usize = 256;
+/// Bytes of replies one connection of the metadata service may have unsent (its client
+/// does not read them) before the service stops reading its requests.
+pub const MAX_META_UNSENT_BYTES_PER_CONNECTION: usize = 1 << 20;
+/// Bytes of replies all connections of the metadata service may have unsent before it
+/// stops reading requests from any (connections that hold them that long are closed at
+/// the request timeout, and reading goes on).
+pub const MAX_META_UNSENT_BYTES: usize = 64 << 20;
+/// Most client connections a target server holds (fewer when the open-file limit leaves
+/// less room beside its object files); past it, a worker closes its oldest idle connection
+/// to make room, or refuses the new one when none is idle.
+pub const MAX_TARGET_CONNECTIONS: usize = 16 * 1024;
+/// Descriptors a target server keeps for itself (rings, epolls, eventfds, listeners, its
+/// link to the metadata service) out of the open-file limit.
+pub const TARGET_RESERVED_FDS: u64 = 128;

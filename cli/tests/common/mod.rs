@@ -52,6 +52,25 @@ pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
 
 /// Makes the child get SIGKILL if the thread that started it dies, so a test process killed
 /// outright leaves no servers behind (the drop guards cover every other way out).
+/// Makes `command`'s process start with at most `files` open descriptors, soft and hard
+/// limit alike (so it cannot raise its own).
+pub fn limit_open_files(command: &mut Command, files: u64) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
+    // which is async-signal-safe, allocates nothing and reads only the local struct.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
     // which is async-signal-safe, allocates nothing and touches no memory of ours.
@@ -294,6 +313,8 @@ pub struct Cluster {
     meta: Option<Process>,
     targets: Vec<Option<Process>>,
     target_ports: Vec<u16>,
+    /// The open-file limit its servers start with, if one is set.
+    fd_limit: Option<u64>,
     // Last: removed after every process is gone.
     dir: TempDir,
 }
@@ -302,6 +323,12 @@ impl Cluster {
     /// Starts a metadata service and `targets` targets (ids 0 to `targets - 1`), and waits
     /// until each says it is serving.
     pub fn start(tag: &str, targets: u32) -> Cluster {
+        Cluster::start_with_fd_limit(tag, targets, None)
+    }
+
+    /// As [`Cluster::start`], every server starting with at most `fd_limit` open
+    /// descriptors (soft and hard) when given.
+    pub fn start_with_fd_limit(tag: &str, targets: u32, fd_limit: Option<u64>) -> Cluster {
         let dir = TempDir::new(tag);
         std::fs::create_dir_all(dir.0.join("logs")).unwrap();
         let meta_port = free_port();
@@ -311,6 +338,7 @@ impl Cluster {
             meta: None,
             targets: Vec::new(),
             target_ports: Vec::new(),
+            fd_limit,
             dir,
         };
         cluster.restart_meta();
@@ -354,7 +382,10 @@ impl Cluster {
 
     fn spawn_target(&self, i: u32) -> Process {
         let name = format!("target{i}");
-        let command = self.serve_target_command(i, &self.target_endpoint(i));
+        let mut command = self.serve_target_command(i, &self.target_endpoint(i));
+        if let Some(files) = self.fd_limit {
+            limit_open_files(&mut command, files);
+        }
         Process::start(&name, command, Some(&self.log(&name)))
     }
 
@@ -397,6 +428,16 @@ impl Cluster {
         self.targets[i as usize] = Some(process);
     }
 
+    /// The metadata service's process id.
+    pub fn meta_pid(&self) -> u32 {
+        self.meta.as_ref().unwrap().pid()
+    }
+
+    /// What the metadata service wrote on its standard error so far.
+    pub fn meta_log(&self) -> String {
+        std::fs::read_to_string(self.log("meta")).unwrap_or_default()
+    }
+
     /// What target `i` wrote on its standard error so far.
     pub fn target_log(&self, i: u32) -> String {
         std::fs::read_to_string(self.log(&format!("target{i}"))).unwrap_or_default()
@@ -433,6 +474,9 @@ impl Cluster {
             "--listen",
             &self.meta_addr,
         ]);
+        if let Some(files) = self.fd_limit {
+            limit_open_files(&mut command, files);
+        }
         let process = Process::start("meta", command, Some(&self.log("meta")));
         process.wait_for_line("serving", START_TIMEOUT);
         self.meta = Some(process);
@@ -499,4 +543,16 @@ impl Drop for Cluster {
 /// Bytes as text (lossy).
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A field of `/proc/PID/status` in its unit (kB for memory), e.g. `VmRSS`, `VmHWM`,
+/// `Threads`.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

@@ -7,6 +7,10 @@
 //! whose reply comes back to the loop; the connection's later requests are read meanwhile,
 //! and replies leave in request order.
 //!
+//! Replies a client does not take are bounded: a connection with
+//! [`MAX_META_UNSENT_BYTES_PER_CONNECTION`] of replies unsent is not read until they go, and
+//! none is while all connections' unsent replies pass [`MAX_META_UNSENT_BYTES`].
+//!
 //! A connection may idle between messages as long as it likes, but one partway through a
 //! message (or with replies the client does not take) for [`REQUEST_TIMEOUT_MS`] is closed:
 //! a slow sender's pauses are waited out up to that bound, a slow-loris is not. Past the
@@ -24,7 +28,10 @@ use nacre_transport::wire::Header;
 use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 
 use crate::error::Error;
-use crate::limits::{IDLE_POLL_MS, META_LOOPS, STOP_TIMEOUT_MS};
+use crate::limits::{
+    IDLE_POLL_MS, MAX_META_UNSENT_BYTES, MAX_META_UNSENT_BYTES_PER_CONNECTION, META_LOOPS,
+    STOP_TIMEOUT_MS,
+};
 use crate::meta::server::{Answer, answer, remove_logged};
 use crate::meta::store::MetaStore;
 use crate::server::{ErrorLog, spawn};
@@ -79,6 +86,8 @@ struct Shared {
     open: AtomicUsize,
     /// The most they may hold.
     bound: usize,
+    /// Bytes of replies given and not yet written, over every connection.
+    unsent: AtomicUsize,
 }
 
 /// The acceptor's handle on the loops.
@@ -118,6 +127,7 @@ pub(super) fn start(
         inboxes,
         open: AtomicUsize::new(0),
         bound,
+        unsent: AtomicUsize::new(0),
     });
     let (removals_tx, removals_rx) = mpsc::channel::<Removal>();
     let mut handles = Vec::with_capacity(META_LOOPS + 1);
@@ -173,6 +183,8 @@ struct Conn {
     awaiting: usize,
     /// When it last brought a request.
     last_request: Instant,
+    /// Bytes of its replies given and not yet written.
+    unsent: usize,
 }
 
 struct Slot {
@@ -190,8 +202,10 @@ struct MetaLoop {
     slots: Vec<Slot>,
     /// Slots with no connection.
     free: Vec<usize>,
-    /// Scratch for flushes (the replies carry no payload memory to give back).
+    /// Scratch for flushes: the tokens of replies written, each its body's length.
     sent: Vec<u64>,
+    /// Slots whose connection is not read while replies are unsent past a bound.
+    held: Vec<usize>,
     errors: ErrorLog,
     last_sweep: Instant,
 }
@@ -216,6 +230,7 @@ impl MetaLoop {
             slots: Vec::new(),
             free: Vec::new(),
             sent: Vec::new(),
+            held: Vec::new(),
             errors: ErrorLog::new(format!("nacre meta: loop {index}")),
             last_sweep: Instant::now(),
         })
@@ -229,6 +244,7 @@ impl MetaLoop {
             while let Ok(msg) = self.rx.try_recv() {
                 self.handle(msg);
             }
+            self.release_held();
             if self.last_sweep.elapsed() >= idle {
                 self.sweep();
             }
@@ -295,10 +311,8 @@ impl MetaLoop {
                     return;
                 };
                 conn.awaiting -= 1;
-                let replied = conn.stream.reply(&header, answer.status, answer.body, 0);
-                match replied {
-                    Ok(()) => self.drive(slot),
-                    Err(e) => self.close(slot, Some(e)),
+                if self.reply(slot, &header, answer) {
+                    self.drive(slot);
                 }
             }
         }
@@ -376,6 +390,7 @@ impl MetaLoop {
             since: None,
             awaiting: 0,
             last_request: Instant::now(),
+            unsent: 0,
         });
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
@@ -398,6 +413,12 @@ impl MetaLoop {
                 }
                 return;
             }
+            if !self.may_read(slot) {
+                return;
+            }
+            let Some(conn) = self.slots[slot].conn.as_mut() else {
+                return;
+            };
             match conn.stream.recv_request() {
                 Ok(Incoming::Request(header)) => {
                     conn.last_request = Instant::now();
@@ -428,7 +449,9 @@ impl MetaLoop {
             return Some(false);
         }
         let flushed = conn.stream.flush(&mut self.sent);
-        self.sent.clear();
+        let written: usize = self.sent.drain(..).map(|len| len as usize).sum();
+        conn.unsent -= written;
+        self.shared.unsent.fetch_sub(written, Ordering::SeqCst);
         match flushed {
             Ok(progress) => Some(progress == Progress::Pending),
             Err(e) => {
@@ -471,8 +494,56 @@ impl MetaLoop {
                 Err(mpsc::SendError(job)) => job.answer,
             }
         };
-        if let Err(e) = conn.stream.reply(&header, answer.status, answer.body, 0) {
-            self.close(slot, Some(e));
+        self.reply(slot, &header, answer);
+    }
+
+    /// Gives `slot`'s connection its reply to `header`, counted unsent until written;
+    /// false when the connection failed (and is closed).
+    fn reply(&mut self, slot: usize, header: &Header, answer: Answer) -> bool {
+        let Some(conn) = self.slots[slot].conn.as_mut() else {
+            return false;
+        };
+        let len = answer.body.len();
+        match conn
+            .stream
+            .reply(header, answer.status, answer.body, len as u64)
+        {
+            Ok(()) => {
+                conn.unsent += len;
+                self.shared.unsent.fetch_add(len, Ordering::SeqCst);
+                true
+            }
+            Err(e) => {
+                self.close(slot, Some(e));
+                false
+            }
+        }
+    }
+
+    /// Whether `slot`'s connection may bring another request: not while its own replies,
+    /// or all connections', are unsent past their bounds (it is then held, and driven
+    /// again when replies have gone).
+    fn may_read(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.slots[slot].conn.as_ref() else {
+            return false;
+        };
+        let over = conn.unsent >= MAX_META_UNSENT_BYTES_PER_CONNECTION
+            || self.shared.unsent.load(Ordering::SeqCst) >= MAX_META_UNSENT_BYTES;
+        if over && !self.held.contains(&slot) {
+            self.held.push(slot);
+        }
+        !over
+    }
+
+    /// Drives the held connections again once replies have gone below the bounds.
+    fn release_held(&mut self) {
+        if self.held.is_empty()
+            || self.shared.unsent.load(Ordering::SeqCst) >= MAX_META_UNSENT_BYTES
+        {
+            return;
+        }
+        for slot in std::mem::take(&mut self.held) {
+            self.drive(slot);
         }
     }
 
@@ -515,6 +586,7 @@ impl MetaLoop {
             );
         }
         self.epoll.remove(conn.stream.fd());
+        self.shared.unsent.fetch_sub(conn.unsent, Ordering::SeqCst);
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
         self.free.push(slot);

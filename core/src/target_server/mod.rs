@@ -42,13 +42,14 @@ use nacre_transport::{Endpoint, Listener, ServerConnection};
 use crate::codec::Reader;
 use crate::error::Error;
 use crate::limits::{
-    ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, MAX_TARGETS_PER_SERVER, REGISTER_TIMEOUT_MS,
+    ACCEPT_POLL_MS, HEARTBEAT_MS, IDLE_POLL_MS, MAX_TARGET_CONNECTIONS, MAX_TARGETS_PER_SERVER,
+    MIN_CONNECTIONS, REGISTER_TIMEOUT_MS, STAGED_BYTES_BEYOND_POOL, TARGET_RESERVED_FDS,
 };
 use crate::mem::{MemPool, PoolConfig};
 use crate::meta::link::{MetaLink, link_options};
 use crate::meta::proto::MetaRequest;
 use crate::meta::types::{Cred, MAX_TARGET_UUID_BYTES, TargetInfo};
-use crate::server::{Threads, accept_loop, join_all, spawn};
+use crate::server::{Threads, accept_loop, join_all, raise_open_file_limit, spawn};
 use request::Context;
 use worker::{Inbox, Msg};
 
@@ -251,15 +252,21 @@ impl TargetServer {
         } else {
             config.workers
         };
+        let (store_config, connection_bound) =
+            descriptor_budget(config.store, workers * targets.len());
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Accepted::default());
         let ctx = Arc::new(Context {
+            connections: AtomicUsize::new(0),
+            connection_bound,
             targets,
             served_reply: request::served_reply(instance(), &registered),
             counts: Arc::clone(&accepted),
+            staged_bound: pool.chunks() * pool.chunk_bytes() + STAGED_BYTES_BEYOND_POOL,
             pool,
             stop: Arc::clone(&stop),
             in_flight: AtomicUsize::new(0),
+            staged: Arc::new(AtomicUsize::new(0)),
         });
         let mut inboxes = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
@@ -273,7 +280,6 @@ impl TargetServer {
         let (ready_tx, ready_rx) = mpsc::channel();
         for (w, rx) in receivers.into_iter().enumerate() {
             let (ctx, inboxes) = (Arc::clone(&ctx), Arc::clone(&inboxes));
-            let store_config = config.store;
             let ready = ready_tx.clone();
             let started = spawn(format!("nacre-t{first_id}-w{w}"), move || {
                 worker::run(w, ctx, inboxes, rx, store_config, ready)
@@ -403,6 +409,32 @@ impl TargetServer {
     pub fn stop(mut self) {
         self.threads.shutdown();
     }
+}
+
+/// Shares the open-file limit (raised to the hard limit first) between the stores' object
+/// files and the client connections: each of `stores` stores may keep
+/// `store.open_objects` objects open, two descriptors each (direct and page cache), within
+/// half of what is left after [`TARGET_RESERVED_FDS`]; connections get the rest, at most
+/// [`MAX_TARGET_CONNECTIONS`]. Returns the stores' sizing (fewer open objects when the limit
+/// is low) and the bound of connections.
+fn descriptor_budget(mut store: StoreConfig, stores: usize) -> (StoreConfig, usize) {
+    let Some(limit) = raise_open_file_limit() else {
+        return (store, MAX_TARGET_CONNECTIONS);
+    };
+    let budget = limit.saturating_sub(TARGET_RESERVED_FDS);
+    let per_store = (budget / 2 / (2 * stores.max(1) as u64)).max(1);
+    if u64::from(store.open_objects) > per_store {
+        let open = u32::try_from(per_store).unwrap_or(u32::MAX);
+        nacre_transport::log_line!(
+            "nacre target: the open-file limit ({limit}) lets each of {stores} stores keep {open} objects open, not {}",
+            store.open_objects
+        );
+        store.open_objects = open;
+    }
+    let files = 2 * stores as u64 * u64::from(store.open_objects);
+    let room = budget.saturating_sub(files).max(MIN_CONNECTIONS as u64);
+    let connections = MAX_TARGET_CONNECTIONS.min(usize::try_from(room).unwrap_or(usize::MAX));
+    (store, connections)
 }
 
 /// A number for this start of a server, different from any other server's (with

@@ -31,9 +31,33 @@ pub(super) struct Context {
     /// Requests whose pieces are being run: workers stop only when none is left, so no
     /// piece is ever sent to a worker that has gone.
     pub(super) in_flight: AtomicUsize,
+    /// Bytes of staging (payloads received and replies not yet written) the server holds,
+    /// over all its connections.
+    pub(super) staged: Arc<AtomicUsize>,
+    /// Client connections the workers hold, all together.
+    pub(super) connections: AtomicUsize,
+    /// The most they may hold (past it, a worker closes its oldest idle one or refuses).
+    pub(super) connection_bound: usize,
+    /// The most it may hold: the pool and
+    /// [`STAGED_BYTES_BEYOND_POOL`](crate::limits::STAGED_BYTES_BEYOND_POOL) of other memory.
+    pub(super) staged_bound: usize,
 }
 
 impl Context {
+    /// Reserves `bytes` of staging within the server's bound, or `None` when that would
+    /// pass it (one request alone may always go: the bound holds at least the largest).
+    fn reserve(&self, bytes: usize) -> Option<Reserved> {
+        let reserved = self
+            .staged
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held == 0 || held + bytes <= self.staged_bound).then_some(held + bytes)
+            });
+        reserved.ok().map(|_| Reserved {
+            counter: Arc::clone(&self.staged),
+            bytes,
+        })
+    }
+
     /// Counts a request in before its pieces go out; false (and not counted) when the
     /// server is stopping. The stop flag is read after the count is raised, so a worker
     /// that saw the flag and then a zero count can be sure no request will come.
@@ -151,6 +175,10 @@ pub(super) enum Work {
     Reply { status: i32, body: Vec<u8> },
     /// Pieces to run (after a write's payload has arrived in its staging).
     Run(Prepared),
+    /// The server holds its bound of staging: the request waits (ask again later with the
+    /// same header and body), and its connection is not read meanwhile, so that what
+    /// clients send stays in their sockets instead of in the server's memory.
+    Wait,
 }
 
 impl Work {
@@ -193,7 +221,8 @@ pub(super) fn begin(ctx: &Context, accepted_by: usize, header: &Header, body: &[
             Err(f) => Work::failed(f),
         },
         Opcode::Read | Opcode::Write => match transfer(ctx, t, header, body) {
-            Ok(p) => Work::Run(p),
+            Ok(Some(p)) => Work::Run(p),
+            Ok(None) => Work::Wait,
             Err(f) => Work::failed(f),
         },
         Opcode::Sync
@@ -273,8 +302,14 @@ fn plain(opcode: Opcode, target: usize, body: &[u8]) -> Result<Prepared, Failure
     })
 }
 
-/// A read or a write: its extents laid over staging memory of the pool.
-fn transfer(ctx: &Context, t: usize, header: &Header, body: &[u8]) -> Result<Prepared, Failure> {
+/// A read or a write: its extents laid over staging memory of the pool; `None` when the
+/// server holds its bound of staging.
+fn transfer(
+    ctx: &Context,
+    t: usize,
+    header: &Header,
+    body: &[u8],
+) -> Result<Option<Prepared>, Failure> {
     let mut extents = Vec::new();
     let total = decode(body, &mut extents)?;
     let write = header.opcode == Opcode::Write;
@@ -296,18 +331,21 @@ fn transfer(ctx: &Context, t: usize, header: &Header, body: &[u8]) -> Result<Pre
             ),
         });
     }
-    let mut staging = Staging::new(&ctx.pool, total as usize);
+    let Some(reserved) = ctx.reserve(total as usize) else {
+        return Ok(None);
+    };
+    let mut staging = Staging::new(&ctx.pool, total as usize, reserved);
     let pieces = if write {
         staging.pieces(t, &extents, |buf, len| PieceOp::Write { buf, len })
     } else {
         staging.pieces(t, &extents, |buf, len| PieceOp::Read { buf, len })
     };
-    Ok(Prepared {
+    Ok(Some(Prepared {
         opcode: header.opcode,
         extents,
         pieces,
         staging: Some(staging),
-    })
+    }))
 }
 
 /// The reply to a request whose pieces all ran, `results` in piece order. A read's reply
@@ -386,10 +424,24 @@ pub(super) struct Staging {
     heap: Option<AlignedBuf>,
     chunk_bytes: usize,
     len: usize,
+    /// Its share of the server's bound, given back when it goes.
+    reserved: Reserved,
+}
+
+/// Bytes of staging counted in the server's total ([`Context::staged`]) until dropped.
+pub(super) struct Reserved {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 impl Staging {
-    fn new(pool: &MemPool, len: usize) -> Staging {
+    fn new(pool: &MemPool, len: usize, reserved: Reserved) -> Staging {
         let chunk_bytes = pool.chunk_bytes().min(MAX_IO_PIECE_BYTES);
         let need = len.div_ceil(pool.chunk_bytes());
         let mut chunks = Vec::with_capacity(need);
@@ -406,6 +458,7 @@ impl Staging {
                 heap: Some(AlignedBuf::zeroed(len.max(1))),
                 chunk_bytes,
                 len,
+                reserved,
             };
         }
         Staging {
@@ -413,6 +466,7 @@ impl Staging {
             heap: None,
             chunk_bytes,
             len,
+            reserved,
         }
     }
 
@@ -503,7 +557,7 @@ impl Staging {
     }
 
     /// Gives up the memory without freeing it: a piece that did not finish in time may
-    /// still use it.
+    /// still use it. It stays counted in the server's staging, since it is still held.
     pub(super) fn abandon(mut self) {
         for c in self.chunks.drain(..) {
             std::mem::forget(c);
@@ -511,5 +565,6 @@ impl Staging {
         if let Some(h) = self.heap.take() {
             std::mem::forget(h);
         }
+        std::mem::forget(self.reserved);
     }
 }

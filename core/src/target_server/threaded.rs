@@ -4,14 +4,15 @@
 //! staging buffer), hands each object's owner its pieces as a job, waits for the results,
 //! and replies from the same memory.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nacre_transport::{Request, ServerConnection, TransportError};
 
 use super::request::{self, Context, Failure, PieceResult, Prepared, Work};
 use super::worker::{Inbox, Job, Msg, ReplyTo, owner};
-use crate::limits::WORKER_REPLY_TIMEOUT_MS;
+use crate::limits::{IDLE_POLL_MS, WORKER_REPLY_TIMEOUT_MS};
 use crate::server::request_loop;
 
 /// Serves one connection accepted by the listener of target `t` (its index in
@@ -37,9 +38,24 @@ fn handle(
     request: &Request,
     body: &[u8],
 ) -> Result<(), TransportError> {
-    let mut prepared = match request::begin(ctx, t, &request.header, body) {
-        Work::Reply { status, body } => return conn.reply(request, status, &body, &[]),
-        Work::Run(p) => p,
+    // A request that waits for staging memory waits here (this connection's thread is its
+    // own), up to the bound a worker gives its pieces.
+    let deadline = Instant::now() + Duration::from_millis(WORKER_REPLY_TIMEOUT_MS);
+    let mut prepared = loop {
+        match request::begin(ctx, t, &request.header, body) {
+            Work::Reply { status, body } => return conn.reply(request, status, &body, &[]),
+            Work::Run(p) => break p,
+            Work::Wait if Instant::now() < deadline && !ctx.stop.load(Ordering::SeqCst) => {
+                std::thread::sleep(Duration::from_millis(IDLE_POLL_MS));
+            }
+            Work::Wait => {
+                let message = format!(
+                    "{}: the server's staging memory stayed at its bound for {WORKER_REPLY_TIMEOUT_MS} ms",
+                    ctx.target_name(t)
+                );
+                return conn.reply(request, libc::EAGAIN, message.as_bytes(), &[]);
+            }
+        }
     };
     if request.header.payload_len > 0
         && let Some(staging) = prepared.staging.as_mut()

@@ -32,6 +32,7 @@ use crate::limits::{
     IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, STOP_TIMEOUT_MS,
     WORKER_REPLY_TIMEOUT_MS,
 };
+use crate::server::ErrorLog;
 
 /// Most client connections one worker serves at once; more are refused (closed).
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;
@@ -197,6 +198,12 @@ struct Conn {
     staged: usize,
     /// It is in the worker's `answered` list.
     answered: bool,
+    /// When it last brought a request (the oldest idle connection makes room past the
+    /// server's bound of connections).
+    last_request: Instant,
+    /// A request read whose staging the server could not give yet (its bound was reached):
+    /// it is begun again when staging is given back, and nothing more is read meanwhile.
+    parked: Option<Header>,
 }
 
 struct Slot {
@@ -244,6 +251,9 @@ pub(super) struct Worker {
     answered: Vec<usize>,
     /// Tokens epoll found ready, and whether each may be read.
     ready_tokens: Vec<(u64, bool)>,
+    /// Slots whose connection holds a request parked for staging memory.
+    parked: Vec<usize>,
+    errors: ErrorLog,
     last_sweep: Instant,
 }
 
@@ -280,6 +290,7 @@ impl Worker {
         store_config: StoreConfig,
     ) -> Result<Worker, Error> {
         let ring_event = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
+        let errors = ErrorLog::new(format!("nacre {} worker {index}", ctx.name()));
         let mut stores = Vec::with_capacity(ctx.targets.len());
         for target in &ctx.targets {
             let mut store = ObjectStore::new(target, store_config)?;
@@ -324,6 +335,8 @@ impl Worker {
             sent: Vec::new(),
             answered: Vec::new(),
             ready_tokens: Vec::new(),
+            parked: Vec::new(),
+            errors,
             last_sweep: Instant::now(),
         })
     }
@@ -347,6 +360,7 @@ impl Worker {
             }
             busy |= self.deliver();
             busy |= self.drive_answered();
+            busy |= self.unpark();
             if self.last_sweep.elapsed() >= idle {
                 self.sweep();
             }
@@ -465,6 +479,35 @@ impl Worker {
         Ok(())
     }
 
+    /// Begins the parked requests again while the server's staging has room (any worker
+    /// may have given some back); whether one of them got going.
+    fn unpark(&mut self) -> bool {
+        if self.parked.is_empty() || self.ctx.staged.load(Ordering::SeqCst) >= self.ctx.staged_bound
+        {
+            return false;
+        }
+        let mut moved = false;
+        for slot in std::mem::take(&mut self.parked) {
+            let is_parked = |w: &Worker| {
+                w.slots[slot]
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.parked.is_some())
+            };
+            if !is_parked(self) {
+                continue;
+            }
+            self.drive(slot);
+            if !is_parked(self) {
+                moved = true;
+            } else if !self.parked.contains(&slot) {
+                // Parked again by `begin`, or not reached this time.
+                self.parked.push(slot);
+            }
+        }
+        moved
+    }
+
     /// Says so, by name, when a store's accounts of its operations do not balance (an
     /// operation was lost): checked as the worker stops, in every build.
     fn check_stores(&self) {
@@ -518,14 +561,45 @@ impl Worker {
     }
 
     fn adopt(&mut self, stream: Wire, target: usize) {
-        if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER || self.ctx.stop.load(Ordering::SeqCst) {
-            nacre_transport::log_line!(
-                "nacre {}: {} refused: worker {} serves {MAX_CONNECTIONS_PER_WORKER} connections",
-                self.ctx.target_name(target),
-                stream.peer(),
-                self.index
-            );
+        if self.ctx.stop.load(Ordering::SeqCst) {
             return;
+        }
+        if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER
+            || self.ctx.connections.load(Ordering::SeqCst) >= self.ctx.connection_bound
+        {
+            // Past the bound: this worker's oldest idle connection makes room, or the new
+            // one is refused when none is idle.
+            let oldest_idle = (0..self.slots.len())
+                .filter(|&s| {
+                    self.slots[s].conn.as_ref().is_some_and(|c| {
+                        c.requests.is_empty() && !c.stream.mid_message() && !c.stream.wants_write()
+                    })
+                })
+                .min_by_key(|&s| self.slots[s].conn.as_ref().map(|c| c.last_request));
+            let bound = self.ctx.connection_bound.min(MAX_CONNECTIONS_PER_WORKER);
+            match oldest_idle {
+                Some(slot) => {
+                    self.errors.note(
+                        "connection bound",
+                        &format_args!(
+                            "{bound} connections: the oldest idle one is closed for {}",
+                            stream.peer()
+                        ),
+                    );
+                    self.close(slot, None);
+                }
+                None => {
+                    self.errors.note(
+                        "connection bound",
+                        &format_args!(
+                            "{} refused: {bound} connections, none of worker {}'s idle",
+                            stream.peer(),
+                            self.index
+                        ),
+                    );
+                    return;
+                }
+            }
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
@@ -544,13 +618,16 @@ impl Worker {
             self.free_slots.push(slot);
             return;
         }
+        self.ctx.connections.fetch_add(1, Ordering::SeqCst);
         self.slots[slot].conn = Some(Conn {
+            last_request: Instant::now(),
             stream,
             target,
             payload: None,
             requests: Vec::new(),
             staged: 0,
             answered: false,
+            parked: None,
         });
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
@@ -589,6 +666,12 @@ impl Worker {
                     }
                     Err(e) => return self.close(slot, Some(e)),
                 }
+            } else if let Some(header) = conn.parked.take() {
+                self.begin(slot, header);
+                self.slots[slot]
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.parked.is_none())
             } else if conn.staged >= MAX_STAGED_BYTES_PER_CONNECTION {
                 // The next request waits for replies to go out (`release`).
                 false
@@ -663,10 +746,18 @@ impl Worker {
         let Some(conn) = self.slots[slot].conn.as_mut() else {
             return;
         };
+        conn.last_request = Instant::now();
         let prepared = match request::begin(&self.ctx, conn.target, &header, conn.stream.body()) {
             Work::Reply { status, body } => {
                 if let Err(e) = conn.stream.reply(&header, status, body, NO_REQUEST) {
                     self.close(slot, Some(e));
+                }
+                return;
+            }
+            Work::Wait => {
+                conn.parked = Some(header);
+                if !self.parked.contains(&slot) {
+                    self.parked.push(slot);
                 }
                 return;
             }
@@ -929,9 +1020,11 @@ impl Worker {
             return;
         };
         if let Some(e) = why {
-            nacre_transport::log_line!("nacre {}: {e}; connection closed", self.ctx.name());
+            self.errors
+                .note("connection", &format_args!("{e}; connection closed"));
             self.ctx.counts.failed.fetch_add(1, Ordering::SeqCst);
         }
+        self.ctx.connections.fetch_sub(1, Ordering::SeqCst);
         conn.stream.unwatch(&self.epoll);
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
