@@ -328,24 +328,42 @@ fn mode_string(t: FileType, mode: u32) -> String {
     s
 }
 
+/// `nacre ls [-l]`. With -l, an entry whose attributes or size cannot be had (a target
+/// down holds its objects) shows `?` where they go and its error on standard error; the
+/// others list as usual, and the command then fails saying how many could not.
 fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
+    let mut unknown = 0usize;
     for e in client.readdir(path)? {
-        if long {
-            let full = format!("{}/{}", path.trim_end_matches('/'), e.name);
-            let st = client.stat(&full)?;
-            let _ = writeln!(
-                out,
-                "{} {:>5} {:>5} {:>14} {}",
-                mode_string(st.attr.file_type, st.attr.mode),
-                st.attr.uid,
-                st.attr.gid,
-                st.size_bytes,
-                e.name
-            );
-        } else {
-            let _ = writeln!(out, "{}", e.name);
+        if !long {
+            outln!("{}", e.name);
+            continue;
         }
+        let full = format!("{}/{}", path.trim_end_matches('/'), e.name);
+        let attr = match client.attr(&full) {
+            Ok(attr) => attr,
+            Err(err) => {
+                unknown += 1;
+                eprintln!("nacre: ls: {full}: {err}");
+                outln!("{:<10} {:>5} {:>5} {:>14} {}", "?", "?", "?", "?", e.name);
+                continue;
+            }
+        };
+        let mode = mode_string(attr.file_type, attr.mode);
+        let (uid, gid) = (attr.uid, attr.gid);
+        let size = match client.stat_of(attr) {
+            Ok(st) => st.size_bytes.to_string(),
+            Err(err) => {
+                unknown += 1;
+                eprintln!("nacre: ls: {full}: size unknown: {err}");
+                "?".to_string()
+            }
+        };
+        outln!("{mode} {uid:>5} {gid:>5} {size:>14} {}", e.name);
+    }
+    if unknown > 0 {
+        return Err(Failure::Message(format!(
+            "ls: {unknown} entries of {path} could not be listed whole (see above)"
+        )));
     }
     Ok(())
 }

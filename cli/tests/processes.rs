@@ -1263,3 +1263,84 @@ fn a_slow_request_is_answered_and_one_that_never_ends_is_closed() {
     // And the service serves on.
     cluster.ok(&["mkdir", "/after-the-slow-ones"]);
 }
+
+/// `nacre ls -l` with one target down lists every entry: those whose size needs that
+/// target show `?` for it and their error on standard error, the others list as usual,
+/// and the command fails (exit 1) saying how many could not be listed whole. Before, the
+/// whole listing failed.
+#[test]
+fn ls_long_with_a_target_down_marks_only_the_entries_it_holds() {
+    let mut cluster = Cluster::start("ls-target-down", 2);
+    let client = cluster.client();
+    let on_0 = client.create("/on-0", 0o644, Some(on_target(0))).unwrap();
+    on_0.write_at(&fill(1, 0, 1000), 0).unwrap();
+    let on_1 = client.create("/on-1", 0o644, Some(on_target(1))).unwrap();
+    on_1.write_at(&fill(2, 0, 2000), 0).unwrap();
+    client.mkdir("/dir", 0o755).unwrap();
+    drop((on_0, on_1, client));
+    cluster.kill_target(1);
+    let out = cluster.nacre(&["ls", "-l", "/"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"))
+            .to_string()
+    };
+    assert!(line("on-0").contains(" 1000 "), "{stdout}");
+    assert!(line("dir").starts_with('d'), "{stdout}");
+    let down = line("on-1");
+    assert!(down.contains(" ? ") && down.starts_with('-'), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/on-1") && stderr.contains("size unknown"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 entries of / could not be listed whole"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("/on-0"), "{stderr}");
+}
+
+/// Messages that name the argument that was wrong (issue 21).
+#[test]
+fn usage_messages_name_the_wrong_argument() {
+    let cluster = Cluster::start("messages", 1);
+    let stderr = cluster.fails(&["setstripe", "-c", "1"]);
+    assert!(
+        stderr.contains("needs a PATH") && stderr.contains("-c 1"),
+        "{stderr}"
+    );
+    let stderr = cluster.fails(&["setstripe", "-c"]);
+    assert!(stderr.contains("-c needs a value"), "{stderr}");
+    // A usage error of bench's: exit status 2, as every usage error.
+    let out = cluster.nacre(&["bench", "-o", "relative", "-b", "1m", "-t", "1m"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("-o/--path") && stderr.contains("'relative'"),
+        "{stderr}"
+    );
+    for meta in ["", "   "] {
+        let mut command = Command::new(common::NACRE_BIN);
+        command.args(["ls", "/"]).env("NACRE_META", meta);
+        let out = common::run(command);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("--meta or NACRE_META is empty"),
+            "{meta:?}: {stderr}"
+        );
+    }
+    let mut command = Command::new(common::NACRE_BIN);
+    command.args(["ls", "/"]).env("NACRE_META", "tcp://nowhere");
+    let out = common::run(command);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--meta or NACRE_META 'tcp://nowhere'"),
+        "{stderr}"
+    );
+}

@@ -685,7 +685,18 @@ impl Client {
 
     /// Attributes and size of a path.
     pub fn stat(&self, path: &str) -> Result<Stat, Error> {
-        let attr = self.meta_attr(&MetaRequest::Lookup { path: path.into() })?;
+        let attr = self.attr(path)?;
+        self.stat_of(attr)
+    }
+
+    /// The attributes of a path as the metadata service keeps them, without the size (a
+    /// file's size comes from its targets, see [`Client::stat`]).
+    pub fn attr(&self, path: &str) -> Result<Attr, Error> {
+        self.meta_attr(&MetaRequest::Lookup { path: path.into() })
+    }
+
+    /// The size of what `attr` describes, asked of its targets, with the attributes.
+    pub fn stat_of(&self, attr: Attr) -> Result<Stat, Error> {
         let size_bytes = match &attr.layout {
             Some(layout) if !attr.is_dir() => self.glimpse(attr.ino, layout)?,
             _ => 0,

@@ -133,3 +133,88 @@ fn a_layout_too_big_for_one_reply_is_refused_by_name() {
         .sum();
     assert_eq!(stripes, 14_000);
 }
+
+/// A tmpfs of `size` mounted on the new directory `at`, unmounted on drop; `None` where this
+/// machine does not let the test mount.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn tmpfs(at: &std::path::Path, size: &str) -> Option<Mounted> {
+    std::fs::create_dir_all(at).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status();
+    matches!(status, Ok(s) if s.success()).then(|| Mounted(at.to_path_buf()))
+}
+
+/// The metadata service on a full device answers ENOSPC by name, changes nothing, and takes
+/// changes again once there is room, without a restart. Before, it answered EIO, then
+/// refused every later change ("Previous I/O error occurred") until restarted.
+#[test]
+fn a_full_disk_is_enospc_and_the_service_recovers_without_a_restart() {
+    let dir = common::TempDir::new("full-disk");
+    let mount = dir.0.join("small");
+    let Some(_mounted) = tmpfs(&mount, "8M") else {
+        eprintln!("SKIPPED: this machine does not let the test mount a tmpfs");
+        return;
+    };
+    let meta = nacre::MetaServer::start(&mount.join("meta.redb"), "tcp://127.0.0.1:0").unwrap();
+    let client = nacre::Client::connect(&meta.endpoint().to_string()).unwrap();
+    client.mkdir("/before", 0o755).unwrap();
+    // Ballast takes the rest of the device.
+    let ballast = mount.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut made = Vec::new();
+    let mut refused = None;
+    for i in 0..100_000 {
+        let path = format!("/d{i:06}-{}", "x".repeat(200));
+        match client.mkdir(&path, 0o755) {
+            Ok(_) => made.push(path),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the device filled up");
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    // Still full: refused again by name, not with a stale I/O error.
+    let e = client.mkdir("/still-full", 0o755).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    // Room again: the next change goes through, and nothing acknowledged was lost.
+    std::fs::remove_file(&ballast).unwrap();
+    client.mkdir("/after", 0o755).unwrap();
+    let names: Vec<String> = client
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
+    for path in &made {
+        assert!(
+            names.contains(&path[1..].to_string()),
+            "{path} was acknowledged and is gone"
+        );
+    }
+    assert!(!names.contains(&"still-full".to_string()));
+    drop(client);
+    meta.stop();
+}

@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nacre_layout::{Layout, LayoutError};
@@ -66,13 +66,16 @@ const BALANCED_FREE_SPREAD_PERCENT: u64 = 10;
 // The counter's values are inode numbers; the root takes the first.
 const FIRST_FREE_INO: u64 = ROOT_INO + 1;
 
-/// `From` each redb error for [`MetaError::Store`], naming what the store was doing.
+/// `From` each redb error for [`MetaError::Store`] (or [`MetaError::NoSpace`] when the
+/// device is full), naming what the store was doing. `$storage` gives the error's
+/// [`StorageError`], if it has one, to look at its I/O error.
 macro_rules! store_errors {
-    ($($error:ty => $op:literal),* $(,)?) => {
+    ($($error:ty => $op:literal, $storage:expr);* $(;)?) => {
         $(
             impl From<$error> for MetaError {
                 fn from(error: $error) -> Self {
-                    store_error($op, error)
+                    let storage: fn(&$error) -> Option<&StorageError> = $storage;
+                    store_error($op, storage(&error), &error)
                 }
             }
         )*
@@ -80,18 +83,26 @@ macro_rules! store_errors {
 }
 
 store_errors! {
-    DatabaseError => "open database",
-    TransactionError => "begin transaction",
-    TableError => "open table",
-    StorageError => "read or write",
-    CommitError => "commit",
-    SetDurabilityError => "set durability",
+    DatabaseError => "open database", |e| match e { DatabaseError::Storage(s) => Some(s), _ => None };
+    TransactionError => "begin transaction", |e| match e { TransactionError::Storage(s) => Some(s), _ => None };
+    TableError => "open table", |e| match e { TableError::Storage(s) => Some(s), _ => None };
+    StorageError => "read or write", |e| Some(e);
+    CommitError => "commit", |e| match e { CommitError::Storage(s) => Some(s), _ => None };
+    SetDurabilityError => "set durability", |_| None;
 }
 
-fn store_error(op: &'static str, error: impl std::fmt::Display) -> MetaError {
-    MetaError::Store {
-        op,
-        reason: error.to_string(),
+fn store_error(
+    op: &'static str,
+    storage: Option<&StorageError>,
+    error: &dyn std::fmt::Display,
+) -> MetaError {
+    let full = matches!(storage, Some(StorageError::Io(e))
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull);
+    let reason = error.to_string();
+    if full {
+        MetaError::NoSpace { op, reason }
+    } else {
+        MetaError::Store { op, reason }
     }
 }
 
@@ -533,7 +544,13 @@ enum IfExists {
 /// The metadata store: a namespace and a target registry in one redb file. `Send + Sync`:
 /// share it between threads behind an `Arc`.
 pub struct MetaStore {
-    db: Database,
+    /// The database; `None` while it is closed to be opened again after an I/O failure.
+    db: RwLock<Option<Database>>,
+    /// Where it is.
+    path: PathBuf,
+    /// An operation failed in the storage: the database is closed and opened again before
+    /// the next one (redb refuses every later change after an I/O error until then).
+    broken: AtomicBool,
     /// The file system's uuid (see [`FS_UUID_KEY`]).
     fs_uuid: [u8; 16],
     /// The registered targets, with the usage they last reported (kept in memory only).
@@ -632,12 +649,61 @@ impl MetaStore {
             }
         }
         Ok(MetaStore {
-            db,
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            broken: AtomicBool::new(false),
             fs_uuid,
             targets: Mutex::new(targets),
             register_lock: Mutex::new(()),
             round_robin: AtomicU64::new(0),
         })
+    }
+
+    /// Runs `f` on the database, opening it again first when an earlier operation failed
+    /// in the storage (a full disk, say): a failed operation changed nothing, and once the
+    /// cause is gone the next one succeeds without a restart of the service.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        if self.broken.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_ref() else {
+            return Err(MetaError::Store {
+                op: "open database",
+                reason: "it is closed after an I/O failure; the next request opens it again"
+                    .to_owned(),
+            });
+        };
+        let result = f(db);
+        if matches!(
+            result,
+            Err(MetaError::Store { .. } | MetaError::NoSpace { .. })
+        ) {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Closes the database and opens it again (redb checks and repairs it as it opens).
+    /// One thread does it; the others wait for it at the lock.
+    fn reopen(&self) -> Result<(), MetaError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The old one must be gone first: a database file is opened once at a time.
+        drop(guard.take());
+        let db = Database::create(&self.path)?;
+        *guard = Some(db);
+        self.broken.store(false, Ordering::SeqCst);
+        nacre_transport::log_line!(
+            "nacre meta: {} opened again after a storage failure",
+            self.path.display()
+        );
+        Ok(())
     }
 
     /// The file system's uuid: made when the store was first opened, the same ever after.
@@ -659,12 +725,14 @@ impl MetaStore {
             >,
         ) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let txn = self.db.begin_read()?;
-        let ns = Ns {
-            inodes: txn.open_table(INODES)?,
-            dirents: txn.open_table(DIRENTS)?,
-        };
-        op(&ns)
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let ns = Ns {
+                inodes: txn.open_table(INODES)?,
+                dirents: txn.open_table(DIRENTS)?,
+            };
+            op(&ns)
+        })
     }
 
     /// Runs `op` in one write transaction, committed durably if `op` succeeds and aborted
@@ -673,44 +741,46 @@ impl MetaStore {
         &self,
         op: impl FnOnce(&mut Tx<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let outcome = {
-            let mut sup = txn.open_table(SUPER)?;
-            let counters = {
-                let guard = sup
-                    .get(SUPER_KEY)?
-                    .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
-                Superblock::decode(guard.value())?
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let outcome = {
+                let mut sup = txn.open_table(SUPER)?;
+                let counters = {
+                    let guard = sup
+                        .get(SUPER_KEY)?
+                        .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
+                    Superblock::decode(guard.value())?
+                };
+                let mut tx = Tx {
+                    ns: Ns {
+                        inodes: txn.open_table(INODES)?,
+                        dirents: txn.open_table(DIRENTS)?,
+                    },
+                    counters,
+                    removals: txn.open_table(REMOVALS)?,
+                };
+                let outcome = op(&mut tx);
+                if outcome.is_ok() && tx.counters != counters {
+                    assert!(
+                        tx.counters.next_ino >= counters.next_ino,
+                        "inode numbers never go back"
+                    );
+                    sup.insert(SUPER_KEY, tx.counters.encode().as_slice())?;
+                }
+                outcome
             };
-            let mut tx = Tx {
-                ns: Ns {
-                    inodes: txn.open_table(INODES)?,
-                    dirents: txn.open_table(DIRENTS)?,
-                },
-                counters,
-                removals: txn.open_table(REMOVALS)?,
-            };
-            let outcome = op(&mut tx);
-            if outcome.is_ok() && tx.counters != counters {
-                assert!(
-                    tx.counters.next_ino >= counters.next_ino,
-                    "inode numbers never go back"
-                );
-                sup.insert(SUPER_KEY, tx.counters.encode().as_slice())?;
+            match outcome {
+                Ok(value) => {
+                    txn.commit()?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    txn.abort()?;
+                    Err(error)
+                }
             }
-            outcome
-        };
-        match outcome {
-            Ok(value) => {
-                txn.commit()?;
-                Ok(value)
-            }
-            Err(error) => {
-                txn.abort()?;
-                Err(error)
-            }
-        }
+        })
     }
 
     /// The attributes at `path` (also what `stat` answers).
@@ -1254,39 +1324,43 @@ impl MetaStore {
             });
         }
         let _serialised = lock(&self.register_lock);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let outcome = {
-            let mut table = txn.open_table(TARGETS)?;
-            let existing = match table.get(info.target_id)? {
-                Some(guard) => Some(TargetInfo::from_bytes(guard.value())?),
-                None => None,
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let outcome = {
+                let mut table = txn.open_table(TARGETS)?;
+                let existing = match table.get(info.target_id)? {
+                    Some(guard) => Some(TargetInfo::from_bytes(guard.value())?),
+                    None => None,
+                };
+                match existing {
+                    Some(existing) if existing.uuid != info.uuid => {
+                        Err(MetaError::TargetConflict {
+                            target_id: info.target_id,
+                            reason: format!(
+                                "registered with uuid {:?}, claimed now by uuid {:?}",
+                                existing.uuid, info.uuid
+                            ),
+                        })
+                    }
+                    _ => {
+                        table.insert(info.target_id, info.to_bytes().as_slice())?;
+                        Ok(())
+                    }
+                }
             };
-            match existing {
-                Some(existing) if existing.uuid != info.uuid => Err(MetaError::TargetConflict {
-                    target_id: info.target_id,
-                    reason: format!(
-                        "registered with uuid {:?}, claimed now by uuid {:?}",
-                        existing.uuid, info.uuid
-                    ),
-                }),
-                _ => {
-                    table.insert(info.target_id, info.to_bytes().as_slice())?;
-                    Ok(())
+            match outcome {
+                Ok(()) => {
+                    txn.commit()?;
+                    self.lock_targets().insert(info.target_id, info);
+                    Ok(ours)
+                }
+                Err(error) => {
+                    txn.abort()?;
+                    Err(error)
                 }
             }
-        };
-        match outcome {
-            Ok(()) => {
-                txn.commit()?;
-                self.lock_targets().insert(info.target_id, info);
-                Ok(ours)
-            }
-            Err(error) => {
-                txn.abort()?;
-                Err(error)
-            }
-        }
+        })
     }
 
     /// Records a target's latest usage, in memory only: the registration record keeps the
@@ -1314,41 +1388,45 @@ impl MetaStore {
     /// Up to `max` objects on target `target_id` whose files were removed and that are not
     /// yet known to be gone from it, in id order.
     pub fn pending_removals(&self, target_id: u32, max: usize) -> Result<Vec<u64>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(REMOVALS) {
-            Ok(t) => t,
-            // A store no file was ever removed from has no log yet.
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let start = removal_key(target_id, 0);
-        let end = removal_key(target_id, u64::MAX);
-        let mut out = Vec::new();
-        for entry in table.range(start.as_slice()..=end.as_slice())?.take(max) {
-            let (key, _) = entry?;
-            let key = key.value();
-            let object_id = key
-                .get(4..REMOVAL_KEY_BYTES)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt(format!("a removal key of {} bytes", key.len())))?;
-            out.push(object_id);
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(REMOVALS) {
+                Ok(t) => t,
+                // A store no file was ever removed from has no log yet.
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let start = removal_key(target_id, 0);
+            let end = removal_key(target_id, u64::MAX);
+            let mut out = Vec::new();
+            for entry in table.range(start.as_slice()..=end.as_slice())?.take(max) {
+                let (key, _) = entry?;
+                let key = key.value();
+                let object_id = key
+                    .get(4..REMOVAL_KEY_BYTES)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| corrupt(format!("a removal key of {} bytes", key.len())))?;
+                out.push(object_id);
+            }
+            Ok(out)
+        })
     }
 
     /// Forgets objects of target `target_id` that are gone from it (durably).
     pub fn removals_done(&self, target_id: u32, object_ids: &[u64]) -> Result<(), MetaError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut table = txn.open_table(REMOVALS)?;
-            for &object_id in object_ids {
-                table.remove(removal_key(target_id, object_id).as_slice())?;
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut table = txn.open_table(REMOVALS)?;
+                for &object_id in object_ids {
+                    table.remove(removal_key(target_id, object_id).as_slice())?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The registered targets in id order, with their latest usage.
@@ -1358,14 +1436,14 @@ impl MetaStore {
 
     /// Inode counts and the targets' summed usage, for `df`.
     pub fn statfs(&self) -> Result<StatFs, MetaError> {
-        let counters = {
-            let txn = self.db.begin_read()?;
+        let counters = self.with_db(|db| {
+            let txn = db.begin_read()?;
             let table = txn.open_table(SUPER)?;
             let guard = table
                 .get(SUPER_KEY)?
                 .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
-            Superblock::decode(guard.value())?
-        };
+            Ok(Superblock::decode(guard.value())?)
+        })?;
         let (capacity_bytes, free_bytes) =
             self.lock_targets()
                 .values()

@@ -154,6 +154,15 @@ pub enum MetaError {
         /// The store's own message.
         reason: String,
     },
+    /// The device holding the store is full (`ENOSPC`): nothing was changed, and the store
+    /// takes changes again once there is room, without a restart.
+    #[error("metadata store {op}: no space left on the device holding it ({reason})")]
+    NoSpace {
+        /// The store step that failed.
+        op: &'static str,
+        /// The store's own message.
+        reason: String,
+    },
     /// A stored record or a message did not decode (`EIO`).
     #[error("metadata record: {0}")]
     Codec(#[from] CodecError),
@@ -172,7 +181,9 @@ impl MetaError {
             MetaError::Perm { .. } => libc::EPERM,
             MetaError::Invalid { .. } | MetaError::Layout { .. } => libc::EINVAL,
             MetaError::NameTooLong { .. } => libc::ENAMETOOLONG,
-            MetaError::NoTargets { .. } | MetaError::NoInodes { .. } => libc::ENOSPC,
+            MetaError::NoTargets { .. }
+            | MetaError::NoInodes { .. }
+            | MetaError::NoSpace { .. } => libc::ENOSPC,
             MetaError::Store { .. } | MetaError::Codec(_) => libc::EIO,
         }
     }
