@@ -233,6 +233,24 @@ fn the_metadata_service_stays_bounded_under_hostile_load() {
             Some(s)
         })
         .collect();
+    // 20 announcing a request with a 64 MiB payload and sending 8 MiB of it.
+    let announcers: Vec<TcpStream> = (0..20)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(address(&cluster.meta_addr)).ok()?;
+            s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+            let header = Header::request(Opcode::Meta, 9, &body, 64 * MIB).encode();
+            s.write_all(&header)
+                .and_then(|()| s.write_all(&body))
+                .ok()?;
+            let chunk = vec![0u8; MIB as usize];
+            for _ in 0..8 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            Some(s)
+        })
+        .collect();
     let idlers = idle(&cluster.meta_addr, IDLE);
     let slowpokes = slow(&cluster.meta_addr, 20);
     normal_client(&cluster, 1);
@@ -248,7 +266,7 @@ fn the_metadata_service_stays_bounded_under_hostile_load() {
         "{threads} threads for {} connections",
         IDLE + 60
     );
-    drop((hoarders, idlers, slowpokes));
+    drop((hoarders, announcers, idlers, slowpokes));
     normal_client(&cluster, 2);
     let log = cluster.meta_log();
     assert!(
