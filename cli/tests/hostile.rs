@@ -181,7 +181,28 @@ fn a_target_stays_bounded_under_hostile_load() {
     );
     let threads = proc_status(pid, "Threads");
     assert!(threads <= 16, "{threads} threads");
-    drop((writers, readers, idlers, slowpokes));
+    // A large write that finds the staging full waits, then is answered EAGAIN (its client
+    // hears why, well within its own timeout) rather than waiting for ever.
+    let mut late = TcpStream::connect(address(&endpoint)).unwrap();
+    let extents: Vec<Extent> = (0..64)
+        .map(|i| Extent {
+            object_id: nacre::layout::object_id(990_000, 0, 0).unwrap(),
+            offset_bytes: i * MIB,
+            len: MIB,
+        })
+        .collect();
+    let mut body = Vec::new();
+    encode_extents(&extents, &mut body);
+    let header = Header::request(Opcode::Write, 77, &body, 64 * MIB).for_target(0);
+    late.write_all(&header.encode()).unwrap();
+    late.write_all(&body).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut reply = [0u8; HEADER_BYTES];
+    late.read_exact(&mut reply).unwrap();
+    let reply = Header::decode(&reply).unwrap();
+    assert_eq!((reply.request_id, reply.status), (77, libc::EAGAIN));
+    drop((writers, readers, idlers, slowpokes, late));
     // When they have gone, it recovers.
     normal_client(&cluster, 2);
     let log = cluster.target_log(0);
@@ -281,4 +302,53 @@ fn the_metadata_service_stays_bounded_under_hostile_load() {
     let mut head = [0u8; HEADER_BYTES];
     reader.read_exact(&mut head).unwrap();
     assert_eq!(Header::decode(&head).unwrap().status, 0);
+}
+
+/// A server whose open-file limit leaves room for almost no connection refuses to start,
+/// naming the limit and what it needs, rather than failing later and less clearly.
+#[test]
+fn a_server_with_too_few_descriptors_says_so_at_start() {
+    let cluster = Cluster::start("few-fds", 1);
+    let meta_dir = cluster.dir().join("meta-too-few");
+    let mut command = std::process::Command::new(common::NACRE_BIN);
+    command.args([
+        "serve",
+        "--meta",
+        meta_dir.to_str().unwrap(),
+        "--listen",
+        &format!("tcp://127.0.0.1:{}", common::free_port()),
+    ]);
+    common::limit_open_files(&mut command, 100);
+    let out = common::run(command);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains("open-file limit (100)") && stderr.contains("ulimit -n"),
+        "{stderr}"
+    );
+    let target_dir = cluster.dir().join("target-too-few");
+    let mkfs = common::nacre(&["mkfs", "--index", "5", target_dir.to_str().unwrap()]);
+    assert!(mkfs.status.success());
+    let mut command = std::process::Command::new(common::NACRE_BIN);
+    command.args([
+        "serve",
+        "--target",
+        target_dir.to_str().unwrap(),
+        "--meta",
+        &cluster.meta_addr,
+        "--listen",
+        &format!("tcp://127.0.0.1:{}", common::free_port()),
+        "--workers",
+        "1",
+        "--pool-mib",
+        "16",
+    ]);
+    common::limit_open_files(&mut command, 140);
+    let out = common::run(command);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains("open-file limit (140)") && stderr.contains("ulimit -n"),
+        "{stderr}"
+    );
 }

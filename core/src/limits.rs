@@ -24,7 +24,8 @@ pub const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
 pub const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 /// Kinds of error a server's rate-limited log tells apart (more are logged each time).
 pub const MAX_ERROR_LOG_KINDS: usize = 32;
-/// The fewest connections a server allows, whatever its open-file limit.
+/// The fewest connections a server must have room for in its open-file limit: with less it
+/// refuses to start, naming the limit.
 pub const MIN_CONNECTIONS: usize = 16;
 /// How long an idle connection or worker waits before it looks at the stop flag again.
 pub const IDLE_POLL_MS: u64 = 200;
@@ -55,6 +56,9 @@ pub const MAX_STAGED_BYTES_PER_CONNECTION: usize = 32 << 20;
 /// clients send stays in their sockets. 24 connections each announcing a 64 MiB write
 /// raised a server's memory by 1,472 MiB (its pool 64 MiB) before.
 pub const STAGED_BYTES_BEYOND_POOL: usize = 128 << 20;
+/// How long a request waits for staging (the server at its bound) before it is answered
+/// EAGAIN, well within a client's request timeout so that the client hears why.
+pub const STAGING_WAIT_MS: u64 = 10_000;
 /// How long the metadata service tries to reach a target to remove an unlinked file's
 /// objects.
 pub const OBJECT_REMOVE_TIMEOUT_MS: u64 = 5_000;
@@ -93,6 +97,12 @@ pub const MAX_REGISTRATIONS: usize = 1024;
 pub const MAX_FILE_LAYOUT_BYTES: usize = nacre_transport::limits::MAX_BODY_BYTES as usize - 4096;
 /// Event-loop threads of the metadata service: they serve every TCP client, however many.
 pub const META_LOOPS: usize = 2;
+/// Threads of the metadata service that work removal logs for requests (unlinks,
+/// registrations), contacting targets, before those requests' replies go.
+pub const META_REMOVERS: usize = 2;
+/// How long a target that could not be reached to remove objects is left alone by
+/// requests (its log stays, worked at its next registration or heartbeat).
+pub const REMOVE_RETRY_MS: u64 = 5_000;
 /// Most client connections the metadata service holds (fewer when the open-file limit
 /// leaves less room); past it, a loop closes its oldest idle connection to make room, or
 /// refuses the new one when none is idle.
@@ -117,3 +127,6 @@ pub const MAX_TARGET_CONNECTIONS: usize = 16 * 1024;
 /// Descriptors a target server keeps for itself (rings, epolls, eventfds, listeners, its
 /// link to the metadata service) out of the open-file limit.
 pub const TARGET_RESERVED_FDS: u64 = 128;
+/// How often, at most, the metadata store opens its database again after a storage failure
+/// (a full device, an I/O error); operations in between fail at once with that failure.
+pub const REOPEN_INTERVAL_MS: u64 = 1_000;

@@ -172,17 +172,25 @@ pub(crate) fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// How many client connections a server may hold: `max`, or fewer when the open-file
-/// limit (raised first) leaves less than `reserved_fds` plus one per connection.
-pub(crate) fn connection_bound(max: usize, reserved_fds: u64) -> usize {
-    match raise_open_file_limit() {
-        Some(limit) => {
-            let room = limit
-                .saturating_sub(reserved_fds)
-                .max(MIN_CONNECTIONS as u64);
-            max.min(usize::try_from(room).unwrap_or(usize::MAX))
-        }
-        None => max,
+/// limit (raised first) leaves less than `reserved_fds` plus one per connection. A limit
+/// that leaves room for fewer than [`MIN_CONNECTIONS`] is an error naming it: a server
+/// that could accept almost no one would only fail later, and less clearly.
+pub(crate) fn connection_bound(what: &str, max: usize, reserved_fds: u64) -> Result<usize, Error> {
+    let Some(limit) = raise_open_file_limit() else {
+        return Ok(max);
+    };
+    let room = limit.saturating_sub(reserved_fds);
+    if room < MIN_CONNECTIONS as u64 {
+        return Err(Error::Server {
+            what: what.to_owned(),
+            reason: format!(
+                "the open-file limit ({limit}) leaves room for {room} connections beside the \
+                 {reserved_fds} descriptors it keeps; raise it (ulimit -n) to at least {}",
+                reserved_fds + MIN_CONNECTIONS as u64
+            ),
+        });
     }
+    Ok(max.min(usize::try_from(room).unwrap_or(usize::MAX)))
 }
 
 /// Takes requests from `conn` and hands each (with its body) to `handle`, until the client

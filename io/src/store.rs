@@ -315,6 +315,10 @@ pub struct ObjectStore {
     /// Operations that ended since the store was made (completed, or given up before they
     /// started): `accepted - completed` are in flight.
     completed: u64,
+    /// Unit tests: opening an object's page-cache descriptor fails (as when out of
+    /// descriptors), to follow the failure's path.
+    #[cfg(test)]
+    fail_buffered_open: bool,
 }
 
 /// A store's count of its operations ([`ObjectStore::accounts`]). In a sound store
@@ -393,6 +397,8 @@ impl ObjectStore {
             next_helper_tag: RESERVED_TAG_BIT,
             accepted: 0,
             completed: 0,
+            #[cfg(test)]
+            fail_buffered_open: false,
         })
     }
 
@@ -1080,16 +1086,27 @@ impl ObjectStore {
     }
 
     /// The descriptor of an open object without O_DIRECT, opened at its first use. It is
-    /// closed with the object, which no started op lets go.
+    /// closed with the object, which no started op lets go. It is opened through the direct
+    /// descriptor's /proc link, so that it names the same file even if the object's path
+    /// was removed and made again meanwhile (the object's path only where /proc is not).
     fn buffered_fd(&mut self, object_id: u64) -> Result<std::os::fd::RawFd, IoError> {
+        #[cfg(test)]
+        if self.fail_buffered_open {
+            return Err(IoError::object(Operation::Write, object_id, libc::EMFILE));
+        }
         let path = self.target.object_path(object_id);
         let Some(o) = self.objects.get_mut(&object_id) else {
             unreachable!("a started op's object is open");
         };
         if o.buffered.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
+            let same_file =
+                std::path::PathBuf::from(format!("/proc/self/fd/{}", o.file.as_raw_fd()));
+            let open = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p);
+            let file = open(&same_file)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => open(&path),
+                    _ => Err(e),
+                })
                 .map_err(|e| {
                     IoError::object(
                         Operation::Write,
@@ -1684,8 +1701,9 @@ mod tests {
         assert!(bufs.iter().all(|&x| x == 5));
     }
 
-    /// A page-cache write that cannot start (its object's file went) fails by name and
-    /// gives the file slot back: with one slot, another object opens after it.
+    /// A page-cache write that cannot start (its descriptor cannot be opened: out of
+    /// descriptors, here made so) fails by name and gives the file slot back: with one slot,
+    /// another object opens after it.
     #[test]
     fn a_page_cache_write_that_cannot_start_gives_its_file_back() {
         let (_gone, target) = target_in("buffered-fail");
@@ -1698,16 +1716,43 @@ mod tests {
         store
             .write(5, 0, &[1u8; 4096])
             .expect("open it with an aligned write");
-        target.remove(5).expect("remove its file under the store");
+        store.fail_buffered_open = true;
         let e = store
             .write(5, 4096, b"x")
-            .expect_err("no file to open again");
-        assert_eq!(e.errno(), libc::ENOENT, "{e}");
+            .expect_err("no descriptor to open");
+        assert_eq!(e.errno(), libc::EMFILE, "{e}");
+        store.fail_buffered_open = false;
         target.create(6).expect("create");
         store
             .write(6, 0, b"another object")
             .expect("the slot is free");
         store.check_accounts().expect("balanced");
+    }
+
+    /// The page-cache descriptor names the file the direct one does, even when the
+    /// object's path was removed and made again under the store: bytes written through
+    /// either land in the same file.
+    #[test]
+    fn both_descriptors_of_an_object_name_one_file() {
+        let (_gone, target) = target_in("same-file");
+        let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
+        target.create(6).expect("create");
+        store
+            .write(6, 0, &[1u8; 4096])
+            .expect("open it with an aligned write");
+        target.remove(6).expect("remove its path");
+        target.create(6).expect("a new file at the path");
+        store
+            .write(6, 4096, b"tail")
+            .expect("through the page cache");
+        let mut back = [0u8; 4100];
+        assert_eq!(store.read(6, 0, &mut back).expect("read"), 4100);
+        assert_eq!(&back[4096..], b"tail");
+        assert_eq!(
+            target.stat(6).expect("stat").size_bytes,
+            0,
+            "the new file is untouched"
+        );
     }
 
     /// A broken account is found and named: an operation the store holds while its ring

@@ -114,6 +114,9 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
         return None;
     }
     let hex: String = groups.concat();
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let mut out = [0u8; 16];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
@@ -655,5 +658,6 @@ pub(crate) mod tests {
             assert_eq!(parse_uuid(bad), None, "{bad:?}");
         }
         assert_eq!(parse_uuid("zz234567-89ab-cdef-0123-456789abcdef"), None);
+        assert_eq!(parse_uuid("+1234567-89ab-cdef-0123-456789abcdef"), None);
     }
 }

@@ -98,6 +98,8 @@ pub struct StreamConn {
     /// Tokens of the caller's replies written out while reading (see `recv_request`), not
     /// yet handed back by `flush`.
     sent: Vec<u64>,
+    /// When the message being received began (its first bytes came), if one is.
+    receiving_since: Option<Instant>,
 }
 
 impl StreamConn {
@@ -117,6 +119,7 @@ impl StreamConn {
             input: Input::Header,
             body: Vec::new(),
             sent: Vec::new(),
+            receiving_since: None,
         }
     }
 
@@ -173,6 +176,23 @@ impl StreamConn {
         self.socket.readable();
     }
 
+    /// Since when the request being received has been coming in, if one is: set when its
+    /// first bytes arrive, cleared when it is whole, however slowly its bytes come between.
+    /// A server closes a connection whose request has been coming in for too long (a
+    /// slow-loris), which [`StreamConn::last_progress`] alone cannot tell from a busy one.
+    pub fn receiving_since(&self) -> Option<Instant> {
+        self.receiving_since
+    }
+
+    /// Whether bytes of a request not yet whole are in (or being dropped).
+    fn receiving(&self) -> bool {
+        match self.input {
+            Input::Header => self.socket.buffer.len() > 0,
+            Input::Body { .. } | Input::Discard { .. } => true,
+            Input::Request { .. } => false,
+        }
+    }
+
     /// Reads on until a whole request is in, the socket would block, the peer closed, or
     /// [`MAX_PIPELINED_REQUESTS`] requests are unanswered (then `Pending`, until replies
     /// went out). The request it last returned ends here: a payload not taken is dropped.
@@ -180,6 +200,18 @@ impl StreamConn {
     /// skipped, as the blocking connection does; a malformed message is an error and breaks
     /// the connection.
     pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
+        let incoming = self.read_request()?;
+        let now = Instant::now();
+        self.receiving_since = match incoming {
+            // Bytes of the next one may be in already: it began about now.
+            Incoming::Request(_) => self.receiving().then_some(now),
+            Incoming::Pending if self.receiving() => self.receiving_since.or(Some(now)),
+            Incoming::Pending | Incoming::Closed => None,
+        };
+        Ok(incoming)
+    }
+
+    fn read_request(&mut self) -> Result<Incoming, TransportError> {
         self.socket.check()?;
         if let Input::Request {
             header,

@@ -3,9 +3,9 @@
 //! clients (4,000 idle connections gave 3,886 threads when each had one).
 //!
 //! A request is answered on its loop: the store's calls are short. One that must first work
-//! removal logs (it contacts targets, which may be slow or down) goes to the remover thread,
-//! whose reply comes back to the loop; the connection's later requests are read meanwhile,
-//! and replies leave in request order.
+//! removal logs (it contacts targets, which may be slow or down) goes to one of
+//! [`META_REMOVERS`] remover threads, whose reply comes back to the loop; the connection's
+//! later requests are read meanwhile, and replies leave in request order.
 //!
 //! Replies a client does not take are bounded: a connection with
 //! [`MAX_META_UNSENT_BYTES_PER_CONNECTION`] of replies unsent is not read until they go, and
@@ -17,8 +17,9 @@
 //! server's bound of connections, the loop closes its oldest idle connection to make room,
 //! or refuses the new one when none is idle.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 use crate::error::Error;
 use crate::limits::{
     IDLE_POLL_MS, MAX_META_UNSENT_BYTES, MAX_META_UNSENT_BYTES_PER_CONNECTION, META_LOOPS,
-    STOP_TIMEOUT_MS,
+    META_REMOVERS, REMOVE_RETRY_MS, STOP_TIMEOUT_MS,
 };
 use crate::meta::server::{Answer, answer, remove_logged};
 use crate::meta::store::MetaStore;
@@ -130,7 +131,7 @@ pub(super) fn start(
         unsent: AtomicUsize::new(0),
     });
     let (removals_tx, removals_rx) = mpsc::channel::<Removal>();
-    let mut handles = Vec::with_capacity(META_LOOPS + 1);
+    let mut handles = Vec::with_capacity(META_LOOPS + META_REMOVERS);
     let started = (|| {
         for (index, rx) in receivers.into_iter().enumerate() {
             let meta_loop = MetaLoop::new(index, Arc::clone(&shared), rx, removals_tx.clone())?;
@@ -138,10 +139,16 @@ pub(super) fn start(
                 meta_loop.run()
             })?);
         }
-        let remover_shared = Arc::clone(&shared);
-        handles.push(spawn("nacre-meta-remover".into(), move || {
-            remover(&remover_shared, &removals_rx)
-        })?);
+        let removers = Arc::new(Removers {
+            jobs: Mutex::new(removals_rx),
+            unreachable: Mutex::new(HashMap::new()),
+        });
+        for r in 0..META_REMOVERS {
+            let (shared, removers) = (Arc::clone(&shared), Arc::clone(&removers));
+            handles.push(spawn(format!("nacre-meta-remover{r}"), move || {
+                remover(&shared, &removers)
+            })?);
+        }
         Ok(())
     })();
     // The loops hold the remover's senders: it ends when the last loop has.
@@ -158,12 +165,51 @@ pub(super) fn start(
     Ok((loops, handles))
 }
 
+/// What the removers share: their queue, and the targets that could not be reached
+/// lately (by id: when).
+struct Removers {
+    jobs: Mutex<mpsc::Receiver<Removal>>,
+    unreachable: Mutex<HashMap<u32, Instant>>,
+}
+
 /// Works the removal logs requests named, then gives their replies back to their loops;
-/// ends once every loop has (their senders are gone).
-fn remover(shared: &Shared, jobs: &mpsc::Receiver<Removal>) {
-    for job in jobs {
+/// ends once every loop has (their senders are gone). A target that could not be reached
+/// less than [`REMOVE_RETRY_MS`] ago is not tried again for a request (its log is durable;
+/// its next registration or heartbeat works it), so that one target down does not hold up
+/// every unlink behind its timeout. While the server stops, replies go without removals.
+fn remover(shared: &Shared, removers: &Removers) {
+    let retry = Duration::from_millis(REMOVE_RETRY_MS);
+    loop {
+        let next = removers
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok(job) = next else { return };
         for &target_id in &job.answer.removals {
-            remove_logged(&shared.store, target_id);
+            if shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let recently = !job.answer.from_target
+                && removers
+                    .unreachable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&target_id)
+                    .is_some_and(|at| at.elapsed() < retry);
+            if recently {
+                continue;
+            }
+            let reached = remove_logged(&shared.store, target_id);
+            let mut unreachable = removers
+                .unreachable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if reached {
+                unreachable.remove(&target_id);
+            } else {
+                unreachable.insert(target_id, Instant::now());
+            }
         }
         let reply = LoopMsg::Reply {
             token: job.token,
@@ -177,8 +223,6 @@ fn remover(shared: &Shared, jobs: &mpsc::Receiver<Removal>) {
 
 struct Conn {
     stream: StreamConn,
-    /// Since when it has been partway through a message (or holding replies unread).
-    since: Option<Instant>,
     /// Requests of its whose replies wait for the remover.
     awaiting: usize,
     /// When it last brought a request.
@@ -334,7 +378,17 @@ impl MetaLoop {
         if self.shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if self.shared.open.load(Ordering::SeqCst) >= self.shared.bound {
+        // The place is claimed first, so that loops adopting at once cannot pass the bound
+        // together.
+        let bound = self.shared.bound;
+        let claimed = self
+            .shared
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < bound).then_some(n + 1)
+            })
+            .is_ok();
+        if !claimed {
             let oldest_idle = (0..self.slots.len())
                 .filter(|&s| {
                     self.slots[s]
@@ -345,7 +399,6 @@ impl MetaLoop {
                 .min_by_key(|&s| self.slots[s].conn.as_ref().map(|c| c.last_request));
             match oldest_idle {
                 Some(slot) => {
-                    let bound = self.shared.bound;
                     self.errors.note(
                         "connection bound",
                         &format_args!(
@@ -354,9 +407,10 @@ impl MetaLoop {
                         ),
                     );
                     self.close(slot, None);
+                    // The place the closed one held.
+                    self.shared.open.fetch_add(1, Ordering::SeqCst);
                 }
                 None => {
-                    let bound = self.shared.bound;
                     self.errors.note(
                         "connection bound",
                         &format_args!(
@@ -382,12 +436,11 @@ impl MetaLoop {
                 &format_args!("{}: cannot watch the connection: {e}", stream.peer()),
             );
             self.free.push(slot);
+            self.shared.open.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        self.shared.open.fetch_add(1, Ordering::SeqCst);
         self.slots[slot].conn = Some(Conn {
             stream,
-            since: None,
             awaiting: 0,
             last_request: Instant::now(),
             unsent: 0,
@@ -427,11 +480,6 @@ impl MetaLoop {
                 Ok(Incoming::Pending) => {
                     // Once more round only for replies made ready and a socket not full.
                     if !conn.stream.wants_write() || blocked {
-                        conn.since = if conn.stream.mid_message() {
-                            conn.since.or(Some(Instant::now()))
-                        } else {
-                            None
-                        };
                         return;
                     }
                 }
@@ -547,28 +595,33 @@ impl MetaLoop {
         }
     }
 
-    /// Closes connections stuck partway through a message (or with replies unread) for
-    /// the request timeout.
+    /// Closes connections whose request has been coming in for the request timeout, however
+    /// slowly (a slow-loris), and those whose replies have not moved for it (a client that
+    /// does not read).
     fn sweep(&mut self) {
         let now = Instant::now();
         self.last_sweep = now;
         let bound = Duration::from_millis(REQUEST_TIMEOUT_MS);
         for slot in 0..self.slots.len() {
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+            let Some(conn) = self.slots[slot].conn.as_ref() else {
                 continue;
             };
-            if !conn.stream.mid_message() {
-                conn.since = None;
-                continue;
-            }
-            let since = *conn.since.get_or_insert(now);
-            if now.duration_since(since) >= bound {
-                let peer = conn.stream.peer();
+            let stream = &conn.stream;
+            let receiving_too_long = stream
+                .receiving_since()
+                .is_some_and(|since| now.duration_since(since) >= bound);
+            let replies_stuck =
+                stream.wants_write() && now.duration_since(stream.last_progress()) >= bound;
+            if receiving_too_long || replies_stuck {
+                let peer = stream.peer();
+                let what = if receiving_too_long {
+                    "sent part of a request"
+                } else {
+                    "left its replies unread"
+                };
                 self.errors.note(
                     "stalled",
-                    &format_args!(
-                        "{peer} was partway through a message for {REQUEST_TIMEOUT_MS} ms; connection closed"
-                    ),
+                    &format_args!("{peer} {what} for {REQUEST_TIMEOUT_MS} ms; connection closed"),
                 );
                 self.close(slot, None);
             }

@@ -56,7 +56,7 @@ impl MetaServer {
         let listener = Listener::bind(&Endpoint::parse(listen)?)?;
         let endpoint = listener.endpoint().clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let bound = connection_bound(MAX_META_CONNECTIONS, META_RESERVED_FDS);
+        let bound = connection_bound("nacre meta", MAX_META_CONNECTIONS, META_RESERVED_FDS)?;
         let (loops, mut handles) = event_loop::start(&store, &stop, bound)?;
         let threaded = Arc::new(AtomicUsize::new(0));
         let accept_stop = Arc::clone(&stop);
@@ -132,6 +132,9 @@ pub(super) struct Answer {
     pub(super) status: i32,
     pub(super) body: Vec<u8>,
     pub(super) removals: Vec<u32>,
+    /// The removals' target is the caller (registering, or reporting its usage): reachable
+    /// now, whatever failed before.
+    pub(super) from_target: bool,
 }
 
 /// Answers one request (any opcode: only `Meta` is served).
@@ -140,6 +143,7 @@ pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer 
         status,
         body: message.into_bytes(),
         removals: Vec::new(),
+        from_target: false,
     };
     if header.opcode != Opcode::Meta {
         return failed(
@@ -155,11 +159,16 @@ pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer 
         Err(e) => return failed(libc::EINVAL, format!("malformed metadata request: {e}")),
     };
     let mut out = Vec::new();
+    let from_target = matches!(
+        op,
+        MetaRequest::RegisterTarget { .. } | MetaRequest::Usage { .. }
+    );
     match execute(store, &cred, &op, &mut out) {
         Ok(removals) => Answer {
             status: 0,
             body: out,
             removals,
+            from_target,
         },
         Err(e) => failed(e.errno(), e.to_string()),
     }
@@ -273,18 +282,19 @@ fn encode_page<T>(
 
 /// Works target `target_id`'s removal log: asks the target to remove the logged objects, in
 /// requests of at most [`MAX_EXTENTS_PER_REQUEST`], and forgets those it confirmed. A target
-/// that cannot be reached keeps its log for the next time (logged on stderr).
-pub(super) fn remove_logged(store: &MetaStore, target_id: u32) {
+/// that cannot be reached keeps its log for the next time (logged on stderr). Whether the
+/// log is empty now.
+pub(super) fn remove_logged(store: &MetaStore, target_id: u32) -> bool {
     let options = link_options(Duration::from_millis(OBJECT_REMOVE_TIMEOUT_MS));
     let mut conn: Option<Connection> = None;
     loop {
         // Most calls (every heartbeat) find the log empty and stop here.
         let object_ids = match store.pending_removals(target_id, MAX_EXTENTS_PER_REQUEST) {
-            Ok(ids) if ids.is_empty() => return,
+            Ok(ids) if ids.is_empty() => return true,
             Ok(ids) => ids,
             Err(e) => {
                 nacre_transport::log_line!("nacre meta: removal log of target {target_id}: {e}");
-                return;
+                return false;
             }
         };
         let Some(info) = store
@@ -292,7 +302,7 @@ pub(super) fn remove_logged(store: &MetaStore, target_id: u32) {
             .into_iter()
             .find(|t| t.target_id == target_id)
         else {
-            return;
+            return false;
         };
         let extents: Vec<Extent> = object_ids
             .iter()
@@ -332,7 +342,7 @@ pub(super) fn remove_logged(store: &MetaStore, target_id: u32) {
                     nacre_transport::log_line!(
                         "nacre meta: removal log of target {target_id}: {e}"
                     );
-                    return;
+                    return false;
                 }
                 conn = Some(c);
             }
@@ -341,7 +351,7 @@ pub(super) fn remove_logged(store: &MetaStore, target_id: u32) {
                     "nacre meta: {} objects on target {target_id} stay logged for removal: {e}",
                     object_ids.len()
                 );
-                return;
+                return false;
             }
         }
     }

@@ -20,7 +20,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nacre_layout::{Layout, LayoutError};
 use redb::{
@@ -29,7 +29,7 @@ use redb::{
 };
 
 use crate::codec::{CodecError, Reader, Writer};
-use crate::limits::MAX_FILE_LAYOUT_BYTES;
+use crate::limits::{MAX_FILE_LAYOUT_BYTES, REOPEN_INTERVAL_MS};
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
     MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
@@ -96,13 +96,18 @@ fn store_error(
     storage: Option<&StorageError>,
     error: &dyn std::fmt::Display,
 ) -> MetaError {
-    let full = matches!(storage, Some(StorageError::Io(e))
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull);
     let reason = error.to_string();
-    if full {
-        MetaError::NoSpace { op, reason }
-    } else {
-        MetaError::Store { op, reason }
+    match storage {
+        Some(StorageError::Io(e))
+            if e.raw_os_error() == Some(libc::ENOSPC)
+                || e.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            MetaError::NoSpace { op, reason }
+        }
+        Some(StorageError::Io(_) | StorageError::PreviousIo | StorageError::DatabaseClosed) => {
+            MetaError::StoreIo { op, reason }
+        }
+        _ => MetaError::Store { op, reason },
     }
 }
 
@@ -551,6 +556,9 @@ pub struct MetaStore {
     /// An operation failed in the storage: the database is closed and opened again before
     /// the next one (redb refuses every later change after an I/O error until then).
     broken: AtomicBool,
+    /// When it was last opened again, and whether the failure before was a full device:
+    /// it is opened again at most once per [`REOPEN_INTERVAL_MS`].
+    last_reopen: Mutex<Option<(Instant, bool)>>,
     /// The file system's uuid (see [`FS_UUID_KEY`]).
     fs_uuid: [u8; 16],
     /// The registered targets, with the usage they last reported (kept in memory only).
@@ -652,6 +660,7 @@ impl MetaStore {
             db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
             broken: AtomicBool::new(false),
+            last_reopen: Mutex::new(None),
             fs_uuid,
             targets: Mutex::new(targets),
             register_lock: Mutex::new(()),
@@ -678,21 +687,46 @@ impl MetaStore {
             });
         };
         let result = f(db);
-        if matches!(
-            result,
-            Err(MetaError::Store { .. } | MetaError::NoSpace { .. })
-        ) {
+        if let Err(MetaError::StoreIo { .. } | MetaError::NoSpace { .. }) = &result {
             self.broken.store(true, Ordering::SeqCst);
+            let full = matches!(result, Err(MetaError::NoSpace { .. }));
+            if let Some((_, was_full)) = lock(&self.last_reopen).as_mut() {
+                *was_full = full;
+            }
         }
         result
     }
 
-    /// Closes the database and opens it again (redb checks and repairs it as it opens).
-    /// One thread does it; the others wait for it at the lock.
+    /// Closes the database and opens it again (redb checks and repairs it as it opens),
+    /// at most once per [`REOPEN_INTERVAL_MS`]: in between, operations fail at once with the
+    /// last failure's kind, so that a full device is not a reopen per request. One thread
+    /// does it; the others wait for it at the lock.
     fn reopen(&self) -> Result<(), MetaError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if !self.broken.load(Ordering::SeqCst) {
             return Ok(());
+        }
+        {
+            let mut last = lock(&self.last_reopen);
+            if let Some((at, was_full)) = *last
+                && at.elapsed() < Duration::from_millis(REOPEN_INTERVAL_MS)
+            {
+                let reason = format!(
+                    "it failed less than {REOPEN_INTERVAL_MS} ms ago and is tried again after"
+                );
+                return Err(if was_full {
+                    MetaError::NoSpace {
+                        op: "write",
+                        reason,
+                    }
+                } else {
+                    MetaError::StoreIo {
+                        op: "open database",
+                        reason,
+                    }
+                });
+            }
+            *last = Some((Instant::now(), false));
         }
         // The old one must be gone first: a database file is opened once at a time.
         drop(guard.take());

@@ -154,6 +154,15 @@ pub enum MetaError {
         /// The store's own message.
         reason: String,
     },
+    /// Reading or writing the store's file failed (`EIO`): the store opens its database
+    /// again (at most once a second) before the next operation.
+    #[error("metadata store {op} failed: {reason}")]
+    StoreIo {
+        /// The store step that failed.
+        op: &'static str,
+        /// The store's own message.
+        reason: String,
+    },
     /// The device holding the store is full (`ENOSPC`): nothing was changed, and the store
     /// takes changes again once there is room, without a restart.
     #[error("metadata store {op}: no space left on the device holding it ({reason})")]
@@ -184,7 +193,7 @@ impl MetaError {
             MetaError::NoTargets { .. }
             | MetaError::NoInodes { .. }
             | MetaError::NoSpace { .. } => libc::ENOSPC,
-            MetaError::Store { .. } | MetaError::Codec(_) => libc::EIO,
+            MetaError::Store { .. } | MetaError::StoreIo { .. } | MetaError::Codec(_) => libc::EIO,
         }
     }
 }

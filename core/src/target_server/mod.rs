@@ -253,7 +253,7 @@ impl TargetServer {
             config.workers
         };
         let (store_config, connection_bound) =
-            descriptor_budget(config.store, workers * targets.len());
+            descriptor_budget(config.store, workers, targets.len())?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Accepted::default());
         let ctx = Arc::new(Context {
@@ -412,16 +412,37 @@ impl TargetServer {
 }
 
 /// Shares the open-file limit (raised to the hard limit first) between the stores' object
-/// files and the client connections: each of `stores` stores may keep
+/// files and the client connections: each of the `workers` x `targets` stores may keep
 /// `store.open_objects` objects open, two descriptors each (direct and page cache), within
-/// half of what is left after [`TARGET_RESERVED_FDS`]; connections get the rest, at most
-/// [`MAX_TARGET_CONNECTIONS`]. Returns the stores' sizing (fewer open objects when the limit
+/// half of what is left after [`TARGET_RESERVED_FDS`] and the server's own descriptors;
+/// connections get the rest, at most [`MAX_TARGET_CONNECTIONS`]. Returns the stores' sizing (fewer open objects when the limit
 /// is low) and the bound of connections.
-fn descriptor_budget(mut store: StoreConfig, stores: usize) -> (StoreConfig, usize) {
+fn descriptor_budget(
+    mut store: StoreConfig,
+    workers: usize,
+    targets: usize,
+) -> Result<(StoreConfig, usize), Error> {
     let Some(limit) = raise_open_file_limit() else {
-        return (store, MAX_TARGET_CONNECTIONS);
+        return Ok((store, MAX_TARGET_CONNECTIONS));
     };
-    let budget = limit.saturating_sub(TARGET_RESERVED_FDS);
+    let stores = workers * targets;
+    // Beside the constant share: a ring per store, an epoll and two eventfds per worker, a
+    // listener and a lock file per target.
+    let kept = TARGET_RESERVED_FDS + (stores + 3 * workers + 2 * targets) as u64;
+    let budget = limit.saturating_sub(kept);
+    // Below this a server could hold almost nothing: said at start, by name.
+    let least = (MIN_CONNECTIONS + 2 * stores) as u64;
+    if budget < least {
+        return Err(Error::Server {
+            what: "nacre target".into(),
+            reason: format!(
+                "the open-file limit ({limit}) leaves {budget} descriptors beside the {kept} \
+                 it keeps; its {stores} stores' files and its connections need {least}: \
+                 raise it (ulimit -n) to at least {}",
+                kept + least
+            ),
+        });
+    }
     let per_store = (budget / 2 / (2 * stores.max(1) as u64)).max(1);
     if u64::from(store.open_objects) > per_store {
         let open = u32::try_from(per_store).unwrap_or(u32::MAX);
@@ -434,7 +455,7 @@ fn descriptor_budget(mut store: StoreConfig, stores: usize) -> (StoreConfig, usi
     let files = 2 * stores as u64 * u64::from(store.open_objects);
     let room = budget.saturating_sub(files).max(MIN_CONNECTIONS as u64);
     let connections = MAX_TARGET_CONNECTIONS.min(usize::try_from(room).unwrap_or(usize::MAX));
-    (store, connections)
+    Ok((store, connections))
 }
 
 /// A number for this start of a server, different from any other server's (with

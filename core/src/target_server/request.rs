@@ -557,7 +557,11 @@ impl Staging {
     }
 
     /// Gives up the memory without freeing it: a piece that did not finish in time may
-    /// still use it. It stays counted in the server's staging, since it is still held.
+    /// still use it. Its share of the server's staging bound is given back all the same:
+    /// kept, it would count against the bound for ever, and enough of them would stop
+    /// every later transfer until a restart. Giving up is rare (storage that did not answer
+    /// for [`WORKER_REPLY_TIMEOUT_MS`](crate::limits::WORKER_REPLY_TIMEOUT_MS)) and
+    /// logged.
     pub(super) fn abandon(mut self) {
         for c in self.chunks.drain(..) {
             std::mem::forget(c);
@@ -565,6 +569,6 @@ impl Staging {
         if let Some(h) = self.heap.take() {
             std::mem::forget(h);
         }
-        std::mem::forget(self.reserved);
+        drop(self.reserved);
     }
 }

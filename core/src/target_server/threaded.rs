@@ -12,7 +12,7 @@ use nacre_transport::{Request, ServerConnection, TransportError};
 
 use super::request::{self, Context, Failure, PieceResult, Prepared, Work};
 use super::worker::{Inbox, Job, Msg, ReplyTo, owner};
-use crate::limits::{IDLE_POLL_MS, WORKER_REPLY_TIMEOUT_MS};
+use crate::limits::{IDLE_POLL_MS, STAGING_WAIT_MS, WORKER_REPLY_TIMEOUT_MS};
 use crate::server::request_loop;
 
 /// Serves one connection accepted by the listener of target `t` (its index in
@@ -39,8 +39,8 @@ fn handle(
     body: &[u8],
 ) -> Result<(), TransportError> {
     // A request that waits for staging memory waits here (this connection's thread is its
-    // own), up to the bound a worker gives its pieces.
-    let deadline = Instant::now() + Duration::from_millis(WORKER_REPLY_TIMEOUT_MS);
+    // own), as long as a worker's parked request does.
+    let deadline = Instant::now() + Duration::from_millis(STAGING_WAIT_MS);
     let mut prepared = loop {
         match request::begin(ctx, t, &request.header, body) {
             Work::Reply { status, body } => return conn.reply(request, status, &body, &[]),
@@ -50,7 +50,7 @@ fn handle(
             }
             Work::Wait => {
                 let message = format!(
-                    "{}: the server's staging memory stayed at its bound for {WORKER_REPLY_TIMEOUT_MS} ms",
+                    "{}: the server's staging memory stayed at its bound for {STAGING_WAIT_MS} ms; try again",
                     ctx.target_name(t)
                 );
                 return conn.reply(request, libc::EAGAIN, message.as_bytes(), &[]);

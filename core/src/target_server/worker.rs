@@ -29,8 +29,8 @@ use super::request::{
 use super::wire::Wire;
 use crate::error::Error;
 use crate::limits::{
-    IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, STOP_TIMEOUT_MS,
-    WORKER_REPLY_TIMEOUT_MS,
+    IDLE_POLL_MS, MAX_KNOWN_OBJECTS, MAX_STAGED_BYTES_PER_CONNECTION, STAGING_WAIT_MS,
+    STOP_TIMEOUT_MS, WORKER_REPLY_TIMEOUT_MS,
 };
 use crate::server::ErrorLog;
 
@@ -201,9 +201,10 @@ struct Conn {
     /// When it last brought a request (the oldest idle connection makes room past the
     /// server's bound of connections).
     last_request: Instant,
-    /// A request read whose staging the server could not give yet (its bound was reached):
-    /// it is begun again when staging is given back, and nothing more is read meanwhile.
-    parked: Option<Header>,
+    /// A request read whose staging the server could not give yet (its bound was reached),
+    /// and since when: it is begun again when staging is given back, nothing more is read
+    /// meanwhile, and after [`STAGING_WAIT_MS`] it is answered EAGAIN instead.
+    parked: Option<(Header, Instant)>,
 }
 
 struct Slot {
@@ -387,7 +388,8 @@ impl Worker {
     /// The server has been stopping for [`STOP_TIMEOUT_MS`] and this worker still holds
     /// work: it says what (each store's accounts, the requests and connections left) and
     /// gives its requests up, so that the server stops within its bound whatever is
-    /// outstanding. Their memory is leaked, not freed, as the kernel may still use it.
+    /// outstanding. Their memory is leaked, not freed, as the kernel may still use it, and
+    /// so is a store with operations still in the kernel.
     fn stop_unfinished(&mut self) {
         let requests = self.table.iter().flatten().count();
         nacre_transport::log_line!(
@@ -415,6 +417,24 @@ impl Worker {
                 give_up(&self.ctx, serving);
                 serving.phase = Phase::Replying;
             }
+        }
+        // A store whose ring still has operations in the kernel would wait for them when
+        // dropped (and abort the process if they never came): it is leaked instead, ring
+        // and buffers, so that the stop keeps its bound. The kernel holds the pages of
+        // transfers it has begun; the process is about to go.
+        let (stuck, done): (Vec<ObjectStore>, Vec<ObjectStore>) = std::mem::take(&mut self.stores)
+            .into_iter()
+            .partition(|s| s.accounts().ring_in_kernel > 0);
+        self.stores = done;
+        for store in stuck {
+            nacre_transport::log_line!(
+                "nacre {}: worker {}: the store of target {} is left with {} operations in the kernel",
+                self.ctx.name(),
+                self.index,
+                store.target().target_id(),
+                store.accounts().ring_in_kernel
+            );
+            std::mem::forget(store);
         }
     }
 
@@ -564,19 +584,31 @@ impl Worker {
         if self.ctx.stop.load(Ordering::SeqCst) {
             return;
         }
-        if self.open_conns() >= MAX_CONNECTIONS_PER_WORKER
-            || self.ctx.connections.load(Ordering::SeqCst) >= self.ctx.connection_bound
-        {
+        // The place is claimed first, so that workers adopting at once cannot pass the
+        // bound together.
+        let bound = self.ctx.connection_bound;
+        let claimed = self.open_conns() < MAX_CONNECTIONS_PER_WORKER
+            && self
+                .ctx
+                .connections
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < bound).then_some(n + 1)
+                })
+                .is_ok();
+        if !claimed {
             // Past the bound: this worker's oldest idle connection makes room, or the new
             // one is refused when none is idle.
             let oldest_idle = (0..self.slots.len())
                 .filter(|&s| {
                     self.slots[s].conn.as_ref().is_some_and(|c| {
-                        c.requests.is_empty() && !c.stream.mid_message() && !c.stream.wants_write()
+                        c.requests.is_empty()
+                            && c.parked.is_none()
+                            && !c.stream.mid_message()
+                            && !c.stream.wants_write()
                     })
                 })
                 .min_by_key(|&s| self.slots[s].conn.as_ref().map(|c| c.last_request));
-            let bound = self.ctx.connection_bound.min(MAX_CONNECTIONS_PER_WORKER);
+            let bound = bound.min(MAX_CONNECTIONS_PER_WORKER);
             match oldest_idle {
                 Some(slot) => {
                     self.errors.note(
@@ -587,6 +619,8 @@ impl Worker {
                         ),
                     );
                     self.close(slot, None);
+                    // The place the closed one held.
+                    self.ctx.connections.fetch_add(1, Ordering::SeqCst);
                 }
                 None => {
                     self.errors.note(
@@ -616,9 +650,9 @@ impl Worker {
                 stream.peer()
             );
             self.free_slots.push(slot);
+            self.ctx.connections.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        self.ctx.connections.fetch_add(1, Ordering::SeqCst);
         self.slots[slot].conn = Some(Conn {
             last_request: Instant::now(),
             stream,
@@ -666,8 +700,8 @@ impl Worker {
                     }
                     Err(e) => return self.close(slot, Some(e)),
                 }
-            } else if let Some(header) = conn.parked.take() {
-                self.begin(slot, header);
+            } else if let Some((header, since)) = conn.parked.take() {
+                self.begin_parked(slot, header, since);
                 self.slots[slot]
                     .conn
                     .as_ref()
@@ -741,6 +775,36 @@ impl Worker {
             })
     }
 
+    /// A request parked since `since` is tried again: begun if staging has room now,
+    /// parked on, or answered EAGAIN once it has waited [`STAGING_WAIT_MS`] (its payload,
+    /// still in the socket, is dropped as the connection reads on).
+    fn begin_parked(&mut self, slot: usize, header: Header, since: Instant) {
+        if since.elapsed() < Duration::from_millis(STAGING_WAIT_MS) {
+            self.begin(slot, header);
+            if let Some((_, parked_at)) = self.slots[slot]
+                .conn
+                .as_mut()
+                .and_then(|c| c.parked.as_mut())
+            {
+                *parked_at = since;
+            }
+            return;
+        }
+        let Some(conn) = self.slots[slot].conn.as_mut() else {
+            return;
+        };
+        let message = format!(
+            "{}: the server's staging memory stayed at its bound for {STAGING_WAIT_MS} ms; try again",
+            self.ctx.target_name(conn.target)
+        );
+        if let Err(e) = conn
+            .stream
+            .reply(&header, libc::EAGAIN, message.into_bytes(), NO_REQUEST)
+        {
+            self.close(slot, Some(e));
+        }
+    }
+
     /// A request arrived on `slot`'s connection.
     fn begin(&mut self, slot: usize, header: Header) {
         let Some(conn) = self.slots[slot].conn.as_mut() else {
@@ -755,7 +819,7 @@ impl Worker {
                 return;
             }
             Work::Wait => {
-                conn.parked = Some(header);
+                conn.parked = Some((header, Instant::now()));
                 if !self.parked.contains(&slot) {
                     self.parked.push(slot);
                 }
@@ -1077,12 +1141,29 @@ impl Worker {
                 self.drive(slot);
             }
         }
+        // Parked requests past their wait are answered now, memory or not.
+        let waited = Duration::from_millis(STAGING_WAIT_MS);
+        let overdue: Vec<usize> = (0..self.slots.len())
+            .filter(|&slot| {
+                self.slots[slot]
+                    .conn
+                    .as_ref()
+                    .and_then(|c| c.parked.as_ref())
+                    .is_some_and(|(_, since)| now.duration_since(*since) >= waited)
+            })
+            .collect();
+        for slot in overdue {
+            self.drive(slot);
+        }
         let stalled = Duration::from_millis(REQUEST_TIMEOUT_MS);
         for slot in 0..self.slots.len() {
             let Some(conn) = self.slots[slot].conn.as_ref() else {
                 continue;
             };
-            if conn.stream.mid_message()
+            // A parked request is the server's wait, not the client's stall; it has its own
+            // deadline (`begin_parked`).
+            if conn.parked.is_none()
+                && conn.stream.mid_message()
                 && now.duration_since(conn.stream.last_progress()) >= stalled
             {
                 let peer = conn.stream.peer();
