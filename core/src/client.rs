@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use nacre_layout::{Layout, ObjectExtent, ObjectSize};
+use nacre_layout::{Layout, LayoutObject, ObjectExtent, ObjectSize};
 use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, TransportError};
@@ -845,16 +845,16 @@ impl Client {
     /// The size of file `ino` its objects imply: every object's size, asked of every target
     /// at once.
     fn glimpse(&self, ino: u64, layout: &Layout) -> Result<u64, Error> {
-        let per_target = objects_by_target(ino, layout)?;
+        let per_target = layout.objects_by_target(ino)?;
         let requests = whole_object_requests(&per_target, |_, _| 0);
         let replies = self.plain_requests(Opcode::Stat, "stat", &requests)?;
         let mut sizes = Vec::new();
         for ((_, objects), body) in per_target.iter().zip(replies) {
-            for (i, &(component, stripe, _)) in objects.iter().enumerate() {
+            for (i, o) in objects.iter().enumerate() {
                 let size_bytes = u64_at(&body, i).unwrap_or(0);
                 sizes.push(ObjectSize {
-                    component,
-                    stripe,
+                    component: o.component,
+                    stripe: o.stripe,
                     size_bytes,
                 });
             }
@@ -1431,7 +1431,7 @@ impl File {
         &self,
         offset_of: impl Fn(u16, u32) -> u64,
     ) -> Result<Vec<(u32, Vec<Extent>)>, Error> {
-        let per_target = objects_by_target(self.inner.attr.ino, &self.inner.layout)?;
+        let per_target = self.inner.layout.objects_by_target(self.inner.attr.ino)?;
         Ok(whole_object_requests(&per_target, offset_of))
     }
 
@@ -1471,8 +1471,7 @@ impl File {
         self.check(true)?;
         let inner = &self.inner;
         let layout = &inner.layout;
-        let mut requests =
-            self.objects_per_target(|c, s| object_size_for(layout, c, s, size_bytes))?;
+        let mut requests = self.objects_per_target(|c, s| layout.object_size(c, s, size_bytes))?;
         let carrier = match size_bytes.checked_sub(1) {
             Some(last) => layout.extents(inner.attr.ino, last, 1)?.next(),
             None => None,
@@ -1524,24 +1523,8 @@ fn decode_page<T>(
     Ok((records, more))
 }
 
-/// The objects of a file on each target: (component, stripe, object id), by target id.
-pub(crate) type ObjectsByTarget = BTreeMap<u32, Vec<(u16, u32, u64)>>;
-
-/// Every object of file `ino`, grouped by target in target order: what sync, stat,
-/// truncate and remove ask of each target.
-pub(crate) fn objects_by_target(ino: u64, layout: &Layout) -> Result<ObjectsByTarget, Error> {
-    let mut per_target = ObjectsByTarget::new();
-    for (c, component) in layout.components().iter().enumerate() {
-        for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
-            let object_id = nacre_layout::object_id(ino, c as u16, s as u32)?;
-            per_target
-                .entry(target_id)
-                .or_default()
-                .push((c as u16, s as u32, object_id));
-        }
-    }
-    Ok(per_target)
-}
+/// The objects of a file on each target, by target id ([`Layout::objects_by_target`]).
+pub(crate) type ObjectsByTarget = BTreeMap<u32, Vec<LayoutObject>>;
 
 /// Requests about whole objects: per target, one extent per object, at the offset
 /// `offset_of(component, stripe)` gives (a truncate's new size; 0 otherwise).
@@ -1554,32 +1537,13 @@ pub(crate) fn whole_object_requests(
         .map(|(&t, objects)| {
             let extents = objects
                 .iter()
-                .map(|&(c, s, object_id)| Extent {
-                    object_id,
-                    offset_bytes: offset_of(c, s),
+                .map(|o| Extent {
+                    object_id: o.object_id,
+                    offset_bytes: offset_of(o.component, o.stripe),
                     len: OBJECT_ONLY_LEN,
                 })
                 .collect();
             (t, extents)
         })
         .collect()
-}
-
-/// The size object (`component`, `stripe`) has in a file of `file_size` bytes.
-pub fn object_size_for(layout: &Layout, component: u16, stripe: u32, file_size: u64) -> u64 {
-    let Some(c) = layout.component(component) else {
-        return 0;
-    };
-    if file_size <= c.start_bytes {
-        return 0;
-    }
-    let within = file_size.min(c.end_bytes) - c.start_bytes;
-    let stripe_size = c.stripe.stripe_size_bytes();
-    let row = stripe_size * u64::from(c.stripe.stripe_count());
-    let full_rows = within / row;
-    let rest = within % row;
-    let in_last = rest
-        .saturating_sub(u64::from(stripe) * stripe_size)
-        .min(stripe_size);
-    full_rows * stripe_size + in_last
 }

@@ -1,7 +1,8 @@
 //! Every bound of the engine, in one place. Units are in the names.
 
-/// Size of a huge page: slabs are aligned to it and asked to be backed by huge pages.
-pub const HUGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Size of a huge page: slabs are aligned to it and asked to be backed by huge pages (the
+/// io crate's, which aligns large buffers the same way).
+pub const HUGE_PAGE_BYTES: usize = nacre_io::limits::HUGE_PAGE_BYTES as usize;
 /// Alignment of every chunk (O_DIRECT and page-granular registration need at least this).
 pub const CHUNK_ALIGN_BYTES: usize = 4096;
 /// Largest chunk a pool hands out.
@@ -9,7 +10,7 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 /// Largest pool (all its chunks together).
 pub const MAX_POOL_BYTES: usize = 64 * 1024 * 1024 * 1024;
 /// Largest registered region io_uring accepts; a slab is registered in pieces of this size.
-pub const MAX_REGISTRATION_BYTES: usize = 1 << 30;
+pub const MAX_REGISTRATION_BYTES: usize = nacre_io::limits::MAX_REGION_BYTES as usize;
 
 /// How long an acceptor waits for a client before it looks at the stop flag again.
 pub const ACCEPT_POLL_MS: u64 = 100;
@@ -33,9 +34,6 @@ pub const IDLE_POLL_MS: u64 = 200;
 pub const MAX_IO_PIECE_BYTES: usize = nacre_io::limits::MAX_IO_BYTES as usize;
 /// How long a connection thread waits for the workers to finish a request's pieces.
 pub const WORKER_REPLY_TIMEOUT_MS: u64 = 60_000;
-/// How long a worker with operations in flight waits for a completion before it looks for
-/// new jobs.
-pub const WORKER_WAIT_US: u64 = 200;
 /// How long a stopping target server waits for the work it holds (storage operations,
 /// replies being written) before it stops without it, saying per worker and store what
 /// was left: SIGTERM stops a target within this bound (plus [`IDLE_POLL_MS`]) whatever is
@@ -130,3 +128,16 @@ pub const TARGET_RESERVED_FDS: u64 = 128;
 /// How often, at most, the metadata store opens its database again after a storage failure
 /// (a full device, an I/O error); operations in between fail at once with that failure.
 pub const REOPEN_INTERVAL_MS: u64 = 1_000;
+
+// Relations between the bounds, checked when the crate is built.
+const _: () = assert!(MAX_CHUNK_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
+const _: () = assert!(HUGE_PAGE_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
+const _: () = assert!(MAX_IO_PIECE_BYTES <= MAX_CHUNK_BYTES);
+const _: () =
+    assert!(STAGED_BYTES_BEYOND_POOL >= nacre_transport::limits::MAX_PAYLOAD_BYTES as usize);
+const _: () = assert!(STAGING_WAIT_MS < nacre_transport::limits::REQUEST_TIMEOUT_MS);
+const _: () = assert!(STOP_TIMEOUT_MS < WORKER_REPLY_TIMEOUT_MS);
+const _: () = assert!(MAX_META_UNSENT_BYTES_PER_CONNECTION <= MAX_META_UNSENT_BYTES);
+const _: () = assert!(MAX_FILE_LAYOUT_BYTES < nacre_transport::limits::MAX_BODY_BYTES as usize);
+const _: () = assert!(ACCEPT_BACKOFF_MIN_MS <= ACCEPT_BACKOFF_MAX_MS);
+const _: () = assert!(MAX_REGISTER_BYTES >= MAX_REGISTRATION_BYTES);

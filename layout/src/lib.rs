@@ -30,6 +30,6 @@ pub mod text;
 
 pub use composite::{Component, Layout};
 pub use error::LayoutError;
-pub use map::{Extents, ObjectExtent, ObjectSize};
+pub use map::{Extents, LayoutObject, ObjectExtent, ObjectSize};
 pub use object::{object_id, object_id_parts};
 pub use stripe::{PoolName, StripeLayout, StripeSpec};

@@ -8,6 +8,8 @@
 //! absolute file offset and so leaves a hole at the front of every object of a component
 //! that does not start at 0; Nacre's objects are compact.
 
+use std::collections::BTreeMap;
+
 use crate::composite::{Component, Layout};
 use crate::error::LayoutError;
 use crate::limits::MAX_FILE_ID;
@@ -42,6 +44,20 @@ pub struct ObjectSize {
     pub stripe: u32,
     /// Bytes in the object.
     pub size_bytes: u64,
+}
+
+/// One object of a file's layout: which stripe of which component it holds, where, and its
+/// id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutObject {
+    /// Index of the component.
+    pub component: u16,
+    /// Index of the stripe within the component.
+    pub stripe: u32,
+    /// The target holding it.
+    pub target_id: u32,
+    /// Its id (see [`crate::object_id`]).
+    pub object_id: u64,
 }
 
 /// Iterator over the [`ObjectExtent`]s of a range, in file order. Allocation-free: it
@@ -123,6 +139,49 @@ impl Layout {
             .checked_add(object_offset % stripe_size_bytes)?;
         let file_offset_bytes = owner.start_bytes.checked_add(relative_bytes)?;
         (file_offset_bytes < owner.end_bytes).then_some(file_offset_bytes)
+    }
+
+    /// Every object of file `file_id`, grouped by target in target-id order, each target's
+    /// in component and stripe order: what requests about whole objects (sync, stat,
+    /// truncate, remove) ask of each target.
+    pub fn objects_by_target(
+        &self,
+        file_id: u64,
+    ) -> Result<BTreeMap<u32, Vec<LayoutObject>>, LayoutError> {
+        let mut per_target: BTreeMap<u32, Vec<LayoutObject>> = BTreeMap::new();
+        for (c, component) in self.components().iter().enumerate() {
+            for (s, &target_id) in component.stripe.target_ids().iter().enumerate() {
+                let (component, stripe) = (c as u16, s as u32);
+                let object_id = crate::object_id(file_id, component, stripe)?;
+                per_target.entry(target_id).or_default().push(LayoutObject {
+                    component,
+                    stripe,
+                    target_id,
+                    object_id,
+                });
+            }
+        }
+        Ok(per_target)
+    }
+
+    /// The size object (`component`, `stripe`) has in a file of `file_size` bytes: the
+    /// inverse of [`Layout::file_size`] (0 for a stripe the layout does not have).
+    pub fn object_size(&self, component: u16, stripe: u32, file_size: u64) -> u64 {
+        let Some(c) = self.component(component) else {
+            return 0;
+        };
+        if file_size <= c.start_bytes {
+            return 0;
+        }
+        let within = file_size.min(c.end_bytes) - c.start_bytes;
+        let stripe_size = c.stripe.stripe_size_bytes();
+        let row = stripe_size * u64::from(c.stripe.stripe_count());
+        let full_rows = within / row;
+        let rest = within % row;
+        let in_last = rest
+            .saturating_sub(u64::from(stripe) * stripe_size)
+            .min(stripe_size);
+        full_rows * stripe_size + in_last
     }
 
     /// The file size the object sizes imply: the largest (file offset of an object's last

@@ -366,3 +366,51 @@ fn composite_distinct_from_plain_in_both_forms() {
     let distinct: BTreeSet<Vec<u8>> = [plain.encode(), composite.encode()].into_iter().collect();
     assert_eq!(distinct.len(), 2);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The object sizes a file of `size` bytes has give back that size, and add up to it:
+    /// every byte lives in exactly one object, and objects are dense from their start.
+    #[test]
+    fn object_sizes_give_back_the_file_size(layout in arb_layout(), size in 0u64..(48 << 20)) {
+        let sizes: Vec<ObjectSize> = layout
+            .objects_by_target(1)
+            .expect("a valid file id")
+            .values()
+            .flatten()
+            .map(|o| ObjectSize {
+                component: o.component,
+                stripe: o.stripe,
+                size_bytes: layout.object_size(o.component, o.stripe, size),
+            })
+            .collect();
+        prop_assert_eq!(layout.file_size(&sizes), Ok(size));
+        prop_assert_eq!(sizes.iter().map(|s| s.size_bytes).sum::<u64>(), size);
+        // And they grow with the file: a byte more never shrinks an object.
+        for s in &sizes {
+            prop_assert!(layout.object_size(s.component, s.stripe, size + 1) >= s.size_bytes);
+        }
+    }
+
+    /// Every stripe of every component is listed once, on its own target, with the id its
+    /// component and stripe give, and no id twice.
+    #[test]
+    fn objects_by_target_lists_every_stripe_once(layout in arb_layout(), file_id in 0..=MAX_FILE_ID) {
+        let per_target = layout.objects_by_target(file_id).expect("a valid file id");
+        let mut seen = BTreeSet::new();
+        let mut stripes = 0usize;
+        for (&target_id, objects) in &per_target {
+            for o in objects {
+                prop_assert_eq!(o.target_id, target_id);
+                let component = &layout.components()[o.component as usize];
+                prop_assert_eq!(component.stripe.target_ids()[o.stripe as usize], target_id);
+                prop_assert_eq!(Ok(o.object_id), object_id(file_id, o.component, o.stripe));
+                prop_assert!(seen.insert(o.object_id), "object {:#x} twice", o.object_id);
+                stripes += 1;
+            }
+        }
+        let want: usize = layout.components().iter().map(|c| c.stripe.target_ids().len()).sum();
+        prop_assert_eq!(stripes, want);
+    }
+}

@@ -17,7 +17,6 @@ use nacre_transport::limits::{MAX_BODY_BYTES, MAX_EXTENTS_PER_REQUEST};
 use nacre_transport::wire::{Extent, Header, Opcode, encode_extents};
 use nacre_transport::{Bulk, Connection, Endpoint, Listener, ServerConnection};
 
-use crate::client::objects_by_target;
 use crate::codec::Writer;
 use crate::error::Error;
 use crate::limits::{
@@ -177,7 +176,7 @@ pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer 
 /// The targets of a removed file's objects, whose removal log is to be worked.
 fn targets_of(removed: Option<Attr>) -> Vec<u32> {
     removed
-        .and_then(|attr| objects_by_target(attr.ino, attr.layout.as_ref()?).ok())
+        .and_then(|attr| attr.layout.as_ref()?.objects_by_target(attr.ino).ok())
         .map(|per_target| per_target.into_keys().collect())
         .unwrap_or_default()
 }

@@ -514,12 +514,15 @@ impl Tx<'_> {
         let Some(layout) = &victim.layout else {
             return Ok(());
         };
-        let per_target = crate::client::objects_by_target(victim.ino, layout)
+        let per_target = layout
+            .objects_by_target(victim.ino)
             .map_err(|e| corrupt(format!("inode {}: {e}", victim.ino)))?;
         for (target_id, objects) in per_target {
-            for (_, _, object_id) in objects {
-                self.removals
-                    .insert(removal_key(target_id, object_id).as_slice(), [].as_slice())?;
+            for o in objects {
+                self.removals.insert(
+                    removal_key(target_id, o.object_id).as_slice(),
+                    [].as_slice(),
+                )?;
             }
         }
         Ok(())
