@@ -638,17 +638,31 @@ impl Queue {
         let deadline = Instant::now() + timeout;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut ready: Vec<(u64, bool)> = Vec::new();
-        // What has arrived already is taken in the first round, so that a call with no time
-        // to wait (a poll) still drives the connections, as liburing's peek reaps.
-        look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
+        // Whether epoll was asked what has arrived. A call with no time to wait (a poll)
+        // looks first, so that it drives the connections as liburing's peek reaps; one whose
+        // time ran out before it waited looks once at the end; one that waits looks in its
+        // wait, with no system call more.
+        let mut looked = timeout.is_zero();
+        if looked {
+            look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
+        }
         loop {
             let mut st = shared.lock();
             st.drive(&shared.epoll, &shared.wake, &ready);
             ready.clear();
             shared.wake_sleepers(&mut st);
             let now = Instant::now();
-            if enough(&st, self.in_flight()) || now >= deadline {
+            if enough(&st, self.in_flight()) {
                 return st;
+            }
+            if now >= deadline {
+                if looked {
+                    return st;
+                }
+                drop(st);
+                look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
+                looked = true;
+                continue;
             }
             let until = st.next_deadline().map_or(deadline, |d| d.min(deadline));
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -659,6 +673,7 @@ impl Queue {
                 until.saturating_duration_since(now),
                 &mut ready,
             );
+            looked = true;
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
