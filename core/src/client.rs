@@ -449,17 +449,30 @@ impl Client {
 
     /// Every registered target, in id order.
     pub fn targets(&self) -> Result<Vec<TargetInfo>, Error> {
-        let mut all: Vec<TargetInfo> = Vec::new();
+        self.listing(
+            "targets",
+            |last: Option<&TargetInfo>| MetaRequest::Targets {
+                after: last.map(|t| t.target_id),
+            },
+            TargetInfo::decode,
+        )
+    }
+
+    /// Every record of a listing the metadata service sends by pages: each request asks for
+    /// the records after the last one received, until no more remain.
+    fn listing<T>(
+        &self,
+        what: &'static str,
+        request_after: impl Fn(Option<&T>) -> MetaRequest,
+        decode: impl Fn(&mut Reader<'_>) -> Result<T, CodecError>,
+    ) -> Result<Vec<T>, Error> {
+        let mut all = Vec::new();
         loop {
-            let request = MetaRequest::Targets {
-                after: all.last().map(|t| t.target_id),
-            };
-            let (page, more) =
-                self.inner
-                    .meta
-                    .call_decode(&self.inner.options.cred, &request, |r| {
-                        decode_page(r, "targets", TargetInfo::decode)
-                    })?;
+            let (page, more) = self.inner.meta.call_decode(
+                &self.inner.options.cred,
+                &request_after(all.last()),
+                |r| decode_page(r, what, &decode),
+            )?;
             let progressed = !page.is_empty();
             all.extend(page);
             // A page that brings nothing ends the listing, whatever it says.
@@ -706,26 +719,15 @@ impl Client {
 
     /// Every entry of a directory, in name order.
     pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
-        let mut all = Vec::new();
-        loop {
-            let request = MetaRequest::Readdir {
+        self.listing(
+            "entries",
+            |last: Option<&DirEntry>| MetaRequest::Readdir {
                 path: path.into(),
-                after: all.last().map(|e: &DirEntry| e.name.clone()),
+                after: last.map(|e| e.name.clone()),
                 max: MAX_READDIR_ENTRIES as u32,
-            };
-            let (page, more) =
-                self.inner
-                    .meta
-                    .call_decode(&self.inner.options.cred, &request, |r| {
-                        decode_page(r, "entries", DirEntry::decode)
-                    })?;
-            let progressed = !page.is_empty();
-            all.extend(page);
-            // A page that brings nothing ends the listing, whatever it says.
-            if !more || !progressed {
-                return Ok(all);
-            }
-        }
+            },
+            DirEntry::decode,
+        )
     }
 
     /// Sets (or with `None` clears) a directory's default layout, which files created in it

@@ -10,6 +10,7 @@ pub mod mem;
 pub mod meta;
 pub mod queue;
 mod server;
+mod slots;
 pub mod target_server;
 pub mod units;
 

@@ -106,8 +106,7 @@ pub(crate) fn note_failures(name: &str, messages: &[String]) {
     let mut text = format!("{name}: ");
     for (i, m) in messages.iter().enumerate() {
         let sep = if i == 0 { "" } else { "; " };
-        let first = i == 0;
-        if !first && text.len() + sep.len() + m.len() >= LAST_ERROR_BYTES {
+        if i > 0 && text.len() + sep.len() + m.len() >= LAST_ERROR_BYTES {
             let rest = format!("; and {} more", messages.len() - i);
             if text.len() + rest.len() < LAST_ERROR_BYTES {
                 text.push_str(&rest);

@@ -1094,11 +1094,11 @@ impl ObjectStore {
         if self.fail_buffered_open {
             return Err(IoError::object(Operation::Write, object_id, libc::EMFILE));
         }
-        let path = self.target.object_path(object_id);
         let Some(o) = self.objects.get_mut(&object_id) else {
             unreachable!("a started op's object is open");
         };
         if o.buffered.is_none() {
+            let path = self.target.object_path(object_id);
             let same_file =
                 std::path::PathBuf::from(format!("/proc/self/fd/{}", o.file.as_raw_fd()));
             let open = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p);

@@ -205,6 +205,19 @@ fn fsync_dir(path: &Path, op: Operation) -> Result<(), IoError> {
         .map_err(path_err(op, path))
 }
 
+/// Writes `bytes` as file `name` of `dir`, durably and whole: under a temporary name, then
+/// renamed, so that a crash leaves the old file or the new one, never half of one.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8], op: Operation) -> Result<(), IoError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(path_err(op, &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(path_err(op, &tmp))?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(path_err(op, &path))?;
+    fsync_dir(dir, op)
+}
+
 impl Target {
     /// Formats `dir` as target `target_id`: creates it if missing, writes the stamp and the
     /// object directories, and makes all of it durable. A directory that is already a
@@ -258,15 +271,7 @@ impl Target {
             padding: 0,
         };
         record.crc32c = record.checksum();
-        // Written under a temporary name and renamed, so a crash leaves no half stamp.
-        let tmp = dir.join(format!("{STAMP_FILE}.tmp"));
-        let mut file = fs::File::create(&tmp).map_err(path_err(op, &tmp))?;
-        file.write_all(bytemuck::bytes_of(&record))
-            .and_then(|()| file.sync_all())
-            .map_err(path_err(op, &tmp))?;
-        let stamp_path = dir.join(STAMP_FILE);
-        fs::rename(&tmp, &stamp_path).map_err(path_err(op, &stamp_path))?;
-        fsync_dir(dir, op)?;
+        write_durably(dir, STAMP_FILE, bytemuck::bytes_of(&record), op)?;
         Ok(stamp_from_record(&record))
     }
 
@@ -420,15 +425,12 @@ impl Target {
             crc32c: 0,
         };
         record.crc32c = record.checksum();
-        let dir = &self.inner.dir;
-        let tmp = dir.join(format!("{FILESYSTEM_FILE}.tmp"));
-        let mut file = fs::File::create(&tmp).map_err(path_err(op, &tmp))?;
-        file.write_all(bytemuck::bytes_of(&record))
-            .and_then(|()| file.sync_all())
-            .map_err(path_err(op, &tmp))?;
-        let path = dir.join(FILESYSTEM_FILE);
-        fs::rename(&tmp, &path).map_err(path_err(op, &path))?;
-        fsync_dir(dir, op)?;
+        write_durably(
+            &self.inner.dir,
+            FILESYSTEM_FILE,
+            bytemuck::bytes_of(&record),
+            op,
+        )?;
         *bound = Some(fs_uuid);
         Ok(())
     }

@@ -834,16 +834,9 @@ impl ServerConnection {
         payload: &[IoSlice<'_>],
     ) -> Result<(), TransportError> {
         let pending = std::mem::take(&mut self.pending_payload);
-        let replaced = crate::wire::oversized_reply(status, body.len());
+        let replaced = crate::wire::oversized_reply(&self.peer(), status, body.len());
         let (status, body, payload) = match &replaced {
-            Some((status, message)) => {
-                crate::log_line!(
-                    "nacre-transport: {}: {}",
-                    self.peer(),
-                    String::from_utf8_lossy(message)
-                );
-                (*status, &message[..], &[][..])
-            }
+            Some((status, message)) => (*status, &message[..], &[][..]),
             None => (status, body, payload),
         };
         match &mut self.link {

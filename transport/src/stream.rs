@@ -201,11 +201,13 @@ impl StreamConn {
     /// the connection.
     pub fn recv_request(&mut self) -> Result<Incoming, TransportError> {
         let incoming = self.read_request()?;
-        let now = Instant::now();
+        // A request being received began with the bytes last read (no clock read per
+        // request: the socket noted the time of its last progress).
+        let began = || self.socket.last_progress();
         self.receiving_since = match incoming {
-            // Bytes of the next one may be in already: it began about now.
-            Incoming::Request(_) => self.receiving().then_some(now),
-            Incoming::Pending if self.receiving() => self.receiving_since.or(Some(now)),
+            // Bytes of the next one may be in already.
+            Incoming::Request(_) => self.receiving().then(began),
+            Incoming::Pending if self.receiving() => self.receiving_since.or_else(|| Some(began())),
             Incoming::Pending | Incoming::Closed => None,
         };
         Ok(incoming)
@@ -423,12 +425,9 @@ impl StreamConn {
         self.socket.check()?;
         let mut body = body.into();
         let (mut status, mut payload) = (status, payload);
-        if let Some((too_long, message)) = crate::wire::oversized_reply(status, body.len()) {
-            crate::log_line!(
-                "nacre-transport: {}: {}",
-                self.socket.peer,
-                String::from_utf8_lossy(&message)
-            );
+        if let Some((too_long, message)) =
+            crate::wire::oversized_reply(&self.socket.peer, status, body.len())
+        {
             (status, body, payload) = (too_long, message, Vec::new());
         }
         let payload_len = payload.iter().map(|s| s.len as u64).sum();

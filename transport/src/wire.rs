@@ -327,11 +327,16 @@ pub const EXTENT_BYTES: usize = std::mem::size_of::<Extent>();
 /// The status of a reply whose body would not fit [`MAX_BODY_BYTES`].
 pub const REPLY_TOO_LONG_STATUS: i32 = libc::EMSGSIZE;
 
-/// What a reply of `status` and a body of `body_len` bytes carries instead when the body is
-/// over [`MAX_BODY_BYTES`]: [`REPLY_TOO_LONG_STATUS`] and a short message, no payload. A
-/// reply that cannot be encoded is an error for its requester, never a panic of the server
-/// (a metadata reply grows with the data it answers). `None` when the reply fits.
-pub fn oversized_reply(status: i32, body_len: usize) -> Option<(i32, Vec<u8>)> {
+/// What a reply to `peer` of `status` and a body of `body_len` bytes carries instead when
+/// the body is over [`MAX_BODY_BYTES`]: [`REPLY_TOO_LONG_STATUS`] and a short message, no
+/// payload (the message is logged too). A reply that cannot be encoded is an error for its
+/// requester, never a panic of the server (a metadata reply grows with the data it
+/// answers). `None` when the reply fits.
+pub fn oversized_reply(
+    peer: &dyn std::fmt::Display,
+    status: i32,
+    body_len: usize,
+) -> Option<(i32, Vec<u8>)> {
     if body_len <= MAX_BODY_BYTES as usize {
         return None;
     }
@@ -339,6 +344,7 @@ pub fn oversized_reply(status: i32, body_len: usize) -> Option<(i32, Vec<u8>)> {
         "the reply (status {status}) would carry a body of {body_len} bytes, over the \
          {MAX_BODY_BYTES}-byte bound of one message"
     );
+    crate::log_line!("nacre-transport: {peer}: {message}");
     Some((REPLY_TOO_LONG_STATUS, message.into_bytes()))
 }
 

@@ -36,6 +36,7 @@ use crate::limits::{
 use crate::meta::server::{Answer, answer, remove_logged};
 use crate::meta::store::MetaStore;
 use crate::server::{ErrorLog, spawn};
+use crate::slots::{Admit, Slots};
 
 /// The epoll token of a loop's wake-up eventfd (connections' tokens are generation and
 /// slot).
@@ -231,11 +232,6 @@ struct Conn {
     unsent: usize,
 }
 
-struct Slot {
-    generation: u32,
-    conn: Option<Conn>,
-}
-
 /// One loop's whole state.
 struct MetaLoop {
     index: usize,
@@ -243,9 +239,7 @@ struct MetaLoop {
     rx: mpsc::Receiver<LoopMsg>,
     removals: mpsc::Sender<Removal>,
     epoll: Epoll,
-    slots: Vec<Slot>,
-    /// Slots with no connection.
-    free: Vec<usize>,
+    slots: Slots<Conn>,
     /// Scratch for flushes: the tokens of replies written, each its body's length.
     sent: Vec<u64>,
     /// Slots whose connection is not read while replies are unsent past a bound.
@@ -271,8 +265,7 @@ impl MetaLoop {
             rx,
             removals,
             epoll,
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slots::new(usize::MAX),
             sent: Vec::new(),
             held: Vec::new(),
             errors: ErrorLog::new(format!("nacre meta: loop {index}")),
@@ -293,16 +286,12 @@ impl MetaLoop {
                 self.sweep();
             }
             if self.shared.stop.load(Ordering::SeqCst) {
-                for slot in 0..self.slots.len() {
-                    if self.slots[slot]
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| !holds_work(c))
-                    {
+                for slot in self.slots.indices() {
+                    if self.slots.get(slot).is_some_and(|c| !holds_work(c)) {
                         self.close(slot, None);
                     }
                 }
-                if self.free.len() == self.slots.len() {
+                if self.slots.open() == 0 {
                     break;
                 }
                 let since = *stopping_since.get_or_insert_with(Instant::now);
@@ -310,7 +299,7 @@ impl MetaLoop {
                     nacre_transport::log_line!(
                         "nacre meta: loop {} stops after {STOP_TIMEOUT_MS} ms with {} connections still busy",
                         self.index,
-                        self.slots.len() - self.free.len()
+                        self.slots.open()
                     );
                     break;
                 }
@@ -325,17 +314,17 @@ impl MetaLoop {
                     self.shared.inboxes[self.index].wake.clear();
                     continue;
                 }
-                let Some(slot) = self.slot_of(token) else {
+                let Some(slot) = self.slots.slot_of(token) else {
                     continue;
                 };
-                if readable && let Some(conn) = self.slots[slot].conn.as_mut() {
+                if readable && let Some(conn) = self.slots.get_mut(slot) {
                     conn.stream.readable();
                 }
                 self.drive(slot);
             }
             ready.clear();
         }
-        for slot in 0..self.slots.len() {
+        for slot in self.slots.indices() {
             self.close(slot, None);
         }
     }
@@ -348,10 +337,10 @@ impl MetaLoop {
                 header,
                 answer,
             } => {
-                let Some(slot) = self.slot_of(token) else {
+                let Some(slot) = self.slots.slot_of(token) else {
                     return;
                 };
-                let Some(conn) = self.slots[slot].conn.as_mut() else {
+                let Some(conn) = self.slots.get_mut(slot) else {
                     return;
                 };
                 conn.awaiting -= 1;
@@ -362,89 +351,40 @@ impl MetaLoop {
         }
     }
 
-    fn token(&self, slot: usize) -> u64 {
-        (u64::from(self.slots[slot].generation) << 32) | slot as u64
-    }
-
-    fn slot_of(&self, token: u64) -> Option<usize> {
-        let slot = (token & u64::from(u32::MAX)) as usize;
-        let s = self.slots.get(slot)?;
-        (u64::from(s.generation) == token >> 32 && s.conn.is_some()).then_some(slot)
-    }
-
     /// Takes a new connection in, making room past the bound by closing this loop's oldest
     /// idle connection, or refusing the new one when none is idle.
     fn adopt(&mut self, stream: StreamConn) {
         if self.shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        // The place is claimed first, so that loops adopting at once cannot pass the bound
-        // together.
-        let bound = self.shared.bound;
-        let claimed = self
-            .shared
-            .open
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < bound).then_some(n + 1)
-            })
-            .is_ok();
-        if !claimed {
-            let oldest_idle = (0..self.slots.len())
-                .filter(|&s| {
-                    self.slots[s]
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| !holds_work(c) && !c.stream.mid_message())
-                })
-                .min_by_key(|&s| self.slots[s].conn.as_ref().map(|c| c.last_request));
-            match oldest_idle {
-                Some(slot) => {
-                    self.errors.note(
-                        "connection bound",
-                        &format_args!(
-                            "{bound} connections: the oldest idle one is closed for {}",
-                            stream.peer()
-                        ),
-                    );
-                    self.close(slot, None);
-                    // The place the closed one held.
-                    self.shared.open.fetch_add(1, Ordering::SeqCst);
-                }
-                None => {
-                    self.errors.note(
-                        "connection bound",
-                        &format_args!(
-                            "{} refused: {bound} connections, none of this loop's idle",
-                            stream.peer()
-                        ),
-                    );
-                    return;
-                }
-            }
+        match self.slots.admit(
+            (&self.shared.open, self.shared.bound),
+            &stream.peer(),
+            &mut self.errors,
+            |c| !holds_work(c) && !c.stream.mid_message(),
+            |c| c.last_request,
+        ) {
+            Admit::Claimed => {}
+            Admit::Evict(slot) => self.close(slot, None),
+            Admit::Refused => return,
         }
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(Slot {
-                generation: 0,
-                conn: None,
-            });
-            self.slots.len() - 1
-        });
-        let token = self.token(slot);
-        if let Err(e) = self.epoll.add(stream.fd(), token, true) {
-            self.errors.note(
-                "watch",
-                &format_args!("{}: cannot watch the connection: {e}", stream.peer()),
-            );
-            self.free.push(slot);
-            self.shared.open.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        self.slots[slot].conn = Some(Conn {
+        let fd = stream.fd();
+        let slot = self.slots.insert(Conn {
             stream,
             awaiting: 0,
             last_request: Instant::now(),
             unsent: 0,
         });
+        if let Err(e) = self.epoll.add(fd, self.slots.token(slot), true) {
+            if let Some(conn) = self.slots.remove(slot) {
+                self.errors.note(
+                    "watch",
+                    &format_args!("{}: cannot watch the connection: {e}", conn.stream.peer()),
+                );
+            }
+            self.shared.open.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
     }
@@ -457,7 +397,7 @@ impl MetaLoop {
             let Some(blocked) = self.flush(slot) else {
                 return;
             };
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+            let Some(conn) = self.slots.get_mut(slot) else {
                 return;
             };
             if self.shared.stop.load(Ordering::SeqCst) {
@@ -469,7 +409,7 @@ impl MetaLoop {
             if !self.may_read(slot) {
                 return;
             }
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+            let Some(conn) = self.slots.get_mut(slot) else {
                 return;
             };
             match conn.stream.recv_request() {
@@ -492,7 +432,7 @@ impl MetaLoop {
     /// Writes out `slot`'s ready replies: `Some(true)` when the socket is full, `None` when
     /// the connection failed (and is closed).
     fn flush(&mut self, slot: usize) -> Option<bool> {
-        let conn = self.slots[slot].conn.as_mut()?;
+        let conn = self.slots.get_mut(slot)?;
         if !conn.stream.wants_write() {
             return Some(false);
         }
@@ -512,8 +452,8 @@ impl MetaLoop {
     /// Answers a request: here, or through the remover when removal logs are to be worked
     /// first.
     fn request(&mut self, slot: usize, header: Header) {
-        let token = self.token(slot);
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let token = self.slots.token(slot);
+        let Some(conn) = self.slots.get_mut(slot) else {
             return;
         };
         let store = &self.shared.store;
@@ -548,7 +488,7 @@ impl MetaLoop {
     /// Gives `slot`'s connection its reply to `header`, counted unsent until written;
     /// false when the connection failed (and is closed).
     fn reply(&mut self, slot: usize, header: &Header, answer: Answer) -> bool {
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return false;
         };
         let len = answer.body.len();
@@ -572,7 +512,7 @@ impl MetaLoop {
     /// or all connections', are unsent past their bounds (it is then held, and driven
     /// again when replies have gone).
     fn may_read(&mut self, slot: usize) -> bool {
-        let Some(conn) = self.slots[slot].conn.as_ref() else {
+        let Some(conn) = self.slots.get(slot) else {
             return false;
         };
         let over = conn.unsent >= MAX_META_UNSENT_BYTES_PER_CONNECTION
@@ -602,8 +542,8 @@ impl MetaLoop {
         let now = Instant::now();
         self.last_sweep = now;
         let bound = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        for slot in 0..self.slots.len() {
-            let Some(conn) = self.slots[slot].conn.as_ref() else {
+        for slot in self.slots.indices() {
+            let Some(conn) = self.slots.get(slot) else {
                 continue;
             };
             let stream = &conn.stream;
@@ -629,7 +569,7 @@ impl MetaLoop {
     }
 
     fn close(&mut self, slot: usize, error: Option<TransportError>) {
-        let Some(conn) = self.slots[slot].conn.take() else {
+        let Some(conn) = self.slots.remove(slot) else {
             return;
         };
         if let Some(e) = error {
@@ -640,9 +580,6 @@ impl MetaLoop {
         }
         self.epoll.remove(conn.stream.fd());
         self.shared.unsent.fetch_sub(conn.unsent, Ordering::SeqCst);
-        let s = &mut self.slots[slot];
-        s.generation = s.generation.wrapping_add(1);
-        self.free.push(slot);
         self.shared.open.fetch_sub(1, Ordering::SeqCst);
     }
 }

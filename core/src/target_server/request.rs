@@ -12,7 +12,7 @@ use nacre_transport::limits::MAX_PAYLOAD_BYTES;
 use nacre_transport::wire::{ANY_TARGET, Extent, Header, Opcode, decode_extents};
 
 use crate::codec::Writer;
-use crate::limits::MAX_IO_PIECE_BYTES;
+use crate::limits::{MAX_IO_PIECE_BYTES, STAGING_WAIT_MS};
 use crate::mem::{MemPool, PoolBuf};
 
 /// What every thread of a target server shares.
@@ -79,6 +79,18 @@ impl Context {
         Failure {
             errno: libc::ESHUTDOWN,
             message: format!("{} is stopping", self.name()),
+        }
+    }
+
+    /// The answer to a request of target `t` that waited [`STAGING_WAIT_MS`] for staging
+    /// memory in vain (EAGAIN: the client may send it again).
+    pub(super) fn staging_waited(&self, t: usize) -> Failure {
+        Failure {
+            errno: libc::EAGAIN,
+            message: format!(
+                "{}: the server's staging memory stayed at its bound for {STAGING_WAIT_MS} ms; try again",
+                self.target_name(t)
+            ),
         }
     }
 

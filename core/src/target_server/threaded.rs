@@ -49,11 +49,8 @@ fn handle(
                 std::thread::sleep(Duration::from_millis(IDLE_POLL_MS));
             }
             Work::Wait => {
-                let message = format!(
-                    "{}: the server's staging memory stayed at its bound for {STAGING_WAIT_MS} ms; try again",
-                    ctx.target_name(t)
-                );
-                return conn.reply(request, libc::EAGAIN, message.as_bytes(), &[]);
+                let f = ctx.staging_waited(t);
+                return conn.reply(request, f.errno, f.message.as_bytes(), &[]);
             }
         }
     };

@@ -33,6 +33,7 @@ use crate::limits::{
     STOP_TIMEOUT_MS, WORKER_REPLY_TIMEOUT_MS,
 };
 use crate::server::ErrorLog;
+use crate::slots::{Admit, Slots};
 
 /// Most client connections one worker serves at once; more are refused (closed).
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;
@@ -207,11 +208,6 @@ struct Conn {
     parked: Option<(Header, Instant)>,
 }
 
-struct Slot {
-    generation: u32,
-    conn: Option<Conn>,
-}
-
 /// A worker thread's whole state.
 pub(super) struct Worker {
     index: usize,
@@ -235,9 +231,7 @@ pub(super) struct Worker {
     forget: Vec<(usize, u64)>,
     // Network.
     epoll: Epoll,
-    slots: Vec<Slot>,
-    /// Slots with no connection (every other slot has one).
-    free_slots: Vec<usize>,
+    slots: Slots<Conn>,
     /// Results for this worker's requests, to apply outside of whatever produced them.
     delivered: VecDeque<(u64, usize, Vec<PieceResult>)>,
     /// Requests read from the connections, by index (see [`REQUEST_BITS`]).
@@ -327,8 +321,7 @@ impl Worker {
             completions: Vec::new(),
             forget: Vec::new(),
             epoll,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Slots::new(MAX_CONNECTIONS_PER_WORKER),
             delivered: VecDeque::new(),
             table: Vec::new(),
             free_entries: Vec::new(),
@@ -396,7 +389,7 @@ impl Worker {
             "nacre {}: worker {} stops after {STOP_TIMEOUT_MS} ms with work left: {requests} requests, {} connections, {} pieces not started, {} requests in flight in the server",
             self.ctx.name(),
             self.index,
-            self.open_conns(),
+            self.slots.open(),
             self.queue.len(),
             self.ctx.in_flight.load(Ordering::SeqCst)
         );
@@ -484,10 +477,10 @@ impl Worker {
                 WAKE_TOKEN => self.inboxes[self.index].wake.clear(),
                 RING_TOKEN => self.ring_event.clear(),
                 t => {
-                    let Some(slot) = self.slot_of(t) else {
+                    let Some(slot) = self.slots.slot_of(t) else {
                         continue;
                     };
-                    if readable && let Some(conn) = self.slots[slot].conn.as_mut() {
+                    if readable && let Some(conn) = self.slots.get_mut(slot) {
                         conn.stream.readable();
                     }
                     self.drive(slot);
@@ -508,12 +501,7 @@ impl Worker {
         }
         let mut moved = false;
         for slot in std::mem::take(&mut self.parked) {
-            let is_parked = |w: &Worker| {
-                w.slots[slot]
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.parked.is_some())
-            };
+            let is_parked = |w: &Worker| w.slots.get(slot).is_some_and(|c| c.parked.is_some());
             if !is_parked(self) {
                 continue;
             }
@@ -558,7 +546,7 @@ impl Worker {
     /// flight anywhere (another worker's may still need this one's store), no connection.
     fn finished(&self) -> bool {
         self.ctx.in_flight.load(Ordering::SeqCst) == 0
-            && self.open_conns() == 0
+            && self.slots.open() == 0
             && self.queue.is_empty()
             && self.stores.iter().all(|s| s.outstanding() == 0)
             && self.running.iter().all(Option::is_none)
@@ -566,94 +554,30 @@ impl Worker {
 
     // ---- connections ----
 
-    fn open_conns(&self) -> usize {
-        self.slots.len() - self.free_slots.len()
-    }
-
-    fn token(&self, slot: usize) -> u64 {
-        (u64::from(self.slots[slot].generation) << 32) | slot as u64
-    }
-
-    fn slot_of(&self, token: u64) -> Option<usize> {
-        let slot = (token & u64::from(u32::MAX)) as usize;
-        let s = self.slots.get(slot)?;
-        (u64::from(s.generation) == token >> 32 && s.conn.is_some()).then_some(slot)
-    }
-
+    /// Takes a new connection in, making room past the bound by closing this worker's
+    /// oldest idle connection, or refusing the new one when none is idle.
     fn adopt(&mut self, stream: Wire, target: usize) {
         if self.ctx.stop.load(Ordering::SeqCst) {
             return;
         }
-        // The place is claimed first, so that workers adopting at once cannot pass the
-        // bound together.
-        let bound = self.ctx.connection_bound;
-        let claimed = self.open_conns() < MAX_CONNECTIONS_PER_WORKER
-            && self
-                .ctx
-                .connections
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < bound).then_some(n + 1)
-                })
-                .is_ok();
-        if !claimed {
-            // Past the bound: this worker's oldest idle connection makes room, or the new
-            // one is refused when none is idle.
-            let oldest_idle = (0..self.slots.len())
-                .filter(|&s| {
-                    self.slots[s].conn.as_ref().is_some_and(|c| {
-                        c.requests.is_empty()
-                            && c.parked.is_none()
-                            && !c.stream.mid_message()
-                            && !c.stream.wants_write()
-                    })
-                })
-                .min_by_key(|&s| self.slots[s].conn.as_ref().map(|c| c.last_request));
-            let bound = bound.min(MAX_CONNECTIONS_PER_WORKER);
-            match oldest_idle {
-                Some(slot) => {
-                    self.errors.note(
-                        "connection bound",
-                        &format_args!(
-                            "{bound} connections: the oldest idle one is closed for {}",
-                            stream.peer()
-                        ),
-                    );
-                    self.close(slot, None);
-                    // The place the closed one held.
-                    self.ctx.connections.fetch_add(1, Ordering::SeqCst);
-                }
-                None => {
-                    self.errors.note(
-                        "connection bound",
-                        &format_args!(
-                            "{} refused: {bound} connections, none of worker {}'s idle",
-                            stream.peer(),
-                            self.index
-                        ),
-                    );
-                    return;
-                }
-            }
+        let admit = self.slots.admit(
+            (&self.ctx.connections, self.ctx.connection_bound),
+            &stream.peer(),
+            &mut self.errors,
+            |c| {
+                c.requests.is_empty()
+                    && c.parked.is_none()
+                    && !c.stream.mid_message()
+                    && !c.stream.wants_write()
+            },
+            |c| c.last_request,
+        );
+        match admit {
+            Admit::Claimed => {}
+            Admit::Evict(slot) => self.close(slot, None),
+            Admit::Refused => return,
         }
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.slots.push(Slot {
-                generation: 0,
-                conn: None,
-            });
-            self.slots.len() - 1
-        });
-        let token = self.token(slot);
-        if let Err(e) = stream.watch(&self.epoll, token) {
-            nacre_transport::log_line!(
-                "nacre {}: {}: cannot watch the connection: {e}",
-                self.ctx.target_name(target),
-                stream.peer()
-            );
-            self.free_slots.push(slot);
-            self.ctx.connections.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        self.slots[slot].conn = Some(Conn {
+        let slot = self.slots.insert(Conn {
             last_request: Instant::now(),
             stream,
             target,
@@ -663,6 +587,22 @@ impl Worker {
             answered: false,
             parked: None,
         });
+        let token = self.slots.token(slot);
+        let watched = self
+            .slots
+            .get(slot)
+            .map(|c| c.stream.watch(&self.epoll, token));
+        if let Some(Err(e)) = watched {
+            if let Some(conn) = self.slots.remove(slot) {
+                nacre_transport::log_line!(
+                    "nacre {}: {}: cannot watch the connection: {e}",
+                    self.ctx.target_name(target),
+                    conn.stream.peer()
+                );
+            }
+            self.ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         // Bytes may have arrived before the connection was watched.
         self.drive(slot);
     }
@@ -682,7 +622,7 @@ impl Worker {
                 }
                 return;
             }
-            let Some(conn) = self.slots[slot].conn.as_mut() else {
+            let Some(conn) = self.slots.get_mut(slot) else {
                 return;
             };
             let moved = if let Some(i) = conn.payload {
@@ -702,10 +642,7 @@ impl Worker {
                 }
             } else if let Some((header, since)) = conn.parked.take() {
                 self.begin_parked(slot, header, since);
-                self.slots[slot]
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.parked.is_none())
+                self.slots.get(slot).is_some_and(|c| c.parked.is_none())
             } else if conn.staged >= MAX_STAGED_BYTES_PER_CONNECTION {
                 // The next request waits for replies to go out (`release`).
                 false
@@ -724,10 +661,9 @@ impl Worker {
                 continue;
             }
             // Reading stopped: once more round only for replies it made ready.
-            let (wants_write, still_blocked) =
-                self.slots[slot].conn.as_ref().map_or((false, true), |c| {
-                    (c.stream.wants_write(), c.stream.writes_wait_for_an_event())
-                });
+            let (wants_write, still_blocked) = self.slots.get(slot).map_or((false, true), |c| {
+                (c.stream.wants_write(), c.stream.writes_wait_for_an_event())
+            });
             // A flush that was blocked at the start of this turn is tried again only if
             // reading unblocked it (RDMA reads reap send completions too; no event would
             // come for those).
@@ -741,7 +677,7 @@ impl Worker {
     /// written: `Some(true)` when the socket is full, `None` when the connection failed
     /// (and is closed).
     fn flush(&mut self, slot: usize) -> Option<bool> {
-        let conn = self.slots[slot].conn.as_mut()?;
+        let conn = self.slots.get_mut(slot)?;
         if !conn.stream.wants_write() {
             return Some(false);
         }
@@ -764,7 +700,7 @@ impl Worker {
     /// Whether `slot`'s connection holds a request being served or answered (one whose
     /// payload is still arriving does not count: it has not started).
     fn holds_work(&self, slot: usize) -> bool {
-        let Some(conn) = self.slots[slot].conn.as_ref() else {
+        let Some(conn) = self.slots.get(slot) else {
             return false;
         };
         conn.stream.wants_write()
@@ -781,25 +717,18 @@ impl Worker {
     fn begin_parked(&mut self, slot: usize, header: Header, since: Instant) {
         if since.elapsed() < Duration::from_millis(STAGING_WAIT_MS) {
             self.begin(slot, header);
-            if let Some((_, parked_at)) = self.slots[slot]
-                .conn
-                .as_mut()
-                .and_then(|c| c.parked.as_mut())
-            {
+            if let Some((_, parked_at)) = self.slots.get_mut(slot).and_then(|c| c.parked.as_mut()) {
                 *parked_at = since;
             }
             return;
         }
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return;
         };
-        let message = format!(
-            "{}: the server's staging memory stayed at its bound for {STAGING_WAIT_MS} ms; try again",
-            self.ctx.target_name(conn.target)
-        );
+        let f = self.ctx.staging_waited(conn.target);
         if let Err(e) = conn
             .stream
-            .reply(&header, libc::EAGAIN, message.into_bytes(), NO_REQUEST)
+            .reply(&header, f.errno, f.message.into_bytes(), NO_REQUEST)
         {
             self.close(slot, Some(e));
         }
@@ -807,10 +736,11 @@ impl Worker {
 
     /// A request arrived on `slot`'s connection.
     fn begin(&mut self, slot: usize, header: Header) {
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return;
         };
-        conn.last_request = Instant::now();
+        let now = Instant::now();
+        conn.last_request = now;
         let prepared = match request::begin(&self.ctx, conn.target, &header, conn.stream.body()) {
             Work::Reply { status, body } => {
                 if let Err(e) = conn.stream.reply(&header, status, body, NO_REQUEST) {
@@ -819,7 +749,7 @@ impl Worker {
                 return;
             }
             Work::Wait => {
-                conn.parked = Some((header, Instant::now()));
+                conn.parked = Some((header, now));
                 if !self.parked.contains(&slot) {
                     self.parked.push(slot);
                 }
@@ -841,10 +771,10 @@ impl Worker {
             jobs_left: 0,
             failure: None,
             token: 0,
-            started: Instant::now(),
+            started: now,
             staged,
         });
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return;
         };
         conn.requests.push(i);
@@ -883,7 +813,7 @@ impl Worker {
         };
         self.free_entries.push(i);
         if let Some(slot) = serving.conn
-            && let Some(conn) = self.slots[slot].conn.as_mut()
+            && let Some(conn) = self.slots.get_mut(slot)
         {
             conn.staged -= serving.staged;
         }
@@ -895,7 +825,7 @@ impl Worker {
             return;
         };
         if let Some(slot) = self.table[i].as_ref().and_then(|s| s.conn)
-            && let Some(conn) = self.slots[slot].conn.as_mut()
+            && let Some(conn) = self.slots.get_mut(slot)
             && let Some(at) = conn.requests.iter().position(|&r| r == i)
         {
             conn.requests.remove(at);
@@ -917,7 +847,7 @@ impl Worker {
         let Some(slot) = serving.conn else {
             return self.free(i);
         };
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return self.free(i);
         };
         let payload = serving
@@ -1053,7 +983,7 @@ impl Worker {
     /// the same turn of the loop (`drive_answered`), in one `sendmsg` where they follow each
     /// other.
     fn answered(&mut self, slot: usize) {
-        if let Some(conn) = self.slots[slot].conn.as_mut()
+        if let Some(conn) = self.slots.get_mut(slot)
             && !conn.answered
         {
             conn.answered = true;
@@ -1066,7 +996,7 @@ impl Worker {
         let mut slots = std::mem::take(&mut self.answered);
         let any = !slots.is_empty();
         for &slot in &slots {
-            if let Some(conn) = self.slots[slot].conn.as_mut() {
+            if let Some(conn) = self.slots.get_mut(slot) {
                 conn.answered = false;
                 self.drive(slot);
             }
@@ -1080,7 +1010,7 @@ impl Worker {
     /// token goes stale with the slot's generation. Its requests whose pieces are out stay
     /// in the table until they are back; the others leave it now.
     fn close(&mut self, slot: usize, why: Option<TransportError>) {
-        let Some(conn) = self.slots[slot].conn.take() else {
+        let Some(conn) = self.slots.remove(slot) else {
             return;
         };
         if let Some(e) = why {
@@ -1090,9 +1020,6 @@ impl Worker {
         }
         self.ctx.connections.fetch_sub(1, Ordering::SeqCst);
         conn.stream.unwatch(&self.epoll);
-        let s = &mut self.slots[slot];
-        s.generation = s.generation.wrapping_add(1);
-        self.free_slots.push(slot);
         let Conn {
             stream, requests, ..
         } = conn;
@@ -1143,11 +1070,13 @@ impl Worker {
         }
         // Parked requests past their wait are answered now, memory or not.
         let waited = Duration::from_millis(STAGING_WAIT_MS);
-        let overdue: Vec<usize> = (0..self.slots.len())
+        let overdue: Vec<usize> = self
+            .parked
+            .iter()
+            .copied()
             .filter(|&slot| {
-                self.slots[slot]
-                    .conn
-                    .as_ref()
+                self.slots
+                    .get(slot)
                     .and_then(|c| c.parked.as_ref())
                     .is_some_and(|(_, since)| now.duration_since(*since) >= waited)
             })
@@ -1156,8 +1085,8 @@ impl Worker {
             self.drive(slot);
         }
         let stalled = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        for slot in 0..self.slots.len() {
-            let Some(conn) = self.slots[slot].conn.as_ref() else {
+        for slot in self.slots.indices() {
+            let Some(conn) = self.slots.get(slot) else {
                 continue;
             };
             // A parked request is the server's wait, not the client's stall; it has its own
@@ -1179,8 +1108,8 @@ impl Worker {
 
     /// When stopping: closes every connection holding no request being served or answered.
     fn close_idle(&mut self) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].conn.is_some() && !self.holds_work(slot) {
+        for slot in self.slots.indices() {
+            if self.slots.get(slot).is_some() && !self.holds_work(slot) {
                 self.close(slot, None);
             }
         }

@@ -341,12 +341,9 @@ impl RdmaStream {
         }
         let mut body = body.into();
         let (mut status, mut payload) = (status, payload);
-        if let Some((too_long, message)) = crate::wire::oversized_reply(status, body.len()) {
-            crate::log_line!(
-                "nacre-transport: {}: {}",
-                self.link.peer,
-                String::from_utf8_lossy(&message)
-            );
+        if let Some((too_long, message)) =
+            crate::wire::oversized_reply(&self.link.peer, status, body.len())
+        {
             (status, body, payload) = (too_long, message, Vec::new());
         }
         let len: u64 = payload.iter().map(|s| s.len as u64).sum();
