@@ -32,29 +32,23 @@ impl InputBuffer {
         self.end - self.at
     }
 
+    /// The bytes read and not yet taken.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.bytes[self.at..self.end]
+    }
+
+    /// Takes the first `n` of [`InputBuffer::data`].
+    pub(crate) fn consume(&mut self, n: usize) {
+        assert!(n <= self.len(), "{n} bytes consumed of {}", self.len());
+        self.at += n;
+    }
+
     /// Moves up to `out.len()` bytes into `out`; how many.
     pub(crate) fn take(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.len());
         out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
         self.at += n;
         n
-    }
-
-    /// Drops up to `len` bytes; how many.
-    pub(crate) fn skip(&mut self, len: u64) -> u64 {
-        let n = (self.len() as u64).min(len);
-        self.at += n as usize;
-        n
-    }
-
-    /// Takes a header's bytes, if a whole one is in.
-    pub(crate) fn take_header(&mut self) -> Option<[u8; HEADER_BYTES]> {
-        let mut head = [0u8; HEADER_BYTES];
-        if self.len() < HEADER_BYTES {
-            return None;
-        }
-        self.take(&mut head);
-        Some(head)
     }
 
     /// The whole buffer as room for a read, when it holds nothing (`None` otherwise): a

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::limits::{CONNECT_TIMEOUT_MS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT_MS};
-use crate::stream::{StreamConn, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
+use crate::stream::StreamConn;
 use crate::tcp::{TcpAcceptor, TcpConnection};
-use crate::wire::{ANY_TARGET, Header, Opcode, WireError};
+use crate::wire::{ANY_TARGET, Header, Opcode};
 
 /// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -732,75 +732,28 @@ impl ServerConnection {
     /// breaks the connection. The previous request's payload, if the handler did not take
     /// it, is discarded first.
     pub fn next_request(&mut self, body: &mut Vec<u8>) -> Result<Option<Request>, TransportError> {
-        let pending = std::mem::take(&mut self.pending_payload);
-        loop {
-            let got = match &mut self.link {
-                Link::Tcp(t) => {
-                    if pending > 0 {
-                        t.discard(pending)?;
-                    }
-                    t.recv_header(body)
-                }
-                #[cfg(feature = "rdma")]
-                Link::Rdma(r) => match r.next_request(body) {
-                    Ok(Some(h)) => Ok(Some(h)),
-                    Ok(None) => Err(TransportError::TimedOut {
-                        op: crate::error::TransportOp::Recv,
-                        peer: r.peer(),
-                        timeout_ms: REQUEST_TIMEOUT_MS,
-                    }),
-                    Err(TransportError::PeerClosed { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                },
-            };
-            match got {
-                Ok(Some(header)) => {
-                    if header.is_response() {
-                        match &mut self.link {
-                            Link::Tcp(t) => t.shutdown(),
-                            // The RDMA link marks itself broken on an unexpected message.
-                            #[cfg(feature = "rdma")]
-                            Link::Rdma(_) => {}
-                        }
-                        return Err(TransportError::Unexpected {
-                            peer: self.link.peer(),
-                            reason: format!(
-                                "a reply to request {} arrived where requests are expected",
-                                header.request_id
-                            ),
-                        });
-                    }
-                    self.pending_payload = header.payload_len;
-                    return Ok(Some(Request { header }));
-                }
-                Ok(None) => return Ok(None),
-                Err(TransportError::Protocol {
-                    source:
-                        WireError::UnknownOpcode {
-                            opcode,
-                            request_id,
-                            body_len,
-                            payload_len,
-                        },
-                    ..
-                }) => {
-                    log_unknown_opcode(self.link.peer(), opcode);
-                    match &mut self.link {
-                        Link::Tcp(t) => {
-                            t.discard(u64::from(body_len) + payload_len)?;
-                            t.send(
-                                &Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS),
-                                &[],
-                                &[],
-                            )?;
-                        }
-                        #[cfg(feature = "rdma")]
-                        Link::Rdma(r) => r.reply_error(request_id, UNKNOWN_OPCODE_STATUS)?,
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.pending_payload = 0;
+        // Each link drops a payload the handler did not take and answers unknown opcodes.
+        let got = match &mut self.link {
+            Link::Tcp(t) => t.recv_header(body),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(r) => match r.next_request(body) {
+                Ok(Some(h)) => Ok(Some(h)),
+                Ok(None) => Err(TransportError::TimedOut {
+                    op: crate::error::TransportOp::Recv,
+                    peer: r.peer(),
+                    timeout_ms: REQUEST_TIMEOUT_MS,
+                }),
+                Err(TransportError::PeerClosed { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        // Each link refuses a reply where requests are expected.
+        let Some(header) = got? else {
+            return Ok(None);
+        };
+        self.pending_payload = header.payload_len;
+        Ok(Some(Request { header }))
     }
 
     /// Receives the current request's payload straight into `dests` (their lengths must add
@@ -842,7 +795,7 @@ impl ServerConnection {
         match &mut self.link {
             Link::Tcp(t) => {
                 if pending > 0 {
-                    t.discard(pending)?;
+                    t.skip_payload()?;
                 }
                 let payload_len = payload.iter().map(|s| s.len() as u64).sum();
                 let header = Header::response(&request.header, status, body, payload_len);

@@ -19,8 +19,8 @@ pub mod conn;
 pub mod endpoint;
 pub mod error;
 pub mod event;
+pub mod framer;
 pub mod limits;
-mod outbox;
 pub mod pipe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
@@ -37,7 +37,7 @@ pub use conn::{
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
-pub use outbox::Span;
+pub use framer::outbox::Span;
 pub use pipe::{Finished, PipeConn};
 #[cfg(feature = "rdma")]
 pub use rdma_link::RdmaStream;

@@ -19,9 +19,10 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
-use crate::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
-use crate::outbox::Span;
-use crate::socket::{Socket, iovecs_past, no_iovecs};
+use crate::framer::outbox::Span;
+use crate::framer::{Event, Expect};
+use crate::limits::{MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
+use crate::socket::{Reading, Socket, iovecs_past, no_iovecs};
 use crate::stream::Progress;
 use crate::wire::{Header, Opcode};
 
@@ -46,35 +47,24 @@ struct Waiting {
     dests: Vec<Span>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum ReplyInput {
-    /// Between replies, or partway through a header.
-    Header,
-    /// Partway through the body of the oldest request's reply.
-    Body { header: Header, got: usize },
-    /// Partway through its payload.
-    Payload { header: Header, got: u64 },
-}
-
 /// The client's side of one nonblocking TCP connection with several requests in flight.
 #[derive(Debug)]
 pub struct PipeConn {
     socket: Socket,
     next_id: u64,
     waiting: VecDeque<Waiting>,
-    input: ReplyInput,
-    body: Vec<u8>,
+    /// The oldest request's reply, once its header and body are in, while its payload comes.
+    current: Option<Header>,
 }
 
 impl PipeConn {
     /// Takes over a connected stream (made nonblocking here).
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Result<PipeConn, TransportError> {
         Ok(PipeConn {
-            socket: Socket::new(stream, peer)?,
+            socket: Socket::new(stream, peer, Expect::Replies)?,
             next_id: 1,
             waiting: VecDeque::new(),
-            input: ReplyInput::Header,
-            body: Vec::new(),
+            current: None,
         })
     }
 
@@ -181,67 +171,50 @@ impl PipeConn {
     pub fn recv(&mut self, done: &mut Vec<Finished>) -> Result<(), TransportError> {
         self.socket.check()?;
         loop {
-            match self.input {
-                ReplyInput::Header => {
-                    if let Some(head) = self.socket.buffer.take_header() {
-                        self.header_arrived(&head)?;
-                        continue;
-                    }
-                    match self.socket.fill_buffer()? {
-                        None => return Ok(()),
-                        Some(0) => return Err(self.socket.eof()),
-                        Some(_) => {}
-                    }
+            if let Some(header) = self.current {
+                if self.recv_payload(header)? > 0 {
+                    return Ok(());
                 }
-                ReplyInput::Body { header, got } => {
-                    let got = self.socket.read_on(&mut self.body, got)?;
-                    if got < self.body.len() {
-                        self.input = ReplyInput::Body { header, got };
-                        return Ok(());
-                    }
-                    if let Err(source) = header.check_body(&self.body) {
-                        return Err(self.socket.protocol(source));
-                    }
-                    self.input = ReplyInput::Payload { header, got: 0 };
+                self.current = None;
+                // The header was checked against the oldest request when it came.
+                if let Some(w) = self.waiting.pop_front() {
+                    done.push(Finished {
+                        token: w.token,
+                        status: header.status,
+                        body: self.socket.decoder.take_body(),
+                        payload_len: header.payload_len,
+                    });
                 }
-                ReplyInput::Payload { header, got } => {
-                    let got = self.recv_payload(header, got)?;
-                    if got < header.payload_len {
-                        self.input = ReplyInput::Payload { header, got };
-                        return Ok(());
-                    }
-                    self.input = ReplyInput::Header;
-                    // The header was checked against the oldest request when it came.
-                    if let Some(w) = self.waiting.pop_front() {
-                        done.push(Finished {
-                            token: w.token,
-                            status: header.status,
-                            body: std::mem::take(&mut self.body),
-                            payload_len: header.payload_len,
-                        });
-                    }
+                continue;
+            }
+            match self.socket.next_event()? {
+                Reading::Pending => return Ok(()),
+                Reading::Closed => return Err(self.socket.eof()),
+                Reading::Event(Event::Message(header)) => {
+                    self.reply_arrived(&header)?;
+                    self.current = Some(header);
+                }
+                Reading::Event(event) => {
+                    return Err(self.socket.unexpected(format!("{event:?} among replies")));
                 }
             }
         }
     }
 
-    /// A reply's header is in: it must answer the oldest request in flight and fit its
-    /// destinations.
-    fn header_arrived(&mut self, head: &[u8; HEADER_BYTES]) -> Result<(), TransportError> {
-        let header = Header::decode(head).map_err(|e| self.socket.protocol(e))?;
+    /// A reply's header and body are in: it must answer the oldest request in flight and fit
+    /// its destinations.
+    fn reply_arrived(&mut self, header: &Header) -> Result<(), TransportError> {
         let Some(oldest) = self.waiting.front() else {
             return Err(self.socket.unexpected(format!(
                 "a message ({:?} {}) arrived with no request in flight",
                 header.opcode, header.request_id
             )));
         };
-        if !header.is_response() || header.request_id != oldest.id {
-            let (id, what) = (oldest.id, header.is_response());
+        if header.request_id != oldest.id {
+            let id = oldest.id;
             return Err(self.socket.unexpected(format!(
-                "expected the reply to request {id}, got {} {} ({:?})",
-                if what { "a reply to" } else { "a request" },
-                header.request_id,
-                header.opcode
+                "expected the reply to request {id}, got a reply to {} ({:?})",
+                header.request_id, header.opcode
             )));
         }
         let room: u64 = oldest.dests.iter().map(|d| d.len as u64).sum();
@@ -251,31 +224,30 @@ impl PipeConn {
                 header.payload_len
             )));
         }
-        self.body.clear();
-        self.body.resize(header.body_len as usize, 0);
-        self.input = ReplyInput::Body { header, got: 0 };
         Ok(())
     }
 
-    /// Reads the oldest request's reply payload on from `got` bytes; how far it got.
-    fn recv_payload(&mut self, header: Header, mut got: u64) -> Result<u64, TransportError> {
+    /// Reads the oldest request's reply payload on; how much of it is left.
+    fn recv_payload(&mut self, header: Header) -> Result<u64, TransportError> {
         let mut iov = no_iovecs();
-        while got < header.payload_len {
+        let mut left = self.socket.decoder.payload_left();
+        while left > 0 {
             let Some(w) = self.waiting.front() else {
                 break;
             };
             // Never past the payload: the bytes after it are the next reply's.
+            let got = header.payload_len - left;
             let dests = w.dests.iter().map(|d| (d.ptr, d.len));
-            let (used, asked) = iovecs_past(dests, got, header.payload_len - got, &mut iov);
+            let (used, asked) = iovecs_past(dests, got, left, &mut iov);
             // SAFETY: every view lies inside a destination, the caller's memory, valid and
             // untouched by others until this request ends (push's contract).
             let n = unsafe { self.socket.read_payload(&mut iov, used, asked) }?;
             if n == 0 {
                 break;
             }
-            got += n as u64;
+            left -= n as u64;
         }
-        Ok(got)
+        Ok(left)
     }
 
     /// Breaks the connection (shutting the socket) and hands back the tokens of every
@@ -283,7 +255,7 @@ impl PipeConn {
     pub fn fail(&mut self) -> Vec<u64> {
         self.socket.shutdown();
         self.socket.outbox.clear();
-        self.input = ReplyInput::Header;
+        self.current = None;
         self.waiting.drain(..).map(|w| w.token).collect()
     }
 }

@@ -534,8 +534,25 @@ impl RdmaLink {
         body: &mut Vec<u8>,
     ) -> Result<Option<Header>, TransportError> {
         self.check()?;
-        let Some(decoded) = self.recv_message()? else {
-            return Ok(None);
+        let decoded = loop {
+            match self.recv_message() {
+                Ok(Some(decoded)) => break decoded,
+                Ok(None) => return Ok(None),
+                // Answered here and skipped (the message was all of it), as every TCP
+                // connection does.
+                Err(TransportError::Protocol {
+                    source:
+                        WireError::UnknownOpcode {
+                            opcode, request_id, ..
+                        },
+                    ..
+                }) => {
+                    crate::stream::log_unknown_opcode(self.peer, opcode);
+                    let status = crate::stream::UNKNOWN_OPCODE_STATUS;
+                    self.reply_error(request_id, status)?;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let h = decoded.header;
         if h.is_response() {

@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
+use crate::framer::outbox::Outbox;
+use crate::framer::{Decoder, Event, Expect};
 use crate::limits::MAX_SEND_CALL_BYTES;
-use crate::outbox::Outbox;
 use crate::stream::{Progress, SLICES_PER_CALL};
 use crate::wire::WireError;
 
@@ -84,6 +85,17 @@ pub(crate) fn iovecs_past(
     (used, (limit - left) as usize)
 }
 
+/// What reading a socket on gave ([`Socket::next_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// The decoder's event.
+    Event(Event),
+    /// Nothing more to read now.
+    Pending,
+    /// The peer closed the stream between messages.
+    Closed,
+}
+
 /// A connected nonblocking TCP socket and what reading and writing it keeps.
 #[derive(Debug)]
 pub(crate) struct Socket {
@@ -93,6 +105,10 @@ pub(crate) struct Socket {
     pub(crate) buffer: InputBuffer,
     /// Messages to write, in order.
     pub(crate) outbox: Outbox,
+    /// What the bytes read make: every byte read goes through it (or, for a payload or a
+    /// large body read straight into its memory, is counted by it). Boxed: a connection
+    /// travels in channel messages, which stay small.
+    pub(crate) decoder: Box<Decoder>,
     /// The socket was empty at the last read; only a readiness event can change that.
     drained: bool,
     broken: bool,
@@ -100,8 +116,12 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// Takes over a connected stream (made nonblocking here).
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> Result<Socket, TransportError> {
+    /// Takes over a connected stream (made nonblocking here) that carries `expect`.
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        expect: Expect,
+    ) -> Result<Socket, TransportError> {
         stream
             .set_nonblocking(true)
             .map_err(|source| TransportError::Io {
@@ -109,16 +129,17 @@ impl Socket {
                 peer,
                 source,
             })?;
-        Ok(Socket::from_nonblocking(stream, peer))
+        Ok(Socket::from_nonblocking(stream, peer, expect))
     }
 
     /// Wraps a stream already made nonblocking.
-    pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr) -> Socket {
+    pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr, expect: Expect) -> Socket {
         Socket {
             stream,
             peer,
             buffer: InputBuffer::new(),
             outbox: Outbox::default(),
+            decoder: Box::new(Decoder::new(expect)),
             drained: false,
             broken: false,
             last_progress: Instant::now(),
@@ -191,20 +212,78 @@ impl Socket {
         }
     }
 
-    /// One read into `buf`, unless the socket is known to be empty: `Ok(None)` when it is
-    /// (or would block), `Ok(Some(0))` at the end of the stream. A short read marks the
-    /// socket empty.
-    pub(crate) fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
-        let got = read_once(
-            &mut self.stream,
-            &mut self.drained,
-            &mut self.last_progress,
-            buf,
-        );
-        got.map_err(|e| self.fail(TransportOp::Recv, e))
+    /// Reads on until the decoder gives an event (a whole header and body, or an unknown
+    /// request to answer), the socket is empty now, or the peer closed the stream between
+    /// messages. Not for a payload: while one is left, its bytes are taken with
+    /// [`Socket::read_payload`] or dropped with [`Decoder::skip_payload`] first. A malformed
+    /// message breaks it.
+    pub(crate) fn next_event(&mut self) -> Result<Reading, TransportError> {
+        if self.decoder.payload_left() > 0 {
+            return Err(self.unexpected("a message was read before its payload was taken".into()));
+        }
+        loop {
+            if self.buffer.len() > 0 {
+                let (used, event) = match self.decoder.feed(self.buffer.data()) {
+                    Ok(fed) => fed,
+                    Err(e) => return Err(self.refuse(e)),
+                };
+                self.buffer.consume(used);
+                match event {
+                    // Payload bytes are never fed: none is left here.
+                    Some(Event::Payload) => {
+                        return Err(self.unexpected("payload bytes where none was left".into()));
+                    }
+                    Some(event) => return Ok(Reading::Event(event)),
+                    None => continue,
+                }
+            }
+            // The buffer is empty: the rest of a body is read straight into its room, the
+            // rest (a header and what follows it, bytes to drop) into the buffer.
+            let Socket {
+                stream,
+                decoder,
+                drained,
+                last_progress,
+                ..
+            } = self;
+            let room = decoder.body_room();
+            if !room.is_empty() {
+                let got = read_once(stream, drained, last_progress, room);
+                let n = match got {
+                    Ok(None) => return Ok(Reading::Pending),
+                    Ok(Some(0)) => return Err(self.eof()),
+                    Ok(Some(n)) => n,
+                    Err(e) => return Err(self.fail(TransportOp::Recv, e)),
+                };
+                match self.decoder.body_added(n) {
+                    Ok(Some(event)) => return Ok(Reading::Event(event)),
+                    Ok(None) => continue,
+                    Err(e) => return Err(self.refuse(e)),
+                }
+            }
+            match self.fill_buffer()? {
+                None => return Ok(Reading::Pending),
+                Some(0) if self.decoder.at_boundary() => {
+                    self.set_broken();
+                    return Ok(Reading::Closed);
+                }
+                Some(0) => return Err(self.eof()),
+                Some(_) => {}
+            }
+        }
     }
 
-    /// Reads into the input buffer, after what it holds; as [`Socket::read_some`].
+    /// Breaks it for what the decoder refused: a message of the wrong direction is well
+    /// formed but has no place here (`Unexpected`), anything else is malformed (`Protocol`).
+    fn refuse(&mut self, e: WireError) -> TransportError {
+        match e {
+            WireError::WrongDirection { .. } => self.unexpected(e.to_string()),
+            e => self.protocol(e),
+        }
+    }
+
+    /// Reads into the input buffer, after what it holds; `Ok(None)` when the socket
+    /// is empty now, `Ok(Some(0))` at the end of the stream.
     pub(crate) fn fill_buffer(&mut self) -> Result<Option<usize>, TransportError> {
         let Socket {
             stream,
@@ -217,30 +296,16 @@ impl Socket {
         got.map_err(|e| self.fail(TransportOp::Recv, e))
     }
 
-    /// Fills `dest` on from its first `got` bytes: from the input buffer first, then with
-    /// one read. The new count; short of `dest.len()` only when the socket is empty now.
-    /// The end of the stream is an error.
-    pub(crate) fn read_on(&mut self, dest: &mut [u8], got: usize) -> Result<usize, TransportError> {
-        let got = got + self.buffer.take(&mut dest[got..]);
-        if got == dest.len() {
-            return Ok(got);
-        }
-        match self.read_some(&mut dest[got..])? {
-            None => Ok(got),
-            Some(0) => Err(self.eof()),
-            Some(n) => Ok(got + n),
-        }
-    }
-
     /// Reads on into the views `iov[..used]` (spanning `asked` bytes: the rest of a
     /// payload, or as much of it as one call takes): from the input buffer first; then with
     /// one `readv` whose last slice, when there is room for it, is the input buffer, so
     /// that what follows the payload comes in the same call. The bytes that landed in the
-    /// views; 0 only when the socket is empty now. The end of the stream is an error.
+    /// views, which the decoder counts as payload taken; 0 only when the socket is empty now.
+    /// The end of the stream is an error.
     ///
     /// # Safety
     /// Every view must be memory valid for writes and touched by no one else during the
-    /// call.
+    /// call; `asked` is at most the decoder's payload left.
     pub(crate) unsafe fn read_payload(
         &mut self,
         iov: &mut IoVecs,
@@ -255,7 +320,9 @@ impl Socket {
             let first = unsafe {
                 std::slice::from_raw_parts_mut(iov[0].iov_base.cast::<u8>(), iov[0].iov_len)
             };
-            return Ok(self.buffer.take(first));
+            let n = self.buffer.take(first);
+            self.decoder.payload_taken(n as u64);
+            return Ok(n);
         }
         let mut slices = used;
         let mut spare = 0;
@@ -290,19 +357,46 @@ impl Socket {
             let n = n as usize;
             self.drained = n < asked + spare;
             self.buffer.added(n.saturating_sub(asked));
+            self.decoder.payload_taken(n.min(asked) as u64);
             return Ok(n.min(asked));
         }
         Ok(0)
     }
 
-    /// Writes the messages ready in the outbox (see [`Outbox::write`]); the tokens of those
-    /// all written are pushed to `done`. An error breaks it.
+    /// Writes the messages ready in the outbox, from the oldest on, as many as one `sendmsg`
+    /// takes each time ([`Outbox::gather`]), until none is ready ([`Progress::Done`]) or the
+    /// socket is full ([`Progress::Pending`]). The tokens of those all written are pushed to
+    /// `done`; bytes written move `last_progress` on. An error breaks it.
     pub(crate) fn write_out(&mut self, done: &mut Vec<u64>) -> Result<Progress, TransportError> {
         let fd = self.fd();
-        match self.outbox.write(fd, &mut self.last_progress, done) {
-            Ok(progress) => Ok(progress),
-            Err(e) => Err(self.fail(TransportOp::Send, e)),
+        let mut iov = no_iovecs();
+        while self.outbox.has_ready() {
+            let used = self.outbox.gather(&mut iov);
+            // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the
+            // call, whose entries the outbox made valid until its `advance` (`gather`'s
+            // contract); nothing touches the outbox during the call.
+            let sent = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = used;
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            };
+            if sent < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
+                    _ => return Err(self.fail(TransportOp::Send, e)),
+                }
+            }
+            if sent == 0 {
+                let e = std::io::ErrorKind::WriteZero.into();
+                return Err(self.fail(TransportOp::Send, e));
+            }
+            self.last_progress = Instant::now();
+            self.outbox.advance(sent as usize, done);
         }
+        Ok(Progress::Done)
     }
 
     /// Breaks it and closes both directions; the peer's next receive sees the end of the

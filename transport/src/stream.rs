@@ -16,7 +16,7 @@
 //! whatever order they are ready in: the place of each reply is held when its request is
 //! read, and the replies ready at the front leave together in one `sendmsg` (with
 //! MSG_NOSIGNAL), each payload straight from the caller's memory (the outbox,
-//! `transport/src/outbox.rs`).
+//! `transport/src/framer/outbox.rs`).
 //!
 //! Every call returns [`Incoming::Pending`] or [`Progress::Pending`] only once the socket is
 //! known to be empty (it said it would block, or a read came back short), or, for
@@ -31,15 +31,14 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
-use crate::limits::{HEADER_BYTES, MAX_PIPELINED_REQUESTS};
-use crate::outbox::Span;
-use crate::socket::{Socket, iovecs_past, no_iovecs};
-use crate::wire::{Header, WireError};
+use crate::framer::outbox::Span;
+use crate::framer::{Event, Expect};
+use crate::limits::MAX_PIPELINED_REQUESTS;
+use crate::socket::{Reading, Socket, iovecs_past, no_iovecs};
+use crate::wire::Header;
 
 /// Most slices handed to one writev/readv call (well under the system's IOV_MAX of 1024).
 pub(crate) const SLICES_PER_CALL: usize = 64;
-/// Chunk used to drop the rest of a message that is skipped.
-const DISCARD_CHUNK_BYTES: usize = 16 * 1024;
 /// The status of the error reply to a request whose opcode the server does not know.
 pub(crate) const UNKNOWN_OPCODE_STATUS: i32 = libc::EOPNOTSUPP;
 
@@ -74,27 +73,16 @@ pub enum Progress {
     Done,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Input {
-    /// Between messages, or partway through a header (its first bytes in the buffer).
-    Header,
-    /// Partway through a body.
-    Body { header: Header, got: usize },
-    /// A request is the caller's: its payload, if any, is taken with `recv_payload`.
-    Request { header: Header, payload_got: u64 },
-    /// Dropping the rest of a message: the payload of a request ended without taking it,
-    /// or the body and payload of a request with an unknown opcode.
-    Discard { left: u64 },
-}
-
 /// The server's side of one nonblocking TCP connection.
 #[derive(Debug)]
 pub struct StreamConn {
     /// Its outbox holds the replies to write, and the places of those to come, in request
     /// order.
+    /// Its decoder (in the socket) expects requests.
     socket: Socket,
-    input: Input,
-    body: Vec<u8>,
+    /// The request last returned, until the next call to `recv_request` ends it: the caller's
+    /// (its payload, if the decoder has some left, is taken with `recv_payload`).
+    current: Option<Header>,
     /// Tokens of the caller's replies written out while reading (see `recv_request`), not
     /// yet handed back by `flush`.
     sent: Vec<u64>,
@@ -105,19 +93,22 @@ pub struct StreamConn {
 impl StreamConn {
     /// Takes over a connected stream (made nonblocking here).
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Result<StreamConn, TransportError> {
-        Ok(StreamConn::with(Socket::new(stream, peer)?))
+        Ok(StreamConn::with(Socket::new(
+            stream,
+            peer,
+            Expect::Requests,
+        )?))
     }
 
     /// Wraps a stream already made nonblocking.
     pub(crate) fn from_nonblocking(stream: TcpStream, peer: SocketAddr) -> StreamConn {
-        StreamConn::with(Socket::from_nonblocking(stream, peer))
+        StreamConn::with(Socket::from_nonblocking(stream, peer, Expect::Requests))
     }
 
     fn with(socket: Socket) -> StreamConn {
         StreamConn {
             socket,
-            input: Input::Header,
-            body: Vec::new(),
+            current: None,
             sent: Vec::new(),
             receiving_since: None,
         }
@@ -135,7 +126,7 @@ impl StreamConn {
 
     /// The body of the current request.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.socket.decoder.body()
     }
 
     /// When bytes last moved either way.
@@ -149,13 +140,9 @@ impl StreamConn {
     /// whose payloads are in, it is not.
     pub fn mid_message(&self) -> bool {
         self.socket.outbox.has_ready()
-            || match self.input {
-                Input::Header => self.socket.buffer.len() > 0,
-                Input::Body { .. } | Input::Discard { .. } => true,
-                Input::Request {
-                    header,
-                    payload_got,
-                } => payload_got < header.payload_len,
+            || match self.current {
+                Some(_) => self.socket.decoder.payload_left() > 0,
+                None => self.receiving(),
             }
     }
 
@@ -186,11 +173,8 @@ impl StreamConn {
 
     /// Whether bytes of a request not yet whole are in (or being dropped).
     fn receiving(&self) -> bool {
-        match self.input {
-            Input::Header => self.socket.buffer.len() > 0,
-            Input::Body { .. } | Input::Discard { .. } => true,
-            Input::Request { .. } => false,
-        }
+        self.current.is_none()
+            && (self.socket.buffer.len() > 0 || !self.socket.decoder.at_boundary())
     }
 
     /// Reads on until a whole request is in, the socket would block, the peer closed, or
@@ -215,131 +199,37 @@ impl StreamConn {
 
     fn read_request(&mut self) -> Result<Incoming, TransportError> {
         self.socket.check()?;
-        if let Input::Request {
-            header,
-            payload_got,
-        } = self.input
-        {
-            self.input = if payload_got < header.payload_len {
-                Input::Discard {
-                    left: header.payload_len - payload_got,
-                }
-            } else {
-                Input::Header
-            };
+        if self.current.take().is_some() {
+            // A payload not taken is dropped by the reads that follow.
+            self.socket.decoder.skip_payload();
         }
         loop {
             if self.socket.outbox.len() >= MAX_PIPELINED_REQUESTS {
                 return Ok(Incoming::Pending);
             }
-            match self.input {
-                // Ended above; reading on never stops in it.
-                Input::Request { .. } => {
-                    return Err(TransportError::Unexpected {
-                        peer: self.socket.peer,
-                        reason: "a request was read before the last one ended".into(),
-                    });
+            match self.socket.next_event()? {
+                Reading::Pending => return Ok(Incoming::Pending),
+                Reading::Closed => return Ok(Incoming::Closed),
+                Reading::Event(Event::Message(header)) => {
+                    self.current = Some(header);
+                    self.socket.outbox.hold(header.request_id);
+                    return Ok(Incoming::Request(header));
                 }
-                Input::Discard { left } => {
-                    let mut left = left - self.socket.buffer.skip(left);
-                    if left > 0 {
-                        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
-                        let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
-                        match self.socket.read_some(&mut scratch[..n])? {
-                            None => return Ok(Incoming::Pending),
-                            Some(0) => return Err(self.socket.eof()),
-                            Some(got) => left -= got as u64,
-                        }
-                    }
-                    self.input = if left == 0 {
-                        Input::Header
-                    } else {
-                        Input::Discard { left }
-                    };
+                Reading::Event(Event::Unknown { request_id, opcode }) => {
+                    // Answered in its turn; the decoder skips its body and payload.
+                    log_unknown_opcode(self.socket.peer, opcode);
+                    let head = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode();
+                    // SAFETY: no payload.
+                    unsafe { self.socket.outbox.push(head, Vec::new(), Vec::new(), None) };
+                    self.socket.write_out(&mut self.sent)?;
                 }
-                Input::Header => {
-                    if let Some(head) = self.socket.buffer.take_header() {
-                        if let Some(incoming) = self.header_arrived(&head)? {
-                            return Ok(incoming);
-                        }
-                        continue;
-                    }
-                    match self.socket.fill_buffer()? {
-                        None => return Ok(Incoming::Pending),
-                        Some(0) if self.socket.buffer.len() == 0 => {
-                            self.socket.set_broken();
-                            return Ok(Incoming::Closed);
-                        }
-                        Some(0) => return Err(self.socket.eof()),
-                        Some(_) => {}
-                    }
-                }
-                Input::Body { header, got } => {
-                    let got = self.socket.read_on(&mut self.body, got)?;
-                    if got < self.body.len() {
-                        self.input = Input::Body { header, got };
-                        return Ok(Incoming::Pending);
-                    }
-                    return self.body_arrived(header);
+                Reading::Event(Event::Payload) => {
+                    return Err(self
+                        .socket
+                        .unexpected("payload bytes between requests".into()));
                 }
             }
         }
-    }
-
-    /// A whole header is in: checks it and moves on to its body. `Some` when the request
-    /// is complete already (no body).
-    fn header_arrived(
-        &mut self,
-        head: &[u8; HEADER_BYTES],
-    ) -> Result<Option<Incoming>, TransportError> {
-        let header = match Header::decode(head) {
-            Ok(h) => h,
-            Err(WireError::UnknownOpcode {
-                opcode,
-                request_id,
-                body_len,
-                payload_len,
-            }) => {
-                log_unknown_opcode(self.socket.peer, opcode);
-                let left = u64::from(body_len) + payload_len;
-                self.input = if left == 0 {
-                    Input::Header
-                } else {
-                    Input::Discard { left }
-                };
-                let head = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode();
-                // SAFETY: no payload.
-                unsafe { self.socket.outbox.push(head, Vec::new(), Vec::new(), None) };
-                self.socket.write_out(&mut self.sent)?;
-                return Ok(None);
-            }
-            Err(e) => return Err(self.socket.protocol(e)),
-        };
-        if header.is_response() {
-            return Err(self.socket.unexpected(format!(
-                "a reply to request {} arrived where requests are expected",
-                header.request_id
-            )));
-        }
-        self.body.clear();
-        self.body.resize(header.body_len as usize, 0);
-        if header.body_len == 0 {
-            return self.body_arrived(header).map(Some);
-        }
-        self.input = Input::Body { header, got: 0 };
-        Ok(None)
-    }
-
-    fn body_arrived(&mut self, header: Header) -> Result<Incoming, TransportError> {
-        if let Err(e) = header.check_body(&self.body) {
-            return Err(self.socket.protocol(e));
-        }
-        self.input = Input::Request {
-            header,
-            payload_got: 0,
-        };
-        self.socket.outbox.hold(header.request_id);
-        Ok(Incoming::Request(header))
     }
 
     /// Receives the current request's payload straight into `dests`, whose lengths must add
@@ -350,11 +240,7 @@ impl StreamConn {
         dests: &mut [IoSliceMut<'_>],
     ) -> Result<Progress, TransportError> {
         self.socket.check()?;
-        let Input::Request {
-            header,
-            payload_got,
-        } = self.input
-        else {
+        let Some(header) = self.current else {
             return Err(TransportError::Unexpected {
                 peer: self.socket.peer,
                 reason: "no request's payload is being received".into(),
@@ -373,7 +259,7 @@ impl StreamConn {
         // The caller's slices stay as given (the next call passes them again): each round
         // reads into views of them past what arrived, built on the stack.
         let mut iov = no_iovecs();
-        let mut got = payload_got;
+        let mut got = header.payload_len - self.socket.decoder.payload_left();
         while got < header.payload_len {
             let pieces = dests.iter_mut().map(|d| (d.as_mut_ptr(), d.len()));
             let (used, asked) = iovecs_past(pieces, got, header.payload_len - got, &mut iov);
@@ -384,10 +270,6 @@ impl StreamConn {
             }
             got += n as u64;
         }
-        self.input = Input::Request {
-            header,
-            payload_got: got,
-        };
         if got < header.payload_len {
             return Ok(Progress::Pending);
         }

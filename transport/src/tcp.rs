@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
-use crate::limits::{MAX_BODY_BYTES, SOCKET_BUFFER_BYTES};
+use crate::framer::{Decoder, Event, Expect};
+use crate::limits::SOCKET_BUFFER_BYTES;
 use crate::socket::{cap_send, no_iovecs};
-use crate::stream::SLICES_PER_CALL;
-use crate::wire::Header;
+use crate::stream::{SLICES_PER_CALL, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
+use crate::wire::{Header, WireError};
 
 /// Chunk used to discard the body and payload of a message that is skipped.
 const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
@@ -38,6 +39,9 @@ pub struct TcpConnection {
     /// Bytes read with a header and not yet taken (a header is read with whatever follows
     /// it, so a small reply's body and payload come in the same system call).
     buffer: InputBuffer,
+    /// What the bytes read make (every byte read goes through it, or is counted by it).
+    /// (Boxed: it keeps a header's bytes, and a connection travels in results.)
+    decoder: Box<Decoder>,
 }
 
 /// Sends through io_uring's SENDMSG_ZC: the kernel sends from the caller's pages and posts
@@ -173,14 +177,15 @@ impl TcpConnection {
                 }
             }
         })?;
-        TcpConnection::from_stream(stream, peer, timeout)
+        TcpConnection::from_stream(stream, peer, timeout, Expect::Replies)
     }
 
-    /// Wraps an accepted stream.
-    pub fn from_stream(
+    /// Wraps a connected stream that carries `expect`.
+    fn from_stream(
         stream: TcpStream,
         peer: SocketAddr,
         timeout: Duration,
+        expect: Expect,
     ) -> Result<TcpConnection, TransportError> {
         let io = |source| TransportError::Io {
             op: TransportOp::Connect,
@@ -198,6 +203,7 @@ impl TcpConnection {
             broken: false,
             zc: None,
             buffer: InputBuffer::new(),
+            decoder: Box::new(Decoder::new(expect)),
         };
         conn.set_timeout(timeout)?;
         Ok(conn)
@@ -337,17 +343,75 @@ impl TcpConnection {
     }
 
     /// Receives a header and its body (into `body`, resized to the announced length, which
-    /// the header bounds by [`MAX_BODY_BYTES`]). `Ok(None)` when the peer closed the
-    /// connection cleanly between messages.
+    /// the header bounds by [`MAX_BODY_BYTES`](crate::limits::MAX_BODY_BYTES)). `Ok(None)`
+    /// when the peer closed the connection cleanly between messages. The last message's
+    /// payload, if it was not taken, is dropped first. On a server's connection a request
+    /// with an opcode this build does not know is answered here (EOPNOTSUPP) and skipped,
+    /// as the event loops' connections do. A malformed message breaks the connection.
     pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
         self.check()?;
-        let head = loop {
-            if let Some(head) = self.buffer.take_header() {
-                break head;
+        self.decoder.skip_payload();
+        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
+        loop {
+            if self.buffer.len() > 0 {
+                let fed = self.decoder.feed(self.buffer.data());
+                let (used, event) = fed.map_err(|e| self.refuse(e))?;
+                self.buffer.consume(used);
+                match event {
+                    None => continue,
+                    Some(Event::Message(header)) => {
+                        self.decoder.swap_body(body);
+                        return Ok(Some(header));
+                    }
+                    Some(Event::Unknown { request_id, opcode }) => {
+                        log_unknown_opcode(self.peer, opcode);
+                        let reply = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS);
+                        self.send(&reply, &[], &[])?;
+                        continue;
+                    }
+                    Some(Event::Payload) => {
+                        self.broken = true;
+                        return Err(TransportError::Unexpected {
+                            peer: self.peer,
+                            reason: "payload bytes between messages".into(),
+                        });
+                    }
+                }
             }
-            let at_boundary = self.buffer.len() == 0;
-            let stream = &mut self.stream;
-            match self.buffer.fill(|room| stream.read(room).map(Some)) {
+            let at_boundary = self.decoder.at_boundary();
+            let room = self.decoder.body_room();
+            let got = if !room.is_empty() {
+                // The rest of a body, straight into its room.
+                let n = self.stream.read(room);
+                match n {
+                    Ok(0) => Ok(Some(0)),
+                    Ok(n) => match self.decoder.body_added(n) {
+                        Ok(Some(Event::Message(header))) => {
+                            self.decoder.swap_body(body);
+                            return Ok(Some(header));
+                        }
+                        Ok(_) => Ok(Some(n)),
+                        Err(e) => return Err(self.refuse(e)),
+                    },
+                    Err(e) => Err(e),
+                }
+            } else if self.decoder.discard_left() > 0 {
+                // Bytes to drop: read and fed from the stack.
+                let n = self.decoder.discard_left().min(DISCARD_CHUNK_BYTES as u64) as usize;
+                match self.stream.read(&mut scratch[..n]) {
+                    Ok(0) => Ok(Some(0)),
+                    Ok(got) => {
+                        let fed = self.decoder.feed(&scratch[..got]);
+                        fed.map_err(|e| self.refuse(e))?;
+                        Ok(Some(got))
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                let stream = &mut self.stream;
+                self.buffer.fill(|room| stream.read(room).map(Some))
+            };
+            match got {
                 Ok(Some(0)) if at_boundary => {
                     self.broken = true;
                     return Ok(None);
@@ -375,36 +439,27 @@ impl TcpConnection {
                 }
                 Err(e) => return Err(self.fail(TransportOp::Recv, e)),
             }
-        };
-        let header = match Header::decode(&head) {
-            Ok(header) => header,
-            Err(source) => {
-                // An unknown opcode in an otherwise valid header is the caller's to answer;
-                // anything else means the stream cannot be trusted.
-                if !matches!(source, crate::wire::WireError::UnknownOpcode { .. }) {
-                    self.broken = true;
-                }
-                return Err(TransportError::Protocol {
-                    peer: self.peer,
-                    source,
-                });
-            }
-        };
-        debug_assert!(header.body_len <= MAX_BODY_BYTES);
-        body.clear();
-        body.resize(header.body_len as usize, 0);
-        let got = self.buffer.take(body);
-        if let Err(e) = self.stream.read_exact(&mut body[got..]) {
-            return Err(self.fail(TransportOp::Recv, e));
         }
-        if let Err(source) = header.check_body(body) {
-            self.broken = true;
-            return Err(TransportError::Protocol {
+    }
+
+    /// Breaks it for what the decoder refused: a message of the wrong direction is well
+    /// formed but has no place here (`Unexpected`), anything else is malformed (`Protocol`).
+    fn refuse(&mut self, source: WireError) -> TransportError {
+        self.broken = true;
+        match source {
+            WireError::WrongDirection { .. } => {
+                // The peer is told at once: its next receive sees the end of the stream.
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                TransportError::Unexpected {
+                    peer: self.peer,
+                    reason: source.to_string(),
+                }
+            }
+            source => TransportError::Protocol {
                 peer: self.peer,
                 source,
-            });
+            },
         }
-        Ok(Some(header))
     }
 
     /// Receives `len` payload bytes straight into the first `len` bytes of `dests` (which
@@ -415,6 +470,13 @@ impl TcpConnection {
         len: u64,
     ) -> Result<(), TransportError> {
         self.check()?;
+        let left = self.decoder.payload_left();
+        if len != left {
+            return Err(TransportError::Unexpected {
+                peer: self.peer,
+                reason: format!("{len} payload bytes asked for; the message has {left} left"),
+            });
+        }
         let room: u64 = dests.iter().map(|d| d.len() as u64).sum();
         if room < len {
             // Nothing was read: the caller may still discard the payload.
@@ -453,21 +515,31 @@ impl TcpConnection {
                 return Err(self.fail(TransportOp::Recv, e));
             }
         }
+        self.decoder.payload_taken(len);
         Ok(())
     }
 
-    /// Reads and drops `len` bytes (the body and payload of a message being skipped).
-    pub fn discard(&mut self, len: u64) -> Result<(), TransportError> {
+    /// Reads and drops the rest of the current message's payload, if any is left.
+    pub fn skip_payload(&mut self) -> Result<(), TransportError> {
         self.check()?;
-        let skipped = self.buffer.skip(len);
+        self.decoder.skip_payload();
         let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
-        let mut left = len - skipped;
-        while left > 0 {
-            let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
-            if let Err(e) = self.stream.read_exact(&mut scratch[..n]) {
-                return Err(self.fail(TransportOp::Recv, e));
-            }
-            left -= n as u64;
+        // Fed to the decoder as they come, never past the payload's end: it counts them.
+        while self.decoder.discard_left() > 0 {
+            let left = self.decoder.discard_left();
+            let fed = if self.buffer.len() > 0 {
+                let n = left.min(self.buffer.len() as u64) as usize;
+                let fed = self.decoder.feed(&self.buffer.data()[..n]);
+                self.buffer.consume(n);
+                fed
+            } else {
+                let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
+                if let Err(e) = self.stream.read_exact(&mut scratch[..n]) {
+                    return Err(self.fail(TransportOp::Recv, e));
+                }
+                self.decoder.feed(&scratch[..n])
+            };
+            fed.map_err(|e| self.refuse(e))?;
         }
         Ok(())
     }
@@ -491,7 +563,7 @@ impl TcpConnection {
 
     /// Whether bytes of a message have been read and not yet taken.
     pub fn has_buffered(&self) -> bool {
-        self.buffer.len() > 0
+        self.buffer.len() > 0 || !self.decoder.at_boundary()
     }
 
     /// The stream and the peer's address, for a caller that drives the socket itself (an
@@ -621,6 +693,6 @@ impl TcpAcceptor {
                 peer: self.local,
                 source,
             })?;
-        TcpConnection::from_stream(stream, peer, conn_timeout).map(Some)
+        TcpConnection::from_stream(stream, peer, conn_timeout, Expect::Requests).map(Some)
     }
 }

@@ -473,6 +473,17 @@ pub enum WireError {
         /// Payload bytes to skip.
         payload_len: u64,
     },
+    /// A reply where requests are expected, or a request where replies are.
+    #[error("{} {request_id} arrived where {} are expected", if *reply { "a reply to request" } else { "request" }, if *reply { "requests" } else { "replies" })]
+    WrongDirection {
+        /// The request it is or answers.
+        request_id: u64,
+        /// Whether it is a reply.
+        reply: bool,
+    },
+    /// Bytes fed after an error: where the next message starts is not known.
+    #[error("the stream broke at an earlier error; its position is unknown")]
+    Desynchronized,
     /// The body's checksum does not match.
     #[error("body checksum {sent:#010x} does not match the computed {computed:#010x}")]
     BodyChecksum {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::{LocalPiece, RdmaLink, encode_message, pair_up};
 use crate::error::TransportError;
-use crate::outbox::Span;
+use crate::framer::outbox::Span;
 use crate::rdma::{MAX_RDMA_CHUNK_BYTES, Op, RemoteBuf};
 use crate::stream::{Incoming, Progress, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
 use crate::wire::{Header, WireError};

@@ -1,5 +1,6 @@
-//! Messages waiting to be written on a nonblocking TCP connection, in order, and the one
-//! `sendmsg` that writes as many of them as are ready: both sides of a pipelined connection
+//! Messages waiting to be written on a nonblocking TCP connection, in order, gathered as the
+//! iovecs of the one `sendmsg` that writes as many of them as are ready (the encoding half of
+//! the framer: it does no I/O itself, `crate::socket` makes the call): both sides of a pipelined connection
 //! ([`crate::pipe::PipeConn`]'s requests and [`crate::stream::StreamConn`]'s replies) queue
 //! here, so that several small messages leave in one system call.
 //!
@@ -9,12 +10,10 @@
 //! is written.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
-use std::time::Instant;
 
 use crate::limits::HEADER_BYTES;
-use crate::socket::{IoVecs, cap_send, no_iovecs};
-use crate::stream::{Progress, SLICES_PER_CALL};
+use crate::socket::{IoVecs, cap_send};
+use crate::stream::SLICES_PER_CALL;
 
 /// A piece of the caller's memory a message sends from or a reply lands in.
 #[derive(Debug, Clone, Copy)]
@@ -177,65 +176,39 @@ impl Outbox {
         self.queue.clear();
     }
 
-    /// Writes ready messages from the oldest on, as many as one `sendmsg` takes each time
-    /// (at most [`crate::limits::MAX_SEND_CALL_BYTES`]),
-    /// until none is ready ([`Progress::Done`]) or the socket is full ([`Progress::Pending`]).
-    /// The token of every message all written is pushed to `done`; bytes written move
-    /// `last_progress` on.
-    pub(crate) fn write(
-        &mut self,
-        fd: RawFd,
-        last_progress: &mut Instant,
-        done: &mut Vec<u64>,
-    ) -> std::io::Result<Progress> {
-        let mut iov = no_iovecs();
-        while self.has_ready() {
-            let mut used = 0;
-            for m in &self.queue {
-                if m.awaited.is_some() || !m.pieces(&mut iov, &mut used) {
-                    break;
-                }
-            }
-            let used = cap_send(&mut iov, used);
-            // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the
-            // call, whose entries point into queued messages' headers and bodies (owned
-            // here, not moved during the call) and the callers' payloads (valid by the
-            // contract of `push` and `fill`).
-            let sent = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = used;
-                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
-            if sent < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
-                    _ => return Err(e),
-                }
-            }
-            if sent == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            *last_progress = Instant::now();
-            let mut n = sent as usize;
-            while n > 0 {
-                let Some(m) = self.queue.front_mut() else {
-                    break;
-                };
-                let left = m.total() - m.sent;
-                if n < left {
-                    m.sent += n;
-                    break;
-                }
-                n -= left;
-                if let Some(token) = m.token {
-                    done.push(token);
-                }
-                self.queue.pop_front();
+    /// The pieces of the ready messages, from the oldest on, as iovecs in `iov` (how many):
+    /// what one write should take, at most [`crate::limits::MAX_SEND_CALL_BYTES`] of it. None
+    /// when no message is ready. The iovecs point into the queued messages' headers and
+    /// bodies (owned here, valid until [`Outbox::advance`] or [`Outbox::clear`]) and into the
+    /// callers' payloads (valid by the contract of `push` and `fill`).
+    pub(crate) fn gather(&self, iov: &mut IoVecs) -> usize {
+        let mut used = 0;
+        for m in &self.queue {
+            if m.awaited.is_some() || !m.pieces(iov, &mut used) {
+                break;
             }
         }
-        Ok(Progress::Done)
+        cap_send(iov, used)
+    }
+
+    /// `n` bytes of what [`Outbox::gather`] gave were written: the messages they complete
+    /// leave the outbox, and the token of each is pushed to `done`.
+    pub(crate) fn advance(&mut self, mut n: usize, done: &mut Vec<u64>) {
+        while n > 0 {
+            let Some(m) = self.queue.front_mut() else {
+                debug_assert!(false, "{n} bytes written beyond the outbox");
+                break;
+            };
+            let left = m.total() - m.sent;
+            if n < left {
+                m.sent += n;
+                break;
+            }
+            n -= left;
+            if let Some(token) = m.token {
+                done.push(token);
+            }
+            self.queue.pop_front();
+        }
     }
 }
