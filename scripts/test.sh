@@ -26,6 +26,10 @@ command -v cargo >/dev/null || die "cargo is not on the PATH; install Rust (rust
 # cc for crates that build C, mount/umount for the ENOSPC test, fio for the io benchmark
 # script, python3 for the scripts' helpers.
 need_packages cc:gcc mount:mount python3:python3 fio:fio
+# A real S3 server (moto) and Debian's aws CLI for the data repository tests, which must run.
+. "$NACRE_ROOT/scripts/lib/s3.sh"
+s3_tools
+export NACRE_MOTO_SERVER="$MOTO_SERVER" NACRE_REQUIRE_S3=1
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod repo;
 mod serve;
 mod stripe;
 
@@ -176,6 +177,15 @@ component's options, e.g. setstripe -E 4M -c 1 -E -1 -c -1 /file"
     },
     /// Write then read back a striped file with verification, and print throughput.
     Bench(bench::BenchArgs),
+    /// Link directories to S3 prefixes (data repositories), list and unlink them.
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// Import from data repositories, restore released files.
+    #[command(subcommand)]
+    Task(repo::TaskCommand),
+    /// Show the HSM state of files (exists, dirty, released, archived, lost).
+    #[command(subcommand)]
+    Hsm(repo::HsmCommand),
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -285,6 +295,9 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Getstripe { meta, path } => stripe::getstripe(&meta.connect()?, &path),
         Command::Df { meta, human } => df(&meta.connect()?, human),
         Command::Bench(args) => bench::bench(args),
+        Command::Repo(command) => repo::repo(command),
+        Command::Task(command) => repo::task(command),
+        Command::Hsm(command) => repo::hsm(command),
     }
 }
 

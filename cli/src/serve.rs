@@ -80,6 +80,16 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
     Ok(flag)
 }
 
+/// Where a process on this host reaches a server listening at `endpoint` (a wildcard
+/// address as loopback).
+fn local_endpoint(endpoint: &nacre::transport::Endpoint) -> String {
+    let mut local = endpoint.clone();
+    if local.host == "0.0.0.0" || local.host == "::" {
+        local.host = "127.0.0.1".into();
+    }
+    local.to_string()
+}
+
 fn with_port(uri: &str, i: usize) -> Result<String, Failure> {
     let endpoint = nacre::transport::Endpoint::parse(uri).map_err(nacre::Error::from)?;
     let port = if endpoint.port == 0 {
@@ -98,7 +108,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let listen = args.listen.as_deref().unwrap_or(DEFAULT_META_LISTEN);
-        let server = MetaServer::start(&dir.join("meta.redb"), listen)?;
+        // The repository mover fetches released files' data from S3 on first read.
+        let mover = Arc::new(nacre_repo::Mover::new().map_err(|e| format!("nacre meta: {e}"))?);
+        let repository: Arc<dyn nacre::meta::repo::Repository> = mover.clone();
+        let server = MetaServer::start_with(&dir.join("meta.redb"), listen, Some(repository))?;
+        mover.set_meta(&local_endpoint(server.endpoint()));
         outln!(
             "nacre meta: serving {} at {}",
             dir.display(),

@@ -19,7 +19,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -31,15 +31,18 @@ use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, Transpor
 use crate::codec::{CodecError, Reader};
 use crate::error::Error;
 use crate::limits::{
-    MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS, MAX_TARGETS_PER_SERVER,
-    OBJECT_ONLY_LEN,
+    HYDRATE_REQUEST_BYTES, MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS,
+    MAX_TARGETS_PER_SERVER, OBJECT_ONLY_LEN,
 };
 use crate::meta::link::MetaLink;
 use crate::meta::proto::MetaRequest;
+use crate::meta::repo::HS_RELEASED;
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_READDIR_ENTRIES, TargetInfo,
 };
 use crate::queue::Queue;
+
+mod repo;
 
 /// How a client connects and who it acts as.
 #[derive(Debug, Clone)]
@@ -362,6 +365,13 @@ struct FileInner {
     attr: Attr,
     layout: Layout,
     access: Access,
+    /// The HSM flags of a file imported from a data repository (0 otherwise), as last
+    /// heard: while [`HS_RELEASED`] is set, ranges are made present before they are read
+    /// or written.
+    hsm: AtomicU32,
+    /// The repository mover's own handle: it writes released chunks, and never asks for
+    /// them to be fetched.
+    mover: bool,
 }
 
 /// One request of a read or write planned for the asynchronous queue: the target, the
@@ -439,6 +449,20 @@ impl Client {
 
     fn meta(&self, request: &MetaRequest) -> Result<Vec<u8>, Error> {
         self.inner.meta.call(&self.inner.options.cred, request)
+    }
+
+    /// Opens `path` on the metadata service: its attributes and, for an imported file, its
+    /// HSM flags.
+    fn open_attr(&self, path: &str, access: Access) -> Result<(Attr, u32), Error> {
+        let request = MetaRequest::Open {
+            path: path.into(),
+            access,
+        };
+        self.inner
+            .meta
+            .call_decode(&self.inner.options.cred, &request, |r| {
+                Ok((Attr::decode(r)?, trailing_flags(r)?))
+            })
     }
 
     fn meta_attr(&self, request: &MetaRequest) -> Result<Attr, Error> {
@@ -790,45 +814,33 @@ impl Client {
                 allowed: "O_TRUNC with O_WRONLY or O_RDWR".into(),
             });
         }
-        let (attr, created) = if options.create {
+        let (attr, created, hsm) = if options.create {
             let request = MetaRequest::Create {
                 path: path.into(),
                 mode: self.masked(options.mode.unwrap_or(DEFAULT_FILE_MODE)),
                 exclusive: options.exclusive,
                 layout: options.layout.clone(),
             };
-            let (attr, created) =
+            let (attr, created, hsm) =
                 self.inner
                     .meta
                     .call_decode(&self.inner.options.cred, &request, |r| {
                         let attr = Attr::decode(r)?;
-                        Ok((attr, r.u8("created")? == 1))
+                        let created = r.u8("created")? == 1;
+                        Ok((attr, created, trailing_flags(r)?))
                     })?;
             if !created && access != Access::Write {
                 // An existing file: check the access asked for.
-                let attr = self.meta_attr(&MetaRequest::Open {
-                    path: path.into(),
-                    access,
-                })?;
-                (attr, false)
+                let (attr, hsm) = self.open_attr(path, access)?;
+                (attr, false, hsm)
             } else {
-                (attr, created)
+                (attr, created, hsm)
             }
         } else {
-            let attr = self.meta_attr(&MetaRequest::Open {
-                path: path.into(),
-                access,
-            })?;
-            (attr, false)
+            let (attr, hsm) = self.open_attr(path, access)?;
+            (attr, false, hsm)
         };
-        let Some(layout) = attr.layout.clone() else {
-            return Err(Error::Meta {
-                op: "open",
-                path: path.into(),
-                errno: libc::EISDIR,
-                message: format!("{path} is a directory"),
-            });
-        };
+        let layout = file_layout(path, &attr)?;
         let file = File {
             inner: Arc::new(FileInner {
                 client: self.clone(),
@@ -836,6 +848,8 @@ impl Client {
                 attr,
                 layout,
                 access,
+                hsm: AtomicU32::new(hsm),
+                mover: false,
             }),
         };
         if options.truncate && !created {
@@ -1275,6 +1289,38 @@ impl File {
         &self.inner.layout
     }
 
+    /// The HSM flags last heard for the file (0 for a file never imported).
+    pub fn hsm_flags(&self) -> u32 {
+        self.inner.hsm.load(Ordering::Acquire)
+    }
+
+    /// Makes `len` bytes at `offset` present on the targets when the file is released:
+    /// the metadata service fetches the chunks missing from the file's data repository (each
+    /// once, however many clients ask), in requests of at most [`HYDRATE_REQUEST_BYTES`].
+    /// Nothing to do for a file not released, or for the mover's own handle.
+    pub(crate) fn make_present(&self, offset: u64, len: u64) -> Result<(), Error> {
+        if self.inner.mover || self.hsm_flags() & HS_RELEASED == 0 || len == 0 {
+            return Ok(());
+        }
+        let end = offset.saturating_add(len);
+        let mut at = offset;
+        while at < end && self.hsm_flags() & HS_RELEASED != 0 {
+            let piece = (end - at).min(HYDRATE_REQUEST_BYTES);
+            let request = MetaRequest::Hydrate {
+                path: self.inner.path.clone(),
+                offset: at,
+                len: piece,
+            };
+            let client = &self.inner.client.inner;
+            let flags = client
+                .meta
+                .call_decode(&client.options.cred, &request, |r| r.u32("hsm flags"))?;
+            self.inner.hsm.store(flags, Ordering::Release);
+            at += piece;
+        }
+        Ok(())
+    }
+
     fn check(&self, want_write: bool) -> Result<(), Error> {
         let ok = match self.inner.access {
             Access::Read => !want_write,
@@ -1354,6 +1400,7 @@ impl File {
         if len == 0 {
             return Ok(0);
         }
+        self.make_present(offset, len)?;
         let client = &self.inner.client;
         let opcode = if write { Opcode::Write } else { Opcode::Read };
         if client.transfer(&self.inner, opcode, offset, memory)? || write {
@@ -1471,6 +1518,9 @@ impl File {
     /// both: found by the crash-point test.
     pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
         self.check(true)?;
+        // A released file is all made present first: its chunks past a new end would be
+        // fetched later and extend it again.
+        self.make_present(0, u64::MAX)?;
         let inner = &self.inner;
         let layout = &inner.layout;
         let mut requests = self.objects_per_target(|c, s| layout.object_size(c, s, size_bytes))?;
@@ -1502,6 +1552,25 @@ impl File {
 
     /// Closes the handle (dropping the last clone does the same; nothing is buffered).
     pub fn close(self) {}
+}
+
+/// The layout of the file `attr` at `path`; a directory has none (`EISDIR`).
+fn file_layout(path: &str, attr: &Attr) -> Result<Layout, Error> {
+    attr.layout.clone().ok_or_else(|| Error::Meta {
+        op: "open",
+        path: path.into(),
+        errno: libc::EISDIR,
+        message: format!("{path} is a directory"),
+    })
+}
+
+/// The HSM flags an open's reply ends with for a file imported from a data repository;
+/// 0 when it has none.
+fn trailing_flags(r: &mut Reader<'_>) -> Result<u32, CodecError> {
+    if r.remaining() == 0 {
+        return Ok(0);
+    }
+    r.u32("hsm flags")
 }
 
 /// A page of records as the metadata service sends them: a count, the records, and whether

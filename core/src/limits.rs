@@ -141,3 +141,32 @@ const _: () = assert!(MAX_META_UNSENT_BYTES_PER_CONNECTION <= MAX_META_UNSENT_BY
 const _: () = assert!(MAX_FILE_LAYOUT_BYTES < nacre_transport::limits::MAX_BODY_BYTES as usize);
 const _: () = assert!(ACCEPT_BACKOFF_MIN_MS <= ACCEPT_BACKOFF_MAX_MS);
 const _: () = assert!(MAX_REGISTER_BYTES >= MAX_REGISTRATION_BYTES);
+
+/// Most data repository associations (linked S3 prefixes) one file system holds, as FSx.
+pub const MAX_REPO_ASSOCIATIONS: usize = 8;
+/// Bytes a released file is fetched from its repository by, one ranged GET per chunk, when
+/// the association names none: large enough that a GET's latency is paid per many MiB,
+/// small enough that a random 4 KiB read waits for one chunk, not the file.
+pub const DEFAULT_REPO_CHUNK_BYTES: u64 = 8 << 20;
+/// The smallest hydration chunk an association may set.
+pub const MIN_REPO_CHUNK_BYTES: u64 = 64 << 10;
+/// The largest hydration chunk an association may set.
+pub const MAX_REPO_CHUNK_BYTES: u64 = 1 << 30;
+/// Most chunks one file's hydration map holds (a bit each, stored with the file): a file
+/// with more at its association's chunk size is fetched by larger chunks.
+pub const MAX_REPO_CHUNKS_PER_FILE: u64 = 1 << 20;
+/// Longest object key S3 allows, in bytes (FSx does not export longer paths either).
+pub const MAX_S3_KEY_BYTES: usize = 1024;
+/// Longest ETag kept, in bytes (S3's are 34 to about 40).
+pub const MAX_ETAG_BYTES: usize = 256;
+/// Longest repository URL, endpoint or region kept, in bytes.
+pub const MAX_REPO_URL_BYTES: usize = 2048;
+/// Threads of the metadata service that wait for hydrations (each waits for one request's
+/// chunks; requests for a chunk already being fetched wait for that fetch).
+pub const META_HYDRATORS: usize = 8;
+/// How long a request waits for the chunks it needs to be hydrated (by its own fetch or
+/// another's) before it fails with EIO: well within a client's request timeout.
+pub const HYDRATE_WAIT_MS: u64 = 25_000;
+/// Most bytes of a released file one client request asks to be made present (a larger read
+/// asks in several), so that each request's wait stays well within the request timeout.
+pub const HYDRATE_REQUEST_BYTES: u64 = 64 << 20;

@@ -489,8 +489,10 @@ impl Queue {
         lent: usize,
     ) -> Began {
         let len: u64 = memory.iter().map(|s| s.len as u64).sum();
+        // A released file's chunks are fetched from its repository first, outside the lock.
+        let present = file.make_present(offset, len);
         let mut st = self.shared.lock();
-        let planned = match file.plan(write, offset, memory) {
+        let planned = match present.and_then(|()| file.plan(write, offset, memory)) {
             Ok(p) if p.len() >= 1 << BATCH_BITS => Err(Error::Invalid {
                 field: "len",
                 value: len.to_string(),

@@ -315,6 +315,8 @@ pub struct Cluster {
     target_ports: Vec<u16>,
     /// The open-file limit its servers start with, if one is set.
     fd_limit: Option<u64>,
+    /// Environment the metadata service and the commands get (S3 credentials, say).
+    env: Vec<(String, String)>,
     // Last: removed after every process is gone.
     dir: TempDir,
 }
@@ -329,6 +331,16 @@ impl Cluster {
     /// As [`Cluster::start`], every server starting with at most `fd_limit` open
     /// descriptors (soft and hard) when given.
     pub fn start_with_fd_limit(tag: &str, targets: u32, fd_limit: Option<u64>) -> Cluster {
+        Cluster::start_with(tag, targets, fd_limit, &[])
+    }
+
+    /// As [`Cluster::start`], the metadata service and every command run with `env` added
+    /// to this process's environment.
+    pub fn start_with_env(tag: &str, targets: u32, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(tag, targets, None, env)
+    }
+
+    fn start_with(tag: &str, targets: u32, fd_limit: Option<u64>, env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new(tag);
         std::fs::create_dir_all(dir.0.join("logs")).unwrap();
         let meta_port = free_port();
@@ -339,6 +351,10 @@ impl Cluster {
             targets: Vec::new(),
             target_ports: Vec::new(),
             fd_limit,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             dir,
         };
         cluster.restart_meta();
@@ -474,6 +490,7 @@ impl Cluster {
             "--listen",
             &self.meta_addr,
         ]);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(files) = self.fd_limit {
             limit_open_files(&mut command, files);
         }
@@ -496,6 +513,7 @@ impl Cluster {
     pub fn nacre(&self, args: &[&str]) -> Output {
         let mut command = Command::new(NACRE_BIN);
         command.args(args).env("NACRE_META", &self.meta_addr);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         run(command)
     }
 

@@ -7,6 +7,9 @@
 //! [`META_REMOVERS`] remover threads, whose reply comes back to the loop; the connection's
 //! later requests are read meanwhile, and replies leave in request order.
 //!
+//! One that waits for chunks of a released file to be fetched from its data repository
+//! goes to one of [`META_HYDRATORS`] hydrator threads (`crate::meta::hydrate`) the same way.
+//!
 //! Replies a client does not take are bounded: a connection with
 //! [`MAX_META_UNSENT_BYTES_PER_CONNECTION`] of replies unsent is not read until they go, and
 //! none is while all connections' unsent replies pass [`MAX_META_UNSENT_BYTES`].
@@ -30,9 +33,10 @@ use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 
 use crate::error::Error;
 use crate::limits::{
-    IDLE_POLL_MS, MAX_META_UNSENT_BYTES, MAX_META_UNSENT_BYTES_PER_CONNECTION, META_LOOPS,
-    META_REMOVERS, REMOVE_RETRY_MS, STOP_TIMEOUT_MS,
+    IDLE_POLL_MS, MAX_META_UNSENT_BYTES, MAX_META_UNSENT_BYTES_PER_CONNECTION, META_HYDRATORS,
+    META_LOOPS, META_REMOVERS, REMOVE_RETRY_MS, STOP_TIMEOUT_MS,
 };
+use crate::meta::hydrate::Hydrator;
 use crate::meta::server::{Answer, answer, remove_logged};
 use crate::meta::store::MetaStore;
 use crate::server::{ErrorLog, spawn};
@@ -54,7 +58,8 @@ enum LoopMsg {
     },
 }
 
-/// A request waiting for the remover: the targets to work, and the reply to give after.
+/// A request waiting for the remover (the targets to work) or a hydrator (the chunks to
+/// fetch), and the reply to give after.
 struct Removal {
     to_loop: usize,
     token: u64,
@@ -79,9 +84,20 @@ impl Inbox {
     }
 }
 
+/// The hydrator threads, started with the first hydration (a service whose files are never
+/// released runs none): their queue until then, and their handles after.
+struct Hydrators {
+    jobs: Option<mpsc::Receiver<Removal>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
 /// What the loops share.
 struct Shared {
     store: Arc<MetaStore>,
+    hydrator: Arc<Hydrator>,
+    hydrators: Mutex<Hydrators>,
+    /// Loops still running: the last to end joins the hydrators.
+    live_loops: AtomicUsize,
     stop: Arc<AtomicBool>,
     inboxes: Vec<Inbox>,
     /// Connections the loops hold, all together.
@@ -112,6 +128,7 @@ impl Loops {
 /// all; returns the acceptor's handle and the threads (they stop when `stop` is set).
 pub(super) fn start(
     store: &Arc<MetaStore>,
+    hydrator: &Arc<Hydrator>,
     stop: &Arc<AtomicBool>,
     bound: usize,
 ) -> Result<(Loops, Vec<JoinHandle<()>>), Error> {
@@ -123,8 +140,15 @@ pub(super) fn start(
         inboxes.push(Inbox { tx, wake });
         receivers.push(rx);
     }
+    let (hydrations_tx, hydrations_rx) = mpsc::channel::<Removal>();
     let shared = Arc::new(Shared {
         store: Arc::clone(store),
+        hydrator: Arc::clone(hydrator),
+        hydrators: Mutex::new(Hydrators {
+            jobs: Some(hydrations_rx),
+            handles: Vec::new(),
+        }),
+        live_loops: AtomicUsize::new(META_LOOPS),
         stop: Arc::clone(stop),
         inboxes,
         open: AtomicUsize::new(0),
@@ -135,9 +159,12 @@ pub(super) fn start(
     let mut handles = Vec::with_capacity(META_LOOPS + META_REMOVERS);
     let started = (|| {
         for (index, rx) in receivers.into_iter().enumerate() {
-            let meta_loop = MetaLoop::new(index, Arc::clone(&shared), rx, removals_tx.clone())?;
+            let senders = (removals_tx.clone(), hydrations_tx.clone());
+            let meta_loop = MetaLoop::new(index, Arc::clone(&shared), rx, senders)?;
             handles.push(spawn(format!("nacre-meta-l{index}"), move || {
-                meta_loop.run()
+                let shared = Arc::clone(&meta_loop.shared);
+                meta_loop.run();
+                shared.loop_ended();
             })?);
         }
         let removers = Arc::new(Removers {
@@ -152,8 +179,9 @@ pub(super) fn start(
         }
         Ok(())
     })();
-    // The loops hold the remover's senders: it ends when the last loop has.
+    // The loops hold the remover's and hydrators' senders: they end when the last loop has.
     drop(removals_tx);
+    drop(hydrations_tx);
     if let Err(e) = started {
         stop.store(true, Ordering::SeqCst);
         crate::server::join_all(handles);
@@ -222,6 +250,59 @@ fn remover(shared: &Shared, removers: &Removers) {
     }
 }
 
+impl Shared {
+    /// Starts the hydrator threads if they are not yet; how many run.
+    fn start_hydrators(self: &Arc<Shared>) -> usize {
+        let mut pool = self
+            .hydrators
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = pool.jobs.take() {
+            let jobs = Arc::new(Mutex::new(rx));
+            for h in 0..META_HYDRATORS {
+                let (shared, jobs) = (Arc::clone(self), Arc::clone(&jobs));
+                match spawn(format!("nacre-meta-hydrator{h}"), move || {
+                    hydrate_loop(&shared, &jobs)
+                }) {
+                    Ok(handle) => pool.handles.push(handle),
+                    Err(e) => nacre_transport::log_line!("nacre meta: {e}"),
+                }
+            }
+        }
+        pool.handles.len()
+    }
+
+    /// A loop ended; the last one joins the hydrators (their queue closed with it).
+    fn loop_ended(&self) {
+        if self.live_loops.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let handles = std::mem::take(
+                &mut self
+                    .hydrators
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .handles,
+            );
+            crate::server::join_all(handles);
+        }
+    }
+}
+
+/// Runs the hydrations replies wait for, then gives the replies back to their loops; ends
+/// once every loop has.
+fn hydrate_loop(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Removal>>) {
+    loop {
+        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = next else { return };
+        let reply = LoopMsg::Reply {
+            token: job.token,
+            header: job.header,
+            answer: job.answer.hydrated(&shared.store, &shared.hydrator),
+        };
+        // A loop that has gone has closed the connection already.
+        let _ = shared.inboxes[job.to_loop].send(reply);
+    }
+}
+
 struct Conn {
     stream: StreamConn,
     /// Requests of its whose replies wait for the remover.
@@ -238,6 +319,7 @@ struct MetaLoop {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<LoopMsg>,
     removals: mpsc::Sender<Removal>,
+    hydrations: mpsc::Sender<Removal>,
     epoll: Epoll,
     slots: Slots<Conn>,
     /// Scratch for flushes: the tokens of replies written, each its body's length.
@@ -253,7 +335,7 @@ impl MetaLoop {
         index: usize,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<LoopMsg>,
-        removals: mpsc::Sender<Removal>,
+        (removals, hydrations): (mpsc::Sender<Removal>, mpsc::Sender<Removal>),
     ) -> Result<MetaLoop, Error> {
         let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         epoll
@@ -264,6 +346,7 @@ impl MetaLoop {
             shared,
             rx,
             removals,
+            hydrations,
             epoll,
             slots: Slots::new(usize::MAX),
             sent: Vec::new(),
@@ -457,7 +540,29 @@ impl MetaLoop {
             return;
         };
         let store = &self.shared.store;
-        let mut answer = answer(store, &header, conn.stream.body());
+        let answer = answer(store, &header, conn.stream.body());
+        if answer.hydrate.is_some() && self.shared.start_hydrators() > 0 {
+            let job = Removal {
+                to_loop: self.index,
+                token,
+                header,
+                answer,
+            };
+            match self.hydrations.send(job) {
+                Ok(()) => {
+                    conn.awaiting += 1;
+                    return;
+                }
+                // The hydrators have gone (the server stops): answer here.
+                Err(mpsc::SendError(job)) => {
+                    let answer = job.answer.hydrated(store, &self.shared.hydrator);
+                    self.reply(slot, &header, answer);
+                    return;
+                }
+            }
+        }
+        // No hydrator thread could start: the loop hydrates itself.
+        let mut answer = answer.hydrated(store, &self.shared.hydrator);
         // Most removals (every heartbeat) find nothing logged: no need to wait.
         answer.removals.retain(|&t| {
             store

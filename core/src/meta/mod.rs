@@ -3,8 +3,10 @@
 //! clients over the transport.
 
 mod event_loop;
+pub mod hydrate;
 pub mod link;
 pub mod proto;
+pub mod repo;
 pub mod server;
 pub mod store;
 pub mod types;

@@ -6,6 +6,8 @@
 //! one has the errno as its status and a message naming what was wrong as its body.
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::limits::MAX_REPO_URL_BYTES;
+use crate::meta::repo::{AssocState, Association, ImportedFile};
 use crate::meta::types::{
     Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo,
 };
@@ -129,6 +131,49 @@ pub enum MetaRequest {
     },
     /// Counts of files and directories.
     Statfs,
+    /// Link a directory to a data repository (root only); the reply is the association.
+    RepoLink {
+        /// The association (its id and state are given by the service).
+        assoc: Association,
+    },
+    /// Every association; the reply is a u32 count and the associations.
+    RepoList,
+    /// Unlink the association at a directory (root only).
+    RepoUnlink {
+        /// The directory.
+        path: String,
+    },
+    /// Set the state of the association at a directory (root only).
+    RepoSetState {
+        /// The directory.
+        path: String,
+        /// The new state.
+        state: AssocState,
+        /// Why.
+        reason: String,
+    },
+    /// Create or update the released file of an imported object (root only); the reply is
+    /// its attributes and what was done ([`ImportOutcome`]).
+    ImportFile {
+        /// What the object says the file is.
+        file: ImportedFile,
+    },
+    /// A file's HSM flags; the reply is the flags (u32), then a flag byte and, for an
+    /// imported file, its object's URL.
+    HsmState {
+        /// The file.
+        path: String,
+    },
+    /// Make `len` bytes at `offset` of a file present, fetching what is released from its
+    /// repository first; the reply is the file's HSM flags after (u32).
+    Hydrate {
+        /// The file.
+        path: String,
+        /// Where.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
 }
 
 const RECORD: &str = "metadata request";
@@ -198,6 +243,13 @@ impl MetaRequest {
             MetaRequest::Usage { .. } => "report usage",
             MetaRequest::Targets { .. } => "list targets",
             MetaRequest::Statfs => "statfs",
+            MetaRequest::RepoLink { .. } => "repo link",
+            MetaRequest::RepoList => "repo list",
+            MetaRequest::RepoUnlink { .. } => "repo unlink",
+            MetaRequest::RepoSetState { .. } => "repo state",
+            MetaRequest::ImportFile { .. } => "import",
+            MetaRequest::HsmState { .. } => "hsm state",
+            MetaRequest::Hydrate { .. } => "hydrate",
         }
     }
 
@@ -214,11 +266,18 @@ impl MetaRequest {
             | MetaRequest::SetDefaultLayout { path, .. }
             | MetaRequest::SetLayoutOnNewFile { path, .. }
             | MetaRequest::Chmod { path, .. }
-            | MetaRequest::Chown { path, .. } => path,
+            | MetaRequest::Chown { path, .. }
+            | MetaRequest::RepoUnlink { path }
+            | MetaRequest::RepoSetState { path, .. }
+            | MetaRequest::HsmState { path }
+            | MetaRequest::Hydrate { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
+            MetaRequest::RepoLink { assoc } => &assoc.path,
+            MetaRequest::ImportFile { file } => &file.path,
             MetaRequest::RegisterTarget { .. }
             | MetaRequest::Usage { .. }
             | MetaRequest::Targets { .. }
+            | MetaRequest::RepoList
             | MetaRequest::Statfs => "",
         }
     }
@@ -241,6 +300,13 @@ impl MetaRequest {
             MetaRequest::Usage { .. } => 14,
             MetaRequest::Targets { .. } => 15,
             MetaRequest::Statfs => 16,
+            MetaRequest::RepoLink { .. } => 17,
+            MetaRequest::RepoList => 18,
+            MetaRequest::RepoUnlink { .. } => 19,
+            MetaRequest::RepoSetState { .. } => 20,
+            MetaRequest::ImportFile { .. } => 21,
+            MetaRequest::HsmState { .. } => 22,
+            MetaRequest::Hydrate { .. } => 23,
         }
     }
 
@@ -316,7 +382,22 @@ impl MetaRequest {
                     .u64(*free_bytes);
             }
             MetaRequest::Targets { after } => put_opt_u32(&mut Writer::new(out), *after),
-            MetaRequest::Statfs => {}
+            MetaRequest::Statfs | MetaRequest::RepoList => {}
+            MetaRequest::RepoLink { assoc } => assoc.encode(out),
+            MetaRequest::RepoUnlink { path } | MetaRequest::HsmState { path } => {
+                Writer::new(out).str(path);
+            }
+            MetaRequest::RepoSetState {
+                path,
+                state,
+                reason,
+            } => {
+                Writer::new(out).str(path).u8(state.code()).str(reason);
+            }
+            MetaRequest::ImportFile { file } => file.encode(out),
+            MetaRequest::Hydrate { path, offset, len } => {
+                Writer::new(out).str(path).u64(*offset).u64(*len);
+            }
         }
     }
 
@@ -398,7 +479,30 @@ impl MetaRequest {
                 after: get_opt_u32(&mut r, "after")?,
             },
             16 => MetaRequest::Statfs,
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 16")),
+            17 => MetaRequest::RepoLink {
+                assoc: Association::decode(&mut r)?,
+            },
+            18 => MetaRequest::RepoList,
+            19 => MetaRequest::RepoUnlink {
+                path: get_path(&mut r, "path")?,
+            },
+            20 => MetaRequest::RepoSetState {
+                path: get_path(&mut r, "path")?,
+                state: AssocState::read(&mut r)?,
+                reason: r.str("reason", MAX_REPO_URL_BYTES)?.to_owned(),
+            },
+            21 => MetaRequest::ImportFile {
+                file: ImportedFile::decode(&mut r)?,
+            },
+            22 => MetaRequest::HsmState {
+                path: get_path(&mut r, "path")?,
+            },
+            23 => MetaRequest::Hydrate {
+                path: get_path(&mut r, "path")?,
+                offset: r.u64("offset")?,
+                len: r.u64("len")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 23")),
         };
         r.finish()?;
         Ok((cred, request))

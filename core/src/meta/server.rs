@@ -24,10 +24,12 @@ use crate::limits::{
     OBJECT_REMOVE_TIMEOUT_MS,
 };
 use crate::meta::event_loop;
+use crate::meta::hydrate::Hydrator;
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
+use crate::meta::repo::{HS_DIRTY, HydrateJob, Repository};
 use crate::meta::store::MetaStore;
-use crate::meta::types::{Attr, DirEntry, MAX_READDIR_ENTRIES, MetaError, TargetInfo};
+use crate::meta::types::{Access, Attr, DirEntry, MAX_READDIR_ENTRIES, MetaError, TargetInfo};
 use crate::server::{Threads, accept_loop, connection_bound, request_loop, spawn};
 
 /// A running metadata server; stops when dropped.
@@ -51,12 +53,23 @@ impl MetaServer {
     /// limit first, leaves less room); RDMA clients by a thread each, at most
     /// [`MAX_META_THREAD_CONNECTIONS`].
     pub fn start(db_path: &Path, listen: &str) -> Result<MetaServer, Error> {
+        MetaServer::start_with(db_path, listen, None)
+    }
+
+    /// As [`MetaServer::start`], with a repository mover that fetches the data of released
+    /// files (imported from a data repository) when they are read.
+    pub fn start_with(
+        db_path: &Path,
+        listen: &str,
+        repository: Option<Arc<dyn Repository>>,
+    ) -> Result<MetaServer, Error> {
         let store = Arc::new(MetaStore::open(db_path)?);
+        let hydrator = Arc::new(Hydrator::new(repository));
         let listener = Listener::bind(&Endpoint::parse(listen)?)?;
         let endpoint = listener.endpoint().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let bound = connection_bound("nacre meta", MAX_META_CONNECTIONS, META_RESERVED_FDS)?;
-        let (loops, mut handles) = event_loop::start(&store, &stop, bound)?;
+        let (loops, mut handles) = event_loop::start(&store, &hydrator, &stop, bound)?;
         let threaded = Arc::new(AtomicUsize::new(0));
         let accept_stop = Arc::clone(&stop);
         let acceptor = spawn("nacre-meta".into(), move || {
@@ -81,15 +94,17 @@ impl MetaServer {
                         );
                         return None;
                     }
-                    let (store, stop, threaded) = (
+                    let (store, stop, threaded, hydrator) = (
                         Arc::clone(&store),
                         Arc::clone(&accept_stop),
                         Arc::clone(&threaded),
+                        Arc::clone(&hydrator),
                     );
                     let mut conn = conn;
                     Some(move || {
                         request_loop(&mut conn, &stop, "nacre meta", |conn, request, body| {
-                            let answer = answer(&store, &request.header, body);
+                            let answer =
+                                answer(&store, &request.header, body).hydrated(&store, &hydrator);
                             for target_id in &answer.removals {
                                 remove_logged(&store, *target_id);
                             }
@@ -134,6 +149,37 @@ pub(super) struct Answer {
     /// The removals' target is the caller (registering, or reporting its usage): reachable
     /// now, whatever failed before.
     pub(super) from_target: bool,
+    /// Chunks of a released file to make present before the reply goes; the reply's body
+    /// then ends with the file's HSM flags after.
+    pub(super) hydrate: Option<Box<Hydration>>,
+}
+
+/// A hydration a reply waits for: the chunks of a released file to fetch.
+pub(super) struct Hydration {
+    pub(super) job: HydrateJob,
+}
+
+impl Answer {
+    /// Runs the hydration the reply waits for (if any) and completes the reply: the file's
+    /// flags after, or the error that stopped it.
+    pub(super) fn hydrated(mut self, store: &MetaStore, hydrator: &Hydrator) -> Answer {
+        let Some(h) = self.hydrate.take() else {
+            return self;
+        };
+        match hydrator.run(store, &h.job) {
+            Ok(flags) => {
+                self.body.extend_from_slice(&flags.to_le_bytes());
+                self
+            }
+            Err(e) => Answer {
+                status: e.errno(),
+                body: e.to_string().into_bytes(),
+                removals: Vec::new(),
+                from_target: false,
+                hydrate: None,
+            },
+        }
+    }
 }
 
 /// Answers one request (any opcode: only `Meta` is served).
@@ -143,6 +189,7 @@ pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer 
         body: message.into_bytes(),
         removals: Vec::new(),
         from_target: false,
+        hydrate: None,
     };
     if header.opcode != Opcode::Meta {
         return failed(
@@ -162,12 +209,14 @@ pub(super) fn answer(store: &MetaStore, header: &Header, body: &[u8]) -> Answer 
         op,
         MetaRequest::RegisterTarget { .. } | MetaRequest::Usage { .. }
     );
-    match execute(store, &cred, &op, &mut out) {
+    let mut hydrate = None;
+    match execute(store, &cred, &op, &mut out, &mut hydrate) {
         Ok(removals) => Answer {
             status: 0,
             body: out,
             removals,
             from_target,
+            hydrate,
         },
         Err(e) => failed(e.errno(), e.to_string()),
     }
@@ -187,6 +236,7 @@ fn execute(
     cred: &crate::meta::types::Cred,
     op: &MetaRequest,
     out: &mut Vec<u8>,
+    hydrate: &mut Option<Box<Hydration>>,
 ) -> Result<Vec<u32>, MetaError> {
     match op {
         MetaRequest::Lookup { path } => store.lookup(cred, path)?.encode(out),
@@ -200,8 +250,15 @@ fn execute(
             let (attr, created) = store.create(cred, path, *mode, *exclusive, layout.as_ref())?;
             attr.encode(out);
             out.push(u8::from(created));
+            if !created {
+                repo_flags(store, &attr, true, out)?;
+            }
         }
-        MetaRequest::Open { path, access } => store.open_file(cred, path, *access)?.encode(out),
+        MetaRequest::Open { path, access } => {
+            let attr = store.open_file(cred, path, *access)?;
+            attr.encode(out);
+            repo_flags(store, &attr, *access != Access::Read, out)?;
+        }
         MetaRequest::Readdir { path, after, max } => {
             let max = (*max as usize).min(MAX_READDIR_ENTRIES);
             let entries = store.readdir(cred, path, after.as_deref(), max)?;
@@ -245,8 +302,69 @@ fn execute(
             let st = store.statfs()?;
             Writer::new(out).u64(st.files).u64(st.dirs);
         }
+        MetaRequest::RepoLink { assoc } => store.repo_link(cred, assoc)?.encode(out),
+        MetaRequest::RepoList => {
+            let all = store.repo_list()?;
+            Writer::new(out).u32(all.len() as u32);
+            for a in &all {
+                a.encode(out);
+            }
+        }
+        MetaRequest::RepoUnlink { path } => store.repo_unlink(cred, path)?.encode(out),
+        MetaRequest::RepoSetState {
+            path,
+            state,
+            reason,
+        } => store
+            .repo_set_state(cred, path, *state, reason)?
+            .encode(out),
+        MetaRequest::ImportFile { file } => {
+            let (attr, outcome) = store.import_file(cred, file)?;
+            attr.encode(out);
+            out.push(outcome.to_u8());
+        }
+        MetaRequest::HsmState { path } => {
+            let (flags, object) = store.hsm_state(cred, path)?;
+            let mut w = Writer::new(out);
+            w.u32(flags);
+            match object {
+                Some((url, _)) => w.u8(1).str(&url),
+                None => w.u8(0),
+            };
+        }
+        MetaRequest::Hydrate { path, offset, len } => {
+            let attr = store.open_file(cred, path, Access::Read)?;
+            match store.hydrate_plan(path, &attr, *offset, *len)? {
+                Some(job) => *hydrate = Some(Box::new(Hydration { job })),
+                None => {
+                    let flags = store.repo_file(attr.ino)?.map_or(0, |f| f.flags);
+                    out.extend_from_slice(&flags.to_le_bytes());
+                }
+            }
+        }
     }
     Ok(Vec::new())
+}
+
+/// Ends an open's reply with the HSM flags of an imported file (nothing for another); an
+/// open for writing marks it dirty first. Its released chunks are fetched as they are read
+/// or written, not here.
+fn repo_flags(
+    store: &MetaStore,
+    attr: &Attr,
+    write: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), MetaError> {
+    let Some(file) = store.repo_file(attr.ino)? else {
+        return Ok(());
+    };
+    let flags = if write {
+        store.add_hsm_flags(attr.ino, HS_DIRTY)?
+    } else {
+        file.flags
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
+    Ok(())
 }
 
 /// Encodes a page of records: their count, as many of them (in order) as fit in one

@@ -29,6 +29,9 @@ use redb::{
 };
 
 use crate::codec::{CodecError, Reader, Writer};
+
+mod repo_ops;
+
 use crate::limits::{MAX_FILE_LAYOUT_BYTES, REOPEN_INTERVAL_MS};
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
@@ -44,6 +47,10 @@ const SUPER: TableDefinition<&str, &[u8]> = TableDefinition::new("super");
 /// Objects of removed files still to be removed from their targets: key target id
 /// (big-endian) then object id (big-endian), so one target's are one range; no value.
 const REMOVALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("removals");
+/// Data repository associations: id (`u32`) → [`crate::meta::repo::Association`].
+const REPOS: TableDefinition<u32, &[u8]> = TableDefinition::new("repos");
+/// The repository state of imported files: ino → [`crate::meta::repo::RepoFile`].
+const REPO_FILES: TableDefinition<u64, &[u8]> = TableDefinition::new("repo_files");
 /// Bytes of a [`REMOVALS`] key.
 const REMOVAL_KEY_BYTES: usize = 12;
 const SUPER_KEY: &str = "super";
@@ -438,6 +445,19 @@ where
 }
 
 impl WriteNs<'_> {
+    /// The directory a new entry at `path` goes in: the path must not exist, and `cred` must
+    /// be allowed to add to its parent.
+    fn parent_of_new(&self, cred: &Cred, path: &NsPath<'_>) -> Result<Attr, MetaError> {
+        let (parent, entry) = self.lookup_parent(cred, path)?;
+        if entry.is_some() {
+            return Err(MetaError::Exists { path: path.full() });
+        }
+        require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+            path.parent()
+        })?;
+        Ok(parent)
+    }
+
     fn put_attr(&mut self, attr: &Attr) -> Result<(), MetaError> {
         assert!((1..=MAX_INO).contains(&attr.ino));
         self.inodes.insert(attr.ino, attr.to_bytes().as_slice())?;
@@ -497,6 +517,8 @@ struct Tx<'t> {
     ns: WriteNs<'t>,
     counters: Superblock,
     removals: Table<'t, &'static [u8], &'static [u8]>,
+    repos: Table<'t, u32, &'static [u8]>,
+    repo_files: Table<'t, u64, &'static [u8]>,
 }
 
 fn removal_key(target_id: u32, object_id: u64) -> [u8; REMOVAL_KEY_BYTES] {
@@ -598,6 +620,8 @@ impl MetaStore {
             let mut inodes = txn.open_table(INODES)?;
             txn.open_table(DIRENTS)?;
             txn.open_table(TARGETS)?;
+            txn.open_table(REPOS)?;
+            txn.open_table(REPO_FILES)?;
             let mut sup = txn.open_table(SUPER)?;
             let existing = sup.get(SUPER_KEY)?.map(|guard| guard.value().to_vec());
             match existing {
@@ -796,6 +820,8 @@ impl MetaStore {
                     },
                     counters,
                     removals: txn.open_table(REMOVALS)?,
+                    repos: txn.open_table(REPOS)?,
+                    repo_files: txn.open_table(REPO_FILES)?,
                 };
                 let outcome = op(&mut tx);
                 if outcome.is_ok() && tx.counters != counters {
@@ -835,13 +861,7 @@ impl MetaStore {
             return Err(MetaError::Exists { path: path.full() });
         }
         self.write(|tx| {
-            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
-            if entry.is_some() {
-                return Err(MetaError::Exists { path: path.full() });
-            }
-            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
-                path.parent()
-            })?;
+            let parent = tx.ns.parent_of_new(cred, &path)?;
             let now = now_ns();
             let parent_setgid = parent.mode & MODE_SETGID != 0;
             let dir = Attr {
@@ -1094,6 +1114,7 @@ impl MetaStore {
             tx.ns.touch_dir(parent.ino, now_ns(), 0)?;
             tx.counters.files -= 1;
             tx.log_removal(&victim)?;
+            tx.repo_files.remove(victim.ino)?;
             Ok(victim)
         })
     }

@@ -172,6 +172,14 @@ pub enum MetaError {
         /// The store's own message.
         reason: String,
     },
+    /// A released file's data cannot be fetched from its data repository (`EIO`).
+    #[error("{path}: {reason}")]
+    Repository {
+        /// The file.
+        path: String,
+        /// Why (the object, and what the repository said).
+        reason: String,
+    },
     /// A stored record or a message did not decode (`EIO`).
     #[error("metadata record: {0}")]
     Codec(#[from] CodecError),
@@ -193,7 +201,10 @@ impl MetaError {
             MetaError::NoTargets { .. }
             | MetaError::NoInodes { .. }
             | MetaError::NoSpace { .. } => libc::ENOSPC,
-            MetaError::Store { .. } | MetaError::StoreIo { .. } | MetaError::Codec(_) => libc::EIO,
+            MetaError::Store { .. }
+            | MetaError::StoreIo { .. }
+            | MetaError::Repository { .. }
+            | MetaError::Codec(_) => libc::EIO,
         }
     }
 }
@@ -250,6 +261,7 @@ macro_rules! whole_record {
         }
     };
 }
+pub(crate) use whole_record;
 
 /// The caller's identity, trusted as NFS AUTH_SYS trusts it. uid 0 is root.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,489 @@
+//! Data repositories against a real S3 server: moto's (PyPI `moto[server]`, which
+//! scripts/test.sh installs), with Debian's `aws` as the independent client that puts what
+//! Nacre imports. Each test starts its own moto on a free port and a cluster of `nacre
+//! serve` processes whose metadata service runs the repository mover.
+//!
+//! Without moto or aws on this machine the tests say so and pass, unless
+//! `NACRE_REQUIRE_S3` is set (scripts/test.sh sets it): there they must run.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Process, START_TIMEOUT, fill, free_port, run, text};
+use nacre::OpenOptions;
+use nacre::meta::repo::{HS_ARCHIVED, HS_DIRTY, HS_EXISTS, HS_LOST, HS_RELEASED};
+
+/// Debian's S3 client.
+const AWS: &str = "/usr/bin/aws";
+/// Credentials moto takes (it checks none).
+const CREDENTIALS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+];
+/// The chunk the tests' associations fetch by: small, so that files have many.
+const CHUNK: u64 = 64 << 10;
+
+/// moto's server, if this machine has it.
+fn moto_server() -> Option<PathBuf> {
+    let path = std::env::var_os("NACRE_MOTO_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/nacre/moto-venv/bin/moto_server"))
+        })?;
+    path.exists().then_some(path)
+}
+
+/// Whether the S3 parts are here; when they are not, says so (and fails where they must).
+fn s3_available(test: &str) -> Option<PathBuf> {
+    let moto = moto_server();
+    if let Some(moto) = moto.filter(|_| Path::new(AWS).exists()) {
+        return Some(moto);
+    }
+    assert!(
+        std::env::var_os("NACRE_REQUIRE_S3").is_none(),
+        "{test}: moto_server or {AWS} is missing (scripts/test.sh installs them)"
+    );
+    eprintln!("{test}: skipped: no moto_server or {AWS} here (scripts/test.sh installs them)");
+    None
+}
+
+/// A moto server on a free loopback port, stopped on drop.
+struct S3 {
+    endpoint: String,
+    _process: Process,
+}
+
+impl S3 {
+    fn start(moto: &Path) -> S3 {
+        let port = free_port();
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("exec '{}' -H 127.0.0.1 -p {port} 2>&1", moto.display()),
+        ]);
+        let process = Process::start("moto", command, None);
+        // Serving once it takes connections.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not listen on {port}");
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        S3 {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    }
+
+    /// `aws ARGS` against this server; must succeed; its standard output.
+    fn aws(&self, args: &[&str]) -> String {
+        let mut command = Command::new(AWS);
+        command
+            .args(["--endpoint-url", &self.endpoint])
+            .args(args)
+            .envs(CREDENTIALS);
+        let out = run(command);
+        assert!(out.status.success(), "aws {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Puts `bytes` at `key` of `bucket`, with FSx metadata `meta` (`k=v,k=v`) if given.
+    fn put(&self, dir: &Path, bucket: &str, key: &str, bytes: &[u8], meta: Option<&str>) {
+        let local = dir.join("upload");
+        std::fs::write(&local, bytes).unwrap();
+        let body = local.to_str().unwrap();
+        let mut args = vec![
+            "s3api",
+            "put-object",
+            "--bucket",
+            bucket,
+            "--key",
+            key,
+            "--body",
+            body,
+        ];
+        if let Some(m) = meta {
+            args.extend(["--metadata", m]);
+        }
+        self.aws(&args);
+    }
+}
+
+/// A cluster of two targets whose metadata service and commands reach S3 with the test
+/// credentials.
+fn cluster(tag: &str) -> Cluster {
+    Cluster::start_with_env(tag, 2, &CREDENTIALS)
+}
+
+/// Links `/data` of `c` to `s3://BUCKET/train`, fetching by [`CHUNK`], importing at once.
+fn link(c: &Cluster, s3: &S3, bucket: &str) -> String {
+    c.ok(&["mkdir", "/data"]);
+    let chunk = CHUNK.to_string();
+    c.ok(&[
+        "repo",
+        "link",
+        "/data",
+        &format!("s3://{bucket}/train"),
+        "--endpoint",
+        &s3.endpoint,
+        "--chunk-size",
+        &chunk,
+        "--import-now",
+    ])
+}
+
+fn flags(c: &Cluster, path: &str) -> u32 {
+    c.client().hsm_state(path).unwrap().0
+}
+
+/// Chunks the metadata service's mover says it fetched, in all.
+fn chunks_fetched(c: &Cluster) -> u64 {
+    c.meta_log()
+        .lines()
+        .filter_map(|l| l.split("nacre meta: fetched ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn an_import_brings_files_and_directories_with_their_attributes_and_reads_fetch_them() {
+    let Some(moto) = s3_available("import") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-import");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data1"]);
+    let big = fill(1, 0, (10 * CHUNK + 123) as usize);
+    s3.put(
+        c.dir(),
+        "data1",
+        "train/small.txt",
+        b"hello\n",
+        Some("file-permissions=0100640,file-owner=1001,file-group=2002,file-mtime=1700000000123456789ns"),
+    );
+    s3.put(c.dir(), "data1", "train/sub/deep/big.bin", &big, None);
+    s3.put(c.dir(), "data1", "train/empty/", b"", None);
+    s3.put(
+        c.dir(),
+        "data1",
+        "outside.txt",
+        b"not under the prefix",
+        None,
+    );
+    let out = link(&c, &s3, "data1");
+    assert!(out.contains("2 files created"), "{out}");
+    assert!(out.contains("0 failed"), "{out}");
+
+    let client = c.client();
+    let small = client.stat("/data/small.txt").unwrap();
+    assert_eq!(small.size_bytes, 6);
+    assert_eq!(
+        (small.attr.mode, small.attr.uid, small.attr.gid),
+        (0o640, 1001, 2002)
+    );
+    assert_eq!(small.attr.mtime_ns, 1_700_000_000_123_456_789);
+    // Without metadata: as FSx, 0755 and root.
+    let st = client.stat("/data/sub/deep/big.bin").unwrap();
+    assert_eq!(st.size_bytes, big.len() as u64);
+    assert_eq!((st.attr.mode, st.attr.uid), (0o755, 0));
+    assert!(client.attr("/data/empty").unwrap().is_dir());
+    assert!(client.attr("/data/sub/deep").unwrap().is_dir());
+    assert!(client.attr("/data/outside.txt").is_err());
+    assert_eq!(
+        flags(&c, "/data/sub/deep/big.bin"),
+        HS_EXISTS | HS_ARCHIVED | HS_RELEASED
+    );
+    let state = c.ok(&["hsm", "state", "/data/sub/deep/big.bin"]);
+    assert!(
+        state.contains("(0x0000000d) released exists archived"),
+        "{state}"
+    );
+
+    // A 4 KiB read in the middle fetches its chunk, not the file.
+    let file = client
+        .open("/data/sub/deep/big.bin", &OpenOptions::new().read(true))
+        .unwrap();
+    let at = 5 * CHUNK + 1000;
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(file.read_at(&mut buf, at).unwrap(), 4096);
+    assert_eq!(buf, &big[at as usize..at as usize + 4096]);
+    assert_eq!(chunks_fetched(&c), 1);
+    assert_ne!(flags(&c, "/data/sub/deep/big.bin") & HS_RELEASED, 0);
+
+    // The whole file, through the command: every chunk once.
+    let local = c.dir().join("big.out");
+    c.ok(&["get", "/data/sub/deep/big.bin", local.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&local).unwrap(), big);
+    assert_eq!(chunks_fetched(&c), 11);
+    assert_eq!(flags(&c, "/data/sub/deep/big.bin"), HS_EXISTS | HS_ARCHIVED);
+    // A second import changes nothing.
+    let again = c.ok(&["task", "import", "/data"]);
+    assert!(
+        again.contains("0 files created, 0 updated, 2 unchanged"),
+        "{again}"
+    );
+}
+
+#[test]
+fn readers_of_one_released_file_at_once_fetch_each_chunk_once() {
+    let Some(moto) = s3_available("readers") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-readers");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data2"]);
+    let chunks = 24u64;
+    let data = fill(2, 0, (chunks * CHUNK) as usize);
+    s3.put(c.dir(), "data2", "train/shared.bin", &data, None);
+    link(&c, &s3, "data2");
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let client = c.client();
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let file = client
+                    .open("/data/shared.bin", &OpenOptions::new().read(true))
+                    .unwrap();
+                // Each reader starts elsewhere and wraps around.
+                let mut buf = vec![0u8; CHUNK as usize];
+                for i in 0..chunks {
+                    let c = (i + r * 6) % chunks;
+                    let off = c * CHUNK;
+                    assert_eq!(file.read_at(&mut buf, off).unwrap(), CHUNK as usize);
+                    assert!(
+                        buf == data[off as usize..(off + CHUNK) as usize],
+                        "chunk {c}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(chunks_fetched(&c), chunks);
+}
+
+#[test]
+fn an_object_changed_in_s3_is_not_served_stale_and_a_new_import_takes_it() {
+    let Some(moto) = s3_available("changed") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-changed");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data3"]);
+    let old = fill(3, 0, (3 * CHUNK) as usize);
+    let new = fill(4, 0, (2 * CHUNK + 7) as usize);
+    s3.put(c.dir(), "data3", "train/f.bin", &old, None);
+    link(&c, &s3, "data3");
+    s3.put(c.dir(), "data3", "train/f.bin", &new, None);
+    let local = c.dir().join("f.out");
+    let err = c.fails(&["get", "/data/f.bin", local.to_str().unwrap()]);
+    assert!(err.contains("s3://data3/train/f.bin changed"), "{err}");
+    assert_ne!(flags(&c, "/data/f.bin") & HS_LOST, 0);
+    let out = c.ok(&["task", "import", "/data"]);
+    assert!(out.contains("1 updated"), "{out}");
+    c.ok(&["get", "/data/f.bin", local.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&local).unwrap(), new);
+}
+
+#[test]
+fn a_write_into_a_released_file_keeps_the_rest_of_it_and_marks_it_dirty() {
+    let Some(moto) = s3_available("write") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-write");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data4"]);
+    let mut data = fill(5, 0, (4 * CHUNK) as usize);
+    s3.put(c.dir(), "data4", "train/w.bin", &data, None);
+    link(&c, &s3, "data4");
+    let client = c.client();
+    let file = client
+        .open("/data/w.bin", &OpenOptions::new().read(true).write(true))
+        .unwrap();
+    let at = CHUNK + 100;
+    file.write_at(b"patched", at).unwrap();
+    data[at as usize..at as usize + 7].copy_from_slice(b"patched");
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data);
+    assert_ne!(flags(&c, "/data/w.bin") & HS_DIRTY, 0);
+}
+
+#[test]
+fn associations_survive_a_restart_may_not_overlap_and_unlink() {
+    let Some(moto) = s3_available("associations") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let mut c = cluster("repo-assoc");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data5"]);
+    s3.put(c.dir(), "data5", "train/a/x.bin", b"x", None);
+    link(&c, &s3, "data5");
+    c.stop_meta(Duration::from_secs(10));
+    c.restart_meta();
+    let list = c.ok(&["repo", "list"]);
+    assert!(
+        list.contains("/data") && list.contains("s3://data5/train/"),
+        "{list}"
+    );
+    assert!(list.contains("available"), "{list}");
+    assert!(!list.contains("testing"), "credentials shown: {list}");
+    let err = c.fails(&[
+        "repo",
+        "link",
+        "/data/a",
+        "s3://data5/other",
+        "--endpoint",
+        &s3.endpoint,
+    ]);
+    assert!(err.contains("overlaps association 1"), "{err}");
+    let err = c.fails(&["repo", "link", "/data", "http://data5/x"]);
+    assert!(err.contains("s3://BUCKET"), "{err}");
+    c.ok(&["repo", "unlink", "/data"]);
+    assert!(!c.ok(&["repo", "list"]).contains("/data"));
+    // Its file stays; having no repository, a read is an error naming why.
+    let err = c.fails(&["get", "/data/a/x.bin", "-"]);
+    assert!(err.contains("no longer linked"), "{err}");
+}
+
+#[test]
+fn a_bucket_that_does_not_answer_leaves_the_association_misconfigured_with_the_reason() {
+    let Some(moto) = s3_available("misconfigured") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-bad");
+    c.ok(&["mkdir", "/missing"]);
+    let err = c.fails(&[
+        "repo",
+        "link",
+        "/missing",
+        "s3://no-such-bucket/x",
+        "--endpoint",
+        &s3.endpoint,
+    ]);
+    assert!(err.contains("no-such-bucket"), "{err}");
+    let list = c.ok(&["repo", "list"]);
+    assert!(list.contains("misconfigured"), "{list}");
+    assert!(
+        list.contains("NoSuchBucket") || list.contains("404"),
+        "{list}"
+    );
+    // No credentials at all: said plainly, nothing sent.
+    let mut command = Command::new(common::NACRE_BIN);
+    command
+        .args(["task", "import", "/missing"])
+        .env("NACRE_META", &c.meta_addr)
+        .env("HOME", c.dir())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE");
+    let out = run(command);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no S3 credentials"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn s3_gone_makes_reads_of_released_files_fail_and_they_stay_released() {
+    let Some(moto) = s3_available("unreachable") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-gone");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data6"]);
+    s3.put(
+        c.dir(),
+        "data6",
+        "train/r.bin",
+        &fill(6, 0, 3 * CHUNK as usize),
+        None,
+    );
+    link(&c, &s3, "data6");
+    drop(s3);
+    let err = c.fails(&["get", "/data/r.bin", "-"]);
+    assert!(err.contains("s3://data6/train/r.bin"), "{err}");
+    assert_eq!(flags(&c, "/data/r.bin") & HS_RELEASED, HS_RELEASED);
+}
+
+#[test]
+fn names_the_namespace_cannot_hold_are_reported_and_the_rest_imported() {
+    let Some(moto) = s3_available("names") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-names");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data7"]);
+    s3.put(c.dir(), "data7", "train/good.txt", b"ok", None);
+    s3.put(c.dir(), "data7", "train/a//b.txt", b"empty name", None);
+    s3.put(
+        c.dir(),
+        "data7",
+        "train/link",
+        b"good.txt",
+        Some("file-permissions=0120777"),
+    );
+    c.ok(&["mkdir", "/data"]);
+    let out = c.nacre(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://data7/train",
+        "--endpoint",
+        &s3.endpoint,
+        "--import-now",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FilePath,FileStatus,ErrorCode"), "{stdout}");
+    assert!(stdout.contains("InvalidName"), "{stdout}");
+    assert!(
+        stdout.contains("/data/link,failed,SymlinkNotSupported"),
+        "{stdout}"
+    );
+    assert_eq!(c.ok(&["get", "/data/good.txt", "-"]), "ok");
+}
+
+#[test]
+fn a_mover_killed_midway_leaves_every_chunk_whole_or_released() {
+    let Some(moto) = s3_available("killed") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let mut c = cluster("repo-killed");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data8"]);
+    let data = fill(8, 0, (256 * CHUNK + 5) as usize);
+    s3.put(c.dir(), "data8", "train/k.bin", &data, None);
+    link(&c, &s3, "data8");
+    // A restore runs while the metadata service (and its mover) is killed, wherever it
+    // has got to.
+    let mut restore = Command::new(common::NACRE_BIN);
+    restore
+        .args(["task", "restore", "/data/k.bin"])
+        .env("NACRE_META", &c.meta_addr)
+        .envs(CREDENTIALS);
+    let mut child = restore
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.kill_meta();
+    let _ = common::wait_until(&mut child, Instant::now() + common::COMMAND_TIMEOUT);
+    let _ = child.kill();
+    c.restart_meta();
+    let local = c.dir().join("k.out");
+    c.ok(&["get", "/data/k.bin", local.to_str().unwrap()]);
+    assert!(std::fs::read(&local).unwrap() == data);
+    assert_eq!(flags(&c, "/data/k.bin"), HS_EXISTS | HS_ARCHIVED);
+}

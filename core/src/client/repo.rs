@@ -1,0 +1,131 @@
+//! The client's calls for data repositories (`crate::meta::repo`): associations, imports,
+//! HSM state and restores, and the repository mover's own file handles.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use super::{Client, File, FileInner};
+use crate::codec::Reader;
+use crate::error::Error;
+use crate::limits::HYDRATE_REQUEST_BYTES;
+use crate::meta::proto::MetaRequest;
+use crate::meta::repo::{AssocState, Association, HS_RELEASED, ImportOutcome, ImportedFile};
+use crate::meta::types::{Access, Attr};
+
+impl Client {
+    fn meta_call<T>(
+        &self,
+        request: &MetaRequest,
+        decode: impl FnOnce(&mut Reader<'_>) -> Result<T, crate::codec::CodecError>,
+    ) -> Result<T, Error> {
+        self.inner
+            .meta
+            .call_decode(&self.inner.options.cred, request, decode)
+    }
+
+    /// Links the directory `assoc.path` to its data repository (root only); the association
+    /// as kept, with its id.
+    pub fn repo_link(&self, assoc: &Association) -> Result<Association, Error> {
+        let request = MetaRequest::RepoLink {
+            assoc: assoc.clone(),
+        };
+        self.meta_call(&request, Association::decode)
+    }
+
+    /// Every association, in id order.
+    pub fn repo_list(&self) -> Result<Vec<Association>, Error> {
+        self.meta_call(&MetaRequest::RepoList, |r| {
+            let count = r.u32("count")?;
+            let mut all = Vec::new();
+            for _ in 0..count {
+                all.push(Association::decode(r)?);
+            }
+            Ok(all)
+        })
+    }
+
+    /// Unlinks the association at `path` (root only).
+    pub fn repo_unlink(&self, path: &str) -> Result<Association, Error> {
+        let request = MetaRequest::RepoUnlink { path: path.into() };
+        self.meta_call(&request, Association::decode)
+    }
+
+    /// Sets the state of the association at `path` (root only).
+    pub fn repo_set_state(
+        &self,
+        path: &str,
+        state: AssocState,
+        reason: &str,
+    ) -> Result<Association, Error> {
+        let request = MetaRequest::RepoSetState {
+            path: path.into(),
+            state,
+            reason: reason.into(),
+        };
+        self.meta_call(&request, Association::decode)
+    }
+
+    /// Creates or updates the released file of an imported object (root only): its
+    /// attributes and what was done. The caller sets its size after
+    /// ([`Client::open_for_mover`] and [`File::truncate`]).
+    pub fn import_file(&self, file: &ImportedFile) -> Result<(Attr, ImportOutcome), Error> {
+        let request = MetaRequest::ImportFile { file: file.clone() };
+        self.meta_call(&request, |r| {
+            Ok((Attr::decode(r)?, ImportOutcome::decode(r)?))
+        })
+    }
+
+    /// The HSM flags of `path` (Lustre's values; 0 for a file never imported) and, for an
+    /// imported file, its object's URL.
+    pub fn hsm_state(&self, path: &str) -> Result<(u32, Option<String>), Error> {
+        let request = MetaRequest::HsmState { path: path.into() };
+        self.meta_call(&request, |r| {
+            let flags = r.u32("flags")?;
+            let url = match r.u8("has object")? {
+                0 => None,
+                _ => Some(
+                    r.str("object", crate::limits::MAX_REPO_URL_BYTES)?
+                        .to_owned(),
+                ),
+            };
+            Ok((flags, url))
+        })
+    }
+
+    /// A handle on the file `attr` at `path` for the repository mover and importer: it
+    /// writes (and sets the size of) a released file's objects without opening it on the
+    /// metadata service, so the file is neither marked dirty nor asked to be made present.
+    /// For anything else, [`Client::open`].
+    pub fn open_for_mover(&self, path: &str, attr: Attr) -> Result<File, Error> {
+        let layout = super::file_layout(path, &attr)?;
+        Ok(File {
+            inner: Arc::new(FileInner {
+                client: self.clone(),
+                path: path.into(),
+                attr,
+                layout,
+                access: Access::ReadWrite,
+                hsm: AtomicU32::new(0),
+                mover: true,
+            }),
+        })
+    }
+}
+
+impl File {
+    /// Makes the whole file present (`lfs hsm_restore`): fetches every released chunk from
+    /// its data repository, calling `progress(bytes done, bytes in all)` after each request.
+    /// Nothing to do for a file not released.
+    pub fn restore(&self, mut progress: impl FnMut(u64, u64)) -> Result<(), Error> {
+        let size = self.size()?;
+        let mut at = 0;
+        while at < size && self.hsm_flags() & HS_RELEASED != 0 {
+            let piece = (size - at).min(HYDRATE_REQUEST_BYTES);
+            self.make_present(at, piece)?;
+            at += piece;
+            progress(at, size);
+        }
+        progress(size, size);
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! The store's side of data repositories: associations, imported files and their hydration
+//! maps, in the `repos` and `repo_files` tables (see `crate::meta::repo`).
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{FileType, MetaStore, NsPath, REPO_FILES, REPOS, ROOT_INO, corrupt, now_ns};
+use crate::limits::{MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MIN_REPO_CHUNK_BYTES};
+use crate::meta::repo::{
+    AssocState, Association, HS_DIRTY, HS_LOST, HS_RELEASED, HydrateJob, ImportOutcome,
+    ImportedFile, RepoFile, under,
+};
+use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
+
+fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaError> {
+    if cred.is_root() {
+        return Ok(());
+    }
+    Err(MetaError::Perm {
+        path: path.to_owned(),
+        reason: format!("only root may {what}"),
+    })
+}
+
+impl MetaStore {
+    /// Links the directory `assoc.path` to its repository (root only). The directory must
+    /// exist; associations may not overlap (neither path under the other) and are at most
+    /// [`MAX_REPO_ASSOCIATIONS`]. The id is given here; the state starts as `creating`.
+    pub fn repo_link(&self, cred: &Cred, assoc: &Association) -> Result<Association, MetaError> {
+        root_only(cred, &assoc.path, "link a data repository")?;
+        let path = NsPath::parse("path", &assoc.path)?;
+        if !(MIN_REPO_CHUNK_BYTES..=MAX_REPO_CHUNK_BYTES).contains(&assoc.chunk_bytes) {
+            return Err(MetaError::Invalid {
+                field: "chunk size",
+                value: assoc.chunk_bytes.to_string(),
+                allowed: format!("{MIN_REPO_CHUNK_BYTES}..={MAX_REPO_CHUNK_BYTES} bytes"),
+            });
+        }
+        self.write(|tx| {
+            let dir = tx.ns.lookup(cred, &path)?;
+            if !dir.is_dir() {
+                return Err(MetaError::NotDir { path: path.full() });
+            }
+            let mut existing = Vec::new();
+            for item in tx.repos.range::<u32>(..)? {
+                let (_, value) = item?;
+                existing.push(Association::from_bytes(value.value())?);
+            }
+            let full = path.full();
+            if let Some(other) = existing
+                .iter()
+                .find(|a| under(&a.path, &full).is_some() || under(&full, &a.path).is_some())
+            {
+                return Err(MetaError::Exists {
+                    path: format!(
+                        "{full} (overlaps association {} of {} with {})",
+                        other.id,
+                        other.path,
+                        other.url()
+                    ),
+                });
+            }
+            if existing.len() >= MAX_REPO_ASSOCIATIONS {
+                return Err(MetaError::Invalid {
+                    field: "associations",
+                    value: existing.len().to_string(),
+                    allowed: format!("at most {MAX_REPO_ASSOCIATIONS} per file system"),
+                });
+            }
+            let id = existing.iter().map(|a| a.id).max().unwrap_or(0) + 1;
+            let linked = Association {
+                id,
+                path: full,
+                state: AssocState::Creating,
+                reason: String::new(),
+                ..assoc.clone()
+            };
+            tx.repos.insert(id, linked.to_bytes().as_slice())?;
+            Ok(linked)
+        })
+    }
+
+    /// Every association, in id order.
+    pub fn repo_list(&self) -> Result<Vec<Association>, MetaError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(REPOS)?;
+            let mut all = Vec::new();
+            for item in table.range::<u32>(..)? {
+                let (_, value) = item?;
+                all.push(Association::from_bytes(value.value())?);
+            }
+            Ok(all)
+        })
+    }
+
+    /// The association linked at exactly `path`.
+    fn repo_at(&self, path: &str) -> Result<Association, MetaError> {
+        let full = NsPath::parse("path", path)?.full();
+        self.repo_list()?
+            .into_iter()
+            .find(|a| a.path == full)
+            .ok_or_else(|| MetaError::NotFound {
+                path: format!("{full} (no data repository is linked there)"),
+            })
+    }
+
+    /// Unlinks the association at `path` (root only). Its files stay; those still released
+    /// can no longer be read (EIO naming why) until it is linked again.
+    pub fn repo_unlink(&self, cred: &Cred, path: &str) -> Result<Association, MetaError> {
+        root_only(cred, path, "unlink a data repository")?;
+        let assoc = self.repo_at(path)?;
+        self.write(|tx| {
+            tx.repos.remove(assoc.id)?;
+            Ok(assoc)
+        })
+    }
+
+    /// Sets the state of the association at `path` (root only), with its reason.
+    pub fn repo_set_state(
+        &self,
+        cred: &Cred,
+        path: &str,
+        state: AssocState,
+        reason: &str,
+    ) -> Result<Association, MetaError> {
+        root_only(cred, path, "change a data repository's state")?;
+        let assoc = self.repo_at(path)?;
+        self.write(|tx| {
+            let changed = Association {
+                state,
+                reason: reason.to_owned(),
+                ..assoc
+            };
+            tx.repos.insert(changed.id, changed.to_bytes().as_slice())?;
+            Ok(changed)
+        })
+    }
+
+    /// Creates (or brings up to date) the released file of an imported object (root only):
+    /// its parent must exist; it takes the object's attributes and the parent's default
+    /// layout; its size is set on its objects by the importer after. A file there already
+    /// that holds the same object version is left as it is; one that is released and not
+    /// dirty takes the new version; anything else there → [`MetaError::Exists`].
+    pub fn import_file(
+        &self,
+        cred: &Cred,
+        file: &ImportedFile,
+    ) -> Result<(Attr, ImportOutcome), MetaError> {
+        root_only(cred, &file.path, "import from a data repository")?;
+        let path = NsPath::parse("path", &file.path)?;
+        if path.is_root() {
+            return Err(MetaError::IsDir { path: path.full() });
+        }
+        let assoc = self
+            .repo_list()?
+            .into_iter()
+            .find(|a| a.id == file.repo)
+            .ok_or_else(|| MetaError::NotFound {
+                path: format!("{} (association {} is not linked)", file.path, file.repo),
+            })?;
+        let record = RepoFile::imported(
+            assoc.id,
+            file.key.clone(),
+            file.etag.clone(),
+            file.size,
+            assoc.chunk_bytes,
+        );
+        // The layout is resolved outside the write, as create does.
+        let (parent, existing) = self.read(|ns| ns.lookup_parent(cred, &path))?;
+        if let Some(existing) = existing {
+            return self.reimport(cred, &path, existing, file, record);
+        }
+        let spec = match &parent.default_layout {
+            Some(spec) => spec.clone(),
+            None => self
+                .read(|ns| ns.attr(ROOT_INO))?
+                .default_layout
+                .unwrap_or_else(LayoutSpec::filesystem_default),
+        };
+        let layout = self.resolve_layout(&path.full(), &spec)?;
+        self.write(|tx| {
+            let parent = tx.ns.parent_of_new(cred, &path)?;
+            let now = now_ns();
+            let attr = Attr {
+                ino: tx.alloc_ino()?,
+                file_type: FileType::File,
+                mode: file.mode & MODE_PERMISSION_BITS,
+                uid: file.uid,
+                gid: file.gid,
+                nlink: 1,
+                atime_ns: file.atime_ns,
+                mtime_ns: file.mtime_ns,
+                ctime_ns: now,
+                layout: Some(layout),
+                default_layout: None,
+            };
+            tx.ns.put_attr(&attr)?;
+            tx.ns.link(parent.ino, path.last(), &attr)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
+            tx.counters.files += 1;
+            tx.repo_files
+                .insert(attr.ino, record.to_bytes().as_slice())?;
+            Ok((attr, ImportOutcome::Created))
+        })
+    }
+
+    fn reimport(
+        &self,
+        cred: &Cred,
+        path: &NsPath<'_>,
+        existing: Attr,
+        file: &ImportedFile,
+        record: RepoFile,
+    ) -> Result<(Attr, ImportOutcome), MetaError> {
+        if existing.is_dir() {
+            return Err(MetaError::IsDir { path: path.full() });
+        }
+        self.write(|tx| {
+            let current = match tx.repo_files.get(existing.ino)? {
+                Some(guard) => Some(RepoFile::from_bytes(guard.value())?),
+                None => None,
+            };
+            let Some(current) = current else {
+                return Err(MetaError::Exists {
+                    path: format!("{} (a file not imported from the repository)", path.full()),
+                });
+            };
+            if current.etag == record.etag && current.key == record.key {
+                return Ok((existing.clone(), ImportOutcome::Unchanged));
+            }
+            if current.flags & HS_DIRTY != 0 || current.flags & HS_RELEASED == 0 {
+                return Err(MetaError::Exists {
+                    path: format!(
+                        "{} (its object changed in the repository, and the file holds data \
+                         of its own: it is kept)",
+                        path.full()
+                    ),
+                });
+            }
+            let now = now_ns();
+            let attr = tx.ns.update(existing.ino, |a| {
+                a.mode = file.mode & MODE_PERMISSION_BITS;
+                a.uid = file.uid;
+                a.gid = file.gid;
+                a.atime_ns = file.atime_ns;
+                a.mtime_ns = file.mtime_ns;
+                a.ctime_ns = now;
+            })?;
+            tx.repo_files
+                .insert(existing.ino, record.to_bytes().as_slice())?;
+            let _ = cred;
+            Ok((attr, ImportOutcome::Updated))
+        })
+    }
+
+    /// The repository state of file `ino`, if it was imported.
+    pub fn repo_file(&self, ino: u64) -> Result<Option<RepoFile>, MetaError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(REPO_FILES)?;
+            let record = table.get(ino)?;
+            record
+                .map(|guard| RepoFile::from_bytes(guard.value()).map_err(MetaError::from))
+                .transpose()
+        })
+    }
+
+    /// The HSM flags of `path` (0 for a file never imported) and, for an imported one, its
+    /// repository's URL and object key.
+    pub fn hsm_state(
+        &self,
+        cred: &Cred,
+        path: &str,
+    ) -> Result<(u32, Option<(String, String)>), MetaError> {
+        let attr = self.lookup(cred, path)?;
+        let Some(file) = self.repo_file(attr.ino)? else {
+            return Ok((0, None));
+        };
+        let url = self
+            .repo_list()?
+            .into_iter()
+            .find(|a| a.id == file.repo)
+            .map(|a| format!("s3://{}/{}", a.bucket, file.key))
+            .unwrap_or_else(|| format!("(association {} unlinked)", file.repo));
+        Ok((file.flags, Some((url, file.key))))
+    }
+
+    /// What reading `len` bytes at `offset` of the file `attr` (at `path`) needs fetched
+    /// first: `None` when nothing (not imported, or those chunks are present). A file whose
+    /// association is gone, or whose object was found changed, cannot be hydrated
+    /// ([`MetaError::Repository`]).
+    pub fn hydrate_plan(
+        &self,
+        path: &str,
+        attr: &Attr,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<HydrateJob>, MetaError> {
+        let Some(file) = self.repo_file(attr.ino)? else {
+            return Ok(None);
+        };
+        let chunks = file.missing(offset, len);
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        if file.flags & HS_LOST != 0 {
+            return Err(MetaError::Repository {
+                path: path.to_owned(),
+                reason: format!(
+                    "its object {} changed or went away in the repository since it was \
+                     imported; import it again",
+                    file.key
+                ),
+            });
+        }
+        let assoc = self
+            .repo_list()?
+            .into_iter()
+            .find(|a| a.id == file.repo)
+            .ok_or_else(|| MetaError::Repository {
+                path: path.to_owned(),
+                reason: format!(
+                    "its data repository (association {}) is no longer linked",
+                    file.repo
+                ),
+            })?;
+        Ok(Some(HydrateJob {
+            path: path.to_owned(),
+            attr: attr.clone(),
+            assoc,
+            file,
+            chunks,
+        }))
+    }
+
+    /// Marks `chunks` of file `ino` present, if it still holds object version `etag`;
+    /// returns its flags after.
+    pub fn mark_present(&self, ino: u64, etag: &str, chunks: &[u64]) -> Result<u32, MetaError> {
+        self.write(|tx| {
+            let record = match tx.repo_files.get(ino)? {
+                Some(guard) => RepoFile::from_bytes(guard.value())?,
+                None => return Ok(0),
+            };
+            let mut record = record;
+            if record.etag != etag {
+                return Ok(record.flags);
+            }
+            for &c in chunks {
+                if c >= record.chunks() {
+                    return Err(corrupt(format!("chunk {c} of inode {ino} is past its end")));
+                }
+                record.set_present(c);
+            }
+            tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
+            Ok(record.flags)
+        })
+    }
+
+    /// Adds `flags` to file `ino`'s (an imported file's only); its flags after.
+    pub fn add_hsm_flags(&self, ino: u64, flags: u32) -> Result<u32, MetaError> {
+        self.write(|tx| {
+            let record = match tx.repo_files.get(ino)? {
+                Some(guard) => RepoFile::from_bytes(guard.value())?,
+                None => return Ok(0),
+            };
+            if record.flags & flags == flags {
+                return Ok(record.flags);
+            }
+            let record = RepoFile {
+                flags: record.flags | flags,
+                ..record
+            };
+            tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
+            Ok(record.flags)
+        })
+    }
+}

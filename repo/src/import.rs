@@ -1,0 +1,361 @@
+//! Import: every object of an association's prefix becomes a file or directory of the
+//! namespace, with no bytes copied (its files are released: their data comes on first
+//! read). Directories come from keys ending in `/` (with their metadata) and from the
+//! prefixes of other keys. An object already imported at the same ETag is left alone; a
+//! released one whose object changed takes the new version. What cannot be imported (a
+//! name the namespace does not allow, a symlink, a file there that is not the repository's)
+//! is reported per path, as FSx's completion report does, and the import goes on.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::StreamExt;
+use nacre::Client;
+use nacre::meta::repo::{Association, ImportOutcome, ImportedFile};
+use nacre::meta::types::{MAX_NAME_BYTES, MAX_PATH_BYTES};
+use object_store::path::Path;
+use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
+
+use crate::error::RepoError;
+use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS};
+use crate::mover::S3Access;
+use crate::posix::{TYPE_DIR, TYPE_SYMLINK, attrs_of};
+
+/// One path an import could not bring in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportFailure {
+    /// The namespace path (or the object key, when it has no valid path).
+    pub path: String,
+    /// FSx's error code (`PathSizeTooLong`, `S3Error`, …) or Nacre's own.
+    pub code: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Directories created.
+    pub dirs: u64,
+    /// Files created.
+    pub created: u64,
+    /// Files brought to a new object version.
+    pub updated: u64,
+    /// Files that hold their object's version already.
+    pub unchanged: u64,
+    /// Paths not imported, and why.
+    pub failed: Vec<ImportFailure>,
+}
+
+/// An object of the prefix, with its user metadata.
+struct Listed {
+    meta: ObjectMeta,
+    user: HashMap<String, String>,
+    /// A directory marker (a key ending in `/`). object_store drops a key's trailing `/`,
+    /// so a marker shows as an empty object that a HEAD of its name does not find: its
+    /// metadata cannot be read through it, and it imports as a directory with defaults.
+    marker: bool,
+}
+
+/// Lists the association's prefix with every object's metadata; an object whose metadata
+/// cannot be read is a failure of its own.
+fn list(
+    s3: &S3Access,
+    assoc: &Association,
+) -> Result<Vec<Result<Listed, ImportFailure>>, RepoError> {
+    let store = s3.store(assoc)?;
+    let s3_error = |e: object_store::Error| RepoError::S3 {
+        what: assoc.url(),
+        reason: e.to_string(),
+    };
+    s3.block_on(async {
+        // A walk by directory (a delimited listing each): object_store refuses a whole page
+        // holding a key it cannot name (an empty or "." segment), so a walk confines such a
+        // key to its directory's page, reported, and lists the rest.
+        let root = (!assoc.prefix.is_empty()).then(|| Path::from(assoc.prefix.as_str()));
+        let mut pending = vec![root.clone()];
+        let mut metas = Vec::new();
+        let mut unlisted = Vec::new();
+        while let Some(dir) = pending.pop() {
+            match store.list_with_delimiter(dir.as_ref()).await {
+                Ok(page) => {
+                    metas.extend(page.objects);
+                    pending.extend(page.common_prefixes.into_iter().map(Some));
+                }
+                Err(e) if dir == root => return Err(s3_error(e)),
+                Err(e) => {
+                    let code = match e {
+                        object_store::Error::InvalidPath { .. } => "InvalidName",
+                        _ => "S3Error",
+                    };
+                    let shown = dir.as_ref().map_or(String::new(), |d| format!("{d}/"));
+                    unlisted.push(Err(ImportFailure {
+                        path: shown,
+                        code,
+                        message: format!("this directory's listing was refused: {e}"),
+                    }));
+                }
+            }
+            if metas.len() > MAX_LISTED_OBJECTS {
+                return Err(RepoError::S3 {
+                    what: assoc.url(),
+                    reason: format!("more than {MAX_LISTED_OBJECTS} objects in one import"),
+                });
+            }
+        }
+        let heads = futures::stream::iter(metas.into_iter().map(|meta| {
+            let store = std::sync::Arc::clone(&store);
+            async move {
+                let options = GetOptions {
+                    head: true,
+                    ..GetOptions::default()
+                };
+                let got = match store.get_opts(&meta.location, options).await {
+                    Ok(got) => got,
+                    Err(object_store::Error::NotFound { .. }) if meta.size == 0 => {
+                        return Ok(Listed {
+                            meta,
+                            user: HashMap::new(),
+                            marker: true,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(ImportFailure {
+                            path: meta.location.as_ref().to_owned(),
+                            code: "S3Error",
+                            message: e.to_string(),
+                        });
+                    }
+                };
+                let mut user = HashMap::new();
+                for (attribute, value) in got.attributes.iter() {
+                    if let Attribute::Metadata(key) = attribute {
+                        user.insert(key.to_string(), value.to_string());
+                    }
+                }
+                Ok(Listed {
+                    meta,
+                    user,
+                    marker: false,
+                })
+            }
+        }))
+        .buffer_unordered(HEAD_PARALLEL)
+        .collect::<Vec<_>>()
+        .await;
+        Ok(heads.into_iter().chain(unlisted).collect())
+    })?
+}
+
+/// The namespace path of the key's part `rel` under the association, or why it has none.
+fn namespace_path(assoc: &Association, rel: &str) -> Result<String, (&'static str, String)> {
+    for name in rel.split('/') {
+        if name.is_empty() || name == "." || name == ".." || name.contains('\0') {
+            return Err((
+                "InvalidName",
+                format!("{rel:?} has a name the namespace does not allow ({name:?})"),
+            ));
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err((
+                "InvalidName",
+                format!("a name of {} bytes is over {MAX_NAME_BYTES}", name.len()),
+            ));
+        }
+    }
+    let path = if assoc.path == "/" {
+        format!("/{rel}")
+    } else {
+        format!("{}/{rel}", assoc.path)
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err((
+            "PathSizeTooLong",
+            format!("its path is {} bytes, over {MAX_PATH_BYTES}", path.len()),
+        ));
+    }
+    Ok(path)
+}
+
+/// Imports the association's prefix into the namespace (see the module's documentation).
+/// An error stops it only when the listing itself fails (the bucket unreachable, say);
+/// everything per path goes into the report. `progress(done, total)` is called as objects
+/// are imported.
+pub fn import(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ImportReport, RepoError> {
+    let listed = list(s3, assoc)?;
+    let mut report = ImportReport::default();
+    // Directories (path → the metadata of its marker, when it has one) and files.
+    let mut dirs: BTreeMap<String, Option<HashMap<String, String>>> = BTreeMap::new();
+    let mut files: Vec<(String, Listed)> = Vec::new();
+    for item in listed {
+        let item = match item {
+            Ok(item) => item,
+            Err(failure) => {
+                report.failed.push(failure);
+                continue;
+            }
+        };
+        let key = item.meta.location.as_ref().to_owned();
+        let Some(rel) = key.strip_prefix(assoc.prefix.as_str()) else {
+            continue;
+        };
+        let is_dir = rel.ends_with('/') || item.marker;
+        let rel = rel.trim_end_matches('/');
+        if rel.is_empty() {
+            continue;
+        }
+        let path = match namespace_path(assoc, rel) {
+            Ok(path) => path,
+            Err((code, message)) => {
+                report.failed.push(ImportFailure {
+                    path: key,
+                    code,
+                    message,
+                });
+                continue;
+            }
+        };
+        // Every parent is a directory too.
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            if p.len() <= assoc.path.len() {
+                break;
+            }
+            dirs.entry(p.to_owned()).or_insert(None);
+            parent = p;
+        }
+        if item.marker {
+            dirs.entry(path).or_insert(None);
+        } else if is_dir {
+            dirs.insert(path, Some(item.user));
+        } else {
+            files.push((path, item));
+        }
+    }
+    let total = (dirs.len() + files.len()) as u64;
+    let mut done = 0u64;
+    // Parents before children: a path sorts after its prefixes.
+    for (path, user) in &dirs {
+        done += 1;
+        progress(done, total);
+        if let Err(failure) = import_dir(client, path, user.as_ref(), &mut report) {
+            report.failed.push(failure);
+        }
+    }
+    for (path, item) in &files {
+        done += 1;
+        progress(done, total);
+        if let Err(failure) = import_file(client, assoc, path, item, &mut report) {
+            report.failed.push(failure);
+        }
+    }
+    Ok(report)
+}
+
+fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
+    ImportFailure {
+        path: path.to_owned(),
+        code,
+        message: e.to_string(),
+    }
+}
+
+fn import_dir(
+    client: &Client,
+    path: &str,
+    user: Option<&HashMap<String, String>>,
+    report: &mut ImportReport,
+) -> Result<(), ImportFailure> {
+    let attrs = user.map(|u| attrs_of(u, 0));
+    let mode = attrs.map_or(0o755, |a| a.mode);
+    match client.mkdir(path, mode) {
+        Ok(_) => report.dirs += 1,
+        Err(e) if e.errno() == libc::EEXIST => match client.attr(path) {
+            Ok(attr) if attr.is_dir() => {}
+            Ok(_) => {
+                return Err(failure(
+                    path,
+                    "ResourceBusy",
+                    "a file of the namespace is where the repository has a directory",
+                ));
+            }
+            Err(e) => return Err(failure(path, "InternalError", e)),
+        },
+        Err(e) => return Err(failure(path, "InternalError", e)),
+    }
+    if let Some(a) = attrs {
+        client
+            .chmod(path, a.mode)
+            .and_then(|()| client.chown(path, Some(a.uid), Some(a.gid)))
+            .map_err(|e| failure(path, "InternalError", e))?;
+    }
+    Ok(())
+}
+
+fn import_file(
+    client: &Client,
+    assoc: &Association,
+    path: &str,
+    item: &Listed,
+    report: &mut ImportReport,
+) -> Result<(), ImportFailure> {
+    let modified = item.meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+    let attrs = attrs_of(&item.user, modified);
+    match attrs.file_type {
+        Some(TYPE_SYMLINK) => {
+            return Err(failure(
+                path,
+                "SymlinkNotSupported",
+                "a symlink (the namespace has none yet)",
+            ));
+        }
+        Some(TYPE_DIR) => {
+            return import_dir(client, path, Some(&item.user), report);
+        }
+        _ => {}
+    }
+    let Some(etag) = item.meta.e_tag.clone() else {
+        return Err(failure(
+            path,
+            "S3Error",
+            "the listing gave the object no ETag",
+        ));
+    };
+    let imported = ImportedFile {
+        path: path.to_owned(),
+        mode: attrs.mode,
+        uid: attrs.uid,
+        gid: attrs.gid,
+        atime_ns: attrs.atime_ns,
+        mtime_ns: attrs.mtime_ns,
+        repo: assoc.id,
+        key: item.meta.location.as_ref().to_owned(),
+        etag,
+        size: item.meta.size,
+    };
+    let (attr, outcome) = client.import_file(&imported).map_err(|e| {
+        let code = if e.errno() == libc::EEXIST {
+            "ResourceBusy"
+        } else {
+            "InternalError"
+        };
+        failure(path, code, e)
+    })?;
+    match outcome {
+        ImportOutcome::Unchanged => {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        ImportOutcome::Created => report.created += 1,
+        ImportOutcome::Updated => report.updated += 1,
+    }
+    // Its size, on its objects (holes: the data comes on first read).
+    client
+        .open_for_mover(path, attr)
+        .and_then(|f| f.truncate(item.meta.size))
+        .map_err(|e| failure(path, "InternalError", e))
+}

@@ -1,0 +1,19 @@
+//! nacre-repo links Nacre's namespace to S3, as FSx for Lustre's data repository
+//! associations do: an import creates every file and directory of a prefix without copying
+//! bytes (their POSIX attributes from FSx's user-metadata keys), and the repository mover,
+//! run by the metadata service (`nacre serve --meta`), fetches the chunks of such released
+//! files from S3 the first time they are read (decision 0020).
+//!
+//! It is its own crate so that the client library C programs link carries no HTTP stack:
+//! only the metadata service and the `nacre` command use it.
+
+pub mod error;
+pub mod import;
+pub mod limits;
+pub mod mover;
+pub mod posix;
+pub mod s3;
+
+pub use error::RepoError;
+pub use import::{ImportFailure, ImportReport, import};
+pub use mover::{Mover, S3Access};

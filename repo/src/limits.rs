@@ -1,0 +1,18 @@
+//! Every bound of the repository mover and importer, in one place. Units are in the names.
+
+/// How long one S3 request may take (a chunk's GET included).
+pub const S3_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long connecting to S3 may take.
+pub const S3_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Retries of a failed S3 request (object_store's, with backoff).
+pub const S3_MAX_RETRIES: usize = 3;
+/// How long a request's retries may go on in all.
+pub const S3_RETRY_TIMEOUT_MS: u64 = 10_000;
+/// Chunks fetched at once by one hydration (ranged GETs in parallel).
+pub const FETCH_PARALLEL: usize = 8;
+/// Objects whose metadata an import asks for at once (HEADs in parallel).
+pub const HEAD_PARALLEL: usize = 16;
+/// Most objects one import lists (its listing is held in memory).
+pub const MAX_LISTED_OBJECTS: usize = 1 << 24;
+/// Worker threads of the runtime that drives S3 requests.
+pub const RUNTIME_THREADS: usize = 2;
