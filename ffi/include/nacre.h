@@ -23,6 +23,22 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+// Lustre's `HS_EXISTS`: the file has a copy in its data repository (`nacre_hsm_state`).
+#define NACRE_HS_EXISTS 1
+
+// Lustre's `HS_DIRTY`: the file changed since its copy was made.
+#define NACRE_HS_DIRTY 2
+
+// Lustre's `HS_RELEASED`: some of the file's data is only in its repository (read on
+// demand).
+#define NACRE_HS_RELEASED 4
+
+// Lustre's `HS_ARCHIVED`: the repository's copy is complete.
+#define NACRE_HS_ARCHIVED 8
+
+// Lustre's `HS_LOST`: the repository's copy changed or went away since the import.
+#define NACRE_HS_LOST 64
+
 // Longest path a call takes, in bytes without the terminating NUL.
 #define NACRE_PATH_MAX 4096
 
@@ -217,6 +233,13 @@ int nacre_chown(struct nacre_client *client, const char *path, uint32_t uid, uin
 //
 // Thread safety: safe from any thread.
 int nacre_stat(struct nacre_client *client, const char *path, struct nacre_attr *out);
+
+// Stores in `*flags` the HSM flags of `path` (`NACRE_HS_*`, Lustre's values, as
+// `llapi_hsm_state_get`; 0 for a file never imported from a data repository). Returns 0
+// or a negative errno.
+//
+// Thread safety: safe from any thread.
+int nacre_hsm_state(struct nacre_client *client, const char *path, uint32_t *flags);
 
 // Lists directory `path` (every entry at the time of the call, in name order) and stores
 // the listing in `*out`, to be read with `nacre_readdir` and freed with `nacre_closedir`.

@@ -305,6 +305,51 @@ pub extern "C" fn nacre_stat(
     })
 }
 
+/// Lustre's `HS_EXISTS`: the file has a copy in its data repository (`nacre_hsm_state`).
+pub const NACRE_HS_EXISTS: u32 = 0x1;
+/// Lustre's `HS_DIRTY`: the file changed since its copy was made.
+pub const NACRE_HS_DIRTY: u32 = 0x2;
+/// Lustre's `HS_RELEASED`: some of the file's data is only in its repository (read on
+/// demand).
+pub const NACRE_HS_RELEASED: u32 = 0x4;
+/// Lustre's `HS_ARCHIVED`: the repository's copy is complete.
+pub const NACRE_HS_ARCHIVED: u32 = 0x8;
+/// Lustre's `HS_LOST`: the repository's copy changed or went away since the import.
+pub const NACRE_HS_LOST: u32 = 0x40;
+
+// The engine's values (Lustre's), spelled out for the header.
+const _: () = assert!(
+    NACRE_HS_EXISTS == engine::meta::repo::HS_EXISTS
+        && NACRE_HS_DIRTY == engine::meta::repo::HS_DIRTY
+        && NACRE_HS_RELEASED == engine::meta::repo::HS_RELEASED
+        && NACRE_HS_ARCHIVED == engine::meta::repo::HS_ARCHIVED
+        && NACRE_HS_LOST == engine::meta::repo::HS_LOST
+);
+
+/// Stores in `*flags` the HSM flags of `path` (`NACRE_HS_*`, Lustre's values, as
+/// `llapi_hsm_state_get`; 0 for a file never imported from a data repository). Returns 0
+/// or a negative errno.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_hsm_state(
+    client: *mut nacre_client,
+    path: *const c_char,
+    flags: *mut u32,
+) -> c_int {
+    run_int("nacre_hsm_state", || {
+        check_out(flags, "flags")?;
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: a NUL-terminated path.
+        let path = unsafe { path_arg(path, "path") }?;
+        let (state, _) = c.hsm_state(path)?;
+        // SAFETY: checked not NULL above; by the header's contract it points to a uint32_t
+        // the caller owns.
+        unsafe { *flags = state };
+        Ok(0)
+    })
+}
+
 /// Lists directory `path` (every entry at the time of the call, in name order) and stores
 /// the listing in `*out`, to be read with `nacre_readdir` and freed with `nacre_closedir`.
 /// Returns 0, or `-ENOTDIR`, `-ENOENT`, ...

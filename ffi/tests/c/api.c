@@ -117,6 +117,13 @@ static void namespace(nacre_client *client)
     FAILS(nacre_stat(client, "/capi/missing", &attr), ENOENT);
     FAILS(nacre_stat(client, NULL, &attr), EINVAL);
     FAILS(nacre_stat(client, "/capi", NULL), EINVAL);
+    /* Not imported from a data repository: no HSM flags. */
+    uint32_t hsm = 99;
+    OK(nacre_hsm_state(client, "/capi", &hsm));
+    CHECK(hsm == 0);
+    FAILS(nacre_hsm_state(client, "/capi/missing", &hsm), ENOENT);
+    FAILS(nacre_hsm_state(client, "/capi", NULL), EINVAL);
+    CHECK(NACRE_HS_RELEASED == 0x4 && NACRE_HS_ARCHIVED == 0x8 && NACRE_HS_EXISTS == 0x1);
 
     char *long_path = malloc(NACRE_PATH_MAX + 100);
     memset(long_path, 'a', NACRE_PATH_MAX + 99);
