@@ -261,24 +261,61 @@ pub fn task(command: TaskCommand) -> Result<(), Failure> {
         }
         TaskCommand::Restore { meta, paths } => {
             let client = meta.connect()?;
-            let bar = std::io::stderr().is_terminal();
-            for path in &paths {
-                let file = client.open(path, &nacre::OpenOptions::new().read(true))?;
-                file.restore(|done, total| {
-                    if bar {
-                        let pct = done.checked_mul(100).and_then(|d| d.checked_div(total));
-                        eprint!("\r{path}: {}% of {}", pct.unwrap_or(100), total);
-                    }
-                })?;
-                if bar {
-                    eprintln!();
-                }
-                let flags = file.hsm_flags();
-                outln!("{path}: restored ({})", hsm_flag_names(flags).join(" "));
-            }
-            Ok(())
+            restore_all(&client, &paths)
         }
     }
+}
+
+/// Files restored at once by `nacre task restore` (each one's chunks are fetched in
+/// parallel too): many small files would otherwise wait for one GET after another.
+const RESTORE_PARALLEL: usize = 8;
+
+/// Restores `paths`, [`RESTORE_PARALLEL`] at a time; a line per file as it is done (with a
+/// progress line for each on a terminal). Every file is tried; the failures are counted.
+fn restore_all(client: &Client, paths: &[String]) -> Result<(), Failure> {
+    let bar = std::io::stderr().is_terminal() && paths.len() == 1;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..RESTORE_PARALLEL.min(paths.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { return };
+                    match restore_one(client, path, bar) {
+                        Ok(flags) => {
+                            outln!("{path}: restored ({})", hsm_flag_names(flags).join(" "))
+                        }
+                        Err(e) => {
+                            eprintln!("nacre: {path}: {e}");
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner() {
+        0 => Ok(()),
+        n => Err(Failure::Message(format!(
+            "{n} of {} files were not restored",
+            paths.len()
+        ))),
+    }
+}
+
+fn restore_one(client: &Client, path: &str, bar: bool) -> Result<u32, nacre::Error> {
+    let file = client.open(path, &nacre::OpenOptions::new().read(true))?;
+    file.restore(|done, total| {
+        if bar {
+            let pct = done.checked_mul(100).and_then(|d| d.checked_div(total));
+            eprint!("\r{path}: {}% of {total} bytes", pct.unwrap_or(100));
+        }
+    })?;
+    if bar {
+        eprintln!();
+    }
+    Ok(file.hsm_flags())
 }
 
 /// Runs `nacre hsm`.

@@ -170,3 +170,7 @@ pub const HYDRATE_WAIT_MS: u64 = 25_000;
 /// Most bytes of a released file one client request asks to be made present (a larger read
 /// asks in several), so that each request's wait stays well within the request timeout.
 pub const HYDRATE_REQUEST_BYTES: u64 = 64 << 20;
+/// Chunks a hydration fetches past what was asked when the read goes forward (the chunk
+/// before it is present): a sequential reader then waits for several GETs in parallel, not
+/// one after another. A random reader (the chunk before absent) gets only its own.
+pub const HYDRATE_READAHEAD_CHUNKS: u64 = 8;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use futures::future::join_all;
 use nacre::Client;
 use nacre::meta::hydrate::LOST_MARK;
 use nacre::meta::repo::{Association, HydrateJob, Repository};
@@ -81,9 +80,25 @@ impl S3Access {
             .map_err(|e| format!("{}: {e}", assoc.url()))
     }
 
+    /// A handle on this access's runtime (started now if it was not), to spawn requests on.
+    pub fn handle(&self) -> Result<tokio::runtime::Handle, RepoError> {
+        Ok(self.runtime()?.handle().clone())
+    }
+
     /// Runs a future of S3 requests to its end, on this access's runtime.
     pub fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, RepoError> {
         Ok(self.runtime()?.block_on(future))
+    }
+}
+
+/// GETs in flight; those left when a fetch gives up are aborted.
+struct Window<T>(std::collections::VecDeque<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for Window<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -145,8 +160,14 @@ impl Mover {
             .open_for_mover(&job.path, job.attr.clone())
             .map_err(|e| e.to_string())?;
         let at = location(&job.file.key);
-        for group in job.chunks.chunks(FETCH_PARALLEL) {
-            let gets = group.iter().map(|&c| {
+        let runtime = self.s3.handle().map_err(|e| e.to_string())?;
+        // A sliding window of FETCH_PARALLEL GETs, each a task of the runtime: a chunk is
+        // written (in order) while the GETs after it go on.
+        let mut window = Window(std::collections::VecDeque::with_capacity(FETCH_PARALLEL));
+        let mut next = job.chunks.iter();
+        loop {
+            while window.0.len() < FETCH_PARALLEL {
+                let Some(&c) = next.next() else { break };
                 let range = job.file.chunk_range(c);
                 let options = GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
@@ -154,39 +175,41 @@ impl Mover {
                     ..GetOptions::default()
                 };
                 let (store, at) = (Arc::clone(&store), at.clone());
-                async move {
+                window.0.push_back(runtime.spawn(async move {
                     let got = store.get_opts(&at, options).await?;
                     let bytes = got.bytes().await?;
                     Ok::<_, object_store::Error>((range, bytes))
-                }
-            });
-            let fetched = self
-                .s3
-                .block_on(join_all(gets))
-                .map_err(|e| e.to_string())?;
-            for result in fetched {
-                let (range, bytes) = match result {
-                    Ok(got) => got,
-                    Err(e) if is_lost(&e) => {
-                        return Err(format!(
-                            "{LOST_MARK}{object} changed or went away since it was imported \
-                             (ETag {}): {e}",
-                            job.file.etag
-                        ));
-                    }
-                    Err(e) => return Err(format!("{object}: {e}")),
-                };
-                if bytes.len() as u64 != range.end - range.start {
+                }));
+            }
+            let Some(task) = window.0.pop_front() else {
+                break;
+            };
+            let joined = runtime.block_on(task);
+            let result = match joined {
+                Ok(result) => result,
+                Err(e) => return Err(format!("{object}: the fetch stopped: {e}")),
+            };
+            let (range, bytes) = match result {
+                Ok(got) => got,
+                Err(e) if is_lost(&e) => {
                     return Err(format!(
-                        "{object}: bytes {}..{} came back as {} bytes",
-                        range.start,
-                        range.end,
-                        bytes.len()
+                        "{LOST_MARK}{object} changed or went away since it was imported \
+                         (ETag {}): {e}",
+                        job.file.etag
                     ));
                 }
-                file.write_at(&bytes, range.start)
-                    .map_err(|e| format!("{object}: writing it to the file: {e}"))?;
+                Err(e) => return Err(format!("{object}: {e}")),
+            };
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(format!(
+                    "{object}: bytes {}..{} came back as {} bytes",
+                    range.start,
+                    range.end,
+                    bytes.len()
+                ));
             }
+            file.write_at(&bytes, range.start)
+                .map_err(|e| format!("{object}: writing it to the file: {e}"))?;
         }
         // Durable before the chunks are marked present.
         file.sync()

@@ -4,7 +4,9 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{FileType, MetaStore, NsPath, REPO_FILES, REPOS, ROOT_INO, corrupt, now_ns};
-use crate::limits::{MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MIN_REPO_CHUNK_BYTES};
+use crate::limits::{
+    HYDRATE_READAHEAD_CHUNKS, MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MIN_REPO_CHUNK_BYTES,
+};
 use crate::meta::repo::{
     AssocState, Association, HS_DIRTY, HS_LOST, HS_RELEASED, HydrateJob, ImportOutcome,
     ImportedFile, RepoFile, under,
@@ -299,9 +301,17 @@ impl MetaStore {
         let Some(file) = self.repo_file(attr.ino)? else {
             return Ok(None);
         };
-        let chunks = file.missing(offset, len);
-        if chunks.is_empty() {
+        let mut chunks = file.missing(offset, len);
+        let Some(&first) = chunks.first() else {
             return Ok(None);
+        };
+        // A reader going forward: read ahead.
+        if first == 0 || file.is_present(first - 1) {
+            let last = chunks.last().copied().unwrap_or(first);
+            let ahead = (last + 1..file.chunks())
+                .filter(|&c| !file.is_present(c))
+                .take(HYDRATE_READAHEAD_CHUNKS as usize);
+            chunks.extend(ahead);
         }
         if file.flags & HS_LOST != 0 {
             return Err(MetaError::Repository {
