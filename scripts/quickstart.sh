@@ -64,6 +64,14 @@ if [ "$s3" = 1 ]; then
     cmp "$CLUSTER_DIR/sample.back" "$CLUSTER_DIR/sample.s3" || die "the first read differs from the object"
     echo "first read of the released 24 MiB file: $ms ms, bytes identical to aws s3 cp's"
     "$NACRE_BIN" hsm state /s3/train/sample.bin
+    echo "a result computed in Nacre" >"$CLUSTER_DIR/result.txt"
+    "$NACRE_BIN" put "$CLUSTER_DIR/result.txt" /s3/result.txt
+    "$NACRE_BIN" chmod 640 /s3/result.txt
+    "$NACRE_BIN" task export /s3
+    "$NACRE_BIN" hsm state /s3/result.txt
+    echo "aws s3api head-object of the exported result:"
+    "${aws[@]}" s3api head-object --bucket quickstart --key data/result.txt \
+        --query '{size: ContentLength, metadata: Metadata}' --output json
 fi
 echo
 echo "== stopping"

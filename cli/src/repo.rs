@@ -9,7 +9,7 @@ use nacre::limits::DEFAULT_REPO_CHUNK_BYTES;
 use nacre::meta::repo::{
     AssocState, Association, event_names, hsm_flag_names, parse_events, parse_s3_url,
 };
-use nacre_repo::{ImportReport, S3Access, import};
+use nacre_repo::{ImportFailure, ImportReport, S3Access, export, import};
 
 use crate::{Failure, MetaArg, outln};
 
@@ -66,6 +66,15 @@ pub enum TaskCommand {
         #[command(flatten)]
         meta: MetaArg,
         /// Linked directories.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Upload new and changed files at or under each path to their repository, with their
+    /// POSIX metadata (as FSx's export task); they become archived.
+    Export {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Files or directories under linked directories.
         #[arg(required = true)]
         paths: Vec<String>,
     },
@@ -213,12 +222,31 @@ fn print_report(path: &str, report: &ImportReport) {
         report.dirs,
         report.failed.len()
     );
-    if !report.failed.is_empty() {
-        outln!("FilePath,FileStatus,ErrorCode,Message");
-        for f in &report.failed {
-            outln!("{},failed,{},{}", csv(&f.path), f.code, csv(&f.message));
-        }
+    print_failures(&report.failed);
+}
+
+/// One CSV line per failed path, after FSx's header.
+fn print_failures(failed: &[ImportFailure]) {
+    if failed.is_empty() {
+        return;
     }
+    outln!("FilePath,FileStatus,ErrorCode,Message");
+    for f in failed {
+        outln!("{},failed,{},{}", csv(&f.path), f.code, csv(&f.message));
+    }
+}
+
+/// The association `path` lies under.
+fn association_of<'a>(all: &'a [Association], path: &str) -> Result<&'a Association, Failure> {
+    let full = path.trim_end_matches('/');
+    let full = if full.is_empty() { "/" } else { full };
+    all.iter()
+        .find(|a| nacre::meta::repo::under(&a.path, full).is_some())
+        .ok_or_else(|| {
+            Failure::Message(format!(
+                "{path}: no data repository is linked at or above it (see nacre repo list)"
+            ))
+        })
 }
 
 fn csv(field: &str) -> String {
@@ -239,16 +267,7 @@ pub fn task(command: TaskCommand) -> Result<(), Failure> {
             let s3 = S3Access::new().map_err(|e| e.to_string())?;
             let mut failed = 0;
             for path in &paths {
-                let full = path.trim_end_matches('/');
-                let full = if full.is_empty() { "/" } else { full };
-                let Some(assoc) = all
-                    .iter()
-                    .find(|a| nacre::meta::repo::under(&a.path, full).is_some())
-                else {
-                    return Err(Failure::Message(format!(
-                        "{path}: no data repository is linked at or above it (see nacre repo list)"
-                    )));
-                };
+                let assoc = association_of(&all, path)?;
                 if let Err(e) = run_import(&client, &s3, assoc) {
                     eprintln!("nacre: {e}");
                     failed += 1;
@@ -256,6 +275,32 @@ pub fn task(command: TaskCommand) -> Result<(), Failure> {
             }
             if failed > 0 {
                 return Err(Failure::Message(format!("{failed} imports had failures")));
+            }
+            Ok(())
+        }
+        TaskCommand::Export { meta, paths } => {
+            let client = meta.connect()?;
+            let all = client.repo_list()?;
+            let s3 = S3Access::new().map_err(|e| e.to_string())?;
+            let mut failures = 0;
+            for path in &paths {
+                let assoc = association_of(&all, path)?;
+                let full = path.trim_end_matches('/').to_owned();
+                let report = export(&client, &s3, assoc, &[full]).map_err(|e| e.to_string())?;
+                outln!(
+                    "exported {path}: {} files ({} bytes), {} unchanged, {} failed",
+                    report.exported,
+                    report.bytes,
+                    report.unchanged,
+                    report.failed.len()
+                );
+                print_failures(&report.failed);
+                failures += report.failed.len();
+            }
+            if failures > 0 {
+                return Err(Failure::Message(format!(
+                    "{failures} paths were not exported"
+                )));
             }
             Ok(())
         }

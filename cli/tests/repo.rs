@@ -487,3 +487,84 @@ fn a_mover_killed_midway_leaves_every_chunk_whole_or_released() {
     assert!(std::fs::read(&local).unwrap() == data);
     assert_eq!(flags(&c, "/data/k.bin"), HS_EXISTS | HS_ARCHIVED);
 }
+
+#[test]
+fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them() {
+    let Some(moto) = s3_available("export") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-export");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data9"]);
+    s3.put(c.dir(), "data9", "train/in.txt", b"imported", None);
+    link(&c, &s3, "data9");
+    let client = c.client();
+    client.mkdir("/data/out", 0o755).unwrap();
+    let small = client.create("/data/out/small.txt", 0o640, None).unwrap();
+    small.write_at(b"a result", 0).unwrap();
+    client
+        .chown("/data/out/small.txt", Some(1234), Some(5678))
+        .unwrap();
+    // Past the multipart threshold: parts in parallel.
+    let big_data = fill(9, 0, (20 << 20) + 17);
+    let big = client.create("/data/out/big.bin", 0o600, None).unwrap();
+    big.write_at(&big_data, 0).unwrap();
+    assert_eq!(flags(&c, "/data/out/small.txt"), 0);
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(out.contains("2 files"), "{out}");
+    assert!(out.contains("1 unchanged"), "{out}");
+
+    let head = s3.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "data9",
+        "--key",
+        "train/out/small.txt",
+    ]);
+    assert!(head.contains("\"file-permissions\": \"0100640\""), "{head}");
+    assert!(head.contains("\"file-owner\": \"1234\""), "{head}");
+    assert!(head.contains("\"file-group\": \"5678\""), "{head}");
+    assert!(head.contains("\"file-mtime\""), "{head}");
+    let local = c.dir().join("down");
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://data9/train/out/big.bin",
+        local.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&local).unwrap() == big_data);
+    let head = s3.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "data9",
+        "--key",
+        "train/out/big.bin",
+    ]);
+    assert!(
+        head.contains("-3\\\""),
+        "a multipart upload's ETag ends in -3: {head}"
+    );
+    assert_eq!(flags(&c, "/data/out/big.bin"), HS_EXISTS | HS_ARCHIVED);
+
+    // Written again: dirty, and the next export takes it (and only it).
+    let again = client
+        .open("/data/out/small.txt", &OpenOptions::new().write(true))
+        .unwrap();
+    again.write_at(b"A", 0).unwrap();
+    assert_ne!(flags(&c, "/data/out/small.txt") & HS_DIRTY, 0);
+    let out = c.ok(&["task", "export", "/data/out"]);
+    assert!(
+        out.contains("1 files") && out.contains("1 unchanged"),
+        "{out}"
+    );
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://data9/train/out/small.txt",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"A result");
+    assert_eq!(flags(&c, "/data/out/small.txt"), HS_EXISTS | HS_ARCHIVED);
+}

@@ -2,12 +2,14 @@
 //! associations do: an import creates every file and directory of a prefix without copying
 //! bytes (their POSIX attributes from FSx's user-metadata keys), and the repository mover,
 //! run by the metadata service (`nacre serve --meta`), fetches the chunks of such released
-//! files from S3 the first time they are read (decision 0020).
+//! files from S3 the first time they are read; an export uploads new and changed files with
+//! the same metadata keys (decision 0020).
 //!
 //! It is its own crate so that the client library C programs link carries no HTTP stack:
 //! only the metadata service and the `nacre` command use it.
 
 pub mod error;
+pub mod export;
 pub mod import;
 pub mod limits;
 pub mod mover;
@@ -15,5 +17,6 @@ pub mod posix;
 pub mod s3;
 
 pub use error::RepoError;
+pub use export::{ExportReport, export};
 pub use import::{ImportFailure, ImportReport, import};
 pub use mover::{Mover, S3Access};

@@ -16,3 +16,11 @@ pub const HEAD_PARALLEL: usize = 16;
 pub const MAX_LISTED_OBJECTS: usize = 1 << 24;
 /// Worker threads of the runtime that drives S3 requests.
 pub const RUNTIME_THREADS: usize = 2;
+/// Files up to this size go to S3 in one PUT; larger ones in a multipart upload.
+pub const MULTIPART_THRESHOLD_BYTES: u64 = 8 << 20;
+/// The part size of a multipart upload (S3 takes 5 MiB to 5 GiB; 10,000 parts at most).
+pub const PART_BYTES: u64 = 8 << 20;
+/// Parts of one upload in flight at once.
+pub const UPLOAD_PARALLEL: usize = 8;
+/// The largest object S3 holds (5 TiB).
+pub const MAX_OBJECT_BYTES: u64 = 5 << 40;

@@ -92,6 +92,26 @@ impl Client {
         })
     }
 
+    /// Records that `path` was exported as object `key` at `etag` of association `repo`
+    /// (root only); its HSM flags after (archived, not dirty).
+    pub fn mark_archived(
+        &self,
+        path: &str,
+        repo: u32,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<u32, Error> {
+        let request = MetaRequest::Archived {
+            path: path.into(),
+            repo,
+            key: key.into(),
+            etag: etag.into(),
+            size,
+        };
+        self.meta_call(&request, |r| r.u32("hsm flags"))
+    }
+
     /// A handle on the file `attr` at `path` for the repository mover and importer: it
     /// writes (and sets the size of) a released file's objects without opening it on the
     /// metadata service, so the file is neither marked dirty nor asked to be made present.

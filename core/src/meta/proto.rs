@@ -6,7 +6,7 @@
 //! one has the errno as its status and a message naming what was wrong as its body.
 
 use crate::codec::{CodecError, Reader, Writer};
-use crate::limits::MAX_REPO_URL_BYTES;
+use crate::limits::{MAX_ETAG_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES};
 use crate::meta::repo::{AssocState, Association, ImportedFile};
 use crate::meta::types::{
     Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo,
@@ -164,6 +164,20 @@ pub enum MetaRequest {
         /// The file.
         path: String,
     },
+    /// A file's data is now the repository object `key` at `etag` (root only): it was
+    /// exported, so it is archived and not dirty; the reply is its HSM flags (u32).
+    Archived {
+        /// The file.
+        path: String,
+        /// Its association.
+        repo: u32,
+        /// The object's key.
+        key: String,
+        /// The object's ETag.
+        etag: String,
+        /// The object's size.
+        size: u64,
+    },
     /// Make `len` bytes at `offset` of a file present, fetching what is released from its
     /// repository first; the reply is the file's HSM flags after (u32).
     Hydrate {
@@ -250,6 +264,7 @@ impl MetaRequest {
             MetaRequest::ImportFile { .. } => "import",
             MetaRequest::HsmState { .. } => "hsm state",
             MetaRequest::Hydrate { .. } => "hydrate",
+            MetaRequest::Archived { .. } => "archive",
         }
     }
 
@@ -270,7 +285,8 @@ impl MetaRequest {
             | MetaRequest::RepoUnlink { path }
             | MetaRequest::RepoSetState { path, .. }
             | MetaRequest::HsmState { path }
-            | MetaRequest::Hydrate { path, .. } => path,
+            | MetaRequest::Hydrate { path, .. }
+            | MetaRequest::Archived { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
             MetaRequest::ImportFile { file } => &file.path,
@@ -307,6 +323,7 @@ impl MetaRequest {
             MetaRequest::ImportFile { .. } => 21,
             MetaRequest::HsmState { .. } => 22,
             MetaRequest::Hydrate { .. } => 23,
+            MetaRequest::Archived { .. } => 24,
         }
     }
 
@@ -397,6 +414,20 @@ impl MetaRequest {
             MetaRequest::ImportFile { file } => file.encode(out),
             MetaRequest::Hydrate { path, offset, len } => {
                 Writer::new(out).str(path).u64(*offset).u64(*len);
+            }
+            MetaRequest::Archived {
+                path,
+                repo,
+                key,
+                etag,
+                size,
+            } => {
+                Writer::new(out)
+                    .str(path)
+                    .u32(*repo)
+                    .str(key)
+                    .str(etag)
+                    .u64(*size);
             }
         }
     }
@@ -502,7 +533,14 @@ impl MetaRequest {
                 offset: r.u64("offset")?,
                 len: r.u64("len")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 23")),
+            24 => MetaRequest::Archived {
+                path: get_path(&mut r, "path")?,
+                repo: r.u32("repo")?,
+                key: r.str("key", MAX_S3_KEY_BYTES)?.to_owned(),
+                etag: r.str("etag", MAX_ETAG_BYTES)?.to_owned(),
+                size: r.u64("size")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 24")),
         };
         r.finish()?;
         Ok((cred, request))

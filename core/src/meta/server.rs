@@ -332,6 +332,16 @@ fn execute(
                 None => w.u8(0),
             };
         }
+        MetaRequest::Archived {
+            path,
+            repo,
+            key,
+            etag,
+            size,
+        } => {
+            let flags = store.mark_archived(cred, path, *repo, key, etag, *size)?;
+            out.extend_from_slice(&flags.to_le_bytes());
+        }
         MetaRequest::Hydrate { path, offset, len } => {
             let attr = store.open_file(cred, path, Access::Read)?;
             match store.hydrate_plan(path, &attr, *offset, *len)? {

@@ -366,6 +366,49 @@ impl MetaStore {
         })
     }
 
+    /// Records that the file at `path` was exported as object `key` at `etag` of association
+    /// `repo` (root only): it is archived, present and no longer dirty, and later imports
+    /// of that version leave it alone. Its flags after.
+    pub fn mark_archived(
+        &self,
+        cred: &Cred,
+        path: &str,
+        repo: u32,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<u32, MetaError> {
+        root_only(cred, path, "archive to a data repository")?;
+        let attr = self.lookup(cred, path)?;
+        if attr.is_dir() {
+            return Err(MetaError::IsDir {
+                path: path.to_owned(),
+            });
+        }
+        let assoc = self
+            .repo_list()?
+            .into_iter()
+            .find(|a| a.id == repo)
+            .ok_or_else(|| MetaError::NotFound {
+                path: format!("{path} (association {repo} is not linked)"),
+            })?;
+        let mut record = RepoFile::imported(
+            repo,
+            key.to_owned(),
+            etag.to_owned(),
+            size,
+            assoc.chunk_bytes,
+        );
+        for c in 0..record.chunks() {
+            record.set_present(c);
+        }
+        self.write(|tx| {
+            tx.repo_files
+                .insert(attr.ino, record.to_bytes().as_slice())?;
+            Ok(record.flags)
+        })
+    }
+
     /// Adds `flags` to file `ino`'s (an imported file's only); its flags after.
     pub fn add_hsm_flags(&self, ino: u64, flags: u32) -> Result<u32, MetaError> {
         self.write(|tx| {

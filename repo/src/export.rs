@@ -1,0 +1,215 @@
+//! Export: files of an association that are new (never imported nor exported) or dirty
+//! (written since) are uploaded to their keys with FSx's POSIX metadata keys, and become
+//! archived. A file of at most [`MULTIPART_THRESHOLD_BYTES`] goes in one PUT; a larger one in
+//! a multipart upload of [`PART_BYTES`] parts, [`UPLOAD_PARALLEL`] in flight (an upload that
+//! fails is aborted, so no parts are left behind). What cannot be exported (a key longer
+//! than S3 allows, a file larger than an object may be) is reported per path and the export
+//! goes on.
+//!
+//! Directories are not written as `dir/` marker objects: object_store cannot name a key
+//! ending in `/`. Their files' keys carry the tree; an empty directory is not exported.
+
+use std::collections::VecDeque;
+
+use nacre::meta::repo::{Association, HS_ARCHIVED, HS_DIRTY};
+use nacre::{Client, OpenOptions};
+use object_store::{
+    Attribute, AttributeValue, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+};
+
+use crate::error::RepoError;
+use crate::import::ImportFailure;
+use crate::limits::{MAX_OBJECT_BYTES, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL};
+use crate::mover::{S3Access, location};
+use crate::posix::{TYPE_FILE, metadata_of};
+
+/// The longest key S3 takes, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// What an export did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    /// Files uploaded.
+    pub exported: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Files archived already and not written since.
+    pub unchanged: u64,
+    /// Paths not exported, and why.
+    pub failed: Vec<ImportFailure>,
+}
+
+/// Exports the files at and under `paths` (within `assoc`) that are new or dirty.
+pub fn export(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    paths: &[String],
+) -> Result<ExportReport, RepoError> {
+    let mut report = ExportReport::default();
+    let mut pending: Vec<String> = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        let attr = match client.attr(&path) {
+            Ok(attr) => attr,
+            Err(e) => {
+                report.failed.push(failure(&path, "InternalError", e));
+                continue;
+            }
+        };
+        if attr.is_dir() {
+            match client.readdir(&path) {
+                Ok(entries) => {
+                    let base = path.trim_end_matches('/');
+                    for e in entries {
+                        pending.push(format!("{base}/{}", e.name));
+                    }
+                }
+                Err(e) => report.failed.push(failure(&path, "InternalError", e)),
+            }
+            continue;
+        }
+        match export_file(client, s3, assoc, &path) {
+            Ok(Some(bytes)) => {
+                report.exported += 1;
+                report.bytes += bytes;
+            }
+            Ok(None) => report.unchanged += 1,
+            Err(f) => report.failed.push(f),
+        }
+    }
+    Ok(report)
+}
+
+fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
+    ImportFailure {
+        path: path.to_owned(),
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Uploads one file if it is new or dirty: the bytes it uploaded, `None` when it was
+/// archived and clean.
+fn export_file(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    path: &str,
+) -> Result<Option<u64>, ImportFailure> {
+    let (flags, _) = client
+        .hsm_state(path)
+        .map_err(|e| failure(path, "InternalError", e))?;
+    if flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 {
+        return Ok(None);
+    }
+    let key = assoc
+        .key_of(path)
+        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(failure(
+            path,
+            "PathSizeTooLong",
+            format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    let file = client
+        .open(path, &OpenOptions::new().read(true))
+        .map_err(|e| failure(path, "InternalError", e))?;
+    let st = file.stat().map_err(|e| failure(path, "InternalError", e))?;
+    let size = st.size_bytes;
+    if size > MAX_OBJECT_BYTES {
+        return Err(failure(
+            path,
+            "FileSizeTooLarge",
+            format!("{size} bytes, over S3's object limit of {MAX_OBJECT_BYTES}"),
+        ));
+    }
+    let a = &st.attr;
+    let mut attributes = Attributes::new();
+    for (k, v) in metadata_of(TYPE_FILE | a.mode, a.uid, a.gid, a.atime_ns, a.mtime_ns) {
+        attributes.insert(Attribute::Metadata(k.into()), AttributeValue::from(v));
+    }
+    attributes.insert(
+        Attribute::Metadata("user-agent".into()),
+        AttributeValue::from("nacre"),
+    );
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let at = location(&key);
+    let read = |offset: u64, len: u64| -> Result<Vec<u8>, ImportFailure> {
+        let mut buf = vec![0u8; len as usize];
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(|e| failure(path, "InternalError", e))?;
+        if n as u64 != len {
+            return Err(failure(
+                path,
+                "ResourceBusy",
+                format!(
+                    "it shrank to {} bytes while being exported",
+                    offset + n as u64
+                ),
+            ));
+        }
+        Ok(buf)
+    };
+    let s3_failed = |e: object_store::Error| {
+        let code = if matches!(e, object_store::Error::PermissionDenied { .. }) {
+            "S3AccessDenied"
+        } else {
+            "S3Error"
+        };
+        failure(path, code, e)
+    };
+    let etag = if size <= MULTIPART_THRESHOLD_BYTES {
+        let payload = PutPayload::from(read(0, size)?);
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        let put = s3
+            .block_on(store.put_opts(&at, payload, options))
+            .map_err(|e| failure(path, "InternalError", e))?;
+        put.map_err(s3_failed)?.e_tag
+    } else {
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let runtime = s3.handle().map_err(|e| failure(path, "InternalError", e))?;
+        let mut upload = runtime
+            .block_on(store.put_multipart_opts(&at, options))
+            .map_err(s3_failed)?;
+        let uploaded = (|| {
+            let mut window = VecDeque::with_capacity(UPLOAD_PARALLEL);
+            let mut offset = 0;
+            while offset < size || !window.is_empty() {
+                if offset < size && window.len() < UPLOAD_PARALLEL {
+                    let len = PART_BYTES.min(size - offset);
+                    let part = upload.put_part(PutPayload::from(read(offset, len)?));
+                    window.push_back(runtime.spawn(part));
+                    offset += len;
+                    continue;
+                }
+                if let Some(task) = window.pop_front() {
+                    runtime
+                        .block_on(task)
+                        .map_err(|e| failure(path, "InternalError", e))?
+                        .map_err(s3_failed)?;
+                }
+            }
+            runtime.block_on(upload.complete()).map_err(s3_failed)
+        })();
+        match uploaded {
+            Ok(put) => put.e_tag,
+            Err(f) => {
+                let _ = runtime.block_on(upload.abort());
+                return Err(f);
+            }
+        }
+    };
+    let etag = etag.ok_or_else(|| failure(path, "S3Error", "S3 gave the upload no ETag"))?;
+    client
+        .mark_archived(path, assoc.id, &key, &etag, size)
+        .map_err(|e| failure(path, "InternalError", e))?;
+    Ok(Some(size))
+}
