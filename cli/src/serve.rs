@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Registered memory per target, in MiB (one pool for all the targets served).
     #[arg(long, default_value_t = 256)]
     pool_mib: usize,
+    /// With the metadata service: how often, in seconds, associations with --auto-import
+    /// events list their prefix and reflect new, changed and deleted objects.
+    #[arg(long, env = "NACRE_AUTO_IMPORT_INTERVAL", default_value_t = 60)]
+    auto_import_interval: u64,
 }
 
 /// `nacre mkfs`.
@@ -118,7 +122,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
             dir.display(),
             server.endpoint()
         );
+        let interval = Duration::from_secs(args.auto_import_interval.max(1));
+        let (meta, poll_stop) = (local_endpoint(server.endpoint()), Arc::clone(&stop));
+        let poller = std::thread::Builder::new()
+            .name("nacre-auto-import".into())
+            .spawn(move || auto_import(&meta, interval, &poll_stop))
+            .map_err(|e| format!("nacre meta: cannot start the auto-import thread: {e}"))?;
         wait_for(&stop);
+        let _ = poller.join();
         server.stop();
         outln!("nacre meta: stopped");
         return Ok(());
@@ -164,6 +175,63 @@ pub fn serve(args: ServeArgs) -> Result<(), Failure> {
         outln!("nacre target {id}: stopped");
     }
     Ok(())
+}
+
+/// Every `interval` until `stop`: the associations with auto-import events (and available)
+/// list their prefix and reflect what changed; a line per association that changed.
+fn auto_import(meta: &str, interval: Duration, stop: &AtomicBool) {
+    let s3 = match nacre_repo::S3Access::new() {
+        Ok(s3) => s3,
+        Err(e) => {
+            nacre::transport::log_line!("nacre meta: auto-import is off: {e}");
+            return;
+        }
+    };
+    let mut client: Option<nacre::Client> = None;
+    loop {
+        let deadline = std::time::Instant::now() + interval;
+        while std::time::Instant::now() < deadline {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(STOP_POLL_MS));
+        }
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => match nacre::Client::connect(meta) {
+                Ok(c) => {
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    nacre::transport::log_line!("nacre meta: auto-import: {e}");
+                    continue;
+                }
+            },
+        };
+        let Ok(all) = c.repo_list() else { continue };
+        for assoc in all
+            .iter()
+            .filter(|a| a.auto_import != 0 && a.state == nacre::meta::repo::AssocState::Available)
+        {
+            match nacre_repo::import_events(&c, &s3, assoc, assoc.auto_import, |_, _| {}) {
+                Ok(r) if r.created + r.updated + r.deleted + r.dirs > 0 || !r.failed.is_empty() => {
+                    nacre::transport::log_line!(
+                        "nacre meta: auto-import {}: {} created, {} updated, {} deleted, {} failed",
+                        assoc.path,
+                        r.created,
+                        r.updated,
+                        r.deleted,
+                        r.failed.len()
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    nacre::transport::log_line!("nacre meta: auto-import {}: {e}", assoc.path)
+                }
+            }
+        }
+    }
 }
 
 fn wait_for(stop: &AtomicBool) {

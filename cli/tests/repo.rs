@@ -116,9 +116,23 @@ impl S3 {
 }
 
 /// A cluster of two targets whose metadata service and commands reach S3 with the test
-/// credentials.
+/// credentials (and whose auto-import polls every second).
 fn cluster(tag: &str) -> Cluster {
-    Cluster::start_with_env(tag, 2, &CREDENTIALS)
+    let mut env = CREDENTIALS.to_vec();
+    env.push(("NACRE_AUTO_IMPORT_INTERVAL", "1"));
+    Cluster::start_with_env(tag, 2, &env)
+}
+
+/// Waits (up to the start timeout) until `done` holds; panics naming `what` otherwise.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {START_TIMEOUT:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
 }
 
 /// Links `/data` of `c` to `s3://BUCKET/train`, fetching by [`CHUNK`], importing at once.
@@ -567,4 +581,49 @@ fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them
     ]);
     assert_eq!(std::fs::read(&local).unwrap(), b"A result");
     assert_eq!(flags(&c, "/data/out/small.txt"), HS_EXISTS | HS_ARCHIVED);
+}
+
+#[test]
+fn auto_import_reflects_new_changed_and_deleted_objects() {
+    let Some(moto) = s3_available("auto-import") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-auto");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data10"]);
+    s3.put(c.dir(), "data10", "train/first.txt", b"one", None);
+    c.ok(&["mkdir", "/data"]);
+    c.ok(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://data10/train",
+        "--endpoint",
+        &s3.endpoint,
+        "--auto-import",
+        "new,changed,deleted",
+        "--import-now",
+    ]);
+    let client = c.client();
+    s3.put(c.dir(), "data10", "train/sub/second.txt", b"two", None);
+    eventually("the new object's import", || {
+        client.attr("/data/sub/second.txt").is_ok()
+    });
+    assert_eq!(c.ok(&["get", "/data/sub/second.txt", "-"]), "two");
+    s3.put(c.dir(), "data10", "train/first.txt", b"one, changed", None);
+    eventually("the changed object's import", || {
+        client
+            .stat("/data/first.txt")
+            .is_ok_and(|st| st.size_bytes == 12)
+    });
+    assert_eq!(c.ok(&["get", "/data/first.txt", "-"]), "one, changed");
+    s3.aws(&["s3", "rm", "s3://data10/train/sub/second.txt"]);
+    eventually("the deleted object's file going", || {
+        client.attr("/data/sub/second.txt").is_err()
+    });
+    assert!(
+        c.meta_log().contains("auto-import /data"),
+        "{}",
+        c.meta_log()
+    );
 }

@@ -6,12 +6,14 @@
 //! name the namespace does not allow, a symlink, a file there that is not the repository's)
 //! is reported per path, as FSx's completion report does, and the import goes on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use nacre::Client;
-use nacre::meta::repo::{Association, ImportOutcome, ImportedFile};
-use nacre::meta::types::{MAX_NAME_BYTES, MAX_PATH_BYTES};
+use nacre::meta::repo::{
+    Association, EVENT_CHANGED, EVENT_DELETED, EVENT_NEW, HS_DIRTY, ImportOutcome, ImportedFile,
+};
+use nacre::meta::types::{FileType, MAX_NAME_BYTES, MAX_PATH_BYTES};
 use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 
@@ -42,6 +44,8 @@ pub struct ImportReport {
     pub updated: u64,
     /// Files that hold their object's version already.
     pub unchanged: u64,
+    /// Files removed because their object went away (auto-import of deletions only).
+    pub deleted: u64,
     /// Paths not imported, and why.
     pub failed: Vec<ImportFailure>,
 }
@@ -184,9 +188,33 @@ pub fn import(
     client: &Client,
     s3: &S3Access,
     assoc: &Association,
+    progress: impl FnMut(u64, u64),
+) -> Result<ImportReport, RepoError> {
+    import_events(client, s3, assoc, EVENT_NEW | EVENT_CHANGED, progress)
+}
+
+/// As [`import`], reflecting only `events` (FSx's auto-import policy): new objects become
+/// files, changed ones update released files, and with [`EVENT_DELETED`] a file whose
+/// object is gone from the listing (and that was not written since) is removed. A file
+/// under a directory whose listing was refused is never taken as deleted.
+pub fn import_events(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    events: u8,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ImportReport, RepoError> {
     let listed = list(s3, assoc)?;
+    let mut keys = HashSet::new();
+    let mut unlisted = Vec::new();
+    for item in &listed {
+        match item {
+            Ok(item) => {
+                keys.insert(item.meta.location.as_ref().to_owned());
+            }
+            Err(failure) => unlisted.push(failure.path.clone()),
+        }
+    }
     let mut report = ImportReport::default();
     // Directories (path → the metadata of its marker, when it has one) and files.
     let mut dirs: BTreeMap<String, Option<HashMap<String, String>>> = BTreeMap::new();
@@ -249,11 +277,64 @@ pub fn import(
     for (path, item) in &files {
         done += 1;
         progress(done, total);
+        if events & (EVENT_NEW | EVENT_CHANGED) != EVENT_NEW | EVENT_CHANGED {
+            let exists = client.attr(path).is_ok();
+            let wanted = if exists { EVENT_CHANGED } else { EVENT_NEW };
+            if events & wanted == 0 {
+                continue;
+            }
+        }
         if let Err(failure) = import_file(client, assoc, path, item, &mut report) {
             report.failed.push(failure);
         }
     }
+    if events & EVENT_DELETED != 0 {
+        remove_deleted(client, assoc, &keys, &unlisted, &mut report);
+    }
     Ok(report)
+}
+
+/// Removes the files of `assoc` whose object is not among `keys` (and not under a
+/// directory of `unlisted`), unless written since their import or export.
+fn remove_deleted(
+    client: &Client,
+    assoc: &Association,
+    keys: &HashSet<String>,
+    unlisted: &[String],
+    report: &mut ImportReport,
+) {
+    let object_prefix = format!("s3://{}/", assoc.bucket);
+    let mut pending = vec![assoc.path.clone()];
+    while let Some(dir) = pending.pop() {
+        let entries = match client.readdir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                report.failed.push(failure(&dir, "InternalError", e));
+                continue;
+            }
+        };
+        let base = dir.trim_end_matches('/');
+        for e in entries {
+            let path = format!("{base}/{}", e.name);
+            if e.file_type == FileType::Dir {
+                pending.push(path);
+                continue;
+            }
+            let Ok((flags, Some(url))) = client.hsm_state(&path) else {
+                continue;
+            };
+            let Some(key) = url.strip_prefix(&object_prefix) else {
+                continue;
+            };
+            let gone = !keys.contains(key) && !unlisted.iter().any(|p| key.starts_with(p.as_str()));
+            if gone && flags & HS_DIRTY == 0 {
+                match client.unlink(&path) {
+                    Ok(()) => report.deleted += 1,
+                    Err(e) => report.failed.push(failure(&path, "InternalError", e)),
+                }
+            }
+        }
+    }
 }
 
 fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {

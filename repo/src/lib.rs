@@ -18,5 +18,5 @@ pub mod s3;
 
 pub use error::RepoError;
 pub use export::{ExportReport, export};
-pub use import::{ImportFailure, ImportReport, import};
+pub use import::{ImportFailure, ImportReport, import, import_events};
 pub use mover::{Mover, S3Access};
