@@ -90,7 +90,7 @@ const QUEUE_WAIT: Duration = Duration::from_secs(120);
 
 /// The IO500 shapes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Preset {
+pub(crate) enum Preset {
     /// Large transfers, a file per task: -F -t 2M -b 256M -e -C.
     IorEasy,
     /// 47,008-byte transfers into one shared file: -t 47008 -b 47008 -s 2048 -e -C.
@@ -103,7 +103,7 @@ pub enum Preset {
     after_help = "Sizes take K, M, G and T (powers of 1024). Without -w or -r both \
 phases run. Every byte read is checked; a wrong byte fails the run (exit status 1)."
 )]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(flatten)]
     meta: MetaArg,
     /// The test file (replaced); with -F each task's file is PATH.NNNNNNNN.
@@ -284,7 +284,7 @@ fn command_line() -> String {
 }
 
 /// `nacre bench`.
-pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+pub(crate) fn bench(args: BenchArgs) -> Result<(), Failure> {
     let plan = args.plan().unwrap_or_else(|e| usage_exit(&e));
     let spec = layout_spec(&plan).unwrap_or_else(|e| usage_exit(&e));
     // Room in the pool for one connection per transfer in flight (up to the transport's

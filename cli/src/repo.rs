@@ -15,7 +15,7 @@ use crate::{Failure, MetaArg, outln};
 
 /// `nacre repo ...`.
 #[derive(clap::Subcommand, Debug)]
-pub enum RepoCommand {
+pub(crate) enum RepoCommand {
     /// Link a directory to an S3 prefix (it must exist and overlap no other association).
     Link {
         #[command(flatten)]
@@ -60,7 +60,7 @@ pub enum RepoCommand {
 
 /// `nacre task ...`.
 #[derive(clap::Subcommand, Debug)]
-pub enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// Import the files and directories of the associations at (or above) each path.
     Import {
         #[command(flatten)]
@@ -90,7 +90,7 @@ pub enum TaskCommand {
 
 /// `nacre hsm ...`.
 #[derive(clap::Subcommand, Debug)]
-pub enum HsmCommand {
+pub(crate) enum HsmCommand {
     /// Print a file's HSM flags as `lfs hsm_state` does.
     State {
         #[command(flatten)]
@@ -101,7 +101,7 @@ pub enum HsmCommand {
 }
 
 /// Runs `nacre repo`.
-pub fn repo(command: RepoCommand) -> Result<(), Failure> {
+pub(crate) fn repo(command: RepoCommand) -> Result<(), Failure> {
     match command {
         RepoCommand::Link {
             meta,
@@ -259,7 +259,7 @@ fn csv(field: &str) -> String {
 }
 
 /// Runs `nacre task`.
-pub fn task(command: TaskCommand) -> Result<(), Failure> {
+pub(crate) fn task(command: TaskCommand) -> Result<(), Failure> {
     match command {
         TaskCommand::Import { meta, paths } => {
             let client = meta.connect()?;
@@ -364,7 +364,7 @@ fn restore_one(client: &Client, path: &str, bar: bool) -> Result<u32, nacre::Err
 }
 
 /// Runs `nacre hsm`.
-pub fn hsm(command: HsmCommand) -> Result<(), Failure> {
+pub(crate) fn hsm(command: HsmCommand) -> Result<(), Failure> {
     match command {
         HsmCommand::State { meta, path } => {
             let (flags, object) = meta.connect()?.hsm_state(&path)?;

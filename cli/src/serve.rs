@@ -19,7 +19,7 @@ const DEFAULT_TARGET_LISTEN: &str = "auto://0.0.0.0:7401";
 
 /// `nacre serve`.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Serve these target directories (formatted with `nacre mkfs`), one listener each;
     /// they share the server's worker threads and memory.
     #[arg(long = "target", value_name = "DIR")]
@@ -53,7 +53,7 @@ pub struct ServeArgs {
 
 /// `nacre mkfs`.
 #[derive(clap::Args, Debug)]
-pub struct MkfsArgs {
+pub(crate) struct MkfsArgs {
     /// The target's index (its id in layouts and `nacre df`).
     #[arg(long)]
     index: u32,
@@ -61,7 +61,7 @@ pub struct MkfsArgs {
     dir: PathBuf,
 }
 
-pub fn mkfs(args: MkfsArgs) -> Result<(), Failure> {
+pub(crate) fn mkfs(args: MkfsArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let stamp = Target::format(&args.dir, args.index).map_err(nacre::Error::from)?;
@@ -105,7 +105,7 @@ fn with_port(uri: &str, i: usize) -> Result<String, Failure> {
     Ok(nacre::transport::Endpoint { port, ..endpoint }.to_string())
 }
 
-pub fn serve(args: ServeArgs) -> Result<(), Failure> {
+pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
     let stop = stop_on_signals()?;
     if args.targets.is_empty() {
         let dir = PathBuf::from(&args.meta);

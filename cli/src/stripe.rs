@@ -20,7 +20,7 @@ first target (-1: the metadata service picks)\n  -p, --pool NAME         take ta
 this pool\n  -E, --component-end END starts a component ending at END (a size, or -1 for \
 EOF)\n  -d, --delete            remove a directory's default layout"
 )]
-pub struct SetstripeArgs {
+pub(crate) struct SetstripeArgs {
     #[command(flatten)]
     meta: MetaArg,
     /// Layout options (see above), then the path.
@@ -119,7 +119,7 @@ fn parse(args: &[String]) -> Result<(Option<LayoutSpec>, String), String> {
     Ok((Some(spec), path))
 }
 
-pub fn setstripe(args: SetstripeArgs) -> Result<(), Failure> {
+pub(crate) fn setstripe(args: SetstripeArgs) -> Result<(), Failure> {
     let (spec, path) = parse(&args.args)?;
     let client = args.meta.connect()?;
     match spec {
@@ -131,7 +131,7 @@ pub fn setstripe(args: SetstripeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn getstripe(client: &Client, path: &str) -> Result<(), Failure> {
+pub(crate) fn getstripe(client: &Client, path: &str) -> Result<(), Failure> {
     let st = client.stat(path)?;
     outln!("{path}");
     match (&st.attr.layout, &st.attr.default_layout) {

@@ -84,9 +84,9 @@ pub const QUEUE_REQUESTS_BEFORE_NEW_CONNECTION: usize = 16;
 /// The length an extent carries in requests about whole objects (sync, stat, truncate,
 /// remove), where the length means nothing but the wire allows no empty extent.
 pub const OBJECT_ONLY_LEN: u64 = 1;
-/// Largest piece of caller memory one registration covers (what one RDMA memory region
-/// may span).
-pub const MAX_REGISTER_BYTES: usize = 1 << 31;
+/// Largest piece of caller memory one registration covers: what one RDMA memory region
+/// may span (the transport's bound).
+pub const MAX_REGISTER_BYTES: usize = nacre_transport::limits::MAX_RDMA_REGION_BYTES;
 /// Most registrations of caller memory a client keeps at once.
 pub const MAX_REGISTRATIONS: usize = 1024;
 /// Largest binary form of a file's layout: a file's attributes (its layout with them) travel

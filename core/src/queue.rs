@@ -870,9 +870,9 @@ impl State {
             let Some(s) = self.slots[slot].as_mut() else {
                 continue;
             };
+            let target = p.link.target_id;
             // SAFETY: the caller's memory, lent until the operation completes (this
             // function's contract), which is no sooner than this request ends.
-            let target = p.link.target_id;
             let pushed = unsafe { s.conn.push(opcode, target, p.body, payload, dests, token) };
             if let Err(e) = pushed {
                 failed.push((batch, e));

@@ -518,11 +518,11 @@ fn registered_memory_carries_bulk_and_is_checked() {
     let again = client.unregister_memory(r).unwrap_err();
     assert_eq!(again.errno(), libc::EINVAL, "{again}");
 
-    // SAFETY (test): refused before anything is registered.
+    // SAFETY: (test) refused before anything is registered.
     let null = unsafe { client.register_memory(std::ptr::null_mut(), 10) }.unwrap_err();
     assert!(null.to_string().contains("memory"), "{null}");
     let mut buf = vec![0u8; 10];
-    // SAFETY (test): refused before anything is registered.
+    // SAFETY: (test) refused before anything is registered.
     let empty = unsafe { client.register_memory(buf.as_mut_ptr(), 0) }.unwrap_err();
     assert!(empty.to_string().contains("length 0"), "{empty}");
 }

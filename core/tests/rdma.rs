@@ -144,7 +144,7 @@ fn victim(meta: &str) -> ! {
                 .create(&format!("/victim{w}"), 0o644, Some(spec))
                 .unwrap();
             let mut data = fill(31 + w as u64, 0, VICTIM_WRITE_BYTES);
-            // SAFETY (test): `data` lives until the process is killed; nothing unregisters it.
+            // SAFETY: (test) `data` lives until the process is killed; nothing unregisters it.
             unsafe { client.register_memory(data.as_mut_ptr(), data.len()) }.unwrap();
             file.write_at(&data, 0).unwrap();
             started.wait();

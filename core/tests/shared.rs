@@ -76,7 +76,7 @@ fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
             // Stripe i of the file is on its ith target.
             offset: i as u64 * 64 * 1024 + 8192,
         };
-        // SAFETY (test): every buffer outlives the queue's use of it (waited on below).
+        // SAFETY: (test) every buffer outlives the queue's use of it (waited on below).
         unsafe { queue.submit(op, i as u64) }.unwrap();
     }
     assert!(queue.wait_idle(std::time::Duration::from_secs(30)));
@@ -104,7 +104,7 @@ fn targets_of_one_server_share_its_workers_and_keep_their_objects_apart() {
             len: buf.len(),
             offset: at(i),
         };
-        // SAFETY (test): every buffer outlives the queue's use of it (waited on below).
+        // SAFETY: (test) every buffer outlives the queue's use of it (waited on below).
         unsafe { queue.submit(op, i as u64) }.unwrap();
         if i % 16 == 15 {
             // The whole batch back before the next one is submitted.
@@ -160,7 +160,7 @@ fn pieces_wait_for_their_own_store_only() {
                 len: buf.len(),
                 offset: (b * block) as u64,
             };
-            // SAFETY (test): `bufs` outlives the round, whose writes are all waited for.
+            // SAFETY: (test) `bufs` outlives the round, whose writes are all waited for.
             unsafe { queue.submit(op, b as u64) }.unwrap();
         }
         let mut back = 0;

@@ -196,9 +196,9 @@ pub extern "C" fn nacre_preadv(
         let mut bufs: Vec<IoSliceMut<'_>> = all
             .iter()
             .filter(|v| v.iov_len > 0)
-            // SAFETY: checked not NULL and in range; by the header's contract writable
-            // memory the caller lends for the call.
             .map(|v| {
+                // SAFETY: checked not NULL and in range; by the header's contract writable
+                // memory the caller lends for the call.
                 IoSliceMut::new(unsafe {
                     std::slice::from_raw_parts_mut(v.iov_base.cast(), v.iov_len)
                 })
@@ -226,9 +226,9 @@ pub extern "C" fn nacre_pwritev(
         let bufs: Vec<IoSlice<'_>> = all
             .iter()
             .filter(|v| v.iov_len > 0)
-            // SAFETY: checked not NULL and in range; by the header's contract readable
-            // memory for the call.
             .map(|v| {
+                // SAFETY: checked not NULL and in range; by the header's contract readable
+                // memory for the call.
                 IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base.cast(), v.iov_len) })
             })
             .collect();

@@ -1203,6 +1203,7 @@ impl ObjectStore {
         let pushed = unsafe { self.ring.push(&entry) };
         if !pushed {
             // The queue holds `queue_depth` entries and sqes_in_kernel bounds what is queued.
+            // SAFETY: the same entry as above, whose buffers the same contract keeps valid.
             if self.ring.submit().is_err() || !unsafe { self.ring.push(&entry) } {
                 unreachable!("submission queue full although within queue_depth");
             }

@@ -313,6 +313,7 @@ fn errors_name_the_object_and_the_operation() {
         ),
         "{err}"
     );
+    // SAFETY: (test) a sync lends no memory; it is refused before anything is queued.
     let err = unsafe { store.submit(Op::Sync { object_id: 1 }, nacre_io::RESERVED_TAG_BIT | 1) }
         .expect_err("reserved tag");
     assert!(err.to_string().contains("tag"), "{err}");
@@ -433,7 +434,7 @@ fn every_queue_depth_completes_every_operation_once() {
             let op = Op::Write {
                 object_id: 1,
                 offset_bytes: (i * block) as u64,
-                // SAFETY (test): inside `src`, which outlives every op (all reaped below).
+                // SAFETY: (test) inside `src`, which outlives every op (all reaped below).
                 buf: unsafe { src_ptr.add(i * block) },
                 len: len_of(i),
             };
@@ -464,7 +465,7 @@ fn every_queue_depth_completes_every_operation_once() {
             let op = Op::Read {
                 object_id: 1,
                 offset_bytes: (i * block) as u64,
-                // SAFETY (test): inside `back`, which outlives every op (all reaped below).
+                // SAFETY: (test) inside `back`, which outlives every op (all reaped below).
                 buf: unsafe { back_ptr.add(i * block) },
                 len: len_of(i),
             };

@@ -33,8 +33,8 @@ impl EventFd {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
         Ok(EventFd {
+            // SAFETY: `fd` is a fresh descriptor nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

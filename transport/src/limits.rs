@@ -38,3 +38,8 @@ pub const MAX_REMOTE_BUFS_PER_MESSAGE: usize = 64;
 /// Room after a message's body for its remote-memory descriptors: a u32 count and up to
 /// [`MAX_REMOTE_BUFS_PER_MESSAGE`] 16-byte descriptors.
 pub const REMOTE_BULK_DESCRIPTOR_BYTES: usize = 4 + 16 * MAX_REMOTE_BUFS_PER_MESSAGE;
+/// Largest buffer one RDMA memory region covers (a remote descriptor's length is a `u32`);
+/// a client's registrations of caller memory are bounded by it, with or without the rdma
+/// feature.
+pub const MAX_RDMA_REGION_BYTES: usize = 1 << 31;
+const _: () = assert!(MAX_RDMA_REGION_BYTES as u64 <= u32::MAX as u64 + 1);

@@ -14,7 +14,8 @@ const SUB_BUCKET_BITS: u32 = 5;
 /// Buckets per power of two.
 const SUB_BUCKETS: u64 = 1 << SUB_BUCKET_BITS;
 /// Buckets in all: enough for every `u64` number of nanoseconds.
-pub const LATENCY_BUCKETS: usize = ((64 - SUB_BUCKET_BITS as usize) + 1) * SUB_BUCKETS as usize;
+pub(super) const LATENCY_BUCKETS: usize =
+    ((64 - SUB_BUCKET_BITS as usize) + 1) * SUB_BUCKETS as usize;
 
 fn bucket_of(ns: u64) -> usize {
     if ns < 2 * SUB_BUCKETS {
@@ -39,7 +40,7 @@ fn bucket_range(b: usize) -> (u64, u64) {
 
 /// A histogram of latencies.
 #[derive(Debug, Clone)]
-pub struct Latencies {
+pub(super) struct Latencies {
     counts: Vec<u64>,
     count: u64,
     sum_ns: u128,
@@ -61,7 +62,7 @@ impl Default for Latencies {
 
 /// What a report says of latencies, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LatencySummary {
+pub(super) struct LatencySummary {
     /// Transfers measured.
     pub count: u64,
     /// Mean (exact).
@@ -82,7 +83,7 @@ fn seconds(ns: u64) -> f64 {
 
 impl Latencies {
     /// Counts one latency.
-    pub fn record(&mut self, latency: Duration) {
+    pub(super) fn record(&mut self, latency: Duration) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.counts[bucket_of(ns)] += 1;
         self.count += 1;
@@ -92,7 +93,7 @@ impl Latencies {
     }
 
     /// Adds another histogram's latencies to this one.
-    pub fn merge(&mut self, other: &Latencies) {
+    pub(super) fn merge(&mut self, other: &Latencies) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
@@ -105,7 +106,7 @@ impl Latencies {
     /// The value below which a fraction `p` (0 to 1) of the latencies lie: the middle of
     /// the bucket holding the `ceil(p * count)`-th smallest, kept within the exact minimum
     /// and maximum. 0 when nothing was recorded.
-    pub fn percentile_ns(&self, p: f64) -> u64 {
+    pub(super) fn percentile_ns(&self, p: f64) -> u64 {
         if self.count == 0 {
             return 0;
         }
@@ -122,7 +123,7 @@ impl Latencies {
     }
 
     /// Mean, extremes and percentiles, in seconds.
-    pub fn summary(&self) -> LatencySummary {
+    pub(super) fn summary(&self) -> LatencySummary {
         if self.count == 0 {
             return LatencySummary::default();
         }

@@ -22,9 +22,9 @@
 //! has its own seed, so one task's file read in place of another's never passes.
 
 /// Mixed into every file's seed.
-pub const PATTERN_SEED: u64 = 0x6e61_6372_6562_656e;
+pub(super) const PATTERN_SEED: u64 = 0x6e61_6372_6562_656e;
 /// The difference between consecutive words (odd, so words never repeat within 2^64 words).
-pub const PATTERN_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+pub(super) const PATTERN_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Set in every word, so that no word is zero.
 const WORD_MARK: u64 = 1 << 63;
 /// Bytes per pattern word.
@@ -33,7 +33,7 @@ const WORD_BYTES: usize = 8;
 const VERIFY_RUN_WORDS: usize = 64;
 
 /// The splitmix64 finaliser: a bijective mix of 64 bits.
-pub fn splitmix64(x: u64) -> u64 {
+pub(super) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -41,7 +41,7 @@ pub fn splitmix64(x: u64) -> u64 {
 }
 
 /// The seed of the file with index `file_index` (0 for a shared file).
-pub fn file_seed(file_index: u32) -> u64 {
+pub(super) fn file_seed(file_index: u32) -> u64 {
     splitmix64(PATTERN_SEED ^ u64::from(file_index))
 }
 
@@ -50,7 +50,7 @@ fn word(index: u64, seed: u64) -> u64 {
 }
 
 /// The pattern byte at file offset `at`.
-pub fn byte_at(at: u64, seed: u64) -> u8 {
+pub(super) fn byte_at(at: u64, seed: u64) -> u8 {
     word(at / WORD_BYTES as u64, seed).to_le_bytes()[(at % WORD_BYTES as u64) as usize]
 }
 
@@ -65,7 +65,7 @@ fn head_len(at: u64, len: usize) -> usize {
 }
 
 /// Fills `buf` with the pattern of the file bytes at `offset`.
-pub fn fill(buf: &mut [u8], offset: u64, seed: u64) {
+pub(super) fn fill(buf: &mut [u8], offset: u64, seed: u64) {
     let len = buf.len();
     let head = head_len(offset, len);
     let (head_bytes, rest) = buf.split_at_mut(head);
@@ -86,7 +86,7 @@ pub fn fill(buf: &mut [u8], offset: u64, seed: u64) {
 
 /// The first byte that differs from the pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mismatch {
+pub(super) struct Mismatch {
     /// Its file offset.
     pub offset: u64,
     /// What the pattern says.
@@ -112,7 +112,7 @@ fn first_mismatch(buf: &[u8], offset: u64, seed: u64) -> Mismatch {
 }
 
 /// Checks that `buf` holds the pattern of the file bytes at `offset`.
-pub fn verify(buf: &[u8], offset: u64, seed: u64) -> Result<(), Mismatch> {
+pub(super) fn verify(buf: &[u8], offset: u64, seed: u64) -> Result<(), Mismatch> {
     let len = buf.len();
     let head = head_len(offset, len);
     if (0..head).any(|i| buf[i] != byte_at(offset + i as u64, seed)) {

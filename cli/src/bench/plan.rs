@@ -25,31 +25,31 @@ use std::fmt;
 use super::pattern::splitmix64;
 
 /// How far `-C` moves a reading task: one task, the shift IOR uses for one task per node.
-pub const READ_TASK_SHIFT: u32 = 1;
+pub(super) const READ_TASK_SHIFT: u32 = 1;
 /// Mixed into every random order's seed.
-pub const ORDER_SEED: u64 = 0x7a5f_0ff5_e7a5_0001;
+pub(super) const ORDER_SEED: u64 = 0x7a5f_0ff5_e7a5_0001;
 /// The golden-ratio step of splitmix64's state.
 const SPLITMIX_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Most tasks in one run.
-pub const MAX_TASKS: u32 = 1024;
+pub(super) const MAX_TASKS: u32 = 1024;
 /// Deepest queue of one task.
-pub const MAX_QUEUE_DEPTH: u32 = 256;
+pub(super) const MAX_QUEUE_DEPTH: u32 = 256;
 /// Most transfers in flight over all tasks (each is a thread of its own).
-pub const MAX_IN_FLIGHT: u64 = 1024;
+pub(super) const MAX_IN_FLIGHT: u64 = 1024;
 /// Largest transfer.
-pub const MAX_TRANSFER_BYTES: u64 = 1 << 30;
+pub(super) const MAX_TRANSFER_BYTES: u64 = 1 << 30;
 /// Most memory for transfer buffers (one per transfer in flight).
-pub const MAX_BUFFER_BYTES: u64 = 4 << 30;
+pub(super) const MAX_BUFFER_BYTES: u64 = 4 << 30;
 /// Most transfers over all tasks whose order `-z` shuffles (8 bytes of memory each).
-pub const MAX_SHUFFLED_TRANSFERS: u64 = 1 << 25;
+pub(super) const MAX_SHUFFLED_TRANSFERS: u64 = 1 << 25;
 /// Most repetitions.
-pub const MAX_REPETITIONS: u32 = 10_000;
+pub(super) const MAX_REPETITIONS: u32 = 10_000;
 /// Size of each read of `--rand4k-ops`.
-pub const RAND4K_BYTES: u64 = 4096;
+pub(super) const RAND4K_BYTES: u64 = 4096;
 
 /// The access of a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(super) enum Access {
     /// The write phase (`-w`).
     Write,
     /// The read phase (`-r`), every byte checked.
@@ -60,7 +60,7 @@ pub enum Access {
 
 impl Access {
     /// Its name in reports (IOR's `access` column).
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Access::Write => "write",
             Access::Read => "read",
@@ -79,7 +79,7 @@ impl Access {
 
 /// A resolved, checked run: every IOR parameter with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(super) struct Plan {
     /// The test file (IOR `-o`); with file per process, the prefix of each task's file.
     pub path: String,
     /// Tasks (`-N`).
@@ -118,7 +118,7 @@ pub struct Plan {
 
 impl Plan {
     /// Checks every parameter and the relations between them; the error names the flag.
-    pub fn check(&self) -> Result<(), UsageError> {
+    pub(super) fn check(&self) -> Result<(), UsageError> {
         let bad = |flag, message: String| Err(UsageError::new(flag, message));
         if !self.path.starts_with('/') || self.path.len() < 2 || self.path.ends_with('/') {
             return bad(
@@ -234,27 +234,27 @@ impl Plan {
     }
 
     /// Transfers per block.
-    pub fn transfers_per_block(&self) -> u64 {
+    pub(super) fn transfers_per_block(&self) -> u64 {
         self.block_bytes / self.transfer_bytes
     }
 
     /// Transfers each task makes in a read or write phase.
-    pub fn transfers_per_task(&self) -> u64 {
+    pub(super) fn transfers_per_task(&self) -> u64 {
         self.transfers_per_block() * self.segments
     }
 
     /// Bytes each task moves in a read or write phase.
-    pub fn bytes_per_task(&self) -> u64 {
+    pub(super) fn bytes_per_task(&self) -> u64 {
         self.block_bytes * self.segments
     }
 
     /// Bytes all tasks move in a read or write phase (IOR's aggregate file size).
-    pub fn aggregate_bytes(&self) -> u64 {
+    pub(super) fn aggregate_bytes(&self) -> u64 {
         self.bytes_per_task() * u64::from(self.tasks)
     }
 
     /// Size of each file once written.
-    pub fn file_bytes(&self) -> u64 {
+    pub(super) fn file_bytes(&self) -> u64 {
         if self.file_per_process {
             self.bytes_per_task()
         } else {
@@ -263,12 +263,12 @@ impl Plan {
     }
 
     /// How many files the run uses.
-    pub fn files(&self) -> u32 {
+    pub(super) fn files(&self) -> u32 {
         if self.file_per_process { self.tasks } else { 1 }
     }
 
     /// The task whose data `task` moves in a phase of `access`.
-    pub fn pretend_rank(&self, task: u32, access: Access) -> u32 {
+    pub(super) fn pretend_rank(&self, task: u32, access: Access) -> u32 {
         debug_assert!(task < self.tasks);
         if access != Access::Write && self.reorder_tasks {
             (task + READ_TASK_SHIFT) % self.tasks
@@ -278,7 +278,7 @@ impl Plan {
     }
 
     /// The file holding the data of `pretend_rank` (0 for a shared file).
-    pub fn file_index(&self, pretend_rank: u32) -> u32 {
+    pub(super) fn file_index(&self, pretend_rank: u32) -> u32 {
         if self.file_per_process {
             pretend_rank
         } else {
@@ -288,7 +288,7 @@ impl Plan {
 
     /// The path of file `index`: the test file, or with file per process the test file
     /// followed by a dot and the index in eight digits, as IOR names them.
-    pub fn file_path(&self, index: u32) -> String {
+    pub(super) fn file_path(&self, index: u32) -> String {
         if self.file_per_process {
             format!("{}.{index:08}", self.path)
         } else {
@@ -297,7 +297,7 @@ impl Plan {
     }
 
     /// The file offset of transfer `n` (in sequential order) of `pretend_rank`'s data.
-    pub fn offset(&self, pretend_rank: u32, n: u64) -> u64 {
+    pub(super) fn offset(&self, pretend_rank: u32, n: u64) -> u64 {
         debug_assert!(n < self.transfers_per_task());
         let segment = n / self.transfers_per_block();
         let i = n % self.transfers_per_block();
@@ -312,7 +312,7 @@ impl Plan {
     }
 
     /// The task that wrote the byte at `offset` of file `file_index`.
-    pub fn writer_of(&self, file_index: u32, offset: u64) -> u32 {
+    pub(super) fn writer_of(&self, file_index: u32, offset: u64) -> u32 {
         if self.file_per_process {
             file_index
         } else {
@@ -321,7 +321,7 @@ impl Plan {
     }
 
     /// The order in which a task visits its transfers in repetition `rep`.
-    pub fn order(&self, pretend_rank: u32, rep: u32, access: Access) -> Order {
+    pub(super) fn order(&self, pretend_rank: u32, rep: u32, access: Access) -> Order {
         let count = self.transfers_per_task();
         if !self.random_offsets {
             return Order::Sequential(count);
@@ -351,7 +351,7 @@ fn shuffled(count: u64, seed: u64) -> Vec<u64> {
 
 /// The order of a task's transfers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Order {
+pub(super) enum Order {
     /// `0, 1, 2, ...` up to the count.
     Sequential(u64),
     /// A permutation.
@@ -360,7 +360,7 @@ pub enum Order {
 
 impl Order {
     /// How many transfers.
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         match self {
             Order::Sequential(n) => *n,
             Order::Shuffled(v) => v.len() as u64,
@@ -368,7 +368,7 @@ impl Order {
     }
 
     /// The transfer number visited `k`-th.
-    pub fn get(&self, k: u64) -> u64 {
+    pub(super) fn get(&self, k: u64) -> u64 {
         match self {
             Order::Sequential(_) => k,
             Order::Shuffled(v) => v[k as usize],
@@ -378,7 +378,7 @@ impl Order {
 
 /// A usage error: the flag and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError {
+pub(super) struct UsageError {
     /// The flag, as typed (`-b`, `--queue-depth`).
     pub flag: &'static str,
     /// What is wrong and what is allowed.
@@ -393,7 +393,7 @@ impl fmt::Display for UsageError {
 
 impl UsageError {
     /// An error about `flag`.
-    pub fn new(flag: &'static str, message: String) -> UsageError {
+    pub(super) fn new(flag: &'static str, message: String) -> UsageError {
         UsageError { flag, message }
     }
 }

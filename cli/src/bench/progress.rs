@@ -14,13 +14,19 @@ const BAR_WIDTH: u64 = 30;
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// Whether a bar should be drawn at all.
-pub fn wanted() -> bool {
+pub(super) fn wanted() -> bool {
     std::io::stderr().is_terminal()
 }
 
 /// Draws `label`'s bar from `done` (of `total`) units until `stop` says so (a message or
 /// its sender dropped), then clears the line. `bytes_per_unit` turns units into a rate.
-pub fn run(label: &str, done: &AtomicU64, total: u64, bytes_per_unit: u64, stop: &Receiver<()>) {
+pub(super) fn run(
+    label: &str,
+    done: &AtomicU64,
+    total: u64,
+    bytes_per_unit: u64,
+    stop: &Receiver<()>,
+) {
     let start = Instant::now();
     let mut err = std::io::stderr();
     // A message or the sender's drop ends the phase's bar.

@@ -71,13 +71,13 @@ const MB: f64 = 1e6;
 /// The shortest time a rate is divided by, so that an empty phase is not a division by 0.
 const MIN_SECONDS: f64 = 1e-9;
 /// The version of the JSON object's shape.
-pub const JSON_FORMAT: u32 = 1;
+pub(super) const JSON_FORMAT: u32 = 1;
 /// The driver these tasks run under (an MPI driver says "mpi").
-pub const DRIVER: &str = "threads";
+pub(super) const DRIVER: &str = "threads";
 
 /// When a task did what in one phase, in seconds since the phase's shared start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TaskTimes {
+pub(super) struct TaskTimes {
     /// Before opening (or creating) its file.
     pub open_start: f64,
     /// After opening.
@@ -94,7 +94,7 @@ pub struct TaskTimes {
 
 /// What one task did in one phase.
 #[derive(Debug, Clone, Default)]
-pub struct TaskRecord {
+pub(super) struct TaskRecord {
     /// Its times.
     pub times: TaskTimes,
     /// Bytes moved.
@@ -107,7 +107,7 @@ pub struct TaskRecord {
 
 /// One phase of one repetition, reduced over its tasks.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PhaseResult {
+pub(super) struct PhaseResult {
     /// Which phase.
     pub access: Access,
     /// Which repetition (from 0).
@@ -146,7 +146,7 @@ fn spread(records: &[TaskRecord], start: fn(&TaskTimes) -> f64, end: fn(&TaskTim
 
 impl PhaseResult {
     /// IOR's reduction of the tasks' records (see the module's documentation).
-    pub fn reduce(access: Access, iter: u32, records: &[TaskRecord]) -> PhaseResult {
+    pub(super) fn reduce(access: Access, iter: u32, records: &[TaskRecord]) -> PhaseResult {
         assert!(!records.is_empty(), "a phase has at least one task");
         let bytes = records.iter().map(|r| r.bytes).sum::<u64>();
         let ops = records.iter().map(|r| r.ops).sum::<u64>();
@@ -175,7 +175,7 @@ impl PhaseResult {
 }
 
 /// A size as IOR's option block shows it: whole units where exact, else bytes.
-pub fn size_text(bytes: u64) -> String {
+pub(super) fn size_text(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
         (1 << 40, "TiB"),
         (1 << 30, "GiB"),
@@ -195,7 +195,7 @@ fn yes_no(on: bool) -> &'static str {
 }
 
 /// The options block: what the run is.
-pub fn header(plan: &Plan, meta: &str, command: &str) -> String {
+pub(super) fn header(plan: &Plan, meta: &str, command: &str) -> String {
     let mut out = String::new();
     let mut line = |name: &str, value: String| {
         let _ = writeln!(out, "{name:<20}: {value}");
@@ -329,7 +329,7 @@ fn heading(columns: &[(&str, usize)], right: bool) -> String {
 }
 
 /// The heading of the results table.
-pub fn results_heading() -> String {
+pub(super) fn results_heading() -> String {
     let rule: Vec<String> = RESULT_COLUMNS
         .iter()
         .map(|(name, _)| "-".repeat(name.len()))
@@ -349,7 +349,7 @@ fn block_and_transfer(plan: &Plan, access: Access) -> (u64, u64) {
 }
 
 /// One line of the results table.
-pub fn result_line(plan: &Plan, r: &PhaseResult) -> String {
+pub(super) fn result_line(plan: &Plan, r: &PhaseResult) -> String {
     let (block, transfer) = block_and_transfer(plan, r.access);
     let cells = [
         r.access.name().to_string(),
@@ -432,7 +432,7 @@ fn summaries(results: &[PhaseResult]) -> Vec<AccessSummary> {
 }
 
 /// The Max lines and the summary table.
-pub fn summary(plan: &Plan, results: &[PhaseResult]) -> String {
+pub(super) fn summary(plan: &Plan, results: &[PhaseResult]) -> String {
     let all = summaries(results);
     let mut out = String::new();
     for s in &all {
@@ -531,7 +531,7 @@ fn json_spread(s: &Spread, with_stddev: bool) -> String {
 }
 
 /// The whole run as one line of JSON.
-pub fn json(plan: &Plan, command: &str, results: &[PhaseResult]) -> String {
+pub(super) fn json(plan: &Plan, command: &str, results: &[PhaseResult]) -> String {
     let mut out = format!(
         "{{\"tool\":\"nacre bench\",\"format\":{JSON_FORMAT},\"driver\":\"{DRIVER}\",\"command\":{}",
         json_string(command)

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use nacre::{Client, ClientOptions};
 
 /// The command under test.
-pub const NACRE_BIN: &str = env!("CARGO_BIN_EXE_nacre");
+pub(crate) const NACRE_BIN: &str = env!("CARGO_BIN_EXE_nacre");
 /// How long a service may take to say it is serving (debug builds on a busy machine).
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a service may take to stop after SIGTERM before it gets SIGKILL.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one client command may run.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a wait for a child's exit looks again.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Targets stay small: one worker, 16 MiB of registered memory.
@@ -34,19 +34,19 @@ const TARGET_POOL_MIB: &str = "16";
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// A port on the loopback that was free a moment ago (the kernel picked it).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// The pattern byte of offset `at` under `seed`.
-pub fn pattern(seed: u64, at: u64) -> u8 {
+pub(crate) fn pattern(seed: u64, at: u64) -> u8 {
     let x = (at ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x >> 56) as u8 | 1
 }
 
 /// `len` pattern bytes starting at offset `offset`.
-pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pattern(seed, offset + i)).collect()
 }
 
@@ -54,7 +54,7 @@ pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
 /// outright leaves no servers behind (the drop guards cover every other way out).
 /// Makes `command`'s process start with at most `files` open descriptors, soft and hard
 /// limit alike (so it cannot raise its own).
-pub fn limit_open_files(command: &mut Command, files: u64) {
+pub(crate) fn limit_open_files(command: &mut Command, files: u64) {
     // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
     // which is async-signal-safe, allocates nothing and reads only the local struct.
     unsafe {
@@ -85,7 +85,7 @@ fn die_with_parent(command: &mut Command) {
 }
 
 /// Waits for `child` to exit until `deadline`; `None` if it is still running then.
-pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
@@ -98,13 +98,13 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
 
 /// Runs `command` to its end (killed and a panic after [`COMMAND_TIMEOUT`]) and returns
 /// what it printed.
-pub fn run(command: Command) -> Output {
+pub(crate) fn run(command: Command) -> Output {
     run_to(command, Stdio::piped())
 }
 
 /// As [`run`], with standard output going to `stdout` (`Output::stdout` holds it only when
 /// piped).
-pub fn run_to(mut command: Command, stdout: Stdio) -> Output {
+pub(crate) fn run_to(mut command: Command, stdout: Stdio) -> Output {
     command
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -135,7 +135,7 @@ pub fn run_to(mut command: Command, stdout: Stdio) -> Output {
 }
 
 /// `nacre ARGS` without a cluster.
-pub fn nacre(args: &[&str]) -> Output {
+pub(crate) fn nacre(args: &[&str]) -> Output {
     let mut command = Command::new(NACRE_BIN);
     command.args(args).env_remove("NACRE_META");
     run(command)
@@ -143,7 +143,7 @@ pub fn nacre(args: &[&str]) -> Output {
 
 /// A child process whose standard output is read line by line on a thread of its own (so
 /// it never blocks on a full pipe), and which is stopped on drop.
-pub struct Process {
+pub(crate) struct Process {
     name: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -156,7 +156,7 @@ pub struct Process {
 impl Process {
     /// Starts `command` with piped standard input and output; standard error goes to
     /// `stderr_log` (appended) or, without one, to the test's.
-    pub fn start(name: &str, mut command: Command, stderr_log: Option<&Path>) -> Process {
+    pub(crate) fn start(name: &str, mut command: Command, stderr_log: Option<&Path>) -> Process {
         let stderr = match stderr_log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -196,7 +196,7 @@ impl Process {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -209,7 +209,7 @@ impl Process {
 
     /// Waits until it prints a line containing `text` and returns the line; panics, with
     /// what it wrote on standard error, if it exits first or `timeout` passes.
-    pub fn wait_for_line(&self, text: &str, timeout: Duration) -> String {
+    pub(crate) fn wait_for_line(&self, text: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -231,14 +231,14 @@ impl Process {
     }
 
     /// Writes a line to its standard input.
-    pub fn send_line(&mut self, text: &str) {
+    pub(crate) fn send_line(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{text}").unwrap();
         stdin.flush().unwrap();
     }
 
     /// Waits for it to exit until `timeout` passes; panics if it does not.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match wait_until(&mut self.child, Instant::now() + timeout) {
             Some(status) => status,
             None => panic!("{} still running after {timeout:?}", self.name),
@@ -250,7 +250,7 @@ impl Process {
     }
 
     /// Sends SIGTERM if it is still running (and so not reaped: the pid is still its own).
-    pub fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         if self.running() {
             let pid = libc::pid_t::try_from(self.child.id()).unwrap();
             // SAFETY: kill(2) touches no memory; the pid is our unreaped child's.
@@ -259,7 +259,7 @@ impl Process {
     }
 
     /// SIGKILL, and waits for it to be gone.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         if self.running() {
             self.child.kill().unwrap();
         }
@@ -287,10 +287,10 @@ impl Drop for Process {
 }
 
 /// A directory under the system's temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("nacre-cli-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -306,7 +306,7 @@ impl Drop for TempDir {
 }
 
 /// A metadata service and targets, each its own `nacre serve` process.
-pub struct Cluster {
+pub(crate) struct Cluster {
     meta_port: u16,
     /// The metadata service's address, as clients and `--meta` take it.
     pub meta_addr: String,
@@ -324,19 +324,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a metadata service and `targets` targets (ids 0 to `targets - 1`), and waits
     /// until each says it is serving.
-    pub fn start(tag: &str, targets: u32) -> Cluster {
+    pub(crate) fn start(tag: &str, targets: u32) -> Cluster {
         Cluster::start_with_fd_limit(tag, targets, None)
     }
 
     /// As [`Cluster::start`], every server starting with at most `fd_limit` open
     /// descriptors (soft and hard) when given.
-    pub fn start_with_fd_limit(tag: &str, targets: u32, fd_limit: Option<u64>) -> Cluster {
+    pub(crate) fn start_with_fd_limit(tag: &str, targets: u32, fd_limit: Option<u64>) -> Cluster {
         Cluster::start_with(tag, targets, fd_limit, &[])
     }
 
     /// As [`Cluster::start`], the metadata service and every command run with `env` added
     /// to this process's environment.
-    pub fn start_with_env(tag: &str, targets: u32, env: &[(&str, &str)]) -> Cluster {
+    pub(crate) fn start_with_env(tag: &str, targets: u32, env: &[(&str, &str)]) -> Cluster {
         Cluster::start_with(tag, targets, None, env)
     }
 
@@ -378,17 +378,17 @@ impl Cluster {
     }
 
     /// The temporary directory (for local files too).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir.0
     }
 
     /// Target `i`'s directory.
-    pub fn target_dir(&self, i: u32) -> PathBuf {
+    pub(crate) fn target_dir(&self, i: u32) -> PathBuf {
         self.dir.0.join(format!("target{i}"))
     }
 
     /// Where target `i` listens.
-    pub fn target_endpoint(&self, i: u32) -> String {
+    pub(crate) fn target_endpoint(&self, i: u32) -> String {
         format!("tcp://127.0.0.1:{}", self.target_ports[i as usize])
     }
 
@@ -406,13 +406,13 @@ impl Cluster {
     }
 
     /// Target `i`'s process id.
-    pub fn target_pid(&self, i: u32) -> u32 {
+    pub(crate) fn target_pid(&self, i: u32) -> u32 {
         self.targets[i as usize].as_ref().unwrap().pid()
     }
 
     /// A `nacre serve` command for target `i`'s directory on `listen`, as the cluster
     /// starts its own (for a test that starts another).
-    pub fn serve_target_command(&self, i: u32, listen: &str) -> Command {
+    pub(crate) fn serve_target_command(&self, i: u32, listen: &str) -> Command {
         let mut command = Command::new(NACRE_BIN);
         command.args([
             "serve",
@@ -431,13 +431,13 @@ impl Cluster {
     }
 
     /// SIGKILLs target `i` and waits until it is gone.
-    pub fn kill_target(&mut self, i: u32) {
+    pub(crate) fn kill_target(&mut self, i: u32) {
         let process = self.targets[i as usize].take().unwrap();
         process.kill();
     }
 
     /// Starts target `i` again, on the same directory and port, and waits until it serves.
-    pub fn restart_target(&mut self, i: u32) {
+    pub(crate) fn restart_target(&mut self, i: u32) {
         assert!(self.targets[i as usize].is_none(), "target {i} is running");
         let process = self.spawn_target(i);
         process.wait_for_line("serving", START_TIMEOUT);
@@ -445,42 +445,42 @@ impl Cluster {
     }
 
     /// The metadata service's process id.
-    pub fn meta_pid(&self) -> u32 {
+    pub(crate) fn meta_pid(&self) -> u32 {
         self.meta.as_ref().unwrap().pid()
     }
 
     /// What the metadata service wrote on its standard error so far.
-    pub fn meta_log(&self) -> String {
+    pub(crate) fn meta_log(&self) -> String {
         std::fs::read_to_string(self.log("meta")).unwrap_or_default()
     }
 
     /// What target `i` wrote on its standard error so far.
-    pub fn target_log(&self, i: u32) -> String {
+    pub(crate) fn target_log(&self, i: u32) -> String {
         std::fs::read_to_string(self.log(&format!("target{i}"))).unwrap_or_default()
     }
 
     /// SIGTERMs target `i` and waits (up to `timeout`) until it has exited; its status.
-    pub fn stop_target(&mut self, i: u32, timeout: Duration) -> ExitStatus {
+    pub(crate) fn stop_target(&mut self, i: u32, timeout: Duration) -> ExitStatus {
         let mut process = self.targets[i as usize].take().unwrap();
         process.terminate();
         process.wait_exit(timeout)
     }
 
     /// SIGTERMs the metadata service and waits (up to `timeout`) until it has exited.
-    pub fn stop_meta(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn stop_meta(&mut self, timeout: Duration) -> ExitStatus {
         let mut process = self.meta.take().unwrap();
         process.terminate();
         process.wait_exit(timeout)
     }
 
     /// SIGKILLs the metadata service and waits until it is gone.
-    pub fn kill_meta(&mut self) {
+    pub(crate) fn kill_meta(&mut self) {
         self.meta.take().unwrap().kill();
     }
 
     /// Starts the metadata service (again), on the same directory and port, and waits until
     /// it serves.
-    pub fn restart_meta(&mut self) {
+    pub(crate) fn restart_meta(&mut self) {
         assert!(self.meta.is_none(), "the metadata service is running");
         let mut command = Command::new(NACRE_BIN);
         command.args([
@@ -500,17 +500,17 @@ impl Cluster {
     }
 
     /// A client in this process with default options.
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::connect(&self.meta_addr).unwrap()
     }
 
     /// A client in this process with `options`.
-    pub fn client_with(&self, options: ClientOptions) -> Client {
+    pub(crate) fn client_with(&self, options: ClientOptions) -> Client {
         Client::connect_with(&self.meta_addr, options).unwrap()
     }
 
     /// `nacre ARGS` against this cluster (through NACRE_META).
-    pub fn nacre(&self, args: &[&str]) -> Output {
+    pub(crate) fn nacre(&self, args: &[&str]) -> Output {
         let mut command = Command::new(NACRE_BIN);
         command.args(args).env("NACRE_META", &self.meta_addr);
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -518,7 +518,7 @@ impl Cluster {
     }
 
     /// `nacre ARGS`, which must succeed; returns its standard output.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.nacre(args);
         assert!(
             out.status.success(),
@@ -530,7 +530,7 @@ impl Cluster {
     }
 
     /// `nacre ARGS`, which must fail with exit status 1; returns its standard error.
-    pub fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.nacre(args);
         assert_eq!(
             out.status.code(),
@@ -559,13 +559,13 @@ impl Drop for Cluster {
 }
 
 /// Bytes as text (lossy).
-pub fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A field of `/proc/PID/status` in its unit (kB for memory), e.g. `VmRSS`, `VmHWM`,
 /// `Threads`.
-pub fn proc_status(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

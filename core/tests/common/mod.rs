@@ -12,10 +12,10 @@ use nacre::{Client, ClientOptions, MetaServer, TargetConfig, TargetServer, Targe
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("nacre-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -30,14 +30,14 @@ impl Drop for TempDir {
     }
 }
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub targets: Vec<Option<TargetServer>>,
     pub meta: Option<MetaServer>,
     pub meta_addr: String,
     pub dir: TempDir,
 }
 
-pub fn target_config(meta: &str, listen: &str) -> TargetConfig {
+pub(crate) fn target_config(meta: &str, listen: &str) -> TargetConfig {
     TargetConfig {
         listen: listen.into(),
         workers: 2,
@@ -54,7 +54,7 @@ pub fn target_config(meta: &str, listen: &str) -> TargetConfig {
 
 impl Cluster {
     /// A metadata service and `n` targets over loopback TCP.
-    pub fn start(tag: &str, n: u32) -> Cluster {
+    pub(crate) fn start(tag: &str, n: u32) -> Cluster {
         Cluster::start_at(tag, n, "tcp://127.0.0.1:0")
     }
 
@@ -72,13 +72,13 @@ impl Cluster {
     }
 
     /// A metadata service and `n` targets, each listening on `listen` (port 0).
-    pub fn start_at(tag: &str, n: u32, listen: &str) -> Cluster {
+    pub(crate) fn start_at(tag: &str, n: u32, listen: &str) -> Cluster {
         Cluster::start_with(tag, n, listen, None)
     }
 
     /// As [`Cluster::start_at`], with the targets' memory pool `pool` when given.
     #[allow(dead_code)] // Not every test binary uses it.
-    pub fn start_with(tag: &str, n: u32, listen: &str, pool: Option<PoolConfig>) -> Cluster {
+    pub(crate) fn start_with(tag: &str, n: u32, listen: &str, pool: Option<PoolConfig>) -> Cluster {
         let mut cluster = Cluster::meta_only(tag, listen);
         for i in 0..n {
             let tdir = cluster.target_dir(i);
@@ -97,13 +97,17 @@ impl Cluster {
     /// A metadata service and one target server serving targets of these ids with its
     /// two shared workers (decision 0015); the server is `targets[0]`.
     #[allow(dead_code)] // Not every test binary uses it.
-    pub fn start_shared(tag: &str, ids: &[u32]) -> Cluster {
+    pub(crate) fn start_shared(tag: &str, ids: &[u32]) -> Cluster {
         Cluster::start_shared_with(tag, ids, nacre::io::StoreConfig::default())
     }
 
     /// As [`Cluster::start_shared`], with each store set up as `store` says.
     #[allow(dead_code)] // Not every test binary uses it.
-    pub fn start_shared_with(tag: &str, ids: &[u32], store: nacre::io::StoreConfig) -> Cluster {
+    pub(crate) fn start_shared_with(
+        tag: &str,
+        ids: &[u32],
+        store: nacre::io::StoreConfig,
+    ) -> Cluster {
         let listen = "tcp://127.0.0.1:0";
         let mut cluster = Cluster::meta_only(tag, listen);
         let specs: Vec<TargetSpec> = ids
@@ -126,19 +130,19 @@ impl Cluster {
         cluster
     }
 
-    pub fn target_dir(&self, i: u32) -> PathBuf {
+    pub(crate) fn target_dir(&self, i: u32) -> PathBuf {
         self.dir.0.join(format!("target{i}"))
     }
 
-    pub fn meta_db(&self) -> PathBuf {
+    pub(crate) fn meta_db(&self) -> PathBuf {
         self.dir.0.join("meta.redb")
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::connect(&self.meta_addr).unwrap()
     }
 
-    pub fn client_with(&self, options: ClientOptions) -> Client {
+    pub(crate) fn client_with(&self, options: ClientOptions) -> Client {
         Client::connect_with(&self.meta_addr, options).unwrap()
     }
 }
@@ -155,7 +159,7 @@ impl Drop for Cluster {
 }
 
 /// A plain layout of `count` stripes (-1: every target) of `size` bytes.
-pub fn stripes(count: i32, size: u64) -> nacre::meta::types::LayoutSpec {
+pub(crate) fn stripes(count: i32, size: u64) -> nacre::meta::types::LayoutSpec {
     nacre::meta::types::LayoutSpec::plain(nacre::layout::StripeSpec {
         stripe_count: count,
         stripe_size_bytes: size,
@@ -164,12 +168,12 @@ pub fn stripes(count: i32, size: u64) -> nacre::meta::types::LayoutSpec {
 }
 
 /// The pattern byte of file offset `at` under `seed`.
-pub fn pattern(seed: u64, at: u64) -> u8 {
+pub(crate) fn pattern(seed: u64, at: u64) -> u8 {
     let x = (at ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x >> 56) as u8 | 1
 }
 
-pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pattern(seed, offset + i)).collect()
 }
 
@@ -177,7 +181,12 @@ pub fn fill(seed: u64, offset: u64, len: usize) -> Vec<u8> {
 /// striped over every target in 1 MiB stripes (few enough pieces per request for RDMA to
 /// describe them in one message), reads them back into registered memory, checks them, and
 /// unregisters both buffers. Returns the two registration ids (no longer registered).
-pub fn registered_round_trip(client: &Client, path: &str, seed: u64, len: usize) -> (u64, u64) {
+pub(crate) fn registered_round_trip(
+    client: &Client,
+    path: &str,
+    seed: u64,
+    len: usize,
+) -> (u64, u64) {
     let spec = nacre::meta::types::LayoutSpec::plain(nacre::layout::StripeSpec {
         stripe_count: -1,
         stripe_size_bytes: 1 << 20,
@@ -186,7 +195,7 @@ pub fn registered_round_trip(client: &Client, path: &str, seed: u64, len: usize)
     let file = client.create(path, 0o644, Some(spec)).unwrap();
     let mut out = fill(seed, 0, len);
     let mut back = vec![0u8; len];
-    // SAFETY (test): both vectors outlive their registrations, dropped below first.
+    // SAFETY: (test) both vectors outlive their registrations, dropped below first.
     let (w, r) = unsafe {
         (
             client.register_memory(out.as_mut_ptr(), out.len()).unwrap(),
@@ -205,7 +214,7 @@ pub fn registered_round_trip(client: &Client, path: &str, seed: u64, len: usize)
 
 /// One component of [`geometry`]: `[start, end)` (end `u64::MAX`: to the end of the file)
 /// striped `count` wide (-1: every target) in `size`-byte stripes.
-pub fn component(
+pub(crate) fn component(
     start: u64,
     end: u64,
     count: i32,
@@ -227,7 +236,7 @@ pub fn component(
 /// Layouts that cover the legal space on a cluster of 4 targets, named: plain stripes from
 /// Lustre's smallest (64 KiB) to 16 MiB over 1, 2, 3 and every target, overstriping (more
 /// stripes than targets), and composite layouts of several components.
-pub fn geometries() -> Vec<(String, nacre::meta::types::LayoutSpec)> {
+pub(crate) fn geometries() -> Vec<(String, nacre::meta::types::LayoutSpec)> {
     const K: u64 = 1024;
     const M: u64 = 1024 * K;
     let eof = u64::MAX;
@@ -270,13 +279,13 @@ pub fn geometries() -> Vec<(String, nacre::meta::types::LayoutSpec)> {
 
 /// The bytes and size a file should have: what the tests check reads and stats against.
 #[derive(Debug, Default, Clone)]
-pub struct Model {
+pub(crate) struct Model {
     pub bytes: Vec<u8>,
 }
 
 impl Model {
     /// A write of `data` at `offset` (past the end: a hole of zeros before it).
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) {
         let end = offset as usize + data.len();
         if self.bytes.len() < end {
             self.bytes.resize(end, 0);
@@ -285,12 +294,12 @@ impl Model {
     }
 
     /// A truncate to `size` (growing: zeros).
-    pub fn truncate(&mut self, size: u64) {
+    pub(crate) fn truncate(&mut self, size: u64) {
         self.bytes.resize(size as usize, 0);
     }
 
     /// The file's size.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
 
@@ -298,13 +307,20 @@ impl Model {
     /// `buf`): as many as the file holds there, the model's bytes, and zeros after them
     /// (libnacre's promise for a read short at the end of the file). `what` names the read
     /// in the panic.
-    pub fn check_read(&self, offset: u64, buf: &[u8], n: usize, what: &str) {
+    pub(crate) fn check_read(&self, offset: u64, buf: &[u8], n: usize, what: &str) {
         self.check_read_growing(self.size(), offset, buf, n, what);
     }
 
     /// [`Model::check_read`] for a read that ran while writes elsewhere grew the file from
     /// `old_size` to this model's size: it may have seen any size between.
-    pub fn check_read_growing(&self, old_size: u64, offset: u64, buf: &[u8], n: usize, what: &str) {
+    pub(crate) fn check_read_growing(
+        &self,
+        old_size: u64,
+        offset: u64,
+        buf: &[u8],
+        n: usize,
+        what: &str,
+    ) {
         let holds = |size: u64| size.saturating_sub(offset).min(buf.len() as u64) as usize;
         let (least, most) = (holds(old_size), holds(self.size()));
         assert!(
@@ -345,10 +361,10 @@ impl Model {
 
 /// A small xorshift stream for seeded tests.
 #[derive(Debug, Clone)]
-pub struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -358,19 +374,19 @@ impl Rng {
     }
 
     /// A value in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
     /// A length from 1 to `max`, spread evenly over its powers of two: tiny ones as often as
     /// huge ones.
-    pub fn len_up_to(&mut self, max: u64) -> u64 {
+    pub(crate) fn len_up_to(&mut self, max: u64) -> u64 {
         let bits = 64 - max.leading_zeros() as u64;
         let top = 1u64 << self.below(bits);
         (top + self.below(top)).clamp(1, max)
     }
 
-    pub fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
@@ -381,7 +397,7 @@ impl Rng {
 /// Bytes for writes, fast to make even in a debug build: windows of one random block whose
 /// length is a prime, so that the bytes at two file offsets match only when the offsets are
 /// a multiple of that prime apart (never a stripe or block size).
-pub struct Bytes {
+pub(crate) struct Bytes {
     block: Vec<u8>,
 }
 
@@ -389,14 +405,14 @@ pub struct Bytes {
 const BYTES_PERIOD: usize = 1_048_573;
 
 impl Bytes {
-    pub fn new(seed: u64) -> Bytes {
+    pub(crate) fn new(seed: u64) -> Bytes {
         let mut block = vec![0u8; BYTES_PERIOD];
         Rng(seed | 1).fill(&mut block);
         Bytes { block }
     }
 
     /// Fills `buf` with the bytes of stream `stream` for file offset `offset`.
-    pub fn fill(&self, buf: &mut [u8], stream: u64, offset: u64) {
+    pub(crate) fn fill(&self, buf: &mut [u8], stream: u64, offset: u64) {
         let mut at =
             ((offset.wrapping_add(stream.wrapping_mul(7919))) % BYTES_PERIOD as u64) as usize;
         let mut done = 0;
@@ -409,7 +425,7 @@ impl Bytes {
     }
 
     /// `len` bytes of stream `stream` for file offset `offset`.
-    pub fn make(&self, len: usize, stream: u64, offset: u64) -> Vec<u8> {
+    pub(crate) fn make(&self, len: usize, stream: u64, offset: u64) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         self.fill(&mut buf, stream, offset);
         buf
@@ -419,7 +435,7 @@ impl Bytes {
 /// The number in environment variable `name`, or `default` when it is unset or not a
 /// number: how the heavy tests are sized down where time is short (scripts/kernel-test.sh
 /// runs them under an emulated CPU) or up for a long run (scripts/fsx.sh).
-pub fn env_number(name: &str, default: u64) -> u64 {
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -428,7 +444,7 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 
 /// The seed of a seeded test: `NACRE_TEST_SEED` when set (to replay a failure), else one
 /// from the clock. Printed, so that a failing run says how to replay it.
-pub fn seed(test: &str) -> u64 {
+pub(crate) fn seed(test: &str) -> u64 {
     let seed = std::env::var("NACRE_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

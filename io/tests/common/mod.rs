@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use nacre_io::{ObjectStore, StoreConfig, Target};
 
 /// A directory under the system's temporary directory, removed on drop.
-pub struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
     /// A fresh, empty directory whose name carries `name`.
-    pub fn new(name: &str) -> TempDir {
+    pub(crate) fn new(name: &str) -> TempDir {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("nacre-io-{name}-{}-{n}", std::process::id()));
@@ -21,7 +21,7 @@ impl TempDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -33,7 +33,7 @@ impl Drop for TempDir {
 }
 
 /// A formatted target in a fresh temporary directory and a store over it.
-pub fn store(name: &str, config: StoreConfig) -> (TempDir, Target, ObjectStore) {
+pub(crate) fn store(name: &str, config: StoreConfig) -> (TempDir, Target, ObjectStore) {
     let dir = TempDir::new(name);
     let tdir = dir.path().join("target");
     Target::format(&tdir, 7).expect("format");
@@ -43,7 +43,7 @@ pub fn store(name: &str, config: StoreConfig) -> (TempDir, Target, ObjectStore) 
 }
 
 /// A file system mounted for a test, lazily unmounted on drop.
-pub struct Mounted(PathBuf);
+pub(crate) struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for Mounted {
 
 /// Mounts a `fstype` file system (with `-o options` when given) on the new directory `at`;
 /// `None` when this machine does not let the test mount.
-pub fn mount(fstype: &str, options: Option<&str>, at: &Path) -> Option<Mounted> {
+pub(crate) fn mount(fstype: &str, options: Option<&str>, at: &Path) -> Option<Mounted> {
     std::fs::create_dir(at).expect("mkdir");
     let mut command = std::process::Command::new("mount");
     command.args(["-t", fstype]);
@@ -72,11 +72,11 @@ pub fn mount(fstype: &str, options: Option<&str>, at: &Path) -> Option<Mounted> 
 }
 
 /// Deterministic bytes: a cheap xorshift stream.
-pub struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
     /// The next value of the stream.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -86,12 +86,12 @@ impl Rng {
     }
 
     /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
     /// Fills `buf` from the stream.
-    pub fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);

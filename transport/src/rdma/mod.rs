@@ -111,8 +111,9 @@ pub const SEND_QUEUE_DEPTH: usize = 32;
 pub const CQ_DEPTH: usize = SEND_QUEUE_DEPTH + RECV_QUEUE_DEPTH;
 /// Largest single RDMA WRITE or READ work request; longer transfers are split.
 pub const MAX_RDMA_CHUNK_BYTES: u32 = 1024 * 1024;
-/// Largest buffer one [`MemoryRegion`] covers (a [`RemoteBuf`] length is a `u32`).
-pub const MAX_REGION_BYTES: usize = 1 << 31;
+/// Largest buffer one [`MemoryRegion`] covers: the transport's bound
+/// ([`crate::limits::MAX_RDMA_REGION_BYTES`]), kept here under its old name.
+pub const MAX_REGION_BYTES: usize = crate::limits::MAX_RDMA_REGION_BYTES;
 /// RDMA READs a connection keeps outstanding as initiator and accepts as responder
 /// (lowered to what the device and the peer support).
 pub const MAX_RDMA_READS_IN_FLIGHT: u8 = 16;

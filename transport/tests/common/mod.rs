@@ -5,11 +5,11 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// The bound of every wait: readiness, a peer's step, a blocking read or write.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// Waits until `fd` has one of `events` (or an error or hang-up) and returns what it has;
 /// panics after [`WAIT`].
-pub fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
+pub(crate) fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -34,7 +34,7 @@ pub fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::c_short {
 
 /// Panics unless `got == want`, naming the first differing offset (without printing
 /// megabytes).
-pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+pub(crate) fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
         panic!(
             "{what}: byte {i} is {:#04x}, expected {:#04x}",

@@ -53,7 +53,7 @@ struct Served {
 
 /// Serves Write (payload received into the connection's buffer, empty reply) and Ping
 /// (payload echoed) on every connection from one epoll loop, until `--seconds` passed.
-pub fn server(args: &Args) -> Result<(), String> {
+pub(crate) fn server(args: &Args) -> Result<(), String> {
     let listener = Listener::bind(&endpoint(&args.endpoint)?).map_err(|e| e.to_string())?;
     println!("listening on {}", listener.endpoint());
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
@@ -179,7 +179,7 @@ fn pipe_connect(args: &Args) -> Result<PipeConn, String> {
 
 /// Keeps `--window` 1 MiB (`--size`) writes in flight on each of `--conns` connections,
 /// all driven by this one thread, for `--seconds`.
-pub fn bulk(args: &Args) -> Result<(), String> {
+pub(crate) fn bulk(args: &Args) -> Result<(), String> {
     let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut conns = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
@@ -244,7 +244,7 @@ pub fn bulk(args: &Args) -> Result<(), String> {
 
 /// Round trips of one Ping of `--size` bytes each way, one at a time, waiting in epoll as
 /// the engine's blocking calls do.
-pub fn pingpong(args: &Args) -> Result<(), String> {
+pub(crate) fn pingpong(args: &Args) -> Result<(), String> {
     let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut conn = pipe_connect(args)?;
     watch(&epoll, conn.fd(), 0)?;
