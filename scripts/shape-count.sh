@@ -11,7 +11,7 @@
 set -euo pipefail
 root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$root"
-sources() { find layout io transport core ffi cli benches -path '*/src/*' -name '*.rs' 2>/dev/null | sort; }
+sources() { find layout io transport core repo ffi cli benches -path '*/src/*' -name '*.rs' 2>/dev/null | sort; }
 
 conn_types=$(sources | grep -E '^(transport|core)/' | xargs grep -hE \
     '^\s*(pub(\([a-z]+\))? )?(struct|enum) [A-Za-z]*(Conn|Connection|Link|Peer|Socket|Stream|Wire)[A-Za-z]*\b' \

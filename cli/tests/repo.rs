@@ -295,7 +295,16 @@ fn an_object_changed_in_s3_is_not_served_stale_and_a_new_import_takes_it() {
     let old = fill(3, 0, (3 * CHUNK) as usize);
     let new = fill(4, 0, (2 * CHUNK + 7) as usize);
     s3.put(c.dir(), "data3", "train/f.bin", &old, None);
+    s3.put(c.dir(), "data3", "train/gone.bin", &old, None);
     link(&c, &s3, "data3");
+    // Deleted between import and read: an error naming it, nothing served.
+    s3.aws(&["s3", "rm", "s3://data3/train/gone.bin"]);
+    let err = c.fails(&["get", "/data/gone.bin", "-"]);
+    assert!(
+        err.contains("s3://data3/train/gone.bin changed or went away"),
+        "{err}"
+    );
+    assert_ne!(flags(&c, "/data/gone.bin") & HS_LOST, 0);
     s3.put(c.dir(), "data3", "train/f.bin", &new, None);
     let local = c.dir().join("f.out");
     let err = c.fails(&["get", "/data/f.bin", local.to_str().unwrap()]);
@@ -626,4 +635,58 @@ fn auto_import_reflects_new_changed_and_deleted_objects() {
         "{}",
         c.meta_log()
     );
+}
+
+#[test]
+fn an_export_reports_a_key_too_long_for_s3_and_exports_the_rest() {
+    let Some(moto) = s3_available("long key") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-longkey");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data11"]);
+    c.ok(&["mkdir", "/data"]);
+    c.ok(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://data11/train",
+        "--endpoint",
+        &s3.endpoint,
+    ]);
+    let client = c.client();
+    // Five names of 250 bytes: a path the namespace takes, a key over S3's 1,024 bytes.
+    let mut deep = String::from("/data");
+    for i in 0..5 {
+        deep.push_str(&format!(
+            "/{}",
+            char::from(b'a' + i).to_string().repeat(250)
+        ));
+        client.mkdir(&deep, 0o755).unwrap();
+    }
+    let long = format!("{deep}/f");
+    client
+        .create(&long, 0o644, None)
+        .unwrap()
+        .write_at(b"x", 0)
+        .unwrap();
+    client
+        .create("/data/ok.txt", 0o644, None)
+        .unwrap()
+        .write_at(b"ok", 0)
+        .unwrap();
+    let out = c.nacre(&["task", "export", "/data"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 files"), "{stdout}");
+    assert!(stdout.contains(",failed,PathSizeTooLong,"), "{stdout}");
+    let head = s3.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "data11",
+        "--key",
+        "train/ok.txt",
+    ]);
+    assert!(head.contains("\"ContentLength\": 2"), "{head}");
 }

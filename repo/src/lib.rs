@@ -7,6 +7,7 @@
 //!
 //! It is its own crate so that the client library C programs link carries no HTTP stack:
 //! only the metadata service and the `nacre` command use it.
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod export;
