@@ -209,15 +209,24 @@ fn auto_import(meta: &str, interval: Duration, stop: &AtomicBool) {
                 }
             },
         };
-        let Ok(all) = c.repo_list() else { continue };
+        let all = match c.repo_list() {
+            Ok(all) => all,
+            Err(e) => {
+                nacre::transport::log_line!("nacre meta: auto-import: {e}");
+                continue;
+            }
+        };
         for assoc in all
             .iter()
             .filter(|a| a.auto_import != 0 && a.state == nacre::meta::repo::AssocState::Available)
         {
             match nacre_repo::import_events(&c, &s3, assoc, assoc.auto_import, |_, _| {}) {
                 Ok(r) if r.created + r.updated + r.deleted + r.dirs > 0 || !r.failed.is_empty() => {
+                    let first = r.failed.first().map_or(String::new(), |f| {
+                        format!(" (first: {} {}: {})", f.path, f.code, f.message)
+                    });
                     nacre::transport::log_line!(
-                        "nacre meta: auto-import {}: {} created, {} updated, {} deleted, {} failed",
+                        "nacre meta: auto-import {}: {} created, {} updated, {} deleted, {} failed{first}",
                         assoc.path,
                         r.created,
                         r.updated,

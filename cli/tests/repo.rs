@@ -690,3 +690,38 @@ fn an_export_reports_a_key_too_long_for_s3_and_exports_the_rest() {
     ]);
     assert!(head.contains("\"ContentLength\": 2"), "{head}");
 }
+
+#[test]
+fn a_released_file_renamed_over_while_open_is_not_hydrated_for_the_other() {
+    let Some(moto) = s3_available("renamed") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-renamed");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data12"]);
+    s3.put(
+        c.dir(),
+        "data12",
+        "train/a.bin",
+        &fill(12, 0, 2 * CHUNK as usize),
+        None,
+    );
+    s3.put(
+        c.dir(),
+        "data12",
+        "train/b.bin",
+        &fill(13, 0, 2 * CHUNK as usize),
+        None,
+    );
+    link(&c, &s3, "data12");
+    let client = c.client();
+    let a = client
+        .open("/data/a.bin", &OpenOptions::new().read(true))
+        .unwrap();
+    client.rename("/data/b.bin", "/data/a.bin").unwrap();
+    let mut buf = vec![0u8; 4096];
+    // The open handle is a's: never zeros (a's chunks unfetched) nor b's bytes.
+    let err = a.read_at(&mut buf, 0).unwrap_err();
+    assert!(err.to_string().contains("renamed or replaced"), "{err}");
+    assert_eq!(chunks_fetched(&c), 0);
+}

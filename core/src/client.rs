@@ -1308,6 +1308,7 @@ impl File {
             let piece = (end - at).min(HYDRATE_REQUEST_BYTES);
             let request = MetaRequest::Hydrate {
                 path: self.inner.path.clone(),
+                ino: self.inner.attr.ino,
                 offset: at,
                 len: piece,
             };
@@ -1520,7 +1521,10 @@ impl File {
         self.check(true)?;
         // A released file is all made present first: its chunks past a new end would be
         // fetched later and extend it again.
-        self.make_present(0, u64::MAX)?;
+        if self.hsm_flags() & HS_RELEASED != 0 {
+            let size = self.size()?;
+            self.make_present(0, size)?;
+        }
         let inner = &self.inner;
         let layout = &inner.layout;
         let mut requests = self.objects_per_target(|c, s| layout.object_size(c, s, size_bytes))?;

@@ -174,3 +174,6 @@ pub const HYDRATE_REQUEST_BYTES: u64 = 64 << 20;
 /// before it is present): a sequential reader then waits for several GETs in parallel, not
 /// one after another. A random reader (the chunk before absent) gets only its own.
 pub const HYDRATE_READAHEAD_CHUNKS: u64 = 8;
+/// The largest file a data repository holds: S3's largest object (5 TiB). An import of a
+/// larger size is refused (the chunk arithmetic stays far from overflow).
+pub const MAX_REPO_FILE_BYTES: u64 = 5 << 40;

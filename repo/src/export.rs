@@ -19,7 +19,9 @@ use object_store::{
 
 use crate::error::RepoError;
 use crate::import::ImportFailure;
-use crate::limits::{MAX_OBJECT_BYTES, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL};
+use crate::limits::{
+    MAX_OBJECT_BYTES, MAX_PARTS, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL,
+};
 use crate::mover::{S3Access, location};
 use crate::posix::{TYPE_FILE, metadata_of};
 
@@ -176,6 +178,8 @@ fn export_file(
             ..PutMultipartOptions::default()
         };
         let runtime = s3.handle().map_err(|e| failure(path, "InternalError", e))?;
+        // S3 takes at most MAX_PARTS parts: a huge file goes in larger ones.
+        let part_bytes = PART_BYTES.max(size.div_ceil(MAX_PARTS));
         let mut upload = runtime
             .block_on(store.put_multipart_opts(&at, options))
             .map_err(s3_failed)?;
@@ -184,7 +188,7 @@ fn export_file(
             let mut offset = 0;
             while offset < size || !window.is_empty() {
                 if offset < size && window.len() < UPLOAD_PARALLEL {
-                    let len = PART_BYTES.min(size - offset);
+                    let len = part_bytes.min(size - offset);
                     let part = upload.put_part(PutPayload::from(read(offset, len)?));
                     window.push_back(runtime.spawn(part));
                     offset += len;

@@ -18,7 +18,7 @@ use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 
 use crate::error::RepoError;
-use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS};
+use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS, MAX_OBJECT_BYTES};
 use crate::mover::S3Access;
 use crate::posix::{TYPE_DIR, TYPE_SYMLINK, attrs_of};
 
@@ -399,6 +399,16 @@ fn import_file(
         }
         _ => {}
     }
+    if item.meta.size > MAX_OBJECT_BYTES {
+        return Err(failure(
+            path,
+            "FileSizeTooLarge",
+            format!(
+                "the listing says {} bytes, over S3's object limit of {MAX_OBJECT_BYTES}",
+                item.meta.size
+            ),
+        ));
+    }
     let Some(etag) = item.meta.e_tag.clone() else {
         return Err(failure(
             path,
@@ -426,17 +436,23 @@ fn import_file(
         };
         failure(path, code, e)
     })?;
+    let file = client
+        .open_for_mover(path, attr)
+        .map_err(|e| failure(path, "InternalError", e))?;
     match outcome {
         ImportOutcome::Unchanged => {
             report.unchanged += 1;
-            return Ok(());
+            // Its size was set by an import whose truncate may have failed (a target down):
+            // set again when the objects disagree.
+            let size = file.size().map_err(|e| failure(path, "InternalError", e))?;
+            if size == item.meta.size {
+                return Ok(());
+            }
         }
         ImportOutcome::Created => report.created += 1,
         ImportOutcome::Updated => report.updated += 1,
     }
     // Its size, on its objects (holes: the data comes on first read).
-    client
-        .open_for_mover(path, attr)
-        .and_then(|f| f.truncate(item.meta.size))
+    file.truncate(item.meta.size)
         .map_err(|e| failure(path, "InternalError", e))
 }

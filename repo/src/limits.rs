@@ -24,3 +24,7 @@ pub const PART_BYTES: u64 = 8 << 20;
 pub const UPLOAD_PARALLEL: usize = 8;
 /// The largest object S3 holds (5 TiB).
 pub const MAX_OBJECT_BYTES: u64 = 5 << 40;
+/// Most parts of one multipart upload (S3's bound): a file over `PART_BYTES` times this
+/// goes in larger parts.
+pub const MAX_PARTS: u64 = 10_000;
+const _: () = assert!(MAX_OBJECT_BYTES.div_ceil(MAX_PARTS) <= 5 << 30);

@@ -113,6 +113,20 @@ impl Hydrator {
                 }
                 mine
             };
+            // Another fetch may have ended between the look at the map and the claim: what it
+            // made present (and may have been written since) is not fetched again.
+            let claimed = mine.clone();
+            let now = store.repo_file(ino);
+            let mine: Vec<u64> = match &now {
+                Ok(Some(f)) if f.etag == file.etag => {
+                    mine.into_iter().filter(|&c| !f.is_present(c)).collect()
+                }
+                _ => Vec::new(),
+            };
+            if mine.is_empty() {
+                self.release(ino, &claimed);
+                continue;
+            }
             let part = HydrateJob {
                 chunks: mine.clone(),
                 file: file.clone(),
@@ -123,22 +137,28 @@ impl Hydrator {
                 Ok(()) => store.mark_present(ino, &file.etag, &mine).map(|_| ()),
                 Err(reason) => Err(failed(reason)),
             };
-            {
-                let mut fetching = self.lock();
-                for &c in &mine {
-                    fetching.remove(&(ino, c));
-                }
-            }
-            self.done.notify_all();
+            self.release(ino, &claimed);
             match marked {
                 Ok(()) => {}
                 Err(MetaError::Repository { reason, .. }) if reason.starts_with(LOST_MARK) => {
-                    let _ = store.add_hsm_flags(ino, HS_LOST);
+                    // Only the version that failed is lost (not one imported since).
+                    let _ = store.mark_lost(ino, &file.etag);
                     return Err(failed(reason[LOST_MARK.len()..].to_owned()));
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Gives up the claims on `chunks` of `ino` and wakes those waiting for them.
+    fn release(&self, ino: u64, chunks: &[u64]) {
+        {
+            let mut fetching = self.lock();
+            for &c in chunks {
+                fetching.remove(&(ino, c));
+            }
+        }
+        self.done.notify_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {

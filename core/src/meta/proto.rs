@@ -183,6 +183,9 @@ pub enum MetaRequest {
     Hydrate {
         /// The file.
         path: String,
+        /// Its inode as the client opened it: a path that names another file since (a
+        /// rename over it) is refused rather than hydrated for the wrong file.
+        ino: u64,
         /// Where.
         offset: u64,
         /// How many bytes.
@@ -412,8 +415,13 @@ impl MetaRequest {
                 Writer::new(out).str(path).u8(state.code()).str(reason);
             }
             MetaRequest::ImportFile { file } => file.encode(out),
-            MetaRequest::Hydrate { path, offset, len } => {
-                Writer::new(out).str(path).u64(*offset).u64(*len);
+            MetaRequest::Hydrate {
+                path,
+                ino,
+                offset,
+                len,
+            } => {
+                Writer::new(out).str(path).u64(*ino).u64(*offset).u64(*len);
             }
             MetaRequest::Archived {
                 path,
@@ -530,6 +538,7 @@ impl MetaRequest {
             },
             23 => MetaRequest::Hydrate {
                 path: get_path(&mut r, "path")?,
+                ino: r.u64("ino")?,
                 offset: r.u64("offset")?,
                 len: r.u64("len")?,
             },

@@ -10,7 +10,7 @@
 use crate::codec::{CodecError, Reader, Writer};
 use crate::limits::{
     DEFAULT_REPO_CHUNK_BYTES, MAX_ETAG_BYTES, MAX_REPO_CHUNK_BYTES, MAX_REPO_CHUNKS_PER_FILE,
-    MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES, MIN_REPO_CHUNK_BYTES,
+    MAX_REPO_FILE_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES, MIN_REPO_CHUNK_BYTES,
 };
 use crate::meta::types::{Attr, MAX_PATH_BYTES, MetaError, whole_record};
 
@@ -420,10 +420,36 @@ impl RepoFile {
 
     /// Marks chunk `c` present; clears [`HS_RELEASED`] once every chunk is.
     pub fn set_present(&mut self, c: u64) {
-        if let Some(b) = self.present.get_mut((c / 8) as usize) {
-            *b |= 1 << (c % 8);
+        self.set_present_all(&[c]);
+    }
+
+    /// Marks `chunks` present; clears [`HS_RELEASED`] once every chunk is (one look at the
+    /// map, whatever the number of chunks).
+    pub fn set_present_all(&mut self, chunks: &[u64]) {
+        for &c in chunks {
+            if let Some(b) = self.present.get_mut((c / 8) as usize) {
+                *b |= 1 << (c % 8);
+            }
         }
-        if (0..self.chunks()).all(|c| self.is_present(c)) {
+        self.update_released();
+    }
+
+    /// Marks every chunk present: the file is whole on its targets.
+    pub fn set_whole(&mut self) {
+        self.present.fill(0xff);
+        self.flags &= !HS_RELEASED;
+    }
+
+    fn update_released(&mut self) {
+        let chunks = self.chunks();
+        let full = (chunks / 8) as usize;
+        let whole = self.present[..full].iter().all(|&b| b == 0xff)
+            && (full..self.present.len()).all(|i| {
+                let bits = chunks - 8 * i as u64;
+                let want = if bits >= 8 { 0xff } else { (1u8 << bits) - 1 };
+                self.present[i] & want == want
+            });
+        if whole {
             self.flags &= !HS_RELEASED;
         }
     }
@@ -463,6 +489,9 @@ impl RepoFile {
         let key = r.str("key", MAX_S3_KEY_BYTES)?.to_owned();
         let etag = r.str("etag", MAX_ETAG_BYTES)?.to_owned();
         let size = r.u64("size")?;
+        if size > MAX_REPO_FILE_BYTES {
+            return Err(r.bad_value("size", size, "at most 5 TiB (S3's largest object)"));
+        }
         let chunk_bytes = r.u64("chunk_bytes")?;
         if chunk_bytes == 0 || size.div_ceil(chunk_bytes) > MAX_REPO_CHUNKS_PER_FILE {
             return Err(r.bad_value("chunk_bytes", chunk_bytes, "a chunk count within bound"));
@@ -586,6 +615,21 @@ mod tests {
         f.encode(&mut bytes);
         let mut r = Reader::new(&bytes, "repo file");
         assert_eq!(RepoFile::decode(&mut r).ok(), Some(f));
+    }
+
+    #[test]
+    fn released_clears_only_when_the_last_partial_byte_of_the_map_is_full() {
+        // 9 chunks: a map of two bytes, the second with one bit in use.
+        let mut f = RepoFile::imported(1, "k".into(), "e".into(), 9 << 20, 1 << 20);
+        f.set_present_all(&(0..8).collect::<Vec<u64>>());
+        assert_ne!(f.flags & HS_RELEASED, 0);
+        assert_eq!(f.missing(0, 9 << 20), vec![8]);
+        f.set_present_all(&[8]);
+        assert_eq!(f.flags & HS_RELEASED, 0);
+        let mut g = RepoFile::imported(1, "k".into(), "e".into(), 9 << 20, 1 << 20);
+        g.set_whole();
+        assert!(g.missing(0, u64::MAX).is_empty());
+        assert_eq!(g.flags, HS_EXISTS | HS_ARCHIVED);
     }
 
     #[test]

@@ -342,8 +342,18 @@ fn execute(
             let flags = store.mark_archived(cred, path, *repo, key, etag, *size)?;
             out.extend_from_slice(&flags.to_le_bytes());
         }
-        MetaRequest::Hydrate { path, offset, len } => {
+        MetaRequest::Hydrate {
+            path,
+            ino,
+            offset,
+            len,
+        } => {
             let attr = store.open_file(cred, path, Access::Read)?;
+            if attr.ino != *ino {
+                return Err(MetaError::NotFound {
+                    path: format!("{path} (inode {ino}: renamed or replaced since it was opened)"),
+                });
+            }
             match store.hydrate_plan(path, &attr, *offset, *len)? {
                 Some(job) => *hydrate = Some(Box::new(Hydration { job })),
                 None => {

@@ -5,11 +5,12 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::{FileType, MetaStore, NsPath, REPO_FILES, REPOS, ROOT_INO, corrupt, now_ns};
 use crate::limits::{
-    HYDRATE_READAHEAD_CHUNKS, MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MIN_REPO_CHUNK_BYTES,
+    HYDRATE_READAHEAD_CHUNKS, MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MAX_REPO_FILE_BYTES,
+    MIN_REPO_CHUNK_BYTES,
 };
 use crate::meta::repo::{
-    AssocState, Association, HS_DIRTY, HS_LOST, HS_RELEASED, HydrateJob, ImportOutcome,
-    ImportedFile, RepoFile, under,
+    AssocState, Association, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome, ImportedFile, RepoFile,
+    under,
 };
 use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
 
@@ -141,14 +142,22 @@ impl MetaStore {
     /// Creates (or brings up to date) the released file of an imported object (root only):
     /// its parent must exist; it takes the object's attributes and the parent's default
     /// layout; its size is set on its objects by the importer after. A file there already
-    /// that holds the same object version is left as it is; one that is released and not
-    /// dirty takes the new version; anything else there → [`MetaError::Exists`].
+    /// that holds the same object version is left as it is (and is no longer lost, if it
+    /// was); one not written since its import or export takes the new version (released
+    /// again); anything else there → [`MetaError::Exists`].
     pub fn import_file(
         &self,
         cred: &Cred,
         file: &ImportedFile,
     ) -> Result<(Attr, ImportOutcome), MetaError> {
         root_only(cred, &file.path, "import from a data repository")?;
+        if file.size > MAX_REPO_FILE_BYTES {
+            return Err(MetaError::Invalid {
+                field: "size",
+                value: file.size.to_string(),
+                allowed: format!("at most {MAX_REPO_FILE_BYTES} bytes (S3's largest object)"),
+            });
+        }
         let path = NsPath::parse("path", &file.path)?;
         if path.is_root() {
             return Err(MetaError::IsDir { path: path.full() });
@@ -228,13 +237,22 @@ impl MetaStore {
                 });
             };
             if current.etag == record.etag && current.key == record.key {
+                if current.flags & HS_LOST != 0 {
+                    // The same version answers again (a bucket fixed): readable again.
+                    let found = RepoFile {
+                        flags: current.flags & !HS_LOST,
+                        ..current
+                    };
+                    tx.repo_files
+                        .insert(existing.ino, found.to_bytes().as_slice())?;
+                }
                 return Ok((existing.clone(), ImportOutcome::Unchanged));
             }
-            if current.flags & HS_DIRTY != 0 || current.flags & HS_RELEASED == 0 {
+            if current.flags & HS_DIRTY != 0 {
                 return Err(MetaError::Exists {
                     path: format!(
-                        "{} (its object changed in the repository, and the file holds data \
-                         of its own: it is kept)",
+                        "{} (its object changed in the repository, and the file was written \
+                         since its import: it is kept)",
                         path.full()
                     ),
                 });
@@ -355,12 +373,10 @@ impl MetaStore {
             if record.etag != etag {
                 return Ok(record.flags);
             }
-            for &c in chunks {
-                if c >= record.chunks() {
-                    return Err(corrupt(format!("chunk {c} of inode {ino} is past its end")));
-                }
-                record.set_present(c);
+            if let Some(&c) = chunks.iter().find(|&&c| c >= record.chunks()) {
+                return Err(corrupt(format!("chunk {c} of inode {ino} is past its end")));
             }
+            record.set_present_all(chunks);
             tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
             Ok(record.flags)
         })
@@ -399,12 +415,30 @@ impl MetaStore {
             size,
             assoc.chunk_bytes,
         );
-        for c in 0..record.chunks() {
-            record.set_present(c);
-        }
+        record.set_whole();
         self.write(|tx| {
             tx.repo_files
                 .insert(attr.ino, record.to_bytes().as_slice())?;
+            Ok(record.flags)
+        })
+    }
+
+    /// Marks file `ino` lost if it still holds object version `etag` (a fetch of that
+    /// version found it changed or gone); its flags after.
+    pub fn mark_lost(&self, ino: u64, etag: &str) -> Result<u32, MetaError> {
+        self.write(|tx| {
+            let record = match tx.repo_files.get(ino)? {
+                Some(guard) => RepoFile::from_bytes(guard.value())?,
+                None => return Ok(0),
+            };
+            if record.etag != etag {
+                return Ok(record.flags);
+            }
+            let record = RepoFile {
+                flags: record.flags | HS_LOST,
+                ..record
+            };
+            tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
             Ok(record.flags)
         })
     }
