@@ -18,7 +18,7 @@ use object_store::{
 };
 
 use crate::error::RepoError;
-use crate::import::ImportFailure;
+use crate::import::{ImportFailure, failure};
 use crate::limits::{
     MAX_OBJECT_BYTES, MAX_PARTS, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL,
 };
@@ -80,14 +80,6 @@ pub fn export(
         }
     }
     Ok(report)
-}
-
-fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
-    ImportFailure {
-        path: path.to_owned(),
-        code,
-        message: e.to_string(),
-    }
 }
 
 /// Uploads one file if it is new or dirty: the bytes it uploaded, `None` when it was

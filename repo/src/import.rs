@@ -337,7 +337,8 @@ fn remove_deleted(
     }
 }
 
-fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
+/// A path's failure with FSx's error `code` and what was wrong.
+pub(crate) fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
     ImportFailure {
         path: path.to_owned(),
         code,

@@ -426,31 +426,28 @@ impl MetaStore {
     /// Marks file `ino` lost if it still holds object version `etag` (a fetch of that
     /// version found it changed or gone); its flags after.
     pub fn mark_lost(&self, ino: u64, etag: &str) -> Result<u32, MetaError> {
-        self.write(|tx| {
-            let record = match tx.repo_files.get(ino)? {
-                Some(guard) => RepoFile::from_bytes(guard.value())?,
-                None => return Ok(0),
-            };
-            if record.etag != etag {
-                return Ok(record.flags);
-            }
-            let record = RepoFile {
-                flags: record.flags | HS_LOST,
-                ..record
-            };
-            tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
-            Ok(record.flags)
-        })
+        self.set_flags(ino, HS_LOST, |r| r.etag == etag)
     }
 
     /// Adds `flags` to file `ino`'s (an imported file's only); its flags after.
     pub fn add_hsm_flags(&self, ino: u64, flags: u32) -> Result<u32, MetaError> {
+        self.set_flags(ino, flags, |_| true)
+    }
+
+    /// Adds `flags` to file `ino`'s record when `when` holds for it (written only if that
+    /// changes them); its flags after, 0 for a file not imported.
+    fn set_flags(
+        &self,
+        ino: u64,
+        flags: u32,
+        when: impl FnOnce(&RepoFile) -> bool,
+    ) -> Result<u32, MetaError> {
         self.write(|tx| {
             let record = match tx.repo_files.get(ino)? {
                 Some(guard) => RepoFile::from_bytes(guard.value())?,
                 None => return Ok(0),
             };
-            if record.flags & flags == flags {
+            if !when(&record) || record.flags & flags == flags {
                 return Ok(record.flags);
             }
             let record = RepoFile {
