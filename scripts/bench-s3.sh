@@ -34,9 +34,12 @@ need_packages python3:python3
 s3_tools
 cargo build --release --quiet -p nacre-cli
 work=$(mktemp -d "${CLUSTER_PARENT:-/var/tmp}/nacre-bench-s3.XXXXXX")
-trap 'cluster_stop >/dev/null 2>&1 || true; s3_stop; rm -rf "$work"' EXIT
+trap 's3_stop; rm -rf "$work"' EXIT
 s3_start
 CLUSTER_ONE_SERVER=1 CLUSTER_PARENT=$work cluster_start 4 tcp >/dev/null
+# cluster_start set traps of its own: these stop moto too.
+trap 'cluster_stop >/dev/null 2>&1 || true; s3_stop; rm -rf "$work"' EXIT
+trap 'echo "nacre: interrupted; stopping" >&2; exit 130' INT TERM
 aws=("$AWS_CLI" --endpoint-url "$S3_ENDPOINT")
 
 echo "== the data set: $small files of $small_kib KiB and one of $large_mib MiB"

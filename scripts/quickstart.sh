@@ -31,7 +31,9 @@ if [ "$s3" = 1 ]; then
 fi
 echo "== starting a metadata service and $targets targets under ${CLUSTER_PARENT:-/var/tmp}"
 cluster_start "$targets" tcp
+# cluster_start set traps of its own: these stop the S3 server too.
 trap 'cluster_stop; s3_stop' EXIT
+trap 'echo "nacre: interrupted; stopping" >&2; exit 130' INT TERM
 echo "metadata service at $NACRE_META"
 "$NACRE_BIN" df -H
 

@@ -64,6 +64,8 @@ if [ $smoke = 1 ]; then
     scripts/bench-net.sh --reps 1 --seconds 1
     step "S3 benchmark smoke run (one small round)"
     scripts/bench-s3.sh --reps 1 --large-mib 16 --small 10 --small-kib 16
+    leaked=$(s3_leaked)
+    [ -z "$leaked" ] || die "moto servers left running by the S3 scripts or tests: $leaked"
     step "side-by-side benchmark smoke run (the same build twice, small sizes)"
     scripts/bench-ab.sh "$CARGO_TARGET_DIR/release/nacre" "$CARGO_TARGET_DIR/release/nacre" \
         --reps 1 --small-ops 1024 --large-mib 64

@@ -45,6 +45,11 @@ s3_stop() {
     S3_PID=
 }
 
+# s3_leaked — prints the pids of moto servers still running (none, after s3_stop).
+s3_leaked() {
+    pgrep -f "$MOTO_SERVER -H 127.0.0.1" || true
+}
+
 s3_start() {
     local port waited=0
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
