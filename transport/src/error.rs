@@ -155,6 +155,19 @@ impl TransportError {
         }
     }
 
+    /// What a connection to `peer` makes of a message its decoder refused: one of the wrong
+    /// direction is well formed but has no place here ([`TransportError::Unexpected`]),
+    /// anything else is malformed ([`TransportError::Protocol`]).
+    pub(crate) fn from_wire(peer: SocketAddr, source: crate::wire::WireError) -> Self {
+        match source {
+            crate::wire::WireError::WrongDirection { .. } => TransportError::Unexpected {
+                peer,
+                reason: source.to_string(),
+            },
+            source => TransportError::Protocol { peer, source },
+        }
+    }
+
     /// A failed socket call of `op` on the connection to `peer`: the peer going away
     /// (end of stream, reset, broken pipe) is [`TransportError::PeerClosed`]; anything
     /// else is [`TransportError::Io`].

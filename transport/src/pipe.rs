@@ -19,8 +19,8 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
+use crate::framer::Expect;
 use crate::framer::outbox::Span;
-use crate::framer::{Event, Expect};
 use crate::limits::{MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
 use crate::socket::{Reading, Socket, iovecs_past, no_iovecs};
 use crate::stream::Progress;
@@ -190,12 +190,15 @@ impl PipeConn {
             match self.socket.next_event()? {
                 Reading::Pending => return Ok(()),
                 Reading::Closed => return Err(self.socket.eof()),
-                Reading::Event(Event::Message(header)) => {
+                Reading::Message(header) => {
                     self.reply_arrived(&header)?;
                     self.current = Some(header);
                 }
-                Reading::Event(event) => {
-                    return Err(self.socket.unexpected(format!("{event:?} among replies")));
+                // A client's decoder refuses unknown opcodes itself.
+                Reading::Unknown { request_id, opcode } => {
+                    return Err(self.socket.unexpected(format!(
+                        "request {request_id} with unknown opcode {opcode} among replies"
+                    )));
                 }
             }
         }

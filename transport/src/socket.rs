@@ -25,7 +25,7 @@ use crate::framer::outbox::Outbox;
 use crate::framer::{Decoder, Event, Expect};
 use crate::limits::MAX_SEND_CALL_BYTES;
 use crate::stream::{Progress, SLICES_PER_CALL};
-use crate::wire::WireError;
+use crate::wire::{Header, WireError};
 
 /// The slices of one vectored call, on the stack.
 pub(crate) type IoVecs = [libc::iovec; SLICES_PER_CALL];
@@ -88,8 +88,15 @@ pub(crate) fn iovecs_past(
 /// What reading a socket on gave ([`Socket::next_event`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reading {
-    /// The decoder's event.
-    Event(Event),
+    /// A message's header and body ([`Event::Message`]).
+    Message(Header),
+    /// A request to answer with an error reply ([`Event::Unknown`]).
+    Unknown {
+        /// The request.
+        request_id: u64,
+        /// Its opcode.
+        opcode: u16,
+    },
     /// Nothing more to read now.
     Pending,
     /// The peer closed the stream between messages.
@@ -194,15 +201,6 @@ impl Socket {
         self.fail(TransportOp::Recv, e)
     }
 
-    /// Breaks it: the peer sent something malformed.
-    pub(crate) fn protocol(&mut self, source: WireError) -> TransportError {
-        self.broken = true;
-        TransportError::Protocol {
-            peer: self.peer,
-            source,
-        }
-    }
-
     /// Breaks it: the peer sent something well formed that has no place here.
     pub(crate) fn unexpected(&mut self, reason: String) -> TransportError {
         self.broken = true;
@@ -229,12 +227,8 @@ impl Socket {
                 };
                 self.buffer.consume(used);
                 match event {
-                    // Payload bytes are never fed: none is left here.
-                    Some(Event::Payload) => {
-                        return Err(self.unexpected("payload bytes where none was left".into()));
-                    }
-                    Some(event) => return Ok(Reading::Event(event)),
                     None => continue,
+                    Some(event) => return self.reading(event),
                 }
             }
             // The buffer is empty: the rest of a body is read straight into its room, the
@@ -256,7 +250,7 @@ impl Socket {
                     Err(e) => return Err(self.fail(TransportOp::Recv, e)),
                 };
                 match self.decoder.body_added(n) {
-                    Ok(Some(event)) => return Ok(Reading::Event(event)),
+                    Ok(Some(event)) => return self.reading(event),
                     Ok(None) => continue,
                     Err(e) => return Err(self.refuse(e)),
                 }
@@ -273,13 +267,20 @@ impl Socket {
         }
     }
 
-    /// Breaks it for what the decoder refused: a message of the wrong direction is well
-    /// formed but has no place here (`Unexpected`), anything else is malformed (`Protocol`).
-    fn refuse(&mut self, e: WireError) -> TransportError {
-        match e {
-            WireError::WrongDirection { .. } => self.unexpected(e.to_string()),
-            e => self.protocol(e),
+    /// An event of the decoder as what reading gave. Payload bytes are never fed (none is
+    /// left when reading on), so [`Event::Payload`] means a bug, reported, not a panic.
+    fn reading(&mut self, event: Event) -> Result<Reading, TransportError> {
+        match event {
+            Event::Message(header) => Ok(Reading::Message(header)),
+            Event::Unknown { request_id, opcode } => Ok(Reading::Unknown { request_id, opcode }),
+            Event::Payload => Err(self.unexpected("payload bytes where none was left".into())),
         }
+    }
+
+    /// Breaks it for what the decoder refused ([`TransportError::from_wire`]).
+    fn refuse(&mut self, e: WireError) -> TransportError {
+        self.broken = true;
+        TransportError::from_wire(self.peer, e)
     }
 
     /// Reads into the input buffer, after what it holds; `Ok(None)` when the socket

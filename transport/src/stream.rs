@@ -31,8 +31,8 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
+use crate::framer::Expect;
 use crate::framer::outbox::Span;
-use crate::framer::{Event, Expect};
 use crate::limits::MAX_PIPELINED_REQUESTS;
 use crate::socket::{Reading, Socket, iovecs_past, no_iovecs};
 use crate::wire::Header;
@@ -77,8 +77,7 @@ pub enum Progress {
 #[derive(Debug)]
 pub struct StreamConn {
     /// Its outbox holds the replies to write, and the places of those to come, in request
-    /// order.
-    /// Its decoder (in the socket) expects requests.
+    /// order; its decoder expects requests.
     socket: Socket,
     /// The request last returned, until the next call to `recv_request` ends it: the caller's
     /// (its payload, if the decoder has some left, is taken with `recv_payload`).
@@ -210,23 +209,18 @@ impl StreamConn {
             match self.socket.next_event()? {
                 Reading::Pending => return Ok(Incoming::Pending),
                 Reading::Closed => return Ok(Incoming::Closed),
-                Reading::Event(Event::Message(header)) => {
+                Reading::Message(header) => {
                     self.current = Some(header);
                     self.socket.outbox.hold(header.request_id);
                     return Ok(Incoming::Request(header));
                 }
-                Reading::Event(Event::Unknown { request_id, opcode }) => {
+                Reading::Unknown { request_id, opcode } => {
                     // Answered in its turn; the decoder skips its body and payload.
                     log_unknown_opcode(self.socket.peer, opcode);
                     let head = Header::error_reply(request_id, UNKNOWN_OPCODE_STATUS).encode();
                     // SAFETY: no payload.
                     unsafe { self.socket.outbox.push(head, Vec::new(), Vec::new(), None) };
                     self.socket.write_out(&mut self.sent)?;
-                }
-                Reading::Event(Event::Payload) => {
-                    return Err(self
-                        .socket
-                        .unexpected("payload bytes between requests".into()));
                 }
             }
         }

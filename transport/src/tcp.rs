@@ -20,8 +20,6 @@ use crate::socket::{cap_send, no_iovecs};
 use crate::stream::{SLICES_PER_CALL, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
 use crate::wire::{Header, WireError};
 
-/// Chunk used to discard the body and payload of a message that is skipped.
-const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
 /// With SEND_ZC enabled, messages of at least this many payload bytes go out zero-copy;
 /// smaller ones cost more in notifications than the copy they save.
 pub const SEND_ZC_MIN_PAYLOAD_BYTES: u64 = 64 * 1024;
@@ -351,7 +349,6 @@ impl TcpConnection {
     pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
         self.check()?;
         self.decoder.skip_payload();
-        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
         loop {
             if self.buffer.len() > 0 {
                 let fed = self.decoder.feed(self.buffer.data());
@@ -395,19 +392,8 @@ impl TcpConnection {
                     },
                     Err(e) => Err(e),
                 }
-            } else if self.decoder.discard_left() > 0 {
-                // Bytes to drop: read and fed from the stack.
-                let n = self.decoder.discard_left().min(DISCARD_CHUNK_BYTES as u64) as usize;
-                match self.stream.read(&mut scratch[..n]) {
-                    Ok(0) => Ok(Some(0)),
-                    Ok(got) => {
-                        let fed = self.decoder.feed(&scratch[..got]);
-                        fed.map_err(|e| self.refuse(e))?;
-                        Ok(Some(got))
-                    }
-                    Err(e) => Err(e),
-                }
             } else {
+                // A header and what follows it, or bytes to drop: fed from the buffer.
                 let stream = &mut self.stream;
                 self.buffer.fill(|room| stream.read(room).map(Some))
             };
@@ -442,24 +428,14 @@ impl TcpConnection {
         }
     }
 
-    /// Breaks it for what the decoder refused: a message of the wrong direction is well
-    /// formed but has no place here (`Unexpected`), anything else is malformed (`Protocol`).
+    /// Breaks it for what the decoder refused ([`TransportError::from_wire`]).
     fn refuse(&mut self, source: WireError) -> TransportError {
         self.broken = true;
-        match source {
-            WireError::WrongDirection { .. } => {
-                // The peer is told at once: its next receive sees the end of the stream.
-                let _ = self.stream.shutdown(std::net::Shutdown::Both);
-                TransportError::Unexpected {
-                    peer: self.peer,
-                    reason: source.to_string(),
-                }
-            }
-            source => TransportError::Protocol {
-                peer: self.peer,
-                source,
-            },
+        if matches!(source, WireError::WrongDirection { .. }) {
+            // The peer is told at once: its next receive sees the end of the stream.
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }
+        TransportError::from_wire(self.peer, source)
     }
 
     /// Receives `len` payload bytes straight into the first `len` bytes of `dests` (which
@@ -523,22 +499,25 @@ impl TcpConnection {
     pub fn skip_payload(&mut self) -> Result<(), TransportError> {
         self.check()?;
         self.decoder.skip_payload();
-        let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
-        // Fed to the decoder as they come, never past the payload's end: it counts them.
+        // Through the input buffer, fed never past the payload's end (what follows it stays
+        // in the buffer for the next message).
         while self.decoder.discard_left() > 0 {
-            let left = self.decoder.discard_left();
-            let fed = if self.buffer.len() > 0 {
-                let n = left.min(self.buffer.len() as u64) as usize;
-                let fed = self.decoder.feed(&self.buffer.data()[..n]);
-                self.buffer.consume(n);
-                fed
-            } else {
-                let n = left.min(DISCARD_CHUNK_BYTES as u64) as usize;
-                if let Err(e) = self.stream.read_exact(&mut scratch[..n]) {
-                    return Err(self.fail(TransportOp::Recv, e));
+            if self.buffer.len() == 0 {
+                let stream = &mut self.stream;
+                match self.buffer.fill(|room| stream.read(room).map(Some)) {
+                    Ok(Some(0)) => {
+                        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                        return Err(self.fail(TransportOp::Recv, e));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.fail(TransportOp::Recv, e)),
                 }
-                self.decoder.feed(&scratch[..n])
-            };
+                continue;
+            }
+            let n = self.decoder.discard_left().min(self.buffer.len() as u64) as usize;
+            let fed = self.decoder.feed(&self.buffer.data()[..n]);
+            self.buffer.consume(n);
             fed.map_err(|e| self.refuse(e))?;
         }
         Ok(())
