@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nacre::Client;
-use nacre::meta::hydrate::LOST_MARK;
-use nacre::meta::repo::{Association, HydrateJob, Repository};
+use nacre::meta::repo::{Association, FetchError, HydrateJob, Repository};
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
@@ -151,8 +150,10 @@ impl Mover {
         *client = Some(c.clone());
         Ok(c)
     }
+}
 
-    fn fetch_chunks(&self, job: &HydrateJob) -> Result<(), String> {
+impl Repository for Mover {
+    fn fetch(&self, job: &HydrateJob) -> Result<(), FetchError> {
         let object = format!("s3://{}/{}", job.assoc.bucket, job.file.key);
         let store = self.s3.store(&job.assoc).map_err(|e| e.to_string())?;
         let file = self
@@ -187,18 +188,17 @@ impl Mover {
             let joined = runtime.block_on(task);
             let result = match joined {
                 Ok(result) => result,
-                Err(e) => return Err(format!("{object}: the fetch stopped: {e}")),
+                Err(e) => return Err(format!("{object}: the fetch stopped: {e}").into()),
             };
             let (range, bytes) = match result {
                 Ok(got) => got,
                 Err(e) if is_lost(&e) => {
-                    return Err(format!(
-                        "{LOST_MARK}{object} changed or went away since it was imported \
-                         (ETag {}): {e}",
+                    return Err(FetchError::lost(format!(
+                        "{object} changed or went away since it was imported (ETag {}): {e}",
                         job.file.etag
-                    ));
+                    )));
                 }
-                Err(e) => return Err(format!("{object}: {e}")),
+                Err(e) => return Err(format!("{object}: {e}").into()),
             };
             if bytes.len() as u64 != range.end - range.start {
                 return Err(format!(
@@ -206,7 +206,8 @@ impl Mover {
                     range.start,
                     range.end,
                     bytes.len()
-                ));
+                )
+                .into());
             }
             file.write_at(&bytes, range.start)
                 .map_err(|e| format!("{object}: writing it to the file: {e}"))?;
@@ -228,11 +229,5 @@ impl Mover {
             job.path
         );
         Ok(())
-    }
-}
-
-impl Repository for Mover {
-    fn fetch(&self, job: &HydrateJob) -> Result<(), String> {
-        self.fetch_chunks(job)
     }
 }

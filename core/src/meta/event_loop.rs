@@ -58,9 +58,9 @@ enum LoopMsg {
     },
 }
 
-/// A request waiting for the remover (the targets to work) or a hydrator (the chunks to
-/// fetch), and the reply to give after.
-struct Removal {
+/// A request whose reply waits for the remover (the targets to work) or a hydrator (the
+/// chunks to fetch), and the reply to give after.
+struct Deferred {
     to_loop: usize,
     token: u64,
     header: Header,
@@ -87,7 +87,7 @@ impl Inbox {
 /// The hydrator threads, started with the first hydration (a service whose files are never
 /// released runs none): their queue until then, and their handles after.
 struct Hydrators {
-    jobs: Option<mpsc::Receiver<Removal>>,
+    jobs: Option<mpsc::Receiver<Deferred>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -140,7 +140,7 @@ pub(super) fn start(
         inboxes.push(Inbox { tx, wake });
         receivers.push(rx);
     }
-    let (hydrations_tx, hydrations_rx) = mpsc::channel::<Removal>();
+    let (hydrations_tx, hydrations_rx) = mpsc::channel::<Deferred>();
     let shared = Arc::new(Shared {
         store: Arc::clone(store),
         hydrator: Arc::clone(hydrator),
@@ -155,7 +155,7 @@ pub(super) fn start(
         bound,
         unsent: AtomicUsize::new(0),
     });
-    let (removals_tx, removals_rx) = mpsc::channel::<Removal>();
+    let (removals_tx, removals_rx) = mpsc::channel::<Deferred>();
     let mut handles = Vec::with_capacity(META_LOOPS + META_REMOVERS);
     let started = (|| {
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -197,7 +197,7 @@ pub(super) fn start(
 /// What the removers share: their queue, and the targets that could not be reached
 /// lately (by id: when).
 struct Removers {
-    jobs: Mutex<mpsc::Receiver<Removal>>,
+    jobs: Mutex<mpsc::Receiver<Deferred>>,
     unreachable: Mutex<HashMap<u32, Instant>>,
 }
 
@@ -287,9 +287,18 @@ impl Shared {
     }
 }
 
+/// Hands a reply to the thread behind `queue` (a hydrator or the remover), which gives it
+/// back to its loop when done; the answer back when that thread has gone.
+fn defer(queue: &mpsc::Sender<Deferred>, job: Deferred) -> Option<Answer> {
+    match queue.send(job) {
+        Ok(()) => None,
+        Err(mpsc::SendError(job)) => Some(job.answer),
+    }
+}
+
 /// Runs the hydrations replies wait for, then gives the replies back to their loops; ends
 /// once every loop has.
-fn hydrate_loop(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Removal>>) {
+fn hydrate_loop(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Deferred>>) {
     loop {
         let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = next else { return };
@@ -318,8 +327,8 @@ struct MetaLoop {
     index: usize,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<LoopMsg>,
-    removals: mpsc::Sender<Removal>,
-    hydrations: mpsc::Sender<Removal>,
+    removals: mpsc::Sender<Deferred>,
+    hydrations: mpsc::Sender<Deferred>,
     epoll: Epoll,
     slots: Slots<Conn>,
     /// Scratch for flushes: the tokens of replies written, each its body's length.
@@ -335,7 +344,7 @@ impl MetaLoop {
         index: usize,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<LoopMsg>,
-        (removals, hydrations): (mpsc::Sender<Removal>, mpsc::Sender<Removal>),
+        (removals, hydrations): (mpsc::Sender<Deferred>, mpsc::Sender<Deferred>),
     ) -> Result<MetaLoop, Error> {
         let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         epoll
@@ -541,28 +550,25 @@ impl MetaLoop {
         };
         let store = &self.shared.store;
         let answer = answer(store, &header, conn.stream.body());
-        if answer.hydrate.is_some() && self.shared.start_hydrators() > 0 {
-            let job = Removal {
-                to_loop: self.index,
-                token,
-                header,
-                answer,
-            };
-            match self.hydrations.send(job) {
-                Ok(()) => {
+        let deferred = |answer| Deferred {
+            to_loop: self.index,
+            token,
+            header,
+            answer,
+        };
+        let mut answer = if answer.hydrate.is_some() && self.shared.start_hydrators() > 0 {
+            match defer(&self.hydrations, deferred(answer)) {
+                None => {
                     conn.awaiting += 1;
                     return;
                 }
                 // The hydrators have gone (the server stops): answer here.
-                Err(mpsc::SendError(job)) => {
-                    let answer = job.answer.hydrated(store, &self.shared.hydrator);
-                    self.reply(slot, &header, answer);
-                    return;
-                }
+                Some(answer) => answer.hydrated(store, &self.shared.hydrator),
             }
-        }
-        // No hydrator thread could start: the loop hydrates itself.
-        let mut answer = answer.hydrated(store, &self.shared.hydrator);
+        } else {
+            // No hydrator thread could start: the loop hydrates itself.
+            answer.hydrated(store, &self.shared.hydrator)
+        };
         // Most removals (every heartbeat) find nothing logged: no need to wait.
         answer.removals.retain(|&t| {
             store
@@ -572,19 +578,13 @@ impl MetaLoop {
         let answer = if answer.removals.is_empty() {
             answer
         } else {
-            let job = Removal {
-                to_loop: self.index,
-                token,
-                header,
-                answer,
-            };
-            match self.removals.send(job) {
-                Ok(()) => {
+            match defer(&self.removals, deferred(answer)) {
+                None => {
                     conn.awaiting += 1;
                     return;
                 }
                 // The remover has gone: answer without the removals (they stay logged).
-                Err(mpsc::SendError(job)) => job.answer,
+                Some(answer) => answer,
             }
         };
         self.reply(slot, &header, answer);

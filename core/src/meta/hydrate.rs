@@ -60,6 +60,10 @@ impl Hydrator {
         };
         let deadline = Instant::now() + Duration::from_millis(HYDRATE_WAIT_MS);
         loop {
+            // The map is read and the chunks claimed under one lock: a fetch marks its chunks
+            // present before it gives up its claims, so a chunk is either seen present here
+            // or seen claimed, never fetched again after it was made present (and written).
+            let mut fetching = self.lock();
             let Some(file) = store.repo_file(ino)? else {
                 return Err(failed("it is no longer an imported file".into()));
             };
@@ -76,76 +80,56 @@ impl Hydrator {
                     file.key
                 )));
             }
-            let missing: Vec<u64> = job
-                .chunks
-                .iter()
-                .copied()
-                .filter(|&c| !file.is_present(c))
+            let missing = job.chunks.iter().copied().filter(|&c| !file.is_present(c));
+            let mut others = false;
+            let mine: Vec<u64> = missing
+                .filter(|&c| {
+                    let theirs = fetching.contains(&(ino, c));
+                    others |= theirs;
+                    !theirs
+                })
                 .collect();
-            if missing.is_empty() {
-                return Ok(file.flags);
-            }
-            let mine: Vec<u64> = {
-                let mut fetching = self.lock();
-                let mine: Vec<u64> = missing
-                    .iter()
-                    .copied()
-                    .filter(|&c| !fetching.contains(&(ino, c)))
-                    .collect();
-                if mine.is_empty() {
-                    // Others fetch them all: wait for one of theirs to end.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(failed(format!(
-                            "chunks of {} were not fetched within {HYDRATE_WAIT_MS} ms",
-                            file.key
-                        )));
-                    }
-                    let (guard, _) = self
-                        .done
-                        .wait_timeout(fetching, left)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    drop(guard);
-                    continue;
-                }
-                for &c in &mine {
-                    fetching.insert((ino, c));
-                }
-                mine
-            };
-            // Another fetch may have ended between the look at the map and the claim: what it
-            // made present (and may have been written since) is not fetched again.
-            let claimed = mine.clone();
-            let now = store.repo_file(ino);
-            let mine: Vec<u64> = match &now {
-                Ok(Some(f)) if f.etag == file.etag => {
-                    mine.into_iter().filter(|&c| !f.is_present(c)).collect()
-                }
-                _ => Vec::new(),
-            };
             if mine.is_empty() {
-                self.release(ino, &claimed);
+                if !others {
+                    return Ok(file.flags);
+                }
+                // Others fetch the rest: wait for one of theirs to end, then look again.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(failed(format!(
+                        "chunks of {} were not fetched within {HYDRATE_WAIT_MS} ms",
+                        file.key
+                    )));
+                }
+                let (guard, _) = self
+                    .done
+                    .wait_timeout(fetching, left)
+                    .unwrap_or_else(PoisonError::into_inner);
+                drop(guard);
                 continue;
             }
+            for &c in &mine {
+                fetching.insert((ino, c));
+            }
+            drop(fetching);
             let part = HydrateJob {
                 chunks: mine.clone(),
                 file: file.clone(),
                 ..job.clone()
             };
             let fetched = repository.fetch(&part);
-            let marked = match fetched {
-                Ok(()) => store.mark_present(ino, &file.etag, &mine).map(|_| ()),
-                Err(reason) => Err(failed(reason)),
+            let marked = match &fetched {
+                Ok(()) => store.mark_present(ino, &file.etag, &mine).map(drop),
+                Err(_) => Ok(()),
             };
-            self.release(ino, &claimed);
-            match marked {
-                Ok(()) => {}
-                Err(MetaError::Repository { reason, .. }) if reason.starts_with(LOST_MARK) => {
+            self.release(ino, &mine);
+            marked?;
+            if let Err(e) = fetched {
+                if e.lost {
                     // Only the version that failed is lost (not one imported since).
                     let _ = store.mark_lost(ino, &file.etag);
-                    return Err(failed(reason[LOST_MARK.len()..].to_owned()));
                 }
-                Err(e) => return Err(e),
+                return Err(failed(e.message));
             }
         }
     }
@@ -165,7 +149,3 @@ impl Hydrator {
         self.fetching.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// How a [`Repository`] says the object is lost (changed or gone): its error's reason
-/// starts with this.
-pub const LOST_MARK: &str = "lost: ";

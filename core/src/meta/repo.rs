@@ -540,9 +540,38 @@ pub trait Repository: Send + Sync {
     /// writes each into the file's objects, durably, before returning. An error names the
     /// object and why (unreachable, refused, changed since import, gone); nothing of a
     /// chunk it failed on is taken as present. An object changed or gone since its import
-    /// is an error starting with [`crate::meta::hydrate::LOST_MARK`]: the file is then
-    /// marked lost.
-    fn fetch(&self, job: &HydrateJob) -> Result<(), String>;
+    /// is a [`FetchError::lost`] one: the file is then marked lost.
+    fn fetch(&self, job: &HydrateJob) -> Result<(), FetchError>;
+}
+
+/// Why a [`Repository`] could not fetch chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    /// The object changed or went away since its import (the file is marked lost), rather
+    /// than a failure that may pass (S3 unreachable, refusing).
+    pub lost: bool,
+    /// What went wrong, naming the object.
+    pub message: String,
+}
+
+impl FetchError {
+    /// The object is lost: changed or gone since its import.
+    pub fn lost(message: String) -> FetchError {
+        FetchError {
+            lost: true,
+            message,
+        }
+    }
+}
+
+impl From<String> for FetchError {
+    /// A failure that may pass.
+    fn from(message: String) -> FetchError {
+        FetchError {
+            lost: false,
+            message,
+        }
+    }
 }
 
 fn put_opt_str(w: &mut Writer<'_>, value: Option<&str>) {

@@ -151,22 +151,17 @@ pub(super) struct Answer {
     pub(super) from_target: bool,
     /// Chunks of a released file to make present before the reply goes; the reply's body
     /// then ends with the file's HSM flags after.
-    pub(super) hydrate: Option<Box<Hydration>>,
-}
-
-/// A hydration a reply waits for: the chunks of a released file to fetch.
-pub(super) struct Hydration {
-    pub(super) job: HydrateJob,
+    pub(super) hydrate: Option<Box<HydrateJob>>,
 }
 
 impl Answer {
     /// Runs the hydration the reply waits for (if any) and completes the reply: the file's
     /// flags after, or the error that stopped it.
     pub(super) fn hydrated(mut self, store: &MetaStore, hydrator: &Hydrator) -> Answer {
-        let Some(h) = self.hydrate.take() else {
+        let Some(job) = self.hydrate.take() else {
             return self;
         };
-        match hydrator.run(store, &h.job) {
+        match hydrator.run(store, &job) {
             Ok(flags) => {
                 self.body.extend_from_slice(&flags.to_le_bytes());
                 self
@@ -236,7 +231,7 @@ fn execute(
     cred: &crate::meta::types::Cred,
     op: &MetaRequest,
     out: &mut Vec<u8>,
-    hydrate: &mut Option<Box<Hydration>>,
+    hydrate: &mut Option<Box<HydrateJob>>,
 ) -> Result<Vec<u32>, MetaError> {
     match op {
         MetaRequest::Lookup { path } => store.lookup(cred, path)?.encode(out),
@@ -355,7 +350,7 @@ fn execute(
                 });
             }
             match store.hydrate_plan(path, &attr, *offset, *len)? {
-                Some(job) => *hydrate = Some(Box::new(Hydration { job })),
+                Some(job) => *hydrate = Some(Box::new(job)),
                 None => {
                     let flags = store.repo_file(attr.ino)?.map_or(0, |f| f.flags);
                     out.extend_from_slice(&flags.to_le_bytes());

@@ -593,6 +593,9 @@ pub struct MetaStore {
     register_lock: Mutex<()>,
     /// Spreads the first target of new files when targets are balanced.
     round_robin: AtomicU64,
+    /// Whether any file was ever imported or exported (the `repo_files` table has held a
+    /// record): until then an open needs no look at that table.
+    has_repo_files: AtomicBool,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -674,6 +677,7 @@ impl MetaStore {
         txn.commit()?;
 
         let mut targets = BTreeMap::new();
+        let has_repo_files;
         {
             let read = db.begin_read()?;
             let table = read.open_table(TARGETS)?;
@@ -682,6 +686,7 @@ impl MetaStore {
                 let info = TargetInfo::from_bytes(value.value())?;
                 targets.insert(info.target_id, info);
             }
+            has_repo_files = !redb::ReadableTableMetadata::is_empty(&read.open_table(REPO_FILES)?)?;
         }
         Ok(MetaStore {
             db: RwLock::new(Some(db)),
@@ -692,6 +697,7 @@ impl MetaStore {
             targets: Mutex::new(targets),
             register_lock: Mutex::new(()),
             round_robin: AtomicU64::new(0),
+            has_repo_files: AtomicBool::new(has_repo_files),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The store's side of data repositories: associations, imported files and their hydration
 //! maps, in the `repos` and `repo_files` tables (see `crate::meta::repo`).
 
+use std::sync::atomic::Ordering;
+
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{FileType, MetaStore, NsPath, REPO_FILES, REPOS, ROOT_INO, corrupt, now_ns};
@@ -189,6 +191,8 @@ impl MetaStore {
                 .unwrap_or_else(LayoutSpec::filesystem_default),
         };
         let layout = self.resolve_layout(&path.full(), &spec)?;
+        // Before the record can be seen: an open after it must look.
+        self.has_repo_files.store(true, Ordering::Release);
         self.write(|tx| {
             let parent = tx.ns.parent_of_new(cred, &path)?;
             let now = now_ns();
@@ -273,8 +277,12 @@ impl MetaStore {
         })
     }
 
-    /// The repository state of file `ino`, if it was imported.
+    /// The repository state of file `ino`, if it was imported (or exported). A store that
+    /// never held one answers without a transaction: every open asks.
     pub fn repo_file(&self, ino: u64) -> Result<Option<RepoFile>, MetaError> {
+        if !self.has_repo_files.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         self.with_db(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(REPO_FILES)?;
@@ -416,6 +424,8 @@ impl MetaStore {
             assoc.chunk_bytes,
         );
         record.set_whole();
+        // Before the record can be seen: an open after it must look.
+        self.has_repo_files.store(true, Ordering::Release);
         self.write(|tx| {
             tx.repo_files
                 .insert(attr.ino, record.to_bytes().as_slice())?;
