@@ -8,8 +8,10 @@
 #            every file (their bytes from S3 into the targets)
 #   aws1     `aws s3 cp` of the large object alone (ranged, parallel GETs)
 #   nacre1   the first read of that object's released file (`nacre get` of it)
-# Prints every run, then medians and aws/nacre ratios (above 1: Nacre faster). Export (the
-# upload side) is not built yet.
+#   awsup    `aws s3 cp --recursive` of the local data set up to a new prefix
+#   nacreup  `nacre task export` of the same files, written into Nacre beforehand (not timed)
+#            under a directory linked to another new prefix
+# Prints every run, then medians and aws/nacre ratios (above 1: Nacre faster).
 #
 #   scripts/bench-s3.sh [--reps N] [--large-mib N] [--small N] [--small-kib N]
 #     defaults: 3 rounds, a 256 MiB large file, 200 small files of 64 KiB
@@ -79,6 +81,19 @@ for ((r = 1; r <= reps; r++)); do
     cmp "$work/large.nacre" "$work/set/large.bin" || die "the first read differs"
     rm -f "$work/large.nacre"
     "$NACRE_BIN" repo unlink "/f$r" >/dev/null
+
+    t=$(now); "${aws[@]}" s3 cp --quiet --recursive "$work/set" "s3://bench/up-aws-$r"; record awsup "$t"
+    "$NACRE_BIN" mkdir "/u$r"
+    "$NACRE_BIN" repo link "/u$r" "s3://bench/up-nacre-$r" --endpoint "$S3_ENDPOINT" >/dev/null
+    "$NACRE_BIN" mkdir "/u$r/small"
+    "$NACRE_BIN" put "$work/set/large.bin" "/u$r/large.bin"
+    for ((i = 0; i < small; i++)); do "$NACRE_BIN" put "$work/set/small/f$i" "/u$r/small/f$i"; done
+    t=$(now); "$NACRE_BIN" task export "/u$r" >/dev/null; record nacreup "$t"
+    cmp <("${aws[@]}" s3 cp --quiet "s3://bench/up-nacre-$r/large.bin" -) "$work/set/large.bin" \
+        || die "the exported large file differs"
+    "$NACRE_BIN" repo unlink "/u$r" >/dev/null
+    "${aws[@]}" s3 rm --quiet --recursive "s3://bench/up-aws-$r"
+    "${aws[@]}" s3 rm --quiet --recursive "s3://bench/up-nacre-$r"
 done
 python3 - "$results" "$small" "$small_kib" "$large_mib" <<'PY'
 import statistics, sys
@@ -89,6 +104,7 @@ print(f"\n| case | runs | aws (ms) | nacre (ms) | aws / nacre |\n|---|---|---|--
 for name, a, n in (
     (f"download {small} x {kib} KiB + {mib} MiB (nacre: import + restore)", "aws", "nacre"),
     (f"first read of a released {mib} MiB file (aws: ranged parallel GET)", "aws1", "nacre1"),
+    (f"upload {small} x {kib} KiB + {mib} MiB (nacre: export)", "awsup", "nacreup"),
 ):
     runs = sum(1 for c, _ in rows if c == a)
     print(f"| {name} | {runs} | {med(a):,.0f} | {med(n):,.0f} | {med(a) / med(n):.2f} |")

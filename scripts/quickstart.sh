@@ -70,6 +70,7 @@ if [ "$s3" = 1 ]; then
     "$NACRE_BIN" put "$CLUSTER_DIR/result.txt" /s3/result.txt
     "$NACRE_BIN" chmod 640 /s3/result.txt
     "$NACRE_BIN" task export /s3
+    "$NACRE_BIN" task list
     "$NACRE_BIN" hsm state /s3/result.txt
     echo "aws s3api head-object of the exported result:"
     "${aws[@]}" s3api head-object --bucket quickstart --key data/result.txt \

@@ -1,6 +1,7 @@
 //! `nacre repo`, `nacre task` and `nacre hsm`: data repositories (S3 prefixes linked to the
-//! namespace, as FSx for Lustre's data repository associations), imports, restores, and the
-//! HSM state of files.
+//! namespace, as FSx for Lustre's data repository associations), their tasks (imports,
+//! exports, restores: run by the metadata service, kept in its store), and the HSM state of
+//! files.
 
 use std::io::IsTerminal;
 
@@ -9,7 +10,8 @@ use nacre::limits::DEFAULT_REPO_CHUNK_BYTES;
 use nacre::meta::repo::{
     AssocState, Association, event_names, hsm_flag_names, parse_events, parse_s3_url,
 };
-use nacre_repo::{ImportFailure, ImportReport, S3Access, export, import};
+use nacre::meta::task::{Task, TaskFailure, TaskKind, TaskState};
+use nacre_repo::S3Access;
 
 use crate::{Failure, MetaArg, outln};
 
@@ -58,13 +60,16 @@ pub(crate) enum RepoCommand {
     },
 }
 
-/// `nacre task ...`.
+/// `nacre task ...`: data repository tasks, run by the metadata service and kept in its
+/// store (decision 0021).
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum TaskCommand {
     /// Import the files and directories of the associations at (or above) each path.
     Import {
         #[command(flatten)]
         meta: MetaArg,
+        #[command(flatten)]
+        wait: WaitArg,
         /// Linked directories.
         #[arg(required = true)]
         paths: Vec<String>,
@@ -74,18 +79,64 @@ pub(crate) enum TaskCommand {
     Export {
         #[command(flatten)]
         meta: MetaArg,
+        #[command(flatten)]
+        wait: WaitArg,
         /// Files or directories under linked directories.
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Fetch released files whole from their repository (as `lfs hsm_restore`).
+    /// Fetch released files at or under each path whole from their repository (as `lfs
+    /// hsm_restore`).
     Restore {
         #[command(flatten)]
         meta: MetaArg,
-        /// Files.
+        #[command(flatten)]
+        wait: WaitArg,
+        /// Files or directories.
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// List the tasks kept, with their state and counts.
+    List {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task: its state, counts and completion report.
+    Show {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The task's id.
+        id: u64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a task to end, then show it as `show` does (exit status 1 unless it
+    /// succeeded with nothing failed).
+    Wait {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The task's id.
+        id: u64,
+    },
+    /// Cancel a task: a pending one at once, an executing one at its next file.
+    Cancel {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The task's id.
+        id: u64,
+    },
+}
+
+/// Whether a task command waits for its task.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WaitArg {
+    /// Print the task's id and return at once (follow it with `nacre task show` or `wait`).
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// `nacre hsm ...`.
@@ -147,7 +198,12 @@ pub(crate) fn repo(command: RepoCommand) -> Result<(), Failure> {
                 )));
             }
             if import_now {
-                run_import(&client, &s3, &checked)?;
+                run_task(
+                    &client,
+                    TaskKind::Import,
+                    std::slice::from_ref(&checked.path),
+                    true,
+                )?;
             }
             Ok(())
         }
@@ -197,58 +253,6 @@ fn check(client: &Client, s3: &S3Access, assoc: &Association) -> Result<Associat
     Ok(client.repo_set_state(&assoc.path, state, &reason)?)
 }
 
-fn run_import(client: &Client, s3: &S3Access, assoc: &Association) -> Result<(), Failure> {
-    let report = import(client, s3, assoc, |_, _| {}).map_err(|e| e.to_string())?;
-    print_report(&assoc.path, &report);
-    if report.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Message(format!(
-            "{} paths of {} were not imported",
-            report.failed.len(),
-            assoc.path
-        )))
-    }
-}
-
-/// The report: counts, then one CSV line per failed path as FSx's completion report
-/// (`FilePath,FileStatus,ErrorCode`, quoted per RFC 4180 and against formula injection).
-fn print_report(path: &str, report: &ImportReport) {
-    outln!(
-        "imported {path}: {} files created, {} updated, {} unchanged, {} directories, {} failed",
-        report.created,
-        report.updated,
-        report.unchanged,
-        report.dirs,
-        report.failed.len()
-    );
-    print_failures(&report.failed);
-}
-
-/// One CSV line per failed path, after FSx's header.
-fn print_failures(failed: &[ImportFailure]) {
-    if failed.is_empty() {
-        return;
-    }
-    outln!("FilePath,FileStatus,ErrorCode,Message");
-    for f in failed {
-        outln!("{},failed,{},{}", csv(&f.path), f.code, csv(&f.message));
-    }
-}
-
-/// The association `path` lies under.
-fn association_of<'a>(all: &'a [Association], path: &str) -> Result<&'a Association, Failure> {
-    let full = path.trim_end_matches('/');
-    let full = if full.is_empty() { "/" } else { full };
-    all.iter()
-        .find(|a| nacre::meta::repo::under(&a.path, full).is_some())
-        .ok_or_else(|| {
-            Failure::Message(format!(
-                "{path}: no data repository is linked at or above it (see nacre repo list)"
-            ))
-        })
-}
-
 fn csv(field: &str) -> String {
     let risky = field.starts_with(['@', '+', '-', '=']);
     if risky || field.contains([',', '"', '\n', '\r']) {
@@ -260,107 +264,254 @@ fn csv(field: &str) -> String {
 
 /// Runs `nacre task`.
 pub(crate) fn task(command: TaskCommand) -> Result<(), Failure> {
-    match command {
-        TaskCommand::Import { meta, paths } => {
+    let (meta, kind, paths, wait) = match command {
+        TaskCommand::Import { meta, wait, paths } => (meta, TaskKind::Import, paths, wait),
+        TaskCommand::Export { meta, wait, paths } => (meta, TaskKind::Export, paths, wait),
+        TaskCommand::Restore { meta, wait, paths } => (meta, TaskKind::Restore, paths, wait),
+        TaskCommand::List { meta, json } => return list_tasks(&meta.connect()?, json),
+        TaskCommand::Show { meta, id, json } => {
             let client = meta.connect()?;
-            let all = client.repo_list()?;
-            let s3 = S3Access::new().map_err(|e| e.to_string())?;
-            let mut failed = 0;
-            for path in &paths {
-                let assoc = association_of(&all, path)?;
-                if let Err(e) = run_import(&client, &s3, assoc) {
-                    eprintln!("nacre: {e}");
-                    failed += 1;
-                }
-            }
-            if failed > 0 {
-                return Err(Failure::Message(format!("{failed} imports had failures")));
-            }
-            Ok(())
+            let task = client.task_show(id)?;
+            return show_task(&client, &task, json);
         }
-        TaskCommand::Export { meta, paths } => {
+        TaskCommand::Wait { meta, id } => {
             let client = meta.connect()?;
-            let all = client.repo_list()?;
-            let s3 = S3Access::new().map_err(|e| e.to_string())?;
-            let mut failures = 0;
-            for path in &paths {
-                let assoc = association_of(&all, path)?;
-                let full = path.trim_end_matches('/').to_owned();
-                let report = export(&client, &s3, assoc, &[full]).map_err(|e| e.to_string())?;
-                outln!(
-                    "exported {path}: {} files ({} bytes), {} unchanged, {} failed",
-                    report.exported,
-                    report.bytes,
-                    report.unchanged,
-                    report.failed.len()
-                );
-                print_failures(&report.failed);
-                failures += report.failed.len();
-            }
-            if failures > 0 {
-                return Err(Failure::Message(format!(
-                    "{failures} paths were not exported"
-                )));
-            }
-            Ok(())
+            let task = follow(&client, id)?;
+            show_task(&client, &task, false)?;
+            return outcome(&task);
         }
-        TaskCommand::Restore { meta, paths } => {
-            let client = meta.connect()?;
-            restore_all(&client, &paths)
+        TaskCommand::Cancel { meta, id } => {
+            let task = meta.connect()?.task_cancel(id)?;
+            let what = if task.state == TaskState::Canceled {
+                "canceled"
+            } else {
+                "asked to cancel; it stops at its next file"
+            };
+            outln!("task {id} ({}): {what}", task.kind.name());
+            return Ok(());
         }
-    }
+    };
+    let client = meta.connect()?;
+    let full: Vec<String> = paths
+        .iter()
+        .map(|p| match p.trim_end_matches('/') {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        })
+        .collect();
+    run_task(&client, kind, &full, !wait.no_wait)
 }
 
-/// Files restored at once by `nacre task restore` (each one's chunks are fetched in
-/// parallel too): many small files would otherwise wait for one GET after another.
-const RESTORE_PARALLEL: usize = 8;
+/// Asks for a task; with `wait`, follows it to its end, prints it, and fails unless it
+/// succeeded with nothing failed.
+fn run_task(client: &Client, kind: TaskKind, paths: &[String], wait: bool) -> Result<(), Failure> {
+    let task = client.task_create(kind, paths)?;
+    if !wait {
+        outln!("task {} ({}): {}", task.id, kind.name(), task.state.name());
+        return Ok(());
+    }
+    let task = follow(client, task.id)?;
+    show_task(client, &task, false)?;
+    outcome(&task)
+}
 
-/// Restores `paths`, [`RESTORE_PARALLEL`] at a time; a line per file as it is done (with a
-/// progress line for each on a terminal). Every file is tried; the failures are counted.
-fn restore_all(client: &Client, paths: &[String]) -> Result<(), Failure> {
-    let bar = std::io::stderr().is_terminal() && paths.len() == 1;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..RESTORE_PARALLEL.min(paths.len()) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(path) = paths.get(i) else { return };
-                    match restore_one(client, path, bar) {
-                        Ok(flags) => {
-                            outln!("{path}: restored ({})", hsm_flag_names(flags).join(" "))
-                        }
-                        Err(e) => {
-                            eprintln!("nacre: {path}: {e}");
-                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    match failed.into_inner() {
-        0 => Ok(()),
-        n => Err(Failure::Message(format!(
-            "{n} of {} files were not restored",
-            paths.len()
+/// Exit status 1 for a task that did not succeed, or that failed for some paths.
+fn outcome(task: &Task) -> Result<(), Failure> {
+    match task.state {
+        TaskState::Succeeded if task.counts.failed == 0 => Ok(()),
+        TaskState::Succeeded => Err(Failure::Message(format!(
+            "task {}: {} paths failed (the report is above)",
+            task.id, task.counts.failed
+        ))),
+        TaskState::Failed => Err(Failure::Message(format!(
+            "task {} failed: {}",
+            task.id, task.message
+        ))),
+        other => Err(Failure::Message(format!(
+            "task {} is {}",
+            task.id,
+            other.name()
         ))),
     }
 }
 
-fn restore_one(client: &Client, path: &str, bar: bool) -> Result<u32, nacre::Error> {
-    let file = client.open(path, &nacre::OpenOptions::new().read(true))?;
-    file.restore(|done, total| {
-        if bar {
-            let pct = done.checked_mul(100).and_then(|d| d.checked_div(total));
-            eprint!("\r{path}: {}% of {total} bytes", pct.unwrap_or(100));
+/// How often a follower asks for its task.
+const TASK_FOLLOW_MS: u64 = 200;
+/// How long a follower waits for a task that makes no progress at all (no runner took it,
+/// or one request of it hangs) before it leaves it to run and says how to find it.
+const TASK_STALL_MS: u64 = 120_000;
+
+/// Waits for task `id` to finish, a progress line on a terminal meanwhile; gives up (the
+/// task goes on) after [`TASK_STALL_MS`] without progress.
+fn follow(client: &Client, id: u64) -> Result<Task, Failure> {
+    let bar = std::io::stderr().is_terminal();
+    let mut last: Option<(TaskState, nacre::meta::task::TaskCounts)> = None;
+    let mut since = std::time::Instant::now();
+    loop {
+        let task = client.task_show(id).map_err(|e| {
+            format!("task {id}: {e}; it goes on in the metadata service (nacre task show {id})")
+        })?;
+        if task.state.is_finished() {
+            if bar && last.is_some() {
+                eprintln!();
+            }
+            return Ok(task);
         }
-    })?;
-    if bar {
-        eprintln!();
+        let now = (task.state, task.counts.clone());
+        if last.as_ref() != Some(&now) {
+            last = Some(now);
+            since = std::time::Instant::now();
+            if bar {
+                eprint!(
+                    "\rtask {id} ({}) {}: {} of {} done, {} failed, {} bytes   ",
+                    task.kind.name(),
+                    task.state.name(),
+                    task.counts.done,
+                    task.counts.total,
+                    task.counts.failed,
+                    task.counts.bytes
+                );
+            }
+        } else if since.elapsed() >= std::time::Duration::from_millis(TASK_STALL_MS) {
+            return Err(Failure::Message(format!(
+                "task {id} is still {} with no progress for {} s (is `nacre serve --meta` \
+                 running?); it goes on: nacre task show {id}",
+                task.state.name(),
+                TASK_STALL_MS / 1000
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(TASK_FOLLOW_MS));
     }
-    Ok(file.hsm_flags())
+}
+
+/// A time in nanoseconds since the epoch as RFC 3339 (UTC, seconds); `-` for 0 (not yet).
+fn time(ns: i64) -> String {
+    if ns <= 0 {
+        return "-".into();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn task_json(task: &Task, report: Option<&[TaskFailure]>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": task.id,
+        "kind": task.kind.name(),
+        "state": task.state.name(),
+        "paths": task.paths,
+        "cancel_requested": task.cancel_requested,
+        "created": time(task.created_ns),
+        "started": time(task.started_ns),
+        "ended": time(task.ended_ns),
+        "total": task.counts.total,
+        "done": task.counts.done,
+        "failed": task.counts.failed,
+        "bytes": task.counts.bytes,
+        "summary": task.counts.summary,
+        "message": task.message,
+        "report_lines": task.reported,
+    });
+    if let Some(lines) = report {
+        v["report"] = lines
+            .iter()
+            .map(|l| serde_json::json!({"path": l.path, "code": l.code, "message": l.message}))
+            .collect();
+    }
+    v
+}
+
+fn list_tasks(client: &Client, json: bool) -> Result<(), Failure> {
+    let all = client.task_list()?;
+    if json {
+        let v: Vec<serde_json::Value> = all.iter().map(|t| task_json(t, None)).collect();
+        outln!("{}", serde_json::Value::from(v));
+        return Ok(());
+    }
+    outln!(
+        "{:<6} {:<8} {:<10} {:>8} {:>8} {:>8} {:<20} PATHS",
+        "ID",
+        "KIND",
+        "STATE",
+        "DONE",
+        "TOTAL",
+        "FAILED",
+        "CREATED"
+    );
+    for t in &all {
+        outln!(
+            "{:<6} {:<8} {:<10} {:>8} {:>8} {:>8} {:<20} {}",
+            t.id,
+            t.kind.name(),
+            t.state.name(),
+            t.counts.done,
+            t.counts.total,
+            t.counts.failed,
+            time(t.created_ns),
+            t.paths.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// A task's fields, its counts in words, and its completion report as FSx writes it: a CSV
+/// line per failed path (`FilePath,FileStatus,ErrorCode,Message`, quoted per RFC 4180 and
+/// against formula injection).
+fn show_task(client: &Client, task: &Task, json: bool) -> Result<(), Failure> {
+    let report = if task.reported > 0 {
+        client.task_report(task.id, 0)?
+    } else {
+        Vec::new()
+    };
+    if json {
+        outln!("{}", task_json(task, Some(&report)));
+        return Ok(());
+    }
+    outln!(
+        "task {} ({}) {}: {}",
+        task.id,
+        task.kind.name(),
+        task.state.name(),
+        task.paths.join(" ")
+    );
+    outln!(
+        "  created {}, started {}, ended {}",
+        time(task.created_ns),
+        time(task.started_ns),
+        time(task.ended_ns)
+    );
+    outln!(
+        "  {} of {} done, {} failed, {} bytes: {}",
+        task.counts.done,
+        task.counts.total,
+        task.counts.failed,
+        task.counts.bytes,
+        if task.counts.summary.is_empty() {
+            "-"
+        } else {
+            &task.counts.summary
+        }
+    );
+    if !task.message.is_empty() {
+        outln!("  {}", task.message);
+    }
+    if !report.is_empty() {
+        outln!("FilePath,FileStatus,ErrorCode,Message");
+        for f in &report {
+            outln!(
+                "{},failed,{},{}",
+                csv(&f.path),
+                csv(&f.code),
+                csv(&f.message)
+            );
+        }
+        if u64::from(task.reported) < task.counts.failed {
+            outln!(
+                "# {} more failures were counted but not kept",
+                task.counts.failed - u64::from(task.reported)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `nacre hsm`.

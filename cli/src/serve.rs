@@ -49,6 +49,10 @@ pub(crate) struct ServeArgs {
     /// events list their prefix and reflect new, changed and deleted objects.
     #[arg(long, env = "NACRE_AUTO_IMPORT_INTERVAL", default_value_t = 60)]
     auto_import_interval: u64,
+    /// With the metadata service: run no data repository tasks (they wait, pending, for a
+    /// service that runs them: for maintenance, and for tests of pending tasks).
+    #[arg(long, env = "NACRE_NO_TASK_RUNNER", value_parser = clap::builder::BoolishValueParser::new())]
+    no_task_runner: bool,
 }
 
 /// `nacre mkfs`.
@@ -128,8 +132,21 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
             .name("nacre-auto-import".into())
             .spawn(move || auto_import(&meta, interval, &poll_stop))
             .map_err(|e| format!("nacre meta: cannot start the auto-import thread: {e}"))?;
+        // The task runner: imports, exports and restores asked for by clients, kept in the
+        // store (decision 0021).
+        let (meta, task_stop) = (local_endpoint(server.endpoint()), Arc::clone(&stop));
+        let runs_tasks = !args.no_task_runner;
+        let runner = std::thread::Builder::new()
+            .name("nacre-tasks".into())
+            .spawn(move || match nacre_repo::S3Access::new() {
+                Ok(_) if !runs_tasks => {}
+                Ok(s3) => nacre_repo::run_tasks(&meta, &s3, &task_stop),
+                Err(e) => nacre::transport::log_line!("nacre meta: tasks are off: {e}"),
+            })
+            .map_err(|e| format!("nacre meta: cannot start the task runner: {e}"))?;
         wait_for(&stop);
         let _ = poller.join();
+        let _ = runner.join();
         server.stop();
         outln!("nacre meta: stopped");
         return Ok(());
@@ -220,7 +237,13 @@ fn auto_import(meta: &str, interval: Duration, stop: &AtomicBool) {
             .iter()
             .filter(|a| a.auto_import != 0 && a.state == nacre::meta::repo::AssocState::Available)
         {
-            match nacre_repo::import_events(&c, &s3, assoc, assoc.auto_import, |_, _| {}) {
+            match nacre_repo::import_events(&c, &s3, assoc, assoc.auto_import, |_, _| {
+                if stop.load(Ordering::SeqCst) {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            }) {
                 Ok(r) if r.created + r.updated + r.deleted + r.dirs > 0 || !r.failed.is_empty() => {
                     let first = r.failed.first().map_or(String::new(), |f| {
                         format!(" (first: {} {}: {})", f.path, f.code, f.message)

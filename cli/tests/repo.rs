@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Process, START_TIMEOUT, fill, free_port, run, text};
 use nacre::OpenOptions;
 use nacre::meta::repo::{HS_ARCHIVED, HS_DIRTY, HS_EXISTS, HS_LOST, HS_RELEASED};
+use nacre::meta::task::{TaskKind, TaskState};
 
 /// Debian's S3 client.
 const AWS: &str = "/usr/bin/aws";
@@ -400,15 +401,35 @@ fn a_bucket_that_does_not_answer_leaves_the_association_misconfigured_with_the_r
         list.contains("NoSuchBucket") || list.contains("404"),
         "{list}"
     );
-    // No credentials at all: said plainly, nothing sent.
+    // A metadata service with no credentials at all: its import task fails, saying so
+    // plainly, and the command that asked for it fails with that reason.
+    let bare = Cluster::start_with_env(
+        "repo-nocreds",
+        1,
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/nacre-test-credentials",
+            ),
+        ],
+    );
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data5b"]);
+    bare.ok(&["mkdir", "/data"]);
     let mut command = Command::new(common::NACRE_BIN);
     command
-        .args(["task", "import", "/missing"])
-        .env("NACRE_META", &c.meta_addr)
-        .env("HOME", c.dir())
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SHARED_CREDENTIALS_FILE");
+        .args([
+            "repo",
+            "link",
+            "/data",
+            "s3://data5b/x",
+            "--endpoint",
+            &s3.endpoint,
+        ])
+        .args(["--import-now"])
+        .env("NACRE_META", &bare.meta_addr)
+        .envs(CREDENTIALS);
     let out = run(command);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -416,6 +437,8 @@ fn a_bucket_that_does_not_answer_leaves_the_association_misconfigured_with_the_r
         "{}",
         text(&out.stderr)
     );
+    let show = bare.ok(&["task", "show", "1"]);
+    assert!(show.contains("task 1 (import) failed"), "{show}");
 }
 
 #[test]
@@ -489,26 +512,21 @@ fn a_mover_killed_midway_leaves_every_chunk_whole_or_released() {
     let data = fill(8, 0, (256 * CHUNK + 5) as usize);
     s3.put(c.dir(), "data8", "train/k.bin", &data, None);
     link(&c, &s3, "data8");
-    // A restore runs while the metadata service (and its mover) is killed, wherever it
-    // has got to.
-    let mut restore = Command::new(common::NACRE_BIN);
-    restore
-        .args(["task", "restore", "/data/k.bin"])
-        .env("NACRE_META", &c.meta_addr)
-        .envs(CREDENTIALS);
-    let mut child = restore
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // A restore task runs while the metadata service (its runner and mover) is killed,
+    // wherever it has got to.
+    let asked = c.ok(&["task", "restore", "--no-wait", "/data/k.bin"]);
+    assert!(asked.contains("task 2 (restore)"), "{asked}");
     c.kill_meta();
-    let _ = common::wait_until(&mut child, Instant::now() + common::COMMAND_TIMEOUT);
-    let _ = child.kill();
     c.restart_meta();
+    // The task (the second: the link's import was the first) survived the restart and
+    // runs to its end.
+    let done = c.ok(&["task", "wait", "2"]);
+    assert!(done.contains("task 2 (restore) succeeded"), "{done}");
+    assert!(done.contains("1 files restored"), "{done}");
+    assert_eq!(flags(&c, "/data/k.bin"), HS_EXISTS | HS_ARCHIVED);
     let local = c.dir().join("k.out");
     c.ok(&["get", "/data/k.bin", local.to_str().unwrap()]);
     assert!(std::fs::read(&local).unwrap() == data);
-    assert_eq!(flags(&c, "/data/k.bin"), HS_EXISTS | HS_ARCHIVED);
 }
 
 #[test]
@@ -724,4 +742,133 @@ fn a_released_file_renamed_over_while_open_is_not_hydrated_for_the_other() {
     let err = a.read_at(&mut buf, 0).unwrap_err();
     assert!(err.to_string().contains("renamed or replaced"), "{err}");
     assert_eq!(chunks_fetched(&c), 0);
+}
+
+#[test]
+fn tasks_wait_pending_for_a_runner_and_are_listed_shown_and_canceled() {
+    // No S3 needed: this service runs no tasks, so they stay pending.
+    let mut env = CREDENTIALS.to_vec();
+    env.push(("NACRE_NO_TASK_RUNNER", "1"));
+    let c = Cluster::start_with_env("repo-tasks", 1, &env);
+    c.ok(&["mkdir", "/data"]);
+    let asked = c.ok(&["task", "import", "--no-wait", "/data"]);
+    assert!(asked.contains("task 1 (import): pending"), "{asked}");
+    c.ok(&["task", "export", "--no-wait", "/data/out/"]);
+    let list = c.ok(&["task", "list"]);
+    assert!(list.contains("import") && list.contains("export"), "{list}");
+    assert_eq!(list.matches("pending").count(), 2, "{list}");
+    let json = c.ok(&["task", "show", "2", "--json"]);
+    assert!(json.contains("\"state\":\"pending\""), "{json}");
+    assert!(json.contains("\"paths\":[\"/data/out\"]"), "{json}");
+    assert!(json.contains("\"report\":[]"), "{json}");
+
+    let canceled = c.ok(&["task", "cancel", "1"]);
+    assert!(canceled.contains("task 1 (import): canceled"), "{canceled}");
+    let show = c.ok(&["task", "show", "1"]);
+    assert!(show.contains("task 1 (import) canceled: /data"), "{show}");
+    // A finished task cannot be canceled; an unknown one is named.
+    let err = c.fails(&["task", "cancel", "1"]);
+    assert!(err.contains("1 (canceled)"), "{err}");
+    let err = c.fails(&["task", "show", "77"]);
+    assert!(err.contains("task 77"), "{err}");
+    // Waiting on a canceled task ends at once, and fails.
+    let err = c.fails(&["task", "wait", "1"]);
+    assert!(err.contains("task 1 is canceled"), "{err}");
+    // A user may not ask for imports (a restore, yes).
+    let alice = nacre::Client::connect_with(
+        &c.meta_addr,
+        nacre::ClientOptions {
+            cred: nacre::meta::types::Cred {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![],
+            },
+            ..nacre::ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let err = alice
+        .task_create(TaskKind::Import, &["/data".to_owned()])
+        .unwrap_err();
+    assert!(err.to_string().contains("only root"), "{err}");
+    let restore = alice
+        .task_create(TaskKind::Restore, &["/data".to_owned()])
+        .unwrap();
+    assert_eq!(restore.state, TaskState::Pending);
+}
+
+/// The auto-export tasks of `c` that succeeded.
+fn auto_exports_done(c: &Cluster) -> usize {
+    c.client()
+        .task_list()
+        .unwrap()
+        .iter()
+        .filter(|t| t.kind == TaskKind::AutoExport && t.state == TaskState::Succeeded)
+        .count()
+}
+
+#[test]
+fn files_closed_after_writing_are_auto_exported_with_what_was_written_last() {
+    let Some(moto) = s3_available("auto-export") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-auto-export");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data12"]);
+    c.ok(&["mkdir", "/data"]);
+    let link = [
+        "repo",
+        "link",
+        "/data",
+        "s3://data12/train",
+        "--endpoint",
+        &s3.endpoint,
+    ];
+    // Deletions are not exported yet: refused, not silently ignored.
+    let err = c.fails(&[&link[..], &["--auto-export", "new,changed,deleted"]].concat());
+    assert!(err.contains("deletions are not exported yet"), "{err}");
+    c.ok(&[&link[..], &["--auto-export", "new,changed"]].concat());
+    let client = c.client();
+    let get = |key: &str| {
+        let local = c.dir().join("got");
+        s3.aws(&[
+            "s3",
+            "cp",
+            &format!("s3://data12/train/{key}"),
+            local.to_str().unwrap(),
+        ]);
+        std::fs::read(&local).unwrap()
+    };
+
+    // A new file, closed: exported by the service, with its metadata.
+    let file = client.create("/data/new.txt", 0o640, None).unwrap();
+    file.write_at(b"first", 0).unwrap();
+    drop(file);
+    eventually("the first auto-export", || auto_exports_done(&c) == 1);
+    assert_eq!(get("new.txt"), b"first");
+    assert_eq!(flags(&c, "/data/new.txt"), HS_EXISTS | HS_ARCHIVED);
+
+    // A handle opened before a manual export writes after it: its close makes the file
+    // dirty again, and the auto-export takes what it wrote last.
+    let writer = client
+        .open("/data/new.txt", &OpenOptions::new().write(true))
+        .unwrap();
+    writer.write_at(b"F", 0).unwrap();
+    c.ok(&["task", "export", "/data"]);
+    assert_eq!(get("new.txt"), b"First");
+    writer.write_at(b"L", 4).unwrap();
+    assert_eq!(flags(&c, "/data/new.txt"), HS_EXISTS | HS_ARCHIVED);
+    drop(writer);
+    eventually("the second auto-export", || auto_exports_done(&c) == 2);
+    assert_eq!(get("new.txt"), b"FirsL");
+    assert_eq!(flags(&c, "/data/new.txt"), HS_EXISTS | HS_ARCHIVED);
+    // A handle opened only to read asks for no export.
+    drop(
+        client
+            .open("/data/new.txt", &OpenOptions::new().read(true))
+            .unwrap(),
+    );
+    let tasks = client.task_list().unwrap();
+    let auto = tasks.iter().filter(|t| t.kind == TaskKind::AutoExport);
+    assert_eq!(auto.count(), 2, "{tasks:?}");
 }

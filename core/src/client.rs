@@ -43,6 +43,7 @@ use crate::meta::types::{
 use crate::queue::Queue;
 
 mod repo;
+mod task;
 
 /// How a client connects and who it acts as.
 #[derive(Debug, Clone)]
@@ -372,6 +373,31 @@ struct FileInner {
     /// The repository mover's own handle: it writes released chunks, and never asks for
     /// them to be fetched.
     mover: bool,
+    /// Tell the metadata service when the last clone of the handle goes (a file under a data
+    /// repository association, opened for writing: dirty again, auto-export).
+    notify_close: bool,
+}
+
+impl Drop for FileInner {
+    /// The last clone of a handle that the metadata service asked to hear of is gone: it is
+    /// told (best effort: a client killed first does not tell, and the file keeps the dirty
+    /// flag its open set, so the next export takes it).
+    fn drop(&mut self) {
+        if !self.notify_close {
+            return;
+        }
+        let request = MetaRequest::Closed {
+            path: std::mem::take(&mut self.path),
+            ino: self.attr.ino,
+        };
+        let client = &self.client.inner;
+        if let Err(e) = client
+            .meta
+            .call_decode(&client.options.cred, &request, |r| r.u8("queued"))
+        {
+            nacre_transport::log_line!("nacre: close of {}: {e}", request.path());
+        }
+    }
 }
 
 /// One request of a read or write planned for the asynchronous queue: the target, the
@@ -453,7 +479,7 @@ impl Client {
 
     /// Opens `path` on the metadata service: its attributes and, for an imported file, its
     /// HSM flags.
-    fn open_attr(&self, path: &str, access: Access) -> Result<(Attr, u32), Error> {
+    fn open_attr(&self, path: &str, access: Access) -> Result<(Attr, RepoTail), Error> {
         let request = MetaRequest::Open {
             path: path.into(),
             access,
@@ -848,8 +874,9 @@ impl Client {
                 attr,
                 layout,
                 access,
-                hsm: AtomicU32::new(hsm),
+                hsm: AtomicU32::new(hsm.flags),
                 mover: false,
+                notify_close: hsm.notify_close,
             }),
         };
         if options.truncate && !created {
@@ -1568,13 +1595,27 @@ fn file_layout(path: &str, attr: &Attr) -> Result<Layout, Error> {
     })
 }
 
-/// The HSM flags an open's reply ends with for a file imported from a data repository;
-/// 0 when it has none.
-fn trailing_flags(r: &mut Reader<'_>) -> Result<u32, CodecError> {
+/// What an open's reply ends with for a file of a data repository.
+#[derive(Debug, Clone, Copy, Default)]
+struct RepoTail {
+    /// The HSM flags of a file imported or exported (0 for another).
+    flags: u32,
+    /// The file lies under an association and was opened for writing: the metadata service
+    /// wants to hear when the handle is closed.
+    notify_close: bool,
+}
+
+/// The end of an open's reply: nothing, the HSM flags, or the flags and the close notice.
+fn trailing_flags(r: &mut Reader<'_>) -> Result<RepoTail, CodecError> {
     if r.remaining() == 0 {
-        return Ok(0);
+        return Ok(RepoTail::default());
     }
-    r.u32("hsm flags")
+    let flags = r.u32("hsm flags")?;
+    let notify_close = r.remaining() > 0 && r.u8("close notice")? == 1;
+    Ok(RepoTail {
+        flags,
+        notify_close,
+    })
 }
 
 /// A page of records as the metadata service sends them: a count, the records, and whether

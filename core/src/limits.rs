@@ -177,3 +177,27 @@ pub const HYDRATE_READAHEAD_CHUNKS: u64 = 8;
 /// The largest file a data repository holds: S3's largest object (5 TiB). An import of a
 /// larger size is refused (the chunk arithmetic stays far from overflow).
 pub const MAX_REPO_FILE_BYTES: u64 = 5 << 40;
+
+/// Tasks the metadata store keeps: creating one more drops the oldest finished one (and
+/// its report); when every kept task is unfinished, a new one is refused.
+pub const MAX_TASKS: usize = 1000;
+/// Most paths one task names.
+pub const MAX_TASK_PATHS: usize = 1000;
+/// Most bytes of paths one task names: a task record fits one message with room to spare.
+pub const MAX_TASK_PATHS_BYTES: usize = 32 << 10;
+/// Longest message, summary or report reason a task keeps, in bytes (longer ones are cut).
+pub const MAX_TASK_MESSAGE_BYTES: usize = 1024;
+/// Longest error code of a report line, in bytes.
+pub const MAX_TASK_FAILURE_CODE_BYTES: usize = 64;
+/// Most lines one task's completion report keeps (failures past it are only counted).
+pub const MAX_TASK_REPORT_LINES: u32 = 100_000;
+/// Most bytes of tasks or report lines one reply carries (a page; the next is asked for).
+pub const TASK_PAGE_BYTES: usize = 48 << 10;
+const _: () = assert!(
+    MAX_TASK_PATHS_BYTES + 4 * MAX_TASK_PATHS + 3 * MAX_TASK_MESSAGE_BYTES + 256 <= TASK_PAGE_BYTES
+);
+const _: () = assert!(
+    crate::meta::types::MAX_PATH_BYTES + MAX_TASK_FAILURE_CODE_BYTES + MAX_TASK_MESSAGE_BYTES + 12
+        <= TASK_PAGE_BYTES
+);
+const _: () = assert!(TASK_PAGE_BYTES + 4096 <= nacre_transport::limits::MAX_BODY_BYTES as usize);

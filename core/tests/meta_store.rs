@@ -1448,3 +1448,139 @@ fn removed_files_log_their_objects_until_the_targets_confirm() {
     assert_eq!(store.pending_removals(0, 100).unwrap().len(), 2);
     assert_eq!(store.pending_removals(2, 100).unwrap().len(), 2);
 }
+
+fn task_paths(paths: &[&str]) -> Vec<String> {
+    paths.iter().map(|p| (*p).to_owned()).collect()
+}
+
+#[test]
+fn tasks_are_claimed_in_order_updated_canceled_and_requeued_at_restart() {
+    use nacre::meta::store::TaskEnd;
+    use nacre::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
+    let dir = TempDir::new("tasks");
+    let store = open(&dir);
+    // Imports and exports are root's; a restore anyone's.
+    let err = store
+        .task_create(&alice(), TaskKind::Import, &task_paths(&["/data"]))
+        .unwrap_err();
+    assert!(matches!(err, MetaError::Perm { .. }), "{err}");
+    let restore = store
+        .task_create(&alice(), TaskKind::Restore, &task_paths(&["/data/f"]))
+        .unwrap();
+    let import = store
+        .task_create(&root(), TaskKind::Import, &task_paths(&["/data/"]))
+        .unwrap();
+    assert_eq!((restore.id, import.id), (1, 2));
+    assert_eq!(import.paths, ["/data"]);
+    assert_eq!(import.state, TaskState::Pending);
+    let err = store
+        .task_create(&root(), TaskKind::Export, &[])
+        .unwrap_err();
+    assert!(err.to_string().contains("paths"), "{err}");
+    assert!(store.task_claim(&alice()).is_err(), "only root runs tasks");
+
+    // Claimed oldest first; a pending one is canceled at once.
+    let claimed = store.task_claim(&root()).unwrap().unwrap();
+    assert_eq!((claimed.id, claimed.state), (1, TaskState::Executing));
+    assert_eq!(
+        store.task_cancel(&root(), 2).unwrap().state,
+        TaskState::Canceled
+    );
+    assert!(store.task_claim(&root()).unwrap().is_none());
+    assert!(store.task_cancel(&root(), 2).is_err(), "finished already");
+
+    // Updates carry counts and report lines; a cancel of an executing task is a request
+    // the runner sees in the update's reply.
+    let line = TaskFailure {
+        path: "/data/x".into(),
+        code: "S3Error".into(),
+        message: "gone".into(),
+    };
+    let counts = TaskCounts {
+        total: 3,
+        done: 1,
+        failed: 1,
+        bytes: 10,
+        summary: "1 files restored".into(),
+    };
+    let after = store
+        .task_update(&root(), 1, &counts, std::slice::from_ref(&line), None)
+        .unwrap();
+    assert_eq!((after.reported, after.cancel_requested), (1, false));
+    assert!(store.task_cancel(&alice(), 1).unwrap().cancel_requested);
+    let after = store.task_update(&root(), 1, &counts, &[], None).unwrap();
+    assert!(after.cancel_requested);
+    assert_eq!(
+        store.task_report(1, 0).unwrap(),
+        std::slice::from_ref(&line)
+    );
+    assert!(store.task_report(1, 1).unwrap().is_empty());
+
+    // Killed while executing: pending again after a restart, counts and report cleared.
+    drop(store);
+    let store = open(&dir);
+    let back = store.task(1).unwrap();
+    assert_eq!(back.state, TaskState::Pending);
+    assert_eq!((back.counts.done, back.reported), (0, 0));
+    assert!(store.task_report(1, 0).unwrap().is_empty());
+    let again = store.task_claim(&root()).unwrap().unwrap();
+    assert_eq!(again.id, 1);
+    let end = TaskEnd {
+        state: TaskState::Succeeded,
+        message: String::new(),
+    };
+    let done = store
+        .task_update(&root(), 1, &counts, &[], Some(&end))
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert!(done.ended_ns >= done.started_ns && done.started_ns > 0);
+    assert!(
+        store.task_update(&root(), 1, &counts, &[], None).is_err(),
+        "a finished task takes no updates"
+    );
+    let (all, more) = store.task_list(0).unwrap();
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2]);
+    assert!(!more);
+    assert!(matches!(
+        store.task(9).unwrap_err(),
+        MetaError::NotFound { .. }
+    ));
+}
+
+#[test]
+fn the_oldest_finished_task_makes_room_and_ids_are_never_reused() {
+    use nacre::limits::MAX_TASKS;
+    use nacre::meta::task::{TaskKind, TaskState};
+    let dir = TempDir::new("tasks-full");
+    let store = open(&dir);
+    let paths = task_paths(&["/"]);
+    for _ in 0..MAX_TASKS {
+        store
+            .task_create(&root(), TaskKind::Import, &paths)
+            .unwrap();
+    }
+    // All unfinished: refused, naming why.
+    let err = store
+        .task_create(&root(), TaskKind::Import, &paths)
+        .unwrap_err();
+    assert!(err.to_string().contains("unfinished"), "{err}");
+    store.task_cancel(&root(), 5).unwrap();
+    let next = store
+        .task_create(&root(), TaskKind::Import, &paths)
+        .unwrap();
+    assert_eq!(next.id, MAX_TASKS as u64 + 1);
+    assert!(store.task(5).is_err(), "the finished one made room");
+    assert_eq!(store.task(6).unwrap().state, TaskState::Pending);
+    // Every task listed, in pages.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let (page, more) = store.task_list(after).unwrap();
+        seen.extend(page.iter().map(|t| t.id));
+        after = *seen.last().unwrap();
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), MAX_TASKS);
+}

@@ -10,6 +10,7 @@
 //! ending in `/`. Their files' keys carry the tree; an empty directory is not exported.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 
 use nacre::meta::repo::{Association, HS_ARCHIVED, HS_DIRTY};
 use nacre::{Client, OpenOptions};
@@ -42,15 +43,21 @@ pub struct ExportReport {
 }
 
 /// Exports the files at and under `paths` (within `assoc`) that are new or dirty.
+/// `progress(report so far)` is called before each file or directory; when it breaks, the
+/// export stops there (a canceled task).
 pub fn export(
     client: &Client,
     s3: &S3Access,
     assoc: &Association,
     paths: &[String],
+    mut progress: impl FnMut(&ExportReport) -> ControlFlow<()>,
 ) -> Result<ExportReport, RepoError> {
     let mut report = ExportReport::default();
     let mut pending: Vec<String> = paths.to_vec();
     while let Some(path) = pending.pop() {
+        if progress(&report).is_break() {
+            return Ok(report);
+        }
         let attr = match client.attr(&path) {
             Ok(attr) => attr,
             Err(e) => {

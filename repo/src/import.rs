@@ -7,6 +7,7 @@
 //! is reported per path, as FSx's completion report does, and the import goes on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
 
 use futures::StreamExt;
 use nacre::Client;
@@ -182,13 +183,14 @@ fn namespace_path(assoc: &Association, rel: &str) -> Result<String, (&'static st
 
 /// Imports the association's prefix into the namespace (see the module's documentation).
 /// An error stops it only when the listing itself fails (the bucket unreachable, say);
-/// everything per path goes into the report. `progress(done, total)` is called as objects
-/// are imported.
+/// everything per path goes into the report. `progress(done, total)` is called before each
+/// directory and object; when it breaks, the import stops there (a canceled task) and the
+/// report says what was done.
 pub fn import(
     client: &Client,
     s3: &S3Access,
     assoc: &Association,
-    progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64) -> ControlFlow<()>,
 ) -> Result<ImportReport, RepoError> {
     import_events(client, s3, assoc, EVENT_NEW | EVENT_CHANGED, progress)
 }
@@ -202,7 +204,7 @@ pub fn import_events(
     s3: &S3Access,
     assoc: &Association,
     events: u8,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) -> ControlFlow<()>,
 ) -> Result<ImportReport, RepoError> {
     let listed = list(s3, assoc)?;
     let mut keys = HashSet::new();
@@ -269,14 +271,18 @@ pub fn import_events(
     // Parents before children: a path sorts after its prefixes.
     for (path, user) in &dirs {
         done += 1;
-        progress(done, total);
+        if progress(done, total).is_break() {
+            return Ok(report);
+        }
         if let Err(failure) = import_dir(client, path, user.as_ref(), &mut report) {
             report.failed.push(failure);
         }
     }
     for (path, item) in &files {
         done += 1;
-        progress(done, total);
+        if progress(done, total).is_break() {
+            return Ok(report);
+        }
         if events & (EVENT_NEW | EVENT_CHANGED) != EVENT_NEW | EVENT_CHANGED {
             let exists = client.attr(path).is_ok();
             let wanted = if exists { EVENT_CHANGED } else { EVENT_NEW };

@@ -16,8 +16,10 @@ pub mod limits;
 pub mod mover;
 pub mod posix;
 pub mod s3;
+pub mod task;
 
 pub use error::RepoError;
 pub use export::{ExportReport, export};
 pub use import::{ImportFailure, ImportReport, import, import_events};
 pub use mover::{Mover, S3Access};
+pub use task::run_tasks;

@@ -28,3 +28,9 @@ pub const MAX_OBJECT_BYTES: u64 = 5 << 40;
 /// goes in larger parts.
 pub const MAX_PARTS: u64 = 10_000;
 const _: () = assert!(MAX_OBJECT_BYTES.div_ceil(MAX_PARTS) <= 5 << 30);
+/// Files a restore task restores at once (each one's chunks are fetched in parallel too).
+pub const RESTORE_PARALLEL: usize = 8;
+/// How often the task runner looks for a pending task when it has none.
+pub const TASK_POLL_MS: u64 = 200;
+/// How often a running task's counts and report lines are written to the store.
+pub const TASK_UPDATE_MS: u64 = 500;

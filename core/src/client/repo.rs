@@ -127,6 +127,7 @@ impl Client {
                 access: Access::ReadWrite,
                 hsm: AtomicU32::new(0),
                 mover: true,
+                notify_close: false,
             }),
         })
     }
@@ -134,18 +135,24 @@ impl Client {
 
 impl File {
     /// Makes the whole file present (`lfs hsm_restore`): fetches every released chunk from
-    /// its data repository, calling `progress(bytes done, bytes in all)` after each request.
-    /// Nothing to do for a file not released.
-    pub fn restore(&self, mut progress: impl FnMut(u64, u64)) -> Result<(), Error> {
+    /// its data repository, calling `progress(bytes done, bytes in all)` after each request;
+    /// when it breaks, the restore stops there (what was fetched stays present). Whether it
+    /// went to the end. Nothing to do for a file not released.
+    pub fn restore(
+        &self,
+        mut progress: impl FnMut(u64, u64) -> std::ops::ControlFlow<()>,
+    ) -> Result<bool, Error> {
         let size = self.size()?;
         let mut at = 0;
         while at < size && self.hsm_flags() & HS_RELEASED != 0 {
             let piece = (size - at).min(HYDRATE_REQUEST_BYTES);
             self.make_present(at, piece)?;
             at += piece;
-            progress(at, size);
+            if progress(at, size).is_break() {
+                return Ok(at >= size);
+            }
         }
-        progress(size, size);
-        Ok(())
+        let _ = progress(size, size);
+        Ok(true)
     }
 }

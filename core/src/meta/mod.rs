@@ -9,4 +9,5 @@ pub mod proto;
 pub mod repo;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod types;

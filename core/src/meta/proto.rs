@@ -6,8 +6,13 @@
 //! one has the errno as its status and a message naming what was wrong as its body.
 
 use crate::codec::{CodecError, Reader, Writer};
-use crate::limits::{MAX_ETAG_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES};
+use crate::limits::{
+    MAX_ETAG_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES, MAX_TASK_MESSAGE_BYTES,
+    MAX_TASK_REPORT_LINES,
+};
 use crate::meta::repo::{AssocState, Association, ImportedFile};
+use crate::meta::store::TaskEnd;
+use crate::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
 use crate::meta::types::{
     Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo,
 };
@@ -191,6 +196,57 @@ pub enum MetaRequest {
         /// How many bytes.
         len: u64,
     },
+    /// Ask for a data repository task; the reply is the task, pending.
+    TaskCreate {
+        /// What it does.
+        kind: TaskKind,
+        /// Its paths.
+        paths: Vec<String>,
+    },
+    /// Tasks after an id; the reply is a flag (more follow), a u32 count and the tasks.
+    TaskList {
+        /// The last id of the page before (0 for the first).
+        after: u64,
+    },
+    /// One task; the reply is the task.
+    TaskShow {
+        /// Its id.
+        id: u64,
+    },
+    /// A page of a task's completion report; the reply is a u32 count and the lines.
+    TaskReport {
+        /// The task.
+        id: u64,
+        /// The first line wanted.
+        from: u32,
+    },
+    /// Cancel a task; the reply is the task after.
+    TaskCancel {
+        /// Its id.
+        id: u64,
+    },
+    /// The task runner takes the oldest pending task (root only); the reply is a flag and
+    /// the task, now executing.
+    TaskClaim,
+    /// The task runner's progress (root only); the reply is the task after.
+    TaskUpdate {
+        /// The task.
+        id: u64,
+        /// What is done so far.
+        counts: TaskCounts,
+        /// Report lines to add.
+        failures: Vec<TaskFailure>,
+        /// How it ended, if it did.
+        end: Option<TaskEnd>,
+    },
+    /// A handle opened for writing on a file under a data repository association was closed
+    /// (the open's reply asked for this notice); the reply is a flag: queued for auto-export.
+    Closed {
+        /// The file.
+        path: String,
+        /// Its inode as it was opened.
+        ino: u64,
+    },
 }
 
 const RECORD: &str = "metadata request";
@@ -268,6 +324,14 @@ impl MetaRequest {
             MetaRequest::HsmState { .. } => "hsm state",
             MetaRequest::Hydrate { .. } => "hydrate",
             MetaRequest::Archived { .. } => "archive",
+            MetaRequest::TaskCreate { .. } => "task create",
+            MetaRequest::TaskList { .. } => "task list",
+            MetaRequest::TaskShow { .. } => "task show",
+            MetaRequest::TaskReport { .. } => "task report",
+            MetaRequest::TaskCancel { .. } => "task cancel",
+            MetaRequest::TaskClaim => "task claim",
+            MetaRequest::TaskUpdate { .. } => "task update",
+            MetaRequest::Closed { .. } => "close",
         }
     }
 
@@ -289,7 +353,8 @@ impl MetaRequest {
             | MetaRequest::RepoSetState { path, .. }
             | MetaRequest::HsmState { path }
             | MetaRequest::Hydrate { path, .. }
-            | MetaRequest::Archived { path, .. } => path,
+            | MetaRequest::Archived { path, .. }
+            | MetaRequest::Closed { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
             MetaRequest::ImportFile { file } => &file.path,
@@ -297,6 +362,13 @@ impl MetaRequest {
             | MetaRequest::Usage { .. }
             | MetaRequest::Targets { .. }
             | MetaRequest::RepoList
+            | MetaRequest::TaskCreate { .. }
+            | MetaRequest::TaskList { .. }
+            | MetaRequest::TaskShow { .. }
+            | MetaRequest::TaskReport { .. }
+            | MetaRequest::TaskCancel { .. }
+            | MetaRequest::TaskClaim
+            | MetaRequest::TaskUpdate { .. }
             | MetaRequest::Statfs => "",
         }
     }
@@ -327,6 +399,14 @@ impl MetaRequest {
             MetaRequest::HsmState { .. } => 22,
             MetaRequest::Hydrate { .. } => 23,
             MetaRequest::Archived { .. } => 24,
+            MetaRequest::TaskCreate { .. } => 25,
+            MetaRequest::TaskList { .. } => 26,
+            MetaRequest::TaskShow { .. } => 27,
+            MetaRequest::TaskReport { .. } => 28,
+            MetaRequest::TaskCancel { .. } => 29,
+            MetaRequest::TaskClaim => 30,
+            MetaRequest::TaskUpdate { .. } => 31,
+            MetaRequest::Closed { .. } => 32,
         }
     }
 
@@ -436,6 +516,43 @@ impl MetaRequest {
                     .str(key)
                     .str(etag)
                     .u64(*size);
+            }
+            MetaRequest::TaskCreate { kind, paths } => {
+                crate::meta::task::encode_new(*kind, paths, out)
+            }
+            MetaRequest::TaskList { after: id }
+            | MetaRequest::TaskShow { id }
+            | MetaRequest::TaskCancel { id } => {
+                Writer::new(out).u64(*id);
+            }
+            MetaRequest::TaskReport { id, from } => {
+                Writer::new(out).u64(*id).u32(*from);
+            }
+            MetaRequest::TaskClaim => {}
+            MetaRequest::Closed { path, ino } => {
+                Writer::new(out).str(path).u64(*ino);
+            }
+            MetaRequest::TaskUpdate {
+                id,
+                counts,
+                failures,
+                end,
+            } => {
+                Writer::new(out).u64(*id);
+                counts.encode(out);
+                Writer::new(out).u32(failures.len() as u32);
+                for f in failures {
+                    f.encode(out);
+                }
+                match end {
+                    Some(end) => {
+                        out.push(1);
+                        end.state.encode(out);
+                        Writer::new(out)
+                            .str(crate::meta::task::cut(&end.message, MAX_TASK_MESSAGE_BYTES));
+                    }
+                    None => out.push(0),
+                }
             }
         }
     }
@@ -549,7 +666,48 @@ impl MetaRequest {
                 etag: r.str("etag", MAX_ETAG_BYTES)?.to_owned(),
                 size: r.u64("size")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 24")),
+            25 => {
+                let (kind, paths) = crate::meta::task::decode_new(&mut r)?;
+                MetaRequest::TaskCreate { kind, paths }
+            }
+            26 => MetaRequest::TaskList {
+                after: r.u64("after")?,
+            },
+            27 => MetaRequest::TaskShow { id: r.u64("id")? },
+            28 => MetaRequest::TaskReport {
+                id: r.u64("id")?,
+                from: r.u32("from")?,
+            },
+            29 => MetaRequest::TaskCancel { id: r.u64("id")? },
+            30 => MetaRequest::TaskClaim,
+            31 => {
+                let id = r.u64("id")?;
+                let counts = TaskCounts::decode(&mut r)?;
+                let n = r.count("failures", MAX_TASK_REPORT_LINES as usize, 12)?;
+                let mut failures = Vec::with_capacity(n);
+                for _ in 0..n {
+                    failures.push(TaskFailure::decode(&mut r)?);
+                }
+                let end = if get_flag(&mut r, "end")? {
+                    Some(TaskEnd {
+                        state: TaskState::decode(&mut r)?,
+                        message: r.str("message", MAX_TASK_MESSAGE_BYTES)?.to_owned(),
+                    })
+                } else {
+                    None
+                };
+                MetaRequest::TaskUpdate {
+                    id,
+                    counts,
+                    failures,
+                    end,
+                }
+            }
+            32 => MetaRequest::Closed {
+                path: get_path(&mut r, "path")?,
+                ino: r.u64("ino")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 32")),
         };
         r.finish()?;
         Ok((cred, request))

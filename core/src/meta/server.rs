@@ -245,14 +245,12 @@ fn execute(
             let (attr, created) = store.create(cred, path, *mode, *exclusive, layout.as_ref())?;
             attr.encode(out);
             out.push(u8::from(created));
-            if !created {
-                repo_flags(store, &attr, true, out)?;
-            }
+            repo_flags(store, path, &attr, true, out)?;
         }
         MetaRequest::Open { path, access } => {
             let attr = store.open_file(cred, path, *access)?;
             attr.encode(out);
-            repo_flags(store, &attr, *access != Access::Read, out)?;
+            repo_flags(store, path, &attr, *access != Access::Read, out)?;
         }
         MetaRequest::Readdir { path, after, max } => {
             let max = (*max as usize).min(MAX_READDIR_ENTRIES);
@@ -357,28 +355,71 @@ fn execute(
                 }
             }
         }
+        MetaRequest::TaskCreate { kind, paths } => {
+            store.task_create(cred, *kind, paths)?.encode(out)
+        }
+        MetaRequest::TaskList { after } => {
+            let (page, more) = store.task_list(*after)?;
+            Writer::new(out).u8(u8::from(more)).u32(page.len() as u32);
+            for t in &page {
+                t.encode(out);
+            }
+        }
+        MetaRequest::TaskShow { id } => store.task(*id)?.encode(out),
+        MetaRequest::TaskReport { id, from } => {
+            let page = store.task_report(*id, *from)?;
+            Writer::new(out).u32(page.len() as u32);
+            for line in &page {
+                line.encode(out);
+            }
+        }
+        MetaRequest::TaskCancel { id } => store.task_cancel(cred, *id)?.encode(out),
+        MetaRequest::TaskClaim => match store.task_claim(cred)? {
+            Some(task) => {
+                out.push(1);
+                task.encode(out);
+            }
+            None => out.push(0),
+        },
+        MetaRequest::TaskUpdate {
+            id,
+            counts,
+            failures,
+            end,
+        } => store
+            .task_update(cred, *id, counts, failures, end.as_ref())?
+            .encode(out),
+        MetaRequest::Closed { path, ino } => {
+            out.push(u8::from(store.file_closed(cred, path, *ino)?));
+        }
     }
     Ok(Vec::new())
 }
 
 /// Ends an open's reply with the HSM flags of an imported file (nothing for another); an
 /// open for writing marks it dirty first. Its released chunks are fetched as they are read
-/// or written, not here.
+/// or written, not here. An open for writing of any file under an association adds a byte
+/// (1) after the flags (0 for a file never imported): the client sends
+/// [`MetaRequest::Closed`] when its handle is closed (dirty again, auto-export).
 fn repo_flags(
     store: &MetaStore,
+    path: &str,
     attr: &Attr,
     write: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), MetaError> {
-    let Some(file) = store.repo_file(attr.ino)? else {
-        return Ok(());
-    };
-    let flags = if write {
-        store.add_hsm_flags(attr.ino, HS_DIRTY)?
-    } else {
-        file.flags
+    let file = store.repo_file(attr.ino)?;
+    let notice = write && store.has_associations() && store.association_over(path)?.is_some();
+    let flags = match &file {
+        Some(_) if write => store.add_hsm_flags(attr.ino, HS_DIRTY)?,
+        Some(f) => f.flags,
+        None if notice => 0,
+        None => return Ok(()),
     };
     out.extend_from_slice(&flags.to_le_bytes());
+    if notice {
+        out.push(1);
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //! - `dirents`: parent ino (8 bytes big-endian) followed by the entry's name → the entry's
 //!   ino and type; big-endian keeps each directory's entries together, in name order;
 //! - `targets`: target id (`u32`) → [`TargetInfo`] as last registered;
+//! - `repos`, `repo_files`: data repository associations and imported files
+//!   (`store/repo_ops.rs`); `tasks`, `task_reports`: their tasks (`store/task_ops.rs`);
 //! - `super`: `"super"` → the format version, the next inode number and the file and
 //!   directory counts.
 
@@ -31,6 +33,9 @@ use redb::{
 use crate::codec::{CodecError, Reader, Writer};
 
 mod repo_ops;
+mod task_ops;
+
+pub use task_ops::TaskEnd;
 
 use crate::limits::{MAX_FILE_LAYOUT_BYTES, REOPEN_INTERVAL_MS};
 use crate::meta::types::{
@@ -596,6 +601,9 @@ pub struct MetaStore {
     /// Whether any file was ever imported or exported (the `repo_files` table has held a
     /// record): until then an open needs no look at that table.
     has_repo_files: AtomicBool,
+    /// Whether the `repos` table was ever non-empty since the store opened: until then an
+    /// open for writing does not look for its file's association.
+    has_repos: AtomicBool,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -625,6 +633,8 @@ impl MetaStore {
             txn.open_table(TARGETS)?;
             txn.open_table(REPOS)?;
             txn.open_table(REPO_FILES)?;
+            txn.open_table(task_ops::TASKS)?;
+            txn.open_table(task_ops::TASK_REPORTS)?;
             let mut sup = txn.open_table(SUPER)?;
             let existing = sup.get(SUPER_KEY)?.map(|guard| guard.value().to_vec());
             match existing {
@@ -675,9 +685,11 @@ impl MetaStore {
             };
         }
         txn.commit()?;
+        task_ops::requeue_executing(&db)?;
 
         let mut targets = BTreeMap::new();
         let has_repo_files;
+        let has_repos;
         {
             let read = db.begin_read()?;
             let table = read.open_table(TARGETS)?;
@@ -687,6 +699,7 @@ impl MetaStore {
                 targets.insert(info.target_id, info);
             }
             has_repo_files = !redb::ReadableTableMetadata::is_empty(&read.open_table(REPO_FILES)?)?;
+            has_repos = !redb::ReadableTableMetadata::is_empty(&read.open_table(REPOS)?)?;
         }
         Ok(MetaStore {
             db: RwLock::new(Some(db)),
@@ -698,6 +711,7 @@ impl MetaStore {
             register_lock: Mutex::new(()),
             round_robin: AtomicU64::new(0),
             has_repo_files: AtomicBool::new(has_repo_files),
+            has_repos: AtomicBool::new(has_repos),
         })
     }
 

@@ -11,8 +11,8 @@ use crate::limits::{
     MIN_REPO_CHUNK_BYTES,
 };
 use crate::meta::repo::{
-    AssocState, Association, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome, ImportedFile, RepoFile,
-    under,
+    AssocState, Association, EVENT_DELETED, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome,
+    ImportedFile, RepoFile, under,
 };
 use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
 
@@ -38,6 +38,13 @@ impl MetaStore {
                 field: "chunk size",
                 value: assoc.chunk_bytes.to_string(),
                 allowed: format!("{MIN_REPO_CHUNK_BYTES}..={MAX_REPO_CHUNK_BYTES} bytes"),
+            });
+        }
+        if assoc.auto_export & EVENT_DELETED != 0 {
+            return Err(MetaError::Invalid {
+                field: "auto-export events",
+                value: "deleted".into(),
+                allowed: "new,changed (deletions are not exported yet)".into(),
             });
         }
         self.write(|tx| {
@@ -82,6 +89,7 @@ impl MetaStore {
             tx.repos.insert(id, linked.to_bytes().as_slice())?;
             Ok(linked)
         })
+        .inspect(|_| self.has_repos.store(true, Ordering::Release))
     }
 
     /// Every association, in id order.
@@ -96,6 +104,25 @@ impl MetaStore {
             }
             Ok(all)
         })
+    }
+
+    /// The association `path` lies at or under, if any.
+    pub fn association_over(&self, path: &str) -> Result<Option<Association>, MetaError> {
+        if !self.has_repos.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let path = NsPath::parse("path", path)?.full();
+        let path = path.as_str();
+        Ok(self
+            .repo_list()?
+            .into_iter()
+            .find(|a| under(&a.path, path).is_some()))
+    }
+
+    /// Whether any association was linked (it may have been unlinked since): opens for
+    /// writing look for theirs only then.
+    pub fn has_associations(&self) -> bool {
+        self.has_repos.load(Ordering::Acquire)
     }
 
     /// The association linked at exactly `path`.

@@ -1,0 +1,401 @@
+//! The store's side of data repository tasks (`crate::meta::task`): the `tasks` table
+//! (id → task) and the `task_reports` table ((id, line) → report line).
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+
+use super::{MetaStore, NsPath, now_ns};
+use crate::limits::{
+    MAX_TASK_PATHS, MAX_TASK_PATHS_BYTES, MAX_TASK_REPORT_LINES, MAX_TASKS, TASK_PAGE_BYTES,
+};
+use crate::meta::repo::{EVENT_CHANGED, EVENT_NEW, HS_ARCHIVED, HS_DIRTY};
+use crate::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
+use crate::meta::types::{Cred, MetaError};
+
+/// Tasks: id → [`Task`].
+pub(super) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+/// Completion reports: (task id, line number) → [`TaskFailure`].
+pub(super) const TASK_REPORTS: TableDefinition<(u64, u32), &[u8]> =
+    TableDefinition::new("task_reports");
+
+/// How the runner ends a task, sent with its last update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// Succeeded, failed or canceled.
+    pub state: TaskState,
+    /// Why it failed (empty otherwise).
+    pub message: String,
+}
+
+fn root_only(cred: &Cred, what: &str) -> Result<(), MetaError> {
+    if cred.is_root() {
+        return Ok(());
+    }
+    Err(MetaError::Perm {
+        path: String::new(),
+        reason: format!("only root may {what}"),
+    })
+}
+
+fn not_found(id: u64) -> MetaError {
+    MetaError::NotFound {
+        path: format!("task {id}"),
+    }
+}
+
+type Tasks<'t> = Table<'t, u64, &'static [u8]>;
+type Reports<'t> = Table<'t, (u64, u32), &'static [u8]>;
+
+fn get(tasks: &Tasks<'_>, id: u64) -> Result<Task, MetaError> {
+    let bytes = tasks.get(id)?.ok_or_else(|| not_found(id))?;
+    Ok(Task::from_bytes(bytes.value())?)
+}
+
+fn put(tasks: &mut Tasks<'_>, task: &Task) -> Result<(), MetaError> {
+    tasks.insert(task.id, task.to_bytes().as_slice())?;
+    Ok(())
+}
+
+fn drop_report(reports: &mut Reports<'_>, id: u64) -> Result<(), MetaError> {
+    reports.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
+    Ok(())
+}
+
+/// Puts every executing task back to pending, its counts and report cleared: the process
+/// that ran it is gone (this one starts), and the runner starts it again from the
+/// beginning (imports, exports and restores skip what is done already).
+pub(super) fn requeue_executing(db: &Database) -> Result<(), MetaError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut tasks = txn.open_table(TASKS)?;
+        let mut reports = txn.open_table(TASK_REPORTS)?;
+        let mut executing = Vec::new();
+        for item in tasks.range::<u64>(..)? {
+            let (_, value) = item?;
+            let task = Task::from_bytes(value.value())?;
+            if task.state == TaskState::Executing {
+                executing.push(task);
+            }
+        }
+        for mut task in executing {
+            task.state = TaskState::Pending;
+            task.counts = TaskCounts::default();
+            task.reported = 0;
+            drop_report(&mut reports, task.id)?;
+            put(&mut tasks, &task)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl MetaStore {
+    /// A handle on `path` (inode `ino`) opened for writing was closed. Under an
+    /// association, an imported or exported file is dirty again (its handle may have written
+    /// after an export), and with the association's auto-export events for it (new: never
+    /// exported; changed: archived before) it joins the pending auto-export task. Whether it
+    /// was queued. A path that names another file since (renamed over) is left alone.
+    pub fn file_closed(&self, cred: &Cred, path: &str, ino: u64) -> Result<bool, MetaError> {
+        let attr = self.lookup(cred, path)?;
+        let full = NsPath::parse("path", path)?.full();
+        if attr.ino != ino || attr.is_dir() {
+            return Ok(false);
+        }
+        let Some(assoc) = self.association_over(&full)? else {
+            return Ok(false);
+        };
+        let flags = match self.repo_file(ino)? {
+            Some(_) => self.add_hsm_flags(ino, HS_DIRTY)?,
+            None => 0,
+        };
+        let event = if flags & HS_ARCHIVED != 0 {
+            EVENT_CHANGED
+        } else {
+            EVENT_NEW
+        };
+        if assoc.auto_export & event == 0 {
+            return Ok(false);
+        }
+        self.queue_auto_export(full)?;
+        Ok(true)
+    }
+
+    /// Adds `path` to the pending auto-export task, or asks for a new one when there is
+    /// none or it is full.
+    fn queue_auto_export(&self, path: String) -> Result<(), MetaError> {
+        let queued = self.write_tasks(|tasks, _| {
+            let mut pending = None;
+            for item in tasks.range::<u64>(..)?.rev() {
+                let (_, value) = item?;
+                let task = Task::from_bytes(value.value())?;
+                if task.kind == TaskKind::AutoExport && task.state == TaskState::Pending {
+                    pending = Some(task);
+                    break;
+                }
+            }
+            let Some(mut task) = pending else {
+                return Ok(false);
+            };
+            if task.paths.contains(&path) {
+                return Ok(true);
+            }
+            let bytes: usize = task.paths.iter().map(String::len).sum::<usize>() + path.len();
+            if task.paths.len() >= MAX_TASK_PATHS || bytes > MAX_TASK_PATHS_BYTES {
+                return Ok(false);
+            }
+            task.paths.push(path.clone());
+            put(tasks, &task)?;
+            Ok(true)
+        })?;
+        if !queued {
+            self.task_create(&Cred::root(), TaskKind::AutoExport, &[path])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on the task tables in one write transaction, committed durably if it
+    /// succeeds.
+    fn write_tasks<T>(
+        &self,
+        op: impl FnOnce(&mut Tasks<'_>, &mut Reports<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let outcome = {
+                let mut tasks = txn.open_table(TASKS)?;
+                let mut reports = txn.open_table(TASK_REPORTS)?;
+                op(&mut tasks, &mut reports)
+            };
+            match outcome {
+                Ok(value) => {
+                    txn.commit()?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    txn.abort()?;
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    /// Asks for a task (root only; restores anyone): kept pending until the runner claims
+    /// it. At most [`MAX_TASKS`] are kept: the oldest finished one makes room.
+    pub fn task_create(
+        &self,
+        cred: &Cred,
+        kind: TaskKind,
+        paths: &[String],
+    ) -> Result<Task, MetaError> {
+        if kind != TaskKind::Restore {
+            root_only(cred, &format!("ask for {} tasks", kind.name()))?;
+        }
+        if paths.is_empty() || paths.len() > MAX_TASK_PATHS {
+            return Err(MetaError::Invalid {
+                field: "paths",
+                value: paths.len().to_string(),
+                allowed: format!("1 to {MAX_TASK_PATHS} per task"),
+            });
+        }
+        let mut full = Vec::with_capacity(paths.len());
+        for p in paths {
+            full.push(NsPath::parse("path", p)?.full());
+        }
+        let bytes: usize = full.iter().map(String::len).sum();
+        if bytes > MAX_TASK_PATHS_BYTES {
+            return Err(MetaError::Invalid {
+                field: "paths",
+                value: format!("{bytes} bytes"),
+                allowed: format!("at most {MAX_TASK_PATHS_BYTES} bytes per task"),
+            });
+        }
+        self.write_tasks(|tasks, reports| {
+            // Before any removal: ids are never reused.
+            let id = tasks.last()?.map_or(0, |(k, _)| k.value()) + 1;
+            let mut kept = 0usize;
+            let mut oldest_finished = None;
+            for item in tasks.range::<u64>(..)? {
+                let (id, value) = item?;
+                kept += 1;
+                if oldest_finished.is_none() && Task::from_bytes(value.value())?.state.is_finished()
+                {
+                    oldest_finished = Some(id.value());
+                }
+            }
+            if kept >= MAX_TASKS {
+                let Some(old) = oldest_finished else {
+                    return Err(MetaError::Invalid {
+                        field: "tasks",
+                        value: format!("{kept} unfinished"),
+                        allowed: format!("at most {MAX_TASKS} kept; cancel or wait for some"),
+                    });
+                };
+                tasks.remove(old)?;
+                drop_report(reports, old)?;
+            }
+            let task = Task {
+                id,
+                kind,
+                paths: full,
+                state: TaskState::Pending,
+                cancel_requested: false,
+                created_ns: now_ns(),
+                started_ns: 0,
+                ended_ns: 0,
+                counts: TaskCounts::default(),
+                message: String::new(),
+                reported: 0,
+            };
+            put(tasks, &task)?;
+            Ok(task)
+        })
+    }
+
+    /// Tasks after id `after` in id order, as many as fill a page; and whether more follow.
+    pub fn task_list(&self, after: u64) -> Result<(Vec<Task>, bool), MetaError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let tasks = txn.open_table(TASKS)?;
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            for item in tasks.range(after.saturating_add(1)..)? {
+                let (_, value) = item?;
+                bytes += value.value().len();
+                if bytes > TASK_PAGE_BYTES {
+                    return Ok((page, true));
+                }
+                page.push(Task::from_bytes(value.value())?);
+            }
+            Ok((page, false))
+        })
+    }
+
+    /// The task `id`.
+    pub fn task(&self, id: u64) -> Result<Task, MetaError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let tasks = txn.open_table(TASKS)?;
+            let bytes = tasks.get(id)?.ok_or_else(|| not_found(id))?;
+            Ok(Task::from_bytes(bytes.value())?)
+        })
+    }
+
+    /// Report lines of task `id` from line `from`, as many as fill a page.
+    pub fn task_report(&self, id: u64, from: u32) -> Result<Vec<TaskFailure>, MetaError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            if txn.open_table(TASKS)?.get(id)?.is_none() {
+                return Err(not_found(id));
+            }
+            let reports = txn.open_table(TASK_REPORTS)?;
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            for item in reports.range((id, from)..=(id, u32::MAX))? {
+                let (_, value) = item?;
+                bytes += value.value().len();
+                if bytes > TASK_PAGE_BYTES {
+                    break;
+                }
+                page.push(TaskFailure::from_bytes(value.value())?);
+            }
+            Ok(page)
+        })
+    }
+
+    /// Cancels task `id` (root only; restores their asker too): a pending one at once, an
+    /// executing one when the runner next looks. A finished one is refused.
+    pub fn task_cancel(&self, cred: &Cred, id: u64) -> Result<Task, MetaError> {
+        self.write_tasks(|tasks, _| {
+            let mut task = get(tasks, id)?;
+            if task.kind != TaskKind::Restore {
+                root_only(cred, "cancel tasks")?;
+            }
+            match task.state {
+                TaskState::Pending => {
+                    task.state = TaskState::Canceled;
+                    task.ended_ns = now_ns();
+                }
+                TaskState::Executing => task.cancel_requested = true,
+                done => {
+                    return Err(MetaError::Invalid {
+                        field: "task",
+                        value: format!("{id} ({})", done.name()),
+                        allowed: "a pending or executing task".into(),
+                    });
+                }
+            }
+            put(tasks, &task)?;
+            Ok(task)
+        })
+    }
+
+    /// The runner's claim (root only): the oldest pending task, now executing.
+    pub fn task_claim(&self, cred: &Cred) -> Result<Option<Task>, MetaError> {
+        root_only(cred, "run tasks")?;
+        self.write_tasks(|tasks, _| {
+            let mut found = None;
+            for item in tasks.range::<u64>(..)? {
+                let (_, value) = item?;
+                let task = Task::from_bytes(value.value())?;
+                if task.state == TaskState::Pending {
+                    found = Some(task);
+                    break;
+                }
+            }
+            let Some(mut task) = found else {
+                return Ok(None);
+            };
+            task.state = TaskState::Executing;
+            task.started_ns = now_ns();
+            put(tasks, &task)?;
+            Ok(Some(task))
+        })
+    }
+
+    /// The runner's update of an executing task (root only): its counts, report lines to
+    /// add (past [`MAX_TASK_REPORT_LINES`] only counted), and how it ended if it did. The
+    /// task after: `cancel_requested` tells the runner to stop.
+    pub fn task_update(
+        &self,
+        cred: &Cred,
+        id: u64,
+        counts: &TaskCounts,
+        failures: &[TaskFailure],
+        end: Option<&TaskEnd>,
+    ) -> Result<Task, MetaError> {
+        root_only(cred, "run tasks")?;
+        self.write_tasks(|tasks, reports| {
+            let mut task = get(tasks, id)?;
+            if task.state != TaskState::Executing {
+                return Err(MetaError::Invalid {
+                    field: "task",
+                    value: format!("{id} ({})", task.state.name()),
+                    allowed: "an executing task (it was restarted or ended)".into(),
+                });
+            }
+            for f in failures {
+                if task.reported >= MAX_TASK_REPORT_LINES {
+                    break;
+                }
+                reports.insert((id, task.reported), f.to_bytes().as_slice())?;
+                task.reported += 1;
+            }
+            task.counts = counts.clone();
+            if let Some(end) = end {
+                if !end.state.is_finished() {
+                    return Err(MetaError::Invalid {
+                        field: "task end",
+                        value: end.state.name().into(),
+                        allowed: "succeeded, failed or canceled".into(),
+                    });
+                }
+                task.state = end.state;
+                task.message = end.message.clone();
+                task.ended_ns = now_ns();
+            }
+            put(tasks, &task)?;
+            Ok(task)
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! The task runner of the metadata service (`nacre serve --meta`): it takes the pending
+//! data repository tasks kept in the store one at a time, runs them (imports, exports,
+//! restores), and keeps their counts and report in the store as it goes, so that any client
+//! can follow or cancel them. A task the service was running when it stopped is pending
+//! again when it restarts, and runs again from the beginning: what is done already is
+//! skipped (unchanged objects, archived files, present chunks). Decision 0021.
+
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nacre::meta::repo::{Association, under};
+use nacre::meta::store::TaskEnd;
+use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
+use nacre::{Client, OpenOptions};
+
+use crate::import::ImportFailure;
+use crate::limits::{RESTORE_PARALLEL, TASK_POLL_MS, TASK_UPDATE_MS};
+use crate::mover::S3Access;
+use crate::{export, import};
+
+/// Runs tasks until `stop`: claims the oldest pending one from the metadata service at
+/// `meta` and runs it; with none pending, looks again every [`TASK_POLL_MS`]. Stopped
+/// midway, a task stays executing in the store and is run again when the service restarts.
+pub fn run_tasks(meta: &str, s3: &S3Access, stop: &AtomicBool) {
+    let mut client: Option<Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let c = match &client {
+            Some(c) => c.clone(),
+            None => match Client::connect(meta) {
+                Ok(c) => {
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    nacre::transport::log_line!("nacre meta: task runner: {e}");
+                    pause(stop);
+                    continue;
+                }
+            },
+        };
+        match c.task_claim() {
+            Ok(Some(task)) => run(&c, s3, &task, stop),
+            Ok(None) => pause(stop),
+            Err(e) => {
+                nacre::transport::log_line!("nacre meta: task runner: {e}");
+                pause(stop);
+            }
+        }
+    }
+}
+
+fn pause(stop: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_millis(TASK_POLL_MS);
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        std::thread::park_timeout(Duration::from_millis(TASK_POLL_MS / 4));
+    }
+}
+
+/// A task's counts and report lines on their way to the store: sent every
+/// [`TASK_UPDATE_MS`], and at the end.
+struct Reporter<'a> {
+    client: &'a Client,
+    id: u64,
+    counts: TaskCounts,
+    lines: Vec<TaskFailure>,
+    lines_bytes: usize,
+    last_sent: Instant,
+    canceled: bool,
+    stop: &'a AtomicBool,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(client: &'a Client, id: u64, stop: &'a AtomicBool) -> Reporter<'a> {
+        Reporter {
+            client,
+            id,
+            counts: TaskCounts::default(),
+            lines: Vec::new(),
+            lines_bytes: 0,
+            last_sent: Instant::now(),
+            canceled: false,
+            stop,
+        }
+    }
+
+    fn fail(&mut self, f: &ImportFailure) {
+        self.counts.failed += 1;
+        let line = TaskFailure {
+            path: f.path.clone(),
+            code: f.code.to_owned(),
+            message: f.message.clone(),
+        };
+        self.lines_bytes += line.to_bytes().len();
+        self.lines.push(line);
+        if self.lines_bytes >= nacre::limits::TASK_PAGE_BYTES / 2 {
+            self.send(None);
+        }
+    }
+
+    /// Sends what is new if it is time; breaks when the task is to stop (canceled, or the
+    /// service stopping).
+    fn tick(&mut self) -> ControlFlow<()> {
+        if self.last_sent.elapsed() >= Duration::from_millis(TASK_UPDATE_MS) {
+            self.send(None);
+        }
+        if self.canceled || self.stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Sends the counts and the report lines kept, in messages that fit.
+    fn send(&mut self, end: Option<TaskEnd>) {
+        let mut lines = std::mem::take(&mut self.lines);
+        self.lines_bytes = 0;
+        loop {
+            let mut bytes = 0;
+            let fit = lines
+                .iter()
+                .take_while(|l| {
+                    bytes += l.to_bytes().len();
+                    bytes <= nacre::limits::TASK_PAGE_BYTES
+                })
+                .count();
+            let rest = lines.split_off(fit);
+            let last = rest.is_empty();
+            let ending = if last { end.clone() } else { None };
+            match self
+                .client
+                .task_update(self.id, &self.counts, &lines, ending)
+            {
+                Ok(task) => self.canceled |= task.cancel_requested,
+                Err(e) => {
+                    nacre::transport::log_line!("nacre meta: task {}: {e}", self.id);
+                }
+            }
+            lines = rest;
+            if last {
+                break;
+            }
+        }
+        self.last_sent = Instant::now();
+    }
+}
+
+/// Runs one claimed task to its end (or until the service stops).
+fn run(client: &Client, s3: &S3Access, task: &Task, stop: &AtomicBool) {
+    let mut r = Reporter::new(client, task.id, stop);
+    let outcome = match task.kind {
+        TaskKind::Import => run_import(client, s3, task, &mut r),
+        TaskKind::Export | TaskKind::AutoExport => run_export(client, s3, task, &mut r),
+        TaskKind::Restore => run_restore(client, task, &mut r),
+    };
+    if stop.load(Ordering::SeqCst) && !r.canceled {
+        // Left executing: the service's next start runs it again.
+        r.send(None);
+        return;
+    }
+    let end = match outcome {
+        Ok(()) if r.canceled => TaskEnd {
+            state: TaskState::Canceled,
+            message: String::new(),
+        },
+        Ok(()) => TaskEnd {
+            state: TaskState::Succeeded,
+            message: String::new(),
+        },
+        Err(message) => TaskEnd {
+            state: TaskState::Failed,
+            message,
+        },
+    };
+    nacre::transport::log_line!(
+        "nacre meta: task {} ({}) {}: {}{}",
+        task.id,
+        task.kind.name(),
+        end.state.name(),
+        r.counts.summary,
+        if end.message.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", end.message)
+        }
+    );
+    r.send(Some(end));
+}
+
+/// The association `path` lies under.
+fn association_of<'a>(all: &'a [Association], path: &str) -> Result<&'a Association, String> {
+    all.iter()
+        .find(|a| under(&a.path, path).is_some())
+        .ok_or_else(|| format!("{path}: no data repository is linked at or above it"))
+}
+
+fn run_import(
+    client: &Client,
+    s3: &S3Access,
+    task: &Task,
+    r: &mut Reporter<'_>,
+) -> Result<(), String> {
+    let all = client.repo_list().map_err(|e| e.to_string())?;
+    let (mut created, mut updated, mut unchanged, mut dirs) = (0, 0, 0, 0);
+    let mut base = (0, 0);
+    for path in &task.paths {
+        let assoc = association_of(&all, path)?;
+        let report = import(client, s3, assoc, |done, total| {
+            r.counts.total = base.0 + total;
+            r.counts.done = base.1 + done;
+            r.tick()
+        })
+        .map_err(|e| format!("{}: {e}", assoc.url()))?;
+        base = (r.counts.total, r.counts.done);
+        for f in &report.failed {
+            r.fail(f);
+        }
+        created += report.created;
+        updated += report.updated;
+        unchanged += report.unchanged;
+        dirs += report.dirs;
+        r.counts.summary = format!(
+            "{created} files created, {updated} updated, {unchanged} unchanged, {dirs} \
+             directories, {} failed",
+            r.counts.failed
+        );
+        if r.canceled {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn run_export(
+    client: &Client,
+    s3: &S3Access,
+    task: &Task,
+    r: &mut Reporter<'_>,
+) -> Result<(), String> {
+    let all = client.repo_list().map_err(|e| e.to_string())?;
+    let (mut exported, mut unchanged) = (0, 0);
+    let mut base = (0, 0);
+    for path in &task.paths {
+        let assoc = association_of(&all, path)?;
+        let summary = |exported: u64, bytes: u64, unchanged: u64, failed: u64| {
+            format!("{exported} files ({bytes} bytes), {unchanged} unchanged, {failed} failed")
+        };
+        let report = export(client, s3, assoc, std::slice::from_ref(path), |so_far| {
+            let files = so_far.exported + so_far.unchanged + so_far.failed.len() as u64;
+            r.counts.done = base.1 + files;
+            r.counts.total = r.counts.done + 1;
+            r.counts.bytes = base.0 + so_far.bytes;
+            r.counts.summary = summary(
+                exported + so_far.exported,
+                r.counts.bytes,
+                unchanged + so_far.unchanged,
+                r.counts.failed + so_far.failed.len() as u64,
+            );
+            r.tick()
+        })
+        .map_err(|e| format!("{}: {e}", assoc.url()))?;
+        for f in &report.failed {
+            r.fail(f);
+        }
+        exported += report.exported;
+        unchanged += report.unchanged;
+        r.counts.bytes = base.0 + report.bytes;
+        r.counts.done = base.1 + report.exported + report.unchanged + report.failed.len() as u64;
+        r.counts.total = r.counts.done;
+        base = (r.counts.bytes, r.counts.done);
+        r.counts.summary = summary(exported, r.counts.bytes, unchanged, r.counts.failed);
+        if r.canceled {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every file at or under `paths`; what cannot be read is a report line.
+fn files_of(client: &Client, paths: &[String], r: &mut Reporter<'_>) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut pending: Vec<String> = paths.iter().rev().cloned().collect();
+    while let Some(path) = pending.pop() {
+        match client.attr(&path) {
+            Ok(attr) if attr.is_dir() => match client.readdir(&path) {
+                Ok(entries) => {
+                    let base = path.trim_end_matches('/');
+                    for e in entries.iter().rev() {
+                        pending.push(format!("{base}/{}", e.name));
+                    }
+                }
+                Err(e) => r.fail(&crate::import::failure(&path, "InternalError", e)),
+            },
+            Ok(_) => files.push(path),
+            Err(e) => r.fail(&crate::import::failure(&path, "InternalError", e)),
+        }
+    }
+    files
+}
+
+/// Restores every released file at or under the task's paths, [`RESTORE_PARALLEL`] at a
+/// time (each one's chunks are fetched in parallel too: many small files would otherwise
+/// wait for one GET after another).
+fn run_restore<'a>(client: &'a Client, task: &Task, r: &mut Reporter<'a>) -> Result<(), String> {
+    let files = files_of(client, &task.paths, r);
+    r.counts.total = files.len() as u64 + r.counts.failed;
+    r.counts.done = r.counts.failed;
+    let next = AtomicUsize::new(0);
+    let restored = AtomicUsize::new(0);
+    let placeholder = Reporter::new(client, task.id, r.stop);
+    let shared = Mutex::new(std::mem::replace(r, placeholder));
+    let lock = || {
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..RESTORE_PARALLEL.min(files.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = files.get(i) else { return };
+                    let mut last = 0;
+                    let outcome =
+                        client
+                            .open(path, &OpenOptions::new().read(true))
+                            .and_then(|file| {
+                                file.restore(|done, _| {
+                                    let mut r = lock();
+                                    r.counts.bytes += done - last;
+                                    last = done;
+                                    r.tick()
+                                })
+                            });
+                    let mut r = lock();
+                    match outcome {
+                        Ok(true) => {
+                            restored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => return,
+                        Err(e) => r.fail(&crate::import::failure(path, "S3Error", e)),
+                    }
+                    r.counts.done += 1;
+                    r.counts.summary = format!(
+                        "{} files restored ({} bytes), {} failed",
+                        restored.load(Ordering::Relaxed),
+                        r.counts.bytes,
+                        r.counts.failed
+                    );
+                    if r.tick().is_break() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    *r = shared
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    r.counts.summary = format!(
+        "{} files restored ({} bytes), {} failed",
+        restored.into_inner(),
+        r.counts.bytes,
+        r.counts.failed
+    );
+    Ok(())
+}
