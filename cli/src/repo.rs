@@ -337,50 +337,73 @@ fn outcome(task: &Task) -> Result<(), Failure> {
 
 /// How often a follower asks for its task.
 const TASK_FOLLOW_MS: u64 = 200;
-/// How long a follower waits for a task that makes no progress at all (no runner took it,
-/// or one request of it hangs) before it leaves it to run and says how to find it.
+/// How long a follower waits for a pending task while no task executes (no runner), or
+/// for a metadata service that does not answer, before it leaves the task (which goes on)
+/// and says how to find it. An executing task is bounded by the runner's own timeouts.
 const TASK_STALL_MS: u64 = 120_000;
 
 /// Waits for task `id` to finish, a progress line on a terminal meanwhile; gives up (the
-/// task goes on) after [`TASK_STALL_MS`] without progress.
+/// task goes on) after [`TASK_STALL_MS`] of a pending task with no runner at work, or of
+/// a service that does not answer.
 fn follow(client: &Client, id: u64) -> Result<Task, Failure> {
     let bar = std::io::stderr().is_terminal();
     let mut last: Option<(TaskState, nacre::meta::task::TaskCounts)> = None;
-    let mut since = std::time::Instant::now();
+    let stall = std::time::Duration::from_millis(TASK_STALL_MS);
+    let mut idle_since: Option<std::time::Instant> = None;
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let task = client.task_show(id).map_err(|e| {
-            format!("task {id}: {e}; it goes on in the metadata service (nacre task show {id})")
-        })?;
+        std::thread::sleep(std::time::Duration::from_millis(TASK_FOLLOW_MS));
+        let task = match client.task_show(id) {
+            Ok(task) => {
+                failing_since = None;
+                task
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < stall {
+                    continue;
+                }
+                return Err(Failure::Message(format!(
+                    "task {id}: {e}; it goes on in the metadata service (nacre task show {id})"
+                )));
+            }
+        };
         if task.state.is_finished() {
             if bar && last.is_some() {
                 eprintln!();
             }
             return Ok(task);
         }
-        let now = (task.state, task.counts.clone());
-        if last.as_ref() != Some(&now) {
-            last = Some(now);
-            since = std::time::Instant::now();
-            if bar {
-                eprint!(
-                    "\rtask {id} ({}) {}: {} of {} done, {} failed, {} bytes   ",
-                    task.kind.name(),
-                    task.state.name(),
-                    task.counts.done,
-                    task.counts.total,
-                    task.counts.failed,
-                    task.counts.bytes
-                );
-            }
-        } else if since.elapsed() >= std::time::Duration::from_millis(TASK_STALL_MS) {
+        let runner_busy = task.state == TaskState::Executing
+            || client
+                .task_list()
+                .is_ok_and(|all| all.iter().any(|t| t.state == TaskState::Executing));
+        if runner_busy {
+            idle_since = None;
+        } else if idle_since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            >= stall
+        {
             return Err(Failure::Message(format!(
-                "task {id} is still {} with no progress for {} s (is `nacre serve --meta` \
-                 running?); it goes on: nacre task show {id}",
-                task.state.name(),
+                "task {id} is still pending and no task ran for {} s (is `nacre serve --meta` \
+                 running, without --no-task-runner?); it goes on: nacre task show {id}",
                 TASK_STALL_MS / 1000
             )));
         }
-        std::thread::sleep(std::time::Duration::from_millis(TASK_FOLLOW_MS));
+        let now = (task.state, task.counts.clone());
+        if bar && last.as_ref() != Some(&now) {
+            eprint!(
+                "\rtask {id} ({}) {}: {} of {} done, {} failed, {} bytes   ",
+                task.kind.name(),
+                task.state.name(),
+                task.counts.done,
+                task.counts.total,
+                task.counts.failed,
+                task.counts.bytes
+            );
+        }
+        last = Some(now);
     }
 }
 

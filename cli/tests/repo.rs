@@ -522,7 +522,11 @@ fn a_mover_killed_midway_leaves_every_chunk_whole_or_released() {
     // runs to its end.
     let done = c.ok(&["task", "wait", "2"]);
     assert!(done.contains("task 2 (restore) succeeded"), "{done}");
-    assert!(done.contains("1 files restored"), "{done}");
+    // Restored by this run, or by the one the kill cut short.
+    assert!(
+        done.contains("1 files restored") || done.contains("1 present already"),
+        "{done}"
+    );
     assert_eq!(flags(&c, "/data/k.bin"), HS_EXISTS | HS_ARCHIVED);
     let local = c.dir().join("k.out");
     c.ok(&["get", "/data/k.bin", local.to_str().unwrap()]);

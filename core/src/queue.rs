@@ -164,6 +164,9 @@ struct Op {
 /// Everything behind the queue's lock.
 struct State {
     done: VecDeque<Completion>,
+    /// Handles of operations that ended, dropped once the lock is let go: the drop of a
+    /// file's last handle may tell the metadata service it closed (a blocking call).
+    released: Vec<File>,
     targets: HashMap<usize, Target>,
     /// By instance (see [`nacre_transport::wire::Opcode::Targets`]); a server goes when its
     /// last connection does.
@@ -254,6 +257,7 @@ impl Queue {
             })?;
         let state = State {
             done: VecDeque::new(),
+            released: Vec::new(),
             targets: HashMap::new(),
             servers: HashMap::new(),
             slots: Vec::new(),
@@ -470,6 +474,9 @@ impl Queue {
             let mut st = shared.lock();
             st.drive(&shared.epoll, &shared.wake, &ready);
             shared.wake_sleepers(&mut st);
+            let released = std::mem::take(&mut st.released);
+            drop(st);
+            drop(released);
         }
     }
 
@@ -625,6 +632,9 @@ impl Queue {
             }
         }
         self.shared.in_flight.fetch_sub(out.len(), Ordering::SeqCst);
+        let released = std::mem::take(&mut st.released);
+        drop(st);
+        drop(released);
         out
     }
 
@@ -661,14 +671,18 @@ impl Queue {
                 if looked {
                     return st;
                 }
+                let released = std::mem::take(&mut st.released);
                 drop(st);
+                drop(released);
                 look(&shared.epoll, &mut events, Duration::ZERO, &mut ready);
                 looked = true;
                 continue;
             }
             let until = st.next_deadline().map_or(deadline, |d| d.min(deadline));
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
+            let released = std::mem::take(&mut st.released);
             drop(st);
+            drop(released);
             look(
                 &shared.epoll,
                 &mut events,
@@ -1034,6 +1048,7 @@ impl State {
             None => op.file.short_read(op.offset, op.len),
         };
         self.complete(op.tag, result, op.lent);
+        self.released.push(op.file);
     }
 
     /// Ends a connection: every request in flight on it fails with `e`.

@@ -1516,30 +1516,50 @@ fn tasks_are_claimed_in_order_updated_canceled_and_requeued_at_restart() {
     );
     assert!(store.task_report(1, 1).unwrap().is_empty());
 
-    // Killed while executing: pending again after a restart, counts and report cleared.
+    // Stopped while executing with a cancel asked for: canceled after a restart.
     drop(store);
     let store = open(&dir);
-    let back = store.task(1).unwrap();
+    assert_eq!(store.task(1).unwrap().state, TaskState::Canceled);
+    // Stopped while executing: pending again after a restart, counts and report cleared.
+    let export = store
+        .task_create(&root(), TaskKind::Export, &task_paths(&["/data"]))
+        .unwrap();
+    assert_eq!(store.task_claim(&root()).unwrap().unwrap().id, export.id);
+    store
+        .task_update(
+            &root(),
+            export.id,
+            &counts,
+            std::slice::from_ref(&line),
+            None,
+        )
+        .unwrap();
+    drop(store);
+    let store = open(&dir);
+    let back = store.task(export.id).unwrap();
     assert_eq!(back.state, TaskState::Pending);
     assert_eq!((back.counts.done, back.reported), (0, 0));
-    assert!(store.task_report(1, 0).unwrap().is_empty());
+    assert!(store.task_report(export.id, 0).unwrap().is_empty());
     let again = store.task_claim(&root()).unwrap().unwrap();
-    assert_eq!(again.id, 1);
+    assert_eq!(again.id, export.id);
     let end = TaskEnd {
         state: TaskState::Succeeded,
         message: String::new(),
     };
     let done = store
-        .task_update(&root(), 1, &counts, &[], Some(&end))
+        .task_update(&root(), export.id, &counts, &[], Some(&end))
         .unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
     assert!(done.ended_ns >= done.started_ns && done.started_ns > 0);
     assert!(
-        store.task_update(&root(), 1, &counts, &[], None).is_err(),
+        store
+            .task_update(&root(), export.id, &counts, &[], None)
+            .is_err(),
         "a finished task takes no updates"
     );
+    assert!(store.task_claim(&root()).unwrap().is_none());
     let (all, more) = store.task_list(0).unwrap();
-    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(!more);
     assert!(matches!(
         store.task(9).unwrap_err(),

@@ -42,7 +42,9 @@ pub struct ExportReport {
     pub failed: Vec<ImportFailure>,
 }
 
-/// Exports the files at and under `paths` (within `assoc`) that are new or dirty.
+/// Exports the files at and under `paths` (within `assoc`) that are new or dirty, or every
+/// one with `force` (an auto-export after a close: a close racing an export that read the
+/// file before the close's writes may find it marked clean).
 /// `progress(report so far)` is called before each file or directory; when it breaks, the
 /// export stops there (a canceled task).
 pub fn export(
@@ -50,6 +52,7 @@ pub fn export(
     s3: &S3Access,
     assoc: &Association,
     paths: &[String],
+    force: bool,
     mut progress: impl FnMut(&ExportReport) -> ControlFlow<()>,
 ) -> Result<ExportReport, RepoError> {
     let mut report = ExportReport::default();
@@ -77,7 +80,7 @@ pub fn export(
             }
             continue;
         }
-        match export_file(client, s3, assoc, &path) {
+        match export_file(client, s3, assoc, &path, force) {
             Ok(Some(bytes)) => {
                 report.exported += 1;
                 report.bytes += bytes;
@@ -96,11 +99,12 @@ fn export_file(
     s3: &S3Access,
     assoc: &Association,
     path: &str,
+    force: bool,
 ) -> Result<Option<u64>, ImportFailure> {
     let (flags, _) = client
         .hsm_state(path)
         .map_err(|e| failure(path, "InternalError", e))?;
-    if flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 {
+    if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 {
         return Ok(None);
     }
     let key = assoc

@@ -34,3 +34,5 @@ pub const RESTORE_PARALLEL: usize = 8;
 pub const TASK_POLL_MS: u64 = 200;
 /// How often a running task's counts and report lines are written to the store.
 pub const TASK_UPDATE_MS: u64 = 500;
+/// Tries of a task's last update (its end), [`TASK_POLL_MS`] apart.
+pub const TASK_END_TRIES: usize = 10;

@@ -10,13 +10,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nacre::meta::repo::{Association, under};
+use nacre::meta::repo::{Association, HS_RELEASED, under};
 use nacre::meta::store::TaskEnd;
 use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use nacre::{Client, OpenOptions};
 
 use crate::import::ImportFailure;
-use crate::limits::{RESTORE_PARALLEL, TASK_POLL_MS, TASK_UPDATE_MS};
+use crate::limits::{RESTORE_PARALLEL, TASK_END_TRIES, TASK_POLL_MS, TASK_UPDATE_MS};
 use crate::mover::S3Access;
 use crate::{export, import};
 
@@ -128,14 +128,34 @@ impl<'a> Reporter<'a> {
             let rest = lines.split_off(fit);
             let last = rest.is_empty();
             let ending = if last { end.clone() } else { None };
-            match self
-                .client
-                .task_update(self.id, &self.counts, &lines, ending)
-            {
-                Ok(task) => self.canceled |= task.cancel_requested,
-                Err(e) => {
-                    nacre::transport::log_line!("nacre meta: task {}: {e}", self.id);
+            // The last update is tried again (its end must reach the store, or the task
+            // stays executing until the service restarts); another keeps its lines for the
+            // next one.
+            let tries = if ending.is_some() { TASK_END_TRIES } else { 1 };
+            let mut sent = false;
+            for attempt in 0..tries {
+                match self
+                    .client
+                    .task_update(self.id, &self.counts, &lines, ending.clone())
+                {
+                    Ok(task) => {
+                        self.canceled |= task.cancel_requested;
+                        sent = true;
+                        break;
+                    }
+                    Err(e) => {
+                        nacre::transport::log_line!("nacre meta: task {}: {e}", self.id);
+                        if attempt + 1 < tries {
+                            std::thread::sleep(Duration::from_millis(TASK_POLL_MS));
+                        }
+                    }
                 }
+            }
+            if !sent {
+                lines.extend(rest);
+                self.lines_bytes = lines.iter().map(|l| l.to_bytes().len()).sum();
+                self.lines = lines;
+                break;
             }
             lines = rest;
             if last {
@@ -204,14 +224,35 @@ fn run_import(
     let all = client.repo_list().map_err(|e| e.to_string())?;
     let (mut created, mut updated, mut unchanged, mut dirs) = (0, 0, 0, 0);
     let mut base = (0, 0);
+    let only = task.paths.len() == 1;
     for path in &task.paths {
-        let assoc = association_of(&all, path)?;
-        let report = import(client, s3, assoc, |done, total| {
+        let assoc = match association_of(&all, path) {
+            Ok(assoc) => assoc,
+            Err(e) if only => return Err(e),
+            Err(e) => {
+                r.fail(&crate::import::failure(path, "InternalError", e));
+                continue;
+            }
+        };
+        let listed = import(client, s3, assoc, |done, total| {
             r.counts.total = base.0 + total;
             r.counts.done = base.1 + done;
             r.tick()
-        })
-        .map_err(|e| format!("{}: {e}", assoc.url()))?;
+        });
+        // One path's listing refused: the whole task's reason when it is the only one,
+        // else that path's report line.
+        let report = match listed {
+            Ok(report) => report,
+            Err(e) if only => return Err(format!("{}: {e}", assoc.url())),
+            Err(e) => {
+                r.fail(&crate::import::failure(
+                    path,
+                    "S3Error",
+                    format!("{}: {e}", assoc.url()),
+                ));
+                continue;
+            }
+        };
         base = (r.counts.total, r.counts.done);
         for f in &report.failed {
             r.fail(f);
@@ -241,25 +282,52 @@ fn run_export(
     let all = client.repo_list().map_err(|e| e.to_string())?;
     let (mut exported, mut unchanged) = (0, 0);
     let mut base = (0, 0);
+    let only = task.paths.len() == 1;
     for path in &task.paths {
-        let assoc = association_of(&all, path)?;
+        let assoc = match association_of(&all, path) {
+            Ok(assoc) => assoc,
+            Err(e) if only => return Err(e),
+            Err(e) => {
+                r.fail(&crate::import::failure(path, "InternalError", e));
+                continue;
+            }
+        };
         let summary = |exported: u64, bytes: u64, unchanged: u64, failed: u64| {
             format!("{exported} files ({bytes} bytes), {unchanged} unchanged, {failed} failed")
         };
-        let report = export(client, s3, assoc, std::slice::from_ref(path), |so_far| {
-            let files = so_far.exported + so_far.unchanged + so_far.failed.len() as u64;
-            r.counts.done = base.1 + files;
-            r.counts.total = r.counts.done + 1;
-            r.counts.bytes = base.0 + so_far.bytes;
-            r.counts.summary = summary(
-                exported + so_far.exported,
-                r.counts.bytes,
-                unchanged + so_far.unchanged,
-                r.counts.failed + so_far.failed.len() as u64,
-            );
-            r.tick()
-        })
-        .map_err(|e| format!("{}: {e}", assoc.url()))?;
+        let force = task.kind == TaskKind::AutoExport;
+        let report = export(
+            client,
+            s3,
+            assoc,
+            std::slice::from_ref(path),
+            force,
+            |so_far| {
+                let files = so_far.exported + so_far.unchanged + so_far.failed.len() as u64;
+                r.counts.done = base.1 + files;
+                r.counts.total = r.counts.done + 1;
+                r.counts.bytes = base.0 + so_far.bytes;
+                r.counts.summary = summary(
+                    exported + so_far.exported,
+                    r.counts.bytes,
+                    unchanged + so_far.unchanged,
+                    r.counts.failed + so_far.failed.len() as u64,
+                );
+                r.tick()
+            },
+        );
+        let report = match report {
+            Ok(report) => report,
+            Err(e) if only => return Err(format!("{}: {e}", assoc.url())),
+            Err(e) => {
+                r.fail(&crate::import::failure(
+                    path,
+                    "S3Error",
+                    format!("{}: {e}", assoc.url()),
+                ));
+                continue;
+            }
+        };
         for f in &report.failed {
             r.fail(f);
         }
@@ -308,6 +376,7 @@ fn run_restore<'a>(client: &'a Client, task: &Task, r: &mut Reporter<'a>) -> Res
     r.counts.done = r.counts.failed;
     let next = AtomicUsize::new(0);
     let restored = AtomicUsize::new(0);
+    let present = AtomicUsize::new(0);
     let placeholder = Reporter::new(client, task.id, r.stop);
     let shared = Mutex::new(std::mem::replace(r, placeholder));
     let lock = || {
@@ -326,27 +395,33 @@ fn run_restore<'a>(client: &'a Client, task: &Task, r: &mut Reporter<'a>) -> Res
                         client
                             .open(path, &OpenOptions::new().read(true))
                             .and_then(|file| {
-                                file.restore(|done, _| {
+                                if file.hsm_flags() & HS_RELEASED == 0 {
+                                    // Present already (or never imported): nothing moved.
+                                    present.fetch_add(1, Ordering::Relaxed);
+                                    return Ok(true);
+                                }
+                                let whole = file.restore(|done, _| {
                                     let mut r = lock();
                                     r.counts.bytes += done - last;
                                     last = done;
                                     r.tick()
-                                })
+                                })?;
+                                if whole {
+                                    restored.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(whole)
                             });
                     let mut r = lock();
                     match outcome {
-                        Ok(true) => {
-                            restored.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(true) => {}
                         Ok(false) => return,
                         Err(e) => r.fail(&crate::import::failure(path, "S3Error", e)),
                     }
                     r.counts.done += 1;
-                    r.counts.summary = format!(
-                        "{} files restored ({} bytes), {} failed",
+                    r.counts.summary = restore_summary(
                         restored.load(Ordering::Relaxed),
-                        r.counts.bytes,
-                        r.counts.failed
+                        present.load(Ordering::Relaxed),
+                        &r.counts,
                     );
                     if r.tick().is_break() {
                         return;
@@ -358,11 +433,13 @@ fn run_restore<'a>(client: &'a Client, task: &Task, r: &mut Reporter<'a>) -> Res
     *r = shared
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    r.counts.summary = format!(
-        "{} files restored ({} bytes), {} failed",
-        restored.into_inner(),
-        r.counts.bytes,
-        r.counts.failed
-    );
+    r.counts.summary = restore_summary(restored.into_inner(), present.into_inner(), &r.counts);
     Ok(())
+}
+
+fn restore_summary(restored: usize, present: usize, counts: &TaskCounts) -> String {
+    format!(
+        "{restored} files restored ({} bytes), {present} present already, {} failed",
+        counts.bytes, counts.failed
+    )
 }

@@ -816,44 +816,16 @@ impl MetaStore {
         })
     }
 
-    /// Runs `op` in one write transaction, committed durably if `op` succeeds and aborted
-    /// (nothing changed) if it fails.
-    fn write<T>(
+    /// Runs `op` in one write transaction of its own tables, committed durably if `op`
+    /// succeeds and aborted (nothing changed) if it fails.
+    fn transaction<T>(
         &self,
-        op: impl FnOnce(&mut Tx<'_>) -> Result<T, MetaError>,
+        op: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         self.with_db(|db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
-            let outcome = {
-                let mut sup = txn.open_table(SUPER)?;
-                let counters = {
-                    let guard = sup
-                        .get(SUPER_KEY)?
-                        .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
-                    Superblock::decode(guard.value())?
-                };
-                let mut tx = Tx {
-                    ns: Ns {
-                        inodes: txn.open_table(INODES)?,
-                        dirents: txn.open_table(DIRENTS)?,
-                    },
-                    counters,
-                    removals: txn.open_table(REMOVALS)?,
-                    repos: txn.open_table(REPOS)?,
-                    repo_files: txn.open_table(REPO_FILES)?,
-                };
-                let outcome = op(&mut tx);
-                if outcome.is_ok() && tx.counters != counters {
-                    assert!(
-                        tx.counters.next_ino >= counters.next_ino,
-                        "inode numbers never go back"
-                    );
-                    sup.insert(SUPER_KEY, tx.counters.encode().as_slice())?;
-                }
-                outcome
-            };
-            match outcome {
+            match op(&txn) {
                 Ok(value) => {
                     txn.commit()?;
                     Ok(value)
@@ -863,6 +835,42 @@ impl MetaStore {
                     Err(error)
                 }
             }
+        })
+    }
+
+    /// Runs `op` in one write transaction of the namespace and repository tables (see
+    /// [`MetaStore::transaction`]), keeping the super record's counters.
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&mut Tx<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        self.transaction(|txn| {
+            let mut sup = txn.open_table(SUPER)?;
+            let counters = {
+                let guard = sup
+                    .get(SUPER_KEY)?
+                    .ok_or_else(|| corrupt("the super record is missing".to_owned()))?;
+                Superblock::decode(guard.value())?
+            };
+            let mut tx = Tx {
+                ns: Ns {
+                    inodes: txn.open_table(INODES)?,
+                    dirents: txn.open_table(DIRENTS)?,
+                },
+                counters,
+                removals: txn.open_table(REMOVALS)?,
+                repos: txn.open_table(REPOS)?,
+                repo_files: txn.open_table(REPO_FILES)?,
+            };
+            let outcome = op(&mut tx);
+            if outcome.is_ok() && tx.counters != counters {
+                assert!(
+                    tx.counters.next_ino >= counters.next_ino,
+                    "inode numbers never go back"
+                );
+                sup.insert(SUPER_KEY, tx.counters.encode().as_slice())?;
+            }
+            outcome
         })
     }
 

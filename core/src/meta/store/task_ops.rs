@@ -78,6 +78,13 @@ pub(super) fn requeue_executing(db: &Database) -> Result<(), MetaError> {
             }
         }
         for mut task in executing {
+            if task.cancel_requested {
+                // Its cancel was asked for before the stop: it stays canceled.
+                task.state = TaskState::Canceled;
+                task.ended_ns = now_ns();
+                put(&mut tasks, &task)?;
+                continue;
+            }
             task.state = TaskState::Pending;
             task.counts = TaskCounts::default();
             task.reported = 0;
@@ -96,10 +103,23 @@ impl MetaStore {
     /// exported; changed: archived before) it joins the pending auto-export task. Whether it
     /// was queued. A path that names another file since (renamed over) is left alone.
     pub fn file_closed(&self, cred: &Cred, path: &str, ino: u64) -> Result<bool, MetaError> {
-        let attr = self.lookup(cred, path)?;
+        // Unlinked or renamed while open: nothing to export at that path.
+        let attr = match self.lookup(cred, path) {
+            Ok(attr) => attr,
+            Err(MetaError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let full = NsPath::parse("path", path)?.full();
         if attr.ino != ino || attr.is_dir() {
             return Ok(false);
+        }
+        // Only a caller who may write it now marks it dirty and queues its export (one
+        // that lost the right since its open leaves it to the next export: its open set
+        // the dirty flag).
+        match self.open_file(cred, &full, crate::meta::types::Access::Write) {
+            Ok(_) => {}
+            Err(MetaError::Access { .. } | MetaError::Perm { .. }) => return Ok(false),
+            Err(e) => return Err(e),
         }
         let Some(assoc) = self.association_over(&full)? else {
             return Ok(false);
@@ -159,24 +179,10 @@ impl MetaStore {
         &self,
         op: impl FnOnce(&mut Tasks<'_>, &mut Reports<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        self.with_db(|db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            let outcome = {
-                let mut tasks = txn.open_table(TASKS)?;
-                let mut reports = txn.open_table(TASK_REPORTS)?;
-                op(&mut tasks, &mut reports)
-            };
-            match outcome {
-                Ok(value) => {
-                    txn.commit()?;
-                    Ok(value)
-                }
-                Err(error) => {
-                    txn.abort()?;
-                    Err(error)
-                }
-            }
+        self.transaction(|txn| {
+            let mut tasks = txn.open_table(TASKS)?;
+            let mut reports = txn.open_table(TASK_REPORTS)?;
+            op(&mut tasks, &mut reports)
         })
     }
 
@@ -333,6 +339,20 @@ impl MetaStore {
     /// The runner's claim (root only): the oldest pending task, now executing.
     pub fn task_claim(&self, cred: &Cred) -> Result<Option<Task>, MetaError> {
         root_only(cred, "run tasks")?;
+        // An idle runner asks often: a read first, and a durable write only for a claim.
+        let any = self.with_db(|db| {
+            let txn = db.begin_read()?;
+            for item in txn.open_table(TASKS)?.range::<u64>(..)? {
+                let (_, value) = item?;
+                if Task::from_bytes(value.value())?.state == TaskState::Pending {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        if !any {
+            return Ok(None);
+        }
         self.write_tasks(|tasks, _| {
             let mut found = None;
             for item in tasks.range::<u64>(..)? {
