@@ -420,6 +420,7 @@ fn task_json(task: &Task, report: Option<&[TaskFailure]>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": task.id,
         "kind": task.kind.name(),
+        "owner": task.owner,
         "state": task.state.name(),
         "paths": task.paths,
         "cancel_requested": task.cancel_requested,

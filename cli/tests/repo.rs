@@ -799,6 +799,11 @@ fn tasks_wait_pending_for_a_runner_and_are_listed_shown_and_canceled() {
         .task_create(TaskKind::Restore, &["/data".to_owned()])
         .unwrap();
     assert_eq!(restore.state, TaskState::Pending);
+    // A user sees their own tasks only; root sees all.
+    let theirs: Vec<u64> = alice.task_list().unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(theirs, [restore.id]);
+    assert!(alice.task_show(1).is_err());
+    assert_eq!(c.client().task_list().unwrap().len(), 3);
 }
 
 /// The auto-export tasks of `c` that succeeded.

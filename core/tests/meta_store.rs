@@ -1507,19 +1507,25 @@ fn tasks_are_claimed_in_order_updated_canceled_and_requeued_at_restart() {
         .task_update(&root(), 1, &counts, std::slice::from_ref(&line), None)
         .unwrap();
     assert_eq!((after.reported, after.cancel_requested), (1, false));
+    // A user sees and cancels only the tasks they asked for.
+    assert!(store.task_cancel(&bob(), 1).is_err());
+    assert!(store.task(&bob(), 1).is_err());
+    assert!(store.task_report(&bob(), 1, 0).is_err());
+    let (theirs, _) = store.task_list(&alice(), 0).unwrap();
+    assert_eq!(theirs.iter().map(|t| t.id).collect::<Vec<_>>(), [1]);
     assert!(store.task_cancel(&alice(), 1).unwrap().cancel_requested);
     let after = store.task_update(&root(), 1, &counts, &[], None).unwrap();
     assert!(after.cancel_requested);
     assert_eq!(
-        store.task_report(1, 0).unwrap(),
+        store.task_report(&root(), 1, 0).unwrap(),
         std::slice::from_ref(&line)
     );
-    assert!(store.task_report(1, 1).unwrap().is_empty());
+    assert!(store.task_report(&root(), 1, 1).unwrap().is_empty());
 
     // Stopped while executing with a cancel asked for: canceled after a restart.
     drop(store);
     let store = open(&dir);
-    assert_eq!(store.task(1).unwrap().state, TaskState::Canceled);
+    assert_eq!(store.task(&root(), 1).unwrap().state, TaskState::Canceled);
     // Stopped while executing: pending again after a restart, counts and report cleared.
     let export = store
         .task_create(&root(), TaskKind::Export, &task_paths(&["/data"]))
@@ -1536,10 +1542,10 @@ fn tasks_are_claimed_in_order_updated_canceled_and_requeued_at_restart() {
         .unwrap();
     drop(store);
     let store = open(&dir);
-    let back = store.task(export.id).unwrap();
+    let back = store.task(&root(), export.id).unwrap();
     assert_eq!(back.state, TaskState::Pending);
     assert_eq!((back.counts.done, back.reported), (0, 0));
-    assert!(store.task_report(export.id, 0).unwrap().is_empty());
+    assert!(store.task_report(&root(), export.id, 0).unwrap().is_empty());
     let again = store.task_claim(&root()).unwrap().unwrap();
     assert_eq!(again.id, export.id);
     let end = TaskEnd {
@@ -1558,11 +1564,11 @@ fn tasks_are_claimed_in_order_updated_canceled_and_requeued_at_restart() {
         "a finished task takes no updates"
     );
     assert!(store.task_claim(&root()).unwrap().is_none());
-    let (all, more) = store.task_list(0).unwrap();
+    let (all, more) = store.task_list(&root(), 0).unwrap();
     assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(!more);
     assert!(matches!(
-        store.task(9).unwrap_err(),
+        store.task(&root(), 9).unwrap_err(),
         MetaError::NotFound { .. }
     ));
 }
@@ -1589,13 +1595,16 @@ fn the_oldest_finished_task_makes_room_and_ids_are_never_reused() {
         .task_create(&root(), TaskKind::Import, &paths)
         .unwrap();
     assert_eq!(next.id, MAX_TASKS as u64 + 1);
-    assert!(store.task(5).is_err(), "the finished one made room");
-    assert_eq!(store.task(6).unwrap().state, TaskState::Pending);
+    assert!(
+        store.task(&root(), 5).is_err(),
+        "the finished one made room"
+    );
+    assert_eq!(store.task(&root(), 6).unwrap().state, TaskState::Pending);
     // Every task listed, in pages.
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
-        let (page, more) = store.task_list(after).unwrap();
+        let (page, more) = store.task_list(&root(), after).unwrap();
         seen.extend(page.iter().map(|t| t.id));
         after = *seen.last().unwrap();
         if !more {

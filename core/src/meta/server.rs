@@ -359,15 +359,15 @@ fn execute(
             store.task_create(cred, *kind, paths)?.encode(out)
         }
         MetaRequest::TaskList { after } => {
-            let (page, more) = store.task_list(*after)?;
+            let (page, more) = store.task_list(cred, *after)?;
             Writer::new(out).u8(u8::from(more)).u32(page.len() as u32);
             for t in &page {
                 t.encode(out);
             }
         }
-        MetaRequest::TaskShow { id } => store.task(*id)?.encode(out),
+        MetaRequest::TaskShow { id } => store.task(cred, *id)?.encode(out),
         MetaRequest::TaskReport { id, from } => {
-            let page = store.task_report(*id, *from)?;
+            let page = store.task_report(cred, *id, *from)?;
             Writer::new(out).u32(page.len() as u32);
             for line in &page {
                 line.encode(out);

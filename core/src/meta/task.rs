@@ -207,6 +207,9 @@ pub struct Task {
     pub id: u64,
     /// What it does.
     pub kind: TaskKind,
+    /// The uid that asked for it (0 for root and the service's own): only root and that
+    /// user see it and may cancel it.
+    pub owner: u32,
     /// The paths it was asked for.
     pub paths: Vec<String>,
     /// Where it is.
@@ -232,7 +235,7 @@ impl Task {
     /// Appends the binary form.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
-        w.u64(self.id).u8(self.kind.to_u8());
+        w.u64(self.id).u8(self.kind.to_u8()).u32(self.owner);
         w.u32(self.paths.len() as u32);
         for p in &self.paths {
             w.str(p);
@@ -252,6 +255,7 @@ impl Task {
     pub fn decode(r: &mut Reader<'_>) -> Result<Task, CodecError> {
         let id = r.u64("id")?;
         let kind = TaskKind::decode(r)?;
+        let owner = r.u32("owner")?;
         let n = r.count("paths", MAX_TASK_PATHS, 4)?;
         let mut paths = Vec::with_capacity(n);
         let mut bytes = 0;
@@ -272,6 +276,7 @@ impl Task {
         Ok(Task {
             id,
             kind,
+            owner,
             paths,
             state,
             cancel_requested,
@@ -329,6 +334,7 @@ mod tests {
         let task = Task {
             id: 7,
             kind: TaskKind::Export,
+            owner: 1000,
             paths: vec!["/data".into(), "/data/é".into()],
             state: TaskState::Executing,
             cancel_requested: true,

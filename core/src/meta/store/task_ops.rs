@@ -42,6 +42,11 @@ fn not_found(id: u64) -> MetaError {
     }
 }
 
+/// Whether `cred` may see and cancel `task`: root, or the user who asked for it.
+fn sees(cred: &Cred, task: &Task) -> bool {
+    cred.is_root() || cred.uid == task.owner
+}
+
 type Tasks<'t> = Table<'t, u64, &'static [u8]>;
 type Reports<'t> = Table<'t, (u64, u32), &'static [u8]>;
 
@@ -96,6 +101,54 @@ pub(super) fn requeue_executing(db: &Database) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Keeps a new pending task, dropping the oldest finished one when [`MAX_TASKS`] are kept.
+fn insert_task(
+    tasks: &mut Tasks<'_>,
+    reports: &mut Reports<'_>,
+    owner: u32,
+    kind: TaskKind,
+    paths: Vec<String>,
+) -> Result<Task, MetaError> {
+    // Before any removal: ids are never reused.
+    let id = tasks.last()?.map_or(0, |(k, _)| k.value()) + 1;
+    let mut kept = 0usize;
+    let mut oldest_finished = None;
+    for item in tasks.range::<u64>(..)? {
+        let (id, value) = item?;
+        kept += 1;
+        if oldest_finished.is_none() && Task::from_bytes(value.value())?.state.is_finished() {
+            oldest_finished = Some(id.value());
+        }
+    }
+    if kept >= MAX_TASKS {
+        let Some(old) = oldest_finished else {
+            return Err(MetaError::Invalid {
+                field: "tasks",
+                value: format!("{kept} unfinished"),
+                allowed: format!("at most {MAX_TASKS} kept; cancel or wait for some"),
+            });
+        };
+        tasks.remove(old)?;
+        drop_report(reports, old)?;
+    }
+    let task = Task {
+        id,
+        kind,
+        owner,
+        paths,
+        state: TaskState::Pending,
+        cancel_requested: false,
+        created_ns: now_ns(),
+        started_ns: 0,
+        ended_ns: 0,
+        counts: TaskCounts::default(),
+        message: String::new(),
+        reported: 0,
+    };
+    put(tasks, &task)?;
+    Ok(task)
+}
+
 impl MetaStore {
     /// A handle on `path` (inode `ino`) opened for writing was closed. Under an
     /// association, an imported or exported file is dirty again (its handle may have written
@@ -143,7 +196,8 @@ impl MetaStore {
     /// Adds `path` to the pending auto-export task, or asks for a new one when there is
     /// none or it is full.
     fn queue_auto_export(&self, path: String) -> Result<(), MetaError> {
-        let queued = self.write_tasks(|tasks, _| {
+        // One transaction: two closes at once find the same pending task or make one.
+        self.write_tasks(|tasks, reports| {
             let mut pending = None;
             for item in tasks.range::<u64>(..)?.rev() {
                 let (_, value) = item?;
@@ -153,24 +207,18 @@ impl MetaStore {
                     break;
                 }
             }
-            let Some(mut task) = pending else {
-                return Ok(false);
-            };
-            if task.paths.contains(&path) {
-                return Ok(true);
+            if let Some(mut task) = pending {
+                if task.paths.contains(&path) {
+                    return Ok(());
+                }
+                let bytes: usize = task.paths.iter().map(String::len).sum::<usize>() + path.len();
+                if task.paths.len() < MAX_TASK_PATHS && bytes <= MAX_TASK_PATHS_BYTES {
+                    task.paths.push(path);
+                    return put(tasks, &task);
+                }
             }
-            let bytes: usize = task.paths.iter().map(String::len).sum::<usize>() + path.len();
-            if task.paths.len() >= MAX_TASK_PATHS || bytes > MAX_TASK_PATHS_BYTES {
-                return Ok(false);
-            }
-            task.paths.push(path.clone());
-            put(tasks, &task)?;
-            Ok(true)
-        })?;
-        if !queued {
-            self.task_create(&Cred::root(), TaskKind::AutoExport, &[path])?;
-        }
-        Ok(())
+            insert_task(tasks, reports, 0, TaskKind::AutoExport, vec![path]).map(drop)
+        })
     }
 
     /// Runs `op` on the task tables in one write transaction, committed durably if it
@@ -216,50 +264,12 @@ impl MetaStore {
                 allowed: format!("at most {MAX_TASK_PATHS_BYTES} bytes per task"),
             });
         }
-        self.write_tasks(|tasks, reports| {
-            // Before any removal: ids are never reused.
-            let id = tasks.last()?.map_or(0, |(k, _)| k.value()) + 1;
-            let mut kept = 0usize;
-            let mut oldest_finished = None;
-            for item in tasks.range::<u64>(..)? {
-                let (id, value) = item?;
-                kept += 1;
-                if oldest_finished.is_none() && Task::from_bytes(value.value())?.state.is_finished()
-                {
-                    oldest_finished = Some(id.value());
-                }
-            }
-            if kept >= MAX_TASKS {
-                let Some(old) = oldest_finished else {
-                    return Err(MetaError::Invalid {
-                        field: "tasks",
-                        value: format!("{kept} unfinished"),
-                        allowed: format!("at most {MAX_TASKS} kept; cancel or wait for some"),
-                    });
-                };
-                tasks.remove(old)?;
-                drop_report(reports, old)?;
-            }
-            let task = Task {
-                id,
-                kind,
-                paths: full,
-                state: TaskState::Pending,
-                cancel_requested: false,
-                created_ns: now_ns(),
-                started_ns: 0,
-                ended_ns: 0,
-                counts: TaskCounts::default(),
-                message: String::new(),
-                reported: 0,
-            };
-            put(tasks, &task)?;
-            Ok(task)
-        })
+        self.write_tasks(|tasks, reports| insert_task(tasks, reports, cred.uid, kind, full))
     }
 
-    /// Tasks after id `after` in id order, as many as fill a page; and whether more follow.
-    pub fn task_list(&self, after: u64) -> Result<(Vec<Task>, bool), MetaError> {
+    /// Tasks after id `after` in id order that `cred` may see (root: all; a user: their
+    /// own), as many as fill a page; and whether more follow.
+    pub fn task_list(&self, cred: &Cred, after: u64) -> Result<(Vec<Task>, bool), MetaError> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
             let tasks = txn.open_table(TASKS)?;
@@ -267,31 +277,48 @@ impl MetaStore {
             let mut bytes = 0;
             for item in tasks.range(after.saturating_add(1)..)? {
                 let (_, value) = item?;
+                let task = Task::from_bytes(value.value())?;
+                if !sees(cred, &task) {
+                    continue;
+                }
                 bytes += value.value().len();
                 if bytes > TASK_PAGE_BYTES {
                     return Ok((page, true));
                 }
-                page.push(Task::from_bytes(value.value())?);
+                page.push(task);
             }
             Ok((page, false))
         })
     }
 
-    /// The task `id`.
-    pub fn task(&self, id: u64) -> Result<Task, MetaError> {
+    /// The task `id`, if `cred` may see it (another user's is not found).
+    pub fn task(&self, cred: &Cred, id: u64) -> Result<Task, MetaError> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
             let tasks = txn.open_table(TASKS)?;
             let bytes = tasks.get(id)?.ok_or_else(|| not_found(id))?;
-            Ok(Task::from_bytes(bytes.value())?)
+            let task = Task::from_bytes(bytes.value())?;
+            if !sees(cred, &task) {
+                return Err(not_found(id));
+            }
+            Ok(task)
         })
     }
 
     /// Report lines of task `id` from line `from`, as many as fill a page.
-    pub fn task_report(&self, id: u64, from: u32) -> Result<Vec<TaskFailure>, MetaError> {
+    pub fn task_report(
+        &self,
+        cred: &Cred,
+        id: u64,
+        from: u32,
+    ) -> Result<Vec<TaskFailure>, MetaError> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
-            if txn.open_table(TASKS)?.get(id)?.is_none() {
+            let visible = match txn.open_table(TASKS)?.get(id)? {
+                Some(bytes) => sees(cred, &Task::from_bytes(bytes.value())?),
+                None => false,
+            };
+            if !visible {
                 return Err(not_found(id));
             }
             let reports = txn.open_table(TASK_REPORTS)?;
@@ -309,13 +336,13 @@ impl MetaStore {
         })
     }
 
-    /// Cancels task `id` (root only; restores their asker too): a pending one at once, an
+    /// Cancels task `id` (root, or the user who asked for it): a pending one at once, an
     /// executing one when the runner next looks. A finished one is refused.
     pub fn task_cancel(&self, cred: &Cred, id: u64) -> Result<Task, MetaError> {
         self.write_tasks(|tasks, _| {
             let mut task = get(tasks, id)?;
-            if task.kind != TaskKind::Restore {
-                root_only(cred, "cancel tasks")?;
+            if !sees(cred, &task) {
+                return Err(not_found(id));
             }
             match task.state {
                 TaskState::Pending => {
