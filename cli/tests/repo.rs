@@ -881,3 +881,78 @@ fn files_closed_after_writing_are_auto_exported_with_what_was_written_last() {
     let auto = tasks.iter().filter(|t| t.kind == TaskKind::AutoExport);
     assert_eq!(auto.count(), 2, "{tasks:?}");
 }
+
+#[test]
+fn released_files_read_right_at_every_stripe_geometry_and_chunk_size() {
+    let Some(moto) = s3_available("geometries") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-geometries");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data13"]);
+    // Stripe sizes at, below and across the chunk; one and two targets; a chunk that is
+    // no multiple of the stripe.
+    let cases = [
+        ("64K", "2", 64 << 10),
+        ("64K", "1", 128 << 10),
+        ("192K", "2", 128 << 10),
+        ("1M", "-1", 64 << 10),
+        ("128K", "2", 1 << 20),
+    ];
+    let size = (3 << 20) + 4321;
+    for (i, (stripe, count, chunk)) in cases.iter().enumerate() {
+        let data = fill(100 + i as u64, 0, size);
+        s3.put(c.dir(), "data13", &format!("g{i}/f.bin"), &data, None);
+        let dir = format!("/g{i}");
+        c.ok(&["mkdir", &dir]);
+        c.ok(&["setstripe", "-c", count, "-S", stripe, &dir]);
+        c.ok(&[
+            "repo",
+            "link",
+            &dir,
+            &format!("s3://data13/g{i}"),
+            "--endpoint",
+            &s3.endpoint,
+            "--chunk-size",
+            &chunk.to_string(),
+            "--import-now",
+        ]);
+        let path = format!("{dir}/f.bin");
+        // The imported file has its directory's layout.
+        let bytes = nacre::units::parse_size(stripe).unwrap();
+        let shown = c.ok(&["getstripe", &path]);
+        assert!(
+            shown.contains(&format!("stripe_size:   {bytes}")),
+            "{path}: {shown}"
+        );
+        let file = c
+            .client()
+            .open(&path, &OpenOptions::new().read(true))
+            .unwrap();
+        // Reads of every size class at offsets across stripe and chunk edges, in an order
+        // that goes back and forth.
+        let mut seed = 0x9e37_79b9_u64 + i as u64;
+        for _ in 0..24 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let at = (seed >> 17) as usize % size;
+            let len = [1, 4096, 65_536, 200_000][(seed >> 7) as usize % 4].min(size - at);
+            let mut buf = vec![0u8; len];
+            let got = file.read_at(&mut buf, at as u64).unwrap();
+            assert_eq!(
+                got, len,
+                "{path} {stripe}x{count} chunk {chunk}: read at {at}"
+            );
+            assert!(
+                buf == data[at..at + len],
+                "{path} {stripe}x{count} chunk {chunk}: bytes at {at}+{len}"
+            );
+        }
+        let local = c.dir().join(format!("g{i}.out"));
+        c.ok(&["get", &path, local.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&local).unwrap() == data,
+            "{path} {stripe}x{count} chunk {chunk}: whole file"
+        );
+        assert_eq!(flags(&c, &path), HS_EXISTS | HS_ARCHIVED, "{path}");
+    }
+}
