@@ -85,6 +85,65 @@ fn access() -> impl Strategy<Value = Access> {
 }
 
 /// Every kind of metadata request, with any field values.
+/// The data repository task requests and the close notice.
+fn task_request() -> impl Strategy<Value = MetaRequest> {
+    use nacre::meta::store::TaskEnd;
+    use nacre::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
+    let kind = prop_oneof![
+        Just(TaskKind::Import),
+        Just(TaskKind::Export),
+        Just(TaskKind::Restore),
+        Just(TaskKind::AutoExport),
+    ];
+    let end = prop_oneof![
+        Just(None),
+        (
+            "[a-z ]{0,20}",
+            prop_oneof![Just(TaskState::Succeeded), Just(TaskState::Failed)]
+        )
+            .prop_map(|(message, state)| Some(TaskEnd { state, message })),
+    ];
+    let failure =
+        (path(), "[A-Za-z]{1,16}", "[ -~]{0,40}").prop_map(|(path, code, message)| TaskFailure {
+            path,
+            code,
+            message,
+        });
+    prop_oneof![
+        (kind, prop::collection::vec(path(), 0..4))
+            .prop_map(|(kind, paths)| MetaRequest::TaskCreate { kind, paths }),
+        any::<u64>().prop_map(|after| MetaRequest::TaskList { after }),
+        any::<u64>().prop_map(|id| MetaRequest::TaskShow { id }),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, from)| MetaRequest::TaskReport { id, from }),
+        any::<u64>().prop_map(|id| MetaRequest::TaskCancel { id }),
+        Just(MetaRequest::TaskClaim),
+        (
+            any::<u64>(),
+            any::<[u64; 4]>(),
+            "[ -~]{0,40}",
+            prop::collection::vec(failure, 0..3),
+            end
+        )
+            .prop_map(
+                |(id, [total, done, failed, bytes], summary, failures, end)| {
+                    MetaRequest::TaskUpdate {
+                        id,
+                        counts: TaskCounts {
+                            total,
+                            done,
+                            failed,
+                            bytes,
+                            summary,
+                        },
+                        failures,
+                        end,
+                    }
+                }
+            ),
+        (path(), any::<u64>()).prop_map(|(path, ino)| MetaRequest::Closed { path, ino }),
+    ]
+}
+
 fn request() -> impl Strategy<Value = MetaRequest> {
     prop_oneof![
         path().prop_map(|path| MetaRequest::Lookup { path }),
@@ -129,6 +188,7 @@ fn request() -> impl Strategy<Value = MetaRequest> {
         ),
         proptest::option::of(any::<u32>()).prop_map(|after| MetaRequest::Targets { after }),
         Just(MetaRequest::Statfs),
+        task_request(),
     ]
 }
 
