@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 
 use nacre::Client;
-use nacre::limits::DEFAULT_REPO_CHUNK_BYTES;
+use nacre::limits::{DEFAULT_REPO_CHUNK_BYTES, MAX_RELEASE_IDLE_DAYS};
 use nacre::meta::repo::{
     AssocState, Association, event_names, hsm_flag_names, parse_events, parse_s3_url,
 };
@@ -92,6 +92,24 @@ pub(crate) enum TaskCommand {
         meta: MetaArg,
         #[command(flatten)]
         wait: WaitArg,
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Drop the data of archived, unchanged files at or under each path from the targets,
+    /// keeping their metadata (FSx's release task); their next read fetches them again.
+    /// Files never exported, changed since, or accessed within --idle are left; a file
+    /// held open anywhere is reported busy.
+    Release {
+        #[command(flatten)]
+        meta: MetaArg,
+        #[command(flatten)]
+        wait: WaitArg,
+        /// Only files not accessed (atime, mtime or ctime) for this many days; 0 releases
+        /// whatever their age.
+        #[arg(long, default_value_t = 0, value_name = "DAYS",
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RELEASE_IDLE_DAYS)))]
+        idle: u32,
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<String>,
@@ -268,6 +286,12 @@ pub(crate) fn task(command: TaskCommand) -> Result<(), Failure> {
         TaskCommand::Import { meta, wait, paths } => (meta, TaskKind::Import, paths, wait),
         TaskCommand::Export { meta, wait, paths } => (meta, TaskKind::Export, paths, wait),
         TaskCommand::Restore { meta, wait, paths } => (meta, TaskKind::Restore, paths, wait),
+        TaskCommand::Release {
+            meta,
+            wait,
+            idle,
+            paths,
+        } => (meta, TaskKind::Release { idle_days: idle }, paths, wait),
         TaskCommand::List { meta, json } => return list_tasks(&meta.connect()?, json),
         TaskCommand::Show { meta, id, json } => {
             let client = meta.connect()?;
@@ -435,6 +459,9 @@ fn task_json(task: &Task, report: Option<&[TaskFailure]>) -> serde_json::Value {
         "message": task.message,
         "report_lines": task.reported,
     });
+    if let TaskKind::Release { idle_days } = task.kind {
+        v["idle_days"] = idle_days.into();
+    }
     if let Some(lines) = report {
         v["report"] = lines
             .iter()

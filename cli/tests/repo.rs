@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -954,5 +955,233 @@ fn released_files_read_right_at_every_stripe_geometry_and_chunk_size() {
             "{path} {stripe}x{count} chunk {chunk}: whole file"
         );
         assert_eq!(flags(&c, &path), HS_EXISTS | HS_ARCHIVED, "{path}");
+        // Released (every object punched) and read again.
+        drop(file);
+        c.ok(&["task", "release", &path]);
+        assert_eq!(
+            flags(&c, &path),
+            HS_EXISTS | HS_ARCHIVED | HS_RELEASED,
+            "{path}"
+        );
+        std::fs::remove_file(&local).unwrap();
+        c.ok(&["get", &path, local.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&local).unwrap() == data,
+            "{path} {stripe}x{count} chunk {chunk}: whole file after a release"
+        );
     }
+}
+
+/// Bytes allocated on disk for everything under the targets' directories.
+fn allocated(c: &Cluster) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0;
+    let mut pending: Vec<PathBuf> = (0..2).map(|i| c.target_dir(i)).collect();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                bytes += meta.blocks() * 512;
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_release_drops_archived_data_but_not_of_open_changed_or_recent_files() {
+    let Some(moto) = s3_available("release") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-release");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data14"]);
+    s3.put(
+        c.dir(),
+        "data14",
+        "train/in.bin",
+        &fill(1, 0, 100_000),
+        None,
+    );
+    link(&c, &s3, "data14");
+    c.ok(&["setstripe", "-c", "2", "-S", "64K", "/data"]);
+    let client = c.client();
+    let data = fill(14, 0, (2 << 20) + 999);
+    let out = client.create("/data/out.bin", 0o644, None).unwrap();
+    out.write_at(&data, 0).unwrap();
+    drop(out);
+    let kept = client.create("/data/kept.txt", 0o644, None).unwrap();
+    kept.write_at(b"only here", 0).unwrap();
+    drop(kept);
+    c.ok(&["task", "export", "/data/out.bin"]);
+    assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
+    let before = allocated(&c);
+
+    // Held open by a reader (another client than the command's): busy, and left whole.
+    let reader = client
+        .open("/data/out.bin", &OpenOptions::new().read(true))
+        .unwrap();
+    let busy = c.nacre(&["task", "release", "/data"]);
+    let shown = text(&busy.stdout);
+    assert_eq!(busy.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("/data/out.bin,failed,ResourceBusy,"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 released already"), "{shown}");
+    assert!(shown.contains("1 not exported"), "{shown}");
+    assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
+    let mut buf = vec![0u8; data.len()];
+    assert_eq!(reader.read_at(&mut buf, 0).unwrap(), data.len());
+    assert!(buf == data);
+    drop(reader);
+
+    // Written a moment ago: not idle for a day.
+    let recent = c.ok(&["task", "release", "--idle", "1", "/data/out.bin"]);
+    assert!(
+        recent.contains("1 accessed within the idle time"),
+        "{recent}"
+    );
+    assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
+
+    let done = c.ok(&["task", "release", "/data/out.bin"]);
+    assert!(
+        done.contains(&format!("1 files released ({} bytes)", data.len())),
+        "{done}"
+    );
+    assert_eq!(
+        flags(&c, "/data/out.bin"),
+        HS_EXISTS | HS_ARCHIVED | HS_RELEASED
+    );
+    let state = c.ok(&["hsm", "state", "/data/out.bin"]);
+    assert!(
+        state.contains("(0x0000000d) released exists archived"),
+        "{state}"
+    );
+    let after = allocated(&c);
+    assert!(
+        before.saturating_sub(after) >= data.len() as u64 * 9 / 10,
+        "the targets hold {before} bytes before the release and {after} after"
+    );
+    // The size stays, and a read fetches every chunk again.
+    let file = client
+        .open("/data/out.bin", &OpenOptions::new().read(true))
+        .unwrap();
+    assert_eq!(file.size().unwrap(), data.len() as u64);
+    drop(file);
+    let fetched = chunks_fetched(&c);
+    let local = c.dir().join("out.back");
+    c.ok(&["get", "/data/out.bin", local.to_str().unwrap()]);
+    assert!(std::fs::read(&local).unwrap() == data);
+    assert_eq!(
+        chunks_fetched(&c) - fetched,
+        (data.len() as u64).div_ceil(CHUNK)
+    );
+    assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
+
+    // Written since its export: its only current copy is here.
+    let writer = client
+        .open("/data/out.bin", &OpenOptions::new().write(true))
+        .unwrap();
+    writer.write_at(b"new", 5).unwrap();
+    drop(writer);
+    let dirty = c.ok(&["task", "release", "/data/out.bin"]);
+    assert!(dirty.contains("1 changed since exported"), "{dirty}");
+    assert_eq!(
+        flags(&c, "/data/out.bin"),
+        HS_EXISTS | HS_ARCHIVED | HS_DIRTY
+    );
+    // The task asked with --idle keeps it.
+    let id = recent
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| recent.starts_with("task "))
+        .unwrap_or_else(|| panic!("no task id in {recent}"));
+    let json = c.ok(&["task", "show", id, "--json"]);
+    assert!(
+        json.contains("\"kind\":\"release\"") && json.contains("\"idle_days\":1"),
+        "{json}"
+    );
+}
+
+#[test]
+fn readers_racing_releases_read_the_file_bytes_never_holes() {
+    let Some(moto) = s3_available("release-race") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-release-race");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data15"]);
+    link(&c, &s3, "data15");
+    c.ok(&["setstripe", "-c", "2", "-S", "64K", "/data"]);
+    let client = c.client();
+    let data = fill(15, 0, (1 << 20) + 333);
+    let file = client.create("/data/hot.bin", 0o644, None).unwrap();
+    file.write_at(&data, 0).unwrap();
+    drop(file);
+    c.ok(&["task", "export", "/data/hot.bin"]);
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    let releaser = c.client();
+    let readers = [c.client(), c.client()];
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..40 {
+                let outcome = match releaser.release("/data/hot.bin", 0) {
+                    Ok(done) => format!("{done:?}"),
+                    Err(e) => {
+                        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+                        "busy".to_owned()
+                    }
+                };
+                outcomes.lock().unwrap().push(outcome);
+            }
+        });
+        for (reader, client) in readers.into_iter().enumerate() {
+            let data = &data;
+            scope.spawn(move || {
+                let mut buf = vec![0u8; data.len()];
+                for round in 0..20 {
+                    let file = client
+                        .open("/data/hot.bin", &OpenOptions::new().read(true))
+                        .unwrap();
+                    // Two reads of one handle: a release between them must not be.
+                    for half in [0, data.len() / 2] {
+                        buf.fill(0);
+                        let want = &data[half..];
+                        let got = file.read_at(&mut buf[..want.len()], half as u64).unwrap();
+                        assert_eq!(got, want.len(), "reader {reader} round {round}");
+                        assert!(
+                            buf[..want.len()] == *want,
+                            "reader {reader} round {round}: wrong bytes at {half}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let mut tally = BTreeMap::new();
+    for o in outcomes.into_inner().unwrap() {
+        *tally.entry(o).or_insert(0) += 1;
+    }
+    eprintln!("releases beside the readers: {tally:?}");
+    // No handle is left counted: the file is released now, and read right once more.
+    let last = client.release("/data/hot.bin", 0).unwrap();
+    assert!(
+        matches!(
+            last,
+            nacre::meta::repo::ReleaseOutcome::Released(_)
+                | nacre::meta::repo::ReleaseOutcome::AlreadyReleased
+        ),
+        "{last:?}"
+    );
+    assert_eq!(
+        flags(&c, "/data/hot.bin"),
+        HS_EXISTS | HS_ARCHIVED | HS_RELEASED
+    );
+    let local = c.dir().join("hot.back");
+    c.ok(&["get", "/data/hot.bin", local.to_str().unwrap()]);
+    assert!(std::fs::read(&local).unwrap() == data);
 }

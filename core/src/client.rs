@@ -374,28 +374,22 @@ struct FileInner {
     /// them to be fetched.
     mover: bool,
     /// Tell the metadata service when the last clone of the handle goes (a file under a data
-    /// repository association, opened for writing: dirty again, auto-export).
-    notify_close: bool,
+    /// repository association: its open handles are counted; one opened for writing is
+    /// dirty again, and may be exported), naming the service's start that counted it.
+    notify_close: Option<u64>,
 }
 
 impl Drop for FileInner {
     /// The last clone of a handle that the metadata service asked to hear of is gone: it is
-    /// told (best effort: a client killed first does not tell, and the file keeps the dirty
-    /// flag its open set, so the next export takes it).
+    /// told (best effort: a client killed first does not tell; the file keeps the dirty
+    /// flag its open set, so the next export takes it, and counts as open until the
+    /// service restarts, so it is not released).
     fn drop(&mut self) {
-        if !self.notify_close {
-            return;
-        }
-        let request = MetaRequest::Closed {
-            path: std::mem::take(&mut self.path),
-            ino: self.attr.ino,
-        };
-        let client = &self.client.inner;
-        if let Err(e) = client
-            .meta
-            .call_decode(&client.options.cred, &request, |r| r.u8("queued"))
-        {
-            nacre_transport::log_line!("nacre: close of {}: {e}", request.path());
+        if let Some(instance) = self.notify_close {
+            let path = std::mem::take(&mut self.path);
+            let wrote = self.access != Access::Read;
+            self.client
+                .closed_notice(path, self.attr.ino, instance, wrote);
         }
     }
 }
@@ -489,6 +483,24 @@ impl Client {
             .call_decode(&self.inner.options.cred, &request, |r| {
                 Ok((Attr::decode(r)?, trailing_flags(r)?))
             })
+    }
+
+    /// Tells the metadata service that a handle on `path` (inode `ino`) that its start
+    /// `instance` counted is closed, best effort (`wrote`: it was open for writing).
+    fn closed_notice(&self, path: String, ino: u64, instance: u64, wrote: bool) {
+        let request = MetaRequest::Closed {
+            path,
+            ino,
+            instance,
+            wrote,
+        };
+        if let Err(e) = self
+            .inner
+            .meta
+            .call_decode(&self.inner.options.cred, &request, |r| r.u8("queued"))
+        {
+            nacre_transport::log_line!("nacre: close of {}: {e}", request.path());
+        }
     }
 
     fn meta_attr(&self, request: &MetaRequest) -> Result<Attr, Error> {
@@ -856,7 +868,11 @@ impl Client {
                         Ok((attr, created, trailing_flags(r)?))
                     })?;
             if !created && access != Access::Write {
-                // An existing file: check the access asked for.
+                // An existing file: check the access asked for. The create's handle is not
+                // used, nor was it written through.
+                if let Some(instance) = hsm.notify_close {
+                    self.closed_notice(path.into(), attr.ino, instance, false);
+                }
                 let (attr, hsm) = self.open_attr(path, access)?;
                 (attr, false, hsm)
             } else {
@@ -866,7 +882,15 @@ impl Client {
             let (attr, hsm) = self.open_attr(path, access)?;
             (attr, false, hsm)
         };
-        let layout = file_layout(path, &attr)?;
+        let layout = match file_layout(path, &attr) {
+            Ok(layout) => layout,
+            Err(e) => {
+                if let Some(instance) = hsm.notify_close {
+                    self.closed_notice(path.into(), attr.ino, instance, false);
+                }
+                return Err(e);
+            }
+        };
         let file = File {
             inner: Arc::new(FileInner {
                 client: self.clone(),
@@ -1600,18 +1624,25 @@ fn file_layout(path: &str, attr: &Attr) -> Result<Layout, Error> {
 struct RepoTail {
     /// The HSM flags of a file imported or exported (0 for another).
     flags: u32,
-    /// The file lies under an association and was opened for writing: the metadata service
-    /// wants to hear when the handle is closed.
-    notify_close: bool,
+    /// The file lies under an association: the metadata service (this start of it) counts
+    /// the handle open and wants to hear when it is closed.
+    notify_close: Option<u64>,
 }
 
-/// The end of an open's reply: nothing, the HSM flags, or the flags and the close notice.
+/// The end of an open's reply: nothing, the HSM flags, or the flags and the close notice
+/// (a byte 1 and the service's start).
 fn trailing_flags(r: &mut Reader<'_>) -> Result<RepoTail, CodecError> {
     if r.remaining() == 0 {
         return Ok(RepoTail::default());
     }
     let flags = r.u32("hsm flags")?;
-    let notify_close = r.remaining() > 0 && r.u8("close notice")? == 1;
+    let notify_close = match r.remaining() {
+        0 => None,
+        _ => match r.u8("close notice")? {
+            1 => Some(r.u64("instance")?),
+            v => return Err(r.bad_value("close notice", u64::from(v), "1")),
+        },
+    };
     Ok(RepoTail {
         flags,
         notify_close,

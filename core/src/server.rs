@@ -34,6 +34,21 @@ impl Drop for Threads {
     }
 }
 
+/// A number for this start of a server, different from any other server's (with
+/// overwhelming odds): clients tell by it that connections reach the same server.
+pub(crate) fn instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's hasher keys are random per process (and per `RandomState` after the first).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// Joins every thread, ignoring panics (a panicked thread has already said why).
 pub(crate) fn join_all(threads: Vec<JoinHandle<()>>) {
     for t in threads {

@@ -84,8 +84,7 @@ fn access() -> impl Strategy<Value = Access> {
     prop::sample::select(vec![Access::Read, Access::Write, Access::ReadWrite])
 }
 
-/// Every kind of metadata request, with any field values.
-/// The data repository task requests and the close notice.
+/// The data repository task requests, the close notice and the release.
 fn task_request() -> impl Strategy<Value = MetaRequest> {
     use nacre::meta::store::TaskEnd;
     use nacre::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
@@ -94,6 +93,8 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
         Just(TaskKind::Export),
         Just(TaskKind::Restore),
         Just(TaskKind::AutoExport),
+        (0..=nacre::limits::MAX_RELEASE_IDLE_DAYS)
+            .prop_map(|idle_days| TaskKind::Release { idle_days }),
     ];
     let end = prop_oneof![
         Just(None),
@@ -140,10 +141,20 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
                     }
                 }
             ),
-        (path(), any::<u64>()).prop_map(|(path, ino)| MetaRequest::Closed { path, ino }),
+        (path(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(path, ino, instance, wrote)| MetaRequest::Closed {
+                path,
+                ino,
+                instance,
+                wrote
+            }
+        ),
+        (path(), 0..=nacre::limits::MAX_RELEASE_IDLE_DAYS)
+            .prop_map(|(path, idle_days)| MetaRequest::Release { path, idle_days }),
     ]
 }
 
+/// Every kind of metadata request, with any field values.
 fn request() -> impl Strategy<Value = MetaRequest> {
     prop_oneof![
         path().prop_map(|path| MetaRequest::Lookup { path }),

@@ -1613,3 +1613,106 @@ fn the_oldest_finished_task_makes_room_and_ids_are_never_reused() {
     }
     assert_eq!(seen.len(), MAX_TASKS);
 }
+
+#[test]
+fn a_release_waits_for_open_handles_and_leaves_what_is_not_archived_and_clean() {
+    use nacre::meta::repo::{
+        AssocState, Association, HS_ARCHIVED, HS_DIRTY, HS_EXISTS, HS_RELEASED, ReleaseOutcome,
+        ReleaseSkip,
+    };
+    let dir = TempDir::new("release");
+    let store = open(&dir);
+    with_targets(&store, 2);
+    store.mkdir(&root(), "/data", 0o777).unwrap();
+    let assoc = store
+        .repo_link(
+            &root(),
+            &Association {
+                id: 0,
+                path: "/data".into(),
+                bucket: "bucket".into(),
+                prefix: String::new(),
+                endpoint: None,
+                region: None,
+                chunk_bytes: 64 << 10,
+                auto_import: 0,
+                auto_export: 0,
+                state: AssocState::Available,
+                reason: String::new(),
+            },
+        )
+        .unwrap();
+    let (f, _) = store
+        .create(&root(), "/data/f", 0o666, false, None)
+        .unwrap();
+    store
+        .create(&root(), "/data/only-here", 0o666, false, None)
+        .unwrap();
+    let skipped =
+        |path: &str, idle_days: u32| store.release_plan(&root(), path, idle_days).unwrap().err();
+    assert_eq!(
+        skipped("/data/only-here", 0),
+        Some(ReleaseOutcome::Skipped(ReleaseSkip::NotArchived))
+    );
+    store
+        .mark_archived(&root(), "/data/f", assoc.id, "f", "\"e1\"", 1000)
+        .unwrap();
+    assert_errno(store.release_plan(&alice(), "/data/f", 0), libc::EPERM);
+    assert_errno(store.release_plan(&root(), "/data", 0), libc::EISDIR);
+    // Just made: not idle for a day.
+    assert_eq!(
+        skipped("/data/f", 1),
+        Some(ReleaseOutcome::Skipped(ReleaseSkip::Recent))
+    );
+
+    let job = store.release_plan(&root(), "/data/f", 0).unwrap().unwrap();
+    store.handle_opened(f.ino);
+    store.handle_opened(f.ino);
+    assert_errno(store.mark_released(&job), libc::EBUSY);
+    store.handle_closed(f.ino, store.instance());
+    // A close of a handle a start before this one counted takes nothing from this one's.
+    store.handle_closed(f.ino, store.instance().wrapping_add(1));
+    assert_eq!(store.open_handles(f.ino), 1);
+    assert_errno(store.mark_released(&job), libc::EBUSY);
+    assert_eq!(
+        store.repo_file(f.ino).unwrap().unwrap().flags,
+        HS_EXISTS | HS_ARCHIVED
+    );
+    store.handle_closed(f.ino, store.instance());
+    assert_eq!(store.open_handles(f.ino), 0);
+    assert_eq!(
+        store.mark_released(&job).unwrap(),
+        ReleaseOutcome::Released(1000)
+    );
+    let record = store.repo_file(f.ino).unwrap().unwrap();
+    assert_eq!(record.flags, HS_EXISTS | HS_ARCHIVED | HS_RELEASED);
+    assert!((0..record.chunks()).all(|c| !record.is_present(c)));
+    assert_eq!(skipped("/data/f", 0), Some(ReleaseOutcome::AlreadyReleased));
+
+    // Exported again (present, archived), then written: dirty, left.
+    store
+        .mark_archived(&root(), "/data/f", assoc.id, "f", "\"e2\"", 1000)
+        .unwrap();
+    let job = store.release_plan(&root(), "/data/f", 0).unwrap().unwrap();
+    store.add_hsm_flags(f.ino, HS_DIRTY).unwrap();
+    assert_eq!(
+        skipped("/data/f", 0),
+        Some(ReleaseOutcome::Skipped(ReleaseSkip::Dirty))
+    );
+    // A plan made before the write does not release it either.
+    assert_eq!(
+        store.mark_released(&job).unwrap(),
+        ReleaseOutcome::Skipped(ReleaseSkip::Dirty)
+    );
+    // Nor one of an object version exported since.
+    store
+        .mark_archived(&root(), "/data/f", assoc.id, "f", "\"e3\"", 1000)
+        .unwrap();
+    assert_errno(store.mark_released(&job), libc::EBUSY);
+
+    // Every start has a number of its own.
+    let first = store.instance();
+    drop(store);
+    let store = open(&dir);
+    assert_ne!(store.instance(), first);
+}

@@ -36,6 +36,9 @@
 // Lustre's `HS_ARCHIVED`: the repository's copy is complete.
 #define NACRE_HS_ARCHIVED 8
 
+// Lustre's `HS_NORELEASE`: the file is never released.
+#define NACRE_HS_NORELEASE 16
+
 // Lustre's `HS_LOST`: the repository's copy changed or went away since the import.
 #define NACRE_HS_LOST 64
 

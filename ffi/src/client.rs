@@ -314,6 +314,8 @@ pub const NACRE_HS_DIRTY: u32 = 0x2;
 pub const NACRE_HS_RELEASED: u32 = 0x4;
 /// Lustre's `HS_ARCHIVED`: the repository's copy is complete.
 pub const NACRE_HS_ARCHIVED: u32 = 0x8;
+/// Lustre's `HS_NORELEASE`: the file is never released.
+pub const NACRE_HS_NORELEASE: u32 = 0x10;
 /// Lustre's `HS_LOST`: the repository's copy changed or went away since the import.
 pub const NACRE_HS_LOST: u32 = 0x40;
 
@@ -323,6 +325,7 @@ const _: () = assert!(
         && NACRE_HS_DIRTY == engine::meta::repo::HS_DIRTY
         && NACRE_HS_RELEASED == engine::meta::repo::HS_RELEASED
         && NACRE_HS_ARCHIVED == engine::meta::repo::HS_ARCHIVED
+        && NACRE_HS_NORELEASE == engine::meta::repo::HS_NORELEASE
         && NACRE_HS_LOST == engine::meta::repo::HS_LOST
 );
 

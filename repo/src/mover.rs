@@ -230,4 +230,20 @@ impl Repository for Mover {
         );
         Ok(())
     }
+
+    fn punch(&self, job: &HydrateJob) -> Result<(), FetchError> {
+        let file = self
+            .client()?
+            .open_for_mover(&job.path, job.attr.clone())
+            .map_err(|e| e.to_string())?;
+        file.punch_all().map_err(|e| e.to_string())?;
+        nacre::transport::log_line!(
+            "nacre meta: released {} ({} bytes; in s3://{}/{})",
+            job.path,
+            job.file.size,
+            job.assoc.bucket,
+            job.file.key
+        );
+        Ok(())
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nacre::meta::repo::{Association, HS_RELEASED, under};
+use nacre::meta::repo::{Association, HS_RELEASED, ReleaseOutcome, under};
 use nacre::meta::store::TaskEnd;
 use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use nacre::{Client, OpenOptions};
@@ -173,6 +173,7 @@ fn run(client: &Client, s3: &S3Access, task: &Task, stop: &AtomicBool) {
         TaskKind::Import => run_import(client, s3, task, &mut r),
         TaskKind::Export | TaskKind::AutoExport => run_export(client, s3, task, &mut r),
         TaskKind::Restore => run_restore(client, task, &mut r),
+        TaskKind::Release { idle_days } => run_release(client, task, idle_days, &mut r),
     };
     if stop.load(Ordering::SeqCst) && !r.canceled {
         // Left executing: the service's next start runs it again.
@@ -435,6 +436,70 @@ fn run_restore<'a>(client: &'a Client, task: &Task, r: &mut Reporter<'a>) -> Res
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     r.counts.summary = restore_summary(restored.into_inner(), present.into_inner(), &r.counts);
     Ok(())
+}
+
+/// Releases every file at or under the task's paths that is archived, unchanged and idle
+/// for `idle_days`, one after another (a release is a punch of each object on its target:
+/// quick, whatever the size). Files skipped are counted by why; a file held open is a
+/// `ResourceBusy` line of the report, as FSx has it.
+fn run_release(
+    client: &Client,
+    task: &Task,
+    idle_days: u32,
+    r: &mut Reporter<'_>,
+) -> Result<(), String> {
+    let files = files_of(client, &task.paths, r);
+    r.counts.total = files.len() as u64 + r.counts.failed;
+    r.counts.done = r.counts.failed;
+    let mut released = 0u64;
+    let mut skipped: Vec<(&'static str, u64)> = Vec::new();
+    for path in &files {
+        if r.tick().is_break() {
+            break;
+        }
+        match client.release(path, idle_days) {
+            Ok(ReleaseOutcome::Released(bytes)) => {
+                released += 1;
+                r.counts.bytes += bytes;
+            }
+            Ok(ReleaseOutcome::AlreadyReleased) => count(&mut skipped, "released already"),
+            Ok(ReleaseOutcome::Skipped(why)) => count(&mut skipped, why.name()),
+            Err(e) => {
+                let code = match e.errno() {
+                    libc::EBUSY => "ResourceBusy",
+                    libc::EPERM | libc::EACCES => "AccessDenied",
+                    _ => "InternalError",
+                };
+                r.fail(&crate::import::failure(path, code, e));
+            }
+        }
+        r.counts.done += 1;
+        r.counts.summary = release_summary(released, &skipped, r.counts.bytes, r.counts.failed);
+    }
+    r.counts.summary = release_summary(released, &skipped, r.counts.bytes, r.counts.failed);
+    Ok(())
+}
+
+/// Counts one more file under `why`.
+fn count(skipped: &mut Vec<(&'static str, u64)>, why: &'static str) {
+    match skipped.iter_mut().find(|(w, _)| *w == why) {
+        Some((_, n)) => *n += 1,
+        None => skipped.push((why, 1)),
+    }
+}
+
+fn release_summary(
+    released: u64,
+    skipped: &[(&'static str, u64)],
+    bytes: u64,
+    failed: u64,
+) -> String {
+    let mut summary = format!("{released} files released ({bytes} bytes)");
+    for (why, n) in skipped {
+        summary.push_str(&format!(", {n} {why}"));
+    }
+    summary.push_str(&format!(", {failed} failed"));
+    summary
 }
 
 fn restore_summary(restored: usize, present: usize, counts: &TaskCounts) -> String {

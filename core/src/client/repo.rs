@@ -4,12 +4,16 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
+use nacre_transport::wire::{Extent, Opcode};
+
 use super::{Client, File, FileInner};
 use crate::codec::Reader;
 use crate::error::Error;
 use crate::limits::HYDRATE_REQUEST_BYTES;
 use crate::meta::proto::MetaRequest;
-use crate::meta::repo::{AssocState, Association, HS_RELEASED, ImportOutcome, ImportedFile};
+use crate::meta::repo::{
+    AssocState, Association, HS_RELEASED, ImportOutcome, ImportedFile, ReleaseOutcome,
+};
 use crate::meta::types::{Access, Attr};
 
 impl Client {
@@ -112,6 +116,18 @@ impl Client {
         self.meta_call(&request, |r| r.u32("hsm flags"))
     }
 
+    /// Releases the file at `path` (root only): drops its data from the targets when it is
+    /// archived, unchanged since and not accessed (atime, mtime or ctime) for `idle_days`
+    /// (0: whatever its age), keeping its metadata; its next read fetches it again. A file
+    /// with a handle open on it anywhere is refused (`EBUSY`, [`Error::errno`]).
+    pub fn release(&self, path: &str, idle_days: u32) -> Result<ReleaseOutcome, Error> {
+        let request = MetaRequest::Release {
+            path: path.into(),
+            idle_days,
+        };
+        self.meta_call(&request, ReleaseOutcome::decode)
+    }
+
     /// A handle on the file `attr` at `path` for the repository mover and importer: it
     /// writes (and sets the size of) a released file's objects without opening it on the
     /// metadata service, so the file is neither marked dirty nor asked to be made present.
@@ -127,13 +143,50 @@ impl Client {
                 access: Access::ReadWrite,
                 hsm: AtomicU32::new(0),
                 mover: true,
-                notify_close: false,
+                notify_close: None,
             }),
         })
     }
 }
 
 impl File {
+    /// Deallocates every byte of the file's objects on their targets, keeping their sizes
+    /// (so the file's size), and makes that durable: what a release does to a file's data.
+    /// For the repository mover's handle ([`Client::open_for_mover`]) only.
+    pub fn punch_all(&self) -> Result<(), Error> {
+        if !self.inner.mover {
+            return Err(Error::BadHandle {
+                what: self.inner.path.clone(),
+                reason: "only the repository mover's handle drops a file's data",
+            });
+        }
+        let size = self.size()?;
+        let layout = &self.inner.layout;
+        let per_target = layout.objects_by_target(self.inner.attr.ino)?;
+        let requests: Vec<_> = per_target
+            .iter()
+            .map(|(&t, objects)| {
+                let extents = objects
+                    .iter()
+                    .filter_map(|o| {
+                        let len = layout.object_size(o.component, o.stripe, size);
+                        (len > 0).then_some(Extent {
+                            object_id: o.object_id,
+                            offset_bytes: 0,
+                            len,
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                (t, extents)
+            })
+            .filter(|(_, extents)| !extents.is_empty())
+            .collect();
+        self.inner
+            .client
+            .plain_requests(Opcode::Punch, "punch", &requests)?;
+        self.sync()
+    }
+
     /// Makes the whole file present (`lfs hsm_restore`): fetches every released chunk from
     /// its data repository, calling `progress(bytes done, bytes in all)` after each request;
     /// when it breaks, the restore stops there (what was fetched stays present). Whether it

@@ -7,22 +7,33 @@
 //! since a fetch it waited for may have failed. A chunk is marked present only after its
 //! bytes were written durably, so a process killed midway leaves each chunk either present
 //! or still released.
+//!
+//! A release (`Hydrator::release`) takes the whole file: no hydration of it runs while its
+//! data is dropped, and it waits for those that run before it starts.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::limits::HYDRATE_WAIT_MS;
-use crate::meta::repo::{HS_LOST, HydrateJob, Repository};
+use crate::meta::repo::{HS_LOST, HydrateJob, ReleaseOutcome, Repository};
 use crate::meta::store::MetaStore;
 use crate::meta::types::MetaError;
 
 /// The chunks being fetched, shared by the threads that answer hydration requests.
 pub struct Hydrator {
     repository: Option<Arc<dyn Repository>>,
-    /// (ino, chunk) being fetched.
-    fetching: Mutex<HashSet<(u64, u64)>>,
+    claims: Mutex<Claims>,
     done: Condvar,
+}
+
+/// What is being fetched and released.
+#[derive(Debug, Default)]
+struct Claims {
+    /// (ino, chunk) being fetched.
+    chunks: HashSet<(u64, u64)>,
+    /// Files being released: none of their chunks is fetched meanwhile.
+    releasing: HashSet<u64>,
 }
 
 impl std::fmt::Debug for Hydrator {
@@ -38,7 +49,7 @@ impl Hydrator {
     pub fn new(repository: Option<Arc<dyn Repository>>) -> Hydrator {
         Hydrator {
             repository,
-            fetching: Mutex::new(HashSet::new()),
+            claims: Mutex::new(Claims::default()),
             done: Condvar::new(),
         }
     }
@@ -51,19 +62,13 @@ impl Hydrator {
             path: job.path.clone(),
             reason,
         };
-        let Some(repository) = &self.repository else {
-            return Err(failed(
-                "its data is in its repository, and this metadata service runs no \
-                 repository mover (start it with `nacre serve --meta`)"
-                    .into(),
-            ));
-        };
+        let repository = self.repository(&job.path)?;
         let deadline = Instant::now() + Duration::from_millis(HYDRATE_WAIT_MS);
         loop {
             // The map is read and the chunks claimed under one lock: a fetch marks its chunks
             // present before it gives up its claims, so a chunk is either seen present here
             // or seen claimed, never fetched again after it was made present (and written).
-            let mut fetching = self.lock();
+            let mut claims = self.lock();
             let Some(file) = store.repo_file(ino)? else {
                 return Err(failed("it is no longer an imported file".into()));
             };
@@ -82,9 +87,10 @@ impl Hydrator {
             }
             let missing = job.chunks.iter().copied().filter(|&c| !file.is_present(c));
             let mut others = false;
+            let releasing = claims.releasing.contains(&ino);
             let mine: Vec<u64> = missing
                 .filter(|&c| {
-                    let theirs = fetching.contains(&(ino, c));
+                    let theirs = releasing || claims.chunks.contains(&(ino, c));
                     others |= theirs;
                     !theirs
                 })
@@ -103,15 +109,15 @@ impl Hydrator {
                 }
                 let (guard, _) = self
                     .done
-                    .wait_timeout(fetching, left)
+                    .wait_timeout(claims, left)
                     .unwrap_or_else(PoisonError::into_inner);
                 drop(guard);
                 continue;
             }
             for &c in &mine {
-                fetching.insert((ino, c));
+                claims.chunks.insert((ino, c));
             }
-            drop(fetching);
+            drop(claims);
             let part = HydrateJob {
                 chunks: mine.clone(),
                 file: file.clone(),
@@ -122,7 +128,7 @@ impl Hydrator {
                 Ok(()) => store.mark_present(ino, &file.etag, &mine).map(drop),
                 Err(_) => Ok(()),
             };
-            self.release(ino, &mine);
+            self.release_claims(ino, &mine);
             marked?;
             if let Err(e) = fetched {
                 if e.lost {
@@ -134,18 +140,87 @@ impl Hydrator {
         }
     }
 
-    /// Gives up the claims on `chunks` of `ino` and wakes those waiting for them.
-    fn release(&self, ino: u64, chunks: &[u64]) {
+    /// Releases the file of `job` (planned by `MetaStore::release_plan`): waits for its
+    /// hydrations to end, keeps new ones off, marks it released in the store (refused while
+    /// a handle is open on it) and only then drops its data from the targets, durably.
+    /// A service killed midway leaves it released, its data partly still on the targets:
+    /// its next read fetches every chunk again.
+    pub fn release(
+        &self,
+        store: &MetaStore,
+        job: &HydrateJob,
+    ) -> Result<ReleaseOutcome, MetaError> {
+        let ino = job.attr.ino;
+        let busy = |reason: &str| MetaError::Busy {
+            path: job.path.clone(),
+            reason: reason.into(),
+        };
+        let repository = self.repository(&job.path)?;
+        let deadline = Instant::now() + Duration::from_millis(HYDRATE_WAIT_MS);
         {
-            let mut fetching = self.lock();
+            let mut claims = self.lock();
+            loop {
+                if claims.releasing.contains(&ino) {
+                    return Err(busy("another release of it runs"));
+                }
+                if !claims.chunks.iter().any(|&(i, _)| i == ino) {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(busy(&format!(
+                        "its chunks were still being fetched after {HYDRATE_WAIT_MS} ms"
+                    )));
+                }
+                claims = self
+                    .done
+                    .wait_timeout(claims, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            claims.releasing.insert(ino);
+        }
+        let outcome = store.mark_released(job);
+        let punched = match outcome {
+            Ok(ReleaseOutcome::Released(_)) => repository.punch(job),
+            _ => Ok(()),
+        };
+        self.lock().releasing.remove(&ino);
+        self.done.notify_all();
+        let outcome = outcome?;
+        punched.map_err(|e| MetaError::Repository {
+            path: job.path.clone(),
+            reason: format!(
+                "released, but its data was not all dropped from its targets: {}",
+                e.message
+            ),
+        })?;
+        Ok(outcome)
+    }
+
+    fn repository(&self, path: &str) -> Result<&Arc<dyn Repository>, MetaError> {
+        self.repository
+            .as_ref()
+            .ok_or_else(|| MetaError::Repository {
+                path: path.to_owned(),
+                reason: "its data is in its repository, and this metadata service runs no \
+                         repository mover (start it with `nacre serve --meta`)"
+                    .into(),
+            })
+    }
+
+    /// Gives up the claims on `chunks` of `ino` and wakes those waiting for them.
+    fn release_claims(&self, ino: u64, chunks: &[u64]) {
+        {
+            let mut claims = self.lock();
             for &c in chunks {
-                fetching.remove(&(ino, c));
+                claims.chunks.remove(&(ino, c));
             }
         }
         self.done.notify_all();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
-        self.fetching.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::limits::{
-    MAX_ETAG_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES, MAX_TASK_MESSAGE_BYTES,
-    MAX_TASK_REPORT_LINES,
+    MAX_ETAG_BYTES, MAX_RELEASE_IDLE_DAYS, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES,
+    MAX_TASK_MESSAGE_BYTES, MAX_TASK_REPORT_LINES,
 };
 use crate::meta::repo::{AssocState, Association, ImportedFile};
 use crate::meta::store::TaskEnd;
@@ -239,13 +239,27 @@ pub enum MetaRequest {
         /// How it ended, if it did.
         end: Option<TaskEnd>,
     },
-    /// A handle opened for writing on a file under a data repository association was closed
-    /// (the open's reply asked for this notice); the reply is a flag: queued for auto-export.
+    /// A handle on a file under a data repository association was closed (the open's reply
+    /// asked for this notice); the reply is a flag: queued for auto-export.
     Closed {
         /// The file.
         path: String,
         /// Its inode as it was opened.
         ino: u64,
+        /// The service's start that counted the open (its reply said).
+        instance: u64,
+        /// The handle was open for writing: the file is dirty again, and may be exported.
+        wrote: bool,
+    },
+    /// Releases the file at `path` (root only): its data is dropped from the targets if it
+    /// is archived, unchanged, not accessed for `idle_days` and no handle is open on it
+    /// (`EBUSY` otherwise); the reply is a
+    /// [`ReleaseOutcome`](crate::meta::repo::ReleaseOutcome).
+    Release {
+        /// The file.
+        path: String,
+        /// Days since its last access (0: whatever its age).
+        idle_days: u32,
     },
 }
 
@@ -332,6 +346,7 @@ impl MetaRequest {
             MetaRequest::TaskClaim => "task claim",
             MetaRequest::TaskUpdate { .. } => "task update",
             MetaRequest::Closed { .. } => "close",
+            MetaRequest::Release { .. } => "release",
         }
     }
 
@@ -354,7 +369,8 @@ impl MetaRequest {
             | MetaRequest::HsmState { path }
             | MetaRequest::Hydrate { path, .. }
             | MetaRequest::Archived { path, .. }
-            | MetaRequest::Closed { path, .. } => path,
+            | MetaRequest::Closed { path, .. }
+            | MetaRequest::Release { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
             MetaRequest::ImportFile { file } => &file.path,
@@ -407,6 +423,7 @@ impl MetaRequest {
             MetaRequest::TaskClaim => 30,
             MetaRequest::TaskUpdate { .. } => 31,
             MetaRequest::Closed { .. } => 32,
+            MetaRequest::Release { .. } => 33,
         }
     }
 
@@ -529,8 +546,20 @@ impl MetaRequest {
                 Writer::new(out).u64(*id).u32(*from);
             }
             MetaRequest::TaskClaim => {}
-            MetaRequest::Closed { path, ino } => {
-                Writer::new(out).str(path).u64(*ino);
+            MetaRequest::Closed {
+                path,
+                ino,
+                instance,
+                wrote,
+            } => {
+                Writer::new(out)
+                    .str(path)
+                    .u64(*ino)
+                    .u64(*instance)
+                    .u8(u8::from(*wrote));
+            }
+            MetaRequest::Release { path, idle_days } => {
+                Writer::new(out).str(path).u32(*idle_days);
             }
             MetaRequest::TaskUpdate {
                 id,
@@ -706,8 +735,22 @@ impl MetaRequest {
             32 => MetaRequest::Closed {
                 path: get_path(&mut r, "path")?,
                 ino: r.u64("ino")?,
+                instance: r.u64("instance")?,
+                wrote: get_flag(&mut r, "wrote")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 32")),
+            33 => {
+                let path = get_path(&mut r, "path")?;
+                let idle_days = r.u32("idle days")?;
+                if idle_days > MAX_RELEASE_IDLE_DAYS {
+                    return Err(r.bad_value(
+                        "idle days",
+                        u64::from(idle_days),
+                        "at most MAX_RELEASE_IDLE_DAYS",
+                    ));
+                }
+                MetaRequest::Release { path, idle_days }
+            }
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 33")),
         };
         r.finish()?;
         Ok((cred, request))

@@ -22,6 +22,8 @@ pub const HS_DIRTY: u32 = 0x2;
 pub const HS_RELEASED: u32 = 0x4;
 /// Lustre's `HS_ARCHIVED`: the repository's copy is complete.
 pub const HS_ARCHIVED: u32 = 0x8;
+/// Lustre's `HS_NORELEASE`: the file is never released (set by an administrator).
+pub const HS_NORELEASE: u32 = 0x10;
 /// Lustre's `HS_LOST`: the repository's copy is gone (or changed under a released file).
 pub const HS_LOST: u32 = 0x40;
 
@@ -32,6 +34,7 @@ pub fn hsm_flag_names(flags: u32) -> Vec<&'static str> {
         (HS_EXISTS, "exists"),
         (HS_DIRTY, "dirty"),
         (HS_ARCHIVED, "archived"),
+        (HS_NORELEASE, "norelease"),
         (HS_LOST, "lost"),
     ]
     .iter()
@@ -326,6 +329,78 @@ impl ImportedFile {
     }
 }
 
+/// What a release did to one file (`nacre task release`, FSx's
+/// `RELEASE_DATA_FROM_FILESYSTEM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Its data was dropped from the targets: this many bytes (the file's size).
+    Released(u64),
+    /// It was released already.
+    AlreadyReleased,
+    /// Not released, and why (not an error: the task goes on).
+    Skipped(ReleaseSkip),
+}
+
+/// Why a release left a file as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseSkip {
+    /// Never exported or imported: its data is only here.
+    NotArchived,
+    /// Written since its export: the repository's copy is old.
+    Dirty,
+    /// Accessed (atime, mtime or ctime) within the idle time asked for.
+    Recent,
+    /// Marked never to be released (`HS_NORELEASE`).
+    NoRelease,
+    /// Empty: nothing to drop.
+    Empty,
+}
+
+impl ReleaseSkip {
+    /// Why, in words, as the task's summary counts it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReleaseSkip::NotArchived => "not exported",
+            ReleaseSkip::Dirty => "changed since exported",
+            ReleaseSkip::Recent => "accessed within the idle time",
+            ReleaseSkip::NoRelease => "marked norelease",
+            ReleaseSkip::Empty => "empty",
+        }
+    }
+}
+
+impl ReleaseOutcome {
+    /// Appends the binary form (a byte, and the bytes released).
+    pub fn encode(self, out: &mut Vec<u8>) {
+        let (code, bytes) = match self {
+            ReleaseOutcome::Released(bytes) => (0, bytes),
+            ReleaseOutcome::AlreadyReleased => (1, 0),
+            ReleaseOutcome::Skipped(ReleaseSkip::NotArchived) => (2, 0),
+            ReleaseOutcome::Skipped(ReleaseSkip::Dirty) => (3, 0),
+            ReleaseOutcome::Skipped(ReleaseSkip::Recent) => (4, 0),
+            ReleaseOutcome::Skipped(ReleaseSkip::NoRelease) => (5, 0),
+            ReleaseOutcome::Skipped(ReleaseSkip::Empty) => (6, 0),
+        };
+        Writer::new(out).u8(code).u64(bytes);
+    }
+
+    /// Reads the binary form.
+    pub fn decode(r: &mut Reader<'_>) -> Result<ReleaseOutcome, CodecError> {
+        let code = r.u8("release outcome")?;
+        let bytes = r.u64("bytes released")?;
+        Ok(match code {
+            0 => ReleaseOutcome::Released(bytes),
+            1 => ReleaseOutcome::AlreadyReleased,
+            2 => ReleaseOutcome::Skipped(ReleaseSkip::NotArchived),
+            3 => ReleaseOutcome::Skipped(ReleaseSkip::Dirty),
+            4 => ReleaseOutcome::Skipped(ReleaseSkip::Recent),
+            5 => ReleaseOutcome::Skipped(ReleaseSkip::NoRelease),
+            6 => ReleaseOutcome::Skipped(ReleaseSkip::Empty),
+            v => return Err(r.bad_value("release outcome", u64::from(v), "0..=6")),
+        })
+    }
+}
+
 impl ImportOutcome {
     /// Its wire value.
     pub fn to_u8(self) -> u8 {
@@ -440,6 +515,12 @@ impl RepoFile {
         self.flags &= !HS_RELEASED;
     }
 
+    /// Marks every chunk absent: the file's data is only in its repository now.
+    pub fn set_released(&mut self) {
+        self.present.fill(0);
+        self.flags |= HS_RELEASED;
+    }
+
     fn update_released(&mut self) {
         let chunks = self.chunks();
         let full = (chunks / 8) as usize;
@@ -542,6 +623,11 @@ pub trait Repository: Send + Sync {
     /// chunk it failed on is taken as present. An object changed or gone since its import
     /// is a [`FetchError::lost`] one: the file is then marked lost.
     fn fetch(&self, job: &HydrateJob) -> Result<(), FetchError>;
+
+    /// Drops the data of `job.attr`'s objects on the targets, keeping their sizes (a
+    /// release: the file is marked released before, and no hydration of it runs until
+    /// this returns), and makes that durable.
+    fn punch(&self, job: &HydrateJob) -> Result<(), FetchError>;
 }
 
 /// Why a [`Repository`] could not fetch chunks.

@@ -149,23 +149,37 @@ pub(super) struct Answer {
     /// The removals' target is the caller (registering, or reporting its usage): reachable
     /// now, whatever failed before.
     pub(super) from_target: bool,
-    /// Chunks of a released file to make present before the reply goes; the reply's body
-    /// then ends with the file's HSM flags after.
-    pub(super) hydrate: Option<Box<HydrateJob>>,
+    /// Work on a released file's data to do before the reply goes, on a hydrator thread.
+    pub(super) hydrate: Option<Box<RepoWork>>,
+}
+
+/// What a hydrator thread does for a request before its reply goes.
+pub(super) enum RepoWork {
+    /// Makes the job's chunks present; the reply's body then ends with the file's HSM flags
+    /// after.
+    Hydrate(HydrateJob),
+    /// Releases the job's file; the reply's body is the
+    /// [`ReleaseOutcome`](crate::meta::repo::ReleaseOutcome).
+    Release(HydrateJob),
 }
 
 impl Answer {
     /// Runs the hydration the reply waits for (if any) and completes the reply: the file's
     /// flags after, or the error that stopped it.
     pub(super) fn hydrated(mut self, store: &MetaStore, hydrator: &Hydrator) -> Answer {
-        let Some(job) = self.hydrate.take() else {
+        let Some(work) = self.hydrate.take() else {
             return self;
         };
-        match hydrator.run(store, &job) {
-            Ok(flags) => {
-                self.body.extend_from_slice(&flags.to_le_bytes());
-                self
-            }
+        let done = match *work {
+            RepoWork::Hydrate(job) => hydrator
+                .run(store, &job)
+                .map(|flags| self.body.extend_from_slice(&flags.to_le_bytes())),
+            RepoWork::Release(job) => hydrator
+                .release(store, &job)
+                .map(|outcome| outcome.encode(&mut self.body)),
+        };
+        match done {
+            Ok(()) => self,
             Err(e) => Answer {
                 status: e.errno(),
                 body: e.to_string().into_bytes(),
@@ -231,7 +245,7 @@ fn execute(
     cred: &crate::meta::types::Cred,
     op: &MetaRequest,
     out: &mut Vec<u8>,
-    hydrate: &mut Option<Box<HydrateJob>>,
+    hydrate: &mut Option<Box<RepoWork>>,
 ) -> Result<Vec<u32>, MetaError> {
     match op {
         MetaRequest::Lookup { path } => store.lookup(cred, path)?.encode(out),
@@ -251,6 +265,12 @@ fn execute(
             let attr = store.open_file(cred, path, *access)?;
             attr.encode(out);
             repo_flags(store, path, &attr, *access != Access::Read, out)?;
+        }
+        MetaRequest::Release { path, idle_days } => {
+            match store.release_plan(cred, path, *idle_days)? {
+                Ok(job) => *hydrate = Some(Box::new(RepoWork::Release(job))),
+                Err(outcome) => outcome.encode(out),
+            }
         }
         MetaRequest::Readdir { path, after, max } => {
             let max = (*max as usize).min(MAX_READDIR_ENTRIES);
@@ -348,7 +368,7 @@ fn execute(
                 });
             }
             match store.hydrate_plan(path, &attr, *offset, *len)? {
-                Some(job) => *hydrate = Some(Box::new(job)),
+                Some(job) => *hydrate = Some(Box::new(RepoWork::Hydrate(job))),
                 None => {
                     let flags = store.repo_file(attr.ino)?.map_or(0, |f| f.flags);
                     out.extend_from_slice(&flags.to_le_bytes());
@@ -389,8 +409,15 @@ fn execute(
         } => store
             .task_update(cred, *id, counts, failures, end.as_ref())?
             .encode(out),
-        MetaRequest::Closed { path, ino } => {
-            out.push(u8::from(store.file_closed(cred, path, *ino)?));
+        MetaRequest::Closed {
+            path,
+            ino,
+            instance,
+            wrote,
+        } => {
+            store.handle_closed(*ino, *instance);
+            let queued = *wrote && store.file_closed(cred, path, *ino)?;
+            out.push(u8::from(queued));
         }
     }
     Ok(Vec::new())
@@ -398,9 +425,10 @@ fn execute(
 
 /// Ends an open's reply with the HSM flags of an imported file (nothing for another); an
 /// open for writing marks it dirty first. Its released chunks are fetched as they are read
-/// or written, not here. An open for writing of any file under an association adds a byte
-/// (1) after the flags (0 for a file never imported): the client sends
-/// [`MetaRequest::Closed`] when its handle is closed (dirty again, auto-export).
+/// or written, not here. An open of any file under an association adds a byte (1) and this
+/// start's number ([`MetaStore::instance`]) after the flags (0 for a file never imported):
+/// its handle is counted open (a release waits for none to be), and the client sends
+/// [`MetaRequest::Closed`] when it is closed (dirty again, auto-export, the count down).
 fn repo_flags(
     store: &MetaStore,
     path: &str,
@@ -408,17 +436,35 @@ fn repo_flags(
     write: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), MetaError> {
-    let file = store.repo_file(attr.ino)?;
-    let notice = write && store.has_associations() && store.association_over(path)?.is_some();
-    let flags = match &file {
-        Some(_) if write => store.add_hsm_flags(attr.ino, HS_DIRTY)?,
-        Some(f) => f.flags,
-        None if notice => 0,
-        None => return Ok(()),
+    let notice = store.has_associations() && store.association_over(path)?.is_some();
+    if notice {
+        // Counted before the flags are read: a release either sees the handle or has
+        // marked the file released by then (and this open's reads fetch what they need).
+        store.handle_opened(attr.ino);
+    }
+    let flags = (|| -> Result<Option<u32>, MetaError> {
+        Ok(match store.repo_file(attr.ino)? {
+            Some(_) if write => Some(store.add_hsm_flags(attr.ino, HS_DIRTY)?),
+            Some(f) => Some(f.flags),
+            None if notice => Some(0),
+            None => None,
+        })
+    })();
+    let flags = match flags {
+        Ok(Some(flags)) => flags,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            if notice {
+                // The open fails: no close notice will come.
+                store.handle_closed(attr.ino, store.instance());
+            }
+            return Err(e);
+        }
     };
     out.extend_from_slice(&flags.to_le_bytes());
     if notice {
         out.push(1);
+        out.extend_from_slice(&store.instance().to_le_bytes());
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 //! - `super`: `"super"` → the format version, the next inode number and the file and
 //!   directory counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +32,7 @@ use redb::{
 
 use crate::codec::{CodecError, Reader, Writer};
 
+mod release_ops;
 mod repo_ops;
 mod task_ops;
 
@@ -604,6 +605,11 @@ pub struct MetaStore {
     /// Whether the `repos` table was ever non-empty since the store opened: until then an
     /// open for writing does not look for its file's association.
     has_repos: AtomicBool,
+    /// This start's number (see [`MetaStore::instance`]).
+    instance: u64,
+    /// Handles open on files under an association, by inode, counted from their opens to
+    /// their close notices (in memory: see `release_ops`).
+    handles: Mutex<HashMap<u64, u32>>,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -712,6 +718,8 @@ impl MetaStore {
             round_robin: AtomicU64::new(0),
             has_repo_files: AtomicBool::new(has_repo_files),
             has_repos: AtomicBool::new(has_repos),
+            instance: crate::server::instance(),
+            handles: Mutex::new(HashMap::new()),
         })
     }
 

@@ -6,7 +6,8 @@
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::limits::{
-    MAX_TASK_FAILURE_CODE_BYTES, MAX_TASK_MESSAGE_BYTES, MAX_TASK_PATHS, MAX_TASK_PATHS_BYTES,
+    MAX_RELEASE_IDLE_DAYS, MAX_TASK_FAILURE_CODE_BYTES, MAX_TASK_MESSAGE_BYTES, MAX_TASK_PATHS,
+    MAX_TASK_PATHS_BYTES,
 };
 use crate::meta::types::{MAX_PATH_BYTES, whole_record};
 
@@ -22,6 +23,12 @@ pub enum TaskKind {
     /// Export files closed after writing under associations with auto-export events: the
     /// service asks for these itself, and adds paths to the pending one.
     AutoExport,
+    /// Drop the data of its archived, unchanged files not accessed for `idle_days` (FSx's
+    /// `RELEASE_DATA_FROM_FILESYSTEM` with `DurationSinceLastAccess`; 0: whatever their age).
+    Release {
+        /// Days since the last access (the latest of atime, mtime and ctime).
+        idle_days: u32,
+    },
 }
 
 impl TaskKind {
@@ -32,16 +39,19 @@ impl TaskKind {
             TaskKind::Export => "export",
             TaskKind::Restore => "restore",
             TaskKind::AutoExport => "auto-export",
+            TaskKind::Release { .. } => "release",
         }
     }
 
-    fn to_u8(self) -> u8 {
+    /// Appends the binary form (a byte; a release's idle days after it).
+    fn encode(self, w: &mut Writer<'_>) {
         match self {
-            TaskKind::Import => 1,
-            TaskKind::Export => 2,
-            TaskKind::Restore => 3,
-            TaskKind::AutoExport => 4,
-        }
+            TaskKind::Import => w.u8(1),
+            TaskKind::Export => w.u8(2),
+            TaskKind::Restore => w.u8(3),
+            TaskKind::AutoExport => w.u8(4),
+            TaskKind::Release { idle_days } => w.u8(5).u32(idle_days),
+        };
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<TaskKind, CodecError> {
@@ -50,7 +60,18 @@ impl TaskKind {
             2 => Ok(TaskKind::Export),
             3 => Ok(TaskKind::Restore),
             4 => Ok(TaskKind::AutoExport),
-            v => Err(r.bad_value("kind", u64::from(v), "1 to 4")),
+            5 => {
+                let idle_days = r.u32("idle days")?;
+                if idle_days > MAX_RELEASE_IDLE_DAYS {
+                    return Err(r.bad_value(
+                        "idle days",
+                        u64::from(idle_days),
+                        "at most MAX_RELEASE_IDLE_DAYS",
+                    ));
+                }
+                Ok(TaskKind::Release { idle_days })
+            }
+            v => Err(r.bad_value("kind", u64::from(v), "1 to 5")),
         }
     }
 }
@@ -235,7 +256,9 @@ impl Task {
     /// Appends the binary form.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
-        w.u64(self.id).u8(self.kind.to_u8()).u32(self.owner);
+        w.u64(self.id);
+        self.kind.encode(&mut w);
+        w.u32(self.owner);
         w.u32(self.paths.len() as u32);
         for p in &self.paths {
             w.str(p);
@@ -289,13 +312,15 @@ impl Task {
         })
     }
 
-    /// Reads a task's kind from its name (`import`, `export`, `restore`).
+    /// Reads a task's kind from its name (`import`, `export`, `restore`, `auto-export`,
+    /// `release`: with no idle time).
     pub fn kind_named(name: &str) -> Option<TaskKind> {
         [
             TaskKind::Import,
             TaskKind::Export,
             TaskKind::Restore,
             TaskKind::AutoExport,
+            TaskKind::Release { idle_days: 0 },
         ]
         .into_iter()
         .find(|k| k.name() == name)
@@ -305,7 +330,8 @@ impl Task {
 /// A task's kind and paths as the wire carries a new one.
 pub fn encode_new(kind: TaskKind, paths: &[String], out: &mut Vec<u8>) {
     let mut w = Writer::new(out);
-    w.u8(kind.to_u8()).u32(paths.len() as u32);
+    kind.encode(&mut w);
+    w.u32(paths.len() as u32);
     for p in paths {
         w.str(p);
     }

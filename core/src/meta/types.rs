@@ -180,6 +180,15 @@ pub enum MetaError {
         /// Why (the object, and what the repository said).
         reason: String,
     },
+    /// The file is in use, so the operation cannot be done now (`EBUSY`; FSx's
+    /// `ResourceBusy`).
+    #[error("{path}: busy: {reason}")]
+    Busy {
+        /// The file.
+        path: String,
+        /// What holds it.
+        reason: String,
+    },
     /// A stored record or a message did not decode (`EIO`).
     #[error("metadata record: {0}")]
     Codec(#[from] CodecError),
@@ -194,6 +203,7 @@ impl MetaError {
             MetaError::NotDir { .. } => libc::ENOTDIR,
             MetaError::IsDir { .. } => libc::EISDIR,
             MetaError::NotEmpty { .. } => libc::ENOTEMPTY,
+            MetaError::Busy { .. } => libc::EBUSY,
             MetaError::Access { .. } => libc::EACCES,
             MetaError::Perm { .. } => libc::EPERM,
             MetaError::Invalid { .. } | MetaError::Layout { .. } => libc::EINVAL,

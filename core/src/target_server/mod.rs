@@ -260,7 +260,7 @@ impl TargetServer {
             connections: AtomicUsize::new(0),
             connection_bound,
             targets,
-            served_reply: request::served_reply(instance(), &registered),
+            served_reply: request::served_reply(crate::server::instance(), &registered),
             counts: Arc::clone(&accepted),
             staged_bound: pool.chunks() * pool.chunk_bytes() + STAGED_BYTES_BEYOND_POOL,
             pool,
@@ -456,21 +456,6 @@ fn descriptor_budget(
     let room = budget.saturating_sub(files).max(MIN_CONNECTIONS as u64);
     let connections = MAX_TARGET_CONNECTIONS.min(usize::try_from(room).unwrap_or(usize::MAX));
     Ok((store, connections))
-}
-
-/// A number for this start of a server, different from any other server's (with
-/// overwhelming odds): clients tell by it that connections reach the same server.
-fn instance() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // std's hasher keys are random per process (and per `RandomState` after the first).
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// An RDMA connection as an event loop's, or the connection back when it cannot be one.

@@ -16,7 +16,7 @@ use crate::meta::repo::{
 };
 use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
 
-fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaError> {
+pub(super) fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaError> {
     if cred.is_root() {
         return Ok(());
     }
