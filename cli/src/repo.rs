@@ -35,7 +35,8 @@ pub(crate) enum RepoCommand {
         /// Objects to reflect as they appear, change or go: new,changed,deleted.
         #[arg(long, default_value = "")]
         auto_import: String,
-        /// Files to export as they are closed: new,changed,deleted.
+        /// Files to export as they are closed or moved: new,changed; with deleted, the
+        /// objects of files unlinked or moved away are deleted.
         #[arg(long, default_value = "")]
         auto_export: String,
         /// Bytes a released file is fetched by (K, M, G suffixes; default 8M).

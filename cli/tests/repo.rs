@@ -834,9 +834,6 @@ fn files_closed_after_writing_are_auto_exported_with_what_was_written_last() {
         "--endpoint",
         &s3.endpoint,
     ];
-    // Deletions are not exported yet: refused, not silently ignored.
-    let err = c.fails(&[&link[..], &["--auto-export", "new,changed,deleted"]].concat());
-    assert!(err.contains("deletions are not exported yet"), "{err}");
     c.ok(&[&link[..], &["--auto-export", "new,changed"]].concat());
     let client = c.client();
     let get = |key: &str| {
@@ -1184,4 +1181,155 @@ fn readers_racing_releases_read_the_file_bytes_never_holes() {
     let local = c.dir().join("hot.back");
     c.ok(&["get", "/data/hot.bin", local.to_str().unwrap()]);
     assert!(std::fs::read(&local).unwrap() == data);
+}
+
+/// The keys of `bucket`, in order.
+fn keys(s3: &S3, bucket: &str) -> Vec<String> {
+    let listed = s3.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        bucket,
+        "--query",
+        "Contents[].Key",
+        "--output",
+        "text",
+    ]);
+    let mut keys: Vec<String> = listed
+        .split_whitespace()
+        .filter(|k| *k != "None")
+        .map(str::to_owned)
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
+    let Some(moto) = s3_available("auto-export-deleted") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-auto-delete");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data16"]);
+    s3.put(c.dir(), "data16", "train/old.txt", b"imported", None);
+    s3.put(
+        c.dir(),
+        "data16",
+        "train/dir/in.txt",
+        b"in a directory",
+        None,
+    );
+    c.ok(&["mkdir", "/data"]);
+    c.ok(&["mkdir", "/keep"]);
+    let link = |path: &str, prefix: &str, events: &str| {
+        c.ok(&[
+            "repo",
+            "link",
+            path,
+            &format!("s3://data16/{prefix}"),
+            "--endpoint",
+            &s3.endpoint,
+            "--auto-export",
+            events,
+            "--import-now",
+        ]);
+    };
+    link("/data", "train", "new,changed,deleted");
+    link("/keep", "keep", "new,changed");
+    let client = c.client();
+    let write = |path: &str, bytes: &[u8]| {
+        let file = client.create(path, 0o644, None).unwrap();
+        file.write_at(bytes, 0).unwrap();
+    };
+    let has = |want: &[&str], gone: &[&str]| {
+        let now = keys(&s3, "data16");
+        want.iter().all(|k| now.iter().any(|n| n == k))
+            && gone.iter().all(|k| !now.contains(&k.to_string()))
+    };
+
+    // A new file, closed: exported; unlinked: its object deleted.
+    write("/data/a.txt", b"a");
+    eventually("a.txt exported", || has(&["train/a.txt"], &[]));
+    client.unlink("/data/a.txt").unwrap();
+    eventually("a.txt deleted", || has(&[], &["train/a.txt"]));
+
+    // An imported file renamed: the old key goes, the new one has its bytes.
+    client.rename("/data/old.txt", "/data/new.txt").unwrap();
+    eventually("old.txt moved", || {
+        has(&["train/new.txt"], &["train/old.txt"])
+    });
+    let local = c.dir().join("moved");
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://data16/train/new.txt",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"imported");
+
+    // A directory renamed: every object under it moves.
+    client.rename("/data/dir", "/data/dir2").unwrap();
+    eventually("dir moved", || {
+        has(&["train/dir2/in.txt"], &["train/dir/in.txt"])
+    });
+
+    // Moved where it cannot be exported (a key longer than S3's 1024 bytes): its old
+    // object stays, and the report says why.
+    let mut deep = "/data".to_owned();
+    for level in 0..5 {
+        deep = format!(
+            "{deep}/{}",
+            char::from(b'a' + level).to_string().repeat(250)
+        );
+        client.mkdir(&deep, 0o755).unwrap();
+    }
+    client
+        .rename("/data/new.txt", &format!("{deep}/new.txt"))
+        .unwrap();
+    let tasks_ended = || {
+        client
+            .task_list()
+            .unwrap()
+            .iter()
+            .all(|t| !matches!(t.state, TaskState::Pending | TaskState::Executing))
+    };
+    eventually("the long rename's auto-export", || {
+        tasks_ended()
+            && client
+                .task_list()
+                .unwrap()
+                .iter()
+                .any(|t| t.counts.failed == 2)
+    });
+    let failed = client
+        .task_list()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.counts.failed == 2)
+        .unwrap();
+    let shown = c.ok(&["task", "show", &failed.id.to_string()]);
+    assert!(shown.contains(",failed,PathSizeTooLong,"), "{shown}");
+    assert!(
+        shown.contains("/data/new.txt,failed,InternalError,\"its objects were not deleted"),
+        "{shown}"
+    );
+    assert!(has(&["train/new.txt"], &[]));
+
+    // Without `deleted`: an unlinked file's object stays.
+    write("/keep/a.txt", b"kept");
+    eventually("keep/a.txt exported", || has(&["keep/a.txt"], &[]));
+    client.unlink("/keep/a.txt").unwrap();
+    write("/keep/b.txt", b"later");
+    eventually("keep/b.txt exported", || has(&["keep/b.txt"], &[]));
+    eventually("every auto-export ended", tasks_ended);
+    assert_eq!(
+        keys(&s3, "data16"),
+        [
+            "keep/a.txt",
+            "keep/b.txt",
+            "train/dir2/in.txt",
+            "train/new.txt"
+        ]
+    );
 }

@@ -8,14 +8,20 @@
 //!
 //! Directories are not written as `dir/` marker objects: object_store cannot name a key
 //! ending in `/`. Their files' keys carry the tree; an empty directory is not exported.
+//!
+//! An auto-export of a path that is gone (unlinked, or renamed away: the service queued it
+//! because it was linked to an object) deletes its object, and every object under it for a
+//! directory, when the association's auto-export events include `deleted`.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
-use nacre::meta::repo::{Association, HS_ARCHIVED, HS_DIRTY};
+use futures::TryStreamExt;
+use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
 use nacre::{Client, OpenOptions};
 use object_store::{
-    Attribute, AttributeValue, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload,
 };
 
 use crate::error::RepoError;
@@ -38,13 +44,27 @@ pub struct ExportReport {
     pub bytes: u64,
     /// Files archived already and not written since.
     pub unchanged: u64,
+    /// Paths gone whose objects were deleted (auto-export with `deleted`).
+    pub deleted: u64,
+    /// Paths gone, left (auto-export without `deleted`).
+    pub gone: u64,
     /// Paths not exported, and why.
     pub failed: Vec<ImportFailure>,
 }
 
+impl ExportReport {
+    /// Paths handled so far: uploaded, unchanged, deleted, gone or failed.
+    pub fn handled(&self) -> u64 {
+        self.exported + self.unchanged + self.deleted + self.gone + self.failed.len() as u64
+    }
+}
+
 /// Exports the files at and under `paths` (within `assoc`) that are new or dirty, or every
 /// one with `force` (an auto-export after a close: a close racing an export that read the
-/// file before the close's writes may find it marked clean).
+/// file before the close's writes may find it marked clean). With `force`, a path that is
+/// gone has its objects deleted when the association asks (`deleted`) and `may_delete`
+/// (nothing of the task failed before: a renamed released file's only copy may be the old
+/// object).
 /// `progress(report so far)` is called before each file or directory; when it breaks, the
 /// export stops there (a canceled task).
 pub fn export(
@@ -53,6 +73,7 @@ pub fn export(
     assoc: &Association,
     paths: &[String],
     force: bool,
+    may_delete: bool,
     mut progress: impl FnMut(&ExportReport) -> ControlFlow<()>,
 ) -> Result<ExportReport, RepoError> {
     let mut report = ExportReport::default();
@@ -63,6 +84,26 @@ pub fn export(
         }
         let attr = match client.attr(&path) {
             Ok(attr) => attr,
+            Err(e) if force && e.errno() == libc::ENOENT => {
+                if assoc.auto_export & EVENT_DELETED == 0 {
+                    report.gone += 1;
+                    continue;
+                }
+                if !may_delete {
+                    report.failed.push(failure(
+                        &path,
+                        "InternalError",
+                        "its objects were not deleted: an export of the same task failed \
+                         first (export it again, or delete them)",
+                    ));
+                    continue;
+                }
+                match delete_objects(s3, assoc, &path) {
+                    Ok(()) => report.deleted += 1,
+                    Err(f) => report.failed.push(f),
+                }
+                continue;
+            }
             Err(e) => {
                 report.failed.push(failure(&path, "InternalError", e));
                 continue;
@@ -90,6 +131,35 @@ pub fn export(
         }
     }
     Ok(report)
+}
+
+/// Deletes the object at `path`'s key and every object under it (a directory's files):
+/// `path` is gone from the namespace.
+fn delete_objects(s3: &S3Access, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
+    let key = assoc
+        .key_of(path)
+        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let s3_failed = |e: object_store::Error| failure(path, "S3Error", e);
+    let at = location(&key);
+    let under: Vec<_> = s3
+        .block_on(store.list(Some(&at)).try_collect::<Vec<_>>())
+        .map_err(|e| failure(path, "InternalError", e))?
+        .map_err(s3_failed)?;
+    for object in under {
+        s3.block_on(store.delete(&object.location))
+            .map_err(|e| failure(path, "InternalError", e))?
+            .map_err(s3_failed)?;
+    }
+    // S3 answers a delete of a key it does not hold as done.
+    s3.block_on(store.delete(&at))
+        .map_err(|e| failure(path, "InternalError", e))?
+        .map_err(s3_failed)?;
+    nacre::transport::log_line!(
+        "nacre meta: deleted s3://{}/{key} ({path} is gone)",
+        assoc.bucket
+    );
+    Ok(())
 }
 
 /// Uploads one file if it is new or dirty: the bytes it uploaded, `None` when it was

@@ -226,7 +226,15 @@ fn run_import(
     let (mut created, mut updated, mut unchanged, mut dirs) = (0, 0, 0, 0);
     let mut base = (0, 0);
     let only = task.paths.len() == 1;
-    for path in &task.paths {
+    let force = task.kind == TaskKind::AutoExport;
+    // Paths that are there first, those gone (deletions) after: a released file renamed
+    // is exported from its old object before that is deleted.
+    let (here, gone): (Vec<&String>, Vec<&String>) = if force {
+        task.paths.iter().partition(|p| client.attr(p).is_ok())
+    } else {
+        (task.paths.iter().collect(), Vec::new())
+    };
+    for path in here.into_iter().chain(gone) {
         let assoc = match association_of(&all, path) {
             Ok(assoc) => assoc,
             Err(e) if only => return Err(e),
@@ -281,10 +289,18 @@ fn run_export(
     r: &mut Reporter<'_>,
 ) -> Result<(), String> {
     let all = client.repo_list().map_err(|e| e.to_string())?;
-    let (mut exported, mut unchanged) = (0, 0);
+    let (mut exported, mut unchanged, mut deleted) = (0, 0, 0);
     let mut base = (0, 0);
     let only = task.paths.len() == 1;
-    for path in &task.paths {
+    let force = task.kind == TaskKind::AutoExport;
+    // Paths that are there first, those gone (deletions) after: a released file renamed
+    // is exported from its old object before that is deleted.
+    let (here, gone): (Vec<&String>, Vec<&String>) = if force {
+        task.paths.iter().partition(|p| client.attr(p).is_ok())
+    } else {
+        (task.paths.iter().collect(), Vec::new())
+    };
+    for path in here.into_iter().chain(gone) {
         let assoc = match association_of(&all, path) {
             Ok(assoc) => assoc,
             Err(e) if only => return Err(e),
@@ -293,25 +309,33 @@ fn run_export(
                 continue;
             }
         };
-        let summary = |exported: u64, bytes: u64, unchanged: u64, failed: u64| {
-            format!("{exported} files ({bytes} bytes), {unchanged} unchanged, {failed} failed")
+        let summary = |exported: u64, bytes: u64, unchanged: u64, deleted: u64, failed: u64| {
+            let deleted = if deleted > 0 {
+                format!(", {deleted} deleted")
+            } else {
+                String::new()
+            };
+            format!(
+                "{exported} files ({bytes} bytes), {unchanged} unchanged{deleted}, {failed} failed"
+            )
         };
-        let force = task.kind == TaskKind::AutoExport;
+        let may_delete = r.counts.failed == 0;
         let report = export(
             client,
             s3,
             assoc,
             std::slice::from_ref(path),
             force,
+            may_delete,
             |so_far| {
-                let files = so_far.exported + so_far.unchanged + so_far.failed.len() as u64;
-                r.counts.done = base.1 + files;
+                r.counts.done = base.1 + so_far.handled();
                 r.counts.total = r.counts.done + 1;
                 r.counts.bytes = base.0 + so_far.bytes;
                 r.counts.summary = summary(
                     exported + so_far.exported,
                     r.counts.bytes,
                     unchanged + so_far.unchanged,
+                    deleted + so_far.deleted,
                     r.counts.failed + so_far.failed.len() as u64,
                 );
                 r.tick()
@@ -334,11 +358,18 @@ fn run_export(
         }
         exported += report.exported;
         unchanged += report.unchanged;
+        deleted += report.deleted;
         r.counts.bytes = base.0 + report.bytes;
-        r.counts.done = base.1 + report.exported + report.unchanged + report.failed.len() as u64;
+        r.counts.done = base.1 + report.handled();
         r.counts.total = r.counts.done;
         base = (r.counts.bytes, r.counts.done);
-        r.counts.summary = summary(exported, r.counts.bytes, unchanged, r.counts.failed);
+        r.counts.summary = summary(
+            exported,
+            r.counts.bytes,
+            unchanged,
+            deleted,
+            r.counts.failed,
+        );
         if r.canceled {
             break;
         }

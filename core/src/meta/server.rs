@@ -279,9 +279,23 @@ fn execute(
             let full = entries.len() == max;
             encode_page(out, &entries, full, DirEntry::encode);
         }
-        MetaRequest::Unlink { path } => return Ok(targets_of(Some(store.unlink(cred, path)?))),
+        MetaRequest::Unlink { path } => {
+            let linked = store.linked_to_object(cred, path)?;
+            let removed = store.unlink(cred, path)?;
+            if linked {
+                deletion_noticed(store, Some(path), None);
+            }
+            return Ok(targets_of(Some(removed)));
+        }
         MetaRequest::Rmdir { path } => store.rmdir(cred, path)?,
-        MetaRequest::Rename { from, to } => return Ok(targets_of(store.rename(cred, from, to)?)),
+        MetaRequest::Rename { from, to } => {
+            let linked = store.linked_to_object(cred, from)?;
+            let replaced = store.rename(cred, from, to)?;
+            if store.has_associations() {
+                deletion_noticed(store, linked.then_some(from.as_str()), Some(to));
+            }
+            return Ok(targets_of(replaced));
+        }
         MetaRequest::SetDefaultLayout { path, spec } => {
             store.set_default_layout(cred, path, spec.clone())?
         }
@@ -421,6 +435,17 @@ fn execute(
         }
     }
     Ok(Vec::new())
+}
+
+/// Queues what an unlink or rename of a linked file means for auto-export
+/// ([`MetaStore::path_gone`]). The namespace has changed already: a failure here is
+/// logged, not the request's (the next export of the new path still takes it; the old
+/// object stays).
+fn deletion_noticed(store: &MetaStore, gone: Option<&str>, to: Option<&str>) {
+    if let Err(e) = store.path_gone(gone, to) {
+        let what = gone.or(to).unwrap_or_default();
+        nacre_transport::log_line!("nacre meta: auto-export after the move of {what}: {e}");
+    }
 }
 
 /// Ends an open's reply with the HSM flags of an imported file (nothing for another); an

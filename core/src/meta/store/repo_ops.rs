@@ -11,8 +11,8 @@ use crate::limits::{
     MIN_REPO_CHUNK_BYTES,
 };
 use crate::meta::repo::{
-    AssocState, Association, EVENT_DELETED, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome,
-    ImportedFile, RepoFile, under,
+    AssocState, Association, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome, ImportedFile, RepoFile,
+    under,
 };
 use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
 
@@ -38,13 +38,6 @@ impl MetaStore {
                 field: "chunk size",
                 value: assoc.chunk_bytes.to_string(),
                 allowed: format!("{MIN_REPO_CHUNK_BYTES}..={MAX_REPO_CHUNK_BYTES} bytes"),
-            });
-        }
-        if assoc.auto_export & EVENT_DELETED != 0 {
-            return Err(MetaError::Invalid {
-                field: "auto-export events",
-                value: "deleted".into(),
-                allowed: "new,changed (deletions are not exported yet)".into(),
             });
         }
         self.write(|tx| {

@@ -7,7 +7,7 @@ use super::{MetaStore, NsPath, now_ns};
 use crate::limits::{
     MAX_TASK_PATHS, MAX_TASK_PATHS_BYTES, MAX_TASK_REPORT_LINES, MAX_TASKS, TASK_PAGE_BYTES,
 };
-use crate::meta::repo::{EVENT_CHANGED, EVENT_NEW, HS_ARCHIVED, HS_DIRTY};
+use crate::meta::repo::{EVENT_CHANGED, EVENT_DELETED, EVENT_NEW, HS_ARCHIVED, HS_DIRTY};
 use crate::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use crate::meta::types::{Cred, MetaError};
 
@@ -189,13 +189,62 @@ impl MetaStore {
         if assoc.auto_export & event == 0 {
             return Ok(false);
         }
-        self.queue_auto_export(full)?;
+        self.queue_auto_export(vec![full])?;
         Ok(true)
     }
 
-    /// Adds `path` to the pending auto-export task, or asks for a new one when there is
-    /// none or it is full.
-    fn queue_auto_export(&self, path: String) -> Result<(), MetaError> {
+    /// Whether the file at `path` is linked to an object of its association's repository
+    /// (imported or exported): its deletion is one an auto-export may reflect. Asked before
+    /// an unlink or rename (the link goes with the file).
+    pub fn linked_to_object(&self, cred: &Cred, path: &str) -> Result<bool, MetaError> {
+        if !self.has_associations() {
+            return Ok(false);
+        }
+        match self.lookup(cred, path) {
+            Ok(attr) if attr.is_dir() => Ok(true),
+            Ok(attr) => Ok(self.repo_file(attr.ino)?.is_some()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// A file or directory was unlinked or renamed: `gone` is its old path when it was
+    /// linked to an object (or a directory), `to` where it went (for a rename). With the
+    /// associations' auto-export events, the new path is queued for the auto-export task to
+    /// export (`new` or `changed`), and the old one to delete its objects (`deleted`). A
+    /// rename's old objects are deleted only with its new path exported (in one
+    /// transaction): a released file moved holds its data only there. Whether anything was
+    /// queued.
+    pub fn path_gone(&self, gone: Option<&str>, to: Option<&str>) -> Result<bool, MetaError> {
+        let mut paths = Vec::new();
+        if let Some(to) = to {
+            let to = NsPath::parse("path", to)?.full();
+            if let Some(assoc) = self.association_over(&to)?
+                && assoc.auto_export & (EVENT_NEW | EVENT_CHANGED) != 0
+            {
+                paths.push(to);
+            }
+        }
+        if let Some(from) = gone
+            && (to.is_none() || !paths.is_empty())
+        {
+            let from = NsPath::parse("path", from)?.full();
+            if let Some(assoc) = self.association_over(&from)?
+                && assoc.auto_export & EVENT_DELETED != 0
+                && from != assoc.path
+            {
+                paths.push(from);
+            }
+        }
+        if paths.is_empty() {
+            return Ok(false);
+        }
+        self.queue_auto_export(paths)?;
+        Ok(true)
+    }
+
+    /// Adds `paths` to the pending auto-export task, or asks for a new one when there is
+    /// none or they do not fit; all in one task.
+    fn queue_auto_export(&self, paths: Vec<String>) -> Result<(), MetaError> {
         // One transaction: two closes at once find the same pending task or make one.
         self.write_tasks(|tasks, reports| {
             let mut pending = None;
@@ -208,16 +257,21 @@ impl MetaStore {
                 }
             }
             if let Some(mut task) = pending {
-                if task.paths.contains(&path) {
+                let new: Vec<String> = paths
+                    .iter()
+                    .filter(|p| !task.paths.contains(p))
+                    .cloned()
+                    .collect();
+                if new.is_empty() {
                     return Ok(());
                 }
-                let bytes: usize = task.paths.iter().map(String::len).sum::<usize>() + path.len();
-                if task.paths.len() < MAX_TASK_PATHS && bytes <= MAX_TASK_PATHS_BYTES {
-                    task.paths.push(path);
+                let bytes: usize = task.paths.iter().chain(&new).map(String::len).sum();
+                if task.paths.len() + new.len() <= MAX_TASK_PATHS && bytes <= MAX_TASK_PATHS_BYTES {
+                    task.paths.extend(new);
                     return put(tasks, &task);
                 }
             }
-            insert_task(tasks, reports, 0, TaskKind::AutoExport, vec![path]).map(drop)
+            insert_task(tasks, reports, 0, TaskKind::AutoExport, paths).map(drop)
         })
     }
 
