@@ -200,6 +200,114 @@ fn request() -> impl Strategy<Value = MetaRequest> {
         proptest::option::of(any::<u32>()).prop_map(|after| MetaRequest::Targets { after }),
         Just(MetaRequest::Statfs),
         task_request(),
+        repo_request(),
+    ]
+}
+
+/// The data repository requests: associations, imports, HSM state, hydration, archiving.
+fn repo_request() -> impl Strategy<Value = MetaRequest> {
+    use nacre::limits::{MAX_REPO_CHUNK_BYTES, MIN_REPO_CHUNK_BYTES};
+    use nacre::meta::repo::{AssocState, Association, ImportedFile};
+    let state = prop::sample::select(vec![
+        AssocState::Creating,
+        AssocState::Available,
+        AssocState::Misconfigured,
+        AssocState::Failed,
+    ]);
+    let assoc = (
+        (
+            any::<u32>(),
+            path(),
+            "[a-z0-9.-]{3,20}",
+            "([a-z0-9/]{1,20}/)?",
+        ),
+        (
+            proptest::option::of("http://[a-z0-9.:]{1,20}"),
+            proptest::option::of("[a-z0-9-]{1,12}"),
+        ),
+        (
+            MIN_REPO_CHUNK_BYTES..=MAX_REPO_CHUNK_BYTES,
+            any::<u8>(),
+            any::<u8>(),
+            state.clone(),
+            "[ -~]{0,40}",
+        ),
+    )
+        .prop_map(
+            |(
+                (id, path, bucket, prefix),
+                (endpoint, region),
+                (chunk_bytes, auto_import, auto_export, state, reason),
+            )| Association {
+                id,
+                path,
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                chunk_bytes,
+                auto_import,
+                auto_export,
+                state,
+                reason,
+            },
+        );
+    let imported = (
+        (path(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (any::<i64>(), any::<i64>(), any::<u32>()),
+        ("[ -~]{1,60}", "\"[0-9a-f]{32}\"", any::<u64>()),
+    )
+        .prop_map(
+            |((path, mode, uid, gid), (atime_ns, mtime_ns, repo), (key, etag, size))| {
+                ImportedFile {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                    atime_ns,
+                    mtime_ns,
+                    repo,
+                    key,
+                    etag,
+                    size,
+                }
+            },
+        );
+    prop_oneof![
+        assoc.prop_map(|assoc| MetaRequest::RepoLink { assoc }),
+        Just(MetaRequest::RepoList),
+        path().prop_map(|path| MetaRequest::RepoUnlink { path }),
+        (path(), state, "[ -~]{0,40}").prop_map(|(path, state, reason)| {
+            MetaRequest::RepoSetState {
+                path,
+                state,
+                reason,
+            }
+        }),
+        imported.prop_map(|file| MetaRequest::ImportFile { file }),
+        path().prop_map(|path| MetaRequest::HsmState { path }),
+        (path(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(path, ino, offset, len)| {
+            MetaRequest::Hydrate {
+                path,
+                ino,
+                offset,
+                len,
+            }
+        }),
+        (
+            path(),
+            any::<u32>(),
+            "[ -~]{1,60}",
+            "\"[0-9a-f]{32}-[0-9]{1,3}\"",
+            any::<u64>()
+        )
+            .prop_map(|(path, repo, key, etag, size)| MetaRequest::Archived {
+                path,
+                repo,
+                key,
+                etag,
+                size
+            }),
     ]
 }
 
