@@ -72,6 +72,9 @@ if [ "$s3" = 1 ]; then
     "$NACRE_BIN" task export /s3
     "$NACRE_BIN" task list
     "$NACRE_BIN" hsm state /s3/result.txt
+    echo "its data dropped from the targets again (a release; the next read fetches it):"
+    "$NACRE_BIN" task release /s3/train/sample.bin
+    "$NACRE_BIN" hsm state /s3/train/sample.bin
     echo "aws s3api head-object of the exported result:"
     "${aws[@]}" s3api head-object --bucket quickstart --key data/result.txt \
         --query '{size: ContentLength, metadata: Metadata}' --output json

@@ -226,15 +226,7 @@ fn run_import(
     let (mut created, mut updated, mut unchanged, mut dirs) = (0, 0, 0, 0);
     let mut base = (0, 0);
     let only = task.paths.len() == 1;
-    let force = task.kind == TaskKind::AutoExport;
-    // Paths that are there first, those gone (deletions) after: a released file renamed
-    // is exported from its old object before that is deleted.
-    let (here, gone): (Vec<&String>, Vec<&String>) = if force {
-        task.paths.iter().partition(|p| client.attr(p).is_ok())
-    } else {
-        (task.paths.iter().collect(), Vec::new())
-    };
-    for path in here.into_iter().chain(gone) {
+    for path in &task.paths {
         let assoc = match association_of(&all, path) {
             Ok(assoc) => assoc,
             Err(e) if only => return Err(e),

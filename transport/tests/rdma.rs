@@ -571,16 +571,24 @@ fn serve_calls(mut conn: nacre_transport::ServerConnection) {
 
 /// Serves bulk calls until the client leaves: a write's payload lands in `inbound` and is
 /// answered with its CRC32C, anything else is answered with all of `outbound`. Returns the
-/// bytes the connection staged (0 when the memory was registered with it).
+/// bytes the connection staged (0 when the memory was registered with it). A connection
+/// idle past the server's request timeout is waited on again: a client with several
+/// connections may serve the others first, as long as the emulated CPU takes.
 fn serve_bulk(
     conn: &mut nacre_transport::ServerConnection,
     inbound: &mut [u8],
     outbound: &[u8],
 ) -> u64 {
+    use nacre_transport::TransportError;
     use nacre_transport::wire::Opcode;
     use std::io::{IoSlice, IoSliceMut};
     let mut body = Vec::new();
-    while let Ok(Some(req)) = conn.next_request(&mut body) {
+    loop {
+        let req = match conn.next_request(&mut body) {
+            Ok(Some(req)) => req,
+            Err(TransportError::TimedOut { .. }) => continue,
+            Ok(None) | Err(_) => break,
+        };
         let len = req.header.payload_len as usize;
         conn.recv_payload(&mut [IoSliceMut::new(&mut inbound[..len])])
             .expect("pull");

@@ -7,8 +7,8 @@
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::limits::{
-    MAX_ETAG_BYTES, MAX_RELEASE_IDLE_DAYS, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES,
-    MAX_TASK_MESSAGE_BYTES, MAX_TASK_REPORT_LINES,
+    MAX_ETAG_BYTES, MAX_REPO_URL_BYTES, MAX_S3_KEY_BYTES, MAX_TASK_MESSAGE_BYTES,
+    MAX_TASK_REPORT_LINES,
 };
 use crate::meta::repo::{AssocState, Association, ImportedFile};
 use crate::meta::store::TaskEnd;
@@ -738,18 +738,10 @@ impl MetaRequest {
                 instance: r.u64("instance")?,
                 wrote: get_flag(&mut r, "wrote")?,
             },
-            33 => {
-                let path = get_path(&mut r, "path")?;
-                let idle_days = r.u32("idle days")?;
-                if idle_days > MAX_RELEASE_IDLE_DAYS {
-                    return Err(r.bad_value(
-                        "idle days",
-                        u64::from(idle_days),
-                        "at most MAX_RELEASE_IDLE_DAYS",
-                    ));
-                }
-                MetaRequest::Release { path, idle_days }
-            }
+            33 => MetaRequest::Release {
+                path: get_path(&mut r, "path")?,
+                idle_days: crate::meta::task::idle_days(&mut r)?,
+            },
             other => return Err(r.bad_value("operation", u64::from(other), "1 to 33")),
         };
         r.finish()?;

@@ -60,20 +60,25 @@ impl TaskKind {
             2 => Ok(TaskKind::Export),
             3 => Ok(TaskKind::Restore),
             4 => Ok(TaskKind::AutoExport),
-            5 => {
-                let idle_days = r.u32("idle days")?;
-                if idle_days > MAX_RELEASE_IDLE_DAYS {
-                    return Err(r.bad_value(
-                        "idle days",
-                        u64::from(idle_days),
-                        "at most MAX_RELEASE_IDLE_DAYS",
-                    ));
-                }
-                Ok(TaskKind::Release { idle_days })
-            }
+            5 => Ok(TaskKind::Release {
+                idle_days: idle_days(r)?,
+            }),
             v => Err(r.bad_value("kind", u64::from(v), "1 to 5")),
         }
     }
+}
+
+/// Reads a release's idle time in days (at most [`MAX_RELEASE_IDLE_DAYS`]).
+pub(crate) fn idle_days(r: &mut Reader<'_>) -> Result<u32, CodecError> {
+    let days = r.u32("idle days")?;
+    if days > MAX_RELEASE_IDLE_DAYS {
+        return Err(r.bad_value(
+            "idle days",
+            u64::from(days),
+            "at most MAX_RELEASE_IDLE_DAYS",
+        ));
+    }
+    Ok(days)
 }
 
 /// Where a task is, as FSx's task lifecycle.

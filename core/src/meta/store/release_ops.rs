@@ -81,17 +81,7 @@ impl MetaStore {
         if idle_days > 0 && now_ns().saturating_sub(last_access) < i64::from(idle_days) * DAY_NS {
             return Ok(Err(ReleaseOutcome::Skipped(ReleaseSkip::Recent)));
         }
-        let assoc = self
-            .repo_list()?
-            .into_iter()
-            .find(|a| a.id == file.repo)
-            .ok_or_else(|| MetaError::Repository {
-                path: path.to_owned(),
-                reason: format!(
-                    "its data repository (association {}) is no longer linked",
-                    file.repo
-                ),
-            })?;
+        let assoc = self.association_of_file(path, &file)?;
         Ok(Ok(HydrateJob {
             path: path.to_owned(),
             attr,

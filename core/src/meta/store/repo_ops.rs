@@ -369,8 +369,24 @@ impl MetaStore {
                 ),
             });
         }
-        let assoc = self
-            .repo_list()?
+        let assoc = self.association_of_file(path, &file)?;
+        Ok(Some(HydrateJob {
+            path: path.to_owned(),
+            attr: attr.clone(),
+            assoc,
+            file,
+            chunks,
+        }))
+    }
+
+    /// The association the imported or exported file at `path` belongs to; one unlinked
+    /// since is [`MetaError::Repository`].
+    pub(super) fn association_of_file(
+        &self,
+        path: &str,
+        file: &RepoFile,
+    ) -> Result<Association, MetaError> {
+        self.repo_list()?
             .into_iter()
             .find(|a| a.id == file.repo)
             .ok_or_else(|| MetaError::Repository {
@@ -379,14 +395,7 @@ impl MetaStore {
                     "its data repository (association {}) is no longer linked",
                     file.repo
                 ),
-            })?;
-        Ok(Some(HydrateJob {
-            path: path.to_owned(),
-            attr: attr.clone(),
-            assoc,
-            file,
-            chunks,
-        }))
+            })
     }
 
     /// Marks `chunks` of file `ino` present, if it still holds object version `etag`;
