@@ -99,15 +99,15 @@ pub(crate) enum TaskCommand {
     },
     /// Drop the data of archived, unchanged files at or under each path from the targets,
     /// keeping their metadata (FSx's release task); their next read fetches them again.
-    /// Files never exported, changed since, or accessed within --idle are left; a file
-    /// held open anywhere is reported busy.
+    /// Files never exported, changed since, or newer than --idle are left; a file held
+    /// open by a client is reported busy.
     Release {
         #[command(flatten)]
         meta: MetaArg,
         #[command(flatten)]
         wait: WaitArg,
-        /// Only files not accessed (atime, mtime or ctime) for this many days; 0 releases
-        /// whatever their age.
+        /// Only files whose atime, mtime and ctime are all this many days old (Nacre does
+        /// not update atime on reads); 0 releases whatever their age.
         #[arg(long, default_value_t = 0, value_name = "DAYS",
               value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RELEASE_IDLE_DAYS)))]
         idle: u32,

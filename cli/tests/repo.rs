@@ -1091,6 +1091,26 @@ fn a_release_drops_archived_data_but_not_of_open_changed_or_recent_files() {
         flags(&c, "/data/out.bin"),
         HS_EXISTS | HS_ARCHIVED | HS_DIRTY
     );
+    // Exported again and moved out of its association: a handle opened there is counted
+    // too (the file still links to its object, so it may be released).
+    c.ok(&["task", "export", "/data/out.bin"]);
+    client.rename("/data/out.bin", "/moved.bin").unwrap();
+    let reader = client
+        .open("/moved.bin", &OpenOptions::new().read(true))
+        .unwrap();
+    let busy = client.release("/moved.bin", 0).unwrap_err();
+    assert_eq!(busy.errno(), libc::EBUSY, "{busy}");
+    drop(reader);
+    assert!(matches!(
+        client.release("/moved.bin", 0).unwrap(),
+        nacre::meta::repo::ReleaseOutcome::Released(_)
+    ));
+    let local = c.dir().join("moved.back");
+    c.ok(&["get", "/moved.bin", local.to_str().unwrap()]);
+    let mut want = data.clone();
+    want[5..8].copy_from_slice(b"new");
+    assert!(std::fs::read(&local).unwrap() == want);
+
     // The task asked with --idle keeps it.
     let id = recent
         .split_whitespace()
@@ -1123,24 +1143,40 @@ fn readers_racing_releases_read_the_file_bytes_never_holes() {
     let outcomes = std::sync::Mutex::new(Vec::new());
     let releaser = c.client();
     let readers = [c.client(), c.client()];
+    // The readers go on until the releaser has released the file under them a few times
+    // (or tried RELEASE_TRIES times), so releases do land between their handles.
+    const RELEASE_TRIES: usize = 2000;
+    const RELEASES: usize = 3;
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            for _ in 0..40 {
+            let mut released = 0;
+            for _ in 0..RELEASE_TRIES {
                 let outcome = match releaser.release("/data/hot.bin", 0) {
-                    Ok(done) => format!("{done:?}"),
+                    Ok(nacre::meta::repo::ReleaseOutcome::Released(_)) => {
+                        released += 1;
+                        "released".to_owned()
+                    }
+                    Ok(other) => format!("{other:?}"),
                     Err(e) => {
                         assert_eq!(e.errno(), libc::EBUSY, "{e}");
                         "busy".to_owned()
                     }
                 };
                 outcomes.lock().unwrap().push(outcome);
+                if released == RELEASES {
+                    break;
+                }
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         for (reader, client) in readers.into_iter().enumerate() {
-            let data = &data;
+            let (data, done) = (&data, &done);
             scope.spawn(move || {
                 let mut buf = vec![0u8; data.len()];
-                for round in 0..20 {
+                let mut round = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    round += 1;
                     let file = client
                         .open("/data/hot.bin", &OpenOptions::new().read(true))
                         .unwrap();
@@ -1164,6 +1200,10 @@ fn readers_racing_releases_read_the_file_bytes_never_holes() {
         *tally.entry(o).or_insert(0) += 1;
     }
     eprintln!("releases beside the readers: {tally:?}");
+    assert!(
+        tally.get("released").copied().unwrap_or(0) >= 1,
+        "no release landed beside the readers: {tally:?}"
+    );
     // No handle is left counted: the file is released now, and read right once more.
     let last = client.release("/data/hot.bin", 0).unwrap();
     assert!(
@@ -1268,11 +1308,10 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
     ]);
     assert_eq!(std::fs::read(&local).unwrap(), b"imported");
 
-    // A directory renamed: every object under it moves.
+    // A directory renamed: exported at its new place; its old objects are not deleted by
+    // prefix (objects there that no file was linked to would go too).
     client.rename("/data/dir", "/data/dir2").unwrap();
-    eventually("dir moved", || {
-        has(&["train/dir2/in.txt"], &["train/dir/in.txt"])
-    });
+    eventually("dir exported", || has(&["train/dir2/in.txt"], &[]));
 
     // Moved where it cannot be exported (a key longer than S3's 1024 bytes): its old
     // object stays, and the report says why.
@@ -1328,6 +1367,7 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
         [
             "keep/a.txt",
             "keep/b.txt",
+            "train/dir/in.txt",
             "train/dir2/in.txt",
             "train/new.txt"
         ]

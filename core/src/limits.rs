@@ -178,6 +178,9 @@ pub const HYDRATE_READAHEAD_CHUNKS: u64 = 8;
 /// larger size is refused (the chunk arithmetic stays far from overflow).
 pub const MAX_REPO_FILE_BYTES: u64 = 5 << 40;
 
+/// Most bytes of object keys one `KeysLinked` request carries (a longer list is asked in
+/// several): well within a message's body.
+pub const KEYS_LINKED_REQUEST_BYTES: usize = 48 << 10;
 /// The longest idle time a release task takes, in days (a hundred years).
 pub const MAX_RELEASE_IDLE_DAYS: u32 = 36_500;
 /// Tasks the metadata store keeps: creating one more drops the oldest finished one (and

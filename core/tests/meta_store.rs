@@ -1709,6 +1709,17 @@ fn a_release_waits_for_open_handles_and_leaves_what_is_not_archived_and_clean() 
         .mark_archived(&root(), "/data/f", assoc.id, "f", "\"e3\"", 1000)
         .unwrap();
     assert_errno(store.mark_released(&job), libc::EBUSY);
+    // Which objects a file still links to: an auto-export deletes only the others.
+    let keys = ["f".to_owned(), "gone".to_owned(), "f".to_owned()];
+    assert_eq!(
+        store.keys_linked(&root(), assoc.id, &keys).unwrap(),
+        [true, false, true]
+    );
+    assert_eq!(
+        store.keys_linked(&root(), assoc.id + 1, &keys).unwrap(),
+        [false, false, false]
+    );
+    assert_errno(store.keys_linked(&alice(), assoc.id, &keys), libc::EPERM);
 
     // Every start has a number of its own.
     let first = store.instance();

@@ -10,13 +10,14 @@
 //! ending in `/`. Their files' keys carry the tree; an empty directory is not exported.
 //!
 //! An auto-export of a path that is gone (unlinked, or renamed away: the service queued it
-//! because it was linked to an object) deletes its object, and every object under it for a
-//! directory, when the association's auto-export events include `deleted`.
+//! because it was linked to an object) deletes the object at its key, when the
+//! association's auto-export events include `deleted` and no file links to that object any
+//! more. A directory's objects are not deleted by prefix: objects under it that no file
+//! was linked to (never imported) stay, and so do those of a directory renamed.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
-use futures::TryStreamExt;
 use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
 use nacre::{Client, OpenOptions};
 use object_store::{
@@ -48,23 +49,43 @@ pub struct ExportReport {
     pub deleted: u64,
     /// Paths gone, left (auto-export without `deleted`).
     pub gone: u64,
+    /// Paths gone whose object a file still links to: kept.
+    pub kept: u64,
     /// Paths not exported, and why.
     pub failed: Vec<ImportFailure>,
+}
+
+/// Whether an auto-export may delete the object of a path it finds gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Yes (with the association's `deleted` event).
+    Allowed,
+    /// No: an export of the same task failed before (a renamed released file's only copy
+    /// may be the old object); a report line says so.
+    Refused,
+    /// No: a file still links to the object (moved, not exported at its new path yet).
+    Kept,
+    /// If no file links to the object: the service is asked first.
+    Ask,
 }
 
 impl ExportReport {
     /// Paths handled so far: uploaded, unchanged, deleted, gone or failed.
     pub fn handled(&self) -> u64 {
-        self.exported + self.unchanged + self.deleted + self.gone + self.failed.len() as u64
+        self.exported
+            + self.unchanged
+            + self.deleted
+            + self.gone
+            + self.kept
+            + self.failed.len() as u64
     }
 }
 
 /// Exports the files at and under `paths` (within `assoc`) that are new or dirty, or every
 /// one with `force` (an auto-export after a close: a close racing an export that read the
 /// file before the close's writes may find it marked clean). With `force`, a path that is
-/// gone has its objects deleted when the association asks (`deleted`) and `may_delete`
-/// (nothing of the task failed before: a renamed released file's only copy may be the old
-/// object).
+/// gone has its object deleted when the association asks (`deleted`) and `deletion`
+/// allows it.
 /// `progress(report so far)` is called before each file or directory; when it breaks, the
 /// export stops there (a canceled task).
 pub fn export(
@@ -73,7 +94,7 @@ pub fn export(
     assoc: &Association,
     paths: &[String],
     force: bool,
-    may_delete: bool,
+    deletion: Deletion,
     mut progress: impl FnMut(&ExportReport) -> ControlFlow<()>,
 ) -> Result<ExportReport, RepoError> {
     let mut report = ExportReport::default();
@@ -89,7 +110,22 @@ pub fn export(
                     report.gone += 1;
                     continue;
                 }
-                if !may_delete {
+                let linked = match (deletion, assoc.key_of(&path)) {
+                    (Deletion::Kept, _) => true,
+                    (Deletion::Ask, Some(key)) => match client.keys_linked(assoc.id, &[key]) {
+                        Ok(held) => held.first() == Some(&true),
+                        Err(e) => {
+                            report.failed.push(failure(&path, "InternalError", e));
+                            continue;
+                        }
+                    },
+                    _ => false,
+                };
+                if linked {
+                    report.kept += 1;
+                    continue;
+                }
+                if deletion == Deletion::Refused {
                     report.failed.push(failure(
                         &path,
                         "InternalError",
@@ -133,28 +169,17 @@ pub fn export(
     Ok(report)
 }
 
-/// Deletes the object at `path`'s key and every object under it (a directory's files):
-/// `path` is gone from the namespace.
+/// Deletes the object at `path`'s key: `path` is gone from the namespace, and no file
+/// links to the object (the caller asked the service).
 fn delete_objects(s3: &S3Access, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
-    let s3_failed = |e: object_store::Error| failure(path, "S3Error", e);
-    let at = location(&key);
-    let under: Vec<_> = s3
-        .block_on(store.list(Some(&at)).try_collect::<Vec<_>>())
-        .map_err(|e| failure(path, "InternalError", e))?
-        .map_err(s3_failed)?;
-    for object in under {
-        s3.block_on(store.delete(&object.location))
-            .map_err(|e| failure(path, "InternalError", e))?
-            .map_err(s3_failed)?;
-    }
     // S3 answers a delete of a key it does not hold as done.
-    s3.block_on(store.delete(&at))
+    s3.block_on(store.delete(&location(&key)))
         .map_err(|e| failure(path, "InternalError", e))?
-        .map_err(s3_failed)?;
+        .map_err(|e| failure(path, "S3Error", e))?;
     nacre::transport::log_line!(
         "nacre meta: deleted s3://{}/{key} ({path} is gone)",
         assoc.bucket

@@ -19,7 +19,7 @@ pub mod s3;
 pub mod task;
 
 pub use error::RepoError;
-pub use export::{ExportReport, export};
+pub use export::{Deletion, ExportReport, export};
 pub use import::{ImportFailure, ImportReport, import, import_events};
 pub use mover::{Mover, S3Access};
 pub use task::run_tasks;

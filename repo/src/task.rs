@@ -15,6 +15,7 @@ use nacre::meta::store::TaskEnd;
 use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use nacre::{Client, OpenOptions};
 
+use crate::export::Deletion;
 use crate::import::ImportFailure;
 use crate::limits::{RESTORE_PARALLEL, TASK_END_TRIES, TASK_POLL_MS, TASK_UPDATE_MS};
 use crate::mover::S3Access;
@@ -292,7 +293,19 @@ fn run_export(
     } else {
         (task.paths.iter().collect(), Vec::new())
     };
-    for path in here.into_iter().chain(gone) {
+    // Objects that a file still links to (moved, and not exported at its new path yet; or
+    // moved out of its association) are not deleted: they may be a released file's only
+    // copy. Those of the paths gone are asked for together once the paths there are
+    // exported (an export links the file to its new object); a path there that is gone by
+    // its turn is asked for alone.
+    let here_count = here.len();
+    let every: Vec<&String> = here.into_iter().chain(gone).collect();
+    let mut kept = 0;
+    let mut still_linked = std::collections::HashSet::new();
+    for (i, &path) in every.iter().enumerate() {
+        if force && i == here_count {
+            still_linked = linked_keys(client, &all, &every[here_count..])?;
+        }
         let assoc = match association_of(&all, path) {
             Ok(assoc) => assoc,
             Err(e) if only => return Err(e),
@@ -301,24 +314,37 @@ fn run_export(
                 continue;
             }
         };
-        let summary = |exported: u64, bytes: u64, unchanged: u64, deleted: u64, failed: u64| {
-            let deleted = if deleted > 0 {
-                format!(", {deleted} deleted")
-            } else {
-                String::new()
+        let summary = |exported: u64,
+                       bytes: u64,
+                       unchanged: u64,
+                       deleted: u64,
+                       kept: u64,
+                       failed: u64| {
+            let deleted = match (deleted, kept) {
+                (0, 0) => String::new(),
+                (d, 0) => format!(", {d} deleted"),
+                (d, k) => format!(", {d} deleted, {k} kept (a file links to them)"),
             };
             format!(
                 "{exported} files ({bytes} bytes), {unchanged} unchanged{deleted}, {failed} failed"
             )
         };
-        let may_delete = r.counts.failed == 0;
+        let deletion = if r.counts.failed > 0 {
+            Deletion::Refused
+        } else if i < here_count {
+            Deletion::Ask
+        } else if still_linked.contains(path.as_str()) {
+            Deletion::Kept
+        } else {
+            Deletion::Allowed
+        };
         let report = export(
             client,
             s3,
             assoc,
             std::slice::from_ref(path),
             force,
-            may_delete,
+            deletion,
             |so_far| {
                 r.counts.done = base.1 + so_far.handled();
                 r.counts.total = r.counts.done + 1;
@@ -328,6 +354,7 @@ fn run_export(
                     r.counts.bytes,
                     unchanged + so_far.unchanged,
                     deleted + so_far.deleted,
+                    kept + so_far.kept,
                     r.counts.failed + so_far.failed.len() as u64,
                 );
                 r.tick()
@@ -351,6 +378,7 @@ fn run_export(
         exported += report.exported;
         unchanged += report.unchanged;
         deleted += report.deleted;
+        kept += report.kept;
         r.counts.bytes = base.0 + report.bytes;
         r.counts.done = base.1 + report.handled();
         r.counts.total = r.counts.done;
@@ -360,6 +388,7 @@ fn run_export(
             r.counts.bytes,
             unchanged,
             deleted,
+            kept,
             r.counts.failed,
         );
         if r.canceled {
@@ -367,6 +396,35 @@ fn run_export(
         }
     }
     Ok(())
+}
+
+/// Those of the `gone` paths whose object (at the path's key) a file still links to.
+fn linked_keys<'p>(
+    client: &Client,
+    all: &[Association],
+    gone: &[&'p String],
+) -> Result<std::collections::HashSet<&'p str>, String> {
+    let mut linked = std::collections::HashSet::new();
+    for assoc in all {
+        let (paths, keys): (Vec<&str>, Vec<String>) = gone
+            .iter()
+            .filter_map(|p| Some((p.as_str(), assoc.key_of(p)?)))
+            .unzip();
+        if keys.is_empty() {
+            continue;
+        }
+        let held = client
+            .keys_linked(assoc.id, &keys)
+            .map_err(|e| e.to_string())?;
+        linked.extend(
+            paths
+                .into_iter()
+                .zip(held)
+                .filter(|(_, h)| *h)
+                .map(|(p, _)| p),
+        );
+    }
+    Ok(linked)
 }
 
 /// Every file at or under `paths`; what cannot be read is a report line.

@@ -9,7 +9,7 @@ use nacre_transport::wire::{Extent, Opcode};
 use super::{Client, File, FileInner};
 use crate::codec::Reader;
 use crate::error::Error;
-use crate::limits::HYDRATE_REQUEST_BYTES;
+use crate::limits::{HYDRATE_REQUEST_BYTES, KEYS_LINKED_REQUEST_BYTES};
 use crate::meta::proto::MetaRequest;
 use crate::meta::repo::{
     AssocState, Association, HS_RELEASED, ImportOutcome, ImportedFile, ReleaseOutcome,
@@ -114,6 +114,41 @@ impl Client {
             size,
         };
         self.meta_call(&request, |r| r.u32("hsm flags"))
+    }
+
+    /// Which of `keys` of association `repo` a file still links to (root only), in order:
+    /// asked in requests of at most [`KEYS_LINKED_REQUEST_BYTES`] of keys.
+    pub fn keys_linked(&self, repo: u32, keys: &[String]) -> Result<Vec<bool>, Error> {
+        let mut held = Vec::with_capacity(keys.len());
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take(crate::limits::MAX_TASK_PATHS)
+                .take_while(|k| {
+                    bytes += k.len() + 4;
+                    bytes <= KEYS_LINKED_REQUEST_BYTES
+                })
+                .count()
+                .max(1);
+            let request = MetaRequest::KeysLinked {
+                repo,
+                keys: rest[..n].to_vec(),
+            };
+            let page = self.meta_call(&request, |r| {
+                let count = r.u32("keys")?;
+                if count as usize != n {
+                    return Err(r.bad_value("keys", u64::from(count), "one per key asked"));
+                }
+                (0..n)
+                    .map(|_| Ok(r.u8("held")? == 1))
+                    .collect::<Result<Vec<bool>, _>>()
+            })?;
+            held.extend(page);
+            rest = &rest[n..];
+        }
+        Ok(held)
     }
 
     /// Releases the file at `path` (root only): drops its data from the targets when it is

@@ -251,6 +251,15 @@ pub enum MetaRequest {
         /// The handle was open for writing: the file is dirty again, and may be exported.
         wrote: bool,
     },
+    /// Which of `keys` of association `repo` a file's record still holds (root only): an
+    /// auto-export deletes only objects no file needs. The reply is a count and a byte (1:
+    /// held) per key, in order.
+    KeysLinked {
+        /// The association.
+        repo: u32,
+        /// Object keys, at most [`MAX_TASK_PATHS`](crate::limits::MAX_TASK_PATHS).
+        keys: Vec<String>,
+    },
     /// Releases the file at `path` (root only): its data is dropped from the targets if it
     /// is archived, unchanged, not accessed for `idle_days` and no handle is open on it
     /// (`EBUSY` otherwise); the reply is a
@@ -347,6 +356,7 @@ impl MetaRequest {
             MetaRequest::TaskUpdate { .. } => "task update",
             MetaRequest::Closed { .. } => "close",
             MetaRequest::Release { .. } => "release",
+            MetaRequest::KeysLinked { .. } => "keys linked",
         }
     }
 
@@ -385,6 +395,7 @@ impl MetaRequest {
             | MetaRequest::TaskCancel { .. }
             | MetaRequest::TaskClaim
             | MetaRequest::TaskUpdate { .. }
+            | MetaRequest::KeysLinked { .. }
             | MetaRequest::Statfs => "",
         }
     }
@@ -424,6 +435,7 @@ impl MetaRequest {
             MetaRequest::TaskUpdate { .. } => 31,
             MetaRequest::Closed { .. } => 32,
             MetaRequest::Release { .. } => 33,
+            MetaRequest::KeysLinked { .. } => 34,
         }
     }
 
@@ -560,6 +572,13 @@ impl MetaRequest {
             }
             MetaRequest::Release { path, idle_days } => {
                 Writer::new(out).str(path).u32(*idle_days);
+            }
+            MetaRequest::KeysLinked { repo, keys } => {
+                let mut w = Writer::new(out);
+                w.u32(*repo).u32(keys.len() as u32);
+                for k in keys {
+                    w.str(k);
+                }
             }
             MetaRequest::TaskUpdate {
                 id,
@@ -742,7 +761,16 @@ impl MetaRequest {
                 path: get_path(&mut r, "path")?,
                 idle_days: crate::meta::task::idle_days(&mut r)?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 33")),
+            34 => {
+                let repo = r.u32("repo")?;
+                let n = r.count("keys", crate::limits::MAX_TASK_PATHS, 4)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(r.str("key", MAX_S3_KEY_BYTES)?.to_owned());
+                }
+                MetaRequest::KeysLinked { repo, keys }
+            }
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 34")),
         };
         r.finish()?;
         Ok((cred, request))

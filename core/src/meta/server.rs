@@ -259,12 +259,17 @@ fn execute(
             let (attr, created) = store.create(cred, path, *mode, *exclusive, layout.as_ref())?;
             attr.encode(out);
             out.push(u8::from(created));
-            repo_flags(store, path, &attr, true, out)?;
+            repo_flags(store, &attr, true, out)?;
         }
         MetaRequest::Open { path, access } => {
             let attr = store.open_file(cred, path, *access)?;
             attr.encode(out);
-            repo_flags(store, path, &attr, *access != Access::Read, out)?;
+            repo_flags(store, &attr, *access != Access::Read, out)?;
+        }
+        MetaRequest::KeysLinked { repo, keys } => {
+            let held = store.keys_linked(cred, *repo, keys)?;
+            Writer::new(out).u32(held.len() as u32);
+            out.extend(held.into_iter().map(u8::from));
         }
         MetaRequest::Release { path, idle_days } => {
             match store.release_plan(cred, path, *idle_days)? {
@@ -450,18 +455,19 @@ fn deletion_noticed(store: &MetaStore, gone: Option<&str>, to: Option<&str>) {
 
 /// Ends an open's reply with the HSM flags of an imported file (nothing for another); an
 /// open for writing marks it dirty first. Its released chunks are fetched as they are read
-/// or written, not here. An open of any file under an association adds a byte (1) and this
-/// start's number ([`MetaStore::instance`]) after the flags (0 for a file never imported):
+/// or written, not here. While any association exists, an open of any file adds a byte
+/// (1) and this start's number ([`MetaStore::instance`]) after the flags (0 for a file never imported):
 /// its handle is counted open (a release waits for none to be), and the client sends
 /// [`MetaRequest::Closed`] when it is closed (dirty again, auto-export, the count down).
 fn repo_flags(
     store: &MetaStore,
-    path: &str,
     attr: &Attr,
     write: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), MetaError> {
-    let notice = store.has_associations() && store.association_over(path)?.is_some();
+    // Every open while an association exists: a file moved into an association, or out of
+    // one (keeping its link to its object), is released by the same rules.
+    let notice = store.has_associations();
     if notice {
         // Counted before the flags are read: a release either sees the handle or has
         // marked the file released by then (and this open's reads fetch what they need).

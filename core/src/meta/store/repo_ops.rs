@@ -379,6 +379,45 @@ impl MetaStore {
         }))
     }
 
+    /// Which of `keys` of association `repo` an imported or exported file's record still
+    /// holds (root only), in order: one pass over the records, whatever the count.
+    pub fn keys_linked(
+        &self,
+        cred: &Cred,
+        repo: u32,
+        keys: &[String],
+    ) -> Result<Vec<bool>, MetaError> {
+        root_only(cred, "/", "ask which objects are linked")?;
+        let mut held = vec![false; keys.len()];
+        if keys.is_empty() || !self.has_repo_files.load(Ordering::Acquire) {
+            return Ok(held);
+        }
+        let wanted: std::collections::HashMap<&str, Vec<usize>> =
+            keys.iter()
+                .enumerate()
+                .fold(Default::default(), |mut m, (i, k)| {
+                    m.entry(k.as_str()).or_insert_with(Vec::new).push(i);
+                    m
+                });
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(REPO_FILES)?;
+            for item in table.range::<u64>(..)? {
+                let (_, value) = item?;
+                let record = RepoFile::from_bytes(value.value())?;
+                if record.repo == repo
+                    && let Some(at) = wanted.get(record.key.as_str())
+                {
+                    for &i in at {
+                        held[i] = true;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(held)
+    }
+
     /// The association the imported or exported file at `path` belongs to; one unlinked
     /// since is [`MetaError::Repository`].
     pub(super) fn association_of_file(
