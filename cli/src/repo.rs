@@ -8,7 +8,8 @@ use std::io::IsTerminal;
 use nacre::Client;
 use nacre::limits::{DEFAULT_REPO_CHUNK_BYTES, MAX_RELEASE_IDLE_DAYS};
 use nacre::meta::repo::{
-    AssocState, Association, event_names, hsm_flag_names, parse_events, parse_s3_url,
+    AssocState, Association, HS_DIRTY, HS_NORELEASE, event_names, hsm_flag_names, parse_events,
+    parse_s3_url,
 };
 use nacre::meta::task::{Task, TaskFailure, TaskKind, TaskState};
 use nacre_repo::S3Access;
@@ -168,6 +169,49 @@ pub(crate) enum HsmCommand {
         /// The file.
         path: String,
     },
+    /// Set HSM flags of an imported or exported file, as `lfs hsm_set` (its owner or root).
+    Set {
+        #[command(flatten)]
+        meta: MetaArg,
+        #[command(flatten)]
+        flags: HsmFlagArgs,
+        /// The file.
+        path: String,
+    },
+    /// Clear HSM flags of an imported or exported file, as `lfs hsm_clear`.
+    Clear {
+        #[command(flatten)]
+        meta: MetaArg,
+        #[command(flatten)]
+        flags: HsmFlagArgs,
+        /// The file.
+        path: String,
+    },
+}
+
+/// The flags `nacre hsm set` and `clear` take.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = true)]
+pub(crate) struct HsmFlagArgs {
+    /// Never release the file (`task release` leaves it).
+    #[arg(long)]
+    norelease: bool,
+    /// The repository's copy is old: the next export takes the file, and no release does.
+    #[arg(long)]
+    dirty: bool,
+}
+
+impl HsmFlagArgs {
+    fn bits(&self) -> u32 {
+        let mut bits = 0;
+        if self.norelease {
+            bits |= HS_NORELEASE;
+        }
+        if self.dirty {
+            bits |= HS_DIRTY;
+        }
+        bits
+    }
 }
 
 /// Runs `nacre repo`.
@@ -577,6 +621,22 @@ pub(crate) fn hsm(command: HsmCommand) -> Result<(), Failure> {
             if let Some(url) = object {
                 outln!("{path}: object {url}");
             }
+            Ok(())
+        }
+        HsmCommand::Set { meta, flags, path } => {
+            let after = meta.connect()?.hsm_set(&path, flags.bits(), 0)?;
+            outln!(
+                "{path}: ({after:#010x}) {}",
+                hsm_flag_names(after).join(" ")
+            );
+            Ok(())
+        }
+        HsmCommand::Clear { meta, flags, path } => {
+            let after = meta.connect()?.hsm_set(&path, 0, flags.bits())?;
+            outln!(
+                "{path}: ({after:#010x}) {}",
+                hsm_flag_names(after).join(" ")
+            );
             Ok(())
         }
     }

@@ -1044,6 +1044,27 @@ fn a_release_drops_archived_data_but_not_of_open_changed_or_recent_files() {
     );
     assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
 
+    // Marked never to be released, then cleared (its owner may, as with lfs hsm_set).
+    let set = c.ok(&["hsm", "set", "--norelease", "/data/out.bin"]);
+    assert!(
+        set.contains("(0x00000019) exists archived norelease"),
+        "{set}"
+    );
+    let kept = c.ok(&["task", "release", "/data/out.bin"]);
+    assert!(kept.contains("1 marked norelease"), "{kept}");
+    // Marked dirty by hand: exported again, and norelease stays.
+    c.ok(&["hsm", "set", "--dirty", "/data/out.bin"]);
+    let again = c.ok(&["task", "export", "/data/out.bin"]);
+    assert!(again.contains("1 files"), "{again}");
+    assert_eq!(
+        flags(&c, "/data/out.bin"),
+        HS_EXISTS | HS_ARCHIVED | 0x10,
+        "norelease stays across an export"
+    );
+    let bad = c.nacre(&["hsm", "set", "/data/out.bin"]);
+    assert_eq!(bad.status.code(), Some(2), "a flag is required");
+    c.ok(&["hsm", "clear", "--norelease", "/data/out.bin"]);
+    assert_eq!(flags(&c, "/data/out.bin"), HS_EXISTS | HS_ARCHIVED);
     let done = c.ok(&["task", "release", "/data/out.bin"]);
     assert!(
         done.contains(&format!("1 files released ({} bytes)", data.len())),

@@ -151,6 +151,11 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
         ),
         (path(), 0..=nacre::limits::MAX_RELEASE_IDLE_DAYS)
             .prop_map(|(path, idle_days)| MetaRequest::Release { path, idle_days }),
+        (path(), any::<u32>(), any::<u32>()).prop_map(|(path, set, clear)| MetaRequest::HsmSet {
+            path,
+            set,
+            clear
+        }),
         (any::<u32>(), prop::collection::vec("[ -~]{0,40}", 0..5))
             .prop_map(|(repo, keys)| MetaRequest::KeysLinked { repo, keys }),
     ]

@@ -1709,6 +1709,28 @@ fn a_release_waits_for_open_handles_and_leaves_what_is_not_archived_and_clean() 
         .mark_archived(&root(), "/data/f", assoc.id, "f", "\"e3\"", 1000)
         .unwrap();
     assert_errno(store.mark_released(&job), libc::EBUSY);
+    // The owner's flags: norelease keeps it; only its owner or root; only those flags; only
+    // files linked to an object.
+    use nacre::meta::repo::HS_NORELEASE;
+    assert_errno(
+        store.hsm_set(&alice(), "/data/f", HS_NORELEASE, 0),
+        libc::EPERM,
+    );
+    assert_errno(
+        store.hsm_set(&root(), "/data/f", HS_RELEASED, 0),
+        libc::EINVAL,
+    );
+    assert_errno(
+        store.hsm_set(&root(), "/data/only-here", HS_NORELEASE, 0),
+        libc::EINVAL,
+    );
+    store.hsm_set(&root(), "/data/f", 0, HS_DIRTY).unwrap();
+    let flags = store.hsm_set(&root(), "/data/f", HS_NORELEASE, 0).unwrap();
+    assert_eq!(flags, HS_EXISTS | HS_ARCHIVED | HS_NORELEASE);
+    assert_eq!(
+        skipped("/data/f", 0),
+        Some(ReleaseOutcome::Skipped(ReleaseSkip::NoRelease))
+    );
     // Which objects a file still links to: an auto-export deletes only the others.
     let keys = ["f".to_owned(), "gone".to_owned(), "f".to_owned()];
     assert_eq!(

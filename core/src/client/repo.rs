@@ -96,6 +96,17 @@ impl Client {
         })
     }
 
+    /// Sets `set` and clears `clear` of the HSM flags of `path` (`HS_NORELEASE`,
+    /// `HS_DIRTY`; its owner or root), as `lfs hsm_set` and `hsm_clear`; its flags after.
+    pub fn hsm_set(&self, path: &str, set: u32, clear: u32) -> Result<u32, Error> {
+        let request = MetaRequest::HsmSet {
+            path: path.into(),
+            set,
+            clear,
+        };
+        self.meta_call(&request, |r| r.u32("hsm flags"))
+    }
+
     /// Records that `path` was exported as object `key` at `etag` of association `repo`
     /// (root only); its HSM flags after (archived, not dirty).
     pub fn mark_archived(

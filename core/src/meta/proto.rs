@@ -260,6 +260,17 @@ pub enum MetaRequest {
         /// Object keys, at most [`MAX_TASK_PATHS`](crate::limits::MAX_TASK_PATHS).
         keys: Vec<String>,
     },
+    /// Sets and clears the user-settable HSM flags of the file at `path` (its owner or root:
+    /// [`HS_USER_MASK`](crate::meta::repo::HS_USER_MASK), as `lfs hsm_set`); the reply is
+    /// the flags after.
+    HsmSet {
+        /// The file.
+        path: String,
+        /// Flags to set.
+        set: u32,
+        /// Flags to clear.
+        clear: u32,
+    },
     /// Releases the file at `path` (root only): its data is dropped from the targets if it
     /// is archived, unchanged, not accessed for `idle_days` and no handle is open on it
     /// (`EBUSY` otherwise); the reply is a
@@ -357,6 +368,7 @@ impl MetaRequest {
             MetaRequest::Closed { .. } => "close",
             MetaRequest::Release { .. } => "release",
             MetaRequest::KeysLinked { .. } => "keys linked",
+            MetaRequest::HsmSet { .. } => "hsm set",
         }
     }
 
@@ -380,7 +392,8 @@ impl MetaRequest {
             | MetaRequest::Hydrate { path, .. }
             | MetaRequest::Archived { path, .. }
             | MetaRequest::Closed { path, .. }
-            | MetaRequest::Release { path, .. } => path,
+            | MetaRequest::Release { path, .. }
+            | MetaRequest::HsmSet { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
             MetaRequest::ImportFile { file } => &file.path,
@@ -436,6 +449,7 @@ impl MetaRequest {
             MetaRequest::Closed { .. } => 32,
             MetaRequest::Release { .. } => 33,
             MetaRequest::KeysLinked { .. } => 34,
+            MetaRequest::HsmSet { .. } => 35,
         }
     }
 
@@ -572,6 +586,9 @@ impl MetaRequest {
             }
             MetaRequest::Release { path, idle_days } => {
                 Writer::new(out).str(path).u32(*idle_days);
+            }
+            MetaRequest::HsmSet { path, set, clear } => {
+                Writer::new(out).str(path).u32(*set).u32(*clear);
             }
             MetaRequest::KeysLinked { repo, keys } => {
                 let mut w = Writer::new(out);
@@ -770,7 +787,12 @@ impl MetaRequest {
                 }
                 MetaRequest::KeysLinked { repo, keys }
             }
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 34")),
+            35 => MetaRequest::HsmSet {
+                path: get_path(&mut r, "path")?,
+                set: r.u32("set")?,
+                clear: r.u32("clear")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 35")),
         };
         r.finish()?;
         Ok((cred, request))

@@ -26,6 +26,9 @@ pub const HS_ARCHIVED: u32 = 0x8;
 pub const HS_NORELEASE: u32 = 0x10;
 /// Lustre's `HS_LOST`: the repository's copy is gone (or changed under a released file).
 pub const HS_LOST: u32 = 0x40;
+/// The flags a file's owner may set and clear (`nacre hsm set`; Lustre's `HSM_USER_MASK`
+/// without `NOARCHIVE`, which Nacre has no use for yet).
+pub const HS_USER_MASK: u32 = HS_NORELEASE | HS_DIRTY;
 
 /// The names of `flags` as `lfs hsm_state` prints them, in its order.
 pub fn hsm_flag_names(flags: u32) -> Vec<&'static str> {

@@ -266,6 +266,10 @@ fn execute(
             attr.encode(out);
             repo_flags(store, &attr, *access != Access::Read, out)?;
         }
+        MetaRequest::HsmSet { path, set, clear } => {
+            let flags = store.hsm_set(cred, path, *set, *clear)?;
+            out.extend_from_slice(&flags.to_le_bytes());
+        }
         MetaRequest::KeysLinked { repo, keys } => {
             let held = store.keys_linked(cred, *repo, keys)?;
             Writer::new(out).u32(held.len() as u32);

@@ -10,8 +10,8 @@ use redb::ReadableTable;
 
 use super::{MetaStore, now_ns};
 use crate::meta::repo::{
-    HS_ARCHIVED, HS_DIRTY, HS_LOST, HS_NORELEASE, HS_RELEASED, HydrateJob, ReleaseOutcome,
-    ReleaseSkip, RepoFile,
+    HS_ARCHIVED, HS_DIRTY, HS_LOST, HS_NORELEASE, HS_RELEASED, HS_USER_MASK, HydrateJob,
+    ReleaseOutcome, ReleaseSkip, RepoFile,
 };
 use crate::meta::types::{Cred, MetaError};
 
@@ -53,6 +53,43 @@ impl MetaStore {
 
     fn handles(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
         self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets `set` and clears `clear` of the file's HSM flags (only [`HS_USER_MASK`] ones; its
+    /// owner or root); its flags after. The file must be imported or exported: the flags
+    /// live with its link to its object.
+    pub fn hsm_set(&self, cred: &Cred, path: &str, set: u32, clear: u32) -> Result<u32, MetaError> {
+        let bad = (set | clear) & !HS_USER_MASK;
+        if bad != 0 {
+            return Err(MetaError::Invalid {
+                field: "hsm flags",
+                value: format!("{bad:#x}"),
+                allowed: "norelease and dirty".into(),
+            });
+        }
+        let attr = self.lookup(cred, path)?;
+        if !cred.is_root() && cred.uid != attr.uid {
+            return Err(MetaError::Perm {
+                path: path.to_owned(),
+                reason: "only its owner or root may set its HSM flags".into(),
+            });
+        }
+        self.write(|tx| {
+            let mut record = match tx.repo_files.get(attr.ino)? {
+                Some(guard) => RepoFile::from_bytes(guard.value())?,
+                None => {
+                    return Err(MetaError::Invalid {
+                        field: "path",
+                        value: path.to_owned(),
+                        allowed: "a file imported from or exported to a data repository".into(),
+                    });
+                }
+            };
+            record.flags = (record.flags | set) & !clear;
+            tx.repo_files
+                .insert(attr.ino, record.to_bytes().as_slice())?;
+            Ok(record.flags)
+        })
     }
 
     /// What releasing the file at `path` takes (root only): the job naming it, its

@@ -11,8 +11,8 @@ use crate::limits::{
     MIN_REPO_CHUNK_BYTES,
 };
 use crate::meta::repo::{
-    AssocState, Association, HS_DIRTY, HS_LOST, HydrateJob, ImportOutcome, ImportedFile, RepoFile,
-    under,
+    AssocState, Association, HS_DIRTY, HS_LOST, HS_NORELEASE, HydrateJob, ImportOutcome,
+    ImportedFile, RepoFile, under,
 };
 use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
 
@@ -495,6 +495,15 @@ impl MetaStore {
         // Before the record can be seen: an open after it must look.
         self.has_repo_files.store(true, Ordering::Release);
         self.write(|tx| {
+            // An administrator's norelease stays across exports.
+            let kept = match tx.repo_files.get(attr.ino)? {
+                Some(guard) => RepoFile::from_bytes(guard.value())?.flags & HS_NORELEASE,
+                None => 0,
+            };
+            let record = RepoFile {
+                flags: record.flags | kept,
+                ..record.clone()
+            };
             tx.repo_files
                 .insert(attr.ino, record.to_bytes().as_slice())?;
             Ok(record.flags)
