@@ -88,7 +88,10 @@ for ((r = 1; r <= reps; r++)); do
     "$NACRE_BIN" mkdir "/u$r/small"
     "$NACRE_BIN" put "$work/set/large.bin" "/u$r/large.bin"
     for ((i = 0; i < small; i++)); do "$NACRE_BIN" put "$work/set/small/f$i" "/u$r/small/f$i"; done
-    t=$(now); "$NACRE_BIN" task export "/u$r" >/dev/null; record nacreup "$t"
+    t=$(now)
+    "$NACRE_BIN" task export "/u$r" >"$work/export.out" ||
+        { cat "$work/export.out" >&2; die "the export of round $r failed (its report is above)"; }
+    record nacreup "$t"
     cmp <("${aws[@]}" s3 cp --quiet "s3://bench/up-nacre-$r/large.bin" -) "$work/set/large.bin" \
         || die "the exported large file differs"
     "$NACRE_BIN" repo unlink "/u$r" >/dev/null
