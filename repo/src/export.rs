@@ -134,7 +134,7 @@ pub fn export(
                     ));
                     continue;
                 }
-                match delete_objects(s3, assoc, &path) {
+                match delete_object(s3, assoc, &path) {
                     Ok(()) => report.deleted += 1,
                     Err(f) => report.failed.push(f),
                 }
@@ -171,7 +171,7 @@ pub fn export(
 
 /// Deletes the object at `path`'s key: `path` is gone from the namespace, and no file
 /// links to the object (the caller asked the service).
-fn delete_objects(s3: &S3Access, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
+fn delete_object(s3: &S3Access, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;

@@ -607,8 +607,8 @@ pub struct MetaStore {
     has_repos: AtomicBool,
     /// This start's number (see [`MetaStore::instance`]).
     instance: u64,
-    /// Handles open on files under an association, by inode, counted from their opens to
-    /// their close notices (in memory: see `release_ops`).
+    /// Handles open while associations exist, by inode, counted from their opens to their
+    /// close notices (in memory: see `release_ops`).
     handles: Mutex<HashMap<u64, u32>>,
 }
 

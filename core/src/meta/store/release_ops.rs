@@ -1,7 +1,7 @@
 //! Releases (decision 0022): the data of an archived, unchanged file is dropped from its
 //! targets and fetched again on its next read. A client reads a file it holds open straight
-//! from the targets, so a file is released only while no handle is open on it: opens of
-//! files under an association are counted here, in memory, until their close notice.
+//! from the targets, so a file is released only while no handle is open on it: while any
+//! association exists, every open is counted here, in memory, until its close notice.
 
 use std::collections::HashMap;
 use std::sync::{MutexGuard, PoisonError};
@@ -26,7 +26,7 @@ impl MetaStore {
         self.instance
     }
 
-    /// A handle on file `ino` was opened (a file under an association): it counts until its
+    /// A handle on file `ino` was opened (while associations exist): it counts until its
     /// close notice.
     pub fn handle_opened(&self, ino: u64) {
         *self.handles().entry(ino).or_default() += 1;
@@ -74,22 +74,12 @@ impl MetaStore {
                 reason: "only its owner or root may set its HSM flags".into(),
             });
         }
-        self.write(|tx| {
-            let mut record = match tx.repo_files.get(attr.ino)? {
-                Some(guard) => RepoFile::from_bytes(guard.value())?,
-                None => {
-                    return Err(MetaError::Invalid {
-                        field: "path",
-                        value: path.to_owned(),
-                        allowed: "a file imported from or exported to a data repository".into(),
-                    });
-                }
-            };
-            record.flags = (record.flags | set) & !clear;
-            tx.repo_files
-                .insert(attr.ino, record.to_bytes().as_slice())?;
-            Ok(record.flags)
-        })
+        self.change_flags(attr.ino, set, clear, |_| true)?
+            .ok_or_else(|| MetaError::Invalid {
+                field: "path",
+                value: path.to_owned(),
+                allowed: "a file imported from or exported to a data repository".into(),
+            })
     }
 
     /// What releasing the file at `path` takes (root only): the job naming it, its

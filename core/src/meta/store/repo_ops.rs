@@ -513,36 +513,38 @@ impl MetaStore {
     /// Marks file `ino` lost if it still holds object version `etag` (a fetch of that
     /// version found it changed or gone); its flags after.
     pub fn mark_lost(&self, ino: u64, etag: &str) -> Result<u32, MetaError> {
-        self.set_flags(ino, HS_LOST, |r| r.etag == etag)
+        Ok(self
+            .change_flags(ino, HS_LOST, 0, |r| r.etag == etag)?
+            .unwrap_or(0))
     }
 
     /// Adds `flags` to file `ino`'s (an imported file's only); its flags after.
     pub fn add_hsm_flags(&self, ino: u64, flags: u32) -> Result<u32, MetaError> {
-        self.set_flags(ino, flags, |_| true)
+        Ok(self.change_flags(ino, flags, 0, |_| true)?.unwrap_or(0))
     }
 
-    /// Adds `flags` to file `ino`'s record when `when` holds for it (written only if that
-    /// changes them); its flags after, 0 for a file not imported.
-    fn set_flags(
+    /// Adds `set` to and takes `clear` from file `ino`'s flags when `when` holds for its
+    /// record (written only if that changes them); its flags after, `None` for a file not
+    /// imported or exported.
+    pub(super) fn change_flags(
         &self,
         ino: u64,
-        flags: u32,
+        set: u32,
+        clear: u32,
         when: impl FnOnce(&RepoFile) -> bool,
-    ) -> Result<u32, MetaError> {
+    ) -> Result<Option<u32>, MetaError> {
         self.write(|tx| {
             let record = match tx.repo_files.get(ino)? {
                 Some(guard) => RepoFile::from_bytes(guard.value())?,
-                None => return Ok(0),
+                None => return Ok(None),
             };
-            if !when(&record) || record.flags & flags == flags {
-                return Ok(record.flags);
+            let flags = (record.flags | set) & !clear;
+            if !when(&record) || flags == record.flags {
+                return Ok(Some(record.flags));
             }
-            let record = RepoFile {
-                flags: record.flags | flags,
-                ..record
-            };
+            let record = RepoFile { flags, ..record };
             tx.repo_files.insert(ino, record.to_bytes().as_slice())?;
-            Ok(record.flags)
+            Ok(Some(flags))
         })
     }
 }

@@ -156,13 +156,18 @@ impl MetaStore {
     /// exported; changed: archived before) it joins the pending auto-export task. Whether it
     /// was queued. A path that names another file since (renamed over) is left alone.
     pub fn file_closed(&self, cred: &Cred, path: &str, ino: u64) -> Result<bool, MetaError> {
+        // Every close of a written file comes here while associations exist: one outside
+        // them is left at once.
+        let full = NsPath::parse("path", path)?.full();
+        let Some(assoc) = self.association_over(&full)? else {
+            return Ok(false);
+        };
         // Unlinked or renamed while open: nothing to export at that path.
         let attr = match self.lookup(cred, path) {
             Ok(attr) => attr,
             Err(MetaError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let full = NsPath::parse("path", path)?.full();
         if attr.ino != ino || attr.is_dir() {
             return Ok(false);
         }
@@ -174,9 +179,6 @@ impl MetaStore {
             Err(MetaError::Access { .. } | MetaError::Perm { .. }) => return Ok(false),
             Err(e) => return Err(e),
         }
-        let Some(assoc) = self.association_over(&full)? else {
-            return Ok(false);
-        };
         let flags = match self.repo_file(ino)? {
             Some(_) => self.add_hsm_flags(ino, HS_DIRTY)?,
             None => 0,
