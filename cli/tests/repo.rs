@@ -184,7 +184,14 @@ fn an_import_brings_files_and_directories_with_their_attributes_and_reads_fetch_
         Some("file-permissions=0100640,file-owner=1001,file-group=2002,file-mtime=1700000000123456789ns"),
     );
     s3.put(c.dir(), "data1", "train/sub/deep/big.bin", &big, None);
-    s3.put(c.dir(), "data1", "train/empty/", b"", None);
+    // A directory marker with FSx's metadata.
+    s3.put(
+        c.dir(),
+        "data1",
+        "train/empty/",
+        b"",
+        Some("file-permissions=0040700,file-owner=7,file-group=8"),
+    );
     s3.put(
         c.dir(),
         "data1",
@@ -208,7 +215,9 @@ fn an_import_brings_files_and_directories_with_their_attributes_and_reads_fetch_
     let st = client.stat("/data/sub/deep/big.bin").unwrap();
     assert_eq!(st.size_bytes, big.len() as u64);
     assert_eq!((st.attr.mode, st.attr.uid), (0o755, 0));
-    assert!(client.attr("/data/empty").unwrap().is_dir());
+    let empty = client.attr("/data/empty").unwrap();
+    assert!(empty.is_dir());
+    assert_eq!((empty.mode, empty.uid, empty.gid), (0o700, 7, 8));
     assert!(client.attr("/data/sub/deep").unwrap().is_dir());
     assert!(client.attr("/data/outside.txt").is_err());
     assert_eq!(
@@ -558,7 +567,30 @@ fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them
     assert_eq!(flags(&c, "/data/out/small.txt"), 0);
     let out = c.ok(&["task", "export", "/data"]);
     assert!(out.contains("2 files"), "{out}");
-    assert!(out.contains("1 unchanged"), "{out}");
+    assert!(out.contains("1 directories, 1 unchanged"), "{out}");
+    // The directory is a marker object with its metadata, as FSx writes it.
+    client.chown("/data/out", Some(42), None).unwrap();
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(
+        out.contains("0 files (0 bytes), 1 directories, 3 unchanged"),
+        "{out}"
+    );
+    let head = s3.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "data9",
+        "--key",
+        "train/out/",
+    ]);
+    assert!(head.contains("\"file-permissions\": \"0040755\""), "{head}");
+    assert!(head.contains("\"file-owner\": \"42\""), "{head}");
+    assert!(head.contains("\"ContentLength\": 0"), "{head}");
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(
+        out.contains("0 files (0 bytes), 0 directories, 3 unchanged"),
+        "{out}"
+    );
 
     let head = s3.aws(&[
         "s3api",
@@ -1329,10 +1361,43 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
     ]);
     assert_eq!(std::fs::read(&local).unwrap(), b"imported");
 
-    // A directory renamed: exported at its new place; its old objects are not deleted by
-    // prefix (objects there that no file was linked to would go too).
+    // A directory renamed: exported at its new place, marker and all, and the objects its
+    // files were linked to are deleted; one that no file was linked to (put after the
+    // import) stays: nothing is deleted by prefix.
+    s3.put(
+        c.dir(),
+        "data16",
+        "train/dir/unseen.txt",
+        b"never imported",
+        None,
+    );
     client.rename("/data/dir", "/data/dir2").unwrap();
-    eventually("dir exported", || has(&["train/dir2/in.txt"], &[]));
+    eventually("dir moved", || {
+        has(
+            &["train/dir2/", "train/dir2/in.txt", "train/dir/unseen.txt"],
+            &["train/dir/in.txt"],
+        )
+    });
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://data16/train/dir2/in.txt",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"in a directory");
+    // A directory removed: its marker goes.
+    client.mkdir("/data/dir2/sub", 0o750).unwrap();
+    let file = client.create("/data/dir2/sub/f", 0o644, None).unwrap();
+    file.write_at(b"f", 0).unwrap();
+    drop(file);
+    eventually("sub/f exported", || has(&["train/dir2/sub/f"], &[]));
+    c.ok(&["task", "export", "/data/dir2/sub"]);
+    assert!(has(&["train/dir2/sub/"], &[]));
+    client.unlink("/data/dir2/sub/f").unwrap();
+    client.rmdir("/data/dir2/sub").unwrap();
+    eventually("sub removed", || {
+        has(&[], &["train/dir2/sub/", "train/dir2/sub/f"])
+    });
 
     // Moved where it cannot be exported (a key longer than S3's 1024 bytes): its old
     // object stays, and the report says why.
@@ -1388,7 +1453,8 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
         [
             "keep/a.txt",
             "keep/b.txt",
-            "train/dir/in.txt",
+            "train/dir/unseen.txt",
+            "train/dir2/",
             "train/dir2/in.txt",
             "train/new.txt"
         ]

@@ -6,23 +6,31 @@
 //! than S3 allows, a file larger than an object may be) is reported per path and the export
 //! goes on.
 //!
-//! Directories are not written as `dir/` marker objects: object_store cannot name a key
-//! ending in `/`. Their files' keys carry the tree; an empty directory is not exported.
+//! A directory (below the association's own) is written as FSx writes it: an empty marker
+//! object at `dir/` with the directory's POSIX metadata, put again only when that
+//! metadata changed. A file moved since its object was written (renamed, or its directory
+//! renamed) is exported at its new key even when clean.
 //!
-//! An auto-export of a path that is gone (unlinked, or renamed away: the service queued it
-//! because it was linked to an object) deletes the object at its key, when the
-//! association's auto-export events include `deleted` and no file links to that object any
-//! more. A directory's objects are not deleted by prefix: objects under it that no file
-//! was linked to (never imported) stay, and so do those of a directory renamed.
+//! With the association's auto-export events including `deleted`:
+//! - a file moved is exported at its new key, then the object it was linked to is deleted,
+//!   unless a file still links to it. This is how a directory rename moves every object
+//!   under it: the objects of files that were linked to them, and no others.
+//! - a path that is gone (unlinked, or renamed away: the service queued it because it was
+//!   linked to an object, or a directory) has its object, and its directory marker,
+//!   deleted, when no file links to that object any more.
+//!
+//! Objects under a directory that no file was linked to (never imported) stay: nothing is
+//! deleted by prefix.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
 use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
+use nacre::meta::types::Attr;
 use nacre::{Client, OpenOptions};
 use object_store::{
-    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload,
 };
 
 use crate::error::RepoError;
@@ -30,8 +38,8 @@ use crate::import::{ImportFailure, failure};
 use crate::limits::{
     MAX_OBJECT_BYTES, MAX_PARTS, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL,
 };
-use crate::mover::{S3Access, location};
-use crate::posix::{TYPE_FILE, metadata_of};
+use crate::mover::{S3Access, location, marker_location};
+use crate::posix::{TYPE_DIR, TYPE_FILE, metadata_of};
 
 /// The longest key S3 takes, in bytes.
 const MAX_KEY_BYTES: usize = 1024;
@@ -45,6 +53,8 @@ pub struct ExportReport {
     pub bytes: u64,
     /// Files archived already and not written since.
     pub unchanged: u64,
+    /// Directory markers put (new directories, or their metadata changed).
+    pub dirs: u64,
     /// Paths gone whose objects were deleted (auto-export with `deleted`).
     pub deleted: u64,
     /// Paths gone, left (auto-export without `deleted`).
@@ -70,10 +80,26 @@ pub enum Deletion {
 }
 
 impl ExportReport {
-    /// Paths handled so far: uploaded, unchanged, deleted, gone or failed.
+    /// This report's counts and failures with `other`'s added.
+    pub fn plus(&self, other: &ExportReport) -> ExportReport {
+        ExportReport {
+            exported: self.exported + other.exported,
+            bytes: self.bytes + other.bytes,
+            unchanged: self.unchanged + other.unchanged,
+            dirs: self.dirs + other.dirs,
+            deleted: self.deleted + other.deleted,
+            gone: self.gone + other.gone,
+            kept: self.kept + other.kept,
+            failed: self.failed.iter().chain(&other.failed).cloned().collect(),
+        }
+    }
+
+    /// Paths handled so far: uploaded, unchanged, directories put, deleted, gone or
+    /// failed.
     pub fn handled(&self) -> u64 {
         self.exported
             + self.unchanged
+            + self.dirs
             + self.deleted
             + self.gone
             + self.kept
@@ -134,8 +160,8 @@ pub fn export(
                     ));
                     continue;
                 }
-                match delete_object(s3, assoc, &path) {
-                    Ok(()) => report.deleted += 1,
+                match delete_gone(s3, assoc, &path) {
+                    Ok(deleted) => report.deleted += deleted,
                     Err(f) => report.failed.push(f),
                 }
                 continue;
@@ -146,6 +172,17 @@ pub fn export(
             }
         };
         if attr.is_dir() {
+            // The association's own directory is the prefix: no marker of its own.
+            if assoc
+                .key_of(&path)
+                .is_some_and(|key| key.len() > assoc.prefix.len())
+            {
+                match export_dir(s3, assoc, &path, &attr) {
+                    Ok(true) => report.dirs += 1,
+                    Ok(false) => {}
+                    Err(f) => report.failed.push(f),
+                }
+            }
             match client.readdir(&path) {
                 Ok(entries) => {
                     let base = path.trim_end_matches('/');
@@ -158,53 +195,197 @@ pub fn export(
             continue;
         }
         match export_file(client, s3, assoc, &path, force) {
-            Ok(Some(bytes)) => {
+            Ok(Exported::Uploaded { bytes, moved_from }) => {
                 report.exported += 1;
                 report.bytes += bytes;
+                if let Some(old) = moved_from
+                    && force
+                    && assoc.auto_export & EVENT_DELETED != 0
+                {
+                    match delete_moved(client, s3, assoc, &path, &old) {
+                        Ok(deleted) => report.deleted += u64::from(deleted),
+                        Err(f) => report.failed.push(f),
+                    }
+                }
             }
-            Ok(None) => report.unchanged += 1,
+            Ok(Exported::Unchanged) => report.unchanged += 1,
             Err(f) => report.failed.push(f),
         }
     }
     Ok(report)
 }
 
-/// Deletes the object at `path`'s key: `path` is gone from the namespace, and no file
-/// links to the object (the caller asked the service).
-fn delete_object(s3: &S3Access, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
+/// Deletes the object at `path`'s key and the directory marker there, those S3 holds:
+/// `path` is gone from the namespace, and no file links to the object (the caller asked the
+/// service). How many it deleted.
+fn delete_gone(s3: &S3Access, assoc: &Association, path: &str) -> Result<u64, ImportFailure> {
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
-    // S3 answers a delete of a key it does not hold as done.
-    s3.block_on(store.delete(&location(&key)))
+    let mut deleted = 0;
+    for (at, shown) in [
+        (location(&key), key.clone()),
+        (marker_location(&key), format!("{key}/")),
+    ] {
+        // S3 answers a delete of a key it does not hold as done: asked first, so that the
+        // count is of objects that were there (a moved file's old object may be gone
+        // already, deleted after its export).
+        match s3
+            .block_on(store.head(&at))
+            .map_err(|e| failure(path, "InternalError", e))?
+        {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(failure(path, "S3Error", e)),
+        }
+        s3.block_on(store.delete(&at))
+            .map_err(|e| failure(path, "InternalError", e))?
+            .map_err(|e| failure(path, "S3Error", e))?;
+        nacre::transport::log_line!(
+            "nacre meta: deleted s3://{}/{shown} ({path} is gone)",
+            assoc.bucket
+        );
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// Deletes `old`, the object the file now at `path` was linked to before it moved and was
+/// exported at its new key, unless a file still links to it. Whether it did.
+fn delete_moved(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    path: &str,
+    old: &str,
+) -> Result<bool, ImportFailure> {
+    let held = client
+        .keys_linked(assoc.id, &[old.to_owned()])
+        .map_err(|e| failure(path, "InternalError", e))?;
+    if held.first() != Some(&false) {
+        return Ok(false);
+    }
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    s3.block_on(store.delete(&location(old)))
         .map_err(|e| failure(path, "InternalError", e))?
         .map_err(|e| failure(path, "S3Error", e))?;
     nacre::transport::log_line!(
-        "nacre meta: deleted s3://{}/{key} ({path} is gone)",
+        "nacre meta: deleted s3://{}/{old} ({path} moved)",
         assoc.bucket
     );
-    Ok(())
+    Ok(true)
 }
 
-/// Uploads one file if it is new or dirty: the bytes it uploaded, `None` when it was
-/// archived and clean.
+/// Puts the marker of the directory at `path` (`key/`, empty, with the directory's POSIX
+/// metadata) unless S3 holds one with that metadata already. Whether it put one.
+fn export_dir(
+    s3: &S3Access,
+    assoc: &Association,
+    path: &str,
+    attr: &Attr,
+) -> Result<bool, ImportFailure> {
+    let key = assoc
+        .key_of(path)
+        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+    if key.len() + 1 > MAX_KEY_BYTES {
+        return Err(failure(
+            path,
+            "PathSizeTooLong",
+            format!(
+                "its marker's key is {} bytes, over S3's {MAX_KEY_BYTES}",
+                key.len() + 1
+            ),
+        ));
+    }
+    let metadata = metadata_of(
+        TYPE_DIR | attr.mode,
+        attr.uid,
+        attr.gid,
+        attr.atime_ns,
+        attr.mtime_ns,
+    );
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let at = marker_location(&key);
+    let options = GetOptions {
+        head: true,
+        ..GetOptions::default()
+    };
+    match s3
+        .block_on(store.get_opts(&at, options))
+        .map_err(|e| failure(path, "InternalError", e))?
+    {
+        Ok(got) => {
+            let same = metadata.iter().all(|(k, v)| {
+                got.attributes
+                    .get(&Attribute::Metadata(k.clone().into()))
+                    .is_some_and(|have| have.as_ref() == v)
+            });
+            if same {
+                return Ok(false);
+            }
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(failure(path, "S3Error", e)),
+    }
+    let options = PutOptions {
+        attributes: attributes_of(metadata),
+        ..PutOptions::default()
+    };
+    s3.block_on(store.put_opts(&at, PutPayload::new(), options))
+        .map_err(|e| failure(path, "InternalError", e))?
+        .map_err(|e| failure(path, "S3Error", e))?;
+    Ok(true)
+}
+
+/// The S3 attributes of FSx's POSIX `metadata`, with the user agent FSx writes beside it.
+fn attributes_of(metadata: Vec<(String, String)>) -> Attributes {
+    let mut attributes = Attributes::new();
+    for (k, v) in metadata {
+        attributes.insert(Attribute::Metadata(k.into()), AttributeValue::from(v));
+    }
+    attributes.insert(
+        Attribute::Metadata("user-agent".into()),
+        AttributeValue::from("nacre"),
+    );
+    attributes
+}
+
+/// What exporting a file did.
+enum Exported {
+    /// It was archived, clean and not moved: left.
+    Unchanged,
+    /// It was uploaded (`bytes`); `moved_from`: the key of the object it was linked to
+    /// before, when that was another of the association's.
+    Uploaded {
+        bytes: u64,
+        moved_from: Option<String>,
+    },
+}
+
+/// Uploads one file if it is new, dirty or moved.
 fn export_file(
     client: &Client,
     s3: &S3Access,
     assoc: &Association,
     path: &str,
     force: bool,
-) -> Result<Option<u64>, ImportFailure> {
-    let (flags, _) = client
+) -> Result<Exported, ImportFailure> {
+    let (flags, url) = client
         .hsm_state(path)
         .map_err(|e| failure(path, "InternalError", e))?;
-    if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 {
-        return Ok(None);
-    }
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+    let bucket = format!("s3://{}/", assoc.bucket);
+    let moved_from = url
+        .as_deref()
+        .and_then(|u| u.strip_prefix(bucket.as_str()))
+        .filter(|old| old.starts_with(assoc.prefix.as_str()) && *old != key)
+        .map(str::to_owned);
+    if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 && moved_from.is_none() {
+        return Ok(Exported::Unchanged);
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(failure(
             path,
@@ -225,14 +406,13 @@ fn export_file(
         ));
     }
     let a = &st.attr;
-    let mut attributes = Attributes::new();
-    for (k, v) in metadata_of(TYPE_FILE | a.mode, a.uid, a.gid, a.atime_ns, a.mtime_ns) {
-        attributes.insert(Attribute::Metadata(k.into()), AttributeValue::from(v));
-    }
-    attributes.insert(
-        Attribute::Metadata("user-agent".into()),
-        AttributeValue::from("nacre"),
-    );
+    let attributes = attributes_of(metadata_of(
+        TYPE_FILE | a.mode,
+        a.uid,
+        a.gid,
+        a.atime_ns,
+        a.mtime_ns,
+    ));
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
     let at = location(&key);
     let read = |offset: u64, len: u64| -> Result<Vec<u8>, ImportFailure> {
@@ -313,5 +493,8 @@ fn export_file(
     client
         .mark_archived(path, assoc.id, &key, &etag, size)
         .map_err(|e| failure(path, "InternalError", e))?;
-    Ok(Some(size))
+    Ok(Exported::Uploaded {
+        bytes: size,
+        moved_from,
+    })
 }

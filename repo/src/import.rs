@@ -20,7 +20,7 @@ use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 
 use crate::error::RepoError;
 use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS, MAX_OBJECT_BYTES};
-use crate::mover::S3Access;
+use crate::mover::{S3Access, marker_location};
 use crate::posix::{TYPE_DIR, TYPE_SYMLINK, attrs_of};
 
 /// One path an import could not bring in.
@@ -55,9 +55,9 @@ pub struct ImportReport {
 struct Listed {
     meta: ObjectMeta,
     user: HashMap<String, String>,
-    /// A directory marker (a key ending in `/`). object_store drops a key's trailing `/`,
-    /// so a marker shows as an empty object that a HEAD of its name does not find: its
-    /// metadata cannot be read through it, and it imports as a directory with defaults.
+    /// A directory marker (a key ending in `/`). object_store's listing drops a key's
+    /// trailing `/`, so a marker shows as an empty object that a HEAD of its name does not
+    /// find; its metadata is read by a HEAD of the marker's own key.
     marker: bool,
 }
 
@@ -114,13 +114,24 @@ fn list(
                     head: true,
                     ..GetOptions::default()
                 };
-                let got = match store.get_opts(&meta.location, options).await {
-                    Ok(got) => got,
+                let mut marker = false;
+                let got = match store.get_opts(&meta.location, options.clone()).await {
+                    Ok(got) => Ok(got),
                     Err(object_store::Error::NotFound { .. }) if meta.size == 0 => {
+                        marker = true;
+                        let at = marker_location(meta.location.as_ref());
+                        store.get_opts(&at, options).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let got = match got {
+                    Ok(got) => got,
+                    // Listed, then gone: a directory with defaults, as before its HEAD.
+                    Err(object_store::Error::NotFound { .. }) if marker => {
                         return Ok(Listed {
                             meta,
                             user: HashMap::new(),
-                            marker: true,
+                            marker,
                         });
                     }
                     Err(e) => {
@@ -137,11 +148,7 @@ fn list(
                         user.insert(key.to_string(), value.to_string());
                     }
                 }
-                Ok(Listed {
-                    meta,
-                    user,
-                    marker: false,
-                })
+                Ok(Listed { meta, user, marker })
             }
         }))
         .buffer_unordered(HEAD_PARALLEL)
@@ -258,9 +265,7 @@ pub fn import_events(
             dirs.entry(p.to_owned()).or_insert(None);
             parent = p;
         }
-        if item.marker {
-            dirs.entry(path).or_insert(None);
-        } else if is_dir {
+        if is_dir {
             dirs.insert(path, Some(item.user));
         } else {
             files.push((path, item));

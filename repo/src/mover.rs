@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use nacre::Client;
 use nacre::meta::repo::{Association, FetchError, HydrateJob, Repository};
 use object_store::aws::AmazonS3;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{GetOptions, GetRange, ObjectStore};
 
 use crate::error::RepoError;
@@ -104,6 +104,12 @@ impl<T> Drop for Window<T> {
 /// The object key as object_store names it.
 pub fn location(key: &str) -> Path {
     Path::parse(key).unwrap_or_else(|_| Path::from(key))
+}
+
+/// The key of a directory's marker object, `key/`, as object_store names it: parsing drops
+/// a trailing `/`, and a path keeps one only as an empty last part.
+pub fn marker_location(key: &str) -> Path {
+    location(key.trim_end_matches('/')).join(PathPart::from(""))
 }
 
 /// The repository mover of a metadata service (see the module's documentation).

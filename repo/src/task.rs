@@ -15,7 +15,7 @@ use nacre::meta::store::TaskEnd;
 use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use nacre::{Client, OpenOptions};
 
-use crate::export::Deletion;
+use crate::export::{Deletion, ExportReport};
 use crate::import::ImportFailure;
 use crate::limits::{RESTORE_PARALLEL, TASK_END_TRIES, TASK_POLL_MS, TASK_UPDATE_MS};
 use crate::mover::S3Access;
@@ -282,8 +282,8 @@ fn run_export(
     r: &mut Reporter<'_>,
 ) -> Result<(), String> {
     let all = client.repo_list().map_err(|e| e.to_string())?;
-    let (mut exported, mut unchanged, mut deleted) = (0, 0, 0);
-    let mut base = (0, 0);
+    // What the paths before this one did (their failures are in `r`).
+    let mut total = ExportReport::default();
     let only = task.paths.len() == 1;
     let force = task.kind == TaskKind::AutoExport;
     // Paths that are there first, those gone (deletions) after: a released file renamed
@@ -300,7 +300,6 @@ fn run_export(
     // its turn is asked for alone.
     let here_count = here.len();
     let every: Vec<&String> = here.into_iter().chain(gone).collect();
-    let mut kept = 0;
     let mut still_linked = std::collections::HashSet::new();
     for (i, &path) in every.iter().enumerate() {
         if force && i == here_count {
@@ -313,21 +312,6 @@ fn run_export(
                 r.fail(&crate::import::failure(path, "InternalError", e));
                 continue;
             }
-        };
-        let summary = |exported: u64,
-                       bytes: u64,
-                       unchanged: u64,
-                       deleted: u64,
-                       kept: u64,
-                       failed: u64| {
-            let deleted = match (deleted, kept) {
-                (0, 0) => String::new(),
-                (d, 0) => format!(", {d} deleted"),
-                (d, k) => format!(", {d} deleted, {k} kept (a file links to them)"),
-            };
-            format!(
-                "{exported} files ({bytes} bytes), {unchanged} unchanged{deleted}, {failed} failed"
-            )
         };
         let deletion = if r.counts.failed > 0 {
             Deletion::Refused
@@ -346,17 +330,12 @@ fn run_export(
             force,
             deletion,
             |so_far| {
-                r.counts.done = base.1 + so_far.handled();
+                let now = total.plus(so_far);
+                r.counts.done = now.handled() + r.counts.failed;
                 r.counts.total = r.counts.done + 1;
-                r.counts.bytes = base.0 + so_far.bytes;
-                r.counts.summary = summary(
-                    exported + so_far.exported,
-                    r.counts.bytes,
-                    unchanged + so_far.unchanged,
-                    deleted + so_far.deleted,
-                    kept + so_far.kept,
-                    r.counts.failed + so_far.failed.len() as u64,
-                );
+                r.counts.bytes = now.bytes;
+                r.counts.summary =
+                    export_summary(&now, r.counts.failed + so_far.failed.len() as u64);
                 r.tick()
             },
         );
@@ -375,27 +354,32 @@ fn run_export(
         for f in &report.failed {
             r.fail(f);
         }
-        exported += report.exported;
-        unchanged += report.unchanged;
-        deleted += report.deleted;
-        kept += report.kept;
-        r.counts.bytes = base.0 + report.bytes;
-        r.counts.done = base.1 + report.handled();
+        total = total.plus(&ExportReport {
+            failed: Vec::new(),
+            ..report
+        });
+        r.counts.bytes = total.bytes;
+        r.counts.done = total.handled() + r.counts.failed;
         r.counts.total = r.counts.done;
-        base = (r.counts.bytes, r.counts.done);
-        r.counts.summary = summary(
-            exported,
-            r.counts.bytes,
-            unchanged,
-            deleted,
-            kept,
-            r.counts.failed,
-        );
+        r.counts.summary = export_summary(&total, r.counts.failed);
         if r.canceled {
             break;
         }
     }
     Ok(())
+}
+
+/// The summary line of an export task: what `total` did, and `failed` paths.
+fn export_summary(total: &ExportReport, failed: u64) -> String {
+    let deleted = match (total.deleted, total.kept) {
+        (0, 0) => String::new(),
+        (d, 0) => format!(", {d} deleted"),
+        (d, k) => format!(", {d} deleted, {k} kept (a file links to them)"),
+    };
+    format!(
+        "{} files ({} bytes), {} directories, {} unchanged{deleted}, {failed} failed",
+        total.exported, total.bytes, total.dirs, total.unchanged
+    )
 }
 
 /// Those of the `gone` paths whose object (at the path's key) a file still links to.

@@ -296,7 +296,14 @@ fn execute(
             }
             return Ok(targets_of(Some(removed)));
         }
-        MetaRequest::Rmdir { path } => store.rmdir(cred, path)?,
+        MetaRequest::Rmdir { path } => {
+            // A directory's marker object goes with it (auto-export with `deleted`).
+            let linked = store.linked_to_object(cred, path)?;
+            store.rmdir(cred, path)?;
+            if linked {
+                deletion_noticed(store, Some(path), None);
+            }
+        }
         MetaRequest::Rename { from, to } => {
             let linked = store.linked_to_object(cred, from)?;
             let replaced = store.rename(cred, from, to)?;
@@ -446,10 +453,10 @@ fn execute(
     Ok(Vec::new())
 }
 
-/// Queues what an unlink or rename of a linked file means for auto-export
-/// ([`MetaStore::path_gone`]). The namespace has changed already: a failure here is
-/// logged, not the request's (the next export of the new path still takes it; the old
-/// object stays).
+/// Queues what an unlink, rmdir or rename of a linked file (or a directory) means for
+/// auto-export ([`MetaStore::path_gone`]). The namespace has changed already: a failure
+/// here is logged, not the request's (the next export of the new path still takes it; the
+/// old object stays).
 fn deletion_noticed(store: &MetaStore, gone: Option<&str>, to: Option<&str>) {
     if let Err(e) = store.path_gone(gone, to) {
         let what = gone.or(to).unwrap_or_default();
