@@ -413,7 +413,9 @@ fn export_file(
         a.atime_ns,
         a.mtime_ns,
     ));
-    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let store = s3
+        .upload_store(assoc)
+        .map_err(|e| failure(path, "S3Error", e))?;
     let at = location(&key);
     let read = |offset: u64, len: u64| -> Result<Vec<u8>, ImportFailure> {
         let mut buf = vec![0u8; len as usize];

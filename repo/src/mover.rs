@@ -13,7 +13,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 
 use crate::error::RepoError;
 use crate::limits::{FETCH_PARALLEL, RUNTIME_THREADS};
-use crate::s3::{credentials, is_lost, store_for};
+use crate::s3::{Purpose, credentials, is_lost, store_for};
 
 /// What reaching S3 takes in one process: a runtime to drive object_store, and a client
 /// per association (made when first needed, with the credentials of that moment).
@@ -21,7 +21,7 @@ pub struct S3Access {
     /// Started at the first request: a metadata service that never reaches S3 runs no
     /// threads for it.
     runtime: OnceLock<tokio::runtime::Runtime>,
-    stores: Mutex<HashMap<(u32, String), Arc<AmazonS3>>>,
+    stores: Mutex<HashMap<(u32, String, Purpose), Arc<AmazonS3>>>,
 }
 
 impl std::fmt::Debug for S3Access {
@@ -53,17 +53,31 @@ impl S3Access {
         Ok(self.runtime.get_or_init(|| rt))
     }
 
-    /// The client of `assoc`'s bucket.
+    /// The client of `assoc`'s bucket for every request but uploads.
     pub fn store(&self, assoc: &Association) -> Result<Arc<AmazonS3>, RepoError> {
+        self.client_for(assoc, Purpose::Requests)
+    }
+
+    /// The client of `assoc`'s bucket for uploads (PUTs of files and parts).
+    pub fn upload_store(&self, assoc: &Association) -> Result<Arc<AmazonS3>, RepoError> {
+        self.client_for(assoc, Purpose::Uploads)
+    }
+
+    fn client_for(
+        &self,
+        assoc: &Association,
+        purpose: Purpose,
+    ) -> Result<Arc<AmazonS3>, RepoError> {
         let key = (
             assoc.id,
             format!("{}|{:?}|{:?}", assoc.url(), assoc.endpoint, assoc.region),
+            purpose,
         );
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(store) = stores.get(&key) {
             return Ok(Arc::clone(store));
         }
-        let store = store_for(assoc, &credentials()?)?;
+        let store = store_for(assoc, &credentials()?, purpose)?;
         stores.insert(key, Arc::clone(&store));
         Ok(store)
     }

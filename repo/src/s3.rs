@@ -16,7 +16,20 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use crate::error::RepoError;
 use crate::limits::{
     S3_CONNECT_TIMEOUT_MS, S3_MAX_RETRIES, S3_REQUEST_TIMEOUT_MS, S3_RETRY_TIMEOUT_MS,
+    S3_UPLOAD_RETRY_TIMEOUT_MS, S3_UPLOAD_STALL_MS, S3_UPLOAD_TIMEOUT_MS,
 };
+
+/// What a client of a bucket is for: its timeouts differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Listings, HEADs, GETs of chunks, deletes: each bounded by [`S3_REQUEST_TIMEOUT_MS`]
+    /// (a reader may be waiting).
+    Requests,
+    /// PUTs of files and parts: bounded by [`S3_UPLOAD_TIMEOUT_MS`] in all and
+    /// [`S3_UPLOAD_STALL_MS`] without progress; a slow server takes a part longer than a
+    /// request's bound.
+    Uploads,
+}
 
 /// The region when neither the association nor the environment names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -97,10 +110,18 @@ pub fn region_of(assoc: &Association) -> String {
         .unwrap_or_else(|| DEFAULT_REGION.into())
 }
 
-/// A client of the association's bucket.
-pub fn store_for(assoc: &Association, creds: &Credentials) -> Result<Arc<AmazonS3>, RepoError> {
-    let options = ClientOptions::new()
-        .with_timeout(Duration::from_millis(S3_REQUEST_TIMEOUT_MS))
+/// A client of the association's bucket, for `purpose`.
+pub fn store_for(
+    assoc: &Association,
+    creds: &Credentials,
+    purpose: Purpose,
+) -> Result<Arc<AmazonS3>, RepoError> {
+    let (timeout, retry_timeout) = match purpose {
+        Purpose::Requests => (S3_REQUEST_TIMEOUT_MS, S3_RETRY_TIMEOUT_MS),
+        Purpose::Uploads => (S3_UPLOAD_TIMEOUT_MS, S3_UPLOAD_RETRY_TIMEOUT_MS),
+    };
+    let mut options = ClientOptions::new()
+        .with_timeout(Duration::from_millis(timeout))
         .with_connect_timeout(Duration::from_millis(S3_CONNECT_TIMEOUT_MS))
         .with_allow_http(
             assoc
@@ -108,10 +129,13 @@ pub fn store_for(assoc: &Association, creds: &Credentials) -> Result<Arc<AmazonS
                 .as_deref()
                 .is_some_and(|e| e.starts_with("http://")),
         );
+    if purpose == Purpose::Uploads {
+        options = options.with_read_timeout(Duration::from_millis(S3_UPLOAD_STALL_MS));
+    }
     let retry = RetryConfig {
         backoff: BackoffConfig::default(),
         max_retries: S3_MAX_RETRIES,
-        retry_timeout: Duration::from_millis(S3_RETRY_TIMEOUT_MS),
+        retry_timeout: Duration::from_millis(retry_timeout),
     };
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&assoc.bucket)
