@@ -1385,18 +1385,42 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
         local.to_str().unwrap(),
     ]);
     assert_eq!(std::fs::read(&local).unwrap(), b"in a directory");
-    // A directory removed: its marker goes.
-    client.mkdir("/data/dir2/sub", 0o750).unwrap();
-    let file = client.create("/data/dir2/sub/f", 0o644, None).unwrap();
+    // A directory renamed: its markers, nested ones too, move; removed: its marker goes.
+    client.mkdir("/data/dir2/old", 0o750).unwrap();
+    client.mkdir("/data/dir2/old/deeper", 0o700).unwrap();
+    let file = client.create("/data/dir2/old/f", 0o644, None).unwrap();
     file.write_at(b"f", 0).unwrap();
     drop(file);
-    eventually("sub/f exported", || has(&["train/dir2/sub/f"], &[]));
-    c.ok(&["task", "export", "/data/dir2/sub"]);
-    assert!(has(&["train/dir2/sub/"], &[]));
+    eventually("old/f exported", || has(&["train/dir2/old/f"], &[]));
+    c.ok(&["task", "export", "/data/dir2/old"]);
+    assert!(has(&["train/dir2/old/", "train/dir2/old/deeper/"], &[]));
+    client.rename("/data/dir2/old", "/data/dir2/sub").unwrap();
+    eventually("old moved to sub", || {
+        has(
+            &[
+                "train/dir2/sub/",
+                "train/dir2/sub/deeper/",
+                "train/dir2/sub/f",
+            ],
+            &[
+                "train/dir2/old/",
+                "train/dir2/old/deeper/",
+                "train/dir2/old/f",
+            ],
+        )
+    });
     client.unlink("/data/dir2/sub/f").unwrap();
+    client.rmdir("/data/dir2/sub/deeper").unwrap();
     client.rmdir("/data/dir2/sub").unwrap();
     eventually("sub removed", || {
-        has(&[], &["train/dir2/sub/", "train/dir2/sub/f"])
+        has(
+            &[],
+            &[
+                "train/dir2/sub/",
+                "train/dir2/sub/deeper/",
+                "train/dir2/sub/f",
+            ],
+        )
     });
 
     // Moved where it cannot be exported (a key longer than S3's 1024 bytes): its old
@@ -1459,4 +1483,58 @@ fn unlinks_and_renames_are_auto_exported_as_deletions_only_when_asked() {
             "train/new.txt"
         ]
     );
+}
+
+#[test]
+fn swapped_released_files_keep_their_bytes_through_auto_export() {
+    let Some(moto) = s3_available("auto-export-swap") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-swap");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "data17"]);
+    let (a, b) = (
+        fill(3, 0, 3 * CHUNK as usize + 5),
+        fill(4, 0, 2 * CHUNK as usize),
+    );
+    s3.put(c.dir(), "data17", "train/a", &a, None);
+    s3.put(c.dir(), "data17", "train/b", &b, None);
+    c.ok(&["mkdir", "/data"]);
+    c.ok(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://data17/train",
+        "--endpoint",
+        &s3.endpoint,
+        "--chunk-size",
+        &CHUNK.to_string(),
+        "--auto-export",
+        "new,changed,deleted",
+        "--import-now",
+    ]);
+    let client = c.client();
+    // Released both; swapped through a third name. Each export of a file at the other's
+    // old key would overwrite that file's only copy: it must wait, or the other go first.
+    client.rename("/data/a", "/data/tmp").unwrap();
+    client.rename("/data/b", "/data/a").unwrap();
+    client.rename("/data/tmp", "/data/b").unwrap();
+    eventually("every auto-export ended", || {
+        client
+            .task_list()
+            .unwrap()
+            .iter()
+            .all(|t| !matches!(t.state, TaskState::Pending | TaskState::Executing))
+    });
+    let read = |path: &str| {
+        let file = client.open(path, &OpenOptions::new().read(true)).unwrap();
+        let mut buf = vec![0u8; 4 * CHUNK as usize];
+        let n = file.read_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    assert!(read("/data/a") == b, "/data/a holds b's bytes");
+    assert!(read("/data/b") == a, "/data/b holds a's bytes");
+    assert_eq!(flags(&c, "/data/a") & HS_LOST, 0);
+    assert_eq!(flags(&c, "/data/b") & HS_LOST, 0);
 }

@@ -23,6 +23,8 @@
 //! deleted by prefix.
 
 use std::collections::VecDeque;
+
+use futures::TryStreamExt;
 use std::ops::ControlFlow;
 
 use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
@@ -55,7 +57,8 @@ pub struct ExportReport {
     pub unchanged: u64,
     /// Directory markers put (new directories, or their metadata changed).
     pub dirs: u64,
-    /// Paths gone whose objects were deleted (auto-export with `deleted`).
+    /// Objects deleted (auto-export with `deleted`): of paths gone, the old objects of
+    /// files moved, and directory markers.
     pub deleted: u64,
     /// Paths gone, left (auto-export without `deleted`).
     pub gone: u64,
@@ -63,6 +66,8 @@ pub struct ExportReport {
     pub kept: u64,
     /// Paths not exported, and why.
     pub failed: Vec<ImportFailure>,
+    /// Paths handled: files, directories and paths gone, each once.
+    pub paths: u64,
 }
 
 /// Whether an auto-export may delete the object of a path it finds gone.
@@ -91,19 +96,13 @@ impl ExportReport {
             gone: self.gone + other.gone,
             kept: self.kept + other.kept,
             failed: self.failed.iter().chain(&other.failed).cloned().collect(),
+            paths: self.paths + other.paths,
         }
     }
 
-    /// Paths handled so far: uploaded, unchanged, directories put, deleted, gone or
-    /// failed.
+    /// Paths handled so far: files, directories and paths gone.
     pub fn handled(&self) -> u64 {
-        self.exported
-            + self.unchanged
-            + self.dirs
-            + self.deleted
-            + self.gone
-            + self.kept
-            + self.failed.len() as u64
+        self.paths
     }
 }
 
@@ -129,6 +128,7 @@ pub fn export(
         if progress(&report).is_break() {
             return Ok(report);
         }
+        report.paths += 1;
         let attr = match client.attr(&path) {
             Ok(attr) => attr,
             Err(e) if force && e.errno() == libc::ENOENT => {
@@ -215,19 +215,43 @@ pub fn export(
     Ok(report)
 }
 
-/// Deletes the object at `path`'s key and the directory marker there, those S3 holds:
-/// `path` is gone from the namespace, and no file links to the object (the caller asked the
-/// service). How many it deleted.
+/// Deletes what S3 holds of `path`, gone from the namespace: a file's object at its key
+/// (no file links to it: the caller asked the service), or for a directory (queued as
+/// `dir/`) its marker and those under it, never an object of the same name nor a file's
+/// under it. How many objects it deleted.
 fn delete_gone(s3: &S3Access, assoc: &Association, path: &str) -> Result<u64, ImportFailure> {
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let s3_failed = |e: object_store::Error| failure(path, "S3Error", e);
+    let mut doomed = Vec::new();
+    if !key.ends_with('/') {
+        doomed.push((location(&key), key.clone()));
+    } else if key.len() <= MAX_KEY_BYTES {
+        // The markers under it: zero-length objects whose key a HEAD of the listed name
+        // (which lost its `/`) does not find.
+        let under = location(&key);
+        let listed: Vec<_> = s3
+            .block_on(store.list(Some(&under)).try_collect::<Vec<_>>())
+            .map_err(|e| failure(path, "InternalError", e))?
+            .map_err(s3_failed)?;
+        doomed.push((marker_location(&key), key.clone()));
+        for meta in listed.into_iter().filter(|m| m.size == 0) {
+            match s3
+                .block_on(store.head(&meta.location))
+                .map_err(|e| failure(path, "InternalError", e))?
+            {
+                Err(object_store::Error::NotFound { .. }) => {}
+                Ok(_) => continue,
+                Err(e) => return Err(s3_failed(e)),
+            }
+            let shown = format!("{}/", meta.location);
+            doomed.push((marker_location(meta.location.as_ref()), shown));
+        }
+    }
     let mut deleted = 0;
-    for (at, shown) in [
-        (location(&key), key.clone()),
-        (marker_location(&key), format!("{key}/")),
-    ] {
+    for (at, shown) in doomed {
         // S3 answers a delete of a key it does not hold as done: asked first, so that the
         // count is of objects that were there (a moved file's old object may be gone
         // already, deleted after its export).
@@ -237,11 +261,11 @@ fn delete_gone(s3: &S3Access, assoc: &Association, path: &str) -> Result<u64, Im
         {
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(failure(path, "S3Error", e)),
+            Err(e) => return Err(s3_failed(e)),
         }
         s3.block_on(store.delete(&at))
             .map_err(|e| failure(path, "InternalError", e))?
-            .map_err(|e| failure(path, "S3Error", e))?;
+            .map_err(s3_failed)?;
         nacre::transport::log_line!(
             "nacre meta: deleted s3://{}/{shown} ({path} is gone)",
             assoc.bucket
@@ -378,11 +402,13 @@ fn export_file(
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
     let bucket = format!("s3://{}/", assoc.bucket);
-    let moved_from = url
+    // The key of the association's object the file is linked to, if any.
+    let linked = url
         .as_deref()
         .and_then(|u| u.strip_prefix(bucket.as_str()))
-        .filter(|old| old.starts_with(assoc.prefix.as_str()) && *old != key)
-        .map(str::to_owned);
+        .filter(|old| old.starts_with(assoc.prefix.as_str()));
+    let own = linked == Some(key.as_str());
+    let moved_from = linked.filter(|old| *old != key).map(str::to_owned);
     if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 && moved_from.is_none() {
         return Ok(Exported::Unchanged);
     }
@@ -391,6 +417,23 @@ fn export_file(
             path,
             "PathSizeTooLong",
             format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    // Another file linked to the object at this key (files swapped, or one renamed over
+    // another's old name, not exported yet) may hold its data only there: not overwritten
+    // until that file is exported at its own new key.
+    if !own
+        && client
+            .keys_linked(assoc.id, std::slice::from_ref(&key))
+            .map_err(|e| failure(path, "InternalError", e))?
+            .first()
+            == Some(&true)
+    {
+        return Err(failure(
+            path,
+            "ResourceBusy",
+            "another file is linked to the object at its key (moved, not exported at its new \
+             key yet): export that one first",
         ));
     }
     let file = client

@@ -21,7 +21,7 @@ use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 use crate::error::RepoError;
 use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS, MAX_OBJECT_BYTES};
 use crate::mover::{S3Access, marker_location};
-use crate::posix::{TYPE_DIR, TYPE_SYMLINK, attrs_of};
+use crate::posix::{KEY_GROUP, KEY_OWNER, KEY_PERMISSIONS, TYPE_DIR, TYPE_SYMLINK, attrs_of};
 
 /// One path an import could not bring in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,12 +363,21 @@ fn import_dir(
     user: Option<&HashMap<String, String>>,
     report: &mut ImportReport,
 ) -> Result<(), ImportFailure> {
-    let attrs = user.map(|u| attrs_of(u, 0));
+    // Only a marker's FSx metadata sets anything, and only on a directory made now: an
+    // existing one keeps what was set here since (a chmod not exported yet), and a marker
+    // without metadata imports with the defaults, as FSx does.
+    let attrs = user
+        .filter(|u| {
+            [KEY_PERMISSIONS, KEY_OWNER, KEY_GROUP]
+                .iter()
+                .any(|k| u.contains_key(*k))
+        })
+        .map(|u| attrs_of(u, 0));
     let mode = attrs.map_or(0o755, |a| a.mode);
     match client.mkdir(path, mode) {
         Ok(_) => report.dirs += 1,
         Err(e) if e.errno() == libc::EEXIST => match client.attr(path) {
-            Ok(attr) if attr.is_dir() => {}
+            Ok(attr) if attr.is_dir() => return Ok(()),
             Ok(_) => {
                 return Err(failure(
                     path,

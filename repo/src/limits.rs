@@ -7,11 +7,8 @@ pub const S3_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// How long one upload request (a PUT of a file or a part) may take in all: its body is up
 /// to a part (8 MiB, more for a file of over 80 GiB), and nobody waits on it but the task.
 pub const S3_UPLOAD_TIMEOUT_MS: u64 = 300_000;
-/// How long an upload's reply may stall (no bytes read) before the request is given up.
-pub const S3_UPLOAD_STALL_MS: u64 = 10_000;
 /// How long an upload's retries may go on in all.
 pub const S3_UPLOAD_RETRY_TIMEOUT_MS: u64 = 600_000;
-const _: () = assert!(S3_UPLOAD_STALL_MS <= S3_UPLOAD_TIMEOUT_MS);
 const _: () = assert!(S3_UPLOAD_TIMEOUT_MS <= S3_UPLOAD_RETRY_TIMEOUT_MS);
 /// How long connecting to S3 may take.
 pub const S3_CONNECT_TIMEOUT_MS: u64 = 5_000;

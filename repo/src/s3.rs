@@ -16,7 +16,7 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use crate::error::RepoError;
 use crate::limits::{
     S3_CONNECT_TIMEOUT_MS, S3_MAX_RETRIES, S3_REQUEST_TIMEOUT_MS, S3_RETRY_TIMEOUT_MS,
-    S3_UPLOAD_RETRY_TIMEOUT_MS, S3_UPLOAD_STALL_MS, S3_UPLOAD_TIMEOUT_MS,
+    S3_UPLOAD_RETRY_TIMEOUT_MS, S3_UPLOAD_TIMEOUT_MS,
 };
 
 /// What a client of a bucket is for: its timeouts differ.
@@ -25,9 +25,9 @@ pub enum Purpose {
     /// Listings, HEADs, GETs of chunks, deletes: each bounded by [`S3_REQUEST_TIMEOUT_MS`]
     /// (a reader may be waiting).
     Requests,
-    /// PUTs of files and parts: bounded by [`S3_UPLOAD_TIMEOUT_MS`] in all and
-    /// [`S3_UPLOAD_STALL_MS`] without progress; a slow server takes a part longer than a
-    /// request's bound.
+    /// PUTs of files and parts: bounded by [`S3_UPLOAD_TIMEOUT_MS`] in all (reqwest's read
+    /// timeout runs from the request's start, body upload included, so it cannot bound a
+    /// stall alone); a slow server takes a part longer than a request's bound.
     Uploads,
 }
 
@@ -120,7 +120,7 @@ pub fn store_for(
         Purpose::Requests => (S3_REQUEST_TIMEOUT_MS, S3_RETRY_TIMEOUT_MS),
         Purpose::Uploads => (S3_UPLOAD_TIMEOUT_MS, S3_UPLOAD_RETRY_TIMEOUT_MS),
     };
-    let mut options = ClientOptions::new()
+    let options = ClientOptions::new()
         .with_timeout(Duration::from_millis(timeout))
         .with_connect_timeout(Duration::from_millis(S3_CONNECT_TIMEOUT_MS))
         .with_allow_http(
@@ -129,9 +129,6 @@ pub fn store_for(
                 .as_deref()
                 .is_some_and(|e| e.starts_with("http://")),
         );
-    if purpose == Purpose::Uploads {
-        options = options.with_read_timeout(Duration::from_millis(S3_UPLOAD_STALL_MS));
-    }
     let retry = RetryConfig {
         backoff: BackoffConfig::default(),
         max_retries: S3_MAX_RETRIES,

@@ -282,7 +282,8 @@ fn run_export(
     r: &mut Reporter<'_>,
 ) -> Result<(), String> {
     let all = client.repo_list().map_err(|e| e.to_string())?;
-    // What the paths before this one did (their failures are in `r`).
+    // What the paths before this one did (their failures are in `r`; their paths counted
+    // here, those failed before an export too).
     let mut total = ExportReport::default();
     let only = task.paths.len() == 1;
     let force = task.kind == TaskKind::AutoExport;
@@ -310,6 +311,7 @@ fn run_export(
             Err(e) if only => return Err(e),
             Err(e) => {
                 r.fail(&crate::import::failure(path, "InternalError", e));
+                total.paths += 1;
                 continue;
             }
         };
@@ -331,7 +333,7 @@ fn run_export(
             deletion,
             |so_far| {
                 let now = total.plus(so_far);
-                r.counts.done = now.handled() + r.counts.failed;
+                r.counts.done = now.handled();
                 r.counts.total = r.counts.done + 1;
                 r.counts.bytes = now.bytes;
                 r.counts.summary =
@@ -348,6 +350,7 @@ fn run_export(
                     "S3Error",
                     format!("{}: {e}", assoc.url()),
                 ));
+                total.paths += 1;
                 continue;
             }
         };
@@ -359,7 +362,7 @@ fn run_export(
             ..report
         });
         r.counts.bytes = total.bytes;
-        r.counts.done = total.handled() + r.counts.failed;
+        r.counts.done = total.handled();
         r.counts.total = r.counts.done;
         r.counts.summary = export_summary(&total, r.counts.failed);
         if r.canceled {

@@ -28,7 +28,7 @@ use crate::meta::hydrate::Hydrator;
 use crate::meta::link::link_options;
 use crate::meta::proto::MetaRequest;
 use crate::meta::repo::{HS_DIRTY, HydrateJob, Repository};
-use crate::meta::store::MetaStore;
+use crate::meta::store::{Linked, MetaStore};
 use crate::meta::types::{Access, Attr, DirEntry, MAX_READDIR_ENTRIES, MetaError, TargetInfo};
 use crate::server::{Threads, accept_loop, connection_bound, request_loop, spawn};
 
@@ -291,8 +291,8 @@ fn execute(
         MetaRequest::Unlink { path } => {
             let linked = store.linked_to_object(cred, path)?;
             let removed = store.unlink(cred, path)?;
-            if linked {
-                deletion_noticed(store, Some(path), None);
+            if let Some(linked) = linked {
+                deletion_noticed(store, Some((path, linked)), None);
             }
             return Ok(targets_of(Some(removed)));
         }
@@ -300,15 +300,15 @@ fn execute(
             // A directory's marker object goes with it (auto-export with `deleted`).
             let linked = store.linked_to_object(cred, path)?;
             store.rmdir(cred, path)?;
-            if linked {
-                deletion_noticed(store, Some(path), None);
+            if let Some(linked) = linked {
+                deletion_noticed(store, Some((path, linked)), None);
             }
         }
         MetaRequest::Rename { from, to } => {
             let linked = store.linked_to_object(cred, from)?;
             let replaced = store.rename(cred, from, to)?;
             if store.has_associations() {
-                deletion_noticed(store, linked.then_some(from.as_str()), Some(to));
+                deletion_noticed(store, linked.map(|l| (from.as_str(), l)), Some(to));
             }
             return Ok(targets_of(replaced));
         }
@@ -457,9 +457,9 @@ fn execute(
 /// auto-export ([`MetaStore::path_gone`]). The namespace has changed already: a failure
 /// here is logged, not the request's (the next export of the new path still takes it; the
 /// old object stays).
-fn deletion_noticed(store: &MetaStore, gone: Option<&str>, to: Option<&str>) {
+fn deletion_noticed(store: &MetaStore, gone: Option<(&str, Linked)>, to: Option<&str>) {
     if let Err(e) = store.path_gone(gone, to) {
-        let what = gone.or(to).unwrap_or_default();
+        let what = gone.map(|(p, _)| p).or(to).unwrap_or_default();
         nacre_transport::log_line!("nacre meta: auto-export after the move of {what}: {e}");
     }
 }

@@ -36,7 +36,7 @@ mod release_ops;
 mod repo_ops;
 mod task_ops;
 
-pub use task_ops::TaskEnd;
+pub use task_ops::{Linked, TaskEnd};
 
 use crate::limits::{MAX_FILE_LAYOUT_BYTES, REOPEN_INTERVAL_MS};
 use crate::meta::types::{

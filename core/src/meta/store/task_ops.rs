@@ -149,6 +149,15 @@ fn insert_task(
     Ok(task)
 }
 
+/// What a path taken away was, for auto-export ([`MetaStore::linked_to_object`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linked {
+    /// A file linked to an object.
+    File,
+    /// A directory.
+    Dir,
+}
+
 impl MetaStore {
     /// A handle on `path` (inode `ino`) opened for writing was closed. Under an
     /// association, an imported or exported file is dirty again (its handle may have written
@@ -196,27 +205,33 @@ impl MetaStore {
     }
 
     /// Whether the file at `path` is linked to an object of its association's repository
-    /// (imported or exported): its deletion is one an auto-export may reflect. Asked before
-    /// an unlink or rename (the link goes with the file).
-    pub fn linked_to_object(&self, cred: &Cred, path: &str) -> Result<bool, MetaError> {
+    /// (imported or exported), or is a directory (its marker, and those of its
+    /// subdirectories, may be there): its deletion is one an auto-export may reflect. Asked
+    /// before an unlink, rmdir or rename (the link goes with the file).
+    pub fn linked_to_object(&self, cred: &Cred, path: &str) -> Result<Option<Linked>, MetaError> {
         if !self.has_associations() {
-            return Ok(false);
+            return Ok(None);
         }
         match self.lookup(cred, path) {
-            Ok(attr) if attr.is_dir() => Ok(true),
-            Ok(attr) => Ok(self.repo_file(attr.ino)?.is_some()),
-            Err(_) => Ok(false),
+            Ok(attr) if attr.is_dir() => Ok(Some(Linked::Dir)),
+            Ok(attr) => Ok(self.repo_file(attr.ino)?.map(|_| Linked::File)),
+            Err(_) => Ok(None),
         }
     }
 
     /// A file or directory was unlinked or renamed: `gone` is its old path when it was
     /// linked to an object (or a directory), `to` where it went (for a rename). With the
     /// associations' auto-export events, the new path is queued for the auto-export task to
-    /// export (`new` or `changed`), and the old one to delete its objects (`deleted`). A
-    /// rename's old objects are deleted only with its new path exported (in one
-    /// transaction): a released file moved holds its data only there. Whether anything was
-    /// queued.
-    pub fn path_gone(&self, gone: Option<&str>, to: Option<&str>) -> Result<bool, MetaError> {
+    /// export (`new` or `changed`), and the old one to delete its objects (`deleted`); a
+    /// directory's old path is queued with a trailing `/`, so that the runner deletes its
+    /// markers and never an object of the same name. A rename's old objects are deleted
+    /// only with its new path exported (in one transaction): a released file moved holds
+    /// its data only there. Whether anything was queued.
+    pub fn path_gone(
+        &self,
+        gone: Option<(&str, Linked)>,
+        to: Option<&str>,
+    ) -> Result<bool, MetaError> {
         let mut paths = Vec::new();
         if let Some(to) = to {
             let to = NsPath::parse("path", to)?.full();
@@ -226,7 +241,7 @@ impl MetaStore {
                 paths.push(to);
             }
         }
-        if let Some(from) = gone
+        if let Some((from, linked)) = gone
             && (to.is_none() || !paths.is_empty())
         {
             let from = NsPath::parse("path", from)?.full();
@@ -234,7 +249,10 @@ impl MetaStore {
                 && assoc.auto_export & EVENT_DELETED != 0
                 && from != assoc.path
             {
-                paths.push(from);
+                paths.push(match linked {
+                    Linked::File => from,
+                    Linked::Dir => format!("{from}/"),
+                });
             }
         }
         if paths.is_empty() {
