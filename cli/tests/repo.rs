@@ -95,6 +95,11 @@ impl S3 {
         text(&out.stdout)
     }
 
+    /// `aws s3api head-object` of `key` in `bucket`: its JSON.
+    fn head(&self, bucket: &str, key: &str) -> String {
+        self.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key])
+    }
+
     /// Puts `bytes` at `key` of `bucket`, with FSx metadata `meta` (`k=v,k=v`) if given.
     fn put(&self, dir: &Path, bucket: &str, key: &str, bytes: &[u8], meta: Option<&str>) {
         let local = dir.join("upload");
@@ -575,14 +580,7 @@ fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them
         out.contains("0 files (0 bytes), 1 directories, 3 unchanged"),
         "{out}"
     );
-    let head = s3.aws(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "data9",
-        "--key",
-        "train/out/",
-    ]);
+    let head = s3.head("data9", "train/out/");
     assert!(head.contains("\"file-permissions\": \"0040755\""), "{head}");
     assert!(head.contains("\"file-owner\": \"42\""), "{head}");
     assert!(head.contains("\"ContentLength\": 0"), "{head}");
@@ -592,14 +590,7 @@ fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them
         "{out}"
     );
 
-    let head = s3.aws(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "data9",
-        "--key",
-        "train/out/small.txt",
-    ]);
+    let head = s3.head("data9", "train/out/small.txt");
     assert!(head.contains("\"file-permissions\": \"0100640\""), "{head}");
     assert!(head.contains("\"file-owner\": \"1234\""), "{head}");
     assert!(head.contains("\"file-group\": \"5678\""), "{head}");
@@ -612,14 +603,7 @@ fn an_export_uploads_new_and_changed_files_with_their_metadata_and_archives_them
         local.to_str().unwrap(),
     ]);
     assert!(std::fs::read(&local).unwrap() == big_data);
-    let head = s3.aws(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "data9",
-        "--key",
-        "train/out/big.bin",
-    ]);
+    let head = s3.head("data9", "train/out/big.bin");
     assert!(
         head.contains("-3\\\""),
         "a multipart upload's ETag ends in -3: {head}"
@@ -735,14 +719,7 @@ fn an_export_reports_a_key_too_long_for_s3_and_exports_the_rest() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("1 files"), "{stdout}");
     assert!(stdout.contains(",failed,PathSizeTooLong,"), "{stdout}");
-    let head = s3.aws(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "data11",
-        "--key",
-        "train/ok.txt",
-    ]);
+    let head = s3.head("data11", "train/ok.txt");
     assert!(head.contains("\"ContentLength\": 2"), "{head}");
 }
 
