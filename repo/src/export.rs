@@ -16,15 +16,16 @@
 //!   unless a file still links to it. This is how a directory rename moves every object
 //!   under it: the objects of files that were linked to them, and no others.
 //! - a path that is gone (unlinked, or renamed away: the service queued it because it was
-//!   linked to an object, or a directory) has its object, and its directory marker,
-//!   deleted, when no file links to that object any more.
+//!   linked to an object) has its object deleted, when no file links to it any more; a
+//!   directory gone (queued as `dir/`) has its marker and the markers under it deleted,
+//!   never an object of its name nor a file's under it.
 //!
 //! Objects under a directory that no file was linked to (never imported) stay: nothing is
 //! deleted by prefix.
 
 use std::collections::VecDeque;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::ops::ControlFlow;
 
 use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
@@ -38,7 +39,8 @@ use object_store::{
 use crate::error::RepoError;
 use crate::import::{ImportFailure, failure};
 use crate::limits::{
-    MAX_OBJECT_BYTES, MAX_PARTS, MULTIPART_THRESHOLD_BYTES, PART_BYTES, UPLOAD_PARALLEL,
+    MAX_LISTED_OBJECTS, MAX_OBJECT_BYTES, MAX_PARTS, MULTIPART_THRESHOLD_BYTES, PART_BYTES,
+    UPLOAD_PARALLEL,
 };
 use crate::mover::{S3Access, location, marker_location};
 use crate::posix::{TYPE_DIR, TYPE_FILE, metadata_of};
@@ -230,10 +232,11 @@ fn delete_gone(s3: &S3Access, assoc: &Association, path: &str) -> Result<u64, Im
         doomed.push((location(&key), key.clone()));
     } else if key.len() <= MAX_KEY_BYTES {
         // The markers under it: zero-length objects whose key a HEAD of the listed name
-        // (which lost its `/`) does not find.
+        // (which lost its `/`) does not find. At most as many as an import lists.
         let under = location(&key);
+        let listing = store.list(Some(&under)).take(MAX_LISTED_OBJECTS);
         let listed: Vec<_> = s3
-            .block_on(store.list(Some(&under)).try_collect::<Vec<_>>())
+            .block_on(listing.try_collect::<Vec<_>>())
             .map_err(|e| failure(path, "InternalError", e))?
             .map_err(s3_failed)?;
         doomed.push((marker_location(&key), key.clone()));

@@ -20,7 +20,8 @@ pub const S3_RETRY_TIMEOUT_MS: u64 = 10_000;
 pub const FETCH_PARALLEL: usize = 8;
 /// Objects whose metadata an import asks for at once (HEADs in parallel).
 pub const HEAD_PARALLEL: usize = 16;
-/// Most objects one import lists (its listing is held in memory).
+/// Most objects one import lists (its listing is held in memory), and one deletion of a
+/// gone directory looks through for its markers.
 pub const MAX_LISTED_OBJECTS: usize = 1 << 24;
 /// Worker threads of the runtime that drives S3 requests.
 pub const RUNTIME_THREADS: usize = 2;
