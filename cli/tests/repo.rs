@@ -495,6 +495,17 @@ fn names_the_namespace_cannot_hold_are_reported_and_the_rest_imported() {
         b"good.txt",
         Some("file-permissions=0120777"),
     );
+    // An object and a directory of one name (S3 holds both, a namespace one): the
+    // directory, marker and all, and the object reported.
+    s3.put(c.dir(), "data7", "train/both", b"a file", None);
+    s3.put(
+        c.dir(),
+        "data7",
+        "train/both/",
+        b"",
+        Some("file-permissions=0040711"),
+    );
+    s3.put(c.dir(), "data7", "train/both/in.txt", b"inside", None);
     c.ok(&["mkdir", "/data"]);
     let out = c.nacre(&[
         "repo",
@@ -514,6 +525,11 @@ fn names_the_namespace_cannot_hold_are_reported_and_the_rest_imported() {
         "{stdout}"
     );
     assert_eq!(c.ok(&["get", "/data/good.txt", "-"]), "ok");
+    assert!(stdout.contains("/data/both,failed,"), "{stdout}");
+    let both = c.client().attr("/data/both").unwrap();
+    assert!(both.is_dir());
+    assert_eq!(both.mode, 0o711);
+    assert_eq!(c.ok(&["get", "/data/both/in.txt", "-"]), "inside");
 }
 
 #[test]

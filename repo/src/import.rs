@@ -56,8 +56,8 @@ struct Listed {
     meta: ObjectMeta,
     user: HashMap<String, String>,
     /// A directory marker (a key ending in `/`). object_store's listing drops a key's
-    /// trailing `/`, so a marker shows as an empty object that a HEAD of its name does not
-    /// find; its metadata is read by a HEAD of the marker's own key.
+    /// trailing `/`, so a marker shows as the object named like the page that lists it;
+    /// its metadata is read by a HEAD of the marker's own key.
     marker: bool,
 }
 
@@ -83,7 +83,13 @@ fn list(
         while let Some(dir) = pending.pop() {
             match store.list_with_delimiter(dir.as_ref()).await {
                 Ok(page) => {
-                    metas.extend(page.objects);
+                    // The page of `d/` lists its marker `d/` as `d` (object_store drops
+                    // the `/`): the object named like the page is its marker, whether or
+                    // not an object `d` exists beside it.
+                    metas.extend(page.objects.into_iter().map(|meta| {
+                        let marker = dir.as_ref() == Some(&meta.location);
+                        (meta, marker)
+                    }));
                     pending.extend(page.common_prefixes.into_iter().map(Some));
                 }
                 Err(e) if dir == root => return Err(s3_error(e)),
@@ -107,23 +113,19 @@ fn list(
                 });
             }
         }
-        let heads = futures::stream::iter(metas.into_iter().map(|meta| {
+        let heads = futures::stream::iter(metas.into_iter().map(|(meta, marker)| {
             let store = std::sync::Arc::clone(&store);
             async move {
                 let options = GetOptions {
                     head: true,
                     ..GetOptions::default()
                 };
-                let mut marker = false;
-                let got = match store.get_opts(&meta.location, options.clone()).await {
-                    Ok(got) => Ok(got),
-                    Err(object_store::Error::NotFound { .. }) if meta.size == 0 => {
-                        marker = true;
-                        let at = marker_location(meta.location.as_ref());
-                        store.get_opts(&at, options).await
-                    }
-                    Err(e) => Err(e),
+                let at = if marker {
+                    marker_location(meta.location.as_ref())
+                } else {
+                    meta.location.clone()
                 };
+                let got = store.get_opts(&at, options).await;
                 let got = match got {
                     Ok(got) => got,
                     // Listed, then gone: a directory with defaults, as before its HEAD.
