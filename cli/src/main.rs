@@ -82,7 +82,29 @@ enum Command {
     Stat {
         #[command(flatten)]
         meta: MetaArg,
+        /// Follow a symbolic link at the end of the path (as `stat -L`).
+        #[arg(short = 'L', long)]
+        dereference: bool,
         /// The path.
+        path: String,
+    },
+    /// Make a symbolic link (`ln -s TARGET PATH`; hard links are not supported).
+    Ln {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// Make a symbolic link (required: the namespace has no hard links).
+        #[arg(short = 's', long, required = true)]
+        symbolic: bool,
+        /// What the link names (any text; resolved when the link is followed).
+        target: String,
+        /// Where to make the link.
+        path: String,
+    },
+    /// Print what a symbolic link names.
+    Readlink {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The link.
         path: String,
     },
     /// Make a directory.
@@ -267,7 +289,18 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(args) => serve::serve(args),
         Command::Mkfs(args) => serve::mkfs(args),
         Command::Ls { meta, long, path } => ls(&meta.connect()?, &path, long),
-        Command::Stat { meta, path } => stat(&meta.connect()?, &path),
+        Command::Stat {
+            meta,
+            dereference,
+            path,
+        } => stat(&meta.connect()?, &path, dereference),
+        Command::Ln {
+            meta, target, path, ..
+        } => Ok(meta.connect()?.symlink(&target, &path).map(drop)?),
+        Command::Readlink { meta, path } => {
+            outln!("{}", meta.connect()?.readlink(&path)?);
+            Ok(())
+        }
         Command::Mkdir {
             meta,
             mode,
@@ -326,6 +359,7 @@ fn type_char(t: FileType) -> char {
     match t {
         FileType::Dir => 'd',
         FileType::File => '-',
+        FileType::Symlink => 'l',
     }
 }
 
@@ -363,6 +397,10 @@ fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
         };
         let mode = mode_string(attr.file_type, attr.mode);
         let (uid, gid) = (attr.uid, attr.gid);
+        let name = match &attr.symlink {
+            Some(target) => format!("{} -> {target}", e.name),
+            None => e.name.clone(),
+        };
         let size = match client.stat_of(attr) {
             Ok(st) => st.size_bytes.to_string(),
             Err(err) => {
@@ -371,7 +409,7 @@ fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
                 "?".to_string()
             }
         };
-        outln!("{mode} {uid:>5} {gid:>5} {size:>14} {}", e.name);
+        outln!("{mode} {uid:>5} {gid:>5} {size:>14} {name}");
     }
     if unknown > 0 {
         return Err(Failure::Message(format!(
@@ -381,17 +419,26 @@ fn ls(client: &Client, path: &str, long: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn stat(client: &Client, path: &str) -> Result<(), Failure> {
-    let st = client.stat(path)?;
+/// `nacre stat [-L]`: as stat(1), a symbolic link at the end is shown, not followed,
+/// unless `-L`.
+fn stat(client: &Client, path: &str, dereference: bool) -> Result<(), Failure> {
+    let st = if dereference {
+        client.stat(path)?
+    } else {
+        client.lstat(path)?
+    };
     let a = &st.attr;
-    outln!("  File: {path}");
+    match &a.symlink {
+        Some(target) => outln!("  File: {path} -> {target}"),
+        None => outln!("  File: {path}"),
+    }
     outln!(
         "  Size: {:<14} Type: {}",
         st.size_bytes,
-        if a.is_dir() {
-            "directory"
-        } else {
-            "regular file"
+        match a.file_type {
+            FileType::Dir => "directory",
+            FileType::File => "regular file",
+            FileType::Symlink => "symbolic link",
         }
     );
     outln!("Inode: {:<14} Links: {}", a.ino, a.nlink);

@@ -488,11 +488,12 @@ fn names_the_namespace_cannot_hold_are_reported_and_the_rest_imported() {
     s3.aws(&["s3api", "create-bucket", "--bucket", "data7"]);
     s3.put(c.dir(), "data7", "train/good.txt", b"ok", None);
     s3.put(c.dir(), "data7", "train/a//b.txt", b"empty name", None);
+    // A symlink's object with no target in its body.
     s3.put(
         c.dir(),
         "data7",
         "train/link",
-        b"good.txt",
+        b"",
         Some("file-permissions=0120777"),
     );
     // An object and a directory of one name (S3 holds both, a namespace one): the
@@ -521,7 +522,7 @@ fn names_the_namespace_cannot_hold_are_reported_and_the_rest_imported() {
     assert!(stdout.contains("FilePath,FileStatus,ErrorCode"), "{stdout}");
     assert!(stdout.contains("InvalidName"), "{stdout}");
     assert!(
-        stdout.contains("/data/link,failed,SymlinkNotSupported"),
+        stdout.contains("/data/link,failed,InvalidSymlink"),
         "{stdout}"
     );
     assert_eq!(c.ok(&["get", "/data/good.txt", "-"]), "ok");
@@ -1530,4 +1531,198 @@ fn swapped_released_files_keep_their_bytes_through_auto_export() {
     assert!(read("/data/b") == a, "/data/b holds a's bytes");
     assert_eq!(flags(&c, "/data/a") & HS_LOST, 0);
     assert_eq!(flags(&c, "/data/b") & HS_LOST, 0);
+}
+
+#[test]
+fn symlinks_import_and_export_as_fsx_stores_them() {
+    let Some(moto) = s3_available("symlinks") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-symlinks");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "links"]);
+    s3.put(c.dir(), "links", "train/real.txt", b"hello", None);
+    s3.put(
+        c.dir(),
+        "links",
+        "train/to-real",
+        b"real.txt",
+        Some("file-permissions=0120777,file-owner=1001,file-group=2002,file-mtime=1700000000000000000ns"),
+    );
+    s3.put(
+        c.dir(),
+        "links",
+        "train/sub/up",
+        b"../real.txt",
+        Some("file-permissions=0120777"),
+    );
+    let out = link(&c, &s3, "links");
+    assert!(out.contains("3 files created"), "{out}");
+    assert!(out.contains("0 failed"), "{out}");
+
+    let client = c.client();
+    let link_attr = client.attr("/data/to-real").unwrap();
+    assert!(link_attr.is_symlink());
+    assert_eq!(link_attr.symlink.as_deref(), Some("real.txt"));
+    assert_eq!((link_attr.uid, link_attr.gid), (1001, 2002));
+    assert_eq!(link_attr.mtime_ns, 1_700_000_000_000_000_000);
+    assert_eq!(client.lstat("/data/to-real").unwrap().size_bytes, 8);
+    assert_eq!(c.ok(&["readlink", "/data/sub/up"]), "../real.txt\n");
+    // Read through the links: the released file behind them is fetched.
+    assert_eq!(c.ok(&["get", "/data/sub/up", "-"]), "hello");
+    assert_eq!(client.stat("/data/to-real").unwrap().size_bytes, 5);
+    let ls = c.ok(&["ls", "-l", "/data"]);
+    assert!(
+        ls.contains("lrwxrwxrwx") && ls.contains("to-real -> real.txt"),
+        "{ls}"
+    );
+    assert_eq!(
+        flags(&c, "/data/to-real"),
+        HS_EXISTS | HS_ARCHIVED,
+        "a link is archived, never released"
+    );
+    let again = c.ok(&["task", "import", "/data"]);
+    assert!(
+        again.contains("0 files created, 0 updated, 3 unchanged"),
+        "{again}"
+    );
+
+    // A link made here goes to S3 as FSx writes one: the target as the body.
+    c.ok(&["ln", "-s", "sub/up", "/data/new-link"]);
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(out.contains("1 files (6 bytes)"), "{out}");
+    let head = s3.head("links", "train/new-link");
+    assert!(head.contains("\"file-permissions\": \"0120777\""), "{head}");
+    assert!(head.contains("\"ContentLength\": 6"), "{head}");
+    let local = c.dir().join("body");
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://links/train/new-link",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"sub/up");
+    assert_eq!(flags(&c, "/data/new-link"), HS_EXISTS | HS_ARCHIVED);
+    // Archived: the next export leaves it, and an import takes it as its own.
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(out.contains("0 files (0 bytes)"), "{out}");
+    let again = c.ok(&["task", "import", "/data"]);
+    assert!(
+        again.contains("0 files created, 0 updated, 4 unchanged"),
+        "{again}"
+    );
+
+    // A link replaced in S3 takes the new target at the next import.
+    s3.put(
+        c.dir(),
+        "links",
+        "train/to-real",
+        b"sub/up",
+        Some("file-permissions=0120777"),
+    );
+    let again = c.ok(&["task", "import", "/data"]);
+    assert!(again.contains("0 files created, 1 updated"), "{again}");
+    assert_eq!(c.ok(&["readlink", "/data/to-real"]), "sub/up\n");
+    assert_eq!(c.ok(&["get", "/data/to-real", "-"]), "hello");
+
+    // A link replaced by a rename (`ln -sfn`'s way) is exported at its key: the replaced
+    // one's link to the object went with it.
+    c.ok(&["ln", "-s", "real.txt", "/data/tmp-link"]);
+    c.ok(&["mv", "/data/tmp-link", "/data/new-link"]);
+    let out = c.ok(&["task", "export", "/data"]);
+    assert!(
+        out.contains("1 files (8 bytes)") && out.contains("0 failed"),
+        "{out}"
+    );
+    s3.aws(&[
+        "s3",
+        "cp",
+        "s3://links/train/new-link",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"real.txt");
+
+    // A task's path through a link exports the file at its own key.
+    let made = client.create("/data/sub/made.txt", 0o644, None).unwrap();
+    made.write_at(b"made", 0).unwrap();
+    drop(made);
+    c.ok(&["ln", "-s", "sub", "/data/sub-link"]);
+    c.ok(&["task", "export", "/data/sub-link/made.txt"]);
+    let held = keys(&s3, "links");
+    assert!(held.contains(&"train/sub/made.txt".to_owned()), "{held:?}");
+    assert!(
+        !held.iter().any(|k| k.starts_with("train/sub-link/")),
+        "{held:?}"
+    );
+
+    // An import never writes through a link of the namespace: objects under a directory
+    // where a link stands are reported, and nothing appears where the link leads.
+    c.ok(&["mkdir", "/outside"]);
+    c.ok(&["ln", "-s", "/outside", "/data/esc"]);
+    s3.put(c.dir(), "links", "train/esc/x.txt", b"escaped?", None);
+    s3.put(
+        c.dir(),
+        "links",
+        "train/esc/deeper/y.txt",
+        b"escaped?",
+        None,
+    );
+    let out = c.nacre(&["task", "import", "/data"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("/data/esc,failed,ResourceBusy"), "{stdout}");
+    assert!(
+        stdout.contains("/data/esc/x.txt,failed,ResourceBusy"),
+        "{stdout}"
+    );
+    assert!(client.readdir("/outside").unwrap().is_empty());
+}
+
+#[test]
+fn links_are_auto_exported_when_made_and_deleted_with_their_objects() {
+    let Some(moto) = s3_available("auto-export-links") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    let c = cluster("repo-auto-links");
+    s3.aws(&["s3api", "create-bucket", "--bucket", "links2"]);
+    c.ok(&["mkdir", "/data"]);
+    c.ok(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://links2/train",
+        "--endpoint",
+        &s3.endpoint,
+        "--auto-export",
+        "new,changed,deleted",
+    ]);
+    c.ok(&["mkdir", "/data/sub"]);
+    c.ok(&["ln", "-s", "/data/sub", "/data/to-sub"]);
+    eventually("the link's auto-export", || auto_exports_done(&c) == 1);
+    let head = s3.head("links2", "train/to-sub");
+    assert!(head.contains("\"file-permissions\": \"0120777\""), "{head}");
+    assert_eq!(flags(&c, "/data/to-sub"), HS_EXISTS | HS_ARCHIVED);
+
+    // A file written through the link is exported under its own path.
+    let client = c.client();
+    let file = client.create("/data/to-sub/f.txt", 0o644, None).unwrap();
+    file.write_at(b"through a link", 0).unwrap();
+    drop(file);
+    eventually("the file's auto-export", || auto_exports_done(&c) == 2);
+    assert!(keys(&s3, "links2").contains(&"train/sub/f.txt".to_owned()));
+
+    // Removed through the link, the file's object goes; the link's goes with the link.
+    client.unlink("/data/to-sub/f.txt").unwrap();
+    eventually("the file's deletion", || auto_exports_done(&c) == 3);
+    client.unlink("/data/to-sub").unwrap();
+    eventually("the link's deletion", || auto_exports_done(&c) == 4);
+    let left = keys(&s3, "links2");
+    assert!(
+        !left
+            .iter()
+            .any(|k| k == "train/sub/f.txt" || k == "train/to-sub"),
+        "{left:?}"
+    );
+    assert!(client.attr("/data/sub").unwrap().is_dir());
 }

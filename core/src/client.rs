@@ -739,7 +739,8 @@ impl Client {
         .map(drop)
     }
 
-    /// Changes permission bits.
+    /// Changes the permission bits of what `path` names (a symbolic link at its end is
+    /// followed, as `chmod`).
     pub fn chmod(&self, path: &str, mode: u32) -> Result<(), Error> {
         self.meta(&MetaRequest::Chmod {
             path: path.into(),
@@ -748,35 +749,80 @@ impl Client {
         .map(drop)
     }
 
-    /// Changes owner and/or group.
+    /// Changes the owner and/or group of what `path` names (a symbolic link at its end is
+    /// followed, as `chown`).
     pub fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {
         self.meta(&MetaRequest::Chown {
             path: path.into(),
             uid,
             gid,
+            follow: true,
         })
         .map(drop)
     }
 
-    /// Attributes and size of a path.
+    /// Changes the owner and/or group of `path` itself, a symbolic link at its end not
+    /// followed (`lchown`).
+    pub fn lchown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {
+        self.meta(&MetaRequest::Chown {
+            path: path.into(),
+            uid,
+            gid,
+            follow: false,
+        })
+        .map(drop)
+    }
+
+    /// Attributes and size of what a path names, a symbolic link at its end followed
+    /// (`stat`).
     pub fn stat(&self, path: &str) -> Result<Stat, Error> {
+        let attr = self.meta_attr(&MetaRequest::Stat { path: path.into() })?;
+        self.stat_of(attr)
+    }
+
+    /// Attributes and size of a path, a symbolic link at its end not followed (`lstat`: a
+    /// link's size is its target's length).
+    pub fn lstat(&self, path: &str) -> Result<Stat, Error> {
         let attr = self.attr(path)?;
         self.stat_of(attr)
     }
 
     /// The attributes of a path as the metadata service keeps them, without the size (a
-    /// file's size comes from its targets, see [`Client::stat`]).
+    /// file's size comes from its targets, see [`Client::stat`]); a symbolic link at its
+    /// end is not followed.
     pub fn attr(&self, path: &str) -> Result<Attr, Error> {
         self.meta_attr(&MetaRequest::Lookup { path: path.into() })
     }
 
     /// The size of what `attr` describes, asked of its targets, with the attributes.
     pub fn stat_of(&self, attr: Attr) -> Result<Stat, Error> {
-        let size_bytes = match &attr.layout {
-            Some(layout) if !attr.is_dir() => self.glimpse(attr.ino, layout)?,
+        let size_bytes = match (&attr.layout, &attr.symlink) {
+            (_, Some(target)) => target.len() as u64,
+            (Some(layout), None) if attr.is_file() => self.glimpse(attr.ino, layout)?,
             _ => 0,
         };
         Ok(Stat { attr, size_bytes })
+    }
+
+    /// Makes a symbolic link at `path` naming `target` (`symlink(2)`: any text of 1 to
+    /// 4095 bytes without NUL, resolved when the link is followed).
+    pub fn symlink(&self, target: &str, path: &str) -> Result<Attr, Error> {
+        self.meta_attr(&MetaRequest::Symlink {
+            path: path.into(),
+            target: target.into(),
+        })
+    }
+
+    /// What the symbolic link at `path` names (`readlink(2)`); anything else →
+    /// `EINVAL`.
+    pub fn readlink(&self, path: &str) -> Result<String, Error> {
+        let attr = self.attr(path)?;
+        attr.symlink.ok_or_else(|| Error::Meta {
+            op: "readlink",
+            path: path.into(),
+            errno: libc::EINVAL,
+            message: format!("{path}: not a symbolic link"),
+        })
     }
 
     /// Every entry of a directory, in name order.
@@ -805,10 +851,10 @@ impl Client {
     /// What `lfs setstripe` does: on a directory, sets its default layout; on a path that
     /// does not exist, creates an empty file with the layout.
     pub fn setstripe(&self, path: &str, spec: LayoutSpec, mode: u32) -> Result<Attr, Error> {
-        match self.meta_attr(&MetaRequest::Lookup { path: path.into() }) {
+        match self.meta_attr(&MetaRequest::Stat { path: path.into() }) {
             Ok(attr) if attr.is_dir() => {
                 self.set_default_layout(path, Some(spec))?;
-                self.meta_attr(&MetaRequest::Lookup { path: path.into() })
+                self.meta_attr(&MetaRequest::Stat { path: path.into() })
             }
             Ok(_) => Err(Error::Meta {
                 op: "setstripe",

@@ -206,3 +206,7 @@ const _: () = assert!(
         <= TASK_PAGE_BYTES
 );
 const _: () = assert!(TASK_PAGE_BYTES + 4096 <= nacre_transport::limits::MAX_BODY_BYTES as usize);
+
+/// The most symbolic links one path resolution follows before it fails with `ELOOP`
+/// (Linux's `MAXSYMLINKS`).
+pub const MAX_SYMLINK_FOLLOWS: usize = 40;

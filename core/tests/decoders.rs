@@ -183,6 +183,8 @@ fn request() -> impl Strategy<Value = MetaRequest> {
             .prop_map(|(path, after, max)| MetaRequest::Readdir { path, after, max }),
         path().prop_map(|path| MetaRequest::Unlink { path }),
         path().prop_map(|path| MetaRequest::Rmdir { path }),
+        path().prop_map(|path| MetaRequest::Stat { path }),
+        (path(), path()).prop_map(|(path, target)| MetaRequest::Symlink { path, target }),
         (path(), path()).prop_map(|(from, to)| MetaRequest::Rename { from, to }),
         (path(), proptest::option::of(spec()))
             .prop_map(|(path, spec)| MetaRequest::SetDefaultLayout { path, spec }),
@@ -192,9 +194,15 @@ fn request() -> impl Strategy<Value = MetaRequest> {
         (
             path(),
             proptest::option::of(any::<u32>()),
-            proptest::option::of(any::<u32>())
+            proptest::option::of(any::<u32>()),
+            any::<bool>()
         )
-            .prop_map(|(path, uid, gid)| MetaRequest::Chown { path, uid, gid }),
+            .prop_map(|(path, uid, gid, follow)| MetaRequest::Chown {
+                path,
+                uid,
+                gid,
+                follow
+            }),
         (target_info(), proptest::option::of("[0-9a-f-]{36}"))
             .prop_map(|(info, filesystem)| MetaRequest::RegisterTarget { info, filesystem }),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
@@ -291,7 +299,10 @@ fn repo_request() -> impl Strategy<Value = MetaRequest> {
                 reason,
             }
         }),
-        imported.prop_map(|file| MetaRequest::ImportFile { file }),
+        (imported, proptest::option::of(path())).prop_map(|(file, target)| match target {
+            Some(target) => MetaRequest::ImportSymlink { file, target },
+            None => MetaRequest::ImportFile { file },
+        }),
         path().prop_map(|path| MetaRequest::HsmState { path }),
         (path(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(path, ino, offset, len)| {
             MetaRequest::Hydrate {
@@ -321,7 +332,7 @@ fn repo_request() -> impl Strategy<Value = MetaRequest> {
 fn attr() -> impl Strategy<Value = Attr> {
     (
         1..=MAX_INO,
-        any::<bool>(),
+        0..3u8,
         0..=MODE_PERMISSION_BITS,
         any::<u32>(),
         any::<u32>(),
@@ -330,10 +341,12 @@ fn attr() -> impl Strategy<Value = Attr> {
         proptest::option::of(spec()),
     )
         .prop_map(
-            |(ino, dir, mode, uid, gid, nlink, (atime_ns, mtime_ns, ctime_ns), default_layout)| {
+            |(ino, kind, mode, uid, gid, nlink, (atime_ns, mtime_ns, ctime_ns), default_layout)| {
+                let file_type = [FileType::File, FileType::Dir, FileType::Symlink][kind as usize];
+                let symlink = (file_type == FileType::Symlink).then(|| format!("../t{ino}"));
                 Attr {
                     ino,
-                    file_type: if dir { FileType::Dir } else { FileType::File },
+                    file_type,
                     mode,
                     uid,
                     gid,
@@ -343,6 +356,7 @@ fn attr() -> impl Strategy<Value = Attr> {
                     ctime_ns,
                     layout: None,
                     default_layout,
+                    symlink,
                 }
             },
         )

@@ -1749,3 +1749,119 @@ fn a_release_waits_for_open_handles_and_leaves_what_is_not_archived_and_clean() 
     let store = open(&dir);
     assert_ne!(store.instance(), first);
 }
+
+#[test]
+fn symbolic_links_are_made_read_and_followed() {
+    let dir = TempDir::new("symlinks");
+    let store = open(&dir);
+    with_targets(&store, 1);
+    store.mkdir(&root(), "/a", 0o755).unwrap();
+    store.mkdir(&root(), "/a/b", 0o777).unwrap();
+    let (f, _) = store.create(&root(), "/a/b/f", 0o644, false, None).unwrap();
+    let b = store.lookup(&root(), "/a/b").unwrap();
+
+    let link = store.symlink(&root(), "/l", "a/b").unwrap();
+    assert_eq!(link.file_type, FileType::Symlink);
+    assert_eq!((link.mode, link.uid, link.nlink), (0o777, 0, 1));
+    assert_eq!(link.symlink.as_deref(), Some("a/b"));
+    let mine = store.symlink(&alice(), "/a/b/mine", "f").unwrap();
+    assert_eq!((mine.uid, mine.gid), (1000, 1000));
+    assert_eq!(store.stat(&alice(), "/a/b/mine").unwrap().ino, f.ino);
+    store.symlink(&root(), "/a/up", "../a/b/f").unwrap();
+    store.symlink(&root(), "/abs", "/a/b/f").unwrap();
+
+    // lstat shows the link, stat what it names; links inside a path are always followed.
+    assert!(store.lookup(&root(), "/l").unwrap().is_symlink());
+    assert_eq!(store.stat(&root(), "/l").unwrap().ino, b.ino);
+    assert_eq!(store.lookup(&root(), "/l/f").unwrap().ino, f.ino);
+    assert_eq!(store.stat(&root(), "/a/up").unwrap().ino, f.ino);
+    for path in ["/abs", "/a/up", "/l/f"] {
+        let opened = store.open_file(&root(), path, Access::Read).unwrap();
+        assert_eq!(opened.ino, f.ino, "{path}");
+    }
+    assert_eq!(
+        names(&store.readdir(&root(), "/l", None, 10).unwrap()),
+        ["f", "mine"]
+    );
+    let top = store.readdir(&root(), "/", None, 10).unwrap();
+    let l = top.iter().find(|e| e.name == "l").unwrap();
+    assert_eq!(l.file_type, FileType::Symlink);
+    let missing = assert_errno(store.stat(&root(), "/l/nothing"), libc::ENOENT);
+    assert!(missing.to_string().contains("/a/b/nothing"), "{missing}");
+
+    // O_CREAT through a dangling link makes what it names; O_EXCL finds the link.
+    store.symlink(&root(), "/dangling", "/a/b/new").unwrap();
+    let (made, created) = store
+        .create(&root(), "/dangling", 0o600, false, None)
+        .unwrap();
+    assert!(created);
+    assert_eq!(store.lookup(&root(), "/a/b/new").unwrap().ino, made.ino);
+    assert_errno(store.create(&root(), "/l", 0o600, true, None), libc::EEXIST);
+    assert_errno(
+        store.create(&root(), "/l", 0o600, false, None),
+        libc::EISDIR,
+    );
+    assert_errno(store.mkdir(&root(), "/abs", 0o755), libc::EEXIST);
+
+    // A loop fails with ELOOP once followed; the links themselves are still there.
+    store.symlink(&root(), "/loop1", "/loop2").unwrap();
+    store.symlink(&root(), "/loop2", "loop1").unwrap();
+    let looped = assert_errno(store.stat(&root(), "/loop1"), libc::ELOOP);
+    assert!(looped.to_string().contains("symbolic links"), "{looped}");
+    assert_errno(
+        store.open_file(&root(), "/loop2/x", Access::Read),
+        libc::ELOOP,
+    );
+    assert!(store.lookup(&root(), "/loop1").unwrap().is_symlink());
+
+    // chmod and chown follow; lchown changes the link.
+    store.chmod(&root(), "/abs", 0o600).unwrap();
+    assert_eq!(store.lookup(&root(), "/a/b/f").unwrap().mode, 0o600);
+    assert_eq!(store.lookup(&root(), "/abs").unwrap().mode, 0o777);
+    store.lchown(&root(), "/abs", Some(5), Some(6)).unwrap();
+    store.chown(&root(), "/a/up", Some(7), None).unwrap();
+    let (l_attr, f_attr) = (
+        store.lookup(&root(), "/abs").unwrap(),
+        store.lookup(&root(), "/a/b/f").unwrap(),
+    );
+    assert_eq!((l_attr.uid, l_attr.gid, f_attr.uid), (5, 6, 7));
+
+    // Search permission holds through links.
+    store.mkdir(&root(), "/priv", 0o700).unwrap();
+    store
+        .create(&root(), "/priv/s", 0o644, false, None)
+        .unwrap();
+    store.symlink(&root(), "/p", "/priv/s").unwrap();
+    assert_errno(store.stat(&alice(), "/p"), libc::EACCES);
+    assert!(store.lookup(&alice(), "/p").unwrap().is_symlink());
+
+    // A directory cannot be moved into itself by way of a link.
+    store.symlink(&root(), "/into", "/a/b").unwrap();
+    assert_errno(store.rename(&root(), "/a", "/into/x"), libc::EINVAL);
+    assert!(store.lookup(&root(), "/a/b/f").is_ok());
+
+    // Unlink and rename act on the link, never on what it names.
+    assert_errno(store.rmdir(&root(), "/l"), libc::ENOTDIR);
+    store.rename(&root(), "/abs", "/a/abs").unwrap();
+    assert_eq!(store.stat(&root(), "/a/abs").unwrap().ino, f.ino);
+    store.unlink(&root(), "/l").unwrap();
+    assert_errno(store.lookup(&root(), "/l"), libc::ENOENT);
+    assert_eq!(store.lookup(&root(), "/a/b").unwrap().ino, b.ino);
+
+    // Bad targets are refused, naming what was wrong.
+    assert_errno(store.symlink(&root(), "/e", ""), libc::ENOENT);
+    assert_errno(store.symlink(&root(), "/e", "a\0b"), libc::EINVAL);
+    let long = "x".repeat(4096);
+    assert_errno(store.symlink(&root(), "/e", &long), libc::ENAMETOOLONG);
+    assert_errno(store.symlink(&root(), "/a/up", "x"), libc::EEXIST);
+    assert_errno(store.symlink(&bob(), "/a/x", "f"), libc::EACCES);
+
+    // Links are inodes: counted, and kept across a reopen.
+    let counted = store.statfs().unwrap().files;
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.statfs().unwrap().files, counted);
+    let kept = store.lookup(&root(), "/a/up").unwrap();
+    assert_eq!(kept.symlink.as_deref(), Some("../a/b/f"));
+    assert_eq!(store.stat(&root(), "/a/abs").unwrap().ino, f.ino);
+}

@@ -78,6 +78,9 @@
 // `nacre_dirent.file_type` of a directory (as `DT_DIR`).
 #define NACRE_DT_DIR 4
 
+// `nacre_dirent.file_type` of a symbolic link (as `DT_LNK`).
+#define NACRE_DT_LNK 10
+
 // A connection to a Nacre file system (opaque).
 typedef struct nacre_client nacre_client;
 
@@ -231,11 +234,33 @@ int nacre_chmod(struct nacre_client *client, const char *path, uint32_t mode);
 // Thread safety: safe from any thread.
 int nacre_chown(struct nacre_client *client, const char *path, uint32_t uid, uint32_t gid);
 
-// Fills `*out` with the attributes of `path` (a file's size from its objects). Returns 0
-// or a negative errno.
+// Fills `*out` with the attributes of what `path` names, a symbolic link at its end
+// followed, as `stat(2)` (a file's size from its objects). Returns 0 or a negative errno
+// (`-ELOOP` past 40 links).
 //
 // Thread safety: safe from any thread.
 int nacre_stat(struct nacre_client *client, const char *path, struct nacre_attr *out);
+
+// Fills `*out` with the attributes of `path`, a symbolic link at its end not followed, as
+// `lstat(2)` (a link's size is its target's length). Returns 0 or a negative errno.
+//
+// Thread safety: safe from any thread.
+int nacre_lstat(struct nacre_client *client, const char *path, struct nacre_attr *out);
+
+// Makes a symbolic link at `path` naming `target` (1 to `NACRE_PATH_MAX - 1` bytes, resolved
+// when the link is followed), as `symlink(2)`. Returns 0, or `-EEXIST`, `-ENOENT` (no
+// parent), `-EACCES`, ...
+//
+// Thread safety: safe from any thread.
+int nacre_symlink(struct nacre_client *client, const char *target, const char *path);
+
+// Copies what the symbolic link at `path` names, NUL-terminated, into `buf` of `len`
+// bytes and returns its length. Unlike `readlink(2)` nothing is cut: `-ERANGE` when `len`
+// is too small (`NACRE_PATH_MAX + 1` always holds it), `-EINVAL` when `path` is not a
+// link, or another negative errno.
+//
+// Thread safety: safe from any thread.
+int nacre_readlink(struct nacre_client *client, const char *path, char *buf, size_t len);
 
 // Stores in `*flags` the HSM flags of `path` (`NACRE_HS_*`, Lustre's values, as
 // `llapi_hsm_state_get`; 0 for a file never imported from a data repository). Returns 0

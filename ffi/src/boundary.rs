@@ -155,6 +155,18 @@ pub(crate) unsafe fn path_arg<'a>(path: *const c_char, what: &str) -> Result<&'a
     unsafe { str_arg(path, what, NACRE_PATH_MAX) }
 }
 
+/// Copies `text` and a NUL to `buf`.
+///
+/// # Safety
+/// `buf` must hold `text.len() + 1` writable bytes.
+pub(crate) unsafe fn copy_c_string(text: &str, buf: *mut c_char) {
+    // SAFETY: the caller's contract; the regions cannot overlap (`text` is ours).
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+        *buf.add(text.len()) = 0;
+    }
+}
+
 /// Checks a buffer argument: not NULL, 1 to [`NACRE_IO_MAX`] bytes.
 pub(crate) fn check_buffer(ptr: *const u8, len: usize, what: &str) -> Result<(), Failure> {
     if ptr.is_null() {

@@ -7,9 +7,11 @@ use std::time::Duration;
 use engine::meta::types::{DirEntry, FileType};
 use engine::{Client, ClientOptions, Stat};
 
-use crate::boundary::{Failure, check_buffer, check_out, path_arg, run_int, str_arg};
+use crate::boundary::{
+    Failure, check_buffer, check_out, copy_c_string, path_arg, run_int, str_arg,
+};
 use crate::handle::{self, Object};
-use crate::limits::{NACRE_DT_DIR, NACRE_DT_REG, NACRE_NAME_BUF, NACRE_PATH_MAX};
+use crate::limits::{NACRE_DT_DIR, NACRE_DT_LNK, NACRE_DT_REG, NACRE_NAME_BUF, NACRE_PATH_MAX};
 
 /// A connection to a Nacre file system (opaque).
 pub struct nacre_client {
@@ -268,6 +270,7 @@ pub(crate) fn fill_stat(stat: &Stat, out: *mut nacre_attr) {
     let kind = match a.file_type {
         FileType::File => libc::S_IFREG,
         FileType::Dir => libc::S_IFDIR,
+        FileType::Symlink => libc::S_IFLNK,
     };
     let filled = nacre_attr {
         ino: a.ino,
@@ -285,8 +288,9 @@ pub(crate) fn fill_stat(stat: &Stat, out: *mut nacre_attr) {
     unsafe { *out = filled };
 }
 
-/// Fills `*out` with the attributes of `path` (a file's size from its objects). Returns 0
-/// or a negative errno.
+/// Fills `*out` with the attributes of what `path` names, a symbolic link at its end
+/// followed, as `stat(2)` (a file's size from its objects). Returns 0 or a negative errno
+/// (`-ELOOP` past 40 links).
 ///
 /// Thread safety: safe from any thread.
 #[unsafe(no_mangle)]
@@ -295,13 +299,92 @@ pub extern "C" fn nacre_stat(
     path: *const c_char,
     out: *mut nacre_attr,
 ) -> c_int {
-    run_int("nacre_stat", || {
+    stat_with("nacre_stat", client, path, out, Client::stat)
+}
+
+/// Fills `*out` with the attributes of `path`, a symbolic link at its end not followed, as
+/// `lstat(2)` (a link's size is its target's length). Returns 0 or a negative errno.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_lstat(
+    client: *mut nacre_client,
+    path: *const c_char,
+    out: *mut nacre_attr,
+) -> c_int {
+    stat_with("nacre_lstat", client, path, out, Client::lstat)
+}
+
+fn stat_with(
+    name: &str,
+    client: *mut nacre_client,
+    path: *const c_char,
+    out: *mut nacre_attr,
+    stat: impl FnOnce(&Client, &str) -> Result<Stat, engine::Error>,
+) -> c_int {
+    run_int(name, || {
         check_out(out, "out")?;
         let c = handle::client(client)?;
         // SAFETY: the header's contract: a NUL-terminated path.
         let path = unsafe { path_arg(path, "path") }?;
-        fill_stat(&c.stat(path)?, out);
+        fill_stat(&stat(&c, path)?, out);
         Ok(0)
+    })
+}
+
+/// Makes a symbolic link at `path` naming `target` (1 to `NACRE_PATH_MAX - 1` bytes, resolved
+/// when the link is followed), as `symlink(2)`. Returns 0, or `-EEXIST`, `-ENOENT` (no
+/// parent), `-EACCES`, ...
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_symlink(
+    client: *mut nacre_client,
+    target: *const c_char,
+    path: *const c_char,
+) -> c_int {
+    run_int("nacre_symlink", || {
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: NUL-terminated strings.
+        let target = unsafe { path_arg(target, "target") }?;
+        // SAFETY: as above.
+        let path = unsafe { path_arg(path, "path") }?;
+        c.symlink(target, path)?;
+        Ok(0)
+    })
+}
+
+/// Copies what the symbolic link at `path` names, NUL-terminated, into `buf` of `len`
+/// bytes and returns its length. Unlike `readlink(2)` nothing is cut: `-ERANGE` when `len`
+/// is too small (`NACRE_PATH_MAX + 1` always holds it), `-EINVAL` when `path` is not a
+/// link, or another negative errno.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_readlink(
+    client: *mut nacre_client,
+    path: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    run_int("nacre_readlink", || {
+        check_out(buf, "buf")?;
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: a NUL-terminated path.
+        let path = unsafe { path_arg(path, "path") }?;
+        let target = c.readlink(path)?;
+        if target.len() >= len {
+            return Err(Failure {
+                errno: libc::ERANGE,
+                message: format!(
+                    "a buffer of {len} bytes cannot hold the {} bytes {path} names and a NUL",
+                    target.len()
+                ),
+            });
+        }
+        // SAFETY: `buf` holds `len` > target.len() bytes by the header's contract.
+        unsafe { copy_c_string(&target, buf) };
+        Ok(target.len() as i64)
     })
 }
 
@@ -402,6 +485,7 @@ pub extern "C" fn nacre_readdir(dir: *mut nacre_dir, entry: *mut nacre_dirent) -
             file_type: match e.file_type {
                 FileType::File => NACRE_DT_REG,
                 FileType::Dir => NACRE_DT_DIR,
+                FileType::Symlink => NACRE_DT_LNK,
             },
             name: [0; NACRE_NAME_BUF],
         };

@@ -9,7 +9,7 @@ use engine::layout::limits::EOF_OFFSET_BYTES;
 use engine::layout::{Layout, StripeSpec};
 use engine::meta::types::{ComponentSpec, LayoutSpec};
 
-use crate::boundary::{Failure, check_out, path_arg, run_int, str_arg};
+use crate::boundary::{Failure, check_out, copy_c_string, path_arg, run_int, str_arg};
 use crate::client::nacre_client;
 use crate::file::nacre_file;
 use crate::handle::{self, Object};
@@ -444,18 +444,6 @@ pub extern "C" fn nacre_layout_to_string(
         }
         Ok(text.len() as i64)
     })
-}
-
-/// Copies `text` and a NUL to `buf`.
-///
-/// # Safety
-/// `buf` must hold `text.len() + 1` writable bytes.
-unsafe fn copy_c_string(text: &str, buf: *mut c_char) {
-    // SAFETY: the caller's contract; the regions cannot overlap (`text` is ours).
-    unsafe {
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
-        *buf.add(text.len()) = 0;
-    }
 }
 
 /// Stores in `*out` the layout of `path`: a file's resolved layout (with its targets), or a

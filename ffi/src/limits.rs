@@ -26,6 +26,8 @@ pub const NACRE_EXTENT_EOF: u64 = u64::MAX;
 pub const NACRE_DT_REG: u32 = 8;
 /// `nacre_dirent.file_type` of a directory (as `DT_DIR`).
 pub const NACRE_DT_DIR: u32 = 4;
+/// `nacre_dirent.file_type` of a symbolic link (as `DT_LNK`).
+pub const NACRE_DT_LNK: u32 = 10;
 
 /// First handle number; handles count up from it and are never reused, and it lies above
 /// every user-space address, so no pointer is ever mistaken for a handle.
@@ -54,5 +56,6 @@ mod tests {
         assert_eq!(NACRE_EXTENT_EOF, layout::EOF_OFFSET_BYTES);
         assert_eq!(NACRE_DT_REG, u32::from(libc::DT_REG));
         assert_eq!(NACRE_DT_DIR, u32::from(libc::DT_DIR));
+        assert_eq!(NACRE_DT_LNK, u32::from(libc::DT_LNK));
     }
 }

@@ -29,7 +29,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::ops::ControlFlow;
 
 use nacre::meta::repo::{Association, EVENT_DELETED, HS_ARCHIVED, HS_DIRTY};
-use nacre::meta::types::Attr;
+use nacre::meta::types::{Attr, SYMLINK_MODE};
 use nacre::{Client, OpenOptions};
 use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt,
@@ -43,7 +43,7 @@ use crate::limits::{
     UPLOAD_PARALLEL,
 };
 use crate::mover::{S3Access, location, marker_location};
-use crate::posix::{TYPE_DIR, TYPE_FILE, metadata_of};
+use crate::posix::{TYPE_DIR, TYPE_FILE, TYPE_SYMLINK, metadata_of};
 
 /// The longest key S3 takes, in bytes.
 const MAX_KEY_BYTES: usize = 1024;
@@ -196,7 +196,12 @@ pub fn export(
             }
             continue;
         }
-        match export_file(client, s3, assoc, &path, force) {
+        let exported = if attr.is_symlink() {
+            export_symlink(client, s3, assoc, &path, &attr)
+        } else {
+            export_file(client, s3, assoc, &path, force)
+        };
+        match exported {
             Ok(Exported::Uploaded { bytes, moved_from }) => {
                 report.exported += 1;
                 report.bytes += bytes;
@@ -378,6 +383,109 @@ fn attributes_of(metadata: Vec<(String, String)>) -> Attributes {
     attributes
 }
 
+/// Refuses to overwrite the object at `key`, not `path`'s own, while another file is linked
+/// to it (files swapped, or one renamed over another's old name, not exported yet): that
+/// file may hold its data only there, until it is exported at its own new key.
+fn refuse_if_linked(
+    client: &Client,
+    assoc: &Association,
+    path: &str,
+    key: &str,
+) -> Result<(), ImportFailure> {
+    let held = client
+        .keys_linked(assoc.id, &[key.to_owned()])
+        .map_err(|e| failure(path, "InternalError", e))?;
+    if held.first() == Some(&true) {
+        return Err(failure(
+            path,
+            "ResourceBusy",
+            "another file is linked to the object at its key (moved, not exported at its new \
+             key yet): export that one first",
+        ));
+    }
+    Ok(())
+}
+
+/// The association's key the file at `path` is linked to (from its HSM state), and its
+/// flags.
+fn linked_key(
+    client: &Client,
+    assoc: &Association,
+    path: &str,
+) -> Result<(u32, Option<String>), ImportFailure> {
+    let (flags, url) = client
+        .hsm_state(path)
+        .map_err(|e| failure(path, "InternalError", e))?;
+    let bucket = format!("s3://{}/", assoc.bucket);
+    let linked = url
+        .as_deref()
+        .and_then(|u| u.strip_prefix(bucket.as_str()))
+        .filter(|old| old.starts_with(assoc.prefix.as_str()))
+        .map(str::to_owned);
+    Ok((flags, linked))
+}
+
+/// Puts the symbolic link at `path` as FSx does (its target as the body, `file-permissions`
+/// `0120777`), unless it is archived at its own key already: a link cannot change without
+/// being made anew (a new one is not archived).
+fn export_symlink(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    path: &str,
+    attr: &Attr,
+) -> Result<Exported, ImportFailure> {
+    let key = assoc
+        .key_of(path)
+        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+    let (flags, linked) = linked_key(client, assoc, path)?;
+    let own = linked.as_deref() == Some(key.as_str());
+    if own && flags & HS_ARCHIVED != 0 {
+        return Ok(Exported::Unchanged);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(failure(
+            path,
+            "PathSizeTooLong",
+            format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    if !own {
+        refuse_if_linked(client, assoc, path, &key)?;
+    }
+    let target = attr.symlink.clone().unwrap_or_default();
+    let size = target.len() as u64;
+    let options = PutOptions {
+        attributes: attributes_of(metadata_of(
+            TYPE_SYMLINK | SYMLINK_MODE,
+            attr.uid,
+            attr.gid,
+            attr.atime_ns,
+            attr.mtime_ns,
+        )),
+        ..PutOptions::default()
+    };
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    let put = s3
+        .block_on(store.put_opts(
+            &location(&key),
+            PutPayload::from(target.into_bytes()),
+            options,
+        ))
+        .map_err(|e| failure(path, "InternalError", e))?
+        .map_err(|e| failure(path, "S3Error", e))?;
+    let etag = put
+        .e_tag
+        .ok_or_else(|| failure(path, "S3Error", "S3 gave the upload no ETag"))?;
+    client
+        .mark_archived(path, assoc.id, &key, &etag, size)
+        .map_err(|e| failure(path, "InternalError", e))?;
+    Ok(Exported::Uploaded {
+        bytes: size,
+        moved_from: linked.filter(|old| *old != key),
+    })
+}
+
 /// What exporting a file did.
 enum Exported {
     /// It was archived, clean and not moved: left.
@@ -398,20 +506,13 @@ fn export_file(
     path: &str,
     force: bool,
 ) -> Result<Exported, ImportFailure> {
-    let (flags, url) = client
-        .hsm_state(path)
-        .map_err(|e| failure(path, "InternalError", e))?;
     let key = assoc
         .key_of(path)
         .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
-    let bucket = format!("s3://{}/", assoc.bucket);
     // The key of the association's object the file is linked to, if any.
-    let linked = url
-        .as_deref()
-        .and_then(|u| u.strip_prefix(bucket.as_str()))
-        .filter(|old| old.starts_with(assoc.prefix.as_str()));
-    let own = linked == Some(key.as_str());
-    let moved_from = linked.filter(|old| *old != key).map(str::to_owned);
+    let (flags, linked) = linked_key(client, assoc, path)?;
+    let own = linked.as_deref() == Some(key.as_str());
+    let moved_from = linked.filter(|old| *old != key);
     if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 && moved_from.is_none() {
         return Ok(Exported::Unchanged);
     }
@@ -422,22 +523,8 @@ fn export_file(
             format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
         ));
     }
-    // Another file linked to the object at this key (files swapped, or one renamed over
-    // another's old name, not exported yet) may hold its data only there: not overwritten
-    // until that file is exported at its own new key.
-    if !own
-        && client
-            .keys_linked(assoc.id, std::slice::from_ref(&key))
-            .map_err(|e| failure(path, "InternalError", e))?
-            .first()
-            == Some(&true)
-    {
-        return Err(failure(
-            path,
-            "ResourceBusy",
-            "another file is linked to the object at its key (moved, not exported at its new \
-             key yet): export that one first",
-        ));
+    if !own {
+        refuse_if_linked(client, assoc, path, &key)?;
     }
     let file = client
         .open(path, &OpenOptions::new().read(true))

@@ -2,9 +2,11 @@
 //! namespace, with no bytes copied (its files are released: their data comes on first
 //! read). Directories come from keys ending in `/` (with their metadata) and from the
 //! prefixes of other keys. An object already imported at the same ETag is left alone; a
-//! released one whose object changed takes the new version. What cannot be imported (a
-//! name the namespace does not allow, a symlink, a file there that is not the repository's)
-//! is reported per path, as FSx's completion report does, and the import goes on.
+//! released one whose object changed takes the new version. Symbolic links come from
+//! objects FSx wrote for them (`file-permissions` `0120777`, the target as the body). What
+//! cannot be imported (a name the namespace does not allow, a file there that is not the
+//! repository's) is reported per path, as FSx's completion report does, and the import
+//! goes on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -14,14 +16,16 @@ use nacre::Client;
 use nacre::meta::repo::{
     Association, EVENT_CHANGED, EVENT_DELETED, EVENT_NEW, HS_DIRTY, ImportOutcome, ImportedFile,
 };
-use nacre::meta::types::{FileType, MAX_NAME_BYTES, MAX_PATH_BYTES};
+use nacre::meta::types::{FileType, MAX_NAME_BYTES, MAX_PATH_BYTES, SYMLINK_MODE};
 use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 
 use crate::error::RepoError;
 use crate::limits::{HEAD_PARALLEL, MAX_LISTED_OBJECTS, MAX_OBJECT_BYTES};
 use crate::mover::{S3Access, marker_location};
-use crate::posix::{KEY_GROUP, KEY_OWNER, KEY_PERMISSIONS, TYPE_DIR, TYPE_SYMLINK, attrs_of};
+use crate::posix::{
+    KEY_GROUP, KEY_OWNER, KEY_PERMISSIONS, PosixAttrs, TYPE_DIR, TYPE_SYMLINK, attrs_of,
+};
 
 /// One path an import could not bring in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,19 +280,42 @@ pub fn import_events(
     let total = (dirs.len() + files.len()) as u64;
     let mut done = 0u64;
     // Parents before children: a path sorts after its prefixes.
+    // A directory that could not be made (a file or a symbolic link of the namespace where
+    // the repository has a directory) holds nothing of the import: a mkdir under a link
+    // would make its directories where the link leads.
+    let mut refused: Vec<String> = Vec::new();
+    let under_refused = |refused: &[String], path: &str| {
+        refused
+            .iter()
+            .find(|d| {
+                path.strip_prefix(d.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+            .map(|d| failure(path, "ResourceBusy", format!("{d} could not be imported")))
+    };
     for (path, user) in &dirs {
         done += 1;
         if progress(done, total).is_break() {
             return Ok(report);
         }
+        if let Some(f) = under_refused(&refused, path) {
+            report.failed.push(f);
+            refused.push(path.clone());
+            continue;
+        }
         if let Err(failure) = import_dir(client, path, user.as_ref(), &mut report) {
             report.failed.push(failure);
+            refused.push(path.clone());
         }
     }
     for (path, item) in &files {
         done += 1;
         if progress(done, total).is_break() {
             return Ok(report);
+        }
+        if let Some(f) = under_refused(&refused, path) {
+            report.failed.push(f);
+            continue;
         }
         if events & (EVENT_NEW | EVENT_CHANGED) != EVENT_NEW | EVENT_CHANGED {
             let exists = client.attr(path).is_ok();
@@ -297,7 +324,7 @@ pub fn import_events(
                 continue;
             }
         }
-        if let Err(failure) = import_file(client, assoc, path, item, &mut report) {
+        if let Err(failure) = import_file(client, s3, assoc, path, item, &mut report) {
             report.failed.push(failure);
         }
     }
@@ -350,6 +377,78 @@ fn remove_deleted(
     }
 }
 
+/// Imports the symbolic link FSx stores as object `item` (`file-permissions` `0120777`):
+/// its body, read at the listed version, is what the link names.
+fn import_symlink(
+    client: &Client,
+    s3: &S3Access,
+    assoc: &Association,
+    path: &str,
+    item: &Listed,
+    attrs: &PosixAttrs,
+    report: &mut ImportReport,
+) -> Result<(), ImportFailure> {
+    if item.meta.size == 0 || item.meta.size > MAX_PATH_BYTES as u64 {
+        return Err(failure(
+            path,
+            "InvalidSymlink",
+            format!(
+                "a symlink's object of {} bytes: its body, the link's target, is 1 to \
+                 {MAX_PATH_BYTES} bytes",
+                item.meta.size
+            ),
+        ));
+    }
+    let Some(etag) = item.meta.e_tag.clone() else {
+        return Err(failure(
+            path,
+            "S3Error",
+            "the listing gave the object no ETag",
+        ));
+    };
+    let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
+    // The version listed: one changed since is read by the next import.
+    let options = GetOptions {
+        if_match: Some(etag.clone()),
+        ..GetOptions::default()
+    };
+    let body = s3
+        .block_on(async {
+            let got = store.get_opts(&item.meta.location, options).await?;
+            got.bytes().await
+        })
+        .map_err(|e| failure(path, "InternalError", e))?
+        .map_err(|e| failure(path, "S3Error", e))?;
+    let target = std::str::from_utf8(&body)
+        .map_err(|_| failure(path, "InvalidSymlink", "its target is not UTF-8"))?;
+    let imported = ImportedFile {
+        path: path.to_owned(),
+        mode: SYMLINK_MODE,
+        uid: attrs.uid,
+        gid: attrs.gid,
+        atime_ns: attrs.atime_ns,
+        mtime_ns: attrs.mtime_ns,
+        repo: assoc.id,
+        key: item.meta.location.as_ref().to_owned(),
+        etag,
+        size: item.meta.size,
+    };
+    let (_, outcome) = client.import_symlink(&imported, target).map_err(|e| {
+        let code = match e.errno() {
+            libc::EEXIST => "ResourceBusy",
+            libc::EINVAL | libc::ENAMETOOLONG => "InvalidSymlink",
+            _ => "InternalError",
+        };
+        failure(path, code, e)
+    })?;
+    match outcome {
+        ImportOutcome::Created => report.created += 1,
+        ImportOutcome::Updated => report.updated += 1,
+        ImportOutcome::Unchanged => report.unchanged += 1,
+    }
+    Ok(())
+}
+
 /// A path's failure with FSx's error `code` and what was wrong.
 pub(crate) fn failure(path: &str, code: &'static str, e: impl std::fmt::Display) -> ImportFailure {
     ImportFailure {
@@ -380,11 +479,16 @@ fn import_dir(
         Ok(_) => report.dirs += 1,
         Err(e) if e.errno() == libc::EEXIST => match client.attr(path) {
             Ok(attr) if attr.is_dir() => return Ok(()),
-            Ok(_) => {
+            Ok(attr) => {
+                let what = if attr.is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "a file"
+                };
                 return Err(failure(
                     path,
                     "ResourceBusy",
-                    "a file of the namespace is where the repository has a directory",
+                    format!("{what} of the namespace is where the repository has a directory"),
                 ));
             }
             Err(e) => return Err(failure(path, "InternalError", e)),
@@ -402,6 +506,7 @@ fn import_dir(
 
 fn import_file(
     client: &Client,
+    s3: &S3Access,
     assoc: &Association,
     path: &str,
     item: &Listed,
@@ -411,11 +516,7 @@ fn import_file(
     let attrs = attrs_of(&item.user, modified);
     match attrs.file_type {
         Some(TYPE_SYMLINK) => {
-            return Err(failure(
-                path,
-                "SymlinkNotSupported",
-                "a symlink (the namespace has none yet)",
-            ));
+            return import_symlink(client, s3, assoc, path, item, &attrs, report);
         }
         Some(TYPE_DIR) => {
             return import_dir(client, path, Some(&item.user), report);

@@ -414,7 +414,8 @@ fn linked_keys<'p>(
     Ok(linked)
 }
 
-/// Every file at or under `paths`; what cannot be read is a report line.
+/// Every file at or under `paths` (symbolic links are not followed: a link holds no data
+/// of its own); what cannot be read is a report line.
 fn files_of(client: &Client, paths: &[String], r: &mut Reporter<'_>) -> Vec<String> {
     let mut files = Vec::new();
     let mut pending: Vec<String> = paths.iter().rev().cloned().collect();
@@ -429,6 +430,7 @@ fn files_of(client: &Client, paths: &[String], r: &mut Reporter<'_>) -> Vec<Stri
                 }
                 Err(e) => r.fail(&crate::import::failure(&path, "InternalError", e)),
             },
+            Ok(attr) if attr.is_symlink() => {}
             Ok(_) => files.push(path),
             Err(e) => r.fail(&crate::import::failure(&path, "InternalError", e)),
         }

@@ -79,6 +79,22 @@ impl Client {
         })
     }
 
+    /// Creates or updates the symbolic link of an imported object (root only), naming
+    /// `target`: its attributes and what was done.
+    pub fn import_symlink(
+        &self,
+        file: &ImportedFile,
+        target: &str,
+    ) -> Result<(Attr, ImportOutcome), Error> {
+        let request = MetaRequest::ImportSymlink {
+            file: file.clone(),
+            target: target.to_owned(),
+        };
+        self.meta_call(&request, |r| {
+            Ok((Attr::decode(r)?, ImportOutcome::decode(r)?))
+        })
+    }
+
     /// The HSM flags of `path` (Lustre's values; 0 for a file never imported) and, for an
     /// imported file, its object's URL.
     pub fn hsm_state(&self, path: &str) -> Result<(u32, Option<String>), Error> {

@@ -20,10 +20,30 @@ use crate::meta::types::{
 /// One metadata operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaRequest {
-    /// The attributes of a path.
+    /// The attributes of a path, a symbolic link at its end not followed (`lstat`).
     Lookup {
         /// The path.
         path: String,
+    },
+    /// The attributes of what a path names, a symbolic link at its end followed (`stat`).
+    Stat {
+        /// The path.
+        path: String,
+    },
+    /// Make a symbolic link; the reply is its attributes.
+    Symlink {
+        /// Where.
+        path: String,
+        /// What it names (1 to 4095 bytes without NUL, resolved when followed).
+        target: String,
+    },
+    /// Create (or bring up to date) the symbolic link of an imported object (root only):
+    /// the reply is its attributes and an [`ImportOutcome`](crate::meta::repo::ImportOutcome).
+    ImportSymlink {
+        /// The link, its attributes and object (`mode` is not used: a link's is 0o777).
+        file: ImportedFile,
+        /// What it names: the object's body.
+        target: String,
     },
     /// Make a directory.
     Mkdir {
@@ -98,7 +118,7 @@ pub enum MetaRequest {
     Chmod {
         /// The path.
         path: String,
-        /// The new bits.
+        /// The new bits (a symbolic link at the end of the path is followed).
         mode: u32,
     },
     /// Change owner and/or group.
@@ -109,6 +129,8 @@ pub enum MetaRequest {
         uid: Option<u32>,
         /// New group.
         gid: Option<u32>,
+        /// Follow a symbolic link at the end of the path (`chown`; without, `lchown`).
+        follow: bool,
     },
     /// A target announces itself. The reply is the file system's uuid (text), which a
     /// target not bound yet binds itself to.
@@ -334,7 +356,10 @@ impl MetaRequest {
     /// The operation's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {
-            MetaRequest::Lookup { .. } => "stat",
+            MetaRequest::Lookup { .. } => "lstat",
+            MetaRequest::Stat { .. } => "stat",
+            MetaRequest::Symlink { .. } => "symlink",
+            MetaRequest::ImportSymlink { .. } => "import",
             MetaRequest::Mkdir { .. } => "mkdir",
             MetaRequest::Create { .. } => "create",
             MetaRequest::Open { .. } => "open",
@@ -376,6 +401,8 @@ impl MetaRequest {
     pub fn path(&self) -> &str {
         match self {
             MetaRequest::Lookup { path }
+            | MetaRequest::Stat { path }
+            | MetaRequest::Symlink { path, .. }
             | MetaRequest::Mkdir { path, .. }
             | MetaRequest::Create { path, .. }
             | MetaRequest::Open { path, .. }
@@ -396,7 +423,9 @@ impl MetaRequest {
             | MetaRequest::HsmSet { path, .. } => path,
             MetaRequest::Rename { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
-            MetaRequest::ImportFile { file } => &file.path,
+            MetaRequest::ImportFile { file } | MetaRequest::ImportSymlink { file, .. } => {
+                &file.path
+            }
             MetaRequest::RegisterTarget { .. }
             | MetaRequest::Usage { .. }
             | MetaRequest::Targets { .. }
@@ -450,6 +479,9 @@ impl MetaRequest {
             MetaRequest::Release { .. } => 33,
             MetaRequest::KeysLinked { .. } => 34,
             MetaRequest::HsmSet { .. } => 35,
+            MetaRequest::Stat { .. } => 36,
+            MetaRequest::Symlink { .. } => 37,
+            MetaRequest::ImportSymlink { .. } => 38,
         }
     }
 
@@ -459,9 +491,17 @@ impl MetaRequest {
         cred.encode(out);
         match self {
             MetaRequest::Lookup { path }
+            | MetaRequest::Stat { path }
             | MetaRequest::Unlink { path }
             | MetaRequest::Rmdir { path } => {
                 Writer::new(out).str(path);
+            }
+            MetaRequest::Symlink { path, target } => {
+                Writer::new(out).str(path).str(target);
+            }
+            MetaRequest::ImportSymlink { file, target } => {
+                file.encode(out);
+                Writer::new(out).str(target);
             }
             MetaRequest::Mkdir { path, mode } | MetaRequest::Chmod { path, mode } => {
                 Writer::new(out).str(path).u32(*mode);
@@ -501,11 +541,17 @@ impl MetaRequest {
                 Writer::new(out).str(path).u32(*mode);
                 spec.encode(out);
             }
-            MetaRequest::Chown { path, uid, gid } => {
+            MetaRequest::Chown {
+                path,
+                uid,
+                gid,
+                follow,
+            } => {
                 let mut w = Writer::new(out);
                 w.str(path);
                 put_opt_u32(&mut w, *uid);
                 put_opt_u32(&mut w, *gid);
+                w.u8(u8::from(*follow));
             }
             MetaRequest::RegisterTarget { info, filesystem } => {
                 info.encode(out);
@@ -682,6 +728,7 @@ impl MetaRequest {
                 path: get_path(&mut r, "path")?,
                 uid: get_opt_u32(&mut r, "uid")?,
                 gid: get_opt_u32(&mut r, "gid")?,
+                follow: get_flag(&mut r, "follow")?,
             },
             13 => MetaRequest::RegisterTarget {
                 info: TargetInfo::decode(&mut r)?,
@@ -792,7 +839,18 @@ impl MetaRequest {
                 set: r.u32("set")?,
                 clear: r.u32("clear")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 35")),
+            36 => MetaRequest::Stat {
+                path: get_path(&mut r, "path")?,
+            },
+            37 => MetaRequest::Symlink {
+                path: get_path(&mut r, "path")?,
+                target: get_path(&mut r, "target")?,
+            },
+            38 => MetaRequest::ImportSymlink {
+                file: ImportedFile::decode(&mut r)?,
+                target: get_path(&mut r, "target")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 38")),
         };
         r.finish()?;
         Ok((cred, request))

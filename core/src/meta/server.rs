@@ -249,6 +249,21 @@ fn execute(
 ) -> Result<Vec<u32>, MetaError> {
     match op {
         MetaRequest::Lookup { path } => store.lookup(cred, path)?.encode(out),
+        MetaRequest::Stat { path } => store.stat(cred, path)?.encode(out),
+        MetaRequest::Symlink { path, target } => {
+            let link = store.symlink(cred, path, target)?;
+            link.encode(out);
+            // The link is made: a failure to queue its export is logged, not the request's
+            // (the next export task takes it).
+            if let Err(e) = store.symlink_made(cred, path) {
+                nacre_transport::log_line!("nacre meta: auto-export of the link {path}: {e}");
+            }
+        }
+        MetaRequest::ImportSymlink { file, target } => {
+            let (attr, outcome) = store.import_symlink(cred, file, target)?;
+            attr.encode(out);
+            out.push(outcome.to_u8());
+        }
         MetaRequest::Mkdir { path, mode } => store.mkdir(cred, path, *mode)?.encode(out),
         MetaRequest::Create {
             path,
@@ -289,26 +304,29 @@ fn execute(
             encode_page(out, &entries, full, DirEntry::encode);
         }
         MetaRequest::Unlink { path } => {
-            let linked = store.linked_to_object(cred, path)?;
+            let at = canonical(store, cred, path);
+            let linked = store.linked_to_object(cred, &at)?;
             let removed = store.unlink(cred, path)?;
             if let Some(linked) = linked {
-                deletion_noticed(store, Some((path, linked)), None);
+                deletion_noticed(store, Some((&at, linked)), None);
             }
             return Ok(targets_of(Some(removed)));
         }
         MetaRequest::Rmdir { path } => {
             // A directory's marker object goes with it (auto-export with `deleted`).
-            let linked = store.linked_to_object(cred, path)?;
+            let at = canonical(store, cred, path);
+            let linked = store.linked_to_object(cred, &at)?;
             store.rmdir(cred, path)?;
             if let Some(linked) = linked {
-                deletion_noticed(store, Some((path, linked)), None);
+                deletion_noticed(store, Some((&at, linked)), None);
             }
         }
         MetaRequest::Rename { from, to } => {
-            let linked = store.linked_to_object(cred, from)?;
+            let (from_at, to_at) = (canonical(store, cred, from), canonical(store, cred, to));
+            let linked = store.linked_to_object(cred, &from_at)?;
             let replaced = store.rename(cred, from, to)?;
             if store.has_associations() {
-                deletion_noticed(store, linked.map(|l| (from.as_str(), l)), Some(to));
+                deletion_noticed(store, linked.map(|l| (from_at.as_str(), l)), Some(&to_at));
             }
             return Ok(targets_of(replaced));
         }
@@ -319,7 +337,18 @@ fn execute(
             .set_layout_on_new_file(cred, path, spec, *mode)?
             .encode(out),
         MetaRequest::Chmod { path, mode } => store.chmod(cred, path, *mode)?,
-        MetaRequest::Chown { path, uid, gid } => store.chown(cred, path, *uid, *gid)?,
+        MetaRequest::Chown {
+            path,
+            uid,
+            gid,
+            follow: true,
+        } => store.chown(cred, path, *uid, *gid)?,
+        MetaRequest::Chown {
+            path,
+            uid,
+            gid,
+            follow: false,
+        } => store.lchown(cred, path, *uid, *gid)?,
         MetaRequest::RegisterTarget { info, filesystem } => {
             let fs = store.register_target(info.clone(), filesystem.as_deref())?;
             Writer::new(out).str(&fs);
@@ -451,6 +480,22 @@ fn execute(
         }
     }
     Ok(Vec::new())
+}
+
+/// `path` with its symbolic links resolved (not one at its end), while associations exist:
+/// their paths are compared with what a path names, not how it was spelt. The operation
+/// itself is given the path as asked (it resolves it again in its own transaction): this one
+/// only says what auto-export is to look at, and the runner checks what is there before it
+/// deletes anything. A path that does not resolve, or resolves longer than a path may be, is
+/// kept as given.
+fn canonical(store: &MetaStore, cred: &crate::meta::types::Cred, path: &str) -> String {
+    if !store.has_associations() {
+        return path.to_owned();
+    }
+    match store.canonical(cred, path, false) {
+        Ok(at) if at.len() <= crate::meta::types::MAX_PATH_BYTES => at,
+        _ => path.to_owned(),
+    }
 }
 
 /// Queues what an unlink, rmdir or rename of a linked file (or a directory) means for

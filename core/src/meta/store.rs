@@ -38,12 +38,12 @@ mod task_ops;
 
 pub use task_ops::{Linked, TaskEnd};
 
-use crate::limits::{MAX_FILE_LAYOUT_BYTES, REOPEN_INTERVAL_MS};
+use crate::limits::{MAX_FILE_LAYOUT_BYTES, MAX_SYMLINK_FOLLOWS, REOPEN_INTERVAL_MS};
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
     MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
     MAX_TARGET_UUID_BYTES, MODE_PERMISSION_BITS, MODE_SETGID, MODE_SETUID, MODE_STICKY, MetaError,
-    ROOT_INO, StatFs, TargetInfo, check_name, excerpt,
+    ROOT_INO, SYMLINK_MODE, StatFs, TargetInfo, check_name, check_symlink_target, excerpt,
 };
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
@@ -336,6 +336,19 @@ fn corrupt(what: String) -> MetaError {
     }
 }
 
+/// Where a path led ([`Ns::resolve`]).
+#[derive(Debug)]
+struct Resolved {
+    /// The path as resolved (symbolic links replaced by what they name), for messages and
+    /// for the checks that compare paths.
+    path: String,
+    /// The directory holding the last name, and that name; `None` when the path resolved
+    /// to the root.
+    at: Option<(Attr, String)>,
+    /// What the last name names, if anything.
+    entry: Option<Attr>,
+}
+
 /// The namespace tables of one transaction, read-only or writable.
 struct Ns<I, D> {
     inodes: I,
@@ -365,54 +378,154 @@ where
         }
     }
 
-    /// The inode at the first `depth` names of `path`, searching every directory walked.
-    fn walk(&self, cred: &Cred, path: &NsPath<'_>, depth: usize) -> Result<Attr, MetaError> {
-        let mut current = self.attr(ROOT_INO)?;
-        for (index, name) in path.names[..depth].iter().enumerate() {
+    /// Where `path` leads, searching every directory walked. Symbolic links in the middle
+    /// of the path are followed (a relative target from the link's directory, `..` up to
+    /// the root at most, [`MAX_SYMLINK_FOLLOWS`] links at most); one at the end only with
+    /// `follow_last`.
+    fn resolve(
+        &self,
+        cred: &Cred,
+        path: &NsPath<'_>,
+        follow_last: bool,
+    ) -> Result<Resolved, MetaError> {
+        // The names still to walk, the next one last.
+        let mut pending: Vec<String> = path.names.iter().rev().map(|n| (*n).to_owned()).collect();
+        // The directories walked from the root, with the names they were reached by.
+        let mut walked: Vec<(Attr, String)> = vec![(self.attr(ROOT_INO)?, String::new())];
+        let mut follows = 0;
+        let at = |walked: &[(Attr, String)], name: Option<&str>| {
+            let mut out = String::new();
+            for (_, n) in &walked[1..] {
+                out.push('/');
+                out.push_str(n);
+            }
+            if let Some(name) = name {
+                out.push('/');
+                out.push_str(name);
+            }
+            if out.is_empty() {
+                out.push('/');
+            }
+            out
+        };
+        while let Some(name) = pending.pop() {
+            // Every name, `.` and `..` too, is looked up in a directory that may be searched.
+            let (current, _) = walked.last().expect("the root is never popped");
             if !current.is_dir() {
                 return Err(MetaError::NotDir {
-                    path: path.prefix(index),
+                    path: at(&walked, None),
                 });
             }
-            require(cred, &current, MAY_EXEC, "search", || path.prefix(index))?;
-            let link = self
-                .child(current.ino, name)?
-                .ok_or_else(|| MetaError::NotFound {
-                    path: path.prefix(index + 1),
-                })?;
-            current = self.attr(link.ino)?;
+            require(cred, current, MAY_EXEC, "search", || at(&walked, None))?;
+            match name.as_str() {
+                "." => continue,
+                ".." => {
+                    if walked.len() > 1 {
+                        walked.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            check_name(&name)?;
+            let last = pending.is_empty();
+            let Some(link) = self.child(current.ino, &name)? else {
+                if last {
+                    let parent = current.clone();
+                    return Ok(Resolved {
+                        path: at(&walked, Some(&name)),
+                        at: Some((parent, name)),
+                        entry: None,
+                    });
+                }
+                return Err(MetaError::NotFound {
+                    path: at(&walked, Some(&name)),
+                });
+            };
+            let attr = self.attr(link.ino)?;
+            if attr.is_symlink() && (!last || follow_last) {
+                follows += 1;
+                if follows > MAX_SYMLINK_FOLLOWS {
+                    return Err(MetaError::Loop {
+                        path: at(&walked, Some(&name)),
+                        max: MAX_SYMLINK_FOLLOWS,
+                    });
+                }
+                let target = attr.symlink.as_deref().unwrap_or("");
+                if target.starts_with('/') {
+                    walked.truncate(1);
+                }
+                pending.extend(
+                    target
+                        .split('/')
+                        .filter(|n| !n.is_empty())
+                        .rev()
+                        .map(str::to_owned),
+                );
+                continue;
+            }
+            if last {
+                let (parent, _) = walked.last().expect("the root is never popped").clone();
+                return Ok(Resolved {
+                    path: at(&walked, Some(&name)),
+                    at: Some((parent, name)),
+                    entry: Some(attr),
+                });
+            }
+            walked.push((attr, name));
         }
-        Ok(current)
+        // The path (or a link's target) ended at a directory walked to: the root, or one
+        // reached through `..` or a link.
+        let (entry, name) = walked.pop().expect("the root is never popped");
+        if walked.is_empty() {
+            return Ok(Resolved {
+                path: "/".to_owned(),
+                at: None,
+                entry: Some(entry),
+            });
+        }
+        let parent = walked.last().expect("checked").0.clone();
+        let path = at(&walked, Some(&name));
+        Ok(Resolved {
+            path,
+            at: Some((parent, name)),
+            entry: Some(entry),
+        })
     }
-
-    /// The parent directory of a non-root `path` (searched) and the entry, if it exists.
+    /// The parent directory of a non-root `path` (searched) and the entry, if it exists;
+    /// a symbolic link at the end is the entry (not followed).
     fn lookup_parent(
         &self,
         cred: &Cred,
         path: &NsPath<'_>,
     ) -> Result<(Attr, Option<Attr>), MetaError> {
         assert!(!path.is_root(), "the root has no parent");
-        let depth = path.names.len() - 1;
-        let parent = self.walk(cred, path, depth)?;
-        if !parent.is_dir() {
-            return Err(MetaError::NotDir {
-                path: path.prefix(depth),
-            });
-        }
-        require(cred, &parent, MAY_EXEC, "search", || path.prefix(depth))?;
-        let entry = match self.child(parent.ino, path.last())? {
-            Some(link) => Some(self.attr(link.ino)?),
-            None => None,
-        };
-        Ok((parent, entry))
+        let resolved = self.resolve(cred, path, false)?;
+        let (parent, _) = resolved
+            .at
+            .expect("a path not ending at the root whose last name is not followed has a parent");
+        Ok((parent, resolved.entry))
     }
 
+    /// What `path` names, a symbolic link at the end not followed (`lstat`).
     fn lookup(&self, cred: &Cred, path: &NsPath<'_>) -> Result<Attr, MetaError> {
+        self.lookup_with(cred, path, false)
+    }
+
+    /// What `path` names, a symbolic link at the end followed when `follow_last` (`stat`).
+    fn lookup_with(
+        &self,
+        cred: &Cred,
+        path: &NsPath<'_>,
+        follow_last: bool,
+    ) -> Result<Attr, MetaError> {
         if path.is_root() {
             return self.attr(ROOT_INO);
         }
-        let (_, entry) = self.lookup_parent(cred, path)?;
-        entry.ok_or_else(|| MetaError::NotFound { path: path.full() })
+        let resolved = self.resolve(cred, path, follow_last)?;
+        resolved.entry.ok_or(MetaError::NotFound {
+            path: resolved.path,
+        })
     }
 
     fn list(
@@ -556,6 +669,33 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// A new symbolic link's inode, stored and counted, not yet in a directory.
+    fn new_symlink(
+        &mut self,
+        target: &str,
+        uid: u32,
+        gid: u32,
+        (atime_ns, mtime_ns): (i64, i64),
+    ) -> Result<Attr, MetaError> {
+        let link = Attr {
+            ino: self.alloc_ino()?,
+            file_type: FileType::Symlink,
+            mode: SYMLINK_MODE,
+            uid,
+            gid,
+            nlink: 1,
+            atime_ns,
+            mtime_ns,
+            ctime_ns: now_ns(),
+            layout: None,
+            default_layout: None,
+            symlink: Some(target.to_owned()),
+        };
+        self.ns.put_attr(&link)?;
+        self.counters.files += 1;
+        Ok(link)
+    }
+
     fn alloc_ino(&mut self) -> Result<u64, MetaError> {
         let ino = self.counters.next_ino;
         if ino > MAX_INO {
@@ -661,6 +801,7 @@ impl MetaStore {
                         ctime_ns: now,
                         layout: None,
                         default_layout: None,
+                        symlink: None,
                     };
                     inodes.insert(ROOT_INO, root.to_bytes().as_slice())?;
                     let counters = Superblock {
@@ -882,10 +1023,68 @@ impl MetaStore {
         })
     }
 
-    /// The attributes at `path` (also what `stat` answers).
+    /// The attributes at `path`, a symbolic link at its end not followed (what `lstat`
+    /// answers; links in the middle of the path are followed).
     pub fn lookup(&self, cred: &Cred, path: &str) -> Result<Attr, MetaError> {
         let path = NsPath::parse("path", path)?;
         self.read(|ns| ns.lookup(cred, &path))
+    }
+
+    /// The attributes of what `path` names, a symbolic link at its end followed (what
+    /// `stat` answers).
+    pub fn stat(&self, cred: &Cred, path: &str) -> Result<Attr, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        self.read(|ns| ns.lookup_with(cred, &path, true))
+    }
+
+    /// `path` with its symbolic links replaced by what they name (the one at its end only
+    /// with `follow_last`): the one path of what it names, which the associations' paths
+    /// are compared with. The last name need not exist.
+    pub fn canonical(
+        &self,
+        cred: &Cred,
+        path: &str,
+        follow_last: bool,
+    ) -> Result<String, MetaError> {
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Ok("/".to_owned());
+        }
+        let at = self.read(|ns| Ok(ns.resolve(cred, &path, follow_last)?.path))?;
+        if at.len() > MAX_PATH_BYTES {
+            return Err(MetaError::NameTooLong {
+                what: "path",
+                len_bytes: at.len(),
+                max_bytes: MAX_PATH_BYTES,
+                excerpt: excerpt(&at),
+            });
+        }
+        Ok(at)
+    }
+
+    /// Makes a symbolic link at `path` naming `target` (any text of 1 to
+    /// [`MAX_SYMLINK_TARGET_BYTES`](crate::meta::types::MAX_SYMLINK_TARGET_BYTES) bytes
+    /// without NUL, resolved when the link is followed). Its mode
+    /// is 0o777, as on Linux; its group is the parent's if the parent is setgid.
+    pub fn symlink(&self, cred: &Cred, path: &str, target: &str) -> Result<Attr, MetaError> {
+        check_symlink_target(target)?;
+        let path = NsPath::parse("path", path)?;
+        if path.is_root() {
+            return Err(MetaError::Exists { path: path.full() });
+        }
+        self.write(|tx| {
+            let parent = tx.ns.parent_of_new(cred, &path)?;
+            let now = now_ns();
+            let gid = if parent.mode & MODE_SETGID != 0 {
+                parent.gid
+            } else {
+                cred.gid
+            };
+            let link = tx.new_symlink(target, cred.uid, gid, (now, now))?;
+            tx.ns.link(parent.ino, path.last(), &link)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
+            Ok(link)
+        })
     }
 
     /// Makes a directory. `mode` is masked with 0o7777 (the client applied its umask). It
@@ -912,6 +1111,7 @@ impl MetaStore {
                 ctime_ns: now,
                 layout: None,
                 default_layout: parent.default_layout.clone(),
+                symlink: None,
             };
             tx.ns.put_attr(&dir)?;
             tx.ns.link(parent.ino, path.last(), &dir)?;
@@ -973,22 +1173,32 @@ impl MetaStore {
             });
         }
         self.write(|tx| {
-            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
-            if let Some(existing) = entry {
+            // O_CREAT follows a symbolic link at the end, and through a dangling one creates
+            // what it names (as Linux); with O_EXCL, and for setstripe, the link itself is
+            // what exists.
+            let follow = matches!(if_exists, IfExists::Open);
+            let resolved = tx.ns.resolve(cred, &path, follow)?;
+            let full = resolved.path;
+            let Some((parent, name)) = resolved.at else {
+                return Err(MetaError::IsDir { path: full });
+            };
+            if let Some(existing) = resolved.entry {
                 match (if_exists, existing.is_dir()) {
                     (IfExists::Refuse, _) | (IfExists::Setstripe, false) => {
-                        return Err(MetaError::Exists { path: path.full() });
+                        return Err(MetaError::Exists { path: full });
                     }
                     (IfExists::Open | IfExists::Setstripe, true) => {
-                        return Err(MetaError::IsDir { path: path.full() });
+                        return Err(MetaError::IsDir { path: full });
                     }
                     (IfExists::Open, false) => {}
                 }
-                require(cred, &existing, MAY_WRITE, "write", || path.full())?;
+                require(cred, &existing, MAY_WRITE, "write", || full.clone())?;
                 return Ok((existing, false));
             }
             require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
-                path.parent()
+                full.rsplit_once('/')
+                    .map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir })
+                    .to_owned()
             })?;
             let spec = match (layout, &parent.default_layout) {
                 (Some(spec), _) => spec.clone(),
@@ -999,7 +1209,7 @@ impl MetaStore {
                     .default_layout
                     .unwrap_or_else(LayoutSpec::filesystem_default),
             };
-            let resolved = self.resolve_layout(&path.full(), &spec)?;
+            let resolved = self.resolve_layout(&full, &spec)?;
             let now = now_ns();
             let parent_setgid = parent.mode & MODE_SETGID != 0;
             let file = Attr {
@@ -1014,9 +1224,10 @@ impl MetaStore {
                 ctime_ns: now,
                 layout: Some(resolved),
                 default_layout: None,
+                symlink: None,
             };
             tx.ns.put_attr(&file)?;
-            tx.ns.link(parent.ino, path.last(), &file)?;
+            tx.ns.link(parent.ino, &name, &file)?;
             tx.ns.touch_dir(parent.ino, now, 0)?;
             tx.counters.files += 1;
             Ok((file, true))
@@ -1085,7 +1296,7 @@ impl MetaStore {
     pub fn open_file(&self, cred: &Cred, path: &str, access: Access) -> Result<Attr, MetaError> {
         let path = NsPath::parse("path", path)?;
         self.read(|ns| {
-            let attr = ns.lookup(cred, &path)?;
+            let attr = ns.lookup_with(cred, &path, true)?;
             let (want, need) = match access {
                 Access::Read => (MAY_READ, "read"),
                 Access::Write => (MAY_WRITE, "write"),
@@ -1120,7 +1331,7 @@ impl MetaStore {
             });
         }
         self.read(|ns| {
-            let dir = ns.lookup(cred, &path)?;
+            let dir = ns.lookup_with(cred, &path, true)?;
             if !dir.is_dir() {
                 return Err(MetaError::NotDir { path: path.full() });
             }
@@ -1201,15 +1412,19 @@ impl MetaStore {
                 reason: "the root directory cannot be renamed or replaced".to_owned(),
             });
         }
-        let from_full = from.full();
-        let to_full = to.full();
         self.write(|tx| {
-            let (from_parent, from_entry) = tx.ns.lookup_parent(cred, &from)?;
-            let moved = from_entry.ok_or_else(|| MetaError::NotFound {
+            // Compared as resolved: a link on the way must not hide a directory moved into
+            // itself.
+            let from_at = tx.ns.resolve(cred, &from, false)?;
+            let to_at = tx.ns.resolve(cred, &to, false)?;
+            let (from_full, to_full) = (from_at.path, to_at.path);
+            let (from_parent, from_name) = from_at.at.expect("a non-root path has a parent");
+            let (to_parent, to_name) = to_at.at.expect("a non-root path has a parent");
+            let moved = from_at.entry.ok_or_else(|| MetaError::NotFound {
                 path: from_full.clone(),
             })?;
-            let (to_parent, victim) = tx.ns.lookup_parent(cred, &to)?;
-            if from_full == to_full {
+            let victim = to_at.entry;
+            if from_full == to_full || victim.as_ref().is_some_and(|v| v.ino == moved.ino) {
                 return Ok(None);
             }
             if moved.is_dir() && to_full.starts_with(&format!("{from_full}/")) {
@@ -1261,9 +1476,9 @@ impl MetaStore {
             }
 
             let now = now_ns();
-            tx.ns.unlink(from_parent.ino, from.last())?;
+            tx.ns.unlink(from_parent.ino, &from_name)?;
             if let Some(victim) = &victim {
-                tx.ns.unlink(to_parent.ino, to.last())?;
+                tx.ns.unlink(to_parent.ino, &to_name)?;
                 tx.ns.remove_attr(victim.ino)?;
                 if victim.is_dir() {
                     tx.counters.dirs -= 1;
@@ -1271,8 +1486,11 @@ impl MetaStore {
                     tx.counters.files -= 1;
                     tx.log_removal(victim)?;
                 }
+                // Gone as by an unlink: its link to an object goes with it (else the key
+                // stays "linked" and no other file may be exported to it).
+                tx.repo_files.remove(victim.ino)?;
             }
-            tx.ns.link(to_parent.ino, to.last(), &moved)?;
+            tx.ns.link(to_parent.ino, &to_name, &moved)?;
             tx.ns.update(moved.ino, |attr| attr.ctime_ns = now)?;
             let moved_dirs = i32::from(moved.is_dir());
             let replaced_dirs = i32::from(victim.as_ref().is_some_and(Attr::is_dir));
@@ -1300,7 +1518,7 @@ impl MetaStore {
             })?;
         }
         self.write(|tx| {
-            let dir = tx.ns.lookup(cred, &path)?;
+            let dir = tx.ns.lookup_with(cred, &path, true)?;
             if !dir.is_dir() {
                 return Err(MetaError::NotDir { path: path.full() });
             }
@@ -1314,12 +1532,14 @@ impl MetaStore {
         })
     }
 
-    /// Changes the permission bits (`mode & 0o7777`). Owner or root only; as on Linux, a
-    /// caller other than root outside the file's group loses the setgid bit.
+    /// Changes the permission bits (`mode & 0o7777`) of what `path` names, a symbolic
+    /// link at its end followed (a link's own mode is never used, as on Linux). Owner or
+    /// root only; as on Linux, a caller other than root outside the file's group loses the
+    /// setgid bit.
     pub fn chmod(&self, cred: &Cred, path: &str, mode: u32) -> Result<(), MetaError> {
         let path = NsPath::parse("path", path)?;
         self.write(|tx| {
-            let attr = tx.ns.lookup(cred, &path)?;
+            let attr = tx.ns.lookup_with(cred, &path, true)?;
             require_owner(cred, &attr, &path.full(), "change the mode")?;
             let mut mode = mode & MODE_PERMISSION_BITS;
             if !cred.is_root() && !cred.in_group(attr.gid) {
@@ -1334,9 +1554,10 @@ impl MetaStore {
         })
     }
 
-    /// Changes the owner and/or the group. Root may change both; the owner may change the
-    /// group to one of its own groups; anything else → [`MetaError::Perm`]. As on Linux, a
-    /// file whose owner or group changes loses setuid (and setgid when group-executable).
+    /// Changes the owner and/or the group of what `path` names, a symbolic link at its
+    /// end followed (`chown`). Root may change both; the owner may change the group to one
+    /// of its own groups; anything else → [`MetaError::Perm`]. As on Linux, a file whose
+    /// owner or group changes loses setuid (and setgid when group-executable).
     pub fn chown(
         &self,
         cred: &Cred,
@@ -1344,9 +1565,32 @@ impl MetaStore {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), MetaError> {
+        self.chown_with(cred, path, uid, gid, true)
+    }
+
+    /// As [`MetaStore::chown`], a symbolic link at the end of `path` changed itself
+    /// (`lchown`).
+    pub fn lchown(
+        &self,
+        cred: &Cred,
+        path: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), MetaError> {
+        self.chown_with(cred, path, uid, gid, false)
+    }
+
+    fn chown_with(
+        &self,
+        cred: &Cred,
+        path: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        follow: bool,
+    ) -> Result<(), MetaError> {
         let path = NsPath::parse("path", path)?;
         self.write(|tx| {
-            let attr = tx.ns.lookup(cred, &path)?;
+            let attr = tx.ns.lookup_with(cred, &path, follow)?;
             let changes_uid = uid.is_some_and(|uid| uid != attr.uid);
             let changes_gid = gid.is_some_and(|gid| gid != attr.gid);
             if !cred.is_root() {
@@ -1380,7 +1624,7 @@ impl MetaStore {
                 if let Some(gid) = gid {
                     attr.gid = gid;
                 }
-                if !attr.is_dir() && (uid.is_some() || gid.is_some()) {
+                if attr.is_file() && (uid.is_some() || gid.is_some()) {
                     attr.mode &= !MODE_SETUID;
                     if attr.mode & 0o010 != 0 {
                         attr.mode &= !MODE_SETGID;

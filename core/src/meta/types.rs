@@ -40,6 +40,10 @@ pub const MODE_PERMISSION_BITS: u32 = 0o7777;
 pub const MODE_SETUID: u32 = 0o4000;
 /// The setgid bit of a mode (on a directory: new entries take its group).
 pub const MODE_SETGID: u32 = 0o2000;
+/// The longest symbolic link target, in bytes (Linux's: `PATH_MAX` less its NUL).
+pub const MAX_SYMLINK_TARGET_BYTES: usize = MAX_PATH_BYTES - 1;
+/// The mode of every symbolic link (its bits are not used, as on Linux).
+pub const SYMLINK_MODE: u32 = 0o777;
 /// The sticky bit of a mode (on a directory: only owners may remove entries).
 pub const MODE_STICKY: u32 = 0o1000;
 
@@ -108,7 +112,7 @@ pub enum MetaError {
     /// A name or a path is longer than allowed (`ENAMETOOLONG`).
     #[error("{what} of {len_bytes} bytes is longer than the {max_bytes} allowed: {excerpt:?}")]
     NameTooLong {
-        /// `"name"` or `"path"`.
+        /// `"name"`, `"path"` or `"symlink target"`.
         what: &'static str,
         /// Its length.
         len_bytes: usize,
@@ -189,6 +193,14 @@ pub enum MetaError {
         /// What holds it.
         reason: String,
     },
+    /// Resolving a path followed more symbolic links than allowed (`ELOOP`).
+    #[error("{path}: too many levels of symbolic links (more than {max} followed)")]
+    Loop {
+        /// The path, as far as it was resolved.
+        path: String,
+        /// [`crate::limits::MAX_SYMLINK_FOLLOWS`].
+        max: usize,
+    },
     /// A stored record or a message did not decode (`EIO`).
     #[error("metadata record: {0}")]
     Codec(#[from] CodecError),
@@ -208,6 +220,7 @@ impl MetaError {
             MetaError::Perm { .. } => libc::EPERM,
             MetaError::Invalid { .. } | MetaError::Layout { .. } => libc::EINVAL,
             MetaError::NameTooLong { .. } => libc::ENAMETOOLONG,
+            MetaError::Loop { .. } => libc::ELOOP,
             MetaError::NoTargets { .. }
             | MetaError::NoInodes { .. }
             | MetaError::NoSpace { .. } => libc::ENOSPC,
@@ -245,6 +258,34 @@ pub fn check_name(name: &str) -> Result<(), MetaError> {
             field: "name",
             value: format!("{:?}", excerpt(name)),
             allowed: format!("1 to {MAX_NAME_BYTES} bytes without '/' or NUL, not \".\" or \"..\""),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a symbolic link's target as Linux's `symlink(2)` does: 1 to
+/// [`MAX_SYMLINK_TARGET_BYTES`] bytes (an empty one is `ENOENT`, a longer one
+/// `ENAMETOOLONG`), no NUL; `.`, `..` and relative targets are allowed and resolved when the
+/// link is followed.
+pub fn check_symlink_target(target: &str) -> Result<(), MetaError> {
+    if target.len() > MAX_SYMLINK_TARGET_BYTES {
+        return Err(MetaError::NameTooLong {
+            what: "symlink target",
+            len_bytes: target.len(),
+            max_bytes: MAX_SYMLINK_TARGET_BYTES,
+            excerpt: excerpt(target),
+        });
+    }
+    if target.is_empty() {
+        return Err(MetaError::NotFound {
+            path: "\"\" (an empty symbolic link target)".to_owned(),
+        });
+    }
+    if target.contains('\0') {
+        return Err(MetaError::Invalid {
+            field: "target",
+            value: format!("{:?}", excerpt(target)),
+            allowed: format!("1 to {MAX_SYMLINK_TARGET_BYTES} bytes without NUL"),
         });
     }
     Ok(())
@@ -337,6 +378,8 @@ pub enum FileType {
     File,
     /// A directory.
     Dir,
+    /// A symbolic link: its target is in [`Attr::symlink`].
+    Symlink,
 }
 
 impl FileType {
@@ -345,6 +388,7 @@ impl FileType {
         match self {
             FileType::File => 1,
             FileType::Dir => 2,
+            FileType::Symlink => 3,
         }
     }
 
@@ -353,7 +397,12 @@ impl FileType {
         match reader.u8("file_type")? {
             1 => Ok(FileType::File),
             2 => Ok(FileType::Dir),
-            other => Err(reader.bad_value("file_type", u64::from(other), "1 (file) or 2 (dir)")),
+            3 => Ok(FileType::Symlink),
+            other => Err(reader.bad_value(
+                "file_type",
+                u64::from(other),
+                "1 (file), 2 (dir) or 3 (symlink)",
+            )),
         }
     }
 }
@@ -662,12 +711,25 @@ pub struct Attr {
     pub layout: Option<Layout>,
     /// A directory's default layout, which new files and subdirectories inherit.
     pub default_layout: Option<LayoutSpec>,
+    /// A symbolic link's target (1 to [`MAX_SYMLINK_TARGET_BYTES`] bytes, no NUL), as given when it
+    /// was made; `None` for anything else.
+    pub symlink: Option<String>,
 }
 
 impl Attr {
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         self.file_type == FileType::Dir
+    }
+
+    /// Whether this is a regular file (striped over objects).
+    pub fn is_file(&self) -> bool {
+        self.file_type == FileType::File
+    }
+
+    /// Whether this is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.file_type == FileType::Symlink
     }
 
     /// Appends the binary form.
@@ -699,6 +761,10 @@ impl Attr {
             None => {
                 writer.u8(0);
             }
+        }
+        // Only a symlink has the field: records written before symlinks read unchanged.
+        if self.file_type == FileType::Symlink {
+            Writer::new(out).str(self.symlink.as_deref().unwrap_or(""));
         }
     }
 
@@ -738,6 +804,19 @@ impl Attr {
         } else {
             None
         };
+        let symlink = if file_type == FileType::Symlink {
+            let target = reader.str("symlink", MAX_PATH_BYTES)?;
+            check_symlink_target(target).map_err(|_| {
+                reader.bad_value(
+                    "symlink",
+                    target.len() as u64,
+                    "1 to 4095 bytes without NUL",
+                )
+            })?;
+            Some(target.to_owned())
+        } else {
+            None
+        };
         Ok(Attr {
             ino,
             file_type,
@@ -750,6 +829,7 @@ impl Attr {
             ctime_ns,
             layout,
             default_layout,
+            symlink,
         })
     }
 }

@@ -151,6 +151,23 @@ static void namespace(nacre_client *client)
     OK(nacre_stat(client, "/capi/b", &attr));
     CHECK(attr.uid == uid && attr.gid == 4242);
 
+    /* Symbolic links: stat follows, lstat does not, readlink never cuts. */
+    char target[NACRE_PATH_MAX + 1];
+    OK(nacre_symlink(client, "b", "/capi/ln"));
+    FAILS(nacre_symlink(client, "b", "/capi/ln"), EEXIST);
+    FAILS(nacre_symlink(client, "", "/capi/empty"), ENOENT);
+    OK(nacre_lstat(client, "/capi/ln", &attr));
+    CHECK(S_ISLNK(attr.mode) && attr.size == 1);
+    OK(nacre_stat(client, "/capi/ln", &attr));
+    CHECK(S_ISREG(attr.mode) && attr.gid == 4242);
+    CHECK(nacre_readlink(client, "/capi/ln", target, sizeof target) == 1);
+    CHECK(strcmp(target, "b") == 0);
+    FAILS(nacre_readlink(client, "/capi/ln", target, 1), ERANGE);
+    FAILS(nacre_readlink(client, "/capi/b", target, sizeof target), EINVAL);
+    OK(nacre_symlink(client, "/capi/loop", "/capi/loop"));
+    FAILS(nacre_stat(client, "/capi/loop", &attr), ELOOP);
+    OK(nacre_unlink(client, "/capi/loop"));
+
     nacre_dir *dir;
     nacre_dirent entry;
     OK(nacre_opendir(client, "/capi", &dir));
@@ -162,12 +179,15 @@ static void namespace(nacre_client *client)
         } else if (strcmp(entry.name, "sub") == 0) {
             CHECK(entry.file_type == NACRE_DT_DIR);
             seen |= 2;
+        } else if (strcmp(entry.name, "ln") == 0) {
+            CHECK(entry.file_type == NACRE_DT_LNK);
+            seen |= 4;
         } else {
             CHECK(!"an entry nobody made");
         }
     }
     CHECK(n == 0);
-    CHECK(seen == 3);
+    CHECK(seen == 7);
     FAILS(nacre_readdir(dir, NULL), EINVAL);
     OK(nacre_closedir(dir));
     FAILS(nacre_readdir(dir, &entry), EBADF);
@@ -175,6 +195,7 @@ static void namespace(nacre_client *client)
 
     FAILS(nacre_rmdir(client, "/capi"), ENOTEMPTY);
     FAILS(nacre_unlink(client, "/capi/sub"), EISDIR);
+    OK(nacre_unlink(client, "/capi/ln"));
     OK(nacre_unlink(client, "/capi/b"));
     FAILS(nacre_unlink(client, "/capi/b"), ENOENT);
     OK(nacre_rmdir(client, "/capi/sub"));

@@ -98,6 +98,10 @@ impl MetaStore {
                 path: path.to_owned(),
             });
         }
+        if attr.is_symlink() {
+            // A link's target is in its inode: no data to drop.
+            return Ok(Err(ReleaseOutcome::Skipped(ReleaseSkip::Empty)));
+        }
         let Some(file) = self.repo_file(attr.ino)? else {
             return Ok(Err(ReleaseOutcome::Skipped(ReleaseSkip::NotArchived)));
         };

@@ -14,7 +14,9 @@ use crate::meta::repo::{
     AssocState, Association, HS_DIRTY, HS_LOST, HS_NORELEASE, HydrateJob, ImportOutcome,
     ImportedFile, RepoFile, under,
 };
-use crate::meta::types::{Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError};
+use crate::meta::types::{
+    Attr, Cred, LayoutSpec, MODE_PERMISSION_BITS, MetaError, check_symlink_target,
+};
 
 pub(super) fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaError> {
     if cred.is_root() {
@@ -24,6 +26,42 @@ pub(super) fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaE
         path: path.to_owned(),
         reason: format!("only root may {what}"),
     })
+}
+
+impl<I, D> super::Ns<I, D>
+where
+    I: ReadableTable<u64, &'static [u8]>,
+    D: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    /// The parent and entry an import of `path` writes, refusing a path under no directory
+    /// of `assoc` or one that reaches its parent through a symbolic link (a link made in
+    /// the association, or imported, must not lead an import to write elsewhere).
+    fn import_entry(
+        &self,
+        cred: &Cred,
+        path: &NsPath<'_>,
+        assoc: &Association,
+    ) -> Result<(Attr, Option<Attr>), MetaError> {
+        let full = path.full();
+        if under(&assoc.path, &full).is_none_or(str::is_empty) {
+            return Err(MetaError::Invalid {
+                field: "path",
+                value: full,
+                allowed: format!("a path under {}, association {}", assoc.path, assoc.id),
+            });
+        }
+        let resolved = self.resolve(cred, path, false)?;
+        if resolved.path != full {
+            return Err(MetaError::Exists {
+                path: format!(
+                    "{full} (a symbolic link on the way leads to {}: not imported through it)",
+                    resolved.path
+                ),
+            });
+        }
+        let (parent, _) = resolved.at.expect("a non-root path has a parent");
+        Ok((parent, resolved.entry))
+    }
 }
 
 impl MetaStore {
@@ -41,16 +79,25 @@ impl MetaStore {
             });
         }
         self.write(|tx| {
-            let dir = tx.ns.lookup(cred, &path)?;
+            // The association is kept at the directory's one path: links on the way are
+            // resolved (a link at the end is not a directory).
+            let (dir, full) = if path.is_root() {
+                (tx.ns.attr(ROOT_INO)?, path.full())
+            } else {
+                let resolved = tx.ns.resolve(cred, &path, false)?;
+                let dir = resolved.entry.ok_or_else(|| MetaError::NotFound {
+                    path: resolved.path.clone(),
+                })?;
+                (dir, resolved.path)
+            };
             if !dir.is_dir() {
-                return Err(MetaError::NotDir { path: path.full() });
+                return Err(MetaError::NotDir { path: full });
             }
             let mut existing = Vec::new();
             for item in tx.repos.range::<u32>(..)? {
                 let (_, value) = item?;
                 existing.push(Association::from_bytes(value.value())?);
             }
-            let full = path.full();
             if let Some(other) = existing
                 .iter()
                 .find(|a| under(&a.path, &full).is_some() || under(&full, &a.path).is_some())
@@ -199,7 +246,7 @@ impl MetaStore {
             assoc.chunk_bytes,
         );
         // The layout is resolved outside the write, as create does.
-        let (parent, existing) = self.read(|ns| ns.lookup_parent(cred, &path))?;
+        let (parent, existing) = self.read(|ns| ns.import_entry(cred, &path, &assoc))?;
         if let Some(existing) = existing {
             return self.reimport(cred, &path, existing, file, record);
         }
@@ -214,7 +261,10 @@ impl MetaStore {
         // Before the record can be seen: an open after it must look.
         self.has_repo_files.store(true, Ordering::Release);
         self.write(|tx| {
-            let parent = tx.ns.parent_of_new(cred, &path)?;
+            let (parent, existing) = tx.ns.import_entry(cred, &path, &assoc)?;
+            if existing.is_some() {
+                return Err(MetaError::Exists { path: path.full() });
+            }
             let now = now_ns();
             let attr = Attr {
                 ino: tx.alloc_ino()?,
@@ -228,6 +278,7 @@ impl MetaStore {
                 ctime_ns: now,
                 layout: Some(layout),
                 default_layout: None,
+                symlink: None,
             };
             tx.ns.put_attr(&attr)?;
             tx.ns.link(parent.ino, path.last(), &attr)?;
@@ -236,6 +287,83 @@ impl MetaStore {
             tx.repo_files
                 .insert(attr.ino, record.to_bytes().as_slice())?;
             Ok((attr, ImportOutcome::Created))
+        })
+    }
+
+    /// Creates (or brings up to date) the symbolic link of an imported object (root only),
+    /// naming `target` (the object's body), with the object's owner, group and times; its
+    /// parent must exist. A link imported before takes the new target and version; anything
+    /// else there (a file, a directory, a link made here) → [`MetaError::Exists`].
+    pub fn import_symlink(
+        &self,
+        cred: &Cred,
+        file: &ImportedFile,
+        target: &str,
+    ) -> Result<(Attr, ImportOutcome), MetaError> {
+        root_only(cred, &file.path, "import from a data repository")?;
+        check_symlink_target(target)?;
+        let path = NsPath::parse("path", &file.path)?;
+        if path.is_root() {
+            return Err(MetaError::Exists { path: path.full() });
+        }
+        let assoc = self
+            .repo_list()?
+            .into_iter()
+            .find(|a| a.id == file.repo)
+            .ok_or_else(|| MetaError::NotFound {
+                path: format!("{} (association {} is not linked)", file.path, file.repo),
+            })?;
+        // A link is whole once made: archived, never released.
+        let mut record = RepoFile::imported(
+            assoc.id,
+            file.key.clone(),
+            file.etag.clone(),
+            target.len() as u64,
+            assoc.chunk_bytes,
+        );
+        record.set_whole();
+        self.has_repo_files.store(true, Ordering::Release);
+        self.write(|tx| {
+            let (parent, existing) = tx.ns.import_entry(cred, &path, &assoc)?;
+            let now = now_ns();
+            if let Some(existing) = existing {
+                let imported = existing.is_symlink() && tx.repo_files.get(existing.ino)?.is_some();
+                if !imported {
+                    return Err(MetaError::Exists {
+                        path: format!(
+                            "{} (not a symbolic link imported from the repository)",
+                            path.full()
+                        ),
+                    });
+                }
+                let outcome = if existing.symlink.as_deref() == Some(target) {
+                    ImportOutcome::Unchanged
+                } else {
+                    ImportOutcome::Updated
+                };
+                let attr = if outcome == ImportOutcome::Updated {
+                    tx.ns.update(existing.ino, |a| {
+                        a.symlink = Some(target.to_owned());
+                        a.uid = file.uid;
+                        a.gid = file.gid;
+                        a.atime_ns = file.atime_ns;
+                        a.mtime_ns = file.mtime_ns;
+                        a.ctime_ns = now;
+                    })?
+                } else {
+                    existing
+                };
+                tx.repo_files
+                    .insert(attr.ino, record.to_bytes().as_slice())?;
+                return Ok((attr, outcome));
+            }
+            let link =
+                tx.new_symlink(target, file.uid, file.gid, (file.atime_ns, file.mtime_ns))?;
+            tx.ns.link(parent.ino, path.last(), &link)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
+            tx.repo_files
+                .insert(link.ino, record.to_bytes().as_slice())?;
+            Ok((link, ImportOutcome::Created))
         })
     }
 
@@ -249,6 +377,14 @@ impl MetaStore {
     ) -> Result<(Attr, ImportOutcome), MetaError> {
         if existing.is_dir() {
             return Err(MetaError::IsDir { path: path.full() });
+        }
+        if existing.is_symlink() {
+            return Err(MetaError::Exists {
+                path: format!(
+                    "{} (a symbolic link, where the repository has a file)",
+                    path.full()
+                ),
+            });
         }
         self.write(|tx| {
             let current = match tx.repo_files.get(existing.ino)? {
@@ -484,6 +620,16 @@ impl MetaStore {
             .ok_or_else(|| MetaError::NotFound {
                 path: format!("{path} (association {repo} is not linked)"),
             })?;
+        // The object is the one at the file's own key: a path through a link names a file
+        // whose key is another.
+        let own = assoc.key_of(&self.canonical(cred, path, false)?);
+        if own.as_deref() != Some(key) {
+            return Err(MetaError::Invalid {
+                field: "key",
+                value: key.to_owned(),
+                allowed: format!("{path}'s own key in association {repo} ({own:?})"),
+            });
+        }
         let mut record = RepoFile::imported(
             repo,
             key.to_owned(),

@@ -168,16 +168,25 @@ impl MetaStore {
         // Every close of a written file comes here while associations exist: one outside
         // them is left at once.
         let full = NsPath::parse("path", path)?.full();
+        if !self.has_associations() {
+            return Ok(false);
+        }
+        // Opened through a symbolic link: the file is where the link leads.
+        let full = match self.canonical(cred, &full, true) {
+            Ok(at) => at,
+            Err(MetaError::NotFound { .. } | MetaError::NameTooLong { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let Some(assoc) = self.association_over(&full)? else {
             return Ok(false);
         };
         // Unlinked or renamed while open: nothing to export at that path.
-        let attr = match self.lookup(cred, path) {
+        let attr = match self.lookup(cred, &full) {
             Ok(attr) => attr,
             Err(MetaError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if attr.ino != ino || attr.is_dir() {
+        if attr.ino != ino || !attr.is_file() {
             return Ok(false);
         }
         // Only a caller who may write it now marks it dirty and queues its export (one
@@ -202,6 +211,23 @@ impl MetaStore {
         }
         self.queue_auto_export(vec![full])?;
         Ok(true)
+    }
+
+    /// A symbolic link was made at `path`: it is whole at once, so under an association
+    /// whose auto-export takes new files it joins the pending auto-export task as a closed
+    /// file does. Whether it was queued.
+    pub fn symlink_made(&self, cred: &Cred, path: &str) -> Result<bool, MetaError> {
+        if !self.has_associations() {
+            return Ok(false);
+        }
+        let full = self.canonical(cred, path, false)?;
+        match self.association_over(&full)? {
+            Some(assoc) if assoc.auto_export & EVENT_NEW != 0 => {
+                self.queue_auto_export(vec![full])?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Whether the file at `path` is linked to an object of its association's repository
@@ -326,9 +352,12 @@ impl MetaStore {
                 allowed: format!("1 to {MAX_TASK_PATHS} per task"),
             });
         }
+        // Kept resolved: the runners walk and key what the paths name, never through a
+        // link (one that does not resolve is reported by the runner).
         let mut full = Vec::with_capacity(paths.len());
         for p in paths {
-            full.push(NsPath::parse("path", p)?.full());
+            let given = NsPath::parse("path", p)?.full();
+            full.push(self.canonical(cred, &given, false).unwrap_or(given));
         }
         let bytes: usize = full.iter().map(String::len).sum();
         if bytes > MAX_TASK_PATHS_BYTES {
