@@ -2,8 +2,10 @@
 # The model-based exercisers and the geometry sweep, run longer than CI runs them (issue 20;
 # docs/decisions/0017): the Rust exerciser (core/tests/exerciser.rs: blocking calls on four
 # layouts, the queue at depths 1 to 4096, a poll-only caller), the sweep of every layout
-# geometry and transfer size (core/tests/sweep.rs), and the store's and a target process's
-# crash tests, for --rounds rounds with a new seed per round (printed; --seed replays one).
+# geometry and transfer size (core/tests/sweep.rs), the namespace against Linux
+# (core/tests/namespace_oracle.rs, 10 operations per exerciser operation), and the store's and
+# a target process's crash tests, for --rounds rounds with a new seed per round (printed;
+# --seed replays one).
 #
 #   scripts/fsx.sh [--ops N] [--rounds R] [--seed S]
 #     --ops N     operations per layout of the blocking exerciser (default 20000; CI: 1500)
@@ -28,8 +30,8 @@ for round in $(seq 1 "$rounds"); do
     round_seed=${seed:-$(( $(date +%s%N) % 9000000000000000000 | 1 ))}
     echo "== round $round of $rounds: seed $round_seed, $ops operations per layout"
     # The first failure stops the script; the round's seed above replays it.
-    NACRE_TEST_SEED=$round_seed NACRE_FSX_OPS=$ops \
-        cargo test --release --quiet -p nacre --test exerciser --test sweep
+    NACRE_TEST_SEED=$round_seed NACRE_FSX_OPS=$ops NACRE_NS_OPS=$((ops * 10)) \
+        cargo test --release --quiet -p nacre --test exerciser --test sweep --test namespace_oracle
     cargo test --release --quiet -p nacre-io --test crash
     cargo test --release --quiet -p nacre-cli --test processes -- a_target_killed_mid
 done

@@ -571,11 +571,17 @@ fn names_and_paths_are_checked() {
     check_name("...").unwrap();
     check_name("é").unwrap();
 
-    // Repeated and trailing slashes collapse.
+    // Repeated slashes collapse; trailing ones say "a directory", as on Linux.
     let made = store.mkdir(&root(), "//a///", 0o755).unwrap();
     let (file, _) = store.create(&root(), "/a//b", 0o644, false, None).unwrap();
     assert_eq!(store.lookup(&root(), "/a").unwrap().ino, made.ino);
-    assert_eq!(store.lookup(&root(), "///a/b//").unwrap().ino, file.ino);
+    assert_eq!(store.lookup(&root(), "///a//").unwrap().ino, made.ino);
+    assert_eq!(store.lookup(&root(), "///a//b").unwrap().ino, file.ino);
+    assert_errno(store.lookup(&root(), "///a/b//"), libc::ENOTDIR);
+    assert_errno(
+        store.create(&root(), "/a/new/", 0o644, false, None),
+        libc::EISDIR,
+    );
     assert_eq!(store.lookup(&root(), "//").unwrap().ino, ROOT_INO);
 }
 

@@ -1,11 +1,13 @@
 //! Linux as the model of the namespace: a seeded random sequence of mkdir, create (plain
 //! and exclusive), open, symlink, unlink, rmdir, rename, stat, lstat, readlink and readdir
 //! on a small set of names (so that they collide, nest, replace one another and make link
-//! chains, dangling links and loops) runs on the metadata store and, the same operations,
-//! on a real directory through Python's `os` calls in a chroot (so that absolute link targets
-//! and `..` at the top mean what they mean to the store). Every result (the errno of a
-//! failure, the type or text or listing of a success) must be Linux's, and the two trees
-//! must be the same at the end.
+//! chains, dangling links and loops; some paths and targets end in `/`), with chmods, each
+//! by root or one of two users, runs on the metadata store and, the same operations, on a
+//! real directory through Python's `os` calls in a chroot (so that absolute link targets
+//! and `..` at the top mean what they mean to the store) with the same effective ids. Every
+//! result (the errno of a failure, the type or text or listing of a success) must be
+//! Linux's, and the two trees must be the same at the end. Sticky modes are left out: Linux's
+//! `fs.protected_symlinks` and `protected_regular` refuse more there than POSIX asks.
 //!
 //! The chroot needs root (CI runs as root); without it the test says so and passes. The seed
 //! is printed; `NACRE_TEST_SEED=N` replays a run, `NACRE_NS_OPS=N` sets the operations.
@@ -20,6 +22,10 @@ use common::{Rng, TempDir};
 use nacre::meta::store::MetaStore;
 use nacre::meta::types::{Access, Attr, Cred, FileType, MetaError, TargetInfo};
 
+/// The users operations run as: root and two others.
+const UIDS: [u32; 3] = [0, 1000, 1001];
+/// The modes chmod sets (no sticky bit: see the module's documentation).
+const MODES: [&str; 8] = ["777", "755", "711", "700", "644", "600", "311", "000"];
 /// Operations of a CI run.
 const DEFAULT_OPS: u64 = 3000;
 /// Names the paths and link targets are made of: few, so that operations meet.
@@ -34,9 +40,11 @@ import os, stat, sys
 try:
     os.chroot(sys.argv[1])
     os.chdir("/")
+    os.setgroups([])
 except PermissionError:
     print("skip", flush=True)
     sys.exit(0)
+os.chmod("/", 0o777)
 print("ready", flush=True)
 
 def kind(st):
@@ -60,8 +68,11 @@ def tree():
     return ",".join(sorted(out))
 
 for line in sys.stdin:
-    op, *args = line.rstrip("\n").split("\t")
+    uid, op, *args = line.rstrip("\n").split("\t")
+    uid = int(uid)
     try:
+        os.setegid(uid)
+        os.seteuid(uid)
         out = ""
         if op == "mkdir":
             os.mkdir(args[0], 0o755)
@@ -87,10 +98,16 @@ for line in sys.stdin:
             out = os.readlink(args[0])
         elif op == "readdir":
             out = ",".join(sorted(os.listdir(args[0])))
+        elif op == "chmod":
+            os.chmod(args[0], int(args[1], 8))
         elif op == "tree":
             out = tree()
+        os.seteuid(0)
+        os.setegid(0)
         print("ok\t" + out, flush=True)
     except OSError as e:
+        os.seteuid(0)
+        os.setegid(0)
         print("err\t%d" % e.errno, flush=True)
 "#;
 
@@ -128,8 +145,8 @@ impl Oracle {
         }
     }
 
-    fn ask(&mut self, op: &[&str]) -> Result<String, i32> {
-        writeln!(self.input, "{}", op.join("\t")).unwrap();
+    fn ask(&mut self, uid: u32, op: &[&str]) -> Result<String, i32> {
+        writeln!(self.input, "{uid}\t{}", op.join("\t")).unwrap();
         let mut line = String::new();
         self.output.read_line(&mut line).unwrap();
         let line = line.trim_end_matches('\n');
@@ -157,9 +174,14 @@ fn kind(attr: &Attr) -> String {
     .to_owned()
 }
 
-/// The same operation on the store, answered as the oracle answers.
-fn run(store: &MetaStore, op: &[&str]) -> Result<String, i32> {
-    let root = Cred::root();
+/// The same operation on the store, by `uid` (its group the same number, no other
+/// groups), answered as the oracle answers.
+fn run(store: &MetaStore, uid: u32, op: &[&str]) -> Result<String, i32> {
+    let root = Cred {
+        uid,
+        gid: uid,
+        groups: Vec::new(),
+    };
     let errno = |e: MetaError| e.errno();
     let done = |r: Result<(), MetaError>| r.map(|()| String::new()).map_err(errno);
     match op[0] {
@@ -184,6 +206,7 @@ fn run(store: &MetaStore, op: &[&str]) -> Result<String, i32> {
                 names.join(",")
             })
             .map_err(errno),
+        "chmod" => done(store.chmod(&root, op[1], u32::from_str_radix(op[2], 8).unwrap())),
         "tree" => Ok(tree(store)),
         other => panic!("no operation {other}"),
     }
@@ -212,14 +235,20 @@ fn tree(store: &MetaStore) -> String {
     out.join(",")
 }
 
+/// A path of one to [`MAX_DEPTH`] names; one in six ends in `/` (it names a directory).
 fn path(rng: &mut Rng) -> String {
     let depth = 1 + rng.below(MAX_DEPTH);
-    (0..depth)
+    let mut path: String = (0..depth)
         .map(|_| format!("/{}", NAMES[rng.below(NAMES.len() as u64) as usize]))
-        .collect()
+        .collect();
+    if rng.below(6) == 0 {
+        path.push('/');
+    }
+    path
 }
 
-/// A link target: absolute or relative, with `.` and `..` among the names.
+/// A link target: absolute or relative, with `.` and `..` among the names; one in six
+/// ends in `/`.
 fn target(rng: &mut Rng) -> String {
     let depth = 1 + rng.below(MAX_DEPTH);
     let names: Vec<&str> = (0..depth)
@@ -229,7 +258,10 @@ fn target(rng: &mut Rng) -> String {
             n => NAMES[(n as usize) % NAMES.len()],
         })
         .collect();
-    let joined = names.join("/");
+    let mut joined = names.join("/");
+    if rng.below(6) == 0 {
+        joined.push('/');
+    }
     if rng.below(3) == 0 {
         format!("/{joined}")
     } else {
@@ -260,13 +292,22 @@ fn random_namespace_operations_match_linux() {
         free_bytes: 1 << 39,
     };
     store.register_target(registered, None).unwrap();
+    store.chmod(&Cred::root(), "/", 0o777).unwrap();
 
     let mut rng = Rng(seed);
     let mut history: Vec<String> = Vec::new();
     for i in 0..ops {
         let (a, b) = (path(&mut rng), path(&mut rng));
         let t = target(&mut rng);
-        let op: Vec<&str> = match rng.below(16) {
+        let mode = MODES[rng.below(MODES.len() as u64) as usize];
+        // Root half the time, so that the tree grows past what the users may do.
+        let uid = if rng.below(2) == 0 {
+            0
+        } else {
+            UIDS[1 + rng.below(2) as usize]
+        };
+        let op: Vec<&str> = match rng.below(18) {
+            16 | 17 => vec!["chmod", &a, mode],
             0 | 1 => vec!["mkdir", &a],
             2 => vec!["create", &a],
             3 => vec!["excl", &a],
@@ -280,9 +321,9 @@ fn random_namespace_operations_match_linux() {
             14 => vec!["readlink", &a],
             _ => vec!["readdir", &a],
         };
-        history.push(op.join(" "));
-        let linux = oracle.ask(&op);
-        let nacre = run(&store, &op);
+        history.push(format!("uid {uid}: {}", op.join(" ")));
+        let linux = oracle.ask(uid, &op);
+        let nacre = run(&store, uid, &op);
         assert_eq!(
             nacre,
             linux,
@@ -294,7 +335,7 @@ fn random_namespace_operations_match_linux() {
     }
     assert_eq!(
         tree(&store),
-        oracle.ask(&["tree"]).unwrap(),
+        oracle.ask(0, &["tree"]).unwrap(),
         "the trees differ after {ops} operations; seed {seed}"
     );
 }

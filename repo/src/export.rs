@@ -133,7 +133,13 @@ pub fn export(
         report.paths += 1;
         let attr = match client.attr(&path) {
             Ok(attr) => attr,
-            Err(e) if force && e.errno() == libc::ENOENT => {
+            // Gone; for a directory queued as `dir/`, anything not a directory there now is
+            // not it (ENOTDIR): its markers go, never that entry's object.
+            Err(e)
+                if force
+                    && (e.errno() == libc::ENOENT
+                        || (path.ends_with('/') && e.errno() == libc::ENOTDIR)) =>
+            {
                 if assoc.auto_export & EVENT_DELETED == 0 {
                     report.gone += 1;
                     continue;

@@ -201,10 +201,13 @@ fn dirent_key(parent_ino: u64, name: &str) -> Vec<u8> {
 }
 
 /// An absolute path split into its names: repeated slashes collapse, `.` and `..` are
-/// refused, every name is checked.
+/// refused, every name is checked; a `/` at the end says the last name is a directory.
 #[derive(Debug)]
 struct NsPath<'a> {
     names: Vec<&'a str>,
+    /// The path ends in `/` after a name: what it names must be a directory (and a link
+    /// there is followed where a lookup would not follow it), as on Linux.
+    dir_only: bool,
 }
 
 impl<'a> NsPath<'a> {
@@ -236,7 +239,8 @@ impl<'a> NsPath<'a> {
             }
             check_name(name)?;
         }
-        Ok(NsPath { names })
+        let dir_only = !names.is_empty() && path.ends_with('/');
+        Ok(NsPath { names, dir_only })
     }
 
     /// The path of the first `depth` names.
@@ -347,6 +351,25 @@ struct Resolved {
     at: Option<(Attr, String)>,
     /// What the last name names, if anything.
     entry: Option<Attr>,
+    /// Whether the last name must be a directory (a `/` after it).
+    dir_only: bool,
+}
+
+/// What [`Ns::resolve`] does with the last name of a path, which (or the last name of a
+/// link target that it leads to) may be followed by `/`: then it must name a directory, as
+/// on Linux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// Follow a link there (`stat`, `open`); with `/`, not a directory → `ENOTDIR`.
+    Follow,
+    /// Follow a link there unless `/` follows the name, and leave `/` to the caller
+    /// (`O_CREAT`: `EISDIR`).
+    Create,
+    /// Not followed (`lstat`); with `/` it is, and not a directory → `ENOTDIR`.
+    Lstat,
+    /// The entry itself, never followed (`unlink`, `rename`, `mkdir`...); `/` is the
+    /// caller's.
+    Entry,
 }
 
 /// The namespace tables of one transaction, read-only or writable.
@@ -380,16 +403,19 @@ where
 
     /// Where `path` leads, searching every directory walked. Symbolic links in the middle
     /// of the path are followed (a relative target from the link's directory, `..` up to
-    /// the root at most, [`MAX_SYMLINK_FOLLOWS`] links at most); one at the end only with
-    /// `follow_last`.
-    fn resolve(
-        &self,
-        cred: &Cred,
-        path: &NsPath<'_>,
-        follow_last: bool,
-    ) -> Result<Resolved, MetaError> {
-        // The names still to walk, the next one last.
-        let mut pending: Vec<String> = path.names.iter().rev().map(|n| (*n).to_owned()).collect();
+    /// the root at most, [`MAX_SYMLINK_FOLLOWS`] links at most); one at the end as `last`
+    /// says. A name that ends in `/` (the path's, or a followed link target's) names a
+    /// directory: see [`Last`].
+    fn resolve(&self, cred: &Cred, path: &NsPath<'_>, last: Last) -> Result<Resolved, MetaError> {
+        // The names still to walk, the next one last, each with whether it must name a
+        // directory (a `/` after it).
+        let mut pending: Vec<(String, bool)> = path
+            .names
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, n)| ((*n).to_owned(), i == 0 && path.dir_only))
+            .collect();
         // The directories walked from the root, with the names they were reached by.
         let mut walked: Vec<(Attr, String)> = vec![(self.attr(ROOT_INO)?, String::new())];
         let mut follows = 0;
@@ -408,7 +434,7 @@ where
             }
             out
         };
-        while let Some(name) = pending.pop() {
+        while let Some((name, dir_only)) = pending.pop() {
             // Every name, `.` and `..` too, is looked up in a directory that may be searched.
             let (current, _) = walked.last().expect("the root is never popped");
             if !current.is_dir() {
@@ -428,14 +454,15 @@ where
                 _ => {}
             }
             check_name(&name)?;
-            let last = pending.is_empty();
+            let is_last = pending.is_empty();
             let Some(link) = self.child(current.ino, &name)? else {
-                if last {
+                if is_last {
                     let parent = current.clone();
                     return Ok(Resolved {
                         path: at(&walked, Some(&name)),
                         at: Some((parent, name)),
                         entry: None,
+                        dir_only,
                     });
                 }
                 return Err(MetaError::NotFound {
@@ -443,7 +470,14 @@ where
                 });
             };
             let attr = self.attr(link.ino)?;
-            if attr.is_symlink() && (!last || follow_last) {
+            let follow = match last {
+                Last::Follow => true,
+                // `O_CREAT` refuses a `/` before it follows anything.
+                Last::Create => !dir_only,
+                Last::Lstat => dir_only,
+                Last::Entry => false,
+            };
+            if attr.is_symlink() && (!is_last || follow) {
                 follows += 1;
                 if follows > MAX_SYMLINK_FOLLOWS {
                     return Err(MetaError::Loop {
@@ -455,21 +489,31 @@ where
                 if target.starts_with('/') {
                     walked.truncate(1);
                 }
+                // The target's last name must be a directory if the target ends in `/`, or
+                // if the link's own name had to be one.
+                let target_dir_only = is_last && (dir_only || target.ends_with('/'));
+                let names: Vec<&str> = target.split('/').filter(|n| !n.is_empty()).collect();
                 pending.extend(
-                    target
-                        .split('/')
-                        .filter(|n| !n.is_empty())
+                    names
+                        .iter()
                         .rev()
-                        .map(str::to_owned),
+                        .enumerate()
+                        .map(|(i, n)| ((*n).to_owned(), i == 0 && target_dir_only)),
                 );
                 continue;
             }
-            if last {
+            if is_last {
+                if dir_only && !attr.is_dir() && matches!(last, Last::Follow | Last::Lstat) {
+                    return Err(MetaError::NotDir {
+                        path: at(&walked, Some(&name)),
+                    });
+                }
                 let (parent, _) = walked.last().expect("the root is never popped").clone();
                 return Ok(Resolved {
                     path: at(&walked, Some(&name)),
                     at: Some((parent, name)),
                     entry: Some(attr),
+                    dir_only,
                 });
             }
             walked.push((attr, name));
@@ -482,6 +526,7 @@ where
                 path: "/".to_owned(),
                 at: None,
                 entry: Some(entry),
+                dir_only: false,
             });
         }
         let parent = walked.last().expect("checked").0.clone();
@@ -490,8 +535,10 @@ where
             path,
             at: Some((parent, name)),
             entry: Some(entry),
+            dir_only: false,
         })
     }
+
     /// The parent directory of a non-root `path` (searched) and the entry, if it exists;
     /// a symbolic link at the end is the entry (not followed).
     fn lookup_parent(
@@ -500,7 +547,7 @@ where
         path: &NsPath<'_>,
     ) -> Result<(Attr, Option<Attr>), MetaError> {
         assert!(!path.is_root(), "the root has no parent");
-        let resolved = self.resolve(cred, path, false)?;
+        let resolved = self.resolve(cred, path, Last::Entry)?;
         let (parent, _) = resolved
             .at
             .expect("a path not ending at the root whose last name is not followed has a parent");
@@ -522,7 +569,12 @@ where
         if path.is_root() {
             return self.attr(ROOT_INO);
         }
-        let resolved = self.resolve(cred, path, follow_last)?;
+        let mode = if follow_last {
+            Last::Follow
+        } else {
+            Last::Lstat
+        };
+        let resolved = self.resolve(cred, path, mode)?;
         resolved.entry.ok_or(MetaError::NotFound {
             path: resolved.path,
         })
@@ -1050,7 +1102,12 @@ impl MetaStore {
         if path.is_root() {
             return Ok("/".to_owned());
         }
-        let at = self.read(|ns| Ok(ns.resolve(cred, &path, follow_last)?.path))?;
+        let mode = if follow_last {
+            Last::Follow
+        } else {
+            Last::Entry
+        };
+        let at = self.read(|ns| Ok(ns.resolve(cred, &path, mode)?.path))?;
         if at.len() > MAX_PATH_BYTES {
             return Err(MetaError::NameTooLong {
                 what: "path",
@@ -1073,7 +1130,19 @@ impl MetaStore {
             return Err(MetaError::Exists { path: path.full() });
         }
         self.write(|tx| {
-            let parent = tx.ns.parent_of_new(cred, &path)?;
+            let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
+            if entry.is_some() {
+                return Err(MetaError::Exists { path: path.full() });
+            }
+            if path.dir_only {
+                // Only a directory may be named with a `/` after it (Linux: `ENOENT`).
+                return Err(MetaError::NotFound {
+                    path: format!("{}/ (a symbolic link is not a directory)", path.full()),
+                });
+            }
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
+                path.parent()
+            })?;
             let now = now_ns();
             let gid = if parent.mode & MODE_SETGID != 0 {
                 parent.gid
@@ -1176,12 +1245,19 @@ impl MetaStore {
             // O_CREAT follows a symbolic link at the end, and through a dangling one creates
             // what it names (as Linux); with O_EXCL, and for setstripe, the link itself is
             // what exists.
-            let follow = matches!(if_exists, IfExists::Open);
-            let resolved = tx.ns.resolve(cred, &path, follow)?;
+            let last = match if_exists {
+                IfExists::Open => Last::Create,
+                IfExists::Refuse | IfExists::Setstripe => Last::Entry,
+            };
+            let resolved = tx.ns.resolve(cred, &path, last)?;
             let full = resolved.path;
             let Some((parent, name)) = resolved.at else {
                 return Err(MetaError::IsDir { path: full });
             };
+            // A name that must be a directory is never created as a file (Linux: `EISDIR`).
+            if resolved.dir_only {
+                return Err(MetaError::IsDir { path: full });
+            }
             if let Some(existing) = resolved.entry {
                 match (if_exists, existing.is_dir()) {
                     (IfExists::Refuse, _) | (IfExists::Setstripe, false) => {
@@ -1349,6 +1425,14 @@ impl MetaStore {
         self.write(|tx| {
             let (parent, entry) = tx.ns.lookup_parent(cred, &path)?;
             let victim = entry.ok_or_else(|| MetaError::NotFound { path: path.full() })?;
+            // A `/` after the name is answered first, as Linux does.
+            if path.dir_only {
+                return Err(if victim.is_dir() {
+                    MetaError::IsDir { path: path.full() }
+                } else {
+                    MetaError::NotDir { path: path.full() }
+                });
+            }
             require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
                 path.parent()
             })?;
@@ -1415,8 +1499,8 @@ impl MetaStore {
         self.write(|tx| {
             // Compared as resolved: a link on the way must not hide a directory moved into
             // itself.
-            let from_at = tx.ns.resolve(cred, &from, false)?;
-            let to_at = tx.ns.resolve(cred, &to, false)?;
+            let from_at = tx.ns.resolve(cred, &from, Last::Entry)?;
+            let to_at = tx.ns.resolve(cred, &to, Last::Entry)?;
             let (from_full, to_full) = (from_at.path, to_at.path);
             let (from_parent, from_name) = from_at.at.expect("a non-root path has a parent");
             let (to_parent, to_name) = to_at.at.expect("a non-root path has a parent");
@@ -1424,6 +1508,12 @@ impl MetaStore {
                 path: from_full.clone(),
             })?;
             let victim = to_at.entry;
+            // A `/` after either name says a directory is moved (Linux: `ENOTDIR`).
+            if !moved.is_dir() && (from.dir_only || to.dir_only) {
+                return Err(MetaError::NotDir {
+                    path: if from.dir_only { from_full } else { to_full },
+                });
+            }
             if from_full == to_full || victim.as_ref().is_some_and(|v| v.ino == moved.ino) {
                 return Ok(None);
             }

@@ -50,7 +50,7 @@ where
                 allowed: format!("a path under {}, association {}", assoc.path, assoc.id),
             });
         }
-        let resolved = self.resolve(cred, path, false)?;
+        let resolved = self.resolve(cred, path, super::Last::Entry)?;
         if resolved.path != full {
             return Err(MetaError::Exists {
                 path: format!(
@@ -84,7 +84,7 @@ impl MetaStore {
             let (dir, full) = if path.is_root() {
                 (tx.ns.attr(ROOT_INO)?, path.full())
             } else {
-                let resolved = tx.ns.resolve(cred, &path, false)?;
+                let resolved = tx.ns.resolve(cred, &path, super::Last::Entry)?;
                 let dir = resolved.entry.ok_or_else(|| MetaError::NotFound {
                     path: resolved.path.clone(),
                 })?;
