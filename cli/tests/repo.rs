@@ -1726,3 +1726,69 @@ fn links_are_auto_exported_when_made_and_deleted_with_their_objects() {
     );
     assert!(client.attr("/data/sub").unwrap().is_dir());
 }
+
+#[test]
+fn credentials_come_from_the_credentials_file_and_are_never_shown() {
+    let Some(moto) = s3_available("credentials-file") else {
+        return;
+    };
+    let s3 = S3::start(&moto);
+    s3.aws(&["s3api", "create-bucket", "--bucket", "creds"]);
+    let files = common::TempDir::new("repo-creds-file");
+    let file = files.0.join("credentials");
+    std::fs::write(
+        &file,
+        "[default]\naws_access_key_id = WRONGPROFILE\naws_secret_access_key = x\n\n\
+         [ci]\naws_access_key_id = AKIDFROMFILE\naws_secret_access_key = SECRETFROMFILE\n",
+    )
+    .unwrap();
+    // No key in the environment: the service finds profile `ci` in the file (moto takes
+    // any key, so that the right one was used is not shown here; the missing profile below
+    // shows that the profile is looked for).
+    let c = Cluster::start_with_env(
+        "repo-creds",
+        1,
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SHARED_CREDENTIALS_FILE", file.to_str().unwrap()),
+            ("AWS_PROFILE", "ci"),
+        ],
+    );
+    s3.put(c.dir(), "creds", "train/a.txt", b"signed", None);
+    let out = link(&c, &s3, "creds");
+    assert!(out.contains("1 files created"), "{out}");
+    assert_eq!(c.ok(&["get", "/data/a.txt", "-"]), "signed");
+    let list = c.ok(&["repo", "list"]);
+    let log = c.meta_log();
+    for secret in ["AKIDFROMFILE", "SECRETFROMFILE"] {
+        assert!(!list.contains(secret), "repo list shows {secret}: {list}");
+        assert!(!log.contains(secret), "the service logged {secret}: {log}");
+    }
+    // A profile the file lacks: the task fails naming the profile and the file.
+    drop(c);
+    let c = Cluster::start_with_env(
+        "repo-creds-missing",
+        1,
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SHARED_CREDENTIALS_FILE", file.to_str().unwrap()),
+            ("AWS_PROFILE", "absent"),
+        ],
+    );
+    c.ok(&["mkdir", "/data"]);
+    let err = c.fails(&[
+        "repo",
+        "link",
+        "/data",
+        "s3://creds/train",
+        "--endpoint",
+        &s3.endpoint,
+        "--import-now",
+    ]);
+    assert!(
+        err.contains("\"absent\"") && err.contains("credentials"),
+        "{err}"
+    );
+}
