@@ -411,7 +411,34 @@ const TASK_FOLLOW_MS: u64 = 200;
 /// and says how to find it. An executing task is bounded by the runner's own timeouts.
 const TASK_STALL_MS: u64 = 120_000;
 
-/// Waits for task `id` to finish, a progress line on a terminal meanwhile; gives up (the
+/// Cells of the progress bar a follower draws on a terminal.
+const PROGRESS_BAR_CELLS: u64 = 24;
+
+/// The progress line of task `id`: a bar of items done, the counts and the bytes moved.
+fn progress_line(id: u64, task: &Task) -> String {
+    let c = &task.counts;
+    let filled = (c.done.min(c.total) * PROGRESS_BAR_CELLS)
+        .checked_div(c.total)
+        .unwrap_or(0) as usize;
+    let bar = format!(
+        "{}{}",
+        "#".repeat(filled),
+        ".".repeat(PROGRESS_BAR_CELLS as usize - filled)
+    );
+    format!(
+        "\rtask {id} ({}) {} [{bar}] {} of {} done, {} failed, {}   ",
+        task.kind.name(),
+        task.state.name(),
+        c.done,
+        c.total,
+        c.failed,
+        crate::human(c.bytes)
+    )
+}
+
+/// Waits for task `id` to finish, a progress bar on a terminal meanwhile (redrawn as the
+/// counts move, and once more at the end, so that a terminal always shows how it ended);
+/// gives up (the
 /// task goes on) after [`TASK_STALL_MS`] of a pending task with no runner at work, or of
 /// a service that does not answer.
 fn follow(client: &Client, id: u64) -> Result<Task, Failure> {
@@ -438,8 +465,8 @@ fn follow(client: &Client, id: u64) -> Result<Task, Failure> {
             }
         };
         if task.state.is_finished() {
-            if bar && last.is_some() {
-                eprintln!();
+            if bar {
+                eprintln!("{}", progress_line(id, &task));
             }
             return Ok(task);
         }
@@ -462,15 +489,7 @@ fn follow(client: &Client, id: u64) -> Result<Task, Failure> {
         }
         let now = (task.state, task.counts.clone());
         if bar && last.as_ref() != Some(&now) {
-            eprint!(
-                "\rtask {id} ({}) {}: {} of {} done, {} failed, {} bytes   ",
-                task.kind.name(),
-                task.state.name(),
-                task.counts.done,
-                task.counts.total,
-                task.counts.failed,
-                task.counts.bytes
-            );
+            eprint!("{}", progress_line(id, &task));
         }
         last = Some(now);
     }

@@ -258,6 +258,30 @@ fn an_import_brings_files_and_directories_with_their_attributes_and_reads_fetch_
         again.contains("0 files created, 0 updated, 2 unchanged"),
         "{again}"
     );
+    // On a terminal (script(1) gives it one), a task draws its progress bar, last as it
+    // ended; piped, it does not.
+    let mut command = Command::new("script");
+    command
+        .args([
+            "-qec",
+            &format!("{} task restore /data/sub/deep/big.bin", common::NACRE_BIN),
+            "/dev/null",
+        ])
+        .env("NACRE_META", &c.meta_addr)
+        .envs(CREDENTIALS);
+    let out = run(command);
+    let tty = text(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("(restore) succeeded [########################] 1 of 1 done, 0 failed"),
+        "{tty}"
+    );
+    let piped = c.nacre(&["task", "restore", "/data/sub/deep/big.bin"]);
+    assert!(
+        !text(&piped.stderr).contains("[#"),
+        "{}",
+        text(&piped.stderr)
+    );
 }
 
 #[test]
