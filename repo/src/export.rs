@@ -412,23 +412,58 @@ fn refuse_if_linked(
     Ok(())
 }
 
-/// The association's key the file at `path` is linked to (from its HSM state), and its
-/// flags.
-fn linked_key(
-    client: &Client,
-    assoc: &Association,
-    path: &str,
-) -> Result<(u32, Option<String>), ImportFailure> {
-    let (flags, url) = client
-        .hsm_state(path)
-        .map_err(|e| failure(path, "InternalError", e))?;
-    let bucket = format!("s3://{}/", assoc.bucket);
-    let linked = url
-        .as_deref()
-        .and_then(|u| u.strip_prefix(bucket.as_str()))
-        .filter(|old| old.starts_with(assoc.prefix.as_str()))
-        .map(str::to_owned);
-    Ok((flags, linked))
+/// Where the file at `path` exports to: its key, its HSM flags, and the key of the
+/// association's object it is linked to now, if any.
+struct ExportKey {
+    key: String,
+    flags: u32,
+    linked: Option<String>,
+}
+
+impl ExportKey {
+    fn of(client: &Client, assoc: &Association, path: &str) -> Result<Self, ImportFailure> {
+        let key = assoc
+            .key_of(path)
+            .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
+        let (flags, url) = client
+            .hsm_state(path)
+            .map_err(|e| failure(path, "InternalError", e))?;
+        let bucket = format!("s3://{}/", assoc.bucket);
+        let linked = url
+            .as_deref()
+            .and_then(|u| u.strip_prefix(bucket.as_str()))
+            .filter(|old| old.starts_with(assoc.prefix.as_str()))
+            .map(str::to_owned);
+        Ok(ExportKey { key, flags, linked })
+    }
+
+    /// Whether the file is linked to the object at its own key.
+    fn own(&self) -> bool {
+        self.linked.as_deref() == Some(self.key.as_str())
+    }
+
+    /// The key of the object it was linked to before it moved, if another.
+    fn moved_from(&self) -> Option<String> {
+        self.linked.clone().filter(|old| *old != self.key)
+    }
+
+    /// Refuses a key S3 cannot take, and one not its own that another file is linked to.
+    fn check(&self, client: &Client, assoc: &Association, path: &str) -> Result<(), ImportFailure> {
+        if self.key.len() > MAX_KEY_BYTES {
+            return Err(failure(
+                path,
+                "PathSizeTooLong",
+                format!(
+                    "its key is {} bytes, over S3's {MAX_KEY_BYTES}",
+                    self.key.len()
+                ),
+            ));
+        }
+        if !self.own() {
+            refuse_if_linked(client, assoc, path, &self.key)?;
+        }
+        Ok(())
+    }
 }
 
 /// Puts the symbolic link at `path` as FSx does (its target as the body, `file-permissions`
@@ -441,24 +476,12 @@ fn export_symlink(
     path: &str,
     attr: &Attr,
 ) -> Result<Exported, ImportFailure> {
-    let key = assoc
-        .key_of(path)
-        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
-    let (flags, linked) = linked_key(client, assoc, path)?;
-    let own = linked.as_deref() == Some(key.as_str());
-    if own && flags & HS_ARCHIVED != 0 {
+    let at = ExportKey::of(client, assoc, path)?;
+    if at.own() && at.flags & HS_ARCHIVED != 0 {
         return Ok(Exported::Unchanged);
     }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(failure(
-            path,
-            "PathSizeTooLong",
-            format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
-        ));
-    }
-    if !own {
-        refuse_if_linked(client, assoc, path, &key)?;
-    }
+    at.check(client, assoc, path)?;
+    let key = &at.key;
     let target = attr.symlink.clone().unwrap_or_default();
     let size = target.len() as u64;
     let options = PutOptions {
@@ -474,7 +497,7 @@ fn export_symlink(
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
     let put = s3
         .block_on(store.put_opts(
-            &location(&key),
+            &location(key),
             PutPayload::from(target.into_bytes()),
             options,
         ))
@@ -484,11 +507,11 @@ fn export_symlink(
         .e_tag
         .ok_or_else(|| failure(path, "S3Error", "S3 gave the upload no ETag"))?;
     client
-        .mark_archived(path, assoc.id, &key, &etag, size)
+        .mark_archived(path, assoc.id, key, &etag, size)
         .map_err(|e| failure(path, "InternalError", e))?;
     Ok(Exported::Uploaded {
         bytes: size,
-        moved_from: linked.filter(|old| *old != key),
+        moved_from: at.moved_from(),
     })
 }
 
@@ -512,26 +535,14 @@ fn export_file(
     path: &str,
     force: bool,
 ) -> Result<Exported, ImportFailure> {
-    let key = assoc
-        .key_of(path)
-        .ok_or_else(|| failure(path, "InternalError", "not under its association"))?;
-    // The key of the association's object the file is linked to, if any.
-    let (flags, linked) = linked_key(client, assoc, path)?;
-    let own = linked.as_deref() == Some(key.as_str());
-    let moved_from = linked.filter(|old| *old != key);
+    let at = ExportKey::of(client, assoc, path)?;
+    let moved_from = at.moved_from();
+    let flags = at.flags;
     if !force && flags & HS_ARCHIVED != 0 && flags & HS_DIRTY == 0 && moved_from.is_none() {
         return Ok(Exported::Unchanged);
     }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(failure(
-            path,
-            "PathSizeTooLong",
-            format!("its key is {} bytes, over S3's {MAX_KEY_BYTES}", key.len()),
-        ));
-    }
-    if !own {
-        refuse_if_linked(client, assoc, path, &key)?;
-    }
+    at.check(client, assoc, path)?;
+    let key = at.key;
     let file = client
         .open(path, &OpenOptions::new().read(true))
         .map_err(|e| failure(path, "InternalError", e))?;

@@ -399,13 +399,7 @@ fn import_symlink(
             ),
         ));
     }
-    let Some(etag) = item.meta.e_tag.clone() else {
-        return Err(failure(
-            path,
-            "S3Error",
-            "the listing gave the object no ETag",
-        ));
-    };
+    let etag = etag_of(item, path)?;
     let store = s3.store(assoc).map_err(|e| failure(path, "S3Error", e))?;
     // The version listed: one changed since is read by the next import.
     let options = GetOptions {
@@ -447,6 +441,14 @@ fn import_symlink(
         ImportOutcome::Unchanged => report.unchanged += 1,
     }
     Ok(())
+}
+
+/// The ETag the listing gave `item` (a version is asked for by it).
+fn etag_of(item: &Listed, path: &str) -> Result<String, ImportFailure> {
+    item.meta
+        .e_tag
+        .clone()
+        .ok_or_else(|| failure(path, "S3Error", "the listing gave the object no ETag"))
 }
 
 /// A path's failure with FSx's error `code` and what was wrong.
@@ -533,13 +535,7 @@ fn import_file(
             ),
         ));
     }
-    let Some(etag) = item.meta.e_tag.clone() else {
-        return Err(failure(
-            path,
-            "S3Error",
-            "the listing gave the object no ETag",
-        ));
-    };
+    let etag = etag_of(item, path)?;
     let imported = ImportedFile {
         path: path.to_owned(),
         mode: attrs.mode,

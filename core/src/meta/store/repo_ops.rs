@@ -165,6 +165,16 @@ impl MetaStore {
         self.has_repos.load(Ordering::Acquire)
     }
 
+    /// Association `id`, which `path` (named in the error) is to be under.
+    fn repo_by_id(&self, id: u32, path: &str) -> Result<Association, MetaError> {
+        self.repo_list()?
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| MetaError::NotFound {
+                path: format!("{path} (association {id} is not linked)"),
+            })
+    }
+
     /// The association linked at exactly `path`.
     fn repo_at(&self, path: &str) -> Result<Association, MetaError> {
         let full = NsPath::parse("path", path)?.full();
@@ -231,13 +241,7 @@ impl MetaStore {
         if path.is_root() {
             return Err(MetaError::IsDir { path: path.full() });
         }
-        let assoc = self
-            .repo_list()?
-            .into_iter()
-            .find(|a| a.id == file.repo)
-            .ok_or_else(|| MetaError::NotFound {
-                path: format!("{} (association {} is not linked)", file.path, file.repo),
-            })?;
+        let assoc = self.repo_by_id(file.repo, &file.path)?;
         let record = RepoFile::imported(
             assoc.id,
             file.key.clone(),
@@ -306,13 +310,7 @@ impl MetaStore {
         if path.is_root() {
             return Err(MetaError::Exists { path: path.full() });
         }
-        let assoc = self
-            .repo_list()?
-            .into_iter()
-            .find(|a| a.id == file.repo)
-            .ok_or_else(|| MetaError::NotFound {
-                path: format!("{} (association {} is not linked)", file.path, file.repo),
-            })?;
+        let assoc = self.repo_by_id(file.repo, &file.path)?;
         // A link is whole once made: archived, never released.
         let mut record = RepoFile::imported(
             assoc.id,
@@ -613,13 +611,7 @@ impl MetaStore {
                 path: path.to_owned(),
             });
         }
-        let assoc = self
-            .repo_list()?
-            .into_iter()
-            .find(|a| a.id == repo)
-            .ok_or_else(|| MetaError::NotFound {
-                path: format!("{path} (association {repo} is not linked)"),
-            })?;
+        let assoc = self.repo_by_id(repo, path)?;
         // The object is the one at the file's own key: a path through a link names a file
         // whose key is another.
         let own = assoc.key_of(&self.canonical(cred, path, false)?);
