@@ -51,15 +51,19 @@ cc $cflags examples/c/striped.c -o "$work/striped" $(pkg-config --cflags --libs 
 # Static: libnacre.a and the system libraries it needs (Libs.private).
 cc $cflags examples/c/striped.c -o "$work/striped-static" $(pkg-config --cflags nacre) \
     "$libdir/libnacre.a" $(pkg-config --static --libs-only-l nacre | sed 's/-lnacre//')
-if ldd "$work/striped-static" | grep -q libnacre; then
+# ldd is judged by what it prints, not its status: under pipefail a status of its own
+# (a clean run once saw it fail though every library was found) failed the check.
+linked=$(ldd "$work/striped-static" 2>&1 || true)
+if grep -q libnacre <<<"$linked"; then
     die "striped-static is linked against libnacre.so, not libnacre.a"
 fi
 # From the build tree, as a cargo user links: the build makes libnacre.so.0 there.
 tree=$CARGO_TARGET_DIR/release
 cc $cflags examples/c/striped.c -o "$work/striped-tree" -I ffi/include -L "$tree" -lnacre \
     -Wl,-rpath,"$tree"
-ldd "$work/striped-tree" | grep -q "libnacre.so.0 => $tree/libnacre.so.0" ||
-    die "striped-tree does not find libnacre.so.0 in $tree: $(ldd "$work/striped-tree" | grep nacre)"
+linked=$(ldd "$work/striped-tree" 2>&1 || true)
+grep -q "libnacre.so.0 => $tree/libnacre.so.0" <<<"$linked" ||
+    die "striped-tree does not find libnacre.so.0 in $tree: $linked"
 mpicc $cflags examples/mpi/strided.c -o "$work/strided" $(pkg-config --cflags --libs nacre) \
     -Wl,-rpath,"$libdir"
 mpicc $cflags benches/mpi/nacre-ior.c -o "$work/nacre-ior" $(pkg-config --cflags --libs nacre) \

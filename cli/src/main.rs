@@ -88,16 +88,17 @@ enum Command {
         /// The path.
         path: String,
     },
-    /// Make a symbolic link (`ln -s TARGET PATH`; hard links are not supported).
+    /// Make a link: `ln TARGET PATH` another name of a file, `ln -s TARGET PATH` a
+    /// symbolic link.
     Ln {
         #[command(flatten)]
         meta: MetaArg,
-        /// Make a symbolic link (required: the namespace has no hard links).
-        #[arg(short = 's', long, required = true)]
+        /// Make a symbolic link naming TARGET (any text, resolved when followed).
+        #[arg(short = 's', long)]
         symbolic: bool,
-        /// What the link names (any text; resolved when the link is followed).
+        /// The file to name again, or what the symbolic link names.
         target: String,
-        /// Where to make the link.
+        /// The new name.
         path: String,
     },
     /// Print what a symbolic link names.
@@ -295,8 +296,19 @@ fn run(command: Command) -> Result<(), Failure> {
             path,
         } => stat(&meta.connect()?, &path, dereference),
         Command::Ln {
-            meta, target, path, ..
-        } => Ok(meta.connect()?.symlink(&target, &path).map(drop)?),
+            meta,
+            symbolic,
+            target,
+            path,
+        } => {
+            let client = meta.connect()?;
+            let made = if symbolic {
+                client.symlink(&target, &path)
+            } else {
+                client.link(&target, &path)
+            };
+            Ok(made.map(drop)?)
+        }
         Command::Readlink { meta, path } => {
             outln!("{}", meta.connect()?.readlink(&path)?);
             Ok(())

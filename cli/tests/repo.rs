@@ -1700,6 +1700,16 @@ fn symlinks_import_and_export_as_fsx_stores_them() {
         "{stdout}"
     );
     assert!(client.readdir("/outside").unwrap().is_empty());
+
+    // Hard links are not kept under an association (its objects are one per path).
+    for (from, to) in [
+        ("/data/real.txt", "/data/hard"),
+        ("/data/real.txt", "/outside/hard"),
+    ] {
+        let refused = client.link(from, to).unwrap_err();
+        assert_eq!(refused.errno(), libc::EXDEV, "{refused}");
+        assert!(refused.to_string().contains("hard links"), "{refused}");
+    }
 }
 
 #[test]

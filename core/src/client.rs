@@ -813,6 +813,15 @@ impl Client {
         })
     }
 
+    /// Makes `to` another name of the file or symbolic link at `from` (`link(2)`; a link at
+    /// the end of `from` is linked itself): its attributes, one link more.
+    pub fn link(&self, from: &str, to: &str) -> Result<Attr, Error> {
+        self.meta_attr(&MetaRequest::Link {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
     /// What the symbolic link at `path` names (`readlink(2)`); anything else →
     /// `EINVAL`.
     pub fn readlink(&self, path: &str) -> Result<String, Error> {

@@ -186,6 +186,7 @@ fn request() -> impl Strategy<Value = MetaRequest> {
         path().prop_map(|path| MetaRequest::Stat { path }),
         (path(), path()).prop_map(|(path, target)| MetaRequest::Symlink { path, target }),
         (path(), path()).prop_map(|(from, to)| MetaRequest::Rename { from, to }),
+        (path(), path()).prop_map(|(from, to)| MetaRequest::Link { from, to }),
         (path(), proptest::option::of(spec()))
             .prop_map(|(path, spec)| MetaRequest::SetDefaultLayout { path, spec }),
         (path(), spec(), any::<u32>())

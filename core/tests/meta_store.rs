@@ -1871,3 +1871,59 @@ fn symbolic_links_are_made_read_and_followed() {
     assert_eq!(kept.symlink.as_deref(), Some("../a/b/f"));
     assert_eq!(store.stat(&root(), "/a/abs").unwrap().ino, f.ino);
 }
+
+#[test]
+fn hard_links_share_an_inode_until_its_last_name_goes() {
+    let dir = TempDir::new("hardlinks");
+    let store = open(&dir);
+    with_targets(&store, 1);
+    store.mkdir(&root(), "/d", 0o777).unwrap();
+    let (f, _) = store.create(&alice(), "/d/f", 0o600, false, None).unwrap();
+    let files = store.statfs().unwrap().files;
+
+    let linked = store.link(&alice(), "/d/f", "/d/g").unwrap();
+    assert_eq!((linked.ino, linked.nlink), (f.ino, 2));
+    assert_eq!(store.lookup(&root(), "/d/f").unwrap().nlink, 2);
+    assert_eq!(store.statfs().unwrap().files, files, "one inode, two names");
+    let entries = store.readdir(&root(), "/d", None, 10).unwrap();
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.ino == f.ino && e.file_type == FileType::File)
+    );
+
+    // As Linux's protected_hardlinks: another user may not link a file it cannot read and
+    // write; a directory has one name; the new name must be free.
+    assert_errno(store.link(&bob(), "/d/f", "/d/h"), libc::EPERM);
+    assert_errno(store.link(&root(), "/d", "/e"), libc::EPERM);
+    assert_errno(store.link(&alice(), "/d/f", "/d/g"), libc::EEXIST);
+    assert_errno(store.link(&alice(), "/d/missing", "/d/h"), libc::ENOENT);
+    assert_errno(store.link(&alice(), "/d/f", "/d/h/"), libc::ENOENT);
+    store.mkdir(&root(), "/ro", 0o755).unwrap();
+    assert_errno(store.link(&alice(), "/d/f", "/ro/f"), libc::EACCES);
+    // A symbolic link is linked itself.
+    store.symlink(&alice(), "/d/s", "f").unwrap();
+    let s2 = store.link(&alice(), "/d/s", "/d/s2").unwrap();
+    assert!(s2.is_symlink() && s2.nlink == 2);
+
+    // Removing a name leaves the others, the objects with the last.
+    store.unlink(&alice(), "/d/f").unwrap();
+    let g = store.lookup(&root(), "/d/g").unwrap();
+    assert_eq!((g.ino, g.nlink), (f.ino, 1));
+    assert!(store.pending_removals(0, 100).unwrap().is_empty());
+    // A rename over a name of the same inode does nothing; over another name it drops one.
+    store.link(&alice(), "/d/g", "/d/k").unwrap();
+    store.rename(&alice(), "/d/g", "/d/k").unwrap();
+    assert_eq!(store.lookup(&root(), "/d/g").unwrap().nlink, 2);
+    let (other, _) = store.create(&alice(), "/d/o", 0o600, false, None).unwrap();
+    store.rename(&alice(), "/d/o", "/d/k").unwrap();
+    assert_eq!(store.lookup(&root(), "/d/k").unwrap().ino, other.ino);
+    assert_eq!(store.lookup(&root(), "/d/g").unwrap().nlink, 1);
+    assert!(store.pending_removals(0, 100).unwrap().is_empty());
+    store.unlink(&alice(), "/d/g").unwrap();
+    assert!(!store.pending_removals(0, 100).unwrap().is_empty());
+
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.lookup(&root(), "/d/s2").unwrap().nlink, 2);
+}

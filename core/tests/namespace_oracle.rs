@@ -1,5 +1,6 @@
 //! Linux as the model of the namespace: a seeded random sequence of mkdir, create (plain
-//! and exclusive), open, symlink, unlink, rmdir, rename, stat, lstat, readlink and readdir
+//! and exclusive), open, symlink, link, unlink, rmdir, rename, stat, lstat (with the links
+//! of anything not a directory), readlink and readdir
 //! on a small set of names (so that they collide, nest, replace one another and make link
 //! chains, dangling links and loops; some paths and targets end in `/`), with chmods, each
 //! by root or one of two users, runs on the metadata store and, the same operations, on a
@@ -51,8 +52,8 @@ def kind(st):
     if stat.S_ISDIR(st.st_mode):
         return "dir"
     if stat.S_ISLNK(st.st_mode):
-        return "link"
-    return "file"
+        return "link:%d" % st.st_nlink
+    return "file:%d" % st.st_nlink
 
 def tree():
     out = []
@@ -62,7 +63,7 @@ def tree():
         for name in os.listdir(d):
             p = os.path.join(d, name)
             k = kind(os.lstat(p))
-            out.append(p + ":" + k + (":" + os.readlink(p) if k == "link" else ""))
+            out.append(p + ":" + k + (":" + os.readlink(p) if k.startswith("link") else ""))
             if k == "dir":
                 pending.append(p)
     return ",".join(sorted(out))
@@ -84,6 +85,8 @@ for line in sys.stdin:
             os.close(os.open(args[0], os.O_RDONLY))
         elif op == "symlink":
             os.symlink(args[1], args[0])
+        elif op == "link":
+            os.link(args[0], args[1], follow_symlinks=False)
         elif op == "unlink":
             os.unlink(args[0])
         elif op == "rmdir":
@@ -165,13 +168,14 @@ impl Drop for Oracle {
     }
 }
 
+/// The type, and the links of anything but a directory (whose count depends on the file
+/// system under the chroot).
 fn kind(attr: &Attr) -> String {
     match attr.file_type {
-        FileType::Dir => "dir",
-        FileType::File => "file",
-        FileType::Symlink => "link",
+        FileType::Dir => "dir".to_owned(),
+        FileType::File => format!("file:{}", attr.nlink),
+        FileType::Symlink => format!("link:{}", attr.nlink),
     }
-    .to_owned()
 }
 
 /// The same operation on the store, by `uid` (its group the same number, no other
@@ -190,6 +194,7 @@ fn run(store: &MetaStore, uid: u32, op: &[&str]) -> Result<String, i32> {
         "excl" => done(store.create(&root, op[1], 0o644, true, None).map(drop)),
         "open" => done(store.open_file(&root, op[1], Access::Read).map(drop)),
         "symlink" => done(store.symlink(&root, op[1], op[2]).map(drop)),
+        "link" => done(store.link(&root, op[1], op[2]).map(drop)),
         "unlink" => done(store.unlink(&root, op[1]).map(drop)),
         "rmdir" => done(store.rmdir(&root, op[1])),
         "rename" => done(store.rename(&root, op[1], op[2]).map(drop)),
@@ -294,6 +299,10 @@ fn random_namespace_operations_match_linux() {
     store.register_target(registered, None).unwrap();
     store.chmod(&Cred::root(), "/", 0o777).unwrap();
 
+    // The store refuses links as Linux does with fs.protected_hardlinks (Debian's default);
+    // where Linux does not, only root links.
+    let protected_hardlinks =
+        std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1");
     let mut rng = Rng(seed);
     let mut history: Vec<String> = Vec::new();
     for i in 0..ops {
@@ -301,13 +310,14 @@ fn random_namespace_operations_match_linux() {
         let t = target(&mut rng);
         let mode = MODES[rng.below(MODES.len() as u64) as usize];
         // Root half the time, so that the tree grows past what the users may do.
-        let uid = if rng.below(2) == 0 {
+        let mut uid = if rng.below(2) == 0 {
             0
         } else {
             UIDS[1 + rng.below(2) as usize]
         };
-        let op: Vec<&str> = match rng.below(18) {
+        let op: Vec<&str> = match rng.below(20) {
             16 | 17 => vec!["chmod", &a, mode],
+            18 | 19 => vec!["link", &a, &b],
             0 | 1 => vec!["mkdir", &a],
             2 => vec!["create", &a],
             3 => vec!["excl", &a],
@@ -321,6 +331,9 @@ fn random_namespace_operations_match_linux() {
             14 => vec!["readlink", &a],
             _ => vec!["readdir", &a],
         };
+        if op[0] == "link" && !protected_hardlinks {
+            uid = 0;
+        }
         history.push(format!("uid {uid}: {}", op.join(" ")));
         let linux = oracle.ask(uid, &op);
         let nacre = run(&store, uid, &op);

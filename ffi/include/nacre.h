@@ -254,6 +254,14 @@ int nacre_lstat(struct nacre_client *client, const char *path, struct nacre_attr
 // Thread safety: safe from any thread.
 int nacre_symlink(struct nacre_client *client, const char *target, const char *path);
 
+// Makes `to` another name of the file or symbolic link at `from`, as `link(2)` (a link
+// at the end of `from` is linked itself). Returns 0, or `-EEXIST`, `-EPERM` (a directory;
+// or another's file, as Linux's `fs.protected_hardlinks`), `-EXDEV` (under a data
+// repository association), ...
+//
+// Thread safety: safe from any thread.
+int nacre_link(struct nacre_client *client, const char *from, const char *to);
+
 // Copies what the symbolic link at `path` names, NUL-terminated, into `buf` of `len`
 // bytes and returns its length. Unlike `readlink(2)` nothing is cut: `-ERANGE` when `len`
 // is too small (`NACRE_PATH_MAX + 1` always holds it), `-EINVAL` when `path` is not a

@@ -354,6 +354,29 @@ pub extern "C" fn nacre_symlink(
     })
 }
 
+/// Makes `to` another name of the file or symbolic link at `from`, as `link(2)` (a link
+/// at the end of `from` is linked itself). Returns 0, or `-EEXIST`, `-EPERM` (a directory;
+/// or another's file, as Linux's `fs.protected_hardlinks`), `-EXDEV` (under a data
+/// repository association), ...
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_link(
+    client: *mut nacre_client,
+    from: *const c_char,
+    to: *const c_char,
+) -> c_int {
+    run_int("nacre_link", || {
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: NUL-terminated strings.
+        let from = unsafe { path_arg(from, "from") }?;
+        // SAFETY: as above.
+        let to = unsafe { path_arg(to, "to") }?;
+        c.link(from, to)?;
+        Ok(0)
+    })
+}
+
 /// Copies what the symbolic link at `path` names, NUL-terminated, into `buf` of `len`
 /// bytes and returns its length. Unlike `readlink(2)` nothing is cut: `-ERANGE` when `len`
 /// is too small (`NACRE_PATH_MAX + 1` always holds it), `-EINVAL` when `path` is not a

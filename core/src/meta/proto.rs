@@ -37,6 +37,14 @@ pub enum MetaRequest {
         /// What it names (1 to 4095 bytes without NUL, resolved when followed).
         target: String,
     },
+    /// Make another name of a file or symbolic link (`link(2)`); the reply is its
+    /// attributes.
+    Link {
+        /// The existing name (a link at its end is not followed).
+        from: String,
+        /// The new name.
+        to: String,
+    },
     /// Create (or bring up to date) the symbolic link of an imported object (root only):
     /// the reply is its attributes and an [`ImportOutcome`](crate::meta::repo::ImportOutcome).
     ImportSymlink {
@@ -359,6 +367,7 @@ impl MetaRequest {
             MetaRequest::Lookup { .. } => "lstat",
             MetaRequest::Stat { .. } => "stat",
             MetaRequest::Symlink { .. } => "symlink",
+            MetaRequest::Link { .. } => "link",
             MetaRequest::ImportSymlink { .. } => "import",
             MetaRequest::Mkdir { .. } => "mkdir",
             MetaRequest::Create { .. } => "create",
@@ -421,7 +430,7 @@ impl MetaRequest {
             | MetaRequest::Closed { path, .. }
             | MetaRequest::Release { path, .. }
             | MetaRequest::HsmSet { path, .. } => path,
-            MetaRequest::Rename { from, .. } => from,
+            MetaRequest::Rename { from, .. } | MetaRequest::Link { from, .. } => from,
             MetaRequest::RepoLink { assoc } => &assoc.path,
             MetaRequest::ImportFile { file } | MetaRequest::ImportSymlink { file, .. } => {
                 &file.path
@@ -482,6 +491,7 @@ impl MetaRequest {
             MetaRequest::Stat { .. } => 36,
             MetaRequest::Symlink { .. } => 37,
             MetaRequest::ImportSymlink { .. } => 38,
+            MetaRequest::Link { .. } => 39,
         }
     }
 
@@ -530,7 +540,7 @@ impl MetaRequest {
                 };
                 w.u32(*max);
             }
-            MetaRequest::Rename { from, to } => {
+            MetaRequest::Rename { from, to } | MetaRequest::Link { from, to } => {
                 Writer::new(out).str(from).str(to);
             }
             MetaRequest::SetDefaultLayout { path, spec } => {
@@ -850,7 +860,11 @@ impl MetaRequest {
                 file: ImportedFile::decode(&mut r)?,
                 target: get_path(&mut r, "target")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 38")),
+            39 => MetaRequest::Link {
+                from: get_path(&mut r, "from")?,
+                to: get_path(&mut r, "to")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 39")),
         };
         r.finish()?;
         Ok((cred, request))

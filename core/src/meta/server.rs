@@ -259,6 +259,7 @@ fn execute(
                 nacre_transport::log_line!("nacre meta: auto-export of the link {path}: {e}");
             }
         }
+        MetaRequest::Link { from, to } => store.link(cred, from, to)?.encode(out),
         MetaRequest::ImportSymlink { file, target } => {
             let (attr, outcome) = store.import_symlink(cred, file, target)?;
             attr.encode(out);

@@ -291,6 +291,20 @@ fn permits(cred: &Cred, attr: &Attr, want: u32) -> bool {
     class_bits & want == want
 }
 
+/// Whether `cred` may make another name for `attr`, as Linux's `may_linkat` decides with
+/// `fs.protected_hardlinks`: root or the owner; else a regular file that is not setuid, nor
+/// setgid and group-executable, and that the caller may read and write.
+fn may_hardlink(cred: &Cred, attr: &Attr) -> bool {
+    if cred.is_root() || cred.uid == attr.uid {
+        return true;
+    }
+    let setgid_exec = attr.mode & MODE_SETGID != 0 && attr.mode & 0o010 != 0;
+    attr.is_file()
+        && attr.mode & MODE_SETUID == 0
+        && !setgid_exec
+        && permits(cred, attr, MAY_READ | MAY_WRITE)
+}
+
 fn require(
     cred: &Cred,
     attr: &Attr,
@@ -721,6 +735,25 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// One name of file (or symbolic link) `victim` was removed: with its last, the inode
+    /// goes, its objects are logged for removal and its link to a repository object goes;
+    /// else it has one link fewer. Whether the inode went.
+    fn drop_name(&mut self, victim: &Attr, now: i64) -> Result<bool, MetaError> {
+        assert!(!victim.is_dir(), "directories have one name");
+        if victim.nlink > 1 {
+            self.ns.update(victim.ino, |attr| {
+                attr.nlink -= 1;
+                attr.ctime_ns = now;
+            })?;
+            return Ok(false);
+        }
+        self.ns.remove_attr(victim.ino)?;
+        self.counters.files -= 1;
+        self.log_removal(victim)?;
+        self.repo_files.remove(victim.ino)?;
+        Ok(true)
+    }
+
     /// A new symbolic link's inode, stored and counted, not yet in a directory.
     fn new_symlink(
         &mut self,
@@ -1119,6 +1152,75 @@ impl MetaStore {
         Ok(at)
     }
 
+    /// Makes `to` another name of the file or symbolic link at `from` (`link(2)`: a link at
+    /// the end of `from` is linked itself, not followed) and returns its attributes, one
+    /// link more. A directory → [`MetaError::Perm`]; `to` there already →
+    /// [`MetaError::Exists`]. As Linux with `fs.protected_hardlinks` (Debian's default),
+    /// only root, the owner, or a caller who may read and write a regular file that is not
+    /// setuid or setgid-executable may link it. Hard links are not kept under data
+    /// repository associations, whose objects are per path ([`MetaError::CrossDevice`]).
+    pub fn link(&self, cred: &Cred, from: &str, to: &str) -> Result<Attr, MetaError> {
+        let from = NsPath::parse("from", from)?;
+        let to = NsPath::parse("to", to)?;
+        if to.is_root() {
+            return Err(MetaError::Exists { path: to.full() });
+        }
+        if self.has_associations() {
+            for path in [&from, &to] {
+                let Ok(at) = self.canonical(cred, &path.full(), false) else {
+                    continue;
+                };
+                if let Some(assoc) = self.association_over(&at)? {
+                    return Err(MetaError::CrossDevice {
+                        path: at,
+                        reason: format!(
+                            "hard links are not kept under a data repository association ({} \
+                             with {}): its objects are one per path",
+                            assoc.path,
+                            assoc.url()
+                        ),
+                    });
+                }
+            }
+        }
+        self.write(|tx| {
+            let source = tx.ns.lookup_with(cred, &from, false)?;
+            let at = tx.ns.resolve(cred, &to, Last::Entry)?;
+            let (parent, name) = at.at.expect("a non-root path has a parent");
+            if at.entry.is_some() {
+                return Err(MetaError::Exists { path: at.path });
+            }
+            if to.dir_only {
+                return Err(MetaError::NotFound {
+                    path: format!("{}/ (only a directory is named with a / after it)", at.path),
+                });
+            }
+            if !may_hardlink(cred, &source) {
+                return Err(MetaError::Perm {
+                    path: from.full(),
+                    reason: "only its owner, or one who may read and write it (a regular \
+                             file, not setuid or setgid-executable), may link it"
+                        .to_owned(),
+                });
+            }
+            require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || to.parent())?;
+            if source.is_dir() {
+                return Err(MetaError::Perm {
+                    path: from.full(),
+                    reason: "a directory has one name".to_owned(),
+                });
+            }
+            let now = now_ns();
+            let linked = tx.ns.update(source.ino, |attr| {
+                attr.nlink += 1;
+                attr.ctime_ns = now;
+            })?;
+            tx.ns.link(parent.ino, &name, &linked)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
+            Ok(linked)
+        })
+    }
+
     /// Makes a symbolic link at `path` naming `target` (any text of 1 to
     /// [`MAX_SYMLINK_TARGET_BYTES`](crate::meta::types::MAX_SYMLINK_TARGET_BYTES) bytes
     /// without NUL, resolved when the link is followed). Its mode
@@ -1440,12 +1542,10 @@ impl MetaStore {
             if victim.is_dir() {
                 return Err(MetaError::IsDir { path: path.full() });
             }
+            let now = now_ns();
             tx.ns.unlink(parent.ino, path.last())?;
-            tx.ns.remove_attr(victim.ino)?;
-            tx.ns.touch_dir(parent.ino, now_ns(), 0)?;
-            tx.counters.files -= 1;
-            tx.log_removal(&victim)?;
-            tx.repo_files.remove(victim.ino)?;
+            tx.drop_name(&victim, now)?;
+            tx.ns.touch_dir(parent.ino, now, 0)?;
             Ok(victim)
         })
     }
@@ -1569,16 +1669,15 @@ impl MetaStore {
             tx.ns.unlink(from_parent.ino, &from_name)?;
             if let Some(victim) = &victim {
                 tx.ns.unlink(to_parent.ino, &to_name)?;
-                tx.ns.remove_attr(victim.ino)?;
                 if victim.is_dir() {
+                    tx.ns.remove_attr(victim.ino)?;
                     tx.counters.dirs -= 1;
                 } else {
-                    tx.counters.files -= 1;
-                    tx.log_removal(victim)?;
+                    // Gone as by an unlink: with its last name, its objects and its link to
+                    // an object go (else the key stays "linked" and no other file may be
+                    // exported to it).
+                    tx.drop_name(victim, now)?;
                 }
-                // Gone as by an unlink: its link to an object goes with it (else the key
-                // stays "linked" and no other file may be exported to it).
-                tx.repo_files.remove(victim.ino)?;
             }
             tx.ns.link(to_parent.ino, &to_name, &moved)?;
             tx.ns.update(moved.ino, |attr| attr.ctime_ns = now)?;

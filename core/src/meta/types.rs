@@ -193,6 +193,15 @@ pub enum MetaError {
         /// What holds it.
         reason: String,
     },
+    /// The operation cannot join the two places (`EXDEV`): a hard link into or out of a
+    /// data repository association.
+    #[error("{path}: {reason}")]
+    CrossDevice {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// Resolving a path followed more symbolic links than allowed (`ELOOP`).
     #[error("{path}: too many levels of symbolic links (more than {max} followed)")]
     Loop {
@@ -221,6 +230,7 @@ impl MetaError {
             MetaError::Invalid { .. } | MetaError::Layout { .. } => libc::EINVAL,
             MetaError::NameTooLong { .. } => libc::ENAMETOOLONG,
             MetaError::Loop { .. } => libc::ELOOP,
+            MetaError::CrossDevice { .. } => libc::EXDEV,
             MetaError::NoTargets { .. }
             | MetaError::NoInodes { .. }
             | MetaError::NoSpace { .. } => libc::ENOSPC,
@@ -698,7 +708,8 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Links: 1 for a file; 2 plus the number of subdirectories for a directory.
+    /// Links: a file's (or symbolic link's) names; 2 plus the number of subdirectories for
+    /// a directory.
     pub nlink: u32,
     /// Last access, nanoseconds since the Unix epoch (set at creation; opens do not update
     /// it, as with `noatime`).

@@ -164,6 +164,14 @@ static void namespace(nacre_client *client)
     CHECK(strcmp(target, "b") == 0);
     FAILS(nacre_readlink(client, "/capi/ln", target, 1), ERANGE);
     FAILS(nacre_readlink(client, "/capi/b", target, sizeof target), EINVAL);
+    OK(nacre_link(client, "/capi/b", "/capi/hard"));
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK(attr.nlink == 2);
+    FAILS(nacre_link(client, "/capi/sub", "/capi/sub2"), EPERM);
+    FAILS(nacre_link(client, "/capi/b", "/capi/hard"), EEXIST);
+    OK(nacre_unlink(client, "/capi/hard"));
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK(attr.nlink == 1);
     OK(nacre_symlink(client, "/capi/loop", "/capi/loop"));
     FAILS(nacre_stat(client, "/capi/loop", &attr), ELOOP);
     OK(nacre_unlink(client, "/capi/loop"));
