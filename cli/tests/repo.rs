@@ -1710,6 +1710,47 @@ fn symlinks_import_and_export_as_fsx_stores_them() {
         assert_eq!(refused.errno(), libc::EXDEV, "{refused}");
         assert!(refused.to_string().contains("hard links"), "{refused}");
     }
+    // Nor moved into one, nor made of a file linked to an object, nor exported where links
+    // were made before the association.
+    let plain = client.create("/outside/plain", 0o644, None).unwrap();
+    plain.write_at(b"two names", 0).unwrap();
+    drop(plain);
+    client.link("/outside/plain", "/outside/plain2").unwrap();
+    let moved = client
+        .rename("/outside/plain2", "/data/plain2")
+        .unwrap_err();
+    assert_eq!(moved.errno(), libc::EXDEV, "{moved}");
+    client
+        .rename("/data/sub/made.txt", "/outside/made.txt")
+        .unwrap();
+    let refused = client
+        .link("/outside/made.txt", "/outside/made2")
+        .unwrap_err();
+    assert_eq!(refused.errno(), libc::EXDEV, "{refused}");
+    c.ok(&[
+        "repo",
+        "link",
+        "/outside",
+        "s3://links/other",
+        "--endpoint",
+        &s3.endpoint,
+    ]);
+    let out = c.nacre(&["task", "export", "/outside"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("/outside/plain,failed,HardLinked"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/outside/plain2,failed,HardLinked"),
+        "{stdout}"
+    );
+    let held = keys(&s3, "links");
+    assert!(
+        !held.iter().any(|k| k.starts_with("other/plain")),
+        "{held:?}"
+    );
 }
 
 #[test]

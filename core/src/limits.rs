@@ -210,3 +210,6 @@ const _: () = assert!(TASK_PAGE_BYTES + 4096 <= nacre_transport::limits::MAX_BOD
 /// The most symbolic links one path resolution follows before it fails with `ELOOP`
 /// (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINK_FOLLOWS: usize = 40;
+
+/// The most names (hard links) one file has, as ext4's `EXT4_LINK_MAX`: `EMLINK` past it.
+pub const MAX_LINKS: u32 = 65_000;

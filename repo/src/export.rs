@@ -131,15 +131,25 @@ pub fn export(
             return Ok(report);
         }
         report.paths += 1;
-        let attr = match client.attr(&path) {
+        // A directory queued as `dir/` (gone or moved) is looked up by its name, never
+        // through a link: anything but a directory there now is not it (its markers go,
+        // never that entry's object).
+        let name = path.strip_suffix('/').unwrap_or(&path).to_owned();
+        let looked = client.attr(&name).and_then(|attr| {
+            if path.ends_with('/') && !attr.is_dir() {
+                Err(nacre::Error::Meta {
+                    op: "export",
+                    path: name.clone(),
+                    errno: libc::ENOENT,
+                    message: format!("{name}: not a directory any more"),
+                })
+            } else {
+                Ok(attr)
+            }
+        });
+        let attr = match looked {
             Ok(attr) => attr,
-            // Gone; for a directory queued as `dir/`, anything not a directory there now is
-            // not it (ENOTDIR): its markers go, never that entry's object.
-            Err(e)
-                if force
-                    && (e.errno() == libc::ENOENT
-                        || (path.ends_with('/') && e.errno() == libc::ENOTDIR)) =>
-            {
+            Err(e) if force && e.errno() == libc::ENOENT => {
                 if assoc.auto_export & EVENT_DELETED == 0 {
                     report.gone += 1;
                     continue;
@@ -179,6 +189,7 @@ pub fn export(
                 continue;
             }
         };
+        let path = name;
         if attr.is_dir() {
             // The association's own directory is the prefix: no marker of its own.
             if assoc
@@ -200,6 +211,17 @@ pub fn export(
                 }
                 Err(e) => report.failed.push(failure(&path, "InternalError", e)),
             }
+            continue;
+        }
+        if attr.nlink > 1 {
+            report.failed.push(failure(
+                &path,
+                "HardLinked",
+                format!(
+                    "it has {} names (hard links): a data repository keeps one object per path",
+                    attr.nlink
+                ),
+            ));
             continue;
         }
         let exported = if attr.is_symlink() {

@@ -38,7 +38,8 @@ mod task_ops;
 
 pub use task_ops::{Linked, TaskEnd};
 
-use crate::limits::{MAX_FILE_LAYOUT_BYTES, MAX_SYMLINK_FOLLOWS, REOPEN_INTERVAL_MS};
+use crate::limits::{MAX_FILE_LAYOUT_BYTES, MAX_LINKS, MAX_SYMLINK_FOLLOWS, REOPEN_INTERVAL_MS};
+use crate::meta::repo::{Association, under};
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
     MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
@@ -735,6 +736,27 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Refuses (`EXDEV`) to `what` at `path` when it lies under a data repository
+    /// association, read from this transaction's own table.
+    fn refuse_in_association(&self, path: &str, what: &str) -> Result<(), MetaError> {
+        for item in self.repos.range::<u32>(..)? {
+            let (_, value) = item?;
+            let assoc = Association::from_bytes(value.value())?;
+            if under(&assoc.path, path).is_some() {
+                return Err(MetaError::CrossDevice {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "{what} under a data repository association ({} with {}): its objects \
+                         are one per path",
+                        assoc.path,
+                        assoc.url()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// One name of file (or symbolic link) `victim` was removed: with its last, the inode
     /// goes, its objects are logged for removal and its link to a repository object goes;
     /// else it has one link fewer. Whether the inode went.
@@ -1165,24 +1187,6 @@ impl MetaStore {
         if to.is_root() {
             return Err(MetaError::Exists { path: to.full() });
         }
-        if self.has_associations() {
-            for path in [&from, &to] {
-                let Ok(at) = self.canonical(cred, &path.full(), false) else {
-                    continue;
-                };
-                if let Some(assoc) = self.association_over(&at)? {
-                    return Err(MetaError::CrossDevice {
-                        path: at,
-                        reason: format!(
-                            "hard links are not kept under a data repository association ({} \
-                             with {}): its objects are one per path",
-                            assoc.path,
-                            assoc.url()
-                        ),
-                    });
-                }
-            }
-        }
         self.write(|tx| {
             let source = tx.ns.lookup_with(cred, &from, false)?;
             let at = tx.ns.resolve(cred, &to, Last::Entry)?;
@@ -1208,6 +1212,26 @@ impl MetaStore {
                 return Err(MetaError::Perm {
                     path: from.full(),
                     reason: "a directory has one name".to_owned(),
+                });
+            }
+            if source.nlink >= MAX_LINKS {
+                return Err(MetaError::TooManyLinks {
+                    path: from.full(),
+                    max: MAX_LINKS,
+                });
+            }
+            // A repository's objects are one per path, its records one per inode: a file
+            // of an association, or one linked to an object, keeps one name.
+            let from_at = tx.ns.resolve(cred, &from, Last::Entry)?.path;
+            for path in [&from_at, &at.path] {
+                tx.refuse_in_association(path, "hard links are not kept")?;
+            }
+            if tx.repo_files.get(source.ino)?.is_some() {
+                return Err(MetaError::CrossDevice {
+                    path: from_at,
+                    reason: "it is linked to a data repository's object, which is one per \
+                             path: it keeps one name"
+                        .to_owned(),
                 });
             }
             let now = now_ns();
@@ -1616,6 +1640,9 @@ impl MetaStore {
             }
             if from_full == to_full || victim.as_ref().is_some_and(|v| v.ino == moved.ino) {
                 return Ok(None);
+            }
+            if !moved.is_dir() && moved.nlink > 1 {
+                tx.refuse_in_association(&to_full, "a file of several names does not move")?;
             }
             if moved.is_dir() && to_full.starts_with(&format!("{from_full}/")) {
                 return Err(MetaError::Invalid {

@@ -202,6 +202,14 @@ pub enum MetaError {
         /// Why.
         reason: String,
     },
+    /// A file has as many names as it may have (`EMLINK`).
+    #[error("{path}: too many links (at most {max} names)")]
+    TooManyLinks {
+        /// The file.
+        path: String,
+        /// [`crate::limits::MAX_LINKS`].
+        max: u32,
+    },
     /// Resolving a path followed more symbolic links than allowed (`ELOOP`).
     #[error("{path}: too many levels of symbolic links (more than {max} followed)")]
     Loop {
@@ -231,6 +239,7 @@ impl MetaError {
             MetaError::NameTooLong { .. } => libc::ENAMETOOLONG,
             MetaError::Loop { .. } => libc::ELOOP,
             MetaError::CrossDevice { .. } => libc::EXDEV,
+            MetaError::TooManyLinks { .. } => libc::EMLINK,
             MetaError::NoTargets { .. }
             | MetaError::NoInodes { .. }
             | MetaError::NoSpace { .. } => libc::ENOSPC,

@@ -28,6 +28,21 @@ pub(super) fn root_only(cred: &Cred, path: &str, what: &str) -> Result<(), MetaE
     })
 }
 
+/// Refuses a file of several names (hard links) a repository record: its objects are one
+/// per path, its records one per inode.
+fn refuse_hard_linked(path: &str, attr: &Attr) -> Result<(), MetaError> {
+    if attr.nlink > 1 && !attr.is_dir() {
+        return Err(MetaError::CrossDevice {
+            path: path.to_owned(),
+            reason: format!(
+                "it has {} names (hard links): a data repository keeps one object per path",
+                attr.nlink
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl<I, D> super::Ns<I, D>
 where
     I: ReadableTable<u64, &'static [u8]>,
@@ -376,6 +391,7 @@ impl MetaStore {
         if existing.is_dir() {
             return Err(MetaError::IsDir { path: path.full() });
         }
+        refuse_hard_linked(&path.full(), &existing)?;
         if existing.is_symlink() {
             return Err(MetaError::Exists {
                 path: format!(
@@ -611,6 +627,7 @@ impl MetaStore {
                 path: path.to_owned(),
             });
         }
+        refuse_hard_linked(path, &attr)?;
         let assoc = self.repo_by_id(repo, path)?;
         // The object is the one at the file's own key: a path through a link names a file
         // whose key is another.
