@@ -33,8 +33,29 @@ const TARGET_POOL_MIB: &str = "16";
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
-/// A port on the loopback that was free a moment ago (the kernel picked it).
+static NEXT_PORT: AtomicU64 = AtomicU64::new(0);
+/// The lowest port [`free_port`] hands out.
+const FIRST_TEST_PORT: u64 = 10_000;
+
+/// A port on the loopback free a moment ago, below the kernel's ephemeral range: a port
+/// `bind(0)` picks is also what any outgoing connection may take before the server it is
+/// for binds it (a clean run once lost a target so: "Address already in use"). Ports come
+/// from a sequence of this process's own (offset by its pid, so that two test processes
+/// seldom meet), the first that binds now.
 pub(crate) fn free_port() -> u16 {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIRST_TEST_PORT).max(1_000);
+    let offset = u64::from(std::process::id()) * 7_919;
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = (FIRST_TEST_PORT + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
