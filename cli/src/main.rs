@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nacre::meta::types::FileType;
+use nacre::meta::types::{FileType, TimeSet};
 use nacre::{Client, Error};
 
 /// The metadata service the client commands use when --meta is not given.
@@ -141,6 +141,20 @@ enum Command {
         to: String,
     },
     /// Change permission bits.
+    /// Set a path's access and modification times (to now, or to `--time`), making an
+    /// empty file where nothing is, as touch(1) (`--no-dereference` is its `-h`).
+    Touch {
+        #[command(flatten)]
+        meta: MetaArg,
+        /// The time to set, nanoseconds since the epoch (default: now).
+        #[arg(long)]
+        time: Option<i64>,
+        /// Change a symbolic link itself, not what it names.
+        #[arg(long)]
+        no_dereference: bool,
+        /// The path.
+        path: String,
+    },
     Chmod {
         #[command(flatten)]
         meta: MetaArg,
@@ -330,6 +344,12 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Mv { meta, from, to } => Ok(meta.connect()?.rename(&from, &to)?),
         Command::Chmod { meta, mode, path } => Ok(meta.connect()?.chmod(&path, mode)?),
+        Command::Touch {
+            meta,
+            time,
+            no_dereference,
+            path,
+        } => touch(&meta.connect()?, &path, time, !no_dereference),
         Command::Chown { meta, owner, path } => {
             let (uid, gid) = parse_owner(&owner)?;
             Ok(meta.connect()?.chown(&path, uid, gid)?)
@@ -464,6 +484,25 @@ fn stat(client: &Client, path: &str, dereference: bool) -> Result<(), Failure> {
     outln!("Modify: {} ns since the epoch", a.mtime_ns);
     outln!("Change: {} ns since the epoch", a.ctime_ns);
     Ok(())
+}
+
+/// `nacre touch`: an empty file made where nothing is (unless `-h`), then its times set.
+fn touch(client: &Client, path: &str, time: Option<i64>, follow: bool) -> Result<(), Failure> {
+    let when = time.map_or(TimeSet::Now, TimeSet::At);
+    match client.set_times(path, when, when, follow) {
+        Err(e) if e.errno() == libc_enoent() && follow => {
+            drop(client.create(path, 0o666, None)?);
+            Ok(client.set_times(path, when, when, follow)?)
+        }
+        done => Ok(done?),
+    }
+}
+
+/// ENOENT, without a libc dependency for one constant.
+fn libc_enoent() -> i32 {
+    std::io::Error::from(std::io::ErrorKind::NotFound)
+        .raw_os_error()
+        .unwrap_or(2)
 }
 
 fn mkdir(client: &Client, path: &str, mode: u32, parents: bool) -> Result<(), Failure> {

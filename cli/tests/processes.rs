@@ -143,6 +143,30 @@ fn cli_namespace_round_trips() {
         "{long}"
     );
 
+    // Times, links and touch, as their Unix namesakes.
+    cluster.ok(&["touch", "--time", "1700000000000000000", "/a/b/f"]);
+    let stat = cluster.ok(&["stat", "/a/b/f"]);
+    assert!(stat.contains("Modify: 1700000000000000000 ns"), "{stat}");
+    cluster.ok(&["touch", "/a/b/new"]);
+    assert!(cluster.ok(&["stat", "/a/b/new"]).contains("Size: 0 "));
+    cluster.ok(&["rm", "/a/b/new"]);
+    cluster.ok(&["ln", "-s", "f", "/a/b/sym"]);
+    let stat = cluster.ok(&["stat", "/a/b/sym"]);
+    assert!(
+        stat.contains("File: /a/b/sym -> f") && stat.contains("symbolic link"),
+        "{stat}"
+    );
+    assert!(
+        cluster
+            .ok(&["stat", "-L", "/a/b/sym"])
+            .contains("Size: 300000 ")
+    );
+    assert_eq!(cluster.ok(&["readlink", "/a/b/sym"]), "f\n");
+    cluster.ok(&["ln", "/a/b/f", "/a/b/hard"]);
+    assert!(cluster.ok(&["stat", "/a/b/f"]).contains("Links: 2"));
+    cluster.ok(&["rm", "/a/b/hard"]);
+    cluster.ok(&["rm", "/a/b/sym"]);
+
     cluster.ok(&["mv", "/a/b/f", "/a/moved"]);
     assert_eq!(cluster.ok(&["ls", "/a/b"]), "c\n");
     assert_eq!(cluster.ok(&["ls", "/a"]), "b\nmoved\n");

@@ -39,6 +39,7 @@ use crate::meta::proto::MetaRequest;
 use crate::meta::repo::HS_RELEASED;
 use crate::meta::types::{
     Access, Attr, Cred, DirEntry, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_READDIR_ENTRIES, TargetInfo,
+    TimeSet,
 };
 use crate::queue::Queue;
 
@@ -769,6 +770,26 @@ impl Client {
             uid,
             gid,
             follow: false,
+        })
+        .map(drop)
+    }
+
+    /// Sets the access and modification times of what `path` names, as `utimensat`
+    /// (`follow` false: a symbolic link at its end is changed itself, as
+    /// `AT_SYMLINK_NOFOLLOW`). Both [`TimeSet::Now`] needs the owner or write permission;
+    /// any time given, the owner.
+    pub fn set_times(
+        &self,
+        path: &str,
+        atime: TimeSet,
+        mtime: TimeSet,
+        follow: bool,
+    ) -> Result<(), Error> {
+        self.meta(&MetaRequest::SetTimes {
+            path: path.into(),
+            atime,
+            mtime,
+            follow,
         })
         .map(drop)
     }

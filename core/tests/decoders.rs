@@ -12,7 +12,7 @@ use nacre::layout::StripeSpec;
 use nacre::meta::proto::MetaRequest;
 use nacre::meta::types::{
     Access, Attr, ComponentSpec, Cred, DirEntry, FileType, LayoutSpec, MAX_INO,
-    MODE_PERMISSION_BITS, StatFs, TargetInfo,
+    MODE_PERMISSION_BITS, StatFs, TargetInfo, TimeSet,
 };
 use proptest::prelude::*;
 
@@ -187,6 +187,14 @@ fn request() -> impl Strategy<Value = MetaRequest> {
         (path(), path()).prop_map(|(path, target)| MetaRequest::Symlink { path, target }),
         (path(), path()).prop_map(|(from, to)| MetaRequest::Rename { from, to }),
         (path(), path()).prop_map(|(from, to)| MetaRequest::Link { from, to }),
+        (path(), time_set(), time_set(), any::<bool>()).prop_map(|(path, atime, mtime, follow)| {
+            MetaRequest::SetTimes {
+                path,
+                atime,
+                mtime,
+                follow,
+            }
+        }),
         (path(), proptest::option::of(spec()))
             .prop_map(|(path, spec)| MetaRequest::SetDefaultLayout { path, spec }),
         (path(), spec(), any::<u32>())
@@ -327,6 +335,14 @@ fn repo_request() -> impl Strategy<Value = MetaRequest> {
                 etag,
                 size
             }),
+    ]
+}
+
+fn time_set() -> impl Strategy<Value = TimeSet> {
+    prop_oneof![
+        Just(TimeSet::Omit),
+        Just(TimeSet::Now),
+        any::<i64>().prop_map(TimeSet::At),
     ]
 }
 

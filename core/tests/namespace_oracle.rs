@@ -1,6 +1,7 @@
 //! Linux as the model of the namespace: a seeded random sequence of mkdir, create (plain
-//! and exclusive), open, symlink, link, unlink, rmdir, rename, stat, lstat (with the links
-//! of anything not a directory), readlink and readdir
+//! and exclusive), open, symlink, link, unlink, rmdir, rename, utimensat (now, or times
+//! given, through a link or not, with the mtime read back), stat, lstat (with the links of
+//! anything not a directory), readlink and readdir
 //! on a small set of names (so that they collide, nest, replace one another and make link
 //! chains, dangling links and loops; some paths and targets end in `/`), with chmods, each
 //! by root or one of two users, runs on the metadata store and, the same operations, on a
@@ -21,7 +22,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use common::{Rng, TempDir};
 use nacre::meta::store::MetaStore;
-use nacre::meta::types::{Access, Attr, Cred, FileType, MetaError, TargetInfo};
+use nacre::meta::types::{Access, Attr, Cred, FileType, MetaError, TargetInfo, TimeSet};
 
 /// The users operations run as: root and two others.
 const UIDS: [u32; 3] = [0, 1000, 1001];
@@ -103,6 +104,14 @@ for line in sys.stdin:
             out = ",".join(sorted(os.listdir(args[0])))
         elif op == "chmod":
             os.chmod(args[0], int(args[1], 8))
+        elif op == "touch":
+            os.utime(args[0])
+        elif op in ("utime", "lutime"):
+            follow = op == "utime"
+            ns = int(args[1])
+            os.utime(args[0], ns=(ns, ns + 1), follow_symlinks=follow)
+            st = os.stat(args[0], follow_symlinks=follow)
+            out = "%d" % st.st_mtime_ns
         elif op == "tree":
             out = tree()
         os.seteuid(0)
@@ -212,6 +221,24 @@ fn run(store: &MetaStore, uid: u32, op: &[&str]) -> Result<String, i32> {
             })
             .map_err(errno),
         "chmod" => done(store.chmod(&root, op[1], u32::from_str_radix(op[2], 8).unwrap())),
+        "touch" => done(store.set_times(&root, op[1], TimeSet::Now, TimeSet::Now, true)),
+        "utime" | "lutime" => {
+            let follow = op[0] == "utime";
+            let ns: i64 = op[2].parse().unwrap();
+            store
+                .set_times(&root, op[1], TimeSet::At(ns), TimeSet::At(ns + 1), follow)
+                .map_err(errno)?;
+            let path = op[1];
+            let attr = if follow {
+                store.stat(&root, path)
+            } else {
+                store.lookup(&root, path)
+            }
+            .map_err(errno)?;
+            // The access time is not compared: Nacre keeps it as `noatime` does, Linux as
+            // `relatime` (a link followed after its atime was set below its mtime is read).
+            Ok(attr.mtime_ns.to_string())
+        }
         "tree" => Ok(tree(store)),
         other => panic!("no operation {other}"),
     }
@@ -315,9 +342,13 @@ fn random_namespace_operations_match_linux() {
         } else {
             UIDS[1 + rng.below(2) as usize]
         };
-        let op: Vec<&str> = match rng.below(20) {
+        let when = (1_600_000_000_000_000_000 + rng.below(1 << 40) as i64).to_string();
+        let op: Vec<&str> = match rng.below(23) {
             16 | 17 => vec!["chmod", &a, mode],
             18 | 19 => vec!["link", &a, &b],
+            20 => vec!["touch", &a],
+            21 => vec!["utime", &a, &when],
+            22 => vec!["lutime", &a, &when],
             0 | 1 => vec!["mkdir", &a],
             2 => vec!["create", &a],
             3 => vec!["excl", &a],

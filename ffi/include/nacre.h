@@ -78,6 +78,15 @@
 // `nacre_dirent.file_type` of a directory (as `DT_DIR`).
 #define NACRE_DT_DIR 4
 
+// A time of `nacre_utimens` that sets the time to now (as `UTIME_NOW`).
+#define NACRE_UTIME_NOW INT64_MAX
+
+// A time of `nacre_utimens` that leaves the time as it is (as `UTIME_OMIT`).
+#define NACRE_UTIME_OMIT (INT64_MAX - 1)
+
+// `nacre_utimens` flag: change a symbolic link itself (as `AT_SYMLINK_NOFOLLOW`).
+#define NACRE_UTIME_NOFOLLOW 1
+
 // `nacre_dirent.file_type` of a symbolic link (as `DT_LNK`).
 #define NACRE_DT_LNK 10
 
@@ -261,6 +270,19 @@ int nacre_symlink(struct nacre_client *client, const char *target, const char *p
 //
 // Thread safety: safe from any thread.
 int nacre_link(struct nacre_client *client, const char *from, const char *to);
+
+// Sets the access and modification times of `path`, nanoseconds since the epoch, or
+// `NACRE_UTIME_NOW` or `NACRE_UTIME_OMIT`, as `utimensat(2)` (`flags`
+// `NACRE_UTIME_NOFOLLOW`: a symbolic link at the end is changed itself). Both now needs the
+// owner or write permission (`-EACCES`); a time given, the owner (`-EPERM`). Returns 0 or a
+// negative errno.
+//
+// Thread safety: safe from any thread.
+int nacre_utimens(struct nacre_client *client,
+                  const char *path,
+                  int64_t atime_ns,
+                  int64_t mtime_ns,
+                  uint32_t flags);
 
 // Copies what the symbolic link at `path` names, NUL-terminated, into `buf` of `len`
 // bytes and returns its length. Unlike `readlink(2)` nothing is cut: `-ERANGE` when `len`

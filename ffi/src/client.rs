@@ -4,14 +4,17 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::meta::types::{DirEntry, FileType};
+use engine::meta::types::{DirEntry, FileType, TimeSet};
 use engine::{Client, ClientOptions, Stat};
 
 use crate::boundary::{
     Failure, check_buffer, check_out, copy_c_string, path_arg, run_int, str_arg,
 };
 use crate::handle::{self, Object};
-use crate::limits::{NACRE_DT_DIR, NACRE_DT_LNK, NACRE_DT_REG, NACRE_NAME_BUF, NACRE_PATH_MAX};
+use crate::limits::{
+    NACRE_DT_DIR, NACRE_DT_LNK, NACRE_DT_REG, NACRE_NAME_BUF, NACRE_PATH_MAX, NACRE_UTIME_NOFOLLOW,
+    NACRE_UTIME_NOW, NACRE_UTIME_OMIT,
+};
 
 /// A connection to a Nacre file system (opaque).
 pub struct nacre_client {
@@ -373,6 +376,42 @@ pub extern "C" fn nacre_link(
         // SAFETY: as above.
         let to = unsafe { path_arg(to, "to") }?;
         c.link(from, to)?;
+        Ok(0)
+    })
+}
+
+/// Sets the access and modification times of `path`, nanoseconds since the epoch, or
+/// `NACRE_UTIME_NOW` or `NACRE_UTIME_OMIT`, as `utimensat(2)` (`flags`
+/// `NACRE_UTIME_NOFOLLOW`: a symbolic link at the end is changed itself). Both now needs the
+/// owner or write permission (`-EACCES`); a time given, the owner (`-EPERM`). Returns 0 or a
+/// negative errno.
+///
+/// Thread safety: safe from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn nacre_utimens(
+    client: *mut nacre_client,
+    path: *const c_char,
+    atime_ns: i64,
+    mtime_ns: i64,
+    flags: u32,
+) -> c_int {
+    run_int("nacre_utimens", || {
+        if flags & !NACRE_UTIME_NOFOLLOW != 0 {
+            return Err(Failure::invalid(
+                &format!("flags {flags:#x}"),
+                "0 or NACRE_UTIME_NOFOLLOW",
+            ));
+        }
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: a NUL-terminated path.
+        let path = unsafe { path_arg(path, "path") }?;
+        let set = |ns: i64| match ns {
+            NACRE_UTIME_NOW => TimeSet::Now,
+            NACRE_UTIME_OMIT => TimeSet::Omit,
+            ns => TimeSet::At(ns),
+        };
+        let follow = flags & NACRE_UTIME_NOFOLLOW == 0;
+        c.set_times(path, set(atime_ns), set(mtime_ns), follow)?;
         Ok(0)
     })
 }

@@ -26,6 +26,13 @@ pub const NACRE_EXTENT_EOF: u64 = u64::MAX;
 pub const NACRE_DT_REG: u32 = 8;
 /// `nacre_dirent.file_type` of a directory (as `DT_DIR`).
 pub const NACRE_DT_DIR: u32 = 4;
+/// A time of `nacre_utimens` that sets the time to now (as `UTIME_NOW`).
+pub const NACRE_UTIME_NOW: i64 = i64::MAX;
+/// A time of `nacre_utimens` that leaves the time as it is (as `UTIME_OMIT`).
+pub const NACRE_UTIME_OMIT: i64 = i64::MAX - 1;
+/// `nacre_utimens` flag: change a symbolic link itself (as `AT_SYMLINK_NOFOLLOW`).
+pub const NACRE_UTIME_NOFOLLOW: u32 = 1;
+
 /// `nacre_dirent.file_type` of a symbolic link (as `DT_LNK`).
 pub const NACRE_DT_LNK: u32 = 10;
 

@@ -14,7 +14,7 @@ use crate::meta::repo::{AssocState, Association, ImportedFile};
 use crate::meta::store::TaskEnd;
 use crate::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
 use crate::meta::types::{
-    Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo,
+    Access, Cred, LayoutSpec, MAX_PATH_BYTES, MAX_TARGET_UUID_BYTES, TargetInfo, TimeSet,
 };
 
 /// One metadata operation.
@@ -138,6 +138,17 @@ pub enum MetaRequest {
         /// New group.
         gid: Option<u32>,
         /// Follow a symbolic link at the end of the path (`chown`; without, `lchown`).
+        follow: bool,
+    },
+    /// Set the access and modification times (`utimensat`); the change time becomes now.
+    SetTimes {
+        /// The path.
+        path: String,
+        /// The access time.
+        atime: TimeSet,
+        /// The modification time.
+        mtime: TimeSet,
+        /// Follow a symbolic link at the end of the path (without: `AT_SYMLINK_NOFOLLOW`).
         follow: bool,
     },
     /// A target announces itself. The reply is the file system's uuid (text), which a
@@ -380,6 +391,7 @@ impl MetaRequest {
             MetaRequest::SetLayoutOnNewFile { .. } => "setstripe",
             MetaRequest::Chmod { .. } => "chmod",
             MetaRequest::Chown { .. } => "chown",
+            MetaRequest::SetTimes { .. } => "utimens",
             MetaRequest::RegisterTarget { .. } => "register target",
             MetaRequest::Usage { .. } => "report usage",
             MetaRequest::Targets { .. } => "list targets",
@@ -422,6 +434,7 @@ impl MetaRequest {
             | MetaRequest::SetLayoutOnNewFile { path, .. }
             | MetaRequest::Chmod { path, .. }
             | MetaRequest::Chown { path, .. }
+            | MetaRequest::SetTimes { path, .. }
             | MetaRequest::RepoUnlink { path }
             | MetaRequest::RepoSetState { path, .. }
             | MetaRequest::HsmState { path }
@@ -492,6 +505,7 @@ impl MetaRequest {
             MetaRequest::Symlink { .. } => 37,
             MetaRequest::ImportSymlink { .. } => 38,
             MetaRequest::Link { .. } => 39,
+            MetaRequest::SetTimes { .. } => 40,
         }
     }
 
@@ -542,6 +556,17 @@ impl MetaRequest {
             }
             MetaRequest::Rename { from, to } | MetaRequest::Link { from, to } => {
                 Writer::new(out).str(from).str(to);
+            }
+            MetaRequest::SetTimes {
+                path,
+                atime,
+                mtime,
+                follow,
+            } => {
+                Writer::new(out).str(path);
+                atime.encode(out);
+                mtime.encode(out);
+                out.push(u8::from(*follow));
             }
             MetaRequest::SetDefaultLayout { path, spec } => {
                 Writer::new(out).str(path);
@@ -864,7 +889,13 @@ impl MetaRequest {
                 from: get_path(&mut r, "from")?,
                 to: get_path(&mut r, "to")?,
             },
-            other => return Err(r.bad_value("operation", u64::from(other), "1 to 39")),
+            40 => MetaRequest::SetTimes {
+                path: get_path(&mut r, "path")?,
+                atime: TimeSet::decode(&mut r)?,
+                mtime: TimeSet::decode(&mut r)?,
+                follow: get_flag(&mut r, "follow")?,
+            },
+            other => return Err(r.bad_value("operation", u64::from(other), "1 to 40")),
         };
         r.finish()?;
         Ok((cred, request))

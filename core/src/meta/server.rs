@@ -260,6 +260,12 @@ fn execute(
             }
         }
         MetaRequest::Link { from, to } => store.link(cred, from, to)?.encode(out),
+        MetaRequest::SetTimes {
+            path,
+            atime,
+            mtime,
+            follow,
+        } => store.set_times(cred, path, *atime, *mtime, *follow)?,
         MetaRequest::ImportSymlink { file, target } => {
             let (attr, outcome) = store.import_symlink(cred, file, target)?;
             attr.encode(out);

@@ -44,7 +44,7 @@ use crate::meta::types::{
     Access, Attr, Cred, DirEntry, FileType, LayoutSpec, MAX_ENDPOINT_BYTES, MAX_INO,
     MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_POOLS_PER_TARGET, MAX_READDIR_ENTRIES,
     MAX_TARGET_UUID_BYTES, MODE_PERMISSION_BITS, MODE_SETGID, MODE_SETUID, MODE_STICKY, MetaError,
-    ROOT_INO, SYMLINK_MODE, StatFs, TargetInfo, check_name, check_symlink_target, excerpt,
+    ROOT_INO, SYMLINK_MODE, StatFs, TargetInfo, TimeSet, check_name, check_symlink_target, excerpt,
 };
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
@@ -1847,6 +1847,53 @@ impl MetaStore {
                     }
                 }
                 attr.ctime_ns = now;
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Sets the access and modification times of what `path` names (a symbolic link at
+    /// its end followed when `follow`), as `utimensat`: both [`TimeSet::Omit`] does nothing
+    /// (and succeeds whatever the path, as Linux); both [`TimeSet::Now`] needs the owner,
+    /// write permission or root ([`MetaError::Access`]); anything else the owner or root
+    /// ([`MetaError::Perm`]). The change time becomes now.
+    pub fn set_times(
+        &self,
+        cred: &Cred,
+        path: &str,
+        atime: TimeSet,
+        mtime: TimeSet,
+        follow: bool,
+    ) -> Result<(), MetaError> {
+        if atime == TimeSet::Omit && mtime == TimeSet::Omit {
+            return Ok(());
+        }
+        let path = NsPath::parse("path", path)?;
+        self.write(|tx| {
+            let attr = tx.ns.lookup_with(cred, &path, follow)?;
+            let touch = atime == TimeSet::Now && mtime == TimeSet::Now;
+            if !(cred.is_root() || cred.uid == attr.uid) {
+                if !touch {
+                    return Err(MetaError::Perm {
+                        path: path.full(),
+                        reason: format!(
+                            "only the owner (uid {}) or root may set its times",
+                            attr.uid
+                        ),
+                    });
+                }
+                require(cred, &attr, MAY_WRITE, "write", || path.full())?;
+            }
+            let now = now_ns();
+            let pick = |set: TimeSet, old: i64| match set {
+                TimeSet::Omit => old,
+                TimeSet::Now => now,
+                TimeSet::At(ns) => ns,
+            };
+            tx.ns.update(attr.ino, |a| {
+                a.atime_ns = pick(atime, a.atime_ns);
+                a.mtime_ns = pick(mtime, a.mtime_ns);
+                a.ctime_ns = now;
             })?;
             Ok(())
         })

@@ -426,6 +426,45 @@ impl FileType {
     }
 }
 
+/// What `utimensat` does with one of a file's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeSet {
+    /// Leave it (`UTIME_OMIT`).
+    Omit,
+    /// The metadata service's clock now (`UTIME_NOW`).
+    Now,
+    /// This time, nanoseconds since the Unix epoch.
+    At(i64),
+}
+
+impl TimeSet {
+    /// Appends the binary form.
+    pub fn encode(self, out: &mut Vec<u8>) {
+        let mut w = Writer::new(out);
+        match self {
+            TimeSet::Omit => w.u8(0).i64(0),
+            TimeSet::Now => w.u8(1).i64(0),
+            TimeSet::At(ns) => w.u8(2).i64(ns),
+        };
+    }
+
+    /// Reads the binary form.
+    pub fn decode(reader: &mut Reader<'_>) -> Result<TimeSet, CodecError> {
+        let tag = reader.u8("time_set")?;
+        let ns = reader.i64("time_ns")?;
+        match tag {
+            0 => Ok(TimeSet::Omit),
+            1 => Ok(TimeSet::Now),
+            2 => Ok(TimeSet::At(ns)),
+            other => Err(reader.bad_value(
+                "time_set",
+                u64::from(other),
+                "0 (omit), 1 (now) or 2 (a time)",
+            )),
+        }
+    }
+}
+
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {

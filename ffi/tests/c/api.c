@@ -172,6 +172,16 @@ static void namespace(nacre_client *client)
     OK(nacre_unlink(client, "/capi/hard"));
     OK(nacre_stat(client, "/capi/b", &attr));
     CHECK(attr.nlink == 1);
+    OK(nacre_utimens(client, "/capi/b", 1700000000000000001, NACRE_UTIME_OMIT, 0));
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK(attr.atime_ns == 1700000000000000001 && attr.mtime_ns != 1700000000000000001);
+    OK(nacre_utimens(client, "/capi/ln", NACRE_UTIME_OMIT, 1700000000000000002,
+                     NACRE_UTIME_NOFOLLOW));
+    OK(nacre_lstat(client, "/capi/ln", &attr));
+    CHECK(attr.mtime_ns == 1700000000000000002);
+    OK(nacre_stat(client, "/capi/b", &attr));
+    CHECK(attr.mtime_ns != 1700000000000000002);
+    FAILS(nacre_utimens(client, "/capi/b", NACRE_UTIME_NOW, NACRE_UTIME_NOW, 2), EINVAL);
     OK(nacre_symlink(client, "/capi/loop", "/capi/loop"));
     FAILS(nacre_stat(client, "/capi/loop", &attr), ELOOP);
     OK(nacre_unlink(client, "/capi/loop"));
