@@ -415,18 +415,7 @@ fn import_symlink(
         .map_err(|e| failure(path, "S3Error", e))?;
     let target = std::str::from_utf8(&body)
         .map_err(|_| failure(path, "InvalidSymlink", "its target is not UTF-8"))?;
-    let imported = ImportedFile {
-        path: path.to_owned(),
-        mode: SYMLINK_MODE,
-        uid: attrs.uid,
-        gid: attrs.gid,
-        atime_ns: attrs.atime_ns,
-        mtime_ns: attrs.mtime_ns,
-        repo: assoc.id,
-        key: item.meta.location.as_ref().to_owned(),
-        etag,
-        size: item.meta.size,
-    };
+    let imported = imported_at(assoc, path, item, attrs, SYMLINK_MODE, etag);
     let (_, outcome) = client.import_symlink(&imported, target).map_err(|e| {
         let code = match e.errno() {
             libc::EEXIST => "ResourceBusy",
@@ -441,6 +430,30 @@ fn import_symlink(
         ImportOutcome::Unchanged => report.unchanged += 1,
     }
     Ok(())
+}
+
+/// What the service is asked to make at `path` for object `item` of `assoc`, with the
+/// object's attributes and permission bits `mode`, at version `etag`.
+fn imported_at(
+    assoc: &Association,
+    path: &str,
+    item: &Listed,
+    attrs: &PosixAttrs,
+    mode: u32,
+    etag: String,
+) -> ImportedFile {
+    ImportedFile {
+        path: path.to_owned(),
+        mode,
+        uid: attrs.uid,
+        gid: attrs.gid,
+        atime_ns: attrs.atime_ns,
+        mtime_ns: attrs.mtime_ns,
+        repo: assoc.id,
+        key: item.meta.location.as_ref().to_owned(),
+        etag,
+        size: item.meta.size,
+    }
 }
 
 /// The ETag the listing gave `item` (a version is asked for by it).
@@ -536,18 +549,7 @@ fn import_file(
         ));
     }
     let etag = etag_of(item, path)?;
-    let imported = ImportedFile {
-        path: path.to_owned(),
-        mode: attrs.mode,
-        uid: attrs.uid,
-        gid: attrs.gid,
-        atime_ns: attrs.atime_ns,
-        mtime_ns: attrs.mtime_ns,
-        repo: assoc.id,
-        key: item.meta.location.as_ref().to_owned(),
-        etag,
-        size: item.meta.size,
-    };
+    let imported = imported_at(assoc, path, item, &attrs, attrs.mode, etag);
     let (attr, outcome) = client.import_file(&imported).map_err(|e| {
         let code = if e.errno() == libc::EEXIST {
             "ResourceBusy"
