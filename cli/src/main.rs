@@ -486,23 +486,17 @@ fn stat(client: &Client, path: &str, dereference: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `nacre touch`: an empty file made where nothing is (unless `-h`), then its times set.
+/// `nacre touch`: an empty file made where nothing is (unless `--no-dereference`), then its
+/// times set.
 fn touch(client: &Client, path: &str, time: Option<i64>, follow: bool) -> Result<(), Failure> {
     let when = time.map_or(TimeSet::Now, TimeSet::At);
     match client.set_times(path, when, when, follow) {
-        Err(e) if e.errno() == libc_enoent() && follow => {
+        Err(e) if e.errno() == libc::ENOENT && follow => {
             drop(client.create(path, 0o666, None)?);
             Ok(client.set_times(path, when, when, follow)?)
         }
         done => Ok(done?),
     }
-}
-
-/// ENOENT, without a libc dependency for one constant.
-fn libc_enoent() -> i32 {
-    std::io::Error::from(std::io::ErrorKind::NotFound)
-        .raw_os_error()
-        .unwrap_or(2)
 }
 
 fn mkdir(client: &Client, path: &str, mode: u32, parents: bool) -> Result<(), Failure> {
@@ -516,7 +510,7 @@ fn mkdir(client: &Client, path: &str, mode: u32, parents: bool) -> Result<(), Fa
         at.push_str(part);
         match client.mkdir(&at, mode) {
             Ok(_) => {}
-            Err(e) if e.errno() == libc_eexist() => {
+            Err(e) if e.errno() == libc::EEXIST => {
                 if !client.stat(&at)?.attr.is_dir() {
                     return Err(format!("{at} exists and is not a directory").into());
                 }
@@ -525,13 +519,6 @@ fn mkdir(client: &Client, path: &str, mode: u32, parents: bool) -> Result<(), Fa
         }
     }
     Ok(())
-}
-
-/// EEXIST, without a libc dependency for one constant.
-fn libc_eexist() -> i32 {
-    std::io::Error::from(std::io::ErrorKind::AlreadyExists)
-        .raw_os_error()
-        .unwrap_or(17)
 }
 
 /// Bytes moved per call by put and get.

@@ -194,6 +194,24 @@ fn with_path(
     })
 }
 
+/// As [`with_path`], for a call of two paths (each with the name its errors give it).
+fn with_paths(
+    name: &str,
+    client: *mut nacre_client,
+    (first, first_name): (*const c_char, &str),
+    (second, second_name): (*const c_char, &str),
+    f: impl FnOnce(&Client, &str, &str) -> Result<(), engine::Error>,
+) -> c_int {
+    run_int(name, || {
+        let c = handle::client(client)?;
+        // SAFETY: the header's contract: NUL-terminated paths.
+        let (first, second) =
+            unsafe { (path_arg(first, first_name)?, path_arg(second, second_name)?) };
+        f(&c, first, second)?;
+        Ok(0)
+    })
+}
+
 /// Makes directory `path` with permission bits `mode` less the process's umask. Returns 0, or `-EEXIST`, `-ENOENT`
 /// (no parent), `-EACCES`, ...
 ///
@@ -231,13 +249,13 @@ pub extern "C" fn nacre_rename(
     from: *const c_char,
     to: *const c_char,
 ) -> c_int {
-    run_int("nacre_rename", || {
-        let c = handle::client(client)?;
-        // SAFETY: the header's contract: NUL-terminated paths.
-        let (from, to) = unsafe { (path_arg(from, "from")?, path_arg(to, "to")?) };
-        c.rename(from, to)?;
-        Ok(0)
-    })
+    with_paths(
+        "nacre_rename",
+        client,
+        (from, "from"),
+        (to, "to"),
+        |c, from, to| c.rename(from, to),
+    )
 }
 
 /// Sets the permission bits (with setuid, setgid and sticky) of `path` to `mode`, as
@@ -346,15 +364,13 @@ pub extern "C" fn nacre_symlink(
     target: *const c_char,
     path: *const c_char,
 ) -> c_int {
-    run_int("nacre_symlink", || {
-        let c = handle::client(client)?;
-        // SAFETY: the header's contract: NUL-terminated strings.
-        let target = unsafe { path_arg(target, "target") }?;
-        // SAFETY: as above.
-        let path = unsafe { path_arg(path, "path") }?;
-        c.symlink(target, path)?;
-        Ok(0)
-    })
+    with_paths(
+        "nacre_symlink",
+        client,
+        (target, "target"),
+        (path, "path"),
+        |c, target, path| c.symlink(target, path).map(drop),
+    )
 }
 
 /// Makes `to` another name of the file or symbolic link at `from`, as `link(2)` (a link
@@ -369,15 +385,13 @@ pub extern "C" fn nacre_link(
     from: *const c_char,
     to: *const c_char,
 ) -> c_int {
-    run_int("nacre_link", || {
-        let c = handle::client(client)?;
-        // SAFETY: the header's contract: NUL-terminated strings.
-        let from = unsafe { path_arg(from, "from") }?;
-        // SAFETY: as above.
-        let to = unsafe { path_arg(to, "to") }?;
-        c.link(from, to)?;
-        Ok(0)
-    })
+    with_paths(
+        "nacre_link",
+        client,
+        (from, "from"),
+        (to, "to"),
+        |c, from, to| c.link(from, to).map(drop),
+    )
 }
 
 /// Sets the access and modification times of `path`, nanoseconds since the epoch, or

@@ -16,7 +16,9 @@ use nacre::Client;
 use nacre::meta::repo::{
     Association, EVENT_CHANGED, EVENT_DELETED, EVENT_NEW, HS_DIRTY, ImportOutcome, ImportedFile,
 };
-use nacre::meta::types::{FileType, MAX_NAME_BYTES, MAX_PATH_BYTES, SYMLINK_MODE};
+use nacre::meta::types::{
+    FileType, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_SYMLINK_TARGET_BYTES, SYMLINK_MODE,
+};
 use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
 
@@ -388,13 +390,13 @@ fn import_symlink(
     attrs: &PosixAttrs,
     report: &mut ImportReport,
 ) -> Result<(), ImportFailure> {
-    if item.meta.size == 0 || item.meta.size > MAX_PATH_BYTES as u64 {
+    if item.meta.size == 0 || item.meta.size > MAX_SYMLINK_TARGET_BYTES as u64 {
         return Err(failure(
             path,
             "InvalidSymlink",
             format!(
                 "a symlink's object of {} bytes: its body, the link's target, is 1 to \
-                 {MAX_PATH_BYTES} bytes",
+                 {MAX_SYMLINK_TARGET_BYTES} bytes",
                 item.meta.size
             ),
         ));

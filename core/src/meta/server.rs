@@ -499,10 +499,9 @@ fn canonical(store: &MetaStore, cred: &crate::meta::types::Cred, path: &str) -> 
     if !store.has_associations() {
         return path.to_owned();
     }
-    match store.canonical(cred, path, false) {
-        Ok(at) if at.len() <= crate::meta::types::MAX_PATH_BYTES => at,
-        _ => path.to_owned(),
-    }
+    store
+        .canonical(cred, path, false)
+        .unwrap_or_else(|_| path.to_owned())
 }
 
 /// Queues what an unlink, rmdir or rename of a linked file (or a directory) means for

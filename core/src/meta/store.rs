@@ -17,6 +17,7 @@
 //! - `super`: `"super"` → the format version, the next inode number and the file and
 //!   directory counts.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -214,12 +215,7 @@ struct NsPath<'a> {
 impl<'a> NsPath<'a> {
     fn parse(field: &'static str, path: &'a str) -> Result<NsPath<'a>, MetaError> {
         if path.len() > MAX_PATH_BYTES {
-            return Err(MetaError::NameTooLong {
-                what: "path",
-                len_bytes: path.len(),
-                max_bytes: MAX_PATH_BYTES,
-                excerpt: excerpt(path),
-            });
+            return Err(MetaError::too_long("path", path, MAX_PATH_BYTES));
         }
         if !path.starts_with('/') {
             return Err(MetaError::Invalid {
@@ -290,6 +286,14 @@ fn permits(cred: &Cred, attr: &Attr, want: u32) -> bool {
         attr.mode
     } & 0o7;
     class_bits & want == want
+}
+
+/// The directory part of a resolved path (`/` for a name in the root).
+fn parent_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => dir.to_owned(),
+        _ => "/".to_owned(),
+    }
 }
 
 /// Whether `cred` may make another name for `attr`, as Linux's `may_linkat` decides with
@@ -423,18 +427,19 @@ where
     /// directory: see [`Last`].
     fn resolve(&self, cred: &Cred, path: &NsPath<'_>, last: Last) -> Result<Resolved, MetaError> {
         // The names still to walk, the next one last, each with whether it must name a
-        // directory (a `/` after it).
-        let mut pending: Vec<(String, bool)> = path
+        // directory (a `/` after it). The path's own names are borrowed: only a link's
+        // target is copied.
+        let mut pending: Vec<(Cow<'_, str>, bool)> = path
             .names
             .iter()
             .rev()
             .enumerate()
-            .map(|(i, n)| ((*n).to_owned(), i == 0 && path.dir_only))
+            .map(|(i, n)| (Cow::Borrowed(*n), i == 0 && path.dir_only))
             .collect();
         // The directories walked from the root, with the names they were reached by.
-        let mut walked: Vec<(Attr, String)> = vec![(self.attr(ROOT_INO)?, String::new())];
+        let mut walked: Vec<(Attr, Cow<'_, str>)> = vec![(self.attr(ROOT_INO)?, Cow::Borrowed(""))];
         let mut follows = 0;
-        let at = |walked: &[(Attr, String)], name: Option<&str>| {
+        let at = |walked: &[(Attr, Cow<'_, str>)], name: Option<&str>| {
             let mut out = String::new();
             for (_, n) in &walked[1..] {
                 out.push('/');
@@ -458,7 +463,7 @@ where
                 });
             }
             require(cred, current, MAY_EXEC, "search", || at(&walked, None))?;
-            match name.as_str() {
+            match name.as_ref() {
                 "." => continue,
                 ".." => {
                     if walked.len() > 1 {
@@ -475,7 +480,7 @@ where
                     let parent = current.clone();
                     return Ok(Resolved {
                         path: at(&walked, Some(&name)),
-                        at: Some((parent, name)),
+                        at: Some((parent, name.into_owned())),
                         entry: None,
                         dir_only,
                     });
@@ -513,7 +518,7 @@ where
                         .iter()
                         .rev()
                         .enumerate()
-                        .map(|(i, n)| ((*n).to_owned(), i == 0 && target_dir_only)),
+                        .map(|(i, n)| (Cow::Owned((*n).to_owned()), i == 0 && target_dir_only)),
                 );
                 continue;
             }
@@ -526,7 +531,7 @@ where
                 let (parent, _) = walked.last().expect("the root is never popped").clone();
                 return Ok(Resolved {
                     path: at(&walked, Some(&name)),
-                    at: Some((parent, name)),
+                    at: Some((parent, name.into_owned())),
                     entry: Some(attr),
                     dir_only,
                 });
@@ -548,7 +553,7 @@ where
         let path = at(&walked, Some(&name));
         Ok(Resolved {
             path,
-            at: Some((parent, name)),
+            at: Some((parent, name.into_owned())),
             entry: Some(entry),
             dir_only: false,
         })
@@ -739,9 +744,7 @@ impl Tx<'_> {
     /// Refuses (`EXDEV`) to `what` at `path` when it lies under a data repository
     /// association, read from this transaction's own table.
     fn refuse_in_association(&self, path: &str, what: &str) -> Result<(), MetaError> {
-        for item in self.repos.range::<u32>(..)? {
-            let (_, value) = item?;
-            let assoc = Association::from_bytes(value.value())?;
+        for assoc in self.associations()? {
             if under(&assoc.path, path).is_some() {
                 return Err(MetaError::CrossDevice {
                     path: path.to_owned(),
@@ -755,6 +758,16 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Every association, from this transaction's own table.
+    fn associations(&self) -> Result<Vec<Association>, MetaError> {
+        let mut all = Vec::new();
+        for item in self.repos.range::<u32>(..)? {
+            let (_, value) = item?;
+            all.push(Association::from_bytes(value.value())?);
+        }
+        Ok(all)
     }
 
     /// One name of file (or symbolic link) `victim` was removed: with its last, the inode
@@ -1164,12 +1177,7 @@ impl MetaStore {
         };
         let at = self.read(|ns| Ok(ns.resolve(cred, &path, mode)?.path))?;
         if at.len() > MAX_PATH_BYTES {
-            return Err(MetaError::NameTooLong {
-                what: "path",
-                len_bytes: at.len(),
-                max_bytes: MAX_PATH_BYTES,
-                excerpt: excerpt(&at),
-            });
+            return Err(MetaError::too_long("path", &at, MAX_PATH_BYTES));
         }
         Ok(at)
     }
@@ -1188,7 +1196,12 @@ impl MetaStore {
             return Err(MetaError::Exists { path: to.full() });
         }
         self.write(|tx| {
-            let source = tx.ns.lookup_with(cred, &from, false)?;
+            // `from` as `lstat` finds it (a link at its end is linked itself), and where.
+            let from_at = tx.ns.resolve(cred, &from, Last::Lstat)?;
+            let source = from_at.entry.ok_or_else(|| MetaError::NotFound {
+                path: from_at.path.clone(),
+            })?;
+            let from_at = from_at.path;
             let at = tx.ns.resolve(cred, &to, Last::Entry)?;
             let (parent, name) = at.at.expect("a non-root path has a parent");
             if at.entry.is_some() {
@@ -1222,7 +1235,6 @@ impl MetaStore {
             }
             // A repository's objects are one per path, its records one per inode: a file
             // of an association, or one linked to an object, keeps one name.
-            let from_at = tx.ns.resolve(cred, &from, Last::Entry)?.path;
             for path in [&from_at, &at.path] {
                 tx.refuse_in_association(path, "hard links are not kept")?;
             }
@@ -1398,9 +1410,7 @@ impl MetaStore {
                 return Ok((existing, false));
             }
             require(cred, &parent, MAY_WRITE | MAY_EXEC, "write", || {
-                full.rsplit_once('/')
-                    .map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir })
-                    .to_owned()
+                parent_path(&full)
             })?;
             let spec = match (layout, &parent.default_layout) {
                 (Some(spec), _) => spec.clone(),
@@ -1525,12 +1535,7 @@ impl MetaStore {
         if let Some(name) = after
             && name.len() > MAX_NAME_BYTES
         {
-            return Err(MetaError::NameTooLong {
-                what: "name",
-                len_bytes: name.len(),
-                max_bytes: MAX_NAME_BYTES,
-                excerpt: excerpt(name),
-            });
+            return Err(MetaError::too_long("name", name, MAX_NAME_BYTES));
         }
         self.read(|ns| {
             let dir = ns.lookup_with(cred, &path, true)?;
@@ -1871,17 +1876,12 @@ impl MetaStore {
         let path = NsPath::parse("path", path)?;
         self.write(|tx| {
             let attr = tx.ns.lookup_with(cred, &path, follow)?;
+            // Both now: as a write would (the owner, root, or write permission); any time
+            // given: the owner or root.
             let touch = atime == TimeSet::Now && mtime == TimeSet::Now;
-            if !(cred.is_root() || cred.uid == attr.uid) {
-                if !touch {
-                    return Err(MetaError::Perm {
-                        path: path.full(),
-                        reason: format!(
-                            "only the owner (uid {}) or root may set its times",
-                            attr.uid
-                        ),
-                    });
-                }
+            if !touch {
+                require_owner(cred, &attr, &path.full(), "set its times")?;
+            } else if !(cred.is_root() || cred.uid == attr.uid) {
                 require(cred, &attr, MAY_WRITE, "write", || path.full())?;
             }
             let now = now_ns();

@@ -224,6 +224,16 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// [`MetaError::NameTooLong`] for `text`, a `what` longer than `max_bytes`.
+    pub(crate) fn too_long(what: &'static str, text: &str, max_bytes: usize) -> MetaError {
+        MetaError::NameTooLong {
+            what,
+            len_bytes: text.len(),
+            max_bytes,
+            excerpt: excerpt(text),
+        }
+    }
+
     /// The errno a client sees for this error (a positive `libc` constant).
     pub fn errno(&self) -> i32 {
         match self {
@@ -265,12 +275,7 @@ pub(crate) fn excerpt(text: &str) -> String {
 /// or `..`.
 pub fn check_name(name: &str) -> Result<(), MetaError> {
     if name.len() > MAX_NAME_BYTES {
-        return Err(MetaError::NameTooLong {
-            what: "name",
-            len_bytes: name.len(),
-            max_bytes: MAX_NAME_BYTES,
-            excerpt: excerpt(name),
-        });
+        return Err(MetaError::too_long("name", name, MAX_NAME_BYTES));
     }
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(MetaError::Invalid {
@@ -288,12 +293,11 @@ pub fn check_name(name: &str) -> Result<(), MetaError> {
 /// link is followed.
 pub fn check_symlink_target(target: &str) -> Result<(), MetaError> {
     if target.len() > MAX_SYMLINK_TARGET_BYTES {
-        return Err(MetaError::NameTooLong {
-            what: "symlink target",
-            len_bytes: target.len(),
-            max_bytes: MAX_SYMLINK_TARGET_BYTES,
-            excerpt: excerpt(target),
-        });
+        return Err(MetaError::too_long(
+            "symlink target",
+            target,
+            MAX_SYMLINK_TARGET_BYTES,
+        ));
     }
     if target.is_empty() {
         return Err(MetaError::NotFound {
@@ -864,7 +868,7 @@ impl Attr {
             None
         };
         let symlink = if file_type == FileType::Symlink {
-            let target = reader.str("symlink", MAX_PATH_BYTES)?;
+            let target = reader.str("symlink", MAX_SYMLINK_TARGET_BYTES)?;
             check_symlink_target(target).map_err(|_| {
                 reader.bad_value(
                     "symlink",

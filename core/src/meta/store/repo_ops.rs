@@ -96,23 +96,15 @@ impl MetaStore {
         self.write(|tx| {
             // The association is kept at the directory's one path: links on the way are
             // resolved (a link at the end is not a directory).
-            let (dir, full) = if path.is_root() {
-                (tx.ns.attr(ROOT_INO)?, path.full())
-            } else {
-                let resolved = tx.ns.resolve(cred, &path, super::Last::Entry)?;
-                let dir = resolved.entry.ok_or_else(|| MetaError::NotFound {
-                    path: resolved.path.clone(),
-                })?;
-                (dir, resolved.path)
-            };
+            let resolved = tx.ns.resolve(cred, &path, super::Last::Entry)?;
+            let full = resolved.path;
+            let dir = resolved
+                .entry
+                .ok_or_else(|| MetaError::NotFound { path: full.clone() })?;
             if !dir.is_dir() {
                 return Err(MetaError::NotDir { path: full });
             }
-            let mut existing = Vec::new();
-            for item in tx.repos.range::<u32>(..)? {
-                let (_, value) = item?;
-                existing.push(Association::from_bytes(value.value())?);
-            }
+            let existing = tx.associations()?;
             if let Some(other) = existing
                 .iter()
                 .find(|a| under(&a.path, &full).is_some() || under(&full, &a.path).is_some())
