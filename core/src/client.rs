@@ -94,13 +94,19 @@ pub fn current_umask() -> u32 {
 
 /// The calling process's identity.
 pub fn current_cred() -> Cred {
-    // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut groups = vec![0 as libc::gid_t; crate::meta::types::MAX_GROUPS];
-    // SAFETY: the buffer holds `groups.len()` gids, the size passed.
-    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
-    groups.truncate(n.max(0) as usize);
-    Cred { uid, gid, groups }
+    use rustix::process::{getgid, getgroups, getuid};
+    // The metadata service takes at most MAX_GROUPS groups: the first of them.
+    let groups = getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .take(crate::meta::types::MAX_GROUPS)
+        .map(|g| g.as_raw())
+        .collect();
+    Cred {
+        uid: getuid().as_raw(),
+        gid: getgid().as_raw(),
+        groups,
+    }
 }
 
 /// A file's attributes with the size its objects imply.

@@ -13,12 +13,13 @@
 //! client (started when first needed).
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nacre_transport::event::{Epoll, EventFd};
+use nacre_transport::event::{Epoll, EventFd, Events};
 use nacre_transport::wire::Opcode;
 use nacre_transport::{
     Endpoint, Finished, Kind, PipeConn, Progress, Span, TransportError, TransportOp,
@@ -250,7 +251,7 @@ impl Queue {
         let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         let wake = EventFd::new().map_err(|e| Error::event_loop("eventfd", e))?;
         epoll
-            .add(wake.raw(), WAKE_TOKEN, false)
+            .add(wake.as_fd(), WAKE_TOKEN, false)
             .map_err(|e| Error::Server {
                 what: "queue".into(),
                 reason: format!("epoll_ctl: {e}"),
@@ -465,7 +466,7 @@ impl Queue {
     /// were idle while their target closed them end here, before a request is put on them.
     fn notice_hang_ups(&self) {
         let shared = &*self.shared;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut events = Events::<EVENTS_PER_WAIT>::new();
         let mut ready: Vec<(u64, bool)> = Vec::new();
         // A look that saw nothing lets the request meet the closed connection and fail
         // naming its target, as one sent just before it closed.
@@ -648,7 +649,7 @@ impl Queue {
     ) -> MutexGuard<'_, State> {
         let shared = &*self.shared;
         let deadline = Instant::now() + timeout;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut events = Events::<EVENTS_PER_WAIT>::new();
         let mut ready: Vec<(u64, bool)> = Vec::new();
         // Whether epoll was asked what has arrived. A call with no time to wait (a poll)
         // looks first, so that it drives the connections as liburing's peek reaps; one whose
@@ -736,7 +737,7 @@ impl Drop for Queue {
 /// callers look again, within their own deadline.
 fn look(
     epoll: &Epoll,
-    events: &mut [libc::epoll_event],
+    events: &mut Events<EVENTS_PER_WAIT>,
     timeout: Duration,
     ready: &mut Vec<(u64, bool)>,
 ) {

@@ -1002,14 +1002,9 @@ impl ObjectStore {
                 // A kernel without IORING_OP_FTRUNCATE (before 6.9): the op holds its lock
                 // already, so truncate here and finish it as its completion would.
                 let res = match self.objects.get(&object_id) {
-                    // SAFETY: the descriptor is owned by the open object and valid.
-                    Some(o) => match unsafe {
-                        libc::ftruncate(o.file.as_raw_fd(), size_bytes as libc::off_t)
-                    } {
-                        0 => 0,
-                        _ => -std::io::Error::last_os_error()
-                            .raw_os_error()
-                            .unwrap_or(libc::EIO),
+                    Some(o) => match rustix::fs::ftruncate(&o.file, size_bytes) {
+                        Ok(()) => 0,
+                        Err(e) => -e.raw_os_error(),
                     },
                     None => -libc::EBADF,
                 };

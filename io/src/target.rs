@@ -568,22 +568,8 @@ struct StatVfs {
 }
 
 fn statvfs(dir: &Path) -> Result<StatVfs, IoError> {
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| IoError::Path {
-        op: Operation::Capacity,
-        path: dir.to_path_buf(),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is a valid NUL-terminated string and st points to writable memory of
-    // the size statvfs expects.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(path_err(Operation::Capacity, dir)(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| path_err(Operation::Capacity, dir)(std::io::Error::from(e)))?;
     Ok(StatVfs {
         f_frsize: st.f_frsize,
         f_blocks: st.f_blocks,

@@ -5,16 +5,42 @@
 //! the wake-up of its other waiters (decision 0009); `net-bench`'s loop server and clients
 //! on theirs.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// `timeout` as the milliseconds `epoll_wait(2)` and `poll(2)` take, rounded up: a wait of
-/// 0.4 ms sleeps up to 1 ms rather than not at all. Truncating instead turned the last
-/// fraction of a millisecond before every deadline into a loop of waits that return at once
-/// (an idle acceptor spun for about 1 ms in every 100).
+use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
+use rustix::event::{EventfdFlags, Timespec};
+
+/// `timeout` as the milliseconds `poll(2)` takes, rounded up: a wait of 0.4 ms sleeps up
+/// to 1 ms rather than not at all. Truncating instead turned the last fraction of a
+/// millisecond before every deadline into a loop of waits that return at once (an idle
+/// acceptor spun for about 1 ms in every 100).
 pub fn poll_timeout_ms(timeout: Duration) -> i32 {
     let ms = timeout.as_nanos().div_ceil(1_000_000);
     i32::try_from(ms).unwrap_or(i32::MAX)
+}
+
+/// `timeout` as the time the kernel's waits take (rustix rounds it up to milliseconds where
+/// a call takes those, as [`poll_timeout_ms`] does).
+pub fn timespec(timeout: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    }
+}
+
+/// Waits up to `timeout` until `fd` is readable (or hung up, or in error); false when the
+/// time ran out or a signal came first.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    match rustix::event::poll(&mut fds, Some(&timespec(timeout))) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An eventfd: a counter other threads add to, and a descriptor that is readable while the
@@ -27,16 +53,8 @@ pub struct EventFd {
 impl EventFd {
     /// A nonblocking eventfd at zero.
     pub fn new() -> std::io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; a negative return is an error, else a new
-        // descriptor we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(EventFd {
-            // SAFETY: `fd` is a fresh descriptor nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(EventFd { fd })
     }
 
     /// The descriptor.
@@ -46,18 +64,60 @@ impl EventFd {
 
     /// Makes the descriptor readable (wakes a thread waiting on it).
     pub fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a local u64, as eventfd expects. It can only fail when
-        // the counter would overflow, which needs 2^64 - 2 unread wake-ups: the reader is
-        // awake then anyway.
-        let _ = unsafe { libc::write(self.raw(), (&raw const one).cast(), 8) };
+        // It can only fail when the counter would overflow, which needs 2^64 - 2 unread
+        // wake-ups: the reader is awake then anyway.
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 
     /// Sets the counter back to zero.
     pub fn clear(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into a local u64; EAGAIN (already zero) is fine.
-        let _ = unsafe { libc::read(self.raw(), (&raw mut count).cast(), 8) };
+        let mut count = [0u8; 8];
+        // EAGAIN (already zero) is fine.
+        let _ = rustix::io::read(&self.fd, &mut count);
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Room for the readiness events of one wait: `N` at most. Each thread waiting on an
+/// [`Epoll`] at once has its own.
+#[derive(Clone, Copy)]
+pub struct Events<const N: usize> {
+    events: [epoll::Event; N],
+}
+
+// SAFETY: an event's data is a union of a u64 and a pointer, hence not Send. This module
+// only ever stores u64 tokens in it (`EventData::new_u64`, and the kernel gives back what
+// was registered), never a pointer, so nothing in it is tied to a thread.
+unsafe impl<const N: usize> Send for Events<N> {}
+// SAFETY: as for Send: plain integers.
+unsafe impl<const N: usize> Sync for Events<N> {}
+
+impl<const N: usize> std::fmt::Debug for Events<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Events<{N}>")
+    }
+}
+
+impl<const N: usize> Events<N> {
+    /// Empty room.
+    pub const fn new() -> Events<N> {
+        Events {
+            events: [epoll::Event {
+                flags: EventFlags::empty(),
+                data: EventData::new_u64(0),
+            }; N],
+        }
+    }
+}
+
+impl<const N: usize> Default for Events<N> {
+    fn default() -> Self {
+        Events::new()
     }
 }
 
@@ -65,7 +125,7 @@ impl EventFd {
 #[derive(Debug)]
 pub struct Epoll {
     fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
+    events: Box<Events<EVENTS_PER_WAIT>>,
 }
 
 /// Most readiness events one wait returns.
@@ -74,43 +134,26 @@ const EVENTS_PER_WAIT: usize = 256;
 impl Epoll {
     /// An empty set.
     pub fn new() -> std::io::Result<Epoll> {
-        // SAFETY: no pointers; a negative return is an error, else a descriptor we own.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Epoll {
-            // SAFETY: `fd` is a fresh descriptor nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
+            fd: epoll::create(CreateFlags::CLOEXEC)?,
+            events: Box::new(Events::new()),
         })
     }
 
     /// Watches `fd` for reading and writing, edge-triggered, or for reading only.
-    pub fn add(&self, fd: RawFd, token: u64, writes_too: bool) -> std::io::Result<()> {
-        let mut flags = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, writes_too: bool) -> std::io::Result<()> {
+        let mut flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ET;
         if writes_too {
-            flags |= libc::EPOLLOUT;
+            flags |= EventFlags::OUT;
         }
-        let mut event = libc::epoll_event {
-            events: flags as u32,
-            u64: token,
-        };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        epoll::add(&self.fd, fd, EventData::new_u64(token), flags)?;
         Ok(())
     }
 
     /// Stops watching `fd` (closing it does too, once no other descriptor refers to it).
-    pub fn remove(&self, fd: RawFd) {
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; an fd not in the set is an error we ignore.
-        let _ =
-            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    pub fn remove(&self, fd: BorrowedFd<'_>) {
+        // An fd not in the set is an error to ignore.
+        let _ = epoll::delete(&self.fd, fd);
     }
 
     /// Waits up to `timeout` for readiness and calls `f` with each ready entry's token and
@@ -122,37 +165,26 @@ impl Epoll {
         result
     }
 
-    /// As [`Epoll::wait`], into the caller's event buffer, so that several threads may
+    /// As [`Epoll::wait`], into the caller's room for events, so that several threads may
     /// wait on one set at once (each edge goes to one of them).
-    pub fn wait_into(
+    pub fn wait_into<const N: usize>(
         &self,
-        events: &mut [libc::epoll_event],
+        events: &mut Events<N>,
         timeout: Duration,
         mut f: impl FnMut(u64, bool),
     ) -> std::io::Result<()> {
-        let ms = poll_timeout_ms(timeout);
-        // SAFETY: the buffer holds `events.len()` events and outlives the call.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len().min(i32::MAX as usize) as i32,
-                ms,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
+        let n = match epoll::wait(&self.fd, &mut events.events[..], Some(&timespec(timeout))) {
+            Ok(n) => n,
             // A signal, or io_uring's task work, interrupted the wait: nothing is lost, the
             // caller's loop looks at everything again.
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(());
-            }
-            return Err(e);
-        }
-        for e in &events[..n as usize] {
-            let read_side =
-                (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-            f(e.u64, e.events & read_side != 0);
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let read_side = EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        for e in &events.events[..n] {
+            // Copies: the kernel's event layout is packed.
+            let (flags, data) = (e.flags, e.data);
+            f(data.u64(), flags.intersects(read_side));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
@@ -69,8 +69,8 @@ impl PipeConn {
     }
 
     /// The descriptor to watch for readiness.
-    pub fn fd(&self) -> RawFd {
-        self.socket.fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// The peer's address.

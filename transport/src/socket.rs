@@ -16,7 +16,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;
 
 use crate::buffer::InputBuffer;
@@ -155,6 +155,11 @@ impl Socket {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+
+    /// The socket, borrowed (to watch it for readiness).
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 
     pub(crate) fn last_progress(&self) -> Instant {

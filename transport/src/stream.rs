@@ -27,7 +27,7 @@
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::error::TransportError;
@@ -114,8 +114,8 @@ impl StreamConn {
     }
 
     /// The descriptor to watch for readiness.
-    pub fn fd(&self) -> RawFd {
-        self.socket.fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// The peer's address.

@@ -9,14 +9,13 @@
 
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use crate::buffer::InputBuffer;
 use crate::error::{TransportError, TransportOp};
 use crate::framer::{Decoder, Event, Expect};
-use crate::limits::SOCKET_BUFFER_BYTES;
-use crate::socket::{cap_send, no_iovecs};
+use crate::limits::{MAX_SEND_CALL_BYTES, SOCKET_BUFFER_BYTES};
 use crate::stream::{SLICES_PER_CALL, UNKNOWN_OPCODE_STATUS, log_unknown_opcode};
 use crate::wire::{Header, WireError};
 
@@ -138,25 +137,6 @@ impl ZeroCopySender {
     }
 }
 
-fn setsockopt_int(stream: &TcpStream, level: i32, name: i32, value: i32) -> std::io::Result<()> {
-    // SAFETY: the descriptor is open (owned by `stream`) and the option value is a valid
-    // c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 impl TcpConnection {
     /// Connects to `peer`, waiting at most `timeout`, with every later wait bounded by it too.
     pub fn connect(peer: SocketAddr, timeout: Duration) -> Result<TcpConnection, TransportError> {
@@ -191,9 +171,11 @@ impl TcpConnection {
             source,
         };
         stream.set_nodelay(true).map_err(io)?;
-        let buffer = SOCKET_BUFFER_BYTES as i32;
-        setsockopt_int(&stream, libc::SOL_SOCKET, libc::SO_SNDBUF, buffer).map_err(io)?;
-        setsockopt_int(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, buffer).map_err(io)?;
+        let buffer = SOCKET_BUFFER_BYTES;
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, buffer)
+            .map_err(|e| io(e.into()))?;
+        rustix::net::sockopt::set_socket_recv_buffer_size(&stream, buffer)
+            .map_err(|e| io(e.into()))?;
         let mut conn = TcpConnection {
             stream,
             peer,
@@ -240,17 +222,13 @@ impl TcpConnection {
         if self.broken || self.has_buffered() {
             return false;
         }
-        let mut byte = 0u8;
-        // SAFETY: a one-byte buffer we own; MSG_PEEK | MSG_DONTWAIT neither consumes nor blocks.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+        let mut byte = [0u8; 1];
+        // MSG_PEEK | MSG_DONTWAIT neither consumes nor blocks.
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(
+            rustix::net::recv(&self.stream, &mut byte, flags),
+            Err(rustix::io::Errno::AGAIN)
+        )
     }
 
     /// Sets how long any one send or receive may go without progress.
@@ -557,26 +535,27 @@ impl TcpConnection {
 /// MSG_NOSIGNAL: a peer that has gone makes it fail with EPIPE instead of raising SIGPIPE,
 /// which would kill a C program linking libnacre that leaves the signal at its default.
 fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    let mut iov = no_iovecs();
-    for (v, s) in iov.iter_mut().zip(slices) {
-        *v = libc::iovec {
-            iov_base: s.as_ptr().cast_mut().cast(),
-            iov_len: s.len(),
-        };
+    // At most SLICES_PER_CALL views and MAX_SEND_CALL_BYTES in all, as `cap_send` caps the
+    // event loops' sends.
+    let mut capped = [IoSlice::new(&[]); SLICES_PER_CALL];
+    let (mut used, mut left) = (0, MAX_SEND_CALL_BYTES);
+    for s in slices.iter().take(SLICES_PER_CALL) {
+        let n = s.len().min(left);
+        capped[used] = IoSlice::new(&s[..n]);
+        used += 1;
+        left -= n;
+        if left == 0 {
+            break;
+        }
     }
-    let used = cap_send(&mut iov, slices.len().min(SLICES_PER_CALL));
-    // SAFETY: a zeroed msghdr is a valid empty one; it names `iov`, alive across the call,
-    // whose entries point into `slices` (alive and unmodified across the call).
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = used;
-        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(sent as usize)
+    let mut no_ancillary = rustix::net::SendAncillaryBuffer::default();
+    let sent = rustix::net::sendmsg(
+        stream,
+        &capped[..used],
+        &mut no_ancillary,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?;
+    Ok(sent)
 }
 
 fn write_all_vectored(
@@ -642,26 +621,14 @@ impl TcpAcceptor {
         timeout: Duration,
         conn_timeout: Duration,
     ) -> Result<Option<TcpConnection>, TransportError> {
-        let mut pfd = libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = crate::event::poll_timeout_ms(timeout);
-        // SAFETY: pfd is a valid pollfd for an open descriptor, and the count is 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(None);
-            }
-            return Err(TransportError::Io {
+        let ready = crate::event::wait_readable(self.listener.as_fd(), timeout).map_err(|e| {
+            TransportError::Io {
                 op: TransportOp::Listen,
                 peer: self.local,
                 source: e,
-            });
-        }
-        if rc == 0 {
+            }
+        })?;
+        if !ready {
             return Ok(None);
         }
         let (stream, peer) = self

@@ -27,6 +27,7 @@ use nacre_transport::{
     ConnectOptions, Connection, Endpoint, Finished, Listener, PipeConn, Progress, ServerConnection,
     Span, TransportError, TransportOp,
 };
+use rustix::event::PollFlags;
 
 /// The bound of one [`drive`], a guard against a hang, not a measure: the largest test
 /// drives for well under a second.
@@ -183,13 +184,13 @@ fn drive(
                 "a readiness event moved no byte either way"
             );
         }
-        let mut events = libc::POLLIN;
+        let mut events = PollFlags::IN;
         if conn.wants_write() {
-            events |= libc::POLLOUT;
+            events |= PollFlags::OUT;
         }
         let revents = poll_fd(conn.fd(), events);
         event = Some(Instant::now());
-        if revents & !libc::POLLOUT != 0 {
+        if !revents.difference(PollFlags::OUT).is_empty() {
             conn.readable();
         }
     }
@@ -674,7 +675,7 @@ fn replies_trickled_a_byte_at_a_time_are_assembled_across_recv_calls() {
     let mut done = Vec::new();
     for i in 1..=total {
         go.send(()).expect("go");
-        poll_fd(conn.fd(), libc::POLLIN);
+        poll_fd(conn.fd(), PollFlags::IN);
         conn.readable();
         conn.recv(&mut done).expect("recv");
         let finished = usize::from(i >= first_len) + usize::from(i == total);
@@ -982,7 +983,7 @@ fn an_idle_connection_that_becomes_readable_ends() {
     let mut done = Vec::new();
     conn.recv(&mut done).expect("nothing to read yet");
     drop(server);
-    poll_fd(conn.fd(), libc::POLLIN);
+    poll_fd(conn.fd(), PollFlags::IN);
     conn.readable();
     let closed = conn.recv(&mut done);
     assert!(
@@ -1003,7 +1004,7 @@ fn an_idle_connection_that_becomes_readable_ends() {
     server
         .write_all(&reply_bytes(&unasked, 0, b"", b""))
         .expect("a reply nothing asked for");
-    poll_fd(conn.fd(), libc::POLLIN);
+    poll_fd(conn.fd(), PollFlags::IN);
     conn.readable();
     let unexpected = conn.recv(&mut done);
     assert!(

@@ -19,7 +19,9 @@ mod common;
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
+
+use rustix::event::PollFlags;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
@@ -58,21 +60,18 @@ fn pair() -> (StreamConn, TcpStream) {
 /// Waits until `conn`'s socket is readable (or closed), then tells `conn`, as an event loop
 /// does on a readiness event.
 fn wait_readable(conn: &mut StreamConn) {
-    poll_fd(conn.fd(), libc::POLLIN);
+    poll_fd(conn.fd(), PollFlags::IN);
     conn.readable();
 }
 
 /// Waits until `conn`'s socket has room to write.
 fn wait_writable(conn: &StreamConn) {
-    poll_fd(conn.fd(), libc::POLLOUT);
+    poll_fd(conn.fd(), PollFlags::OUT);
 }
 
 /// Bytes in `fd`'s receive queue that no one has read yet.
-fn bytes_unread(fd: RawFd) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`.
-    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+fn bytes_unread(fd: BorrowedFd<'_>) -> usize {
+    let n = rustix::io::ioctl_fionread(fd).expect("FIONREAD");
     usize::try_from(n).expect("FIONREAD gives a count")
 }
 

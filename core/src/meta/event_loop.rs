@@ -21,6 +21,7 @@
 //! or refuses the new one when none is idle.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
@@ -348,7 +349,7 @@ impl MetaLoop {
     ) -> Result<MetaLoop, Error> {
         let epoll = Epoll::new().map_err(|e| Error::event_loop("epoll_create1", e))?;
         epoll
-            .add(shared.inboxes[index].wake.raw(), WAKE_TOKEN, false)
+            .add(shared.inboxes[index].wake.as_fd(), WAKE_TOKEN, false)
             .map_err(|e| Error::event_loop("epoll_ctl", e))?;
         Ok(MetaLoop {
             index,
@@ -460,14 +461,18 @@ impl MetaLoop {
             Admit::Evict(slot) => self.close(slot, None),
             Admit::Refused => return,
         }
-        let fd = stream.fd();
         let slot = self.slots.insert(Conn {
             stream,
             awaiting: 0,
             last_request: Instant::now(),
             unsent: 0,
         });
-        if let Err(e) = self.epoll.add(fd, self.slots.token(slot), true) {
+        let token = self.slots.token(slot);
+        let watched = self
+            .slots
+            .get(slot)
+            .map(|c| self.epoll.add(c.stream.fd(), token, true));
+        if let Some(Err(e)) = watched {
             if let Some(conn) = self.slots.remove(slot) {
                 self.errors.note(
                     "watch",

@@ -13,6 +13,7 @@
 //! results come back as one. The reply goes out from the same memory the pieces used.
 
 use std::collections::{HashSet, VecDeque};
+use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -303,9 +304,11 @@ impl Worker {
             reason: format!("epoll_ctl: {e}"),
         };
         epoll
-            .add(inboxes[index].wake.raw(), WAKE_TOKEN, false)
+            .add(inboxes[index].wake.as_fd(), WAKE_TOKEN, false)
             .map_err(io)?;
-        epoll.add(ring_event.raw(), RING_TOKEN, false).map_err(io)?;
+        epoll
+            .add(ring_event.as_fd(), RING_TOKEN, false)
+            .map_err(io)?;
         Ok(Worker {
             index,
             ctx,

@@ -824,8 +824,16 @@ impl RdmaConnection {
     /// The file descriptors an event loop watches for this connection: the completion
     /// channel and the rdmacm event channel. Both are nonblocking; after either is ready,
     /// [`RdmaConnection::poll_nonblocking`] takes what happened.
-    pub(crate) fn event_fds(&self) -> [std::os::fd::RawFd; 2] {
-        [self.cq.channel_fd(), self.id.channel().fd()]
+    pub(crate) fn event_fds(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        // SAFETY: both descriptors belong to objects this connection owns (its completion
+        // channel and its rdmacm event channel), open while it lives, which the borrow's
+        // lifetime ties them to.
+        unsafe {
+            [
+                std::os::fd::BorrowedFd::borrow_raw(self.cq.channel_fd()),
+                std::os::fd::BorrowedFd::borrow_raw(self.id.channel().fd()),
+            ]
+        }
     }
 
     /// Takes every completion and connection event without sleeping, and arms the CQ so

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use super::{LocalPiece, RdmaLink, encode_message, pair_up};
@@ -82,7 +82,7 @@ impl RdmaStream {
 
     /// The descriptors to watch for readability (edge-triggered is fine: every call takes
     /// all that is pending and re-arms).
-    pub fn fds(&self) -> [RawFd; 2] {
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
         self.link.conn.event_fds()
     }
 

@@ -4,7 +4,8 @@
 //! does).
 
 use std::io::IoSliceMut;
-use std::os::fd::RawFd;
+use std::os::fd::AsFd as _;
+use std::os::fd::BorrowedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ fn wait(epoll: &mut Epoll, ready: &mut Vec<(u64, bool)>) -> Result<(), String> {
 }
 
 /// Watches a connection's socket both ways, edge-triggered.
-fn watch(epoll: &Epoll, fd: RawFd, token: u64) -> Result<(), String> {
+fn watch(epoll: &Epoll, fd: BorrowedFd<'_>, token: u64) -> Result<(), String> {
     epoll
         .add(fd, token, true)
         .map_err(|e| format!("epoll_ctl: {e}"))
@@ -60,7 +61,7 @@ pub(crate) fn server(args: &Args) -> Result<(), String> {
     let mut epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
     epoll
-        .add(wake.raw(), WAKE_TOKEN, false)
+        .add(wake.as_fd(), WAKE_TOKEN, false)
         .map_err(|e| format!("epoll_ctl: {e}"))?;
     let (tx, rx) = mpsc::channel::<StreamConn>();
     std::thread::scope(|s| {
