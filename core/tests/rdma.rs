@@ -163,8 +163,8 @@ fn victim(meta: &str) -> ! {
 
 /// A client killed (SIGKILL) while it writes in a loop over RDMA leaves its connections in
 /// the targets' event loops, some with a request under way; the targets close those (counted
-/// as failed) and go on: another client writes and reads back a file on every target, and
-/// the targets stop promptly.
+/// as failed) and go on: another client writes and reads back a file on every target, the
+/// victims' files hold only what they wrote, and the targets stop promptly.
 #[test]
 fn a_client_killed_mid_transfer_leaves_the_targets_serving() {
     let test = "a_client_killed_mid_transfer_leaves_the_targets_serving";
@@ -232,6 +232,25 @@ fn a_client_killed_mid_transfer_leaves_the_targets_serving() {
     let mut back = vec![0u8; data.len()];
     assert_eq!(file.read_at(&mut back, 0).unwrap(), data.len());
     assert!(back == data, "read back after the kills differs");
+    // Each victim's last write was cut off by its kill, and writes the bytes its file holds
+    // already (every writer wrote its file whole before the kill): a cut-off write may land
+    // in part or not at all, but never puts other bytes there. (A pull the kill flushed once
+    // let a request's staging reach storage, stale bytes and all.)
+    for w in 0..VICTIM_WRITERS {
+        let path = format!("/victim{w}");
+        let file = client
+            .open(&path, &nacre::OpenOptions::new().read(true))
+            .unwrap();
+        let want = fill(31 + w as u64, 0, VICTIM_WRITE_BYTES);
+        let mut got = vec![0u8; want.len()];
+        assert_eq!(file.read_at(&mut got, 0).unwrap(), want.len(), "{path}");
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            panic!(
+                "{path}: byte {i} is {:#04x}, written {:#04x}",
+                got[i], want[i]
+            );
+        }
+    }
     for t in cluster.targets.iter().flatten() {
         let c = t.connections();
         assert_eq!(c.on_threads, 0, "target {}: {c:?}", t.target_id());

@@ -273,6 +273,15 @@ impl RdmaStream {
         if pulls_left || self.link.conn.outstanding_sends() > 0 {
             return Ok(Progress::Pending);
         }
+        // Every pull has completed, but not necessarily well: a peer that left mid-pull has
+        // its READs flushed, which `progress` takes as the clean end of a connection with
+        // nothing outstanding. A payload is whole only if the peer is still there and no
+        // pull failed; otherwise the request ends here, before its bytes (partly the
+        // peer's, partly whatever the staging held before) can reach storage.
+        self.link
+            .conn
+            .check_send_failure(Op::Read)
+            .map_err(|e| self.link.fail(e))?;
         Ok(Progress::Done)
     }
 
