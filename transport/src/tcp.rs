@@ -171,10 +171,9 @@ impl TcpConnection {
             source,
         };
         stream.set_nodelay(true).map_err(io)?;
-        let buffer = SOCKET_BUFFER_BYTES;
-        rustix::net::sockopt::set_socket_send_buffer_size(&stream, buffer)
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, SOCKET_BUFFER_BYTES)
             .map_err(|e| io(e.into()))?;
-        rustix::net::sockopt::set_socket_recv_buffer_size(&stream, buffer)
+        rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SOCKET_BUFFER_BYTES)
             .map_err(|e| io(e.into()))?;
         let mut conn = TcpConnection {
             stream,

@@ -4,7 +4,8 @@
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use nacre_transport::event::timespec;
+use rustix::event::{PollFd, PollFlags};
 
 /// The bound of every wait: readiness, a peer's step, a blocking read or write.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -16,11 +17,7 @@ pub(crate) fn poll_fd(fd: BorrowedFd<'_>, events: PollFlags) -> PollFlags {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(&fd, events)];
-        let timeout = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
+        match rustix::event::poll(&mut fds, Some(&timespec(left))) {
             Ok(0) => panic!("the connection was not ready ({events:?}) within {WAIT:?}"),
             Ok(_) => return fds[0].revents(),
             Err(e) => assert_eq!(e, rustix::io::Errno::INTR, "poll: {e}"),
