@@ -1,8 +1,5 @@
 //! Every bound of the engine, in one place. Units are in the names.
 
-/// Size of a huge page: slabs are aligned to it and asked to be backed by huge pages (the
-/// io crate's, which aligns large buffers the same way).
-pub const HUGE_PAGE_BYTES: usize = nacre_io::limits::HUGE_PAGE_BYTES as usize;
 /// Alignment of every chunk (O_DIRECT and page-granular registration need at least this).
 pub const CHUNK_ALIGN_BYTES: usize = 4096;
 /// Largest chunk a pool hands out.
@@ -131,7 +128,12 @@ pub const REOPEN_INTERVAL_MS: u64 = 1_000;
 
 // Relations between the bounds, checked when the crate is built.
 const _: () = assert!(MAX_CHUNK_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
-const _: () = assert!(HUGE_PAGE_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
+// A slab is whole huge pages (the io crate's `AlignedBuf::pinned`), so every chunk of it is
+// aligned as O_DIRECT needs.
+const _: () =
+    assert!((nacre_io::limits::HUGE_PAGE_BYTES as usize).is_multiple_of(CHUNK_ALIGN_BYTES));
+const _: () =
+    assert!(CHUNK_ALIGN_BYTES.is_multiple_of(nacre_io::limits::DIRECT_IO_ALIGN_BYTES as usize));
 const _: () = assert!(MAX_IO_PIECE_BYTES <= MAX_CHUNK_BYTES);
 const _: () =
     assert!(STAGED_BYTES_BEYOND_POOL >= nacre_transport::limits::MAX_PAYLOAD_BYTES as usize);

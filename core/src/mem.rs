@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::limits::{
-    CHUNK_ALIGN_BYTES, HUGE_PAGE_BYTES, MAX_CHUNK_BYTES, MAX_POOL_BYTES, MAX_REGISTRATION_BYTES,
-};
+use nacre_io::AlignedBuf;
+
+use crate::limits::{CHUNK_ALIGN_BYTES, MAX_CHUNK_BYTES, MAX_POOL_BYTES, MAX_REGISTRATION_BYTES};
 
 /// How a pool is sized and backed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,43 +64,26 @@ pub enum MemError {
     },
 }
 
-/// How the slab ended up backed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backing {
-    /// Explicit huge pages (MAP_HUGETLB).
-    HugeTlb,
-    /// 4 KiB pages with transparent huge pages asked for (MADV_HUGEPAGE).
-    TransparentHuge,
-    /// 4 KiB pages.
-    Pages,
-}
-
-struct Slab {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the slab is plain memory owned by the pool; access to its chunks is handed out
-// exclusively through the free list.
-unsafe impl Send for Slab {}
-// SAFETY: as above.
-unsafe impl Sync for Slab {}
-
-impl Drop for Slab {
-    fn drop(&mut self) {
-        // SAFETY: base/len are exactly the mapping made in `map_slab`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
+/// How the slab ended up backed (the aligned-memory type's own answer).
+pub use nacre_io::Backing;
 
 struct PoolInner {
-    slab: Slab,
+    /// The mapping; only `base` is used to reach its bytes once the pool is made.
+    slab: AlignedBuf,
+    /// The slab's first byte, taken with exclusive access when the pool was made.
+    base: NonNull<u8>,
     chunk_bytes: usize,
     chunks: usize,
     free: ArrayQueue<u32>,
-    backing: Backing,
     locked: bool,
 }
+
+// SAFETY: the slab is plain memory owned by the pool; its chunks are reached through `base`
+// only by the PoolBuf the free list handed each one to, so sharing the pool between threads
+// shares no byte.
+unsafe impl Send for PoolInner {}
+// SAFETY: as above.
+unsafe impl Sync for PoolInner {}
 
 /// A pool of pinned, aligned chunks. Cheap to clone; every clone hands out the same chunks.
 #[derive(Clone)]
@@ -114,55 +97,10 @@ impl std::fmt::Debug for MemPool {
             .field("chunk_bytes", &self.inner.chunk_bytes)
             .field("chunks", &self.inner.chunks)
             .field("free", &self.inner.free.len())
-            .field("backing", &self.inner.backing)
+            .field("backing", &self.inner.slab.backing())
             .field("locked", &self.inner.locked)
             .finish()
     }
-}
-
-fn map_slab(len: usize, huge: bool) -> Result<(NonNull<u8>, Backing), MemError> {
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
-    if huge {
-        // SAFETY: an anonymous mapping with no address hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                flags | libc::MAP_HUGETLB,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED
-            && let Some(base) = NonNull::new(p.cast::<u8>())
-        {
-            return Ok((base, Backing::HugeTlb));
-        }
-    }
-    // SAFETY: as above.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(MemError::Map {
-            bytes: len,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let Some(base) = NonNull::new(p.cast::<u8>()) else {
-        return Err(MemError::Map {
-            bytes: len,
-            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
-        });
-    };
-    if huge {
-        // SAFETY: the range is exactly the mapping just made; the advice is only a hint.
-        let rc = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-        if rc == 0 {
-            return Ok((base, Backing::TransparentHuge));
-        }
-    }
-    Ok((base, Backing::Pages))
 }
 
 impl MemPool {
@@ -194,11 +132,16 @@ impl MemPool {
                 "1 or more, all chunks together at most 64 GiB",
             ));
         }
-        let len = total.unwrap_or(0).div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
-        let (base, backing) = map_slab(len, config.huge_pages)?;
-        let locked = config.lock && {
-            // SAFETY: the range is the mapping just made.
-            unsafe { libc::mlock(base.as_ptr().cast(), len) == 0 }
+        let bytes = total.unwrap_or(0);
+        let mut slab = AlignedBuf::pinned(bytes, config.huge_pages)
+            .map_err(|source| MemError::Map { bytes, source })?;
+        debug_assert!(slab.len() >= bytes);
+        let locked = config.lock && slab.lock();
+        let Some(base) = NonNull::new(slab.as_mut_ptr()) else {
+            return Err(MemError::Map {
+                bytes,
+                source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            });
         };
         let free = ArrayQueue::new(config.chunks);
         for index in 0..config.chunks as u32 {
@@ -208,11 +151,11 @@ impl MemPool {
         }
         Ok(MemPool {
             inner: Arc::new(PoolInner {
-                slab: Slab { base, len },
+                slab,
+                base,
                 chunk_bytes: config.chunk_bytes,
                 chunks: config.chunks,
                 free,
-                backing,
                 locked,
             }),
         })
@@ -245,7 +188,7 @@ impl MemPool {
 
     /// How the slab is backed.
     pub fn backing(&self) -> Backing {
-        self.inner.backing
+        self.inner.slab.backing()
     }
 
     /// Whether the slab is locked in memory.
@@ -258,14 +201,12 @@ impl MemPool {
     /// The pieces stay valid while this pool or any chunk of it lives; whoever registers
     /// them must keep a clone of the pool for as long as the registration stands.
     pub fn registrations(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
-        let slab = &self.inner.slab;
-        (0..slab.len)
-            .step_by(MAX_REGISTRATION_BYTES)
-            .map(move |at| {
-                // SAFETY: at < len, inside the mapping.
-                let ptr = unsafe { slab.base.as_ptr().add(at) };
-                (ptr, (slab.len - at).min(MAX_REGISTRATION_BYTES))
-            })
+        let (base, len) = (self.inner.base, self.inner.slab.len());
+        (0..len).step_by(MAX_REGISTRATION_BYTES).map(move |at| {
+            // SAFETY: at < len, inside the mapping.
+            let ptr = unsafe { base.as_ptr().add(at) };
+            (ptr, (len - at).min(MAX_REGISTRATION_BYTES))
+        })
     }
 }
 
@@ -289,9 +230,9 @@ impl PoolBuf {
 
     fn base(&self) -> *mut u8 {
         let offset = self.index as usize * self.pool.chunk_bytes;
-        debug_assert!(offset + self.pool.chunk_bytes <= self.pool.slab.len);
+        debug_assert!(offset + self.pool.chunk_bytes <= self.pool.slab.len());
         // SAFETY: index < chunks, so the chunk lies inside the slab.
-        unsafe { self.pool.slab.base.as_ptr().add(offset) }
+        unsafe { self.pool.base.as_ptr().add(offset) }
     }
 }
 

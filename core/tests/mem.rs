@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use nacre::mem::{MemError, MemPool, PoolConfig};
+use nacre::mem::{Backing, MemError, MemPool, PoolConfig};
 
 fn small(chunk_bytes: usize, chunks: usize) -> PoolConfig {
     PoolConfig {
@@ -29,6 +29,29 @@ fn bad_configs_name_the_field() {
             "{err}"
         );
         assert!(err.to_string().contains(field), "{err}");
+    }
+}
+
+#[test]
+fn a_slab_on_huge_pages_starts_on_one_and_is_whole_ones() {
+    const HUGE: usize = 2 << 20;
+    for (huge_pages, chunks) in [(true, 1), (true, 33), (false, 3)] {
+        let pool = MemPool::new(PoolConfig {
+            huge_pages,
+            ..small(64 * 1024, chunks)
+        })
+        .expect("pool");
+        let regions: Vec<_> = pool.registrations().collect();
+        let (base, len) = regions[0];
+        assert_eq!(regions.len(), 1, "a slab under 1 GiB is one region");
+        assert_eq!(len % HUGE, 0, "{len} bytes: not whole huge pages");
+        assert!(len >= 64 * 1024 * chunks);
+        if huge_pages {
+            assert_eq!(base as usize % HUGE, 0, "backing {:?}", pool.backing());
+            assert_ne!(pool.backing(), Backing::Pages, "the hint was refused");
+        } else {
+            assert_eq!(pool.backing(), Backing::Pages);
+        }
     }
 }
 

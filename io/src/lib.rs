@@ -14,7 +14,7 @@ mod ring;
 mod store;
 mod target;
 
-pub use buf::AlignedBuf;
+pub use buf::{AlignedBuf, Backing};
 pub use error::{IoError, Operation};
 pub use store::{Accounts, BatchOp, Completion, ObjectStore, Op, RESERVED_TAG_BIT, StoreConfig};
 pub use target::{

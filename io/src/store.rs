@@ -360,7 +360,12 @@ impl ObjectStore {
         let mut bounce = Vec::with_capacity(config.bounce_buffers as usize);
         let mut regions = Vec::with_capacity(MAX_REGISTERED_REGIONS as usize);
         for index in 0..config.bounce_buffers {
-            let mut buf = AlignedBuf::zeroed(BOUNCE_BUFFER_BYTES as usize);
+            let mut buf = AlignedBuf::zeroed(BOUNCE_BUFFER_BYTES as usize).map_err(|source| {
+                IoError::Ring {
+                    op: Operation::Register,
+                    source,
+                }
+            })?;
             // SAFETY: the buffer is owned by the store and freed only after the ring (see
             // Drop), so it outlives its registration.
             unsafe { ring.set_buffer(index, buf.as_mut_ptr(), buf.len())? };
@@ -1669,7 +1674,7 @@ mod tests {
         store.write(3, 0, &[5u8; 1 << 16]).expect("write");
         // Aligned reads: each goes straight to the kernel, none waits for a bounce buffer.
         let block = ALIGN as usize;
-        let mut bufs = AlignedBuf::zeroed(ops * block);
+        let mut bufs = AlignedBuf::zeroed(ops * block).expect("buffer");
         for (i, buf) in bufs.chunks_mut(block).enumerate() {
             let op = Op::Read {
                 object_id: 3,
@@ -1758,7 +1763,7 @@ mod tests {
         let (_gone, target) = target_in("accounts");
         let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
         target.create(3).expect("create");
-        let mut buf = AlignedBuf::zeroed(4096);
+        let mut buf = AlignedBuf::zeroed(4096).expect("buffer");
         let op = Op::Read {
             object_id: 3,
             offset_bytes: 0,

@@ -20,7 +20,7 @@ const OBJECTS: u64 = 3;
 
 /// The bytes of round `round` (deterministic, so the parent can check them).
 fn round_bytes(round: u64) -> AlignedBuf {
-    let mut buf = AlignedBuf::zeroed(ROUND_BYTES);
+    let mut buf = AlignedBuf::zeroed(ROUND_BYTES).expect("buffer");
     Rng(round.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).fill(&mut buf);
     buf
 }
@@ -96,7 +96,7 @@ fn synced_bytes_survive_sigkill() {
 
     let target = Target::open(&dir).expect("reopen after kill");
     let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
-    let mut back = AlignedBuf::zeroed(ROUND_BYTES);
+    let mut back = AlignedBuf::zeroed(ROUND_BYTES).expect("buffer");
     for round in 0..=last_synced {
         let (object, offset) = round_place(round);
         let n = store.read(object, offset, &mut back).expect("read back");

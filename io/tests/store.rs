@@ -15,13 +15,13 @@ const WAIT: Duration = Duration::from_secs(30);
 fn aligned_write_then_read_through_registered_and_plain_memory() {
     let (_dir, target, mut store) = store("aligned", StoreConfig::default());
     target.create(1).expect("create");
-    let mut src = AlignedBuf::zeroed(1 << 20);
+    let mut src = AlignedBuf::zeroed(1 << 20).expect("buffer");
     Rng(1).fill(&mut src);
     // SAFETY: src outlives the store's use of it (the store is dropped at the end of the test,
     // after src is no longer used by any op).
     let region = unsafe { store.register_memory(src.as_mut_ptr(), src.len()) }.expect("register");
     store.write(1, 0, &src).expect("write registered");
-    let mut back = AlignedBuf::zeroed(1 << 20);
+    let mut back = AlignedBuf::zeroed(1 << 20).expect("buffer");
     assert_eq!(store.read(1, 0, &mut back).expect("read plain"), 1 << 20);
     assert!(back[..] == src[..]);
     // And back the other way: plain write, registered read.
@@ -231,7 +231,9 @@ fn async_submit_and_wait_return_every_tag() {
     };
     let (_dir, target, mut store) = store("async", config);
     target.create(1).expect("create");
-    let mut bufs: Vec<AlignedBuf> = (0..64).map(|_| AlignedBuf::zeroed(16 * 1024)).collect();
+    let mut bufs: Vec<AlignedBuf> = (0..64)
+        .map(|_| AlignedBuf::zeroed(16 * 1024).expect("buffer"))
+        .collect();
     for (i, b) in bufs.iter_mut().enumerate() {
         b.fill(i as u8);
     }
@@ -351,7 +353,7 @@ fn enospc_comes_back_with_the_object() {
     let target = nacre_io::Target::open(&tdir).expect("open");
     let mut store = nacre_io::ObjectStore::new(&target, StoreConfig::default()).expect("store");
     target.create(0x77).expect("create");
-    let chunk = AlignedBuf::zeroed(256 * 1024);
+    let chunk = AlignedBuf::zeroed(256 * 1024).expect("buffer");
     let mut err = None;
     for i in 0..16u64 {
         if let Err(e) = store.write(0x77, i * chunk.len() as u64, &chunk) {
@@ -425,7 +427,7 @@ fn every_queue_depth_completes_every_operation_once() {
         let (_dir, target, mut store) = store("depths", config);
         target.create(1).expect("create");
         let block = 4096;
-        let mut src = AlignedBuf::zeroed(ops * block);
+        let mut src = AlignedBuf::zeroed(ops * block).expect("buffer");
         Rng(u64::from(depth)).fill(&mut src);
         let (src_ptr, src_len) = (src.as_ptr(), src.len());
         assert_eq!(src_len, ops * block);
@@ -459,7 +461,7 @@ fn every_queue_depth_completes_every_operation_once() {
                 Some(&(len_of(c.tag as usize) as u64))
             );
         }
-        let mut back = AlignedBuf::zeroed(ops * block);
+        let mut back = AlignedBuf::zeroed(ops * block).expect("buffer");
         let back_ptr = back.as_mut_ptr();
         for i in 0..ops {
             let op = Op::Read {

@@ -138,7 +138,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let bs = args.block_bytes as usize;
     let qd = args.queue_depth as usize;
-    let mut memory = AlignedBuf::zeroed(bs * qd);
+    let mut memory = AlignedBuf::zeroed(bs * qd).expect("buffer");
     for (i, b) in memory.iter_mut().enumerate() {
         *b = (i % 251) as u8;
     }

@@ -346,7 +346,7 @@ fn transfer(
     let Some(reserved) = ctx.reserve(total as usize) else {
         return Ok(None);
     };
-    let mut staging = Staging::new(&ctx.pool, total as usize, reserved);
+    let mut staging = Staging::new(&ctx.pool, total as usize, reserved)?;
     let pieces = if write {
         staging.pieces(t, &extents, |buf, len| PieceOp::Write { buf, len })
     } else {
@@ -453,7 +453,9 @@ impl Drop for Reserved {
 }
 
 impl Staging {
-    fn new(pool: &MemPool, len: usize, reserved: Reserved) -> Staging {
+    /// Chunks of the pool for `len` bytes, or memory of its own when the pool has too few
+    /// free; ENOMEM when the system refuses that memory.
+    fn new(pool: &MemPool, len: usize, reserved: Reserved) -> Result<Staging, Failure> {
         let chunk_bytes = pool.chunk_bytes().min(MAX_IO_PIECE_BYTES);
         let need = len.div_ceil(pool.chunk_bytes());
         let mut chunks = Vec::with_capacity(need);
@@ -465,21 +467,25 @@ impl Staging {
         }
         if chunks.len() < need {
             chunks.clear();
-            return Staging {
+            let heap = AlignedBuf::zeroed(len.max(1)).map_err(|e| Failure {
+                errno: libc::ENOMEM,
+                message: format!("no memory for a request's {len} bytes: {e}"),
+            })?;
+            return Ok(Staging {
                 chunks,
-                heap: Some(AlignedBuf::zeroed(len.max(1))),
+                heap: Some(heap),
                 chunk_bytes,
                 len,
                 reserved,
-            };
+            });
         }
-        Staging {
+        Ok(Staging {
             chunks,
             heap: None,
             chunk_bytes,
             len,
             reserved,
-        }
+        })
     }
 
     /// Bytes of payload it holds.
