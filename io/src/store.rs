@@ -319,6 +319,10 @@ pub struct ObjectStore {
     /// descriptors), to follow the failure's path.
     #[cfg(test)]
     fail_buffered_open: bool,
+    /// Unit tests: after this many more entries are queued, the next one finds the queue
+    /// full and the kernel refusing the submit, to follow that failure's path.
+    #[cfg(test)]
+    refuse_push_after: Option<u32>,
 }
 
 /// A store's count of its operations ([`ObjectStore::accounts`]). In a sound store
@@ -404,6 +408,8 @@ impl ObjectStore {
             completed: 0,
             #[cfg(test)]
             fail_buffered_open: false,
+            #[cfg(test)]
+            refuse_push_after: None,
         })
     }
 
@@ -999,9 +1005,11 @@ impl ObjectStore {
                     self.start_edge_reads(index, b, slot, offset_bytes, len as u64, size_bytes)
                 }
             },
-            Op::Sync { .. } => self.push(index, ring::datasync(slot), SUB_MAIN),
+            Op::Sync { .. } => {
+                self.push(index, ring::datasync(slot), SUB_MAIN);
+            }
             Op::Truncate { size_bytes, .. } if self.ring.ftruncate => {
-                self.push(index, ring::truncate(slot, size_bytes), SUB_MAIN)
+                self.push(index, ring::truncate(slot, size_bytes), SUB_MAIN);
             }
             Op::Truncate { size_bytes, .. } => {
                 // A kernel without IORING_OP_FTRUNCATE (before 6.9): the op holds its lock
@@ -1024,7 +1032,9 @@ impl ObjectStore {
             }
             Op::Punch {
                 offset_bytes, len, ..
-            } => self.push(index, ring::punch(slot, offset_bytes, len), SUB_MAIN),
+            } => {
+                self.push(index, ring::punch(slot, offset_bytes, len), SUB_MAIN);
+            }
         }
         Ok(Start::Started)
     }
@@ -1153,7 +1163,9 @@ impl ObjectStore {
                 // SAFETY: as above.
                 let ptr = unsafe { base.add(at) };
                 let entry = ring::read(slot, ptr, ALIGN as u32, file_off, Some(b));
-                self.push(index, entry, sub);
+                if !self.push(index, entry, sub) {
+                    return;
+                }
             }
         }
         let state = self.state_mut(index);
@@ -1192,20 +1204,53 @@ impl ObjectStore {
         self.push(index, entry, SUB_MAIN);
     }
 
-    fn push(&mut self, index: u32, entry: io_uring::squeue::Entry, sub: u64) {
+    /// Queues one entry of op `index`. The queue holds `queue_depth` entries and
+    /// `sqes_in_kernel` bounds what is queued, so a full queue only needs a submit; if the
+    /// kernel refuses that submit (an operating error, never a panic), the entry is not
+    /// queued and the op fails with the kernel's error: now, when nothing else of it is in
+    /// the kernel (false: the op has ended and its state is gone), or else when its last
+    /// entry completes (`on_cqe` reports the error kept in its state).
+    fn push(&mut self, index: u32, entry: io_uring::squeue::Entry, sub: u64) -> bool {
         let mut entry = entry.user_data(u64::from(index) | (sub << 32));
         if self.config.offload_issue && sub == SUB_MAIN {
             entry = entry.flags(io_uring::squeue::Flags::ASYNC);
         }
+        let refused = self.refused_in_test();
         // SAFETY: every buffer an entry names is either the store's own bounce buffer, held
         // by this op until it completes, or the caller's memory, which `submit`'s contract
         // keeps valid until the completion is reaped.
-        let pushed = unsafe { self.ring.push(&entry) };
+        let pushed = !refused && unsafe { self.ring.push(&entry) };
         if !pushed {
-            // The queue holds `queue_depth` entries and sqes_in_kernel bounds what is queued.
-            // SAFETY: the same entry as above, whose buffers the same contract keeps valid.
-            if self.ring.submit().is_err() || !unsafe { self.ring.push(&entry) } {
-                unreachable!("submission queue full although within queue_depth");
+            let submitted = match refused {
+                true => Err(IoError::Ring {
+                    op: Operation::Ring,
+                    source: std::io::Error::from_raw_os_error(libc::EBADR),
+                }),
+                false => self.ring.submit(),
+            };
+            let retried = submitted.and_then(|()| {
+                // SAFETY: the same entry as above, whose buffers the same contract keeps valid.
+                match unsafe { self.ring.push(&entry) } {
+                    true => Ok(()),
+                    false => Err(IoError::Ring {
+                        op: Operation::Ring,
+                        source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                    }),
+                }
+            });
+            if let Err(e) = retried {
+                let state = self.state_mut(index);
+                if state.stage == Stage::Queued {
+                    // Started: it holds its lock and the file's use, which `complete` gives back.
+                    state.stage = Stage::Main;
+                }
+                let e = state.error.take().unwrap_or(e);
+                if state.sqes_out == 0 {
+                    self.complete(index, Err(e));
+                    return false;
+                }
+                state.error = Some(e);
+                return true;
             }
         }
         self.sqes_in_kernel += 1;
@@ -1214,6 +1259,21 @@ impl ObjectStore {
         if state.stage == Stage::Queued {
             state.stage = Stage::Main;
         }
+        true
+    }
+
+    /// Whether unit tests want this entry refused (`refuse_push_after`); never otherwise.
+    fn refused_in_test(&mut self) -> bool {
+        #[cfg(test)]
+        match self.refuse_push_after {
+            Some(0) => {
+                self.refuse_push_after = None;
+                return true;
+            }
+            Some(n) => self.refuse_push_after = Some(n - 1),
+            None => {}
+        }
+        false
     }
 
     /// Handles every completion the kernel has posted, each exactly once: the ring hands
@@ -1728,6 +1788,43 @@ mod tests {
             .write(6, 0, b"another object")
             .expect("the slot is free");
         store.check_accounts().expect("balanced");
+    }
+
+    /// An entry the kernel will not take (its submit refused while the queue is full)
+    /// fails its op with the kernel's error instead of ending the process, whether it was
+    /// the op's only entry or the second of a read-modify-write's two edge reads; the op's
+    /// lock, bounce buffer and file come back, and the store goes on serving.
+    #[test]
+    fn an_entry_the_kernel_refuses_fails_its_op_and_nothing_else() {
+        let (_gone, target) = target_in("refused");
+        let mut store = ObjectStore::new(&target, StoreConfig::default()).expect("store");
+        target.create(7).expect("create");
+        store.write(7, 0, &[3u8; 16384]).expect("write");
+        for (refuse_after, what) in [(0, "an aligned read"), (1, "the second edge read")] {
+            store.refuse_push_after = Some(refuse_after);
+            let e = if refuse_after == 0 {
+                let mut back = AlignedBuf::zeroed(4096).expect("buffer");
+                store.read(7, 0, &mut back).expect_err(what)
+            } else {
+                // Partial blocks at both ends, both inside the object: two edge reads.
+                store.write(7, 100, &[9u8; 8192]).expect_err(what)
+            };
+            assert_eq!(e.errno(), libc::EBADR, "{what}: {e}");
+            assert_eq!(
+                store.refuse_push_after, None,
+                "{what}: the refusal was not reached"
+            );
+            store.check_accounts().expect("balanced");
+        }
+        // The same range again: its lock and bounce buffer were given back.
+        store
+            .write(7, 100, &[9u8; 8192])
+            .expect("write after the refusals");
+        let mut back = [0u8; 16384];
+        assert_eq!(store.read(7, 0, &mut back).expect("read"), 16384);
+        assert!(back[..100].iter().all(|&b| b == 3));
+        assert!(back[100..8292].iter().all(|&b| b == 9));
+        assert!(back[8292..].iter().all(|&b| b == 3));
     }
 
     /// The page-cache descriptor names the file the direct one does, even when the
