@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use nacre_layout::{Layout, LayoutObject, ObjectExtent, ObjectSize};
+use nacre_layout::{
+    Layout, LayoutObject, MemoryMap, ObjectExtent, ObjectSize, RequestBounds, plan_requests,
+};
 use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
 use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, TransportError};
@@ -426,7 +428,6 @@ struct Batch {
     extents: Vec<Extent>,
     /// Per extent: pieces of the caller's memory, in order.
     memory: Vec<Vec<Span>>,
-    bytes: u64,
 }
 
 impl Client {
@@ -1027,7 +1028,6 @@ impl Client {
                         target_id: *t,
                         extents: chunk.to_vec(),
                         memory: Vec::new(),
-                        bytes: 0,
                     })
                     .collect::<Vec<_>>()
             })
@@ -1347,63 +1347,38 @@ fn recv_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSliceMut<'a>> {
 }
 
 /// Groups extents by target into requests within the message limits, and finds each
-/// extent's bytes in the caller's memory.
+/// extent's bytes in the caller's memory (the layout crate's planner, [`plan_requests`]).
 fn make_batches(extents: &[ObjectExtent], memory: &[Span]) -> Vec<Batch> {
-    // Start of each segment in the logical buffer.
-    let mut starts = Vec::with_capacity(memory.len());
-    let mut at = 0u64;
-    for s in memory {
-        starts.push(at);
-        at += s.len as u64;
-    }
-    let pieces_of = |buf_offset: u64, len: u64| -> Vec<Span> {
-        let mut out = Vec::new();
-        let mut i = starts
-            .partition_point(|&s| s <= buf_offset)
-            .saturating_sub(1);
-        let (mut off, mut left) = (buf_offset, len);
-        while left > 0 && i < memory.len() {
-            let seg = memory[i];
-            let within = (off - starts[i]) as usize;
-            let n = ((seg.len - within) as u64).min(left) as usize;
-            if n > 0 {
-                out.push(Span {
-                    // SAFETY: within + n <= seg.len: inside the caller's segment.
-                    ptr: unsafe { seg.ptr.add(within) },
-                    len: n,
-                });
-            }
-            off += n as u64;
-            left -= n as u64;
-            i += 1;
-        }
-        out
+    let map = MemoryMap::new(memory.iter().map(|s| s.len));
+    let bounds = RequestBounds {
+        max_extents: MAX_EXTENTS_PER_REQUEST,
+        max_bytes: MAX_PAYLOAD_BYTES,
     };
-    let mut per_target: BTreeMap<u32, Vec<Batch>> = BTreeMap::new();
-    for e in extents {
-        let list = per_target.entry(e.target_id).or_default();
-        let fits = list.last().is_some_and(|b| {
-            b.extents.len() < MAX_EXTENTS_PER_REQUEST && b.bytes + e.len <= MAX_PAYLOAD_BYTES
-        });
-        if !fits {
-            list.push(Batch {
-                target_id: e.target_id,
-                extents: Vec::new(),
-                memory: Vec::new(),
-                bytes: 0,
-            });
-        }
-        if let Some(b) = list.last_mut() {
-            b.extents.push(Extent {
-                object_id: e.object_id,
-                offset_bytes: e.object_offset,
-                len: e.len,
-            });
-            b.memory.push(pieces_of(e.buf_offset, e.len));
-            b.bytes += e.len;
-        }
-    }
-    per_target.into_values().flatten().collect()
+    plan_requests(extents.iter().copied(), bounds)
+        .into_iter()
+        .map(|r| Batch {
+            target_id: r.target_id,
+            memory: r
+                .extents
+                .iter()
+                .map(|e| {
+                    map.pieces(e.buf_offset, e.len)
+                        .into_iter()
+                        .map(|p| memory[p.segment].piece(p.offset, p.len))
+                        .collect()
+                })
+                .collect(),
+            extents: r
+                .extents
+                .iter()
+                .map(|e| Extent {
+                    object_id: e.object_id,
+                    offset_bytes: e.object_offset,
+                    len: e.len,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 impl File {

@@ -91,6 +91,77 @@ fn every_geometry_and_transfer_size_round_trips() {
     }
 }
 
+/// Stripes wider than one request's payload bound (64 MiB): 128 MiB and the largest legal,
+/// 4 GiB. A transfer of more than the bound inside one stripe is cut into several requests
+/// to the one object, through blocking calls and through a queue; before, the write was
+/// refused as over the wire's limits and the read by the target (issue 22's planner).
+#[test]
+fn stripes_wider_than_a_request_are_cut_into_requests() {
+    let cluster = Cluster::start("sweep-wide", 2);
+    let client = cluster.client();
+    let bytes = Bytes::new(common::seed(
+        "stripes_wider_than_a_request_are_cut_into_requests",
+    ));
+    for (count, size) in [(1, 128 * M), (2, 4096 * M)] {
+        let path = format!("/wide-{count}");
+        let file = client
+            .create(&path, 0o644, Some(common::stripes(count, size)))
+            .unwrap();
+        // Each transfer is read back right after it is written, so it reads what it wrote
+        // (a model of a file 4 GiB long would be 4 GiB of memory).
+        let round_trip = |offset: u64, data: Vec<u8>, what: &str| {
+            let queue = client.queue(2).unwrap();
+            let len = data.len();
+            let mut back = if what.contains("queue") {
+                queue.submit_write(&file, data.clone(), offset, 1).unwrap();
+                let done = queue.wait(1, std::time::Duration::from_secs(60));
+                assert_eq!(done.len(), 1, "{what}: the write completed");
+                assert_eq!(*done[0].result.as_ref().unwrap(), len as u64, "{what}");
+                queue
+                    .submit_read(&file, vec![0xa5u8; len], offset, 2)
+                    .unwrap();
+                let mut done = queue.wait(1, std::time::Duration::from_secs(60));
+                assert_eq!(done.len(), 1, "{what}: the read completed");
+                let read = done.pop().unwrap();
+                assert_eq!(*read.result.as_ref().unwrap(), len as u64, "{what}");
+                read.buffer.unwrap()
+            } else {
+                assert_eq!(file.write_at(&data, offset).unwrap(), len, "{what}");
+                let mut back = vec![0xa5u8; len];
+                let n = file
+                    .read_at(&mut back, offset)
+                    .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+                assert_eq!(n, len, "{what}: short read");
+                back
+            };
+            if let Some(at) = back.iter().zip(&data).position(|(b, d)| b != d) {
+                back.truncate(at + 16);
+                panic!("{what}: byte {at} differs: {:?}", &back[at..]);
+            }
+        };
+        // Inside the first stripe; unaligned and just past the bound; across the first
+        // stripe's end (into the next object, or the next row of the one); a queue's.
+        let transfers = [
+            (0, 80 * M, "blocking"),
+            (3, 64 * M + 5, "blocking"),
+            (size - 70 * M, 140 * M, "blocking"),
+            (5 * M + 1, 80 * M, "queue"),
+        ];
+        for (i, (offset, len, how)) in transfers.into_iter().enumerate() {
+            let what = format!("{count} x {size}: {how} {len} bytes at {offset}");
+            round_trip(offset, bytes.make(len as usize, i as u64, offset), &what);
+        }
+        // The transfer across the first stripe's end ends last.
+        assert_eq!(
+            file.size().unwrap(),
+            size + 70 * M,
+            "{count} x {size}: size"
+        );
+        drop(file);
+        client.unlink(&path).unwrap();
+    }
+}
+
 /// Stores that hold a handful of operations: every request has many more pieces on a
 /// target than its store takes at once, so pieces wait for room and go on in order.
 #[test]

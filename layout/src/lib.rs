@@ -10,6 +10,8 @@
 //! - the mapping of a file byte range to object extents ([`Layout::extents`]), its inverse
 //!   ([`Layout::file_offset`]) and the file size implied by object sizes
 //!   ([`Layout::file_size`]);
+//! - the plan of a transfer: a range's extents grouped into requests per target within a
+//!   request's bounds, and each extent's bytes found in the caller's memory ([`plan`]);
 //! - the deterministic derivation of object ids ([`object_id`], [`object_id_parts`]);
 //! - a versioned, checksummed binary form ([`Layout::encode`], [`Layout::decode`]) and a text
 //!   form that reads like `lfs getstripe` (`Display`, [`Layout::parse_text`]).
@@ -25,6 +27,7 @@ pub mod error;
 pub mod limits;
 pub mod map;
 pub mod object;
+pub mod plan;
 pub mod stripe;
 pub mod text;
 
@@ -32,4 +35,5 @@ pub use composite::{Component, Layout};
 pub use error::LayoutError;
 pub use map::{Extents, LayoutObject, ObjectExtent, ObjectSize};
 pub use object::{object_id, object_id_parts};
+pub use plan::{MemoryMap, MemoryPiece, PlannedRequest, RequestBounds, plan_requests};
 pub use stripe::{PoolName, StripeLayout, StripeSpec};

@@ -33,6 +33,18 @@ unsafe impl Send for Span {}
 // example, has each batch's spans used by one thread, and batches never overlap).
 unsafe impl Sync for Span {}
 
+impl Span {
+    /// The `len` bytes at `offset` of this span (clamped to it): the same memory, on the
+    /// same terms. Only the address is computed; nothing is reached.
+    pub fn piece(self, offset: usize, len: usize) -> Span {
+        let offset = offset.min(self.len);
+        Span {
+            ptr: self.ptr.wrapping_add(offset),
+            len: len.min(self.len - offset),
+        }
+    }
+}
+
 /// One message: header, body, then a payload from the caller's memory.
 #[derive(Debug)]
 struct Message {
