@@ -76,7 +76,6 @@ impl Default for ConnectOptions {
 #[derive(Debug)]
 enum Link {
     Tcp(TcpConnection),
-    #[cfg(feature = "rdma")]
     Rdma(Box<crate::rdma_link::RdmaLink>),
 }
 
@@ -84,7 +83,6 @@ impl Link {
     fn kind(&self) -> Kind {
         match self {
             Link::Tcp(_) => Kind::Tcp,
-            #[cfg(feature = "rdma")]
             Link::Rdma(_) => Kind::Rdma,
         }
     }
@@ -94,7 +92,6 @@ impl Link {
     fn idle_is_usable(&self) -> bool {
         match self {
             Link::Tcp(t) => t.idle_is_open(),
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => !r.is_broken(),
         }
     }
@@ -102,7 +99,6 @@ impl Link {
     fn is_broken(&self) -> bool {
         match self {
             Link::Tcp(t) => t.is_broken(),
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.is_broken(),
         }
     }
@@ -110,7 +106,6 @@ impl Link {
     fn peer(&self) -> SocketAddr {
         match self {
             Link::Tcp(t) => t.peer(),
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.peer(),
         }
     }
@@ -121,7 +116,6 @@ impl Link {
     fn tcp_for_pipelining(&mut self) -> Result<&mut TcpConnection, TransportError> {
         let t = match self {
             Link::Tcp(t) => t,
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => return Err(pipelining_is_tcp_only(r.peer())),
         };
         Ok(t)
@@ -136,7 +130,6 @@ impl Link {
                 let _ = (ptr, len);
                 Ok(())
             }
-            #[cfg(feature = "rdma")]
             // SAFETY: the caller upholds register_memory's contract.
             Link::Rdma(r) => unsafe { r.register_memory(ptr, len) },
         }
@@ -147,7 +140,6 @@ impl Link {
             Link::Tcp(_) => {
                 let _ = (ptr, len);
             }
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.unregister_memory(ptr, len),
         }
     }
@@ -155,7 +147,6 @@ impl Link {
     fn staged_bytes(&self) -> u64 {
         match self {
             Link::Tcp(_) => 0,
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.staged_bytes(),
         }
     }
@@ -163,7 +154,6 @@ impl Link {
     fn enable_send_zc(&mut self) -> Result<(), TransportError> {
         match self {
             Link::Tcp(t) => t.enable_send_zc(),
-            #[cfg(feature = "rdma")]
             Link::Rdma(_) => Ok(()),
         }
     }
@@ -171,7 +161,6 @@ impl Link {
     fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
         match self {
             Link::Tcp(t) => t.set_timeout(timeout),
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => {
                 r.set_timeout(timeout);
                 Ok(())
@@ -220,8 +209,13 @@ pub fn choose_kind(endpoint: &Endpoint) -> Result<(Kind, String), TransportError
     }
 }
 
-#[cfg(feature = "rdma")]
+/// Why a build without the `rdma` feature reaches no peer over RDMA.
+pub(crate) const NO_RDMA_IN_BUILD: &str = "this build has no RDMA support (feature 'rdma')";
+
 fn rdma_reachability(endpoint: &Endpoint) -> Result<(), String> {
+    if !cfg!(feature = "rdma") {
+        return Err(NO_RDMA_IN_BUILD.into());
+    }
     let addr = endpoint.socket_addr().map_err(|e| e.to_string())?;
     if crate::rdma::can_reach(addr, Duration::from_millis(crate::rdma::REACH_TIMEOUT_MS)) {
         Ok(())
@@ -230,15 +224,6 @@ fn rdma_reachability(endpoint: &Endpoint) -> Result<(), String> {
     }
 }
 
-#[cfg(not(feature = "rdma"))]
-fn rdma_reachability(_endpoint: &Endpoint) -> Result<(), String> {
-    Err(NO_RDMA_IN_BUILD.into())
-}
-
-/// Why a build without the `rdma` feature reaches no peer over RDMA.
-const NO_RDMA_IN_BUILD: &str = "this build has no RDMA support (feature 'rdma')";
-
-#[cfg(feature = "rdma")]
 fn pipelining_is_tcp_only(peer: SocketAddr) -> TransportError {
     TransportError::Unexpected {
         peer,
@@ -261,7 +246,6 @@ impl Connection {
         let addr = endpoint.socket_addr()?;
         let link = match kind {
             Kind::Tcp => Link::Tcp(TcpConnection::connect(addr, options.connect_timeout)?),
-            #[cfg(feature = "rdma")]
             Kind::Rdma => {
                 let conn = crate::rdma::RdmaConnection::connect(addr, options.connect_timeout)?;
                 Link::Rdma(Box::new(crate::rdma_link::RdmaLink::new(
@@ -269,8 +253,6 @@ impl Connection {
                     options.request_timeout,
                 )))
             }
-            #[cfg(not(feature = "rdma"))]
-            Kind::Rdma => unreachable!("choose_kind never picks rdma without the feature"),
         };
         let mut conn = Connection {
             link,
@@ -289,7 +271,6 @@ impl Connection {
     pub fn into_tcp_stream(self) -> Result<(std::net::TcpStream, SocketAddr), Box<Connection>> {
         match self.link {
             Link::Tcp(t) => Ok(t.into_parts()),
-            #[cfg(feature = "rdma")]
             link @ Link::Rdma(_) => Err(Box::new(Connection { link, ..self })),
         }
     }
@@ -442,7 +423,6 @@ impl Connection {
                 let id = self.send_request(opcode, body, payload)?;
                 self.recv_reply(id, reply_body, dests)
             }
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => {
                 let request_id = self.next_request_id;
                 self.next_request_id += 1;
@@ -463,10 +443,8 @@ const ACCEPT_SLICE_MS: u64 = 10;
 /// A server's listening endpoint: TCP, RDMA, or both on the same port (`auto`).
 pub struct Listener {
     tcp: Option<TcpAcceptor>,
-    #[cfg(feature = "rdma")]
     rdma: Option<crate::rdma::RdmaListener>,
     /// Memory registered once per RDMA device for every connection accepted through it.
-    #[cfg(feature = "rdma")]
     shared: crate::rdma::SharedMemory,
     endpoint: Endpoint,
     request_timeout: Duration,
@@ -493,11 +471,12 @@ impl Listener {
             Scheme::Tcp | Scheme::Auto => Some(TcpAcceptor::bind(addr)?),
         };
         let port = tcp.as_ref().map_or(addr.port(), |t| t.local_addr().port());
-        #[cfg(feature = "rdma")]
         let rdma = {
             let at = SocketAddr::new(addr.ip(), port);
             match endpoint.scheme {
                 Scheme::Tcp => None,
+                // Without the feature, `auto` is TCP only, with nothing to say about it.
+                Scheme::Auto if !cfg!(feature = "rdma") => None,
                 Scheme::Rdma => Some(crate::rdma::RdmaListener::bind(at)?),
                 Scheme::Auto => match crate::rdma::RdmaListener::bind(at) {
                     Ok(l) => Some(l),
@@ -508,23 +487,13 @@ impl Listener {
                 },
             }
         };
-        #[cfg(not(feature = "rdma"))]
-        if endpoint.scheme == Scheme::Rdma {
-            return Err(TransportError::RdmaUnavailable {
-                peer: endpoint.to_string(),
-                reason: "this build has no RDMA support (feature 'rdma')".into(),
-            });
-        }
-        #[cfg(feature = "rdma")]
         let port = rdma
             .as_ref()
             .filter(|_| tcp.is_none())
             .map_or(port, |r| r.local_addr().port());
         Ok(Listener {
             tcp,
-            #[cfg(feature = "rdma")]
             rdma,
-            #[cfg(feature = "rdma")]
             shared: crate::rdma::SharedMemory::new(),
             endpoint: Endpoint {
                 scheme: endpoint.scheme,
@@ -542,10 +511,7 @@ impl Listener {
 
     /// Whether RDMA clients are accepted too.
     pub fn accepts_rdma(&self) -> bool {
-        #[cfg(feature = "rdma")]
-        return self.rdma.is_some();
-        #[cfg(not(feature = "rdma"))]
-        false
+        self.rdma.is_some()
     }
 
     /// Registers `[ptr, ptr + len)` for bulk on every RDMA connection this listener accepts
@@ -563,23 +529,17 @@ impl Listener {
         ptr: *mut u8,
         len: usize,
     ) -> Result<(), TransportError> {
-        #[cfg(feature = "rdma")]
         if self.rdma.is_some() {
             // SAFETY: the caller keeps the memory allocated while `owner` lives.
             unsafe { self.shared.add(owner, ptr, len) }?;
         }
-        #[cfg(not(feature = "rdma"))]
-        let _ = (owner, ptr, len);
         Ok(())
     }
 
     /// Registrations of [`Listener::register_memory`]'s memory made so far: one per area
     /// for each RDMA device a client came through (none over TCP).
     pub fn memory_registrations(&self) -> usize {
-        #[cfg(feature = "rdma")]
-        return self.shared.registrations();
-        #[cfg(not(feature = "rdma"))]
-        0
+        self.shared.registrations()
     }
 
     /// Waits up to `timeout` for a client; `Ok(None)` when none came.
@@ -601,7 +561,6 @@ impl Listener {
                     pending_payload: 0,
                 }));
             }
-            #[cfg(feature = "rdma")]
             if let Some(rdma) = &self.rdma {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rdma.accept_shared(&self.shared, left.min(slice)) {
@@ -699,7 +658,6 @@ impl ServerConnection {
                 .set_nonblocking()
                 .inspect_err(|e| crate::log_line!("nacre-transport: {}: {e}", t.peer()))
                 .is_ok(),
-            #[cfg(feature = "rdma")]
             Link::Rdma(_) => false,
         };
         if !nonblocking {
@@ -710,7 +668,6 @@ impl ServerConnection {
                 let (stream, peer) = t.into_parts();
                 Ok(StreamConn::from_nonblocking(stream, peer))
             }
-            #[cfg(feature = "rdma")]
             Link::Rdma(_) => unreachable!("a TCP link, matched above"),
         }
     }
@@ -719,7 +676,6 @@ impl ServerConnection {
     /// [`RdmaStream`](crate::RdmaStream) for an event loop; any other connection comes back
     /// unchanged: TCP, one a request was already read from, or one with no registered
     /// memory (every transfer of its would be staged while the loop waits).
-    #[cfg(feature = "rdma")]
     pub fn into_rdma_stream(self) -> Result<crate::RdmaStream, ServerConnection> {
         if self.pending_payload != 0 {
             return Err(self);
@@ -741,7 +697,6 @@ impl ServerConnection {
         // Each link drops a payload the handler did not take and answers unknown opcodes.
         let got = match &mut self.link {
             Link::Tcp(t) => t.recv_header(body),
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => match r.next_request(body) {
                 Ok(Some(h)) => Ok(Some(h)),
                 Ok(None) => Err(TransportError::TimedOut {
@@ -776,7 +731,6 @@ impl ServerConnection {
         }
         match &mut self.link {
             Link::Tcp(t) => t.recv_payload(dests, len)?,
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.recv_payload(dests, len)?,
         }
         self.pending_payload = 0;
@@ -806,7 +760,6 @@ impl ServerConnection {
                 let header = Header::response(&request.header, status, body, payload_len);
                 t.send(&header, body, payload)
             }
-            #[cfg(feature = "rdma")]
             Link::Rdma(r) => r.reply(&request.header, status, body, payload),
         }
     }

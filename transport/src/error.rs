@@ -99,7 +99,6 @@ pub enum TransportError {
         reason: String,
     },
     /// An error of the RDMA layer.
-    #[cfg(feature = "rdma")]
     #[error(transparent)]
     Rdma(#[from] crate::rdma::RdmaError),
 }
@@ -147,7 +146,6 @@ impl TransportError {
                 peer: peer.clone(),
                 reason: reason.clone(),
             },
-            #[cfg(feature = "rdma")]
             TransportError::Rdma(e) => TransportError::RdmaUnavailable {
                 peer: String::new(),
                 reason: e.to_string(),
@@ -191,7 +189,6 @@ impl TransportError {
             TransportError::Protocol { .. } | TransportError::Unexpected { .. } => libc::EPROTO,
             TransportError::Broken { .. } => libc::ENOTCONN,
             TransportError::RdmaUnavailable { .. } => libc::EHOSTUNREACH,
-            #[cfg(feature = "rdma")]
             TransportError::Rdma(_) => libc::EIO,
         }
     }

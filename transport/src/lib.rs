@@ -3,6 +3,9 @@
 //! READ/WRITE) with automatic fallback to TCP, behind one interface.
 //!
 //! It knows nothing of layouts or storage.
+// Without the `rdma` feature the RDMA types have no values (`rdma/off.rs`), so the code that
+// handles them is dead there; the feature's build checks that code for dead parts.
+#![cfg_attr(not(feature = "rdma"), allow(unreachable_code, unreachable_patterns))]
 
 /// Writes one line on stderr and ignores a failure to: a closed stderr (EPIPE) must not stop
 /// the data path, where `eprintln!` would panic.
@@ -24,8 +27,15 @@ pub mod limits;
 pub mod pipe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+/// RDMA without the `rdma` feature: the same names, as types with no values
+/// (`rdma/off.rs`), so that nothing else in the crate or the engine needs a `cfg` gate.
+#[cfg(not(feature = "rdma"))]
+#[path = "rdma/off.rs"]
+pub mod rdma;
 #[cfg(feature = "rdma")]
 mod rdma_link;
+#[cfg(not(feature = "rdma"))]
+use rdma as rdma_link;
 mod socket;
 pub mod stream;
 pub mod tcp;
@@ -39,6 +49,5 @@ pub use endpoint::{Endpoint, Scheme};
 pub use error::{TransportError, TransportOp};
 pub use framer::outbox::Span;
 pub use pipe::{Finished, PipeConn};
-#[cfg(feature = "rdma")]
 pub use rdma_link::RdmaStream;
 pub use stream::{Incoming, Progress, StreamConn};

@@ -459,15 +459,8 @@ fn descriptor_budget(
 }
 
 /// An RDMA connection as an event loop's, or the connection back when it cannot be one.
-#[cfg(feature = "rdma")]
 fn rdma_stream(conn: ServerConnection) -> Result<Wire, ServerConnection> {
     conn.into_rdma_stream().map(|s| Wire::Rdma(Box::new(s)))
-}
-
-/// Without RDMA every connection the acceptor cannot hand a worker gets a thread.
-#[cfg(not(feature = "rdma"))]
-fn rdma_stream(conn: ServerConnection) -> Result<Wire, ServerConnection> {
-    Err(conn)
 }
 
 /// Registers the target with the metadata service, trying until [`REGISTER_TIMEOUT_MS`]

@@ -16,7 +16,6 @@ use nacre_transport::{Incoming, Progress, Span, StreamConn, TransportError};
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Wire {
     Tcp(StreamConn),
-    #[cfg(feature = "rdma")]
     Rdma(Box<nacre_transport::RdmaStream>),
 }
 
@@ -25,7 +24,6 @@ macro_rules! either {
     ($self:expr, $c:ident => $e:expr) => {
         match $self {
             Wire::Tcp($c) => $e,
-            #[cfg(feature = "rdma")]
             Wire::Rdma($c) => $e,
         }
     };
@@ -36,7 +34,6 @@ impl Wire {
     pub(super) fn watch(&self, epoll: &Epoll, token: u64) -> std::io::Result<()> {
         match self {
             Wire::Tcp(s) => epoll.add(s.fd(), token, true),
-            #[cfg(feature = "rdma")]
             Wire::Rdma(s) => {
                 let [cq, cm] = s.fds();
                 epoll.add(cq, token, false)?;
@@ -51,7 +48,6 @@ impl Wire {
     pub(super) fn unwatch(&self, epoll: &Epoll) {
         match self {
             Wire::Tcp(s) => epoll.remove(s.fd()),
-            #[cfg(feature = "rdma")]
             Wire::Rdma(s) => s.fds().into_iter().for_each(|fd| epoll.remove(fd)),
         }
     }
@@ -82,7 +78,6 @@ impl Wire {
     pub(super) fn writes_wait_for_an_event(&self) -> bool {
         match self {
             Wire::Tcp(_) => true,
-            #[cfg(feature = "rdma")]
             Wire::Rdma(s) => s.mid_message(),
         }
     }
