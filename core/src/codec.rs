@@ -119,6 +119,36 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// A record with one binary form: what the metadata store keeps and its messages carry.
+/// Every such type has the same promises, which one generic property test checks for all
+/// of them (core/tests/decoders.rs): a value round-trips, and any bytes are a value or an
+/// error naming the record, never a panic.
+pub trait Record: Sized {
+    /// The record's name in errors.
+    const NAME: &'static str;
+
+    /// Appends the binary form.
+    fn encode(&self, out: &mut Vec<u8>);
+
+    /// Reads the binary form from `reader` (more may follow).
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, CodecError>;
+
+    /// The record's binary form alone.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Reads a record that is the whole of `bytes`: trailing bytes are an error.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut reader = Reader::new(bytes, Self::NAME);
+        let value = Self::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(value)
+    }
+}
+
 /// Takes fields back out of a record's bytes.
 #[derive(Debug)]
 pub struct Reader<'a> {

@@ -1,15 +1,18 @@
 //! Hostile bytes against the engine's decoders: every metadata request and every record the
-//! metadata service keeps or sends (attributes, layouts requested, targets, directory
-//! entries, credentials, counts) round-trips, and random bytes, or valid encodings cut,
-//! spliced and bit-flipped, decode to an error or to a value, never a panic; a value decoded
-//! from hostile bytes encodes to bytes that decode to it again. (The wire header and extent
+//! metadata service keeps or sends (each type implementing `Record`, checked by one generic
+//! property, `record_holds`, and kept a complete list by `every_record_type_is_checked`)
+//! round-trips, and random bytes, or valid encodings cut, spliced and bit-flipped, decode to
+//! an error or to a value, never a panic; a value decoded from hostile bytes encodes to
+//! bytes that decode to it again. (The wire header and extent
 //! lists have the same properties in transport's wire module, layouts' binary form in
 //! layout's property tests.)
 #![allow(clippy::unwrap_used)]
 
-use nacre::codec::CodecError;
+use nacre::codec::{CodecError, Record};
 use nacre::layout::StripeSpec;
 use nacre::meta::proto::MetaRequest;
+use nacre::meta::repo::{AssocState, Association, RepoFile};
+use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};
 use nacre::meta::types::{
     Access, Attr, ComponentSpec, Cred, DirEntry, FileType, LayoutSpec, MAX_INO,
     MODE_PERMISSION_BITS, StatFs, TargetInfo, TimeSet,
@@ -87,15 +90,7 @@ fn access() -> impl Strategy<Value = Access> {
 /// The data repository task requests, the close notice and the release.
 fn task_request() -> impl Strategy<Value = MetaRequest> {
     use nacre::meta::store::TaskEnd;
-    use nacre::meta::task::{TaskCounts, TaskFailure, TaskKind, TaskState};
-    let kind = prop_oneof![
-        Just(TaskKind::Import),
-        Just(TaskKind::Export),
-        Just(TaskKind::Restore),
-        Just(TaskKind::AutoExport),
-        (0..=nacre::limits::MAX_RELEASE_IDLE_DAYS)
-            .prop_map(|idle_days| TaskKind::Release { idle_days }),
-    ];
+    let kind = task_kind();
     let end = prop_oneof![
         Just(None),
         (
@@ -104,12 +99,7 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
         )
             .prop_map(|(message, state)| Some(TaskEnd { state, message })),
     ];
-    let failure =
-        (path(), "[A-Za-z]{1,16}", "[ -~]{0,40}").prop_map(|(path, code, message)| TaskFailure {
-            path,
-            code,
-            message,
-        });
+    let failure = task_failure();
     prop_oneof![
         (kind, prop::collection::vec(path(), 0..4))
             .prop_map(|(kind, paths)| MetaRequest::TaskCreate { kind, paths }),
@@ -159,6 +149,216 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
         (any::<u32>(), prop::collection::vec("[ -~]{0,40}", 0..5))
             .prop_map(|(repo, keys)| MetaRequest::KeysLinked { repo, keys }),
     ]
+}
+
+fn task_kind() -> impl Strategy<Value = TaskKind> {
+    prop_oneof![
+        Just(TaskKind::Import),
+        Just(TaskKind::Export),
+        Just(TaskKind::Restore),
+        Just(TaskKind::AutoExport),
+        (0..=nacre::limits::MAX_RELEASE_IDLE_DAYS)
+            .prop_map(|idle_days| TaskKind::Release { idle_days }),
+    ]
+}
+
+fn task_failure() -> impl Strategy<Value = TaskFailure> {
+    (path(), "[A-Za-z]{1,16}", "[ -~]{0,40}").prop_map(|(path, code, message)| TaskFailure {
+        path,
+        code,
+        message,
+    })
+}
+
+fn task() -> impl Strategy<Value = Task> {
+    let state = prop::sample::select(vec![
+        TaskState::Pending,
+        TaskState::Executing,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Canceled,
+    ]);
+    (
+        (any::<u64>(), task_kind(), any::<u32>()),
+        prop::collection::vec(path(), 0..4),
+        (state, any::<bool>(), any::<[i64; 3]>()),
+        (any::<[u64; 4]>(), "[ -~]{0,40}"),
+        ("[ -~]{0,40}", any::<u32>()),
+    )
+        .prop_map(
+            |(
+                (id, kind, owner),
+                paths,
+                (state, cancel_requested, [created_ns, started_ns, ended_ns]),
+                ([total, done, failed, bytes], summary),
+                (message, reported),
+            )| Task {
+                id,
+                kind,
+                owner,
+                paths,
+                state,
+                cancel_requested,
+                created_ns,
+                started_ns,
+                ended_ns,
+                counts: TaskCounts {
+                    total,
+                    done,
+                    failed,
+                    bytes,
+                    summary,
+                },
+                message,
+                reported,
+            },
+        )
+}
+
+fn association() -> impl Strategy<Value = Association> {
+    let state = prop::sample::select(vec![
+        AssocState::Creating,
+        AssocState::Available,
+        AssocState::Misconfigured,
+        AssocState::Failed,
+    ]);
+    (
+        (
+            any::<u32>(),
+            path(),
+            "[a-z0-9.-]{3,20}",
+            "([a-z0-9]{1,8}/){0,3}",
+        ),
+        (
+            proptest::option::of("http://[a-z.]{1,20}:[0-9]{2,5}"),
+            proptest::option::of("[a-z0-9-]{1,12}"),
+        ),
+        nacre::limits::MIN_REPO_CHUNK_BYTES..=nacre::limits::MAX_REPO_CHUNK_BYTES,
+        (any::<u8>(), any::<u8>(), state, "[ -~]{0,40}"),
+    )
+        .prop_map(
+            |(
+                (id, path, bucket, prefix),
+                (endpoint, region),
+                chunk_bytes,
+                (auto_import, auto_export, state, reason),
+            )| Association {
+                id,
+                path,
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                chunk_bytes,
+                auto_import,
+                auto_export,
+                state,
+                reason,
+            },
+        )
+}
+
+fn repo_file() -> impl Strategy<Value = RepoFile> {
+    // A size of `chunks` chunks of `chunk_bytes`, the last one `short` bytes short of whole,
+    // and a presence bit per chunk.
+    (1u64..=(1 << 30), 0u64..=2000, any::<u64>())
+        .prop_flat_map(|(chunk_bytes, chunks, short)| {
+            let size = (chunks * chunk_bytes).saturating_sub(short % chunk_bytes);
+            let bits = size.div_ceil(chunk_bytes).div_ceil(8) as usize;
+            (
+                (
+                    any::<u32>(),
+                    "[ -~]{0,60}",
+                    "[0-9a-f\"]{0,34}",
+                    any::<u32>(),
+                ),
+                Just((size, chunk_bytes)),
+                prop::collection::vec(any::<u8>(), bits),
+            )
+        })
+        .prop_map(
+            |((repo, key, etag, flags), (size, chunk_bytes), present)| RepoFile {
+                repo,
+                key,
+                etag,
+                size,
+                chunk_bytes,
+                flags,
+                present,
+            },
+        )
+}
+
+fn dir_entry() -> impl Strategy<Value = DirEntry> {
+    (name(), any::<u64>(), 0..3usize).prop_map(|(name, ino, kind)| DirEntry {
+        name,
+        ino,
+        file_type: [FileType::File, FileType::Dir, FileType::Symlink][kind],
+    })
+}
+
+fn statfs() -> impl Strategy<Value = StatFs> {
+    any::<[u64; 5]>().prop_map(
+        |[files, dirs, free_inodes, capacity_bytes, free_bytes]| StatFs {
+            files,
+            dirs,
+            free_inodes,
+            capacity_bytes,
+            free_bytes,
+        },
+    )
+}
+
+/// The records of the metadata service checked by [`record_holds`]: every type that
+/// implements [`Record`] (`every_record_type_is_checked` keeps the list whole).
+const RECORDS_CHECKED: [&str; 10] = [
+    "Cred",
+    "LayoutSpec",
+    "Attr",
+    "TargetInfo",
+    "DirEntry",
+    "StatFs",
+    "Association",
+    "RepoFile",
+    "Task",
+    "TaskFailure",
+];
+
+/// What every record promises: it round-trips; every strict prefix of its bytes, and its
+/// bytes with one more after them, are errors naming it; and edited bytes or any bytes
+/// decode to an error or to a value that encodes to bytes decoding to it again.
+fn record_holds<R: Record + PartialEq + std::fmt::Debug>(
+    value: &R,
+    edits: &[Edit],
+    noise: &[u8],
+) -> Result<(), TestCaseError> {
+    let bytes = value.to_bytes();
+    prop_assert_eq!(
+        &R::from_bytes(&bytes).unwrap(),
+        value,
+        "{} round trip",
+        R::NAME
+    );
+    for cut in 0..bytes.len() {
+        let err = R::from_bytes(&bytes[..cut]);
+        prop_assert!(
+            err.is_err(),
+            "{}: {cut} of {} bytes decoded",
+            R::NAME,
+            bytes.len()
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    prop_assert!(
+        R::from_bytes(&longer).is_err(),
+        "{}: a trailing byte was taken",
+        R::NAME
+    );
+    let mut edited = bytes;
+    apply(&mut edited, edits);
+    stable(&edited, R::from_bytes, R::to_bytes)?;
+    stable(noise, R::from_bytes, R::to_bytes)
 }
 
 /// Every kind of metadata request, with any field values.
@@ -473,36 +673,67 @@ proptest! {
     #[test]
     fn random_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..600)) {
         stable(&body, decode_request, |(c, r)| encode_request(c, r))?;
-        stable(&body, Attr::from_bytes, Attr::to_bytes)?;
-        stable(&body, TargetInfo::from_bytes, TargetInfo::to_bytes)?;
-        stable(&body, DirEntry::from_bytes, DirEntry::to_bytes)?;
-        stable(&body, Cred::from_bytes, Cred::to_bytes)?;
-        stable(&body, StatFs::from_bytes, StatFs::to_bytes)?;
     }
 
     #[test]
-    fn records_round_trip_and_survive_edits(
+    fn namespace_records_hold(
+        cred in cred(),
+        spec in spec(),
         attr in attr(),
         info in target_info(),
-        entry in (name(), any::<u64>(), any::<bool>()),
+        entry in dir_entry(),
+        statfs in statfs(),
         edits in edits(),
+        noise in prop::collection::vec(any::<u8>(), 0..600),
     ) {
-        let entry = DirEntry {
-            name: entry.0,
-            ino: entry.1,
-            file_type: if entry.2 { FileType::Dir } else { FileType::File },
-        };
-        prop_assert_eq!(Attr::from_bytes(&attr.to_bytes()).unwrap(), attr.clone());
-        prop_assert_eq!(TargetInfo::from_bytes(&info.to_bytes()).unwrap(), info.clone());
-        prop_assert_eq!(DirEntry::from_bytes(&entry.to_bytes()).unwrap(), entry.clone());
-        let mut bytes = attr.to_bytes();
-        apply(&mut bytes, &edits);
-        stable(&bytes, Attr::from_bytes, Attr::to_bytes)?;
-        let mut bytes = info.to_bytes();
-        apply(&mut bytes, &edits);
-        stable(&bytes, TargetInfo::from_bytes, TargetInfo::to_bytes)?;
-        let mut bytes = entry.to_bytes();
-        apply(&mut bytes, &edits);
-        stable(&bytes, DirEntry::from_bytes, DirEntry::to_bytes)?;
+        record_holds(&cred, &edits, &noise)?;
+        record_holds(&spec, &edits, &noise)?;
+        record_holds(&attr, &edits, &noise)?;
+        record_holds(&info, &edits, &noise)?;
+        record_holds(&entry, &edits, &noise)?;
+        record_holds(&statfs, &edits, &noise)?;
     }
+
+    #[test]
+    fn repository_records_hold(
+        association in association(),
+        file in repo_file(),
+        task in task(),
+        failure in task_failure(),
+        edits in edits(),
+        noise in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        record_holds(&association, &edits, &noise)?;
+        record_holds(&file, &edits, &noise)?;
+        record_holds(&task, &edits, &noise)?;
+        record_holds(&failure, &edits, &noise)?;
+    }
+}
+
+/// Every type the engine makes a record (`whole_record!` in its sources) is one the
+/// property tests above check: a new record cannot miss them.
+#[test]
+fn every_record_type_is_checked() {
+    let mut found = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for call in text.split("\nwhole_record!(").skip(1) {
+                    found.push(call.split(',').next().unwrap().trim().to_owned());
+                }
+            }
+        }
+    }
+    found.sort();
+    let mut checked: Vec<String> = RECORDS_CHECKED.iter().map(|s| s.to_string()).collect();
+    checked.sort();
+    assert_eq!(
+        found, checked,
+        "records in core/src against those the tests check"
+    );
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nacre::codec::Reader;
+use nacre::codec::Record;
 use nacre::layout::limits::EOF_OFFSET_BYTES;
 use nacre::layout::{LayoutError, StripeSpec};
 use nacre::meta::store::MetaStore;

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use nacre::codec::Record;
 use nacre::meta::repo::{Association, HS_RELEASED, ReleaseOutcome, under};
 use nacre::meta::store::TaskEnd;
 use nacre::meta::task::{Task, TaskCounts, TaskFailure, TaskKind, TaskState};

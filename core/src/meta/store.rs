@@ -31,7 +31,7 @@ use redb::{
     SetDurabilityError, StorageError, Table, TableDefinition, TableError, TransactionError,
 };
 
-use crate::codec::{CodecError, Reader, Writer};
+use crate::codec::{CodecError, Reader, Record, Writer};
 
 mod release_ops;
 mod repo_ops;

@@ -359,6 +359,7 @@ whole_record!(TaskFailure, "task report line");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Record;
 
     #[test]
     fn a_task_round_trips_and_every_cut_of_it_is_refused() {

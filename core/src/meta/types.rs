@@ -314,23 +314,21 @@ pub fn check_symlink_target(target: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// Whole-record helpers shared by every record type: its bytes alone, and back.
+/// Makes a type with inherent `encode` and `decode` a [`Record`](crate::codec::Record)
+/// named `$name` (its bytes alone, and back, come with the trait).
 macro_rules! whole_record {
     ($type:ty, $name:literal) => {
-        impl $type {
-            /// The record's binary form alone.
-            pub fn to_bytes(&self) -> Vec<u8> {
-                let mut out = Vec::new();
-                self.encode(&mut out);
-                out
+        impl $crate::codec::Record for $type {
+            const NAME: &'static str = $name;
+
+            fn encode(&self, out: &mut Vec<u8>) {
+                <$type>::encode(self, out)
             }
 
-            /// Reads a record that is the whole of `bytes`: trailing bytes are an error.
-            pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-                let mut reader = Reader::new(bytes, $name);
-                let value = Self::decode(&mut reader)?;
-                reader.finish()?;
-                Ok(value)
+            fn decode(
+                reader: &mut $crate::codec::Reader<'_>,
+            ) -> Result<Self, $crate::codec::CodecError> {
+                <$type>::decode(reader)
             }
         }
     };

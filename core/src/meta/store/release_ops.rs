@@ -9,6 +9,7 @@ use std::sync::{MutexGuard, PoisonError};
 use redb::ReadableTable;
 
 use super::{MetaStore, now_ns};
+use crate::codec::Record;
 use crate::meta::repo::{
     HS_ARCHIVED, HS_DIRTY, HS_LOST, HS_NORELEASE, HS_RELEASED, HS_USER_MASK, HydrateJob,
     ReleaseOutcome, ReleaseSkip, RepoFile,

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{FileType, MetaStore, NsPath, REPO_FILES, REPOS, ROOT_INO, corrupt, now_ns};
+use crate::codec::Record;
 use crate::limits::{
     HYDRATE_READAHEAD_CHUNKS, MAX_REPO_ASSOCIATIONS, MAX_REPO_CHUNK_BYTES, MAX_REPO_FILE_BYTES,
     MIN_REPO_CHUNK_BYTES,

@@ -4,6 +4,7 @@
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use super::{MetaStore, NsPath, now_ns};
+use crate::codec::Record;
 use crate::limits::{
     MAX_TASK_PATHS, MAX_TASK_PATHS_BYTES, MAX_TASK_REPORT_LINES, MAX_TASKS, TASK_PAGE_BYTES,
 };
