@@ -110,27 +110,18 @@ fn task_request() -> impl Strategy<Value = MetaRequest> {
         Just(MetaRequest::TaskClaim),
         (
             any::<u64>(),
-            any::<[u64; 4]>(),
-            "[ -~]{0,40}",
+            task_counts(),
             prop::collection::vec(failure, 0..3),
             end
         )
-            .prop_map(
-                |(id, [total, done, failed, bytes], summary, failures, end)| {
-                    MetaRequest::TaskUpdate {
-                        id,
-                        counts: TaskCounts {
-                            total,
-                            done,
-                            failed,
-                            bytes,
-                            summary,
-                        },
-                        failures,
-                        end,
-                    }
+            .prop_map(|(id, counts, failures, end)| {
+                MetaRequest::TaskUpdate {
+                    id,
+                    counts,
+                    failures,
+                    end,
                 }
-            ),
+            }),
         (path(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
             |(path, ino, instance, wrote)| MetaRequest::Closed {
                 path,
@@ -170,6 +161,18 @@ fn task_failure() -> impl Strategy<Value = TaskFailure> {
     })
 }
 
+fn task_counts() -> impl Strategy<Value = TaskCounts> {
+    (any::<[u64; 4]>(), "[ -~]{0,40}").prop_map(|([total, done, failed, bytes], summary)| {
+        TaskCounts {
+            total,
+            done,
+            failed,
+            bytes,
+            summary,
+        }
+    })
+}
+
 fn task() -> impl Strategy<Value = Task> {
     let state = prop::sample::select(vec![
         TaskState::Pending,
@@ -182,7 +185,7 @@ fn task() -> impl Strategy<Value = Task> {
         (any::<u64>(), task_kind(), any::<u32>()),
         prop::collection::vec(path(), 0..4),
         (state, any::<bool>(), any::<[i64; 3]>()),
-        (any::<[u64; 4]>(), "[ -~]{0,40}"),
+        task_counts(),
         ("[ -~]{0,40}", any::<u32>()),
     )
         .prop_map(
@@ -190,7 +193,7 @@ fn task() -> impl Strategy<Value = Task> {
                 (id, kind, owner),
                 paths,
                 (state, cancel_requested, [created_ns, started_ns, ended_ns]),
-                ([total, done, failed, bytes], summary),
+                counts,
                 (message, reported),
             )| Task {
                 id,
@@ -202,13 +205,7 @@ fn task() -> impl Strategy<Value = Task> {
                 created_ns,
                 started_ns,
                 ended_ns,
-                counts: TaskCounts {
-                    total,
-                    done,
-                    failed,
-                    bytes,
-                    summary,
-                },
+                counts,
                 message,
                 reported,
             },
