@@ -33,8 +33,8 @@ use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, Transpor
 use crate::codec::{CodecError, Reader};
 use crate::error::Error;
 use crate::limits::{
-    HYDRATE_REQUEST_BYTES, MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES, MAX_REGISTRATIONS,
-    MAX_TARGETS_PER_SERVER, OBJECT_ONLY_LEN,
+    HYDRATE_REQUEST_BYTES, MAX_FILE_BYTES, MAX_IDLE_CALL_QUEUES, MAX_REGISTER_BYTES,
+    MAX_REGISTRATIONS, MAX_TARGETS_PER_SERVER, OBJECT_ONLY_LEN,
 };
 use crate::meta::link::MetaLink;
 use crate::meta::proto::MetaRequest;
@@ -1509,6 +1509,7 @@ impl File {
         if len == 0 {
             return Ok(0);
         }
+        File::check_range(offset, len)?;
         self.make_present(offset, len)?;
         let client = &self.inner.client;
         let opcode = if write { Opcode::Write } else { Opcode::Read };
@@ -1516,6 +1517,19 @@ impl File {
             return Ok(len);
         }
         self.short_read(offset, len)
+    }
+
+    /// Refuses a range that ends past [`MAX_FILE_BYTES`], naming it (the layout would map
+    /// it, and the targets' file systems refuse it with less to go on).
+    fn check_range(offset: u64, len: u64) -> Result<(), Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= MAX_FILE_BYTES => Ok(()),
+            _ => Err(Error::Invalid {
+                field: "range",
+                value: format!("{len} bytes at {offset}"),
+                allowed: format!("an end at most {MAX_FILE_BYTES} (2^63 - 1, off_t's largest)"),
+            }),
+        }
     }
 
     /// What a read of `len` bytes at `offset` gave when some extent came back short: the
@@ -1542,6 +1556,7 @@ impl File {
         self.check(write)?;
         let inner = &self.inner;
         let len: u64 = memory.iter().map(|s| s.len as u64).sum();
+        File::check_range(offset, len)?;
         let extents: Vec<ObjectExtent> =
             inner.layout.extents(inner.attr.ino, offset, len)?.collect();
         let batches = make_batches(&extents, memory);
@@ -1627,6 +1642,13 @@ impl File {
     /// both: found by the crash-point test.
     pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
         self.check(true)?;
+        if size_bytes > MAX_FILE_BYTES {
+            return Err(Error::Invalid {
+                field: "size",
+                value: size_bytes.to_string(),
+                allowed: format!("at most {MAX_FILE_BYTES} (2^63 - 1, off_t's largest)"),
+            });
+        }
         // A released file is all made present first: its chunks past a new end would be
         // fetched later and extend it again.
         if self.hsm_flags() & HS_RELEASED != 0 {

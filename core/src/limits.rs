@@ -169,6 +169,9 @@ pub const META_HYDRATORS: usize = 8;
 /// How long a request waits for the chunks it needs to be hydrated (by its own fetch or
 /// another's) before it fails with EIO: well within a client's request timeout.
 pub const HYDRATE_WAIT_MS: u64 = 25_000;
+/// The largest file size, and the end of any byte range read or written: POSIX's `off_t`
+/// (what a target's file system and the kernel's file calls take).
+pub const MAX_FILE_BYTES: u64 = i64::MAX as u64;
 /// Most bytes of a released file one client request asks to be made present (a larger read
 /// asks in several), so that each request's wait stays well within the request timeout.
 pub const HYDRATE_REQUEST_BYTES: u64 = 64 << 20;

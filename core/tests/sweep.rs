@@ -183,3 +183,54 @@ fn pieces_past_a_small_stores_bound_all_complete() {
         sweep_file(&name, &file, &bytes);
     }
 }
+
+/// Past the legal space: a range or a size beyond off_t's largest is refused by the client
+/// with EINVAL naming it, through blocking calls and a queue; beyond what a target's file
+/// system holds (ext4: 16 TiB per object) the target's EFBIG names the object; the file is
+/// left as it was. Before, a truncate to `u64::MAX` came back as a target's complaint about
+/// an extent list.
+#[test]
+fn ranges_past_the_largest_file_are_refused_by_name() {
+    let cluster = Cluster::start("sweep-edge", 2);
+    let client = cluster.client();
+    let file = client
+        .create("/edge", 0o644, Some(common::stripes(1, M)))
+        .unwrap();
+    let max = nacre::limits::MAX_FILE_BYTES;
+    let refused = |e: nacre::Error, what: &str, field: &str| {
+        assert_eq!(e.errno(), libc::EINVAL, "{what}: {e}");
+        assert!(e.to_string().contains(field), "{what}: {e}");
+        assert!(e.to_string().contains("2^63 - 1"), "{what}: {e}");
+    };
+    for offset in [max, max - 3, u64::MAX - 10] {
+        let what = format!("8 bytes at {offset}");
+        refused(
+            file.write_at(&[7u8; 8], offset).unwrap_err(),
+            &what,
+            "range",
+        );
+        let mut back = [0u8; 8];
+        refused(file.read_at(&mut back, offset).unwrap_err(), &what, "range");
+        let queue = client.queue(1).unwrap();
+        let failed = match queue.submit_write(&file, vec![7u8; 8], offset, 1) {
+            Err(refused) => refused.error,
+            Ok(()) => {
+                let mut done = queue.wait(1, std::time::Duration::from_secs(30));
+                assert_eq!(done.len(), 1, "{what}: the queue's write completed");
+                done.pop().unwrap().result.unwrap_err()
+            }
+        };
+        refused(failed, &format!("queued {what}"), "range");
+    }
+    refused(file.truncate(u64::MAX).unwrap_err(), "truncate", "size");
+    refused(file.truncate(max + 1).unwrap_err(), "truncate", "size");
+    // Legal for Nacre, too large for the target's file system: its error, named.
+    let e = file.write_at(b"x", 1 << 50).unwrap_err();
+    assert_eq!(e.errno(), libc::EFBIG, "{e}");
+    assert!(e.to_string().contains("object"), "{e}");
+    let e = file.truncate(1 << 62).unwrap_err();
+    assert_eq!(e.errno(), libc::EFBIG, "{e}");
+    assert_eq!(file.size().unwrap(), 0, "the file was left as it was");
+    // Zero bytes anywhere are nothing to refuse.
+    assert_eq!(file.write_at(&[], u64::MAX).unwrap(), 0);
+}
