@@ -26,9 +26,10 @@ use std::time::Duration;
 use nacre_layout::{
     Layout, LayoutObject, MemoryMap, ObjectExtent, ObjectSize, RequestBounds, plan_requests,
 };
+use nacre_transport::client::{Bulk, ConnectOptions, Kind, Peer};
 use nacre_transport::limits::{MAX_EXTENTS_PER_REQUEST, MAX_PAYLOAD_BYTES, REQUEST_TIMEOUT_MS};
 use nacre_transport::wire::{Extent, Opcode, encode_extents};
-use nacre_transport::{Bulk, ConnectOptions, Endpoint, Kind, Peer, Span, TransportError};
+use nacre_transport::{Endpoint, Span, TransportError};
 
 use crate::codec::{CodecError, Reader};
 use crate::error::Error;
@@ -298,7 +299,7 @@ impl TargetLink {
     /// targets it serves: its instance, and each target's id and registered endpoint.
     pub(crate) fn served(
         &self,
-        conn: &mut nacre_transport::Connection,
+        conn: &mut nacre_transport::client::Connection,
     ) -> Result<(u64, Vec<(u32, Endpoint)>), Error> {
         let body = self.call_plain(conn, Opcode::Targets, "targets")?;
         let mut r = Reader::new(&body, "targets reply");
@@ -330,7 +331,7 @@ impl TargetLink {
     /// reply's body, or its failure or error reply as the caller sees it.
     fn call_plain(
         &self,
-        conn: &mut nacre_transport::Connection,
+        conn: &mut nacre_transport::client::Connection,
         opcode: Opcode,
         op: &'static str,
     ) -> Result<Vec<u8>, Error> {
@@ -1064,7 +1065,8 @@ impl Client {
             links.push(self.target(b.target_id)?);
         }
         // One connection per target, reused for all of its batches.
-        let mut conns: BTreeMap<u32, nacre_transport::PooledConnection<'_>> = BTreeMap::new();
+        let mut conns: BTreeMap<u32, nacre_transport::client::PooledConnection<'_>> =
+            BTreeMap::new();
         let mut first_error: Option<Error> = None;
         let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); batches.len()];
         let mut pending: Vec<(usize, u64)> = Vec::new();
@@ -1257,10 +1259,10 @@ fn run_rdma_calls(
     op: &'static str,
     batches: &[Batch],
     links: &[Arc<TargetLink>],
-    conns: &mut BTreeMap<u32, nacre_transport::PooledConnection<'_>>,
+    conns: &mut BTreeMap<u32, nacre_transport::client::PooledConnection<'_>>,
     calls: &BTreeMap<u32, Vec<usize>>,
 ) -> Vec<(usize, Result<Vec<u8>, Error>)> {
-    let one_target = |conn: &mut nacre_transport::Connection, indexes: &[usize]| {
+    let one_target = |conn: &mut nacre_transport::client::Connection, indexes: &[usize]| {
         let mut out = Vec::with_capacity(indexes.len());
         let mut body = Vec::new();
         for &i in indexes {
@@ -1290,7 +1292,7 @@ fn run_rdma_calls(
         }
         out
     };
-    let mut work: Vec<(&mut nacre_transport::Connection, &[usize])> = conns
+    let mut work: Vec<(&mut nacre_transport::client::Connection, &[usize])> = conns
         .iter_mut()
         .filter_map(|(t, conn)| calls.get(t).map(|i| (&mut **conn, i.as_slice())))
         .collect();

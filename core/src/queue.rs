@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nacre_transport::client::{Finished, Kind, PipeConn, Progress};
 use nacre_transport::event::{Epoll, EventFd, Events};
 use nacre_transport::wire::Opcode;
-use nacre_transport::{
-    Endpoint, Finished, Kind, PipeConn, Progress, Span, TransportError, TransportOp,
-};
+use nacre_transport::{Endpoint, Span, TransportError, TransportOp};
 
 use crate::client::{File, Planned, TargetLink, extents_whole};
 use crate::error::Error;

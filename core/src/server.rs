@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nacre_transport::{Listener, Request, ServerConnection, TransportError};
+use nacre_transport::TransportError;
+use nacre_transport::server::{Listener, Request, ServerConnection};
 
 use crate::error::Error;
 use crate::limits::{

@@ -623,8 +623,8 @@ fn unlinked_files_are_not_held_open_by_any_worker() {
 /// request may carry is refused.
 #[test]
 fn a_target_answers_odd_requests_and_keeps_the_connection() {
+    use nacre::transport::client::{Bulk, ConnectOptions, Connection};
     use nacre::transport::wire::{Extent, Opcode, encode_extents};
-    use nacre::transport::{Bulk, ConnectOptions, Connection};
     use std::io::IoSlice;
 
     let cluster = Cluster::start("odd", 1);

@@ -11,7 +11,7 @@ use std::io::Write;
 
 use common::{Cluster, fill, registered_round_trip, stripes};
 use nacre::mem::PoolConfig;
-use nacre::transport::Kind;
+use nacre::transport::client::Kind;
 
 fn rdma_addr(test: &str) -> Option<String> {
     let addr = std::env::var("NACRE_RDMA_ADDR").ok();

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{Cluster, TempDir, fill, stripes, target_config};
+use nacre::transport::client::{Bulk, ConnectOptions, Connection};
 use nacre::transport::wire::{ANY_TARGET, Opcode};
-use nacre::transport::{Bulk, ConnectOptions, Connection};
 use nacre::{Error, QueueOp, TargetServer, TargetSpec};
 
 /// Ids no other test of this binary uses, so that the worker threads' names are this

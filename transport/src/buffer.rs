@@ -3,12 +3,7 @@
 //! past the header are taken from here first; everything else a message carries is read
 //! straight into its destination.
 
-use crate::limits::HEADER_BYTES;
-
-/// Most bytes one read of a header takes (the header and what follows it).
-pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
-
-const _: () = assert!(INPUT_BUFFER_BYTES >= HEADER_BYTES);
+use crate::limits::INPUT_BUFFER_BYTES;
 
 /// Bytes read and not yet taken: `bytes[at..end]`.
 #[derive(Debug)]

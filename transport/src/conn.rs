@@ -266,7 +266,7 @@ impl Connection {
     }
 
     /// A TCP connection's stream, for a caller that drives it itself (a
-    /// [`crate::PipeConn`]), between calls (with no reply owed); an RDMA connection comes
+    /// [`crate::client::PipeConn`]), between calls (with no reply owed); an RDMA connection comes
     /// back as it is.
     pub fn into_tcp_stream(self) -> Result<(std::net::TcpStream, SocketAddr), Box<Connection>> {
         match self.link {
@@ -673,15 +673,15 @@ impl ServerConnection {
     }
 
     /// An RDMA connection, fresh from [`Listener::accept`], as a nonblocking
-    /// [`RdmaStream`](crate::RdmaStream) for an event loop; any other connection comes back
+    /// [`RdmaStream`](crate::rdma_link::RdmaStream) for an event loop; any other connection comes back
     /// unchanged: TCP, one a request was already read from, or one with no registered
     /// memory (every transfer of its would be staged while the loop waits).
-    pub fn into_rdma_stream(self) -> Result<crate::RdmaStream, ServerConnection> {
+    pub fn into_rdma_stream(self) -> Result<crate::rdma_link::RdmaStream, ServerConnection> {
         if self.pending_payload != 0 {
             return Err(self);
         }
         match self.link {
-            Link::Rdma(r) if r.has_regions() => Ok(crate::RdmaStream::new(*r)),
+            Link::Rdma(r) if r.has_regions() => Ok(crate::rdma_link::RdmaStream::new(*r)),
             link => Err(ServerConnection { link, ..self }),
         }
     }

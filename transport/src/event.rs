@@ -1,5 +1,5 @@
 //! The two kernel objects an event loop waits on: an epoll set and eventfds. The
-//! nonblocking connections ([`crate::StreamConn`], [`crate::PipeConn`]) are driven by such
+//! nonblocking connections ([`crate::server::StreamConn`], [`crate::client::PipeConn`]) are driven by such
 //! loops: a target worker's waits on its connections, its wake-up and its ring's completions
 //! (decision 0008); an asynchronous queue of the engine on its connections to targets and
 //! the wake-up of its other waiters (decision 0009); `net-bench`'s loop server and clients

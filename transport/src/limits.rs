@@ -43,3 +43,8 @@ pub const REMOTE_BULK_DESCRIPTOR_BYTES: usize = 4 + 16 * MAX_REMOTE_BUFS_PER_MES
 /// feature.
 pub const MAX_RDMA_REGION_BYTES: usize = 1 << 31;
 const _: () = assert!(MAX_RDMA_REGION_BYTES as u64 <= u32::MAX as u64 + 1);
+
+/// Most bytes one read of a header takes (the header and what follows it, so that a small
+/// message arrives in one system call).
+pub const INPUT_BUFFER_BYTES: usize = 8 * 1024;
+const _: () = assert!(INPUT_BUFFER_BYTES >= HEADER_BYTES);

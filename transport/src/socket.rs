@@ -5,7 +5,7 @@
 //! and replies); how bytes move is here, once.
 //!
 //! Reading saves system calls two ways:
-//! - a header is read with whatever follows it, up to [`crate::buffer::INPUT_BUFFER_BYTES`],
+//! - a header is read with whatever follows it, up to [`crate::limits::INPUT_BUFFER_BYTES`],
 //!   in one call, and the rest of a payload is read with what follows it (the input buffer is
 //!   the last slice of the same `readv`). Bytes past what was asked for are taken from that
 //!   buffer first (the only copy, of at most a few KiB); everything else lands straight in

@@ -21,13 +21,13 @@ use crate::wire::{Header, WireError};
 
 /// With SEND_ZC enabled, messages of at least this many payload bytes go out zero-copy;
 /// smaller ones cost more in notifications than the copy they save.
-pub const SEND_ZC_MIN_PAYLOAD_BYTES: u64 = 64 * 1024;
+pub(crate) const SEND_ZC_MIN_PAYLOAD_BYTES: u64 = 64 * 1024;
 /// Submission entries of a connection's SEND_ZC ring (one send and its notification).
 const SEND_ZC_RING_ENTRIES: u32 = 4;
 
 /// One TCP connection carrying framed messages.
 #[derive(Debug)]
-pub struct TcpConnection {
+pub(crate) struct TcpConnection {
     stream: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
@@ -139,7 +139,10 @@ impl ZeroCopySender {
 
 impl TcpConnection {
     /// Connects to `peer`, waiting at most `timeout`, with every later wait bounded by it too.
-    pub fn connect(peer: SocketAddr, timeout: Duration) -> Result<TcpConnection, TransportError> {
+    pub(crate) fn connect(
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpConnection, TransportError> {
         let stream = TcpStream::connect_timeout(&peer, timeout).map_err(|source| {
             if source.kind() == std::io::ErrorKind::TimedOut {
                 TransportError::TimedOut {
@@ -191,7 +194,7 @@ impl TcpConnection {
     /// Sends payloads of at least [`SEND_ZC_MIN_PAYLOAD_BYTES`] with SEND_ZC from now on.
     /// Whether it pays depends on the path: on loopback the kernel copies anyway
     /// (docs/BENCHMARKS.md has the measurement), on a real NIC it saves the send copy.
-    pub fn enable_send_zc(&mut self) -> Result<(), TransportError> {
+    pub(crate) fn enable_send_zc(&mut self) -> Result<(), TransportError> {
         if self.zc.is_none() {
             let ring = io_uring::IoUring::new(SEND_ZC_RING_ENTRIES).map_err(|source| {
                 TransportError::Io {
@@ -206,18 +209,18 @@ impl TcpConnection {
     }
 
     /// The peer's address.
-    pub fn peer(&self) -> SocketAddr {
+    pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }
 
     /// Whether an earlier error broke the connection.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.broken
     }
 
     /// Whether an idle connection is still open: nothing may be waiting on it between
     /// calls, so a readable socket means the peer closed it (or broke the protocol).
-    pub fn idle_is_open(&self) -> bool {
+    pub(crate) fn idle_is_open(&self) -> bool {
         if self.broken || self.has_buffered() {
             return false;
         }
@@ -231,7 +234,7 @@ impl TcpConnection {
     }
 
     /// Sets how long any one send or receive may go without progress.
-    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) -> Result<(), TransportError> {
         let timeout = timeout.max(Duration::from_millis(1));
         let io = |source| TransportError::Io {
             op: TransportOp::Connect,
@@ -267,7 +270,7 @@ impl TcpConnection {
 
     /// Sends a message: the header, its body, then the payload slices, whose lengths must
     /// add up to the header's payload length.
-    pub fn send(
+    pub(crate) fn send(
         &mut self,
         header: &Header,
         body: &[u8],
@@ -323,7 +326,10 @@ impl TcpConnection {
     /// payload, if it was not taken, is dropped first. On a server's connection a request
     /// with an opcode this build does not know is answered here (EOPNOTSUPP) and skipped,
     /// as the event loops' connections do. A malformed message breaks the connection.
-    pub fn recv_header(&mut self, body: &mut Vec<u8>) -> Result<Option<Header>, TransportError> {
+    pub(crate) fn recv_header(
+        &mut self,
+        body: &mut Vec<u8>,
+    ) -> Result<Option<Header>, TransportError> {
         self.check()?;
         self.decoder.skip_payload();
         loop {
@@ -417,7 +423,7 @@ impl TcpConnection {
 
     /// Receives `len` payload bytes straight into the first `len` bytes of `dests` (which
     /// must hold at least that many; the last one used may be filled only in part).
-    pub fn recv_payload(
+    pub(crate) fn recv_payload(
         &mut self,
         dests: &mut [IoSliceMut<'_>],
         len: u64,
@@ -473,7 +479,7 @@ impl TcpConnection {
     }
 
     /// Reads and drops the rest of the current message's payload, if any is left.
-    pub fn skip_payload(&mut self) -> Result<(), TransportError> {
+    pub(crate) fn skip_payload(&mut self) -> Result<(), TransportError> {
         self.check()?;
         self.decoder.skip_payload();
         // Through the input buffer, fed never past the payload's end (what follows it stays
@@ -501,13 +507,13 @@ impl TcpConnection {
     }
 
     /// Closes both directions; the peer's next receive sees the end of the stream.
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.broken = true;
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Makes the socket nonblocking (before [`TcpConnection::into_parts`]).
-    pub fn set_nonblocking(&self) -> Result<(), TransportError> {
+    pub(crate) fn set_nonblocking(&self) -> Result<(), TransportError> {
         self.stream
             .set_nonblocking(true)
             .map_err(|source| TransportError::Io {
@@ -518,13 +524,13 @@ impl TcpConnection {
     }
 
     /// Whether bytes of a message have been read and not yet taken.
-    pub fn has_buffered(&self) -> bool {
+    pub(crate) fn has_buffered(&self) -> bool {
         self.buffer.len() > 0 || !self.decoder.at_boundary()
     }
 
     /// The stream and the peer's address, for a caller that drives the socket itself (an
     /// event loop, through [`crate::stream::StreamConn`]).
-    pub fn into_parts(self) -> (TcpStream, SocketAddr) {
+    pub(crate) fn into_parts(self) -> (TcpStream, SocketAddr) {
         (self.stream, self.peer)
     }
 }
@@ -591,14 +597,14 @@ fn read_exact_vectored(
 
 /// A TCP listening socket.
 #[derive(Debug)]
-pub struct TcpAcceptor {
+pub(crate) struct TcpAcceptor {
     listener: TcpListener,
     local: SocketAddr,
 }
 
 impl TcpAcceptor {
     /// Listens on `addr` (port 0 picks a free port; see [`TcpAcceptor::local_addr`]).
-    pub fn bind(addr: SocketAddr) -> Result<TcpAcceptor, TransportError> {
+    pub(crate) fn bind(addr: SocketAddr) -> Result<TcpAcceptor, TransportError> {
         let io = |source| TransportError::Io {
             op: TransportOp::Listen,
             peer: addr,
@@ -610,12 +616,12 @@ impl TcpAcceptor {
     }
 
     /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// Waits up to `timeout` for a connection; `Ok(None)` when none came.
-    pub fn accept(
+    pub(crate) fn accept(
         &self,
         timeout: Duration,
         conn_timeout: Duration,

@@ -21,12 +21,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{WAIT, assert_bytes, poll_fd};
+use nacre_transport::client::{ConnectOptions, Connection, Finished, PipeConn, Progress};
 use nacre_transport::limits::{HEADER_BYTES, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES};
+use nacre_transport::server::{Listener, ServerConnection};
 use nacre_transport::wire::{ANY_TARGET, Extent, Header, Opcode, WireError, encode_extents};
-use nacre_transport::{
-    ConnectOptions, Connection, Endpoint, Finished, Listener, PipeConn, Progress, ServerConnection,
-    Span, TransportError, TransportOp,
-};
+use nacre_transport::{Endpoint, Span, TransportError, TransportOp};
 use rustix::event::PollFlags;
 
 /// The bound of one [`drive`], a guard against a hang, not a measure: the largest test

@@ -534,7 +534,7 @@ fn rdma_send_to_a_peer_that_does_not_receive_times_out() {
 
 /// Serves one connection of the unified interface: Write answers the payload's CRC32C,
 /// Read answers `len` pattern bytes (len in the body), Ping answers nothing.
-fn serve_calls(mut conn: nacre_transport::ServerConnection) {
+fn serve_calls(mut conn: nacre_transport::server::ServerConnection) {
     use nacre_transport::wire::Opcode;
     use std::io::{IoSlice, IoSliceMut};
     let mut body = Vec::new();
@@ -575,7 +575,7 @@ fn serve_calls(mut conn: nacre_transport::ServerConnection) {
 /// idle past the server's request timeout is waited on again: a client with several
 /// connections may serve the others first, as long as the emulated CPU takes.
 fn serve_bulk(
-    conn: &mut nacre_transport::ServerConnection,
+    conn: &mut nacre_transport::server::ServerConnection,
     inbound: &mut [u8],
     outbound: &[u8],
 ) -> u64 {
@@ -619,8 +619,10 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
 
 #[test]
 fn rdma_auto_endpoint_picks_rdma_and_carries_calls_both_ways() {
+    use nacre_transport::Endpoint;
+    use nacre_transport::client::{Bulk, ConnectOptions, Connection, Kind};
+    use nacre_transport::server::Listener;
     use nacre_transport::wire::Opcode;
-    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Kind, Listener};
     use std::io::{IoSlice, IoSliceMut};
     let Some(addr) = rdma_addr(
         "rdma_auto_endpoint_picks_rdma_and_carries_calls_both_ways",
@@ -702,10 +704,10 @@ fn rdma_auto_endpoint_picks_rdma_and_carries_calls_both_ways() {
 
 #[test]
 fn rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes() {
+    use nacre_transport::client::{Bulk, ConnectOptions, Connection, Kind};
+    use nacre_transport::server::Listener;
     use nacre_transport::wire::Opcode;
-    use nacre_transport::{
-        Bulk, ConnectOptions, Connection, Endpoint, Kind, Listener, TransportError,
-    };
+    use nacre_transport::{Endpoint, TransportError};
     let Some(addr) = rdma_addr(
         "rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes",
         7481,
@@ -746,8 +748,10 @@ fn rdma_scheme_fails_calls_with_the_peer_named_when_the_server_goes() {
 
 #[test]
 fn rdma_registered_memory_moves_bulk_with_no_staging_copy() {
+    use nacre_transport::Endpoint;
+    use nacre_transport::client::{Bulk, ConnectOptions, Connection};
+    use nacre_transport::server::Listener;
     use nacre_transport::wire::Opcode;
-    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Listener};
     use std::io::{IoSlice, IoSliceMut};
     let Some(addr) = rdma_addr(
         "rdma_registered_memory_moves_bulk_with_no_staging_copy",
@@ -859,8 +863,10 @@ impl Drop for LentArea {
 
 #[test]
 fn rdma_listener_registers_its_memory_once_per_device() {
+    use nacre_transport::Endpoint;
+    use nacre_transport::client::{Bulk, ConnectOptions, Connection};
+    use nacre_transport::server::Listener;
     use nacre_transport::wire::Opcode;
-    use nacre_transport::{Bulk, ConnectOptions, Connection, Endpoint, Listener};
     use std::io::{IoSlice, IoSliceMut};
     use std::sync::Arc;
     let Some(addr) = rdma_addr("rdma_listener_registers_its_memory_once_per_device", 7483) else {

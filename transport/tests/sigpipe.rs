@@ -7,8 +7,9 @@ use std::io::IoSlice;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use nacre_transport::tcp::TcpConnection;
-use nacre_transport::wire::{Header, Opcode};
+use nacre_transport::Endpoint;
+use nacre_transport::client::{ConnectOptions, Connection};
+use nacre_transport::wire::Opcode;
 
 /// Sends tried before the test gives up waiting for the error (the first ones may be taken
 /// by the socket buffers before the peer's reset arrives).
@@ -24,7 +25,12 @@ fn sending_to_a_peer_that_closed_is_an_error_not_sigpipe() {
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("local address");
-    let mut conn = TcpConnection::connect(addr, TIMEOUT).expect("connect");
+    let endpoint = Endpoint::parse(&format!("tcp://{addr}")).expect("endpoint");
+    let options = ConnectOptions {
+        connect_timeout: TIMEOUT,
+        request_timeout: TIMEOUT,
+    };
+    let mut conn = Connection::connect(&endpoint, options).expect("connect");
     // The peer takes the connection and closes it without reading: the client's next sends
     // meet a reset.
     let (accepted, _) = listener.accept().expect("accept");
@@ -32,9 +38,8 @@ fn sending_to_a_peer_that_closed_is_an_error_not_sigpipe() {
 
     let payload = vec![7u8; PAYLOAD_BYTES];
     let mut failed = None;
-    for id in 1..=MAX_SENDS as u64 {
-        let header = Header::request(Opcode::Write, id, &[], PAYLOAD_BYTES as u64);
-        if let Err(e) = conn.send(&header, &[], &[IoSlice::new(&payload)]) {
+    for _ in 0..MAX_SENDS {
+        if let Err(e) = conn.send_request(Opcode::Write, &[], &[IoSlice::new(&payload)]) {
             failed = Some(e);
             break;
         }

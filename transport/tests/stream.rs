@@ -27,13 +27,12 @@ use std::thread;
 use std::time::Instant;
 
 use common::{WAIT, assert_bytes, poll_fd};
-use nacre_transport::buffer::INPUT_BUFFER_BYTES;
+use nacre_transport::client::{Bulk, ConnectOptions, Connection, Kind};
+use nacre_transport::limits::INPUT_BUFFER_BYTES;
 use nacre_transport::limits::{HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_PIPELINED_REQUESTS};
+use nacre_transport::server::{Incoming, Listener, Progress, StreamConn};
 use nacre_transport::wire::{Extent, Header, Opcode, WireError, decode_extents, encode_extents};
-use nacre_transport::{
-    Bulk, ConnectOptions, Connection, Endpoint, Incoming, Kind, Listener, Progress, Span,
-    StreamConn, TransportError, TransportOp,
-};
+use nacre_transport::{Endpoint, Span, TransportError, TransportOp};
 
 // ---------------------------------------------------------------------------------------
 // Helpers: sockets, readiness, drivers, messages.

@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nacre_transport::client::{Bulk, ConnectOptions, Connection, Kind, Peer};
+use nacre_transport::server::{Listener, ServerConnection};
 use nacre_transport::wire::{Header, Opcode};
-use nacre_transport::{
-    Bulk, ConnectOptions, Connection, Endpoint, Kind, Listener, Peer, Scheme, ServerConnection,
-    TransportError,
-};
+use nacre_transport::{Endpoint, Scheme, TransportError};
 
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
@@ -357,7 +356,7 @@ fn auto_picks_tcp_where_no_rdma_device_reaches_and_rdma_says_why_not() {
         return;
     }
     assert_eq!(conn.kind(), Kind::Tcp);
-    let (kind, why) = nacre_transport::conn::choose_kind(&auto).expect("choose");
+    let (kind, why) = nacre_transport::client::choose_kind(&auto).expect("choose");
     assert_eq!(kind, Kind::Tcp);
     assert!(!why.is_empty());
     if !cfg!(feature = "rdma") {

@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nacre_transport::TransportError;
 use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::limits::REQUEST_TIMEOUT_MS;
+use nacre_transport::server::{Incoming, Progress, StreamConn};
 use nacre_transport::wire::Header;
-use nacre_transport::{Incoming, Progress, StreamConn, TransportError};
 
 use crate::error::Error;
 use crate::limits::{

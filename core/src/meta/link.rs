@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use nacre_transport::Endpoint;
+use nacre_transport::client::{Bulk, ConnectOptions, Peer};
 use nacre_transport::wire::Opcode;
-use nacre_transport::{Bulk, ConnectOptions, Endpoint, Peer};
 
 use crate::codec::{CodecError, Reader};
 use crate::error::{Error, errno_text};

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nacre_transport::Endpoint;
+use nacre_transport::client::{Bulk, Connection};
 use nacre_transport::limits::{MAX_BODY_BYTES, MAX_EXTENTS_PER_REQUEST};
+use nacre_transport::server::{Listener, ServerConnection};
 use nacre_transport::wire::{Extent, Header, Opcode, encode_extents};
-use nacre_transport::{Bulk, Connection, Endpoint, Listener, ServerConnection};
 
 use crate::codec::Writer;
 use crate::error::Error;

@@ -37,7 +37,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nacre_io::{StoreConfig, Target};
-use nacre_transport::{Endpoint, Listener, ServerConnection};
+use nacre_transport::Endpoint;
+use nacre_transport::server::{Listener, ServerConnection};
 
 use crate::codec::Reader;
 use crate::error::Error;

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use nacre_transport::{Request, ServerConnection, TransportError};
+use nacre_transport::TransportError;
+use nacre_transport::server::{Request, ServerConnection};
 
 use super::request::{self, Context, Failure, PieceResult, Prepared, Work};
 use super::worker::{Inbox, Job, Msg, ReplyTo, owner};

@@ -1,5 +1,5 @@
 //! The connections a worker's loop drives: TCP ([`StreamConn`]) and, with the `rdma`
-//! feature, RDMA ([`RdmaStream`](nacre_transport::RdmaStream)), which offer the same
+//! feature, RDMA ([`RdmaStream`](nacre_transport::server::RdmaStream)), which offer the same
 //! nonblocking calls.
 
 use std::io::IoSliceMut;
@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use nacre_transport::event::Epoll;
+use nacre_transport::server::{Incoming, Progress, StreamConn};
 use nacre_transport::wire::Header;
-use nacre_transport::{Incoming, Progress, Span, StreamConn, TransportError};
+use nacre_transport::{Span, TransportError};
 
 /// One client connection of a worker. A connection is moved once, when the acceptor hands
 /// it over, then lives in its worker's table: the variants' sizes differ, and it does not
@@ -16,7 +17,7 @@ use nacre_transport::{Incoming, Progress, Span, StreamConn, TransportError};
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Wire {
     Tcp(StreamConn),
-    Rdma(Box<nacre_transport::RdmaStream>),
+    Rdma(Box<nacre_transport::server::RdmaStream>),
 }
 
 /// Calls the same method on either kind.

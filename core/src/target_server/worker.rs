@@ -19,10 +19,11 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use nacre_io::{Completion, IoError, ObjectStore, Op, StoreConfig};
+use nacre_transport::TransportError;
 use nacre_transport::event::{Epoll, EventFd};
 use nacre_transport::limits::{MAX_PIPELINED_REQUESTS, REQUEST_TIMEOUT_MS};
+use nacre_transport::server::{Incoming, Progress};
 use nacre_transport::wire::{Header, Opcode};
-use nacre_transport::{Incoming, Progress, TransportError};
 
 use super::request::{
     self, Context, Failure, Piece, PieceOp, PieceResult, Prepared, Staging, Work,

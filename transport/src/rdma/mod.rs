@@ -18,9 +18,9 @@
 //! domain's PD instead, so memory registered once with the domain (a server's or a
 //! client's memory pool) serves all of them; a domain belongs to one device, and a peer
 //! reached through another device is refused with [`RdmaError::OtherDevice`]. The
-//! [`Listener`](crate::Listener) makes such a domain for each device it accepts through,
+//! [`Listener`](crate::server::Listener) makes such a domain for each device it accepts through,
 //! the first time a client comes through it, and registers there once the memory it was
-//! given ([`Listener::register_memory`](crate::Listener::register_memory)).
+//! given ([`Listener::register_memory`](crate::server::Listener::register_memory)).
 //!
 //! Teardown order is enforced by types, not by care:
 //! - every verbs object holds an `Arc` of each object it depends on (QP → PD, CQ and

@@ -1,6 +1,6 @@
 //! Memory registered once per RDMA device for every connection a listener accepts through
 //! that device (a server's memory pool), instead of once per connection; the public face is
-//! [`Listener::register_memory`](crate::Listener::register_memory).
+//! [`Listener::register_memory`](crate::server::Listener::register_memory).
 
 use std::net::SocketAddr;
 use std::ptr::NonNull;

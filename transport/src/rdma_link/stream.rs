@@ -1,5 +1,5 @@
 //! A server's RDMA connection for an event loop: the nonblocking counterpart of
-//! [`StreamConn`](crate::StreamConn), driven from one thread with many others.
+//! [`StreamConn`](crate::server::StreamConn), driven from one thread with many others.
 //!
 //! Nothing here sleeps. The loop watches [`RdmaStream::fds`] (the completion channel and the
 //! rdmacm channel) and calls in when either is ready, or when it has a reply to give; each

@@ -9,12 +9,11 @@ use std::os::fd::BorrowedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nacre_transport::client::{ConnectOptions, Connection, Finished, PipeConn};
 use nacre_transport::event::{Epoll, EventFd};
+use nacre_transport::server::{Incoming, Listener, Progress, StreamConn};
 use nacre_transport::wire::{ANY_TARGET, Header, Opcode};
-use nacre_transport::{
-    ConnectOptions, Connection, Finished, Incoming, Listener, PipeConn, Progress, Span, StreamConn,
-    TransportError,
-};
+use nacre_transport::{Span, TransportError};
 
 use super::{ACCEPT_POLL, Args, MAX_SIZE_BYTES, endpoint, report_rtts};
 

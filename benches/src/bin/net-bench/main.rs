@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 mod evloop;
 
 use nacre_benches::parse_size;
+use nacre_transport::Endpoint;
+use nacre_transport::client::{ConnectOptions, Connection};
+use nacre_transport::server::{Listener, ServerConnection};
 use nacre_transport::wire::Opcode;
-use nacre_transport::{ConnectOptions, Connection, Endpoint, Listener, ServerConnection};
 
 /// How often an idle server looks at its deadline.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
