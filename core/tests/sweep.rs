@@ -97,6 +97,12 @@ fn every_geometry_and_transfer_size_round_trips() {
 /// refused as over the wire's limits and the read by the target (issue 22's planner).
 #[test]
 fn stripes_wider_than_a_request_are_cut_into_requests() {
+    if max_transfer_bytes() < MAX_TRANSFER_BYTES {
+        // An emulated CPU (scripts/kernel-test.sh) lowers the transfers below the bound this
+        // test is about; the layout crate's plan tests cover the cutting there.
+        eprintln!("SKIPPED stripes wider than a request: NACRE_SWEEP_MAX_BYTES is lower");
+        return;
+    }
     let cluster = Cluster::start("sweep-wide", 2);
     let client = cluster.client();
     let bytes = Bytes::new(common::seed(
