@@ -427,8 +427,8 @@ pub(crate) fn extents_whole(extent_lens: &[u64], body: &[u8]) -> bool {
 struct Batch {
     target_id: u32,
     extents: Vec<Extent>,
-    /// Per extent: pieces of the caller's memory, in order.
-    memory: Vec<Vec<Span>>,
+    /// The pieces of the caller's memory its extents' bytes are in, extent after extent.
+    memory: Vec<Span>,
 }
 
 impl Client {
@@ -1329,7 +1329,6 @@ fn send_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSlice<'a>> {
     }
     b.memory
         .iter()
-        .flatten()
         // SAFETY: the caller's memory, valid for reads for the call (see File::write_at).
         .map(|s| IoSlice::new(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }))
         .collect()
@@ -1341,7 +1340,6 @@ fn recv_slices<'a>(b: &Batch, opcode: Opcode) -> Vec<IoSliceMut<'a>> {
     }
     b.memory
         .iter()
-        .flatten()
         // SAFETY: the caller's memory, valid for writes for the call and not touched by
         // anyone else meanwhile (see File::read_at); the extents' pieces do not overlap.
         .map(|s| IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) }))
@@ -1363,12 +1361,8 @@ fn make_batches(extents: &[ObjectExtent], memory: &[Span]) -> Vec<Batch> {
             memory: r
                 .extents
                 .iter()
-                .map(|e| {
-                    map.pieces(e.buf_offset, e.len)
-                        .into_iter()
-                        .map(|p| memory[p.segment].piece(p.offset, p.len))
-                        .collect()
-                })
+                .flat_map(|e| map.pieces(e.buf_offset, e.len))
+                .map(|p| memory[p.segment].piece(p.offset, p.len))
                 .collect(),
             extents: r
                 .extents
@@ -1526,11 +1520,10 @@ impl File {
     fn check_range(offset: u64, len: u64) -> Result<(), Error> {
         match offset.checked_add(len) {
             Some(end) if end <= MAX_FILE_BYTES => Ok(()),
-            _ => Err(Error::Invalid {
-                field: "range",
-                value: format!("{len} bytes at {offset}"),
-                allowed: format!("an end at most {MAX_FILE_BYTES} (2^63 - 1, off_t's largest)"),
-            }),
+            _ => Err(past_largest_file(
+                "range",
+                format!("{len} bytes at {offset}"),
+            )),
         }
     }
 
@@ -1570,7 +1563,7 @@ impl File {
                 link: inner.client.target(b.target_id)?,
                 body,
                 extent_lens: b.extents.iter().map(|e| e.len).collect(),
-                memory: b.memory.into_iter().flatten().collect(),
+                memory: b.memory,
             });
         }
         Ok(planned)
@@ -1645,11 +1638,7 @@ impl File {
     pub fn truncate(&self, size_bytes: u64) -> Result<(), Error> {
         self.check(true)?;
         if size_bytes > MAX_FILE_BYTES {
-            return Err(Error::Invalid {
-                field: "size",
-                value: size_bytes.to_string(),
-                allowed: format!("at most {MAX_FILE_BYTES} (2^63 - 1, off_t's largest)"),
-            });
+            return Err(past_largest_file("size", size_bytes.to_string()));
         }
         // A released file is all made present first: its chunks past a new end would be
         // fetched later and extend it again.
@@ -1691,6 +1680,15 @@ impl File {
 }
 
 /// The layout of the file `attr` at `path`; a directory has none (`EISDIR`).
+/// The refusal of a range or size that ends past [`MAX_FILE_BYTES`].
+fn past_largest_file(field: &'static str, value: String) -> Error {
+    Error::Invalid {
+        field,
+        value,
+        allowed: format!("an end at most {MAX_FILE_BYTES} (2^63 - 1, off_t's largest)"),
+    }
+}
+
 fn file_layout(path: &str, attr: &Attr) -> Result<Layout, Error> {
     attr.layout.clone().ok_or_else(|| Error::Meta {
         op: "open",

@@ -137,12 +137,7 @@ impl MemPool {
             .map_err(|source| MemError::Map { bytes, source })?;
         debug_assert!(slab.len() >= bytes);
         let locked = config.lock && slab.lock();
-        let Some(base) = NonNull::new(slab.as_mut_ptr()) else {
-            return Err(MemError::Map {
-                bytes,
-                source: std::io::Error::from_raw_os_error(libc::ENOMEM),
-            });
-        };
+        let base = NonNull::from(&mut slab[..]).cast::<u8>();
         let free = ArrayQueue::new(config.chunks);
         for index in 0..config.chunks as u32 {
             // The queue holds exactly `chunks` entries, so every push fits.

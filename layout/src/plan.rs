@@ -86,27 +86,28 @@ pub struct MemoryPiece {
 /// the logical buffer lies in them.
 #[derive(Debug, Clone)]
 pub struct MemoryMap {
-    /// Logical offset of each segment's first byte.
-    starts: Vec<u64>,
-    lens: Vec<usize>,
+    /// Logical offset just past each segment's last byte (a segment starts where the one
+    /// before it ends).
+    ends: Vec<u64>,
 }
 
 impl MemoryMap {
     /// The map of segments of `lens` bytes, in order.
     pub fn new(lens: impl IntoIterator<Item = usize>) -> MemoryMap {
-        let lens: Vec<usize> = lens.into_iter().collect();
-        let mut starts = Vec::with_capacity(lens.len());
         let mut at = 0u64;
-        for &len in &lens {
-            starts.push(at);
-            at += len as u64;
-        }
-        MemoryMap { starts, lens }
+        let ends = lens
+            .into_iter()
+            .map(|len| {
+                at += len as u64;
+                at
+            })
+            .collect();
+        MemoryMap { ends }
     }
 
     /// Bytes of all segments.
     pub fn len(&self) -> u64 {
-        self.starts.last().map_or(0, |&s| s) + self.lens.last().map_or(0, |&l| l as u64)
+        self.ends.last().copied().unwrap_or(0)
     }
 
     /// Whether there are no bytes at all.
@@ -116,29 +117,24 @@ impl MemoryMap {
 
     /// The pieces holding `[buf_offset, buf_offset + len)` of the logical buffer, in order
     /// (empty segments skipped). A range past the end yields only what lies inside.
-    pub fn pieces(&self, buf_offset: u64, len: u64) -> Vec<MemoryPiece> {
-        let mut out = Vec::new();
-        let mut i = self
-            .starts
-            .partition_point(|&s| s <= buf_offset)
-            .saturating_sub(1);
-        let (mut at, mut left) = (buf_offset, len);
-        while left > 0 && i < self.lens.len() {
-            let within = at.saturating_sub(self.starts[i]);
-            let room = (self.lens[i] as u64).saturating_sub(within);
-            let n = room.min(left);
-            if n > 0 {
-                out.push(MemoryPiece {
-                    segment: i,
-                    offset: within as usize,
-                    len: n as usize,
-                });
-            }
-            at += n;
-            left -= n;
-            i += 1;
-        }
-        out
+    pub fn pieces(&self, buf_offset: u64, len: u64) -> impl Iterator<Item = MemoryPiece> + '_ {
+        // The first segment that ends past the range's start holds its first byte.
+        let first = self.ends.partition_point(|&end| end <= buf_offset);
+        let range_end = buf_offset.saturating_add(len);
+        (first..self.ends.len())
+            .map(move |i| {
+                let start = if i == 0 { 0 } else { self.ends[i - 1] };
+                let from = start.max(buf_offset);
+                let to = self.ends[i].min(range_end);
+                (i, start, from, to)
+            })
+            .take_while(move |&(_, start, _, _)| start < range_end)
+            .filter(|&(_, _, from, to)| to > from)
+            .map(|(segment, start, from, to)| MemoryPiece {
+                segment,
+                offset: (from - start) as usize,
+                len: (to - from) as usize,
+            })
     }
 }
 
@@ -205,10 +201,11 @@ mod tests {
             offset,
             len,
         };
-        assert_eq!(map.pieces(2, 4), [p(0, 2, 1), p(2, 0, 3)]);
-        assert_eq!(map.pieces(8, 5), [p(3, 0, 2)]);
-        assert_eq!(map.pieces(10, 1), []);
-        assert!(MemoryMap::new([]).pieces(0, 4).is_empty());
+        let pieces = |at, len| map.pieces(at, len).collect::<Vec<_>>();
+        assert_eq!(pieces(2, 4), [p(0, 2, 1), p(2, 0, 3)]);
+        assert_eq!(pieces(8, 5), [p(3, 0, 2)]);
+        assert_eq!(pieces(10, 1), []);
+        assert_eq!(MemoryMap::new([]).pieces(0, 4).count(), 0);
     }
 
     fn layouts() -> impl Strategy<Value = Layout> {
@@ -266,7 +263,7 @@ mod tests {
                     let first = layout.extents(9, offset + e.buf_offset, 1).expect("byte").next();
                     let first = first.expect("one extent");
                     prop_assert_eq!((first.object_id, first.object_offset), (e.object_id, e.object_offset));
-                    let pieces = map.pieces(e.buf_offset, e.len);
+                    let pieces: Vec<_> = map.pieces(e.buf_offset, e.len).collect();
                     prop_assert_eq!(pieces.iter().map(|p| p.len as u64).sum::<u64>(), e.len);
                     let mut logical = e.buf_offset;
                     for p in pieces {

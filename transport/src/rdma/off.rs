@@ -5,6 +5,7 @@
 //! builds. Only the entry points that could make one answer, with an error naming the
 //! missing feature.
 
+use std::convert::Infallible;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
@@ -24,17 +25,13 @@ pub fn can_reach(_addr: SocketAddr, _timeout: Duration) -> bool {
     false
 }
 
-/// A type with no values.
-#[derive(Debug, Clone, Copy)]
-pub enum Never {}
-
 /// An error of the RDMA layer: none can happen in this build.
 #[derive(Debug)]
 pub enum RdmaError {
-    /// As the verbs module's timeout; it holds a [`Never`], so it cannot be made.
+    /// As the verbs module's timeout; it holds an [`Infallible`], so it cannot be made.
     Timeout {
         /// No value.
-        never: Never,
+        never: Infallible,
     },
 }
 
@@ -85,7 +82,7 @@ impl RdmaListener {
         &self,
         _memory: &SharedMemory,
         _timeout: Duration,
-    ) -> Result<(RdmaConnection, Vec<Never>), RdmaError> {
+    ) -> Result<(RdmaConnection, Vec<Infallible>), RdmaError> {
         match *self {}
     }
 }
@@ -128,7 +125,7 @@ impl RdmaLink {
     pub(crate) fn with_regions(
         conn: RdmaConnection,
         _timeout: Duration,
-        _regions: Vec<Never>,
+        _regions: Vec<Infallible>,
     ) -> RdmaLink {
         match conn {}
     }
